@@ -1,0 +1,28 @@
+"""ClusVPR (Xu, Shamsolmoali, Yang): CWT stack + OptLAD on VGG16, registered into `registry` (and timm)."""
+from registry import ModelEntry, register_aggregator, register_model
+from registry.factory import build_vpr_model, pretrained_cfg
+
+from .aggregator import ClusVPRAggregator
+from .convert import convert_reference_state_dict, load_reference_checkpoint
+from .optlad import OptLAD
+
+__all__ = ["ClusVPRAggregator", "OptLAD", "convert_reference_state_dict", "load_reference_checkpoint"]
+
+
+def _register() -> None:
+    from registry import _registry
+
+    if "clusvpr_vgg16" in _registry._MODELS:
+        return
+    register_aggregator("clusvpr", ClusVPRAggregator)
+    register_model(ModelEntry(
+        "clusvpr_vgg16", build_vpr_model, "vgg16", "clusvpr",
+        default_args={"num_clusters": 64, "whitening_dim": 4096}, descriptor_dim=4096,
+        pretrained_cfg=pretrained_cfg(), reference_loader=load_reference_checkpoint,
+        description="ClusVPR: VGG16 conv5_3 + 4 CWT blocks + OptLAD (64 x 128), whitened to 4096-d",
+    ), aliases=("clusvpr",))
+
+
+_register()
+
+from . import _timm  # noqa: E402,F401  (timm entry points for every registry model)

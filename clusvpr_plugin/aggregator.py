@@ -1,0 +1,57 @@
+"""The ClusVPR aggregator: 4 CWTNet blocks, then OptLAD; callable on conv5_3 maps directly."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from registry.aggregators._checks import check_feature_map
+
+from .cwt import CWTNet
+from .optlad import OptLAD
+
+MIN_FEATURE_SIZE = 2
+
+
+class ClusVPRAggregator(nn.Module):
+    """(N, C, H, W) conv features -> (N, K*D) intra- and L2-normalised OptLAD descriptor."""
+
+    takes_feature_size = True
+
+    def __init__(self, in_channels: int = 512, feature_size: Tuple[int, int] = (30, 40), num_clusters: int = 64,
+                 expansion: int = 2, groups: int = 8, cwt_depth: int = 4, heads: int = 2, knn_k: int = 10,
+                 knn_backend: str = "auto", dropout: float = 0.1) -> None:
+        super().__init__()
+        self.in_channels = int(in_channels)
+        self.cwt = nn.Sequential(*(CWTNet(in_channels, heads, 2.0, dropout, knn_k, knn_backend) for _ in range(cwt_depth)))
+        self.optlad = OptLAD(in_channels, num_clusters, expansion, groups, feature_size)
+        self.num_clusters, self.cluster_dim, self.out_dim = num_clusters, self.optlad.cluster_dim, self.optlad.out_dim
+
+    @property
+    def centroids(self) -> nn.Parameter:
+        return self.optlad.centroids
+
+    @property
+    def cluster_source(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        return self.optlad.cluster_source
+
+    def init_from_clusters(self, centroids: torch.Tensor, descriptors: torch.Tensor) -> float:
+        """Alpha initialisation of OptLAD from centres in its grouped space."""
+        return self.optlad.init_from_clusters(centroids, descriptors)
+
+    def refine(self, x: torch.Tensor) -> torch.Tensor:
+        """The CWT stack alone: (N, C, H, W) -> (N, C, H, W)."""
+        check_feature_map(x, self.in_channels, MIN_FEATURE_SIZE)
+        return self.cwt(x)
+
+    def local_descriptors(self, x: torch.Tensor) -> torch.Tensor:
+        """The grouped vectors OptLAD's assignment sees (for k-means)."""
+        return self.optlad.local_descriptors(self.refine(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.optlad(self.refine(x))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """OptLAD group attention per location (N, H, W) after the CWT stack."""
+        return self.optlad.attention(self.refine(x))

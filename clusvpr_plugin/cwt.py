@@ -1,0 +1,111 @@
+"""The clustering-based weighted transformer (CWT) and the CWTNet block stack of ClusVPR (spec section 2)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .knn import knn_sq_dist_sum
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    """Per-row min-max normalisation to [0, 1]; a constant row maps to 0."""
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(x))
+
+
+@torch.no_grad()
+def cluster_weights(tokens: torch.Tensor, k: int = 10, backend: str = "auto") -> torch.Tensor:
+    """(N, T, C) -> (N, T) in [0, 1]: high for tokens far from their k nearest neighbours (sparse regions)."""
+    d_hat = _minmax(knn_sq_dist_sum(tokens, k, backend))
+    one_minus_rho = 1.0 - torch.exp(-d_hat / k)
+    w = one_minus_rho / one_minus_rho.sum(-1, keepdim=True).clamp_min(torch.finfo(d_hat.dtype).tiny)
+    return _minmax(w)
+
+
+class ClusterWeightedAttention(nn.Module):
+    """Multi-head self-attention whose value vectors are scaled by (0.5 + cluster weight) per token."""
+
+    def __init__(self, dim: int = 256, heads: int = 2, k: int = 10, knn_backend: str = "auto") -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.k, self.knn_backend = heads, k, knn_backend
+        self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, c = x.shape
+        w = cluster_weights(x.detach(), self.k, self.knn_backend).to(x.dtype)
+        q, k, v = self.query(x), self.key(x), self.value(x) * (0.5 + w).unsqueeze(-1)
+        q, k, v = (z.view(n, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(n, t, c))
+
+
+class TransformerBlock(nn.Module):
+    """x + Attn(x), then x + MLP(x); no LayerNorm (as the reference)."""
+
+    def __init__(self, dim: int = 256, heads: int = 2, mlp_dim: int = 512, dropout: float = 0.1,
+                 k: int = 10, knn_backend: str = "auto") -> None:
+        super().__init__()
+        self.attn = ClusterWeightedAttention(dim, heads, k, knn_backend)
+        self.fc1, self.fc2 = nn.Linear(dim, mlp_dim), nn.Linear(mlp_dim, dim)
+        self.drop = nn.Dropout(dropout)
+        for fc in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.normal_(fc.bias, std=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x)
+        return x + self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class CWT(nn.Module):
+    """G + PW(UP(T(AvgPool2x2(G)))) with a class token; odd maps pool with ceil_mode and crop back."""
+
+    def __init__(self, dim: int = 256, heads: int = 2, mlp_dim: int = 512, dropout: float = 0.1,
+                 k: int = 10, knn_backend: str = "auto") -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(dim, dim, kernel_size=1)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.embed_drop = nn.Dropout(dropout)
+        self.block = TransformerBlock(dim, heads, mlp_dim, dropout, k, knn_backend)
+        self.up = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2, groups=dim, bias=False)
+        self.pw = nn.Conv2d(dim, dim, kernel_size=1, bias=False)
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = g.shape
+        t = self.embed(F.avg_pool2d(g, 2, ceil_mode=True))
+        hp, wp = t.shape[2:]
+        tokens = torch.cat([self.cls_token.expand(n, -1, -1).to(t.dtype), t.flatten(2).transpose(1, 2)], dim=1)
+        tokens = self.block(self.embed_drop(tokens))[:, 1:]
+        y = self.up(tokens.transpose(1, 2).reshape(n, c, hp, wp))[:, :, :h, :w]
+        return g + self.pw(y)
+
+
+def _dw3(channels: int) -> nn.Conv2d:
+    return nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=False)
+
+
+class CWTNet(nn.Module):
+    """Local half: ReLU(BN_l(DW(L) + DW'(G))); global half: ReLU(BN_g(DW''(L) + CWT(G)))."""
+
+    def __init__(self, channels: int = 512, heads: int = 2, mlp_ratio: float = 2.0, dropout: float = 0.1,
+                 k: int = 10, knn_backend: str = "auto") -> None:
+        super().__init__()
+        if channels % 2:
+            raise ValueError(f"CWTNet needs an even channel count, got {channels}")
+        half = channels // 2
+        self.half = half
+        self.local_dw_l, self.local_dw_g, self.global_dw_l = _dw3(half), _dw3(half), _dw3(half)
+        self.cwt = CWT(half, heads, int(math.ceil(half * mlp_ratio)), dropout, k, knn_backend)
+        self.bn_local, self.bn_global = nn.BatchNorm2d(half), nn.BatchNorm2d(half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        loc, glo = x[:, : self.half], x[:, self.half:]
+        local_out = F.relu(self.bn_local(self.local_dw_l(loc) + self.local_dw_g(glo)))
+        global_out = F.relu(self.bn_global(self.global_dw_l(loc) + self.cwt(glo)))
+        return torch.cat([local_out, global_out], dim=1)

@@ -1,0 +1,41 @@
+"""Exact k-nearest-neighbour distance sums over tokens: plain batched torch, knn-cuda only when installed on CUDA."""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+
+def _knn_cuda_available(x: torch.Tensor) -> bool:
+    return x.is_cuda and importlib.util.find_spec("knn_cuda") is not None
+
+
+@torch.no_grad()
+def knn_sq_dist_sum_torch(tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, T, C) -> (N, T): sum of squared Euclidean distances to the k+1 nearest tokens (itself included)."""
+    x = tokens.float()
+    # direct differences, not the |a|^2 + |b|^2 - 2ab expansion, so near-ties rank exactly as in float math
+    dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    nearest = dist.topk(min(k + 1, x.shape[1]), dim=-1, largest=False).values
+    return nearest.pow(2).sum(-1)
+
+
+@torch.no_grad()
+def knn_sq_dist_sum_cuda_ext(tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """The same with the optional knn-cuda extension (reference implementation's KNN)."""
+    from knn_cuda import KNN  # optional extra, not on the package index
+
+    x = tokens.float().transpose(1, 2).contiguous()  # knn-cuda takes (N, C, T)
+    dist, _ = KNN(k=min(k + 1, x.shape[2]), transpose_mode=False)(x, x)
+    return dist.pow(2).sum(1)
+
+
+def knn_sq_dist_sum(tokens: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
+    """Dispatch: 'torch' (default everywhere), 'knn_cuda' (if installed and on CUDA) or 'auto'."""
+    if backend not in ("auto", "torch", "knn_cuda"):
+        raise ValueError(f"knn backend must be 'auto', 'torch' or 'knn_cuda', got {backend!r}")
+    if backend == "knn_cuda" and not _knn_cuda_available(tokens):
+        raise RuntimeError("knn backend 'knn_cuda' needs the knn-cuda package and CUDA tensors; use backend='torch'")
+    if backend == "knn_cuda":
+        return knn_sq_dist_sum_cuda_ext(tokens, k)
+    return knn_sq_dist_sum_torch(tokens, k)

@@ -1,0 +1,111 @@
+"""OptLAD aggregation (spec section 3): grouped, attention-weighted VLAD in matrix-product form."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from registry.aggregators.netvlad import alpha_from_clusters
+
+
+class OptLAD(nn.Module):
+    """Expand C -> E*C, split into G groups of D, assign each group vector softly to K shared centres."""
+
+    def __init__(self, in_channels: int = 512, num_clusters: int = 64, expansion: int = 2, groups: int = 8,
+                 feature_size: Tuple[int, int] = (30, 40), p_init: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        if (expansion * in_channels) % groups:
+            raise ValueError(f"expansion*in_channels ({expansion * in_channels}) must be divisible by groups ({groups})")
+        self.in_channels, self.num_clusters, self.groups = int(in_channels), int(num_clusters), int(groups)
+        self.cluster_dim = expansion * in_channels // groups
+        self.out_dim = self.num_clusters * self.cluster_dim
+        self.feature_size = (int(feature_size[0]), int(feature_size[1]))
+        self.eps = eps
+        self.linear = nn.Linear(in_channels, expansion * in_channels, bias=False)
+        self.p = nn.Parameter(torch.full((self.feature_size[0] * self.feature_size[1],), float(p_init)))
+        self.conv = nn.Conv2d(self.cluster_dim, num_clusters, kernel_size=1, bias=False)
+        self.centroids = nn.Parameter(torch.rand(num_clusters, self.cluster_dim))
+        self.cluster_source: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def p_map(self, h: int, w: int) -> torch.Tensor:
+        """GeM exponents for an h x w map: the learned map itself, or bilinearly resampled to another size."""
+        p = self.p.view(1, 1, *self.feature_size)
+        if (h, w) != self.feature_size:
+            p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+        return p.reshape(h * w)
+
+    def grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, G, D, H*W): L2-normalise per location, expand, split into groups."""
+        n, _, h, w = x.shape
+        y = self.linear(F.normalize(x, dim=1).flatten(2).transpose(1, 2))  # (N, L, E*C)
+        return y.view(n, h * w, self.groups, self.cluster_dim).permute(0, 2, 3, 1)
+
+    def weights(self, xg: torch.Tensor, p: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Soft assignment s (N, G, K, L) and group attention a (N, G, L)."""
+        a = torch.sigmoid(xg.clamp(min=self.eps).pow(p).mean(2).pow(1.0 / p))
+        logits = torch.matmul(self.conv.weight.view(self.num_clusters, self.cluster_dim).to(xg.dtype), xg)
+        return F.softmax(logits, dim=2), a
+
+    def vlad(self, x: torch.Tensor) -> torch.Tensor:
+        """Un-normalised OptLAD (N, K, D) of a conv feature map (N, C, H, W)."""
+        n, _, h, w = x.shape
+        xg = self.grouped(x)
+        s, a = self.weights(xg, self.p_map(h, w).to(xg.dtype))
+        A = (s * a.unsqueeze(2)).transpose(1, 2).reshape(n, self.num_clusters, -1)  # (N, K, G*L)
+        X = xg.permute(0, 1, 3, 2).reshape(n, -1, self.cluster_dim)  # (N, G*L, D)
+        return torch.bmm(A, X) - self.centroids.to(X.dtype).unsqueeze(0) * A.sum(-1, keepdim=True)
+
+    def patch_vlads(self, x: torch.Tensor, rows: int = 3, cols: int = 4) -> torch.Tensor:
+        """Un-normalised OptLAD of each cell of a rows x cols grid (N, rows*cols, K, D), row-major.
+
+        Each cell uses the exponents of its own window of the map, so the cells sum to `vlad(x)` exactly.
+        """
+        n, _, h, w = x.shape
+        if h < rows or w < cols:
+            raise ValueError(f"a {rows}x{cols} region grid needs a feature map of at least that size, got {h}x{w}")
+        xg = self.grouped(x)
+        s, a = self.weights(xg, self.p_map(h, w).to(xg.dtype))
+        A = (s * a.unsqueeze(2)).permute(0, 2, 1, 3)  # (N, K, G, L)
+        X = xg.permute(0, 1, 3, 2)  # (N, G, L, D)
+        r_edges = [round(i * h / rows) for i in range(rows + 1)]
+        c_edges = [round(j * w / cols) for j in range(cols + 1)]
+        cell = torch.empty(h, w, dtype=torch.long, device=x.device)
+        for i in range(rows):
+            for j in range(cols):
+                cell[r_edges[i]:r_edges[i + 1], c_edges[j]:c_edges[j + 1]] = i * cols + j
+        onehot = F.one_hot(cell.flatten(), rows * cols).to(X.dtype)  # (L, R)
+        # per-cell sums over locations: sum_g sum_l A(k,g,l) [cell(l)=r] x_g(l)
+        AX = torch.einsum("nkgl,lr,ngld->nrkd", A, onehot, X)
+        mass = torch.einsum("nkgl,lr->nrk", A, onehot)
+        return AX - self.centroids.to(X.dtype) * mass.unsqueeze(-1)
+
+    @staticmethod
+    def normalise(vlad: torch.Tensor) -> torch.Tensor:
+        """Intra-normalise each cluster row, flatten, L2-normalise: (..., K, D) -> (..., K*D)."""
+        return F.normalize(F.normalize(vlad, dim=-1).flatten(-2), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalise(self.vlad(x))
+
+    def local_descriptors(self, x: torch.Tensor) -> torch.Tensor:
+        """The grouped D-dim vectors the assignment sees, flattened (N*G*L, D): what k-means should cluster."""
+        return self.grouped(x).permute(0, 1, 3, 2).reshape(-1, self.cluster_dim)
+
+    @torch.no_grad()
+    def init_from_clusters(self, centroids: torch.Tensor, descriptors: torch.Tensor) -> float:
+        """Set centres and the assignment from k-means centres in the grouped space; returns alpha."""
+        if centroids.shape != self.centroids.shape:
+            raise ValueError(f"expected centroids of shape {tuple(self.centroids.shape)}, got {tuple(centroids.shape)}")
+        alpha, c_hat = alpha_from_clusters(centroids, descriptors)
+        self.centroids.copy_(centroids)
+        self.conv.weight.copy_((alpha * c_hat)[:, :, None, None])
+        self.cluster_source = (centroids.detach().cpu().float(), descriptors.detach().cpu().float())
+        return alpha
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Group attention averaged over groups (N, H, W)."""
+        n, _, h, w = x.shape
+        xg = self.grouped(x)
+        return self.weights(xg, self.p_map(h, w).to(xg.dtype))[1].mean(1).view(n, h, w)

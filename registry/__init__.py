@@ -1,0 +1,37 @@
+"""A framework-neutral registry of visual place recognition models (ClusVPR, NetVLAD, GeM, plugins).
+
+Importing this package is cheap: plugins are discovered lazily, at the first lookup.
+"""
+from . import aggregators as _aggregators  # noqa: F401  (registers the bundled aggregators)
+from . import backbones as _backbones  # noqa: F401  (registers the bundled backbones)
+from ._registry import (
+    ModelEntry,
+    list_aliases,
+    list_models,
+    load_plugins,
+    register_aggregator,
+    register_backbone,
+    register_model,
+    resolve_name,
+)
+from .errors import NotPublishedError
+from .factory import build_vpr_model, create, model_info
+from .model import VPRModel
+from .whitening import PCAWhitening
+
+__all__ = [
+    "ModelEntry",
+    "NotPublishedError",
+    "PCAWhitening",
+    "VPRModel",
+    "build_vpr_model",
+    "create",
+    "list_aliases",
+    "list_models",
+    "load_plugins",
+    "model_info",
+    "register_aggregator",
+    "register_backbone",
+    "register_model",
+    "resolve_name",
+]

@@ -1,0 +1,10 @@
+"""Aggregators: local feature map (N, C, H, W) -> L2-normalised global descriptor (N, out_dim)."""
+from .gem import GeM
+from .netvlad import NetVLAD, alpha_from_clusters
+
+__all__ = ["GeM", "NetVLAD", "alpha_from_clusters"]
+
+from .._registry import register_aggregator
+
+register_aggregator("netvlad", NetVLAD)
+register_aggregator("gem", GeM)

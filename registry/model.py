@@ -1,0 +1,167 @@
+"""VPRModel: backbone -> aggregator -> optional PCA whitening, giving L2-normalised global descriptors."""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .whitening import PCAWhitening
+
+# ColorJitter of the ClusVPR/SFRS training recipe: brightness, contrast, saturation, hue.
+TRAIN_JITTER = (0.7, 0.7, 0.7, 0.5)
+
+
+class VPRModel(nn.Module):
+    """A swappable backbone and aggregator with the input config and preprocessing that match them."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        aggregator: nn.Module,
+        whitening: Optional[PCAWhitening] = None,
+        input_config: Optional[Dict[str, Any]] = None,
+        config: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        if getattr(aggregator, "in_channels", backbone.out_channels) != backbone.out_channels:
+            raise ValueError(
+                f"aggregator takes {aggregator.in_channels} channels but the backbone gives {backbone.out_channels}"
+            )
+        self.backbone = backbone
+        self.aggregator = aggregator
+        self.whitening = whitening
+        self.input_config = dict(input_config or {})
+        self.config = dict(config or {})
+
+    @property
+    def name(self) -> str:
+        return self.config.get("architecture", type(self).__name__)
+
+    @property
+    def descriptor_dim(self) -> int:
+        """Current output width: the whitening's once fitted, else the aggregator's."""
+        if self.whitening is not None and self.whitening.fitted:
+            return self.whitening.out_dim
+        return self.aggregator.out_dim
+
+    @property
+    def num_features(self) -> int:
+        """timm's name for the output width."""
+        return self.descriptor_dim
+
+    @property
+    def feature_info(self):
+        """timm-style description of the local feature tap."""
+        return [dict(num_chs=self.backbone.out_channels, reduction=self.backbone.stride, module="backbone")]
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"expected a torch.Tensor batch of images, got {type(images).__name__}")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}; "
+                "add a batch axis with images.unsqueeze(0) or convert to RGB"
+            )
+        if not images.is_floating_point():
+            raise ValueError(
+                f"expected floating-point images, got dtype {images.dtype}; apply model.transform() "
+                "(scales to float and normalises with the model's mean/std)"
+            )
+
+    def local_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone feature map (N, C, H/16, W/16)."""
+        self._check_images(images)
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        desc = self.aggregator(self.local_features(images))
+        if self.whitening is not None:
+            desc = self.whitening(desc)
+        return F.normalize(desc, dim=-1)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, amp: Optional[bool] = None) -> torch.Tensor:
+        """Inference: bfloat16 autocast and channels_last on CUDA; float32 descriptors out."""
+        device = next(self.parameters()).device
+        images = images.to(device, non_blocking=True)
+        amp = device.type == "cuda" if amp is None else amp
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+        with ctx:
+            desc = self(images)
+        return F.normalize(desc.float(), dim=-1)
+
+    def prepare_for_inference(self, device: str = "cuda", compile: bool = False) -> nn.Module:
+        """Move to `device` in eval mode (channels_last on CUDA); optionally wrap in torch.compile."""
+        self.eval().to(device)
+        if torch.device(device).type == "cuda":
+            self.to(memory_format=torch.channels_last)
+        return torch.compile(self) if compile else self
+
+    @torch.no_grad()
+    def fit_whitening(self, descs) -> PCAWhitening:
+        """Fit the whitening layer on un-whitened training descriptors (N, aggregator.out_dim)."""
+        if self.whitening is None:
+            raise RuntimeError("this model was built without a whitening layer (whitening_dim=None)")
+        return self.whitening.fit(descs)
+
+    def transform(self, train: bool = False):
+        """torchvision transform PIL image -> normalised tensor, matching `input_config` (jitter if train)."""
+        from torchvision import transforms as T
+
+        cfg = self.input_config
+        _, h, w = cfg["input_size"]
+        steps = []
+        if cfg.get("resize", "fixed") == "fixed":
+            steps.append(T.Resize((h, w), interpolation=T.InterpolationMode.BILINEAR, antialias=True))
+        else:
+            steps.append(_ResizeLongerSide(max(h, w)))
+        if train:
+            steps.append(T.ColorJitter(*TRAIN_JITTER))
+        steps += [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])]
+        return T.Compose(steps)
+
+    def save_pretrained(self, save_directory, **kwargs) -> Any:
+        """Write the Hub layout (config.json, model.safetensors, centroids.h5, pca.h5, README.md) to a folder."""
+        from . import hub
+
+        return hub.save_pretrained(self, save_directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload the Hub layout to `repo_id`; returns the commit hash."""
+        from . import hub
+
+        return hub.push_to_hub(self, repo_id, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, src: str, **kwargs) -> "VPRModel":
+        """Load from `org/name[@rev]` or a local directory in the Hub layout."""
+        from . import hub
+
+        return hub.from_pretrained(src, **kwargs)
+
+    def copy(self) -> "VPRModel":
+        """A deep copy (a frozen teacher, say)."""
+        return copy.deepcopy(self)
+
+
+class _ResizeLongerSide:
+    """Resize so the longer side equals `size`, keeping the aspect ratio (Tokyo 24/7 protocol)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, img):
+        w, h = img.size
+        scale = self.size / max(w, h)
+        return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample=2)
+
+    def __repr__(self) -> str:
+        return f"ResizeLongerSide({self.size})"
+
+
