@@ -1,0 +1,52 @@
+"""Converted reference weights reproduce the reference implementation's golden tensors (float32, rel < 1e-5)."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clusvpr_plugin.aggregator import ClusVPRAggregator
+from clusvpr_plugin.convert import convert_reference_state_dict
+from conftest import GOLDEN, need_shared
+from registry.aggregators.netvlad import alpha_from_clusters
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return load_file(str(need_shared(GOLDEN)))
+
+
+@pytest.fixture(scope="module")
+def aggregator(golden):
+    converted = convert_reference_state_dict({k: v for k, v in golden.items() if k.startswith("module.")})
+    agg = ClusVPRAggregator(feature_size=(30, 40)).eval()
+    agg.load_state_dict({k[len("aggregator."):]: v for k, v in converted.items()}, strict=True)
+    return agg
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_cwt_stack_output(golden, aggregator):
+    with torch.no_grad():
+        assert rel_err(aggregator.refine(golden["input.conv5"]), golden["output.cwt"]) < 1e-5
+
+
+def test_optlad_output(golden, aggregator):
+    with torch.no_grad():
+        vlad = aggregator.optlad.vlad(aggregator.refine(golden["input.conv5"]))
+    assert rel_err(vlad, golden["output.vlad"]) < 1e-5
+
+
+def test_descriptor_from_the_aggregator_alone(golden, aggregator):
+    with torch.no_grad():
+        desc = aggregator(golden["input.conv5"])
+    assert desc.shape == (2, 8192) and rel_err(desc, golden["output.descriptor"]) < 1e-5
+
+
+def test_assignment_initialisation(golden):
+    agg = ClusVPRAggregator(feature_size=(30, 40))
+    alpha = agg.init_from_clusters(golden["init.clsts"], golden["init.traindescs"])
+    assert alpha == pytest.approx(golden["init.alpha"].item(), rel=1e-5)
+    assert rel_err(agg.optlad.conv.weight, golden["module.net_vlad.conv.weight"]) < 1e-5
+    assert torch.equal(agg.centroids.data, golden["init.clsts"])
+    assert alpha_from_clusters(golden["init.clsts"], golden["init.traindescs"])[0] == pytest.approx(alpha)

@@ -1,0 +1,98 @@
+"""VPRModel: descriptors, batch independence, input checks, preprocessing, gradients."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import registry
+
+SMALL = {"input_size": (64, 96)}
+
+
+@pytest.mark.parametrize("name,dim", [("netvlad_vgg16", 64 * 512), ("gem_vgg16", 512), ("gem_resnet50", 1024),
+                                      ("clusvpr_vgg16", 64 * 128)])
+def test_forward_gives_l2_normalised_descriptors(name, dim, small_input):
+    model = registry.create(name, **SMALL)
+    out = model(small_input)
+    assert out.shape == (2, dim) and model.descriptor_dim == dim
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_created_models_are_in_eval_mode():
+    assert not registry.create("gem_vgg16", **SMALL).training
+
+
+@pytest.mark.parametrize("name", ["netvlad_vgg16", "gem_vgg16", "clusvpr_vgg16"])
+def test_batch_of_one_equals_the_same_row_in_a_batch(name):
+    model = registry.create(name, **SMALL)
+    x = torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        full = model(x)
+        single = torch.cat([model(x[i:i + 1]) for i in range(3)])
+    assert torch.allclose(full, single, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (torch.randn(3, 64, 96), "shape"),
+    (torch.randn(1, 1, 64, 96), "shape"),
+    (torch.zeros(1, 3, 64, 96, dtype=torch.uint8), "floating-point"),
+])
+def test_bad_images_raise_value_errors_that_say_what_was_expected(bad, message):
+    model = registry.create("gem_vgg16", **SMALL)
+    with pytest.raises(ValueError, match=message):
+        model(bad)
+
+
+def test_too_small_feature_map_is_a_value_error():
+    model = registry.create("clusvpr_vgg16", **SMALL)
+    with pytest.raises(ValueError, match="too small"):
+        model(torch.randn(1, 3, 16, 16))  # 1x1 conv5 map
+
+
+def test_transform_follows_the_input_config():
+    model = registry.create("clusvpr_vgg16", input_size=(48, 80))
+    img = Image.fromarray(np.full((100, 120, 3), 200, dtype=np.uint8))
+    x = model.transform()(img)
+    assert x.shape == (3, 48, 80)
+    expected = (200 / 255 - torch.tensor([0.485, 0.458, 0.408])) * 255  # RGB 0..255 minus the matconvnet mean
+    assert torch.allclose(x[:, 0, 0], expected, atol=1e-3)
+
+
+def test_longer_side_resize_keeps_aspect_ratio():
+    model = registry.create("gem_vgg16", input_size=(480, 640), resize="longer_side")
+    x = model.transform()(Image.new("RGB", (320, 480)))
+    assert x.shape == (3, 640, 427)
+
+
+def test_gradients_reach_trainable_backbone_layers_only():
+    model = registry.create("clusvpr_vgg16", **SMALL).train()
+    model(torch.randn(2, 3, 64, 96)).sum().backward()
+    feats = model.backbone.features
+    assert feats[24].weight.grad is not None and feats[24].weight.grad.abs().sum() > 0  # conv5_1 trains
+    assert feats[0].weight.grad is None  # conv1_1 frozen (reference recipe)
+    assert model.aggregator.optlad.p.grad.abs().sum() > 0
+    assert model.aggregator.cwt[0].cwt.block.attn.value.weight.grad.abs().sum() > 0
+
+
+def test_train_layers_all_trains_the_whole_backbone():
+    model = registry.create("gem_vgg16", train_layers="all", **SMALL).train()
+    model(torch.randn(1, 3, 64, 96)).sum().backward()
+    assert model.backbone.features[0].weight.grad is not None
+
+
+def test_backbone_and_aggregator_are_swappable():
+    model = registry.create("gem_resnet50", **SMALL)
+    assert model.backbone.out_channels == model.aggregator.in_channels == 1024
+    other = registry.create("netvlad_vgg16", **SMALL)
+    with pytest.raises(ValueError, match="channels"):
+        registry.VPRModel(model.backbone, other.aggregator)
+
+
+def test_fitted_whitening_sets_the_descriptor_dim(small_input):
+    model = registry.create("gem_vgg16", whitening_dim=8, **SMALL)
+    with torch.no_grad():
+        raw = torch.cat([model.aggregator(model.local_features(torch.randn(4, 3, 64, 96))) for _ in range(4)])
+    model.fit_whitening(raw)
+    out = model(small_input)
+    assert out.shape == (2, 8) and model.descriptor_dim == 8
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)

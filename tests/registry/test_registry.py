@@ -1,0 +1,70 @@
+"""The registry: names, aliases, errors, plugin discovery, model_info."""
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import pytest
+
+from conftest import REPO
+
+import registry
+from registry._registry import PLUGIN_GROUP, ModelEntry
+
+
+def test_lists_the_required_models():
+    assert {"clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16", "gem_resnet50"} <= set(registry.list_models())
+
+
+def test_pattern_filters_models():
+    assert registry.list_models("gem_*") == ["gem_resnet50", "gem_vgg16"]
+
+
+def test_aliases_resolve_to_models():
+    assert registry.resolve_name("clusvpr") == "clusvpr_vgg16"
+    assert registry.resolve_name("netvlad") == "netvlad_vgg16"
+    assert registry.resolve_name("gem") == "gem_vgg16"
+
+
+def test_unknown_name_lists_closest_valid_names():
+    with pytest.raises(KeyError, match="netvlad_vgg16"):
+        registry.create("netvlad_vgg61")
+
+
+def test_duplicate_registration_is_an_error():
+    entry = registry._registry.get_entry("gem_vgg16")
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_model(ModelEntry("gem_vgg16", entry.builder, "vgg16", "gem"))
+
+
+def test_model_info_reports_the_facts():
+    info = registry.model_info("clusvpr")
+    assert info["backbone"] == "vgg16" and info["aggregator"] == "clusvpr"
+    assert info["descriptor_dim"] == 4096 and info["input_size"] == (3, 480, 640)
+    assert info["std"] == pytest.approx((1 / 255,) * 3)
+    assert "not published" in info["weights"]
+
+
+def test_plugin_is_declared_as_an_entry_point():
+    names = {ep.value for ep in entry_points(group=PLUGIN_GROUP)}
+    assert "clusvpr_plugin" in names, "run `pip install -e .` so the plugin entry point is installed"
+
+
+def test_create_finds_the_plugin_without_importing_it():
+    code = (
+        "import sys, registry\n"
+        "assert 'clusvpr_plugin' not in sys.modules\n"
+        "m = registry.create('clusvpr_vgg16', input_size=(64, 64))\n"
+        "print(type(m.aggregator).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ClusVPRAggregator"
+
+
+def test_importing_the_packages_does_no_heavy_work():
+    code = (
+        "import sys, gc, torch, registry, clusvpr_plugin, hubconf\n"
+        "big = [t for t in gc.get_objects() if isinstance(t, torch.Tensor) and t.numel() > 10000]\n"
+        "print(torch.cuda.is_initialized(), 'knn_cuda' in sys.modules, len(big))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split() == ["False", "False", "0"]

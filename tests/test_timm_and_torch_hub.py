@@ -1,0 +1,44 @@
+"""timm.create_model and torch.hub entry points build the registry's models."""
+import pytest
+import timm
+import torch
+import torch.hub
+
+import clusvpr_plugin  # noqa: F401  (registers the timm entry points)
+from conftest import REPO
+from registry import VPRModel
+
+MODELS = ["clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16", "gem_resnet50"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_timm_create_model_builds_the_registry_model(name):
+    model = timm.create_model(name, input_size=(64, 64))
+    assert isinstance(model, VPRModel) and model.name == name
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, model.num_features)
+
+
+def test_timm_pretrained_cfg_carries_the_spec_input_config():
+    cfg = timm.models.get_pretrained_cfg("clusvpr_vgg16")
+    assert cfg.input_size == (3, 480, 640)
+    assert cfg.mean == pytest.approx((0.485, 0.458, 0.408)) and cfg.std == pytest.approx((1 / 255,) * 3)
+    model = timm.create_model("clusvpr_vgg16", input_size=(64, 64))
+    assert model.pretrained_cfg["input_size"] == (3, 64, 64)
+    assert model.feature_info[0]["num_chs"] == 512 and model.feature_info[0]["reduction"] == 16
+
+
+def test_timm_rejects_classification_heads():
+    with pytest.raises(ValueError, match="num_classes"):
+        timm.create_model("gem_vgg16", num_classes=10)
+
+
+def test_torch_hub_load_from_a_local_checkout():
+    model = torch.hub.load(str(REPO), "clusvpr_vgg16", source="local", input_size=(64, 64))
+    assert isinstance(model, VPRModel) and model.descriptor_dim == 8192
+
+
+def test_torch_hub_lists_only_model_entry_points():
+    # torch.hub.list reads GitHub; this applies its rule (public callables of hubconf) to the local file
+    module = torch.hub._import_module("hubconf", str(REPO / "hubconf.py"))
+    public = sorted(f for f in dir(module) if callable(getattr(module, f)) and not f.startswith("_"))
+    assert public == sorted(MODELS)
