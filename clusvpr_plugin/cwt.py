@@ -78,12 +78,18 @@ class CWT(nn.Module):
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
         n, c, h, w = g.shape
-        t = self.embed(F.avg_pool2d(g, 2, ceil_mode=True))
-        hp, wp = t.shape[2:]
-        tokens = torch.cat([self.cls_token.expand(n, -1, -1).to(t.dtype), t.flatten(2).transpose(1, 2)], dim=1)
+        pooled = F.avg_pool2d(g, 2, ceil_mode=True)
+        hp, wp = pooled.shape[2:]
+        # the 1x1 convs run as matrix products on the token layout (same weights, fewer layout copies)
+        t = F.linear(pooled.flatten(2).transpose(1, 2), self.embed.weight.view(c, c), self.embed.bias)
+        tokens = torch.cat([self.cls_token.expand(n, -1, -1).to(t.dtype), t], dim=1)
         tokens = self.block(self.embed_drop(tokens))[:, 1:]
-        y = self.up(tokens.transpose(1, 2).reshape(n, c, hp, wp))[:, :, :h, :w]
-        return g + self.pw(y)
+        # PW(UP(t)): UP scales channel c by k[c, a, b] into sub-pixel (a, b), so PW o UP is one product with
+        # the four matrices W diag(k[:, a, b]) stacked, then a pixel shuffle back to (2*hp, 2*wp)
+        fused = self.pw.weight.view(1, c, c) * self.up.weight.view(c, 4).T.unsqueeze(1)  # (4, c_out, c_in)
+        y = torch.matmul(tokens, fused.reshape(4 * c, c).T.to(tokens.dtype))  # (N, L, 4*c): [ab, c_out]
+        y = y.view(n, hp, wp, 2, 2, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, 2 * hp, 2 * wp)
+        return g + y[:, :, :h, :w]
 
 
 def _dw3(channels: int) -> nn.Conv2d:

@@ -14,10 +14,12 @@ def _knn_cuda_available(x: torch.Tensor) -> bool:
 def knn_sq_dist_sum_torch(tokens: torch.Tensor, k: int) -> torch.Tensor:
     """(N, T, C) -> (N, T): sum of squared Euclidean distances to the k+1 nearest tokens (itself included)."""
     x = tokens.float()
-    # direct differences, not the |a|^2 + |b|^2 - 2ab expansion, so near-ties rank exactly as in float math
-    dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
-    nearest = dist.topk(min(k + 1, x.shape[1]), dim=-1, largest=False).values
-    return nearest.pow(2).sum(-1)
+    # squared distances from one batched Gram product; the sum of the k+1 smallest is continuous in them,
+    # so rounding that swaps two near-tied neighbours changes the result only by their (tiny) difference
+    sq = x.square().sum(-1)
+    d2 = torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), x, x.transpose(1, 2), alpha=-2.0).clamp_min_(0)
+    d2.diagonal(dim1=1, dim2=2).zero_()
+    return d2.topk(min(k + 1, x.shape[1]), dim=-1, largest=False).values.sum(-1)
 
 
 @torch.no_grad()

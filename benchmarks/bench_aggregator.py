@@ -1,0 +1,100 @@
+"""Time and peak memory of the ClusVPR aggregator vs the reference's materialised-residual OptLAD, one run, one machine.
+
+    python benchmarks/bench_aggregator.py --batch 8 --repeats 5 [--device cpu|cuda] [--out benchmarks/aggregator.json]
+
+Each variant runs in its own subprocess so that peak memory (ru_maxrss on CPU, max_memory_allocated on
+CUDA) belongs to that variant alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+VARIANTS = {
+    "optlad_matrix": "OptLAD, matrix-product form (this package)",
+    "optlad_naive": "OptLAD, materialised N x G x K x D x HW residual (reference form)",
+    "aggregator_matrix": "CWT stack + OptLAD matrix form (this package's aggregator)",
+    "aggregator_naive": "CWT stack + materialised-residual OptLAD",
+}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_variant(variant: str, batch: int, repeats: int, device: str, h: int, w: int) -> dict:
+    """Build the aggregator, run `repeats` timed forwards after one warm-up, report seconds and peak bytes."""
+    import torch
+
+    from clusvpr_plugin.aggregator import ClusVPRAggregator
+    from clusvpr_plugin.naive import naive_optlad_vlad
+
+    torch.manual_seed(0)
+    agg = ClusVPRAggregator(feature_size=(h, w)).eval().to(device)
+    x = torch.randn(batch, 512, h, w, device=device)
+
+    def forward():
+        feats = agg.refine(x) if variant.startswith("aggregator") else x
+        if variant.endswith("naive"):
+            return naive_optlad_vlad(agg.optlad, feats)
+        return agg.optlad.vlad(feats)
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    with torch.no_grad():
+        forward()
+        sync()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = _rss_bytes()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = forward()
+            sync()
+            times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"variant": variant, "seconds": sorted(times)[len(times) // 2], "peak_bytes": peak - base,
+            "out_norm": float(out.double().norm())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8, help="feature maps per forward (default 8)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forwards per variant; the median is reported")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--size", type=int, nargs=2, default=(30, 40), metavar=("H", "W"), help="feature map size")
+    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:  # child process: one variant
+        print(json.dumps(run_variant(args.variant, args.batch, args.repeats, args.device, *args.size)))
+        return
+    rows = {}
+    for v in VARIANTS:
+        cmd = [sys.executable, __file__, "--variant", v, "--batch", str(args.batch), "--repeats", str(args.repeats),
+               "--device", args.device, "--size", *map(str, args.size)]
+        rows[v] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    print(f"device={args.device} batch={args.batch} map={args.size[0]}x{args.size[1]} repeats={args.repeats}")
+    print(f"| variant | median time (ms) | peak memory (MiB) |\n|---|---|---|")
+    for v, r in rows.items():
+        print(f"| {VARIANTS[v]} | {r['seconds'] * 1e3:.1f} | {r['peak_bytes'] / 2**20:.0f} |")
+    for part in ("optlad", "aggregator"):
+        m, n = rows[f"{part}_matrix"], rows[f"{part}_naive"]
+        print(f"{part}: {n['seconds'] / m['seconds']:.1f}x faster, peak memory {m['peak_bytes'] / max(n['peak_bytes'], 1):.3f}"
+              f" of the naive form (outputs agree: {abs(m['out_norm'] - n['out_norm']) / n['out_norm'] < 1e-4})")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
