@@ -1,0 +1,21 @@
+"""Evaluation: descriptor extraction, Recall@N (faiss), k-reciprocal re-ranking, PCA fitting, descriptor files."""
+from .extract import Preprocess, extract_dataset, extract_descriptors
+from .pca import fit_whitening_if_needed, needs_whitening_fit
+from .recall import DEFAULT_NS, recall_at_n, recall_from_predictions, search
+from .rerank import k_reciprocal_rerank
+from .storage import load_descriptors, save_descriptors
+
+__all__ = [
+    "DEFAULT_NS",
+    "Preprocess",
+    "extract_dataset",
+    "extract_descriptors",
+    "fit_whitening_if_needed",
+    "k_reciprocal_rerank",
+    "load_descriptors",
+    "needs_whitening_fit",
+    "recall_at_n",
+    "recall_from_predictions",
+    "save_descriptors",
+    "search",
+]

@@ -1,0 +1,150 @@
+"""Recall@N by exact inner-product search on L2-normalised descriptors (faiss; torch when faiss is absent)."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+try:
+    import faiss
+except ImportError:  # the torch search below takes over
+    faiss = None
+
+DEFAULT_NS = (1, 5, 10, 20)
+_QUERY_CHUNK = 1024
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as contiguous float32."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _flat_index(dim: int):
+    index = faiss.IndexFlatIP(dim)
+    if faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def _ivfpq_index(db: np.ndarray, nlist: Optional[int], m: Optional[int], nbits: int, nprobe: int):
+    n, dim = db.shape
+    nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
+    m = m or max(d for d in range(1, max(1, min(64, dim // 4)) + 1) if dim % d == 0)
+    if dim % m:
+        raise ValueError(f"IVF-PQ needs m dividing the descriptor dim {dim}, got m={m}")
+    if n < max(nlist, 2**nbits):
+        raise ValueError(f"IVF-PQ with nlist={nlist}, nbits={nbits} needs >= {max(nlist, 2**nbits)} database "
+                         f"vectors to train, got {n}: use index='flat' or a smaller nbits")
+    index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}x{nbits}", faiss.METRIC_INNER_PRODUCT)
+    index.train(db)
+    index.nprobe = min(nprobe, nlist)
+    return index
+
+
+def _torch_search(q: np.ndarray, db: np.ndarray, k: int) -> np.ndarray:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dbt = torch.from_numpy(db).to(device)
+    out = []
+    for start in range(0, len(q), _QUERY_CHUNK):
+        scores = torch.from_numpy(q[start : start + _QUERY_CHUNK]).to(device) @ dbt.T
+        out.append(scores.topk(k, dim=1).indices.cpu().numpy())
+    return np.concatenate(out).astype(np.int64)
+
+
+def search(
+    q: np.ndarray,
+    db: np.ndarray,
+    k: int,
+    index: str = "flat",
+    nlist: Optional[int] = None,
+    m: Optional[int] = None,
+    nbits: int = 8,
+    nprobe: int = 16,
+) -> np.ndarray:
+    """(Nq, k) database indices by decreasing inner product of the L2-normalised descriptors."""
+    q, db = normalise(q), normalise(db)
+    if q.shape[1] != db.shape[1]:
+        raise ValueError(f"query descriptors have dim {q.shape[1]}, database descriptors {db.shape[1]}")
+    k = min(k, len(db))
+    if index not in ("flat", "ivfpq"):
+        raise ValueError(f"index must be 'flat' or 'ivfpq', got {index!r}")
+    if faiss is None:
+        if index == "ivfpq":
+            raise ImportError("index='ivfpq' needs faiss: pip install faiss-cpu (or faiss-gpu)")
+        return _torch_search(q, db, k)
+    idx = _flat_index(db.shape[1]) if index == "flat" else _ivfpq_index(db, nlist, m, nbits, nprobe)
+    idx.add(db)
+    return idx.search(q, k)[1].astype(np.int64)
+
+
+def _drop_ignored(pred: np.ndarray, ignore: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """First k predictions per query that are not in its ignore list (-1 pads short rows)."""
+    out = np.full((len(pred), k), -1, dtype=np.int64)
+    for i, (row, ign) in enumerate(zip(pred, ignore)):
+        kept = row[~np.isin(row, ign)][:k]
+        out[i, : len(kept)] = kept
+    return out
+
+
+def recall_from_predictions(
+    predictions: np.ndarray, positives: Sequence[np.ndarray], ns: Sequence[int] = DEFAULT_NS
+) -> Dict[str, object]:
+    """Recall@N in percent over the queries that have a positive; the others are counted apart."""
+    if len(predictions) != len(positives):
+        raise ValueError(f"{len(predictions)} prediction rows for {len(positives)} queries")
+    has_pos = np.array([len(p) > 0 for p in positives], dtype=bool)
+    if not has_pos.any():
+        raise ValueError("no query has a positive: recall is undefined (check the ground truth or pos_radius)")
+    first_hit = np.full(len(positives), np.inf)
+    for i, (row, pos) in enumerate(zip(predictions, positives)):
+        hits = np.flatnonzero(np.isin(row, pos))
+        if len(hits):
+            first_hit[i] = hits[0]
+    valid = first_hit[has_pos]
+    return {
+        "recall": {int(n): float(100.0 * np.mean(valid < n)) for n in ns},
+        "num_queries": int(has_pos.sum()),
+        "num_queries_without_positives": int((~has_pos).sum()),
+    }
+
+
+def recall_at_n(
+    q: np.ndarray,
+    db: np.ndarray,
+    positives: Sequence[np.ndarray],
+    ns: Sequence[int] = DEFAULT_NS,
+    index: str = "flat",
+    ignore: Optional[Sequence[np.ndarray]] = None,
+    **index_options: int,
+) -> Dict[str, object]:
+    """Recall@N (percent) of queries `q` against database `db`; with `index='ivfpq'` also the loss vs exact.
+
+    `ignore[i]` lists database indices never counted as retrieved for query i (TokyoTM same-time captures).
+    """
+    result: Dict[str, object] = {"index": index, **_recall(q, db, positives, ns, index, ignore, index_options)}
+    if index != "flat":
+        exact = _recall(q, db, positives, ns, "flat", ignore, {})["recall"]
+        result["exact_recall"] = exact
+        result["recall_loss"] = {n: exact[n] - result["recall"][n] for n in exact}
+    return result
+
+
+def _recall(
+    q: np.ndarray,
+    db: np.ndarray,
+    positives: Sequence[np.ndarray],
+    ns: Sequence[int],
+    index: str,
+    ignore: Optional[Sequence[np.ndarray]],
+    index_options: Dict[str, int],
+) -> Dict[str, object]:
+    """Search, drop ignored hits, score."""
+    k = max(ns)
+    extra = max((len(i) for i in ignore), default=0) if ignore is not None else 0
+    pred = search(q, db, k + extra, index, **index_options)
+    if ignore is not None:
+        pred = _drop_ignored(pred, ignore, k)
+    return recall_from_predictions(pred[:, :k], positives, ns)
