@@ -1,9 +1,10 @@
 """The ClusVPR aggregator: 4 CWTNet blocks, then OptLAD; callable on conv5_3 maps directly."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from registry.aggregators._checks import check_feature_map
@@ -52,6 +53,18 @@ class ClusVPRAggregator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.optlad(self.refine(x))
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """OptLAD group attention per location (N, H, W) after the CWT stack."""
-        return self.optlad.attention(self.refine(x))
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Where the model looks, each (N, H, W): the last CWT block's cluster weights (class token dropped,
+        upsampled from the pooled grid) and OptLAD's group attention after the CWT stack."""
+        attn = self.cwt[-1].cwt.block.attn
+        attn.record = True
+        try:
+            refined = self.refine(x)
+        finally:
+            attn.record = False
+        n, _, h, w = x.shape
+        hp, wp = -(-h // 2), -(-w // 2)
+        cwt_w = attn.last_weights[:, 1:].reshape(n, 1, hp, wp)
+        cwt_w = F.interpolate(cwt_w, scale_factor=2, mode="nearest")[:, 0, :h, :w]
+        return {"cwt_cluster_weights": cwt_w, "optlad_group_attention": self.optlad.attention(refined)}

@@ -34,11 +34,15 @@ class ClusterWeightedAttention(nn.Module):
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.k, self.knn_backend = heads, k, knn_backend
+        self.last_weights: "torch.Tensor | None" = None  # set during forward when `record` is True
+        self.record = False
         self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, c = x.shape
         w = cluster_weights(x.detach(), self.k, self.knn_backend).to(x.dtype)
+        if self.record:
+            self.last_weights = w.detach()
         q, k, v = self.query(x), self.key(x), self.value(x) * (0.5 + w).unsqueeze(-1)
         q, k, v = (z.view(n, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v)

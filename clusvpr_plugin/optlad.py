@@ -104,6 +104,7 @@ class OptLAD(nn.Module):
         self.cluster_source = (centroids.detach().cpu().float(), descriptors.detach().cpu().float())
         return alpha
 
+    @torch.no_grad()
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """Group attention averaged over groups (N, H, W)."""
         n, _, h, w = x.shape

@@ -84,6 +84,13 @@ class VPRModel(nn.Module):
         return F.normalize(desc, dim=-1)
 
     @torch.no_grad()
+    def attention_maps(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Named (N, H, W) maps on the feature grid of where the aggregator looks (for visualisation)."""
+        if not hasattr(self.aggregator, "attention_maps"):
+            raise NotImplementedError(f"{type(self.aggregator).__name__} provides no attention maps")
+        return self.aggregator.attention_maps(self.local_features(images))
+
+    @torch.no_grad()
     def encode(self, images: torch.Tensor, amp: Optional[bool] = None) -> torch.Tensor:
         """Inference: bfloat16 autocast and channels_last on CUDA; float32 descriptors out."""
         device = next(self.parameters()).device

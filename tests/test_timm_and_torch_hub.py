@@ -5,7 +5,7 @@ import torch
 import torch.hub
 
 import clusvpr_plugin  # noqa: F401  (registers the timm entry points)
-from conftest import REPO
+from shared_paths import REPO
 from registry import VPRModel
 
 MODELS = ["clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16", "gem_resnet50"]

@@ -1,6 +1,8 @@
 """GeM pooling (Radenovic et al., TPAMI 2018) with a learnable exponent p."""
 from __future__ import annotations
 
+from typing import Dict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,7 @@ class GeM(nn.Module):
         pooled = x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
         return F.normalize(pooled, dim=1)
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Per-location activation energy (N, H, W): where GeM's mean draws its mass from."""
-        return x.clamp(min=self.eps).pow(self.p).sum(1)
+        return {"gem_activation_energy": x.clamp(min=self.eps).pow(self.p).sum(1)}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,8 @@ class NetVLAD(nn.Module):
         vlad = vlad_residuals(self.assignment(x), x.flatten(2), self.centroids)
         return F.normalize(F.normalize(vlad, dim=2).flatten(1), dim=1)
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Assignment confidence per location (N, H, W): the largest soft-assignment weight."""
         x = self.local_descriptors(x)
-        return self.assignment(x).max(1).values.view(x.shape[0], *x.shape[2:])
+        return {"netvlad_assignment_confidence": self.assignment(x).max(1).values.view(x.shape[0], *x.shape[2:])}

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 import registry
 from clusvpr_plugin.convert import whitening_from_pca_layer
-from conftest import GOLDEN, need_shared
+from shared_paths import GOLDEN, need_shared
 from registry.backbones import VGG16Backbone
 from registry.whitening import PCAWhitening
 

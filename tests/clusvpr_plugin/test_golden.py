@@ -5,7 +5,7 @@ from safetensors.torch import load_file
 
 from clusvpr_plugin.aggregator import ClusVPRAggregator
 from clusvpr_plugin.convert import convert_reference_state_dict
-from conftest import GOLDEN, need_shared
+from shared_paths import GOLDEN, need_shared
 from registry.aggregators.netvlad import alpha_from_clusters
 
 

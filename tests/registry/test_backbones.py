@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import VGG_WEIGHTS, need_shared
+from shared_paths import VGG_WEIGHTS, need_shared
 from registry.backbones import ResNet50Backbone, VGG16Backbone
 
 

@@ -96,3 +96,39 @@ def test_fitted_whitening_sets_the_descriptor_dim(small_input):
     out = model(small_input)
     assert out.shape == (2, 8) and model.descriptor_dim == 8
     assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(80, 112), (32, 32), (48, 176)])  # 5x7, 2x2, 3x11 conv5 maps
+def test_clusvpr_runs_at_odd_and_minimal_map_sizes(hw):
+    model = registry.create("clusvpr_vgg16", input_size=(64, 96))
+    out = model(torch.randn(1, 3, *hw))
+    assert out.shape == (1, 8192) and torch.isfinite(out).all()
+
+
+def test_encode_matches_forward_in_float32_on_cpu(small_input):
+    model = registry.create("netvlad_vgg16", **SMALL)
+    with torch.no_grad():
+        assert torch.allclose(model.encode(small_input, amp=False), model(small_input), atol=1e-6)
+
+
+def test_bfloat16_inference_stays_close_to_float32(small_input):
+    model = registry.create("clusvpr_vgg16", **SMALL)
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(model.encode(small_input, amp=True), model(small_input))
+    assert cos.min() > 0.99
+
+
+@pytest.mark.parametrize("name,keys", [
+    ("clusvpr_vgg16", {"cwt_cluster_weights", "optlad_group_attention"}),
+    ("netvlad_vgg16", {"netvlad_assignment_confidence"}),
+    ("gem_vgg16", {"gem_activation_energy"}),
+])
+def test_attention_maps_cover_the_feature_grid(name, keys):
+    model = registry.create(name, **SMALL)
+    maps = model.attention_maps(torch.randn(2, 3, 80, 112))  # odd 5x7 grid
+    assert set(maps) == keys
+    for m in maps.values():
+        assert m.shape == (2, 5, 7) and torch.isfinite(m).all()
+    if name == "clusvpr_vgg16":
+        w = maps["cwt_cluster_weights"]
+        assert w.min() >= 0 and w.max() <= 1

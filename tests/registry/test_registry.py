@@ -5,7 +5,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from conftest import REPO
+from shared_paths import REPO
 
 import registry
 from registry._registry import PLUGIN_GROUP, ModelEntry
