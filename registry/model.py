@@ -118,20 +118,15 @@ class VPRModel(nn.Module):
         return self.whitening.fit(descs)
 
     def transform(self, train: bool = False):
-        """torchvision transform PIL image -> normalised tensor, matching `input_config` (jitter if train)."""
+        """PIL image -> normalised tensor matching `input_config` (with the recipe's colour jitter if train)."""
+        from .evaluation.extract import Preprocess
+
+        pre = Preprocess(self.input_config)
+        if not train:
+            return pre
         from torchvision import transforms as T
 
-        cfg = self.input_config
-        _, h, w = cfg["input_size"]
-        steps = []
-        if cfg.get("resize", "fixed") == "fixed":
-            steps.append(T.Resize((h, w), interpolation=T.InterpolationMode.BILINEAR, antialias=True))
-        else:
-            steps.append(_ResizeLongerSide(max(h, w)))
-        if train:
-            steps.append(T.ColorJitter(*TRAIN_JITTER))
-        steps += [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])]
-        return T.Compose(steps)
+        return T.Compose([T.ColorJitter(*TRAIN_JITTER), pre])
 
     def save_pretrained(self, save_directory, **kwargs) -> Any:
         """Write the Hub layout (config.json, model.safetensors, centroids.h5, pca.h5, README.md) to a folder."""
@@ -155,20 +150,3 @@ class VPRModel(nn.Module):
     def copy(self) -> "VPRModel":
         """A deep copy (a frozen teacher, say)."""
         return copy.deepcopy(self)
-
-
-class _ResizeLongerSide:
-    """Resize so the longer side equals `size`, keeping the aspect ratio (Tokyo 24/7 protocol)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __call__(self, img):
-        w, h = img.size
-        scale = self.size / max(w, h)
-        return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample=2)
-
-    def __repr__(self) -> str:
-        return f"ResizeLongerSide({self.size})"
-
-
