@@ -12,7 +12,7 @@ except ImportError:  # timm is a dependency, but keep `import clusvpr_plugin` us
     generate_default_cfgs = register_model = None
 
 TIMM_MODELS = ("clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16", "gem_resnet50")
-_TIMM_ONLY_KWARGS = ("pretrained_cfg_overlay", "cache_dir", "pretrained_model_args", "features_only",
+_TIMM_ONLY_KWARGS = ("pretrained_cfg_overlay", "pretrained_model_args", "features_only",
                      "num_classes", "in_chans", "drop_rate", "drop_path_rate")
 
 
@@ -33,7 +33,9 @@ def timm_source(pretrained: Union[bool, str], pretrained_cfg: Optional[Any], nam
     cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else getattr(pretrained_cfg, "__dict__", {}) or {}
     hub_id = cfg.get("hf_hub_id")
     if hub_id:
-        rev = cfg.get("hf_hub_revision") or registry._registry.get_entry(name).pretrained_cfg.get("hf_hub_revision")
+        default = registry._registry.get_entry(name).pretrained_cfg
+        # the default repo's pinned revision applies to the default repo only
+        rev = cfg.get("hf_hub_revision") or (default.get("hf_hub_revision") if hub_id == default.get("hf_hub_id") else None)
         return f"{hub_id}@{rev}" if rev and "@" not in hub_id else hub_id
     return True
 

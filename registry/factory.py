@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -77,8 +78,13 @@ def _default_source(entry: ModelEntry) -> str:
             f"to download. Get weights by training (python benchmarks/train.py --model {entry.name} ...), or pass "
             "pretrained='org/name[@revision]' or pretrained='path/to/dir' for a repository or folder you have."
         )
-    rev = entry.pretrained_cfg.get("hf_hub_revision")
-    return f"{repo}@{rev}" if rev else repo
+    rev = entry.pretrained_cfg.get("hf_hub_revision") or ""
+    if not re.fullmatch(r"[0-9a-f]{40}", rev):
+        raise ValueError(
+            f"the default repository of {entry.name!r} ({repo}) is not pinned: set "
+            "pretrained_cfg['hf_hub_revision'] to the 40-hex commit hash of the published weights"
+        )
+    return f"{repo}@{rev}"
 
 
 def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overrides: Any) -> VPRModel:

@@ -1,0 +1,156 @@
+"""Render MODEL_CARD.md into a repository's README.md from its config.json facts (nothing guessed)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+TEMPLATE_NAME = "MODEL_CARD.md"
+_LEADING_COMMENT = re.compile(r"\A\s*<!--.*?-->\s*", re.S)
+_TAGS = ["visual-place-recognition", "image-retrieval", "image-feature-extraction", "clusvpr-zoo"]
+_CITATIONS = {
+    "clusvpr": """@article{xu2023clusvpr,
+  title   = {ClusVPR: Efficient Visual Place Recognition with Clustering-based Weighted Transformer},
+  author  = {Xu, Yifan and Shamsolmoali, Pourya and Yang, Jie},
+  journal = {arXiv preprint arXiv:2310.04099},
+  year    = {2023}
+}""",
+    "netvlad": """@inproceedings{arandjelovic2016netvlad,
+  title     = {{NetVLAD}: {CNN} architecture for weakly supervised place recognition},
+  author    = {Arandjelovi{\\'c}, Relja and Gronat, Petr and Torii, Akihiko and Pajdla, Tomas and Sivic, Josef},
+  booktitle = {IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2016}
+}""",
+    "gem": """@article{radenovic2019gem,
+  title   = {Fine-tuning {CNN} Image Retrieval with No Human Annotation},
+  author  = {Radenovi{\\'c}, Filip and Tolias, Giorgos and Chum, Ond{\\v{r}}ej},
+  journal = {IEEE Transactions on Pattern Analysis and Machine Intelligence},
+  year    = {2019}
+}""",
+}
+
+
+def template_path() -> Path:
+    """The MODEL_CARD.md template: the packaged copy if installed, else the one at the repository root."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "data" / TEMPLATE_NAME, package / TEMPLATE_NAME, package.parent / TEMPLATE_NAME):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{TEMPLATE_NAME} not found next to the registry package or at the repository root ({package.parent}); "
+        "pass model_card='path/to/template.md' to save_pretrained / push_to_hub"
+    )
+
+
+def render_model_card(
+    config: Mapping[str, Any],
+    template: Optional[Union[str, os.PathLike]] = None,
+    repo_hint: str = "org/name@<commit>",
+) -> str:
+    """README.md text: the template (a path, template text, or MODEL_CARD.md) filled from `config`."""
+    if template is None:
+        text = template_path().read_text(encoding="utf-8")
+    elif isinstance(template, os.PathLike) or (isinstance(template, str) and "\n" not in template):
+        text = Path(template).read_text(encoding="utf-8")
+    else:
+        text = template
+    text = _LEADING_COMMENT.sub("", text, count=1)
+    try:
+        return string.Template(text).substitute(card_values(config, repo_hint))
+    except KeyError as err:
+        raise KeyError(f"model card template uses the unknown placeholder ${{{err.args[0]}}}; "
+                       f"known ones: {sorted(card_values(config, repo_hint))}") from None
+
+
+def card_values(config: Mapping[str, Any], repo_hint: str = "org/name@<commit>") -> Dict[str, str]:
+    """Placeholder values; every fact missing from config.json is said to be missing."""
+    cfg = dict(config.get("pretrained_cfg") or {})
+    inp = dict(config.get("input_config") or {})
+    training = dict(config.get("training") or {})
+    datasets = [str(d) for d in training.get("datasets") or []]
+    size = inp.get("input_size") or cfg.get("input_size") or ["?", "?", "?"]
+    height, width = size[-2], size[-1]
+    resize = "resized to exactly {}x{} (HxW)".format(height, width) if inp.get("resize", "fixed") == "fixed" \
+        else "longer side resized to {} px, aspect ratio kept".format(max(height, width))
+    whitening = config.get("whitening") or {}
+    aggregator = str(config.get("aggregator", "unknown"))
+    trained = bool(datasets or training.get("recipe"))
+    return {
+        "license": json.dumps(str(cfg.get("license") or "other")),
+        "tags": json.dumps(_TAGS + [t for t in (config.get("architecture"), aggregator) if t]),
+        "datasets": json.dumps(datasets),
+        "architecture": str(config.get("architecture", "unknown")),
+        "backbone": str(config.get("backbone", "unknown")),
+        "aggregator": aggregator,
+        "summary": _summary(config),
+        "descriptor_dim": str(config.get("descriptor_dim", "unknown")),
+        "whitening": f", PCA-whitened from {whitening['in_dim']}-d" if whitening.get("fitted") else "",
+        "input_size": f"{height}x{width} (HxW) RGB",
+        "resize": f"{resize}, {inp.get('interpolation', cfg.get('interpolation', 'bilinear'))} interpolation",
+        "mean": _fmt_floats(inp.get("mean") or cfg.get("mean")),
+        "std": _fmt_floats(inp.get("std") or cfg.get("std")),
+        "weights_statement": (f"trained by the uploader on {', '.join(datasets) or 'data not recorded'}"
+                              if trained else "no training is recorded in config.json: these weights may be "
+                              "untrained (randomly initialised) or converted; ask the uploader before relying on them"),
+        "repo_hint": repo_hint,
+        "training_data": ", ".join(datasets) or "not recorded",
+        "training_recipe": str(training.get("recipe") or "not recorded"),
+        "backbone_weights": str(config.get("backbone_weights", "not recorded")),
+        "evaluation": _evaluation(config.get("evaluation")),
+        "recalls": _recalls(config.get("recalls")),
+        "limitations": "" if trained else
+        "- No training is recorded for these weights: measure recalls on your data before using them.",
+        "citation": _CITATIONS.get(aggregator, "% no citation recorded for aggregator " + aggregator),
+    }
+
+
+def _summary(config: Mapping[str, Any]) -> str:
+    """One sentence: the registry's description, and the arguments that change it for these weights."""
+    name = str(config.get("architecture", "unknown"))
+    try:
+        from .._registry import get_entry
+
+        description = get_entry(name).description
+    except (KeyError, ImportError):
+        description = ""
+    args = dict(config.get("model_args") or {})
+    text = f"A `{name}` model of the ClusVPR model zoo"
+    if description:
+        text += f" (registry default: {description})" if args else f": {description}"
+    if args:
+        text += ", built with the model arguments `" + json.dumps(args, sort_keys=True) + "`"
+    return text + "."
+
+
+def _fmt_floats(values: Any) -> str:
+    if not values:
+        return "not recorded"
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def _evaluation(evaluation: Optional[Mapping[str, Any]]) -> str:
+    if not evaluation:
+        return "Not recorded: no evaluation protocol was stored with these weights."
+    lines = []
+    for dataset, protocol in evaluation.items():
+        if isinstance(protocol, Mapping):
+            details = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in protocol.items())
+        else:
+            details = str(protocol)
+        lines.append(f"- **{dataset}**: {details}")
+    return "\n".join(lines)
+
+
+def _recalls(recalls: Optional[Mapping[str, Mapping[str, float]]]) -> str:
+    if not recalls:
+        return "Not measured: no recall values were stored with these weights."
+    keys = sorted({k for r in recalls.values() for k in r}, key=lambda k: (len(k), k))
+    rows = ["| Dataset | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for dataset, values in recalls.items():
+        rows.append(f"| {dataset} | " + " | ".join(
+            f"{float(values[k]):.1f}" if k in values else "-" for k in keys) + " |")
+    note = "Recall@N in percent: a query counts when one of its N nearest database images is correct."
+    return "\n".join(rows) + "\n\n" + note

@@ -1,0 +1,158 @@
+"""The repository layout on disk: config.json, model.safetensors, centroids.h5, pca.h5, README.md."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import torch
+
+from .. import h5io
+from ._card import render_model_card
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+CENTROIDS = "centroids.h5"
+PCA = "pca.h5"
+README = "README.md"
+LAYOUT_FILES = (CONFIG, WEIGHTS, CENTROIDS, PCA, README)
+LIBRARY_NAME = "clusvpr-zoo"
+FORMAT_VERSION = 1
+# timm pretrained_cfg keys that say where weights come from: meaningless inside the repo that holds them
+_SOURCE_KEYS = ("hf_hub_id", "hf_hub_revision", "hf_hub_filename", "url", "file", "source", "tag")
+# facts about training and evaluation that travel with a model from pull to push
+CARD_FACTS = ("training", "evaluation", "recalls")
+
+
+def sha256_file(path: Union[str, os.PathLike]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_config(model: torch.nn.Module, facts: Mapping[str, Any]) -> Dict[str, Any]:
+    """config.json content (without file hashes): timm's keys, the VPR facts, and the card facts."""
+    config = copy.deepcopy(dict(getattr(model, "config", {}) or {}))
+    if "architecture" not in config:
+        raise ValueError(
+            f"{type(model).__name__} has no config['architecture']: build the model with registry.create(name) "
+            "so the Hub layout can record how to rebuild it"
+        )
+    config.setdefault("model_args", {})
+    cfg = {k: v for k, v in dict(config.get("pretrained_cfg") or {}).items() if k not in _SOURCE_KEYS}
+    config["pretrained_cfg"] = cfg
+    config["descriptor_dim"] = config["num_features"] = int(model.descriptor_dim)
+    config["input_config"] = dict(getattr(model, "input_config", {}) or {})
+    whitening = getattr(model, "whitening", None)
+    config["whitening"] = {"in_dim": whitening.in_dim, "out_dim": whitening.out_dim, "fitted": whitening.fitted} \
+        if whitening is not None else None
+    for key in CARD_FACTS:
+        if facts.get(key) is not None:
+            config[key] = copy.deepcopy(dict(facts[key]))
+    config["library_name"] = LIBRARY_NAME
+    config["format_version"] = FORMAT_VERSION
+    return _jsonable(config)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Tuples to lists, tensors/numpy scalars to numbers, so json.dumps gives timm-readable config."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    return obj
+
+
+def write_layout(
+    model: torch.nn.Module,
+    directory: Path,
+    facts: Mapping[str, Any],
+    model_card: Optional[Union[str, os.PathLike]] = None,
+    repo_hint: str = "path/to/this/folder",
+) -> Dict[str, Any]:
+    """Write every layout file into an empty `directory`; config.json last, with the sha256 of the others."""
+    from safetensors.torch import save_file
+
+    config = build_config(model, facts)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt", "architecture": config["architecture"]})
+    source = getattr(getattr(model, "aggregator", None), "cluster_source", None)
+    if source is not None:
+        h5io.save_centroids(directory / CENTROIDS, *source)
+    whitening = getattr(model, "whitening", None)
+    if whitening is not None and whitening.fitted:
+        whitening.to_h5(directory / PCA)
+    (directory / README).write_text(render_model_card(config, model_card, repo_hint), encoding="utf-8")
+    config["files"] = {
+        name: {"sha256": sha256_file(directory / name), "size": (directory / name).stat().st_size}
+        for name in LAYOUT_FILES if name != CONFIG and (directory / name).is_file()
+    }
+    (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return config
+
+
+def save_pretrained(
+    model: torch.nn.Module,
+    save_directory: Union[str, os.PathLike],
+    *,
+    model_card: Optional[Union[str, os.PathLike]] = None,
+    training: Optional[Mapping[str, Any]] = None,
+    evaluation: Optional[Mapping[str, Any]] = None,
+    recalls: Optional[Mapping[str, Mapping[str, float]]] = None,
+) -> Path:
+    """Write the Hub layout to `save_directory` atomically: staged in a sibling temp dir, then renamed in place.
+
+    `training` ({"datasets": [...], "recipe": "..."}), `evaluation` ({dataset: {"queries": ..., "resize": ...}})
+    and `recalls` ({dataset: {"R@1": 80.1, ...}}, in percent) go into config.json and the model card; a model
+    loaded with `from_pretrained` keeps the facts of its repository unless new ones are given.
+    """
+    target = Path(save_directory).expanduser()
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a directory: pass a directory path to save_pretrained")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    facts = card_facts(model, training=training, evaluation=evaluation, recalls=recalls)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        write_layout(model, stage, facts, model_card)
+        os.chmod(stage, 0o755)  # mkdtemp makes it private; the saved folder should read like any other
+        for path in stage.iterdir():
+            os.chmod(path, 0o644)
+        _install(stage, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return target
+
+
+def card_facts(model: torch.nn.Module, **given: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Training/evaluation/recall facts: those given, else those the model carries from its repository."""
+    facts = {k: v for k, v in dict(getattr(model, "config", {}) or {}).items() if k in CARD_FACTS}
+    facts.update({k: v for k, v in given.items() if v is not None})
+    return facts
+
+
+def _install(stage: Path, target: Path) -> None:
+    """Move a staged layout into place: one rename for a new folder, else file by file with config.json last."""
+    if not target.exists():
+        os.replace(stage, target)
+        return
+    written = {p.name for p in stage.iterdir()}
+    for name in LAYOUT_FILES:
+        if name == CONFIG:
+            continue
+        if name in written:
+            os.replace(stage / name, target / name)
+        elif (target / name).is_file():  # a file of an older save that this model does not have
+            (target / name).unlink()
+    os.replace(stage / CONFIG, target / CONFIG)

@@ -1,0 +1,251 @@
+"""Where a layout lives (a local folder or a Hub repo at one commit) and verified access to its files."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+from ._layout import CONFIG, FORMAT_VERSION, sha256_file
+from .errors import (
+    FileNotInRepoError,
+    HubError,
+    HubOfflineError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+    TamperedFileError,
+    WrongModelError,
+)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+SourceLike = Union[str, os.PathLike]
+
+
+def parse_source(
+    src: SourceLike, revision: Optional[str] = None
+) -> Tuple[Optional[Path], Optional[str], Optional[str]]:
+    """(directory, repo_id, revision) for a local folder, `org/name` or `org/name@rev`."""
+    if isinstance(src, os.PathLike) or Path(str(src)).expanduser().is_dir():
+        path = Path(src).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is not a directory: pass a folder written by save_pretrained")
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} applies to Hub repositories, not to the local folder {path}")
+        return path, None, None
+    text = str(src)
+    repo_id, _, pinned = text.partition("@")
+    if not _REPO_ID.match(repo_id) or text.startswith((".", "/", "~")):
+        raise FileNotFoundError(
+            f"{text!r} is neither an existing directory nor a Hub repository id: pass a folder written by "
+            "save_pretrained, or 'org/name', 'org/name@<commit or tag>'"
+        )
+    if pinned and revision is not None and pinned != revision:
+        raise ValueError(f"{text!r} pins revision {pinned!r} but revision={revision!r} was passed too: give one")
+    return None, repo_id, pinned or revision
+
+
+class Snapshot:
+    """A model-zoo layout at one place and version; `path(name)` returns a file checked against config.json."""
+
+    def __init__(
+        self,
+        src: SourceLike,
+        *,
+        revision: Optional[str] = None,
+        cache_dir: Optional[SourceLike] = None,
+        local_files_only: bool = False,
+        token: Optional[Union[str, bool]] = None,
+        endpoint: Optional[str] = None,
+    ) -> None:
+        self.directory, self.repo_id, self.revision = parse_source(src, revision)
+        self.cache_dir, self.local_files_only = cache_dir, local_files_only
+        self.token, self.endpoint = token, endpoint
+        self.commit: Optional[str] = None
+        self._config: Optional[Dict[str, Any]] = None
+        self._config_missing = False
+
+    @property
+    def label(self) -> str:
+        """Human-readable location: the folder, or org/name@revision."""
+        if self.directory is not None:
+            return str(self.directory)
+        return f"{self.repo_id}@{self.commit or self.revision or 'main'}"
+
+    def config(self, required: bool = True) -> Optional[Dict[str, Any]]:
+        """config.json as a dict; None if absent and not `required` (a layout from other tools)."""
+        if self._config is None and not self._config_missing:
+            try:
+                path = self._fetch(CONFIG)
+            except FileNotInRepoError:
+                if required:
+                    raise
+                self._config_missing = True
+                return None
+            self._check_cached_blob(path)
+            try:
+                self._config = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise WrongModelError(f"config.json of {self.label} is not valid JSON ({err}): it was not written "
+                                      "by save_pretrained / push_to_hub of this model zoo") from None
+        if self._config is None and required:
+            raise FileNotInRepoError(f"{self.label} has no config.json: it is not a model-zoo layout")
+        return self._config
+
+    def zoo_config(self) -> Dict[str, Any]:
+        """config.json, checked to be one this model zoo wrote."""
+        config = self.config(required=True)
+        if not isinstance(config, dict) or "architecture" not in config or not isinstance(config.get("files"), dict):
+            raise WrongModelError(
+                f"config.json of {self.label} is not a model-zoo config (it lacks 'architecture' or the 'files' "
+                "checksums): it belongs to another library; load it with that library, or re-export the model "
+                "with VPRModel.save_pretrained / push_to_hub"
+            )
+        if int(config.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
+            raise WrongModelError(f"{self.label} uses layout format {config['format_version']}, newer than this "
+                                  f"version of the zoo understands ({FORMAT_VERSION}): upgrade clusvpr-zoo")
+        return config
+
+    def path(self, name: str) -> Path:
+        """Local path of `name`, its sha256 checked against config.json; a bad cached copy is deleted."""
+        config = self.config(required=False)
+        files = config.get("files") if isinstance(config, dict) else None
+        if isinstance(files, dict) and name not in files:
+            raise FileNotInRepoError(f"{self.label} has no {name} (config.json lists {sorted(files)}): "
+                                     + _missing_hint(name))
+        path = self._fetch(name)
+        if not isinstance(files, dict):
+            warnings.warn(f"{self.label} has no model-zoo config.json: {name} is loaded without a sha256 check",
+                          stacklevel=3)
+            return path
+        expected = files[name]["sha256"]
+        digest = sha256_file(path)
+        if digest != expected:
+            where = self._evict(path)
+            raise TamperedFileError(
+                f"{name} of {self.label} has sha256 {digest}, but config.json records {expected}: the "
+                f"file was changed after it was saved, or corrupted in transfer or on disk. {where} Do not use "
+                "this file; download again, and if the mismatch persists, tell the repository owner."
+            )
+        return path
+
+    def _check_cached_blob(self, path: Path) -> None:
+        """config.json has no recorded sha256: check a cached copy against its blob name (the Hub's ETag)."""
+        if self.directory is not None or not path.is_symlink():
+            return
+        blob = Path(os.readlink(path)).name  # blobs/<ETag>, one link away from the snapshot entry
+        data = path.read_bytes()
+        if _COMMIT.match(blob):  # a regular git file: the ETag is its git blob sha1
+            actual = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        elif _SHA256.match(blob):  # an LFS file: the ETag is its sha256
+            actual = hashlib.sha256(data).hexdigest()
+        else:
+            return
+        if actual != blob:
+            where = self._evict(path)
+            raise TamperedFileError(f"the cached config.json of {self.label} does not match the checksum the Hub "
+                                    f"sent ({blob}): it was changed or corrupted on disk. {where} Load it again.")
+
+    def _evict(self, path: Path) -> str:
+        """Delete a bad cached download (snapshot link and blob); a user's own folder is left alone."""
+        if self.directory is not None:
+            return "The folder was left as it is."
+        chain = [path]
+        while chain[-1].is_symlink() and len(chain) < 8:  # snapshot entry -> blob (-> shared store entry)
+            target = Path(os.readlink(chain[-1]))
+            chain.append(target if target.is_absolute() else chain[-1].parent / target)
+        for p in chain:
+            p.unlink(missing_ok=True)
+        return "The bad copy was deleted from the Hugging Face cache."
+
+    def _fetch(self, name: str) -> Path:
+        if self.directory is not None:
+            path = self.directory / name
+            if not path.is_file():
+                raise FileNotInRepoError(f"{self.directory} has no {name}: " + _missing_hint(name))
+            return path
+        path = Path(_download(self, name))
+        # later files come from the very commit config.json was read from, even if the branch moves meanwhile
+        if self.commit is None and path.parent.parent.name == "snapshots" and _COMMIT.match(path.parent.name):
+            self.commit = path.parent.name
+        return path
+
+
+def _missing_hint(name: str) -> str:
+    if name == CONFIG:
+        return "the folder or repository must hold the layout written by save_pretrained / push_to_hub"
+    if name == "centroids.h5":
+        return ("the model was saved without cluster centres (its aggregator has no clusters, or was never "
+                "initialised with init_from_clusters)")
+    if name == "pca.h5":
+        return "the model was saved without a fitted whitening (fit it with model.fit_whitening first)"
+    return "save or push the model again to write the full layout"
+
+
+def _download(snap: Snapshot, name: str) -> str:
+    """hf_hub_download of one file at the snapshot's commit (or revision), errors turned into HubErrors."""
+    from huggingface_hub import constants, hf_hub_download
+
+    revision = snap.commit or snap.revision
+    try:
+        return hf_hub_download(
+            snap.repo_id, name, revision=revision, cache_dir=snap.cache_dir, local_files_only=snap.local_files_only,
+            token=snap.token, endpoint=snap.endpoint, library_name="clusvpr-zoo",
+        )
+    except Exception as err:  # noqa: BLE001  (translated below, or re-raised unchanged)
+        endpoint = snap.endpoint or constants.ENDPOINT
+        translated = _translate(err, snap, name, revision or "main", endpoint)
+        if translated is None:
+            raise
+        raise translated from err
+
+
+def _translate(err: Exception, snap: Snapshot, name: str, revision: str, endpoint: str) -> Optional[HubError]:
+    """The HubError for a huggingface_hub / network exception, or None to re-raise it as it is."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hf
+
+    remote_missing = getattr(hf, "RemoteEntryNotFoundError", hf.EntryNotFoundError)
+    where = f"{snap.repo_id}@{revision}"
+    if isinstance(err, hf.RevisionNotFoundError):
+        return RevisionNotFoundError(
+            f"revision {revision!r} does not exist in {snap.repo_id} on {endpoint}: pass a branch, tag or full "
+            f"commit hash that exists (HfApi().list_repo_refs({snap.repo_id!r}) lists them)"
+        )
+    if isinstance(err, hf.RepositoryNotFoundError):
+        return RepoNotFoundError(
+            f"repository {snap.repo_id} was not found on {endpoint}: check the id (org/name); if it is private, "
+            "log in with `hf auth login` (or `huggingface-cli login`) or pass token=...; to load from disk, pass "
+            "the path of a folder written by save_pretrained instead"
+        )
+    if isinstance(err, hf.LocalEntryNotFoundError) or isinstance(err, (hf.OfflineModeIsEnabled,) + network_errors()):
+        offline = snap.local_files_only or constants.is_offline_mode()
+        cause = ("offline mode is on (HF_HUB_OFFLINE=1 or local_files_only=True)" if offline
+                 else f"the Hub at {endpoint} could not be reached (no network?)")
+        cache = snap.cache_dir or constants.HF_HUB_CACHE
+        return HubOfflineError(
+            f"cannot get {name} of {where}: {cause}, and it is not in the cache at {cache}. Load a local folder "
+            "instead (from_pretrained('path/to/folder'), written by save_pretrained), or pre-fill the cache while "
+            "online (one from_pretrained call, with the same cache_dir) and then set HF_HUB_OFFLINE=1 or pass "
+            "local_files_only=True"
+        )
+    if isinstance(err, remote_missing):
+        return FileNotInRepoError(f"{where} has no {name}: " + _missing_hint(name))
+    return None
+
+
+def network_errors() -> Tuple[type, ...]:
+    """Transport-level exception types of whichever HTTP library huggingface_hub uses."""
+    types = []
+    for module, attr in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError"),
+                         ("requests", "Timeout")):
+        try:
+            types.append(getattr(__import__(module), attr))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(types)

@@ -1,0 +1,81 @@
+"""README.md rendered from MODEL_CARD.md: valid Hub metadata, the listed sections, and no invented facts."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import registry
+import registry.hub as hub
+from registry.hub._card import template_path
+
+ROOT = Path(__file__).resolve().parents[2]
+SECTIONS = ["Intended use", "Training data and recipe", "Evaluation protocol", "Measured recalls", "Limitations",
+            "Citation"]
+
+
+def _front_matter(text: str) -> dict:
+    match = re.match(r"\A---\n(.*?)\n---\n", text, re.S)
+    assert match, "README.md must start with YAML front matter"
+    return yaml.safe_load(match.group(1))
+
+
+def _readme(tiny, tmp_path, **facts) -> str:
+    model, _ = tiny
+    return (hub.save_pretrained(model, tmp_path / "m", **facts) / "README.md").read_text()
+
+
+def test_card_has_hub_metadata_and_every_section(tiny, tmp_path):
+    text = _readme(tiny, tmp_path, training={"datasets": ["pitts30k"], "recipe": "triplet loss, 5 epochs"})
+    meta = _front_matter(text)
+    assert meta["license"] == "mit" and meta["library_name"] == "clusvpr-zoo"
+    assert meta["datasets"] == ["pitts30k"] and meta["metrics"] == ["recall"]
+    assert "visual-place-recognition" in meta["tags"] and "hubtest_tiny_netvlad" in meta["tags"]
+    for section in SECTIONS:
+        assert f"\n## {section}\n" in text
+    assert "triplet loss, 5 epochs" in text and "<!--" not in text and "${" not in text
+
+
+def test_measured_recalls_and_protocol_come_from_the_config(tiny, tmp_path):
+    text = _readme(
+        tiny, tmp_path,
+        evaluation={"pitts30k_test": {"queries": "6816 test queries", "resize": "480x640 fixed"}},
+        recalls={"pitts30k_test": {"R@1": 81.46, "R@5": 91.2, "R@10": 93.9}},
+    )
+    assert "| Dataset | R@1 | R@5 | R@10 |" in text and "| pitts30k_test | 81.5 | 91.2 | 93.9 |" in text
+    assert "queries: 6816 test queries; resize: 480x640 fixed" in text
+    assert "Not measured" not in text
+
+
+def test_missing_facts_are_said_to_be_missing(tiny, tmp_path):
+    text = _readme(tiny, tmp_path)
+    assert "Not measured: no recall values were stored" in text
+    assert "Training data: not recorded" in text
+    assert "may be untrained" in text
+    assert _front_matter(text)["datasets"] == []
+
+
+def test_overridden_arguments_are_stated_next_to_the_registry_default(tiny, tmp_path):
+    model, _ = tiny
+    model.config["model_args"] = {"num_clusters": 4}
+    text = (hub.save_pretrained(model, tmp_path / "m") / "README.md").read_text()
+    assert 'registry default: test model' in text and '`{"num_clusters": 4}`' in text
+
+
+def test_custom_template_with_an_unknown_placeholder_fails_loudly(tiny, tmp_path):
+    model, _ = tiny
+    with pytest.raises(KeyError, match="unknown placeholder"):
+        hub.save_pretrained(model, tmp_path / "m", model_card="---\nlicense: mit\n---\n${nonsense}\n")
+    assert not (tmp_path / "m").exists()
+
+
+def test_template_claims_no_published_checkpoint_while_none_is_registered():
+    # Honesty: MODEL_CARD.md says no trained weights are published; that must stay true of the registry.
+    text = template_path().read_text()
+    assert text == (ROOT / "MODEL_CARD.md").read_text()
+    assert "Published checkpoints: none" in text
+    published = {name: registry._registry.get_entry(name).pretrained_cfg.get("hf_hub_id")
+                 for name in registry.list_models()}
+    assert not any(published.values()), f"update MODEL_CARD.md and README.md: weights now published {published}"

@@ -1,0 +1,91 @@
+"""Every registered model survives push and pull bit for bit; timm and torch.hub load through the same code."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import registry
+
+from .helpers import TOKEN, initialise, outputs
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = {  # registry overrides that keep each architecture but make a test fast
+    "clusvpr_vgg16": {"num_clusters": 4, "whitening_dim": 16, "input_size": (64, 64)},
+    "netvlad_vgg16": {"num_clusters": 4, "whitening_dim": 16, "input_size": (64, 64)},
+    "gem_vgg16": {"input_size": (64, 64)},
+    "gem_resnet50": {"input_size": (64, 64)},
+}
+
+
+def small(name: str, seed: int = 0):
+    """A small, fitted instance of a registered model and a batch for it."""
+    torch.manual_seed(seed)
+    return initialise(registry.create(name, **SMALL[name]), seed=seed), torch.randn(2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_push_then_pull_is_bit_identical_for_every_model(hub_server, name):
+    model, images = small(name)
+    commit = model.push_to_hub(f"tester/{name}", token=TOKEN)
+    loaded = registry.create(name, pretrained=f"tester/{name}@{commit}")
+    assert loaded.config["architecture"] == name
+    assert torch.equal(outputs(model, images), outputs(loaded, images))
+
+
+def _pin_default(monkeypatch, name: str, repo: str, commit: str) -> None:
+    """Make `name`'s registry default point at a test repo, pinned to a commit (as a published release would)."""
+    entry = registry._registry.get_entry(name)
+    monkeypatch.setattr(entry, "pretrained_cfg", {**entry.pretrained_cfg, "hf_hub_id": repo, "hf_hub_revision": commit})
+
+
+def test_timm_hf_hub_loads_a_repo_this_project_pushed(hub_server):
+    import timm
+
+    model, images = small("clusvpr_vgg16")
+    commit = model.push_to_hub("tester/clusvpr", token=TOKEN)
+    for name in ("hf-hub:tester/clusvpr", f"hf-hub:tester/clusvpr@{commit}"):
+        loaded = timm.create_model(name, pretrained=True)
+        assert loaded.pretrained_cfg["input_size"] == (3, 64, 64)
+        assert torch.equal(outputs(model, images), outputs(loaded, images))
+
+
+def test_timm_pretrained_resolves_the_pinned_default_repo(hub_server, monkeypatch):
+    import timm
+
+    model, images = small("netvlad_vgg16")
+    pinned = model.push_to_hub("tester/netvlad", token=TOKEN)
+    expected = outputs(model, images)
+    with torch.no_grad():
+        model.aggregator.centroids.add_(1.0)
+    model.push_to_hub("tester/netvlad", token=TOKEN)  # main moves on; the pinned default must not
+    _pin_default(monkeypatch, "netvlad_vgg16", "tester/netvlad", pinned)
+    assert torch.equal(outputs(timm.create_model("netvlad_vgg16", pretrained=True), images), expected)
+
+
+def test_timm_pretrained_without_published_weights_says_so(hub_server):
+    import timm
+
+    import clusvpr_plugin  # noqa: F401  (registers the timm entry points)
+
+    with pytest.raises(registry.NotPublishedError, match="published"):
+        timm.create_model("clusvpr_vgg16", pretrained=True)
+    assert hub_server.count() == 0
+
+
+def test_torch_hub_pretrained_pulls_through_the_same_code(hub_server, monkeypatch):
+    model, images = small("gem_vgg16")
+    commit = model.push_to_hub("tester/gem", token=TOKEN)
+    expected = outputs(model, images)
+    by_repo = torch.hub.load(str(ROOT), "gem_vgg16", source="local", pretrained=f"tester/gem@{commit}")
+    assert torch.equal(outputs(by_repo, images), expected)
+    _pin_default(monkeypatch, "gem_vgg16", "tester/gem", commit)
+    by_default = torch.hub.load(str(ROOT), "gem_vgg16", source="local", pretrained=True)
+    assert torch.equal(outputs(by_default, images), expected)
+
+
+def test_torch_hub_pretrained_without_published_weights_says_so(hub_server):
+    with pytest.raises(registry.NotPublishedError, match="published"):
+        torch.hub.load(str(ROOT), "clusvpr_vgg16", source="local", pretrained=True)
+    assert hub_server.count() == 0
