@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -114,8 +115,22 @@ class CWTNet(nn.Module):
         self.cwt = CWT(half, heads, int(math.ceil(half * mlp_ratio)), dropout, k, knn_backend)
         self.bn_local, self.bn_global = nn.BatchNorm2d(half), nn.BatchNorm2d(half)
 
+    def _depthwise(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """All three depthwise convs in one grouped conv over the whole map (no slicing copies).
+
+        Input channel c yields two outputs: L_i -> (DW(L_i), DW''(L_i)); G_i -> (DW'(G_i), unused zero).
+        Returns (DW(L) + DW'(G), DW''(L)).
+        """
+        h = self.half
+        zeros = torch.zeros_like(self.local_dw_g.weight)
+        weight = torch.stack([torch.cat([self.local_dw_l.weight, self.local_dw_g.weight]),
+                              torch.cat([self.global_dw_l.weight, zeros])], dim=1).view(4 * h, 1, 3, 3)
+        out = F.conv2d(x, weight.to(x.dtype), padding=1, groups=2 * h)
+        out = out.view(x.shape[0], 2, h, 2, *x.shape[2:])  # (N, half L|G, i, output r, H, W)
+        return out[:, 0, :, 0] + out[:, 1, :, 0], out[:, 0, :, 1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        loc, glo = x[:, : self.half], x[:, self.half:]
-        local_out = F.relu(self.bn_local(self.local_dw_l(loc) + self.local_dw_g(glo)))
-        global_out = F.relu(self.bn_global(self.global_dw_l(loc) + self.cwt(glo)))
+        local_pre, global_dw = self._depthwise(x)
+        local_out = F.relu(self.bn_local(local_pre))
+        global_out = F.relu(self.bn_global(global_dw + self.cwt(x[:, self.half:])))
         return torch.cat([local_out, global_out], dim=1)
