@@ -50,3 +50,15 @@ def test_assignment_initialisation(golden):
     assert rel_err(agg.optlad.conv.weight, golden["module.net_vlad.conv.weight"]) < 1e-5
     assert torch.equal(agg.centroids.data, golden["init.clsts"])
     assert alpha_from_clusters(golden["init.clsts"], golden["init.traindescs"])[0] == pytest.approx(alpha)
+
+
+def test_parameter_counts_match_the_reference():
+    import registry
+
+    model = registry.create("clusvpr_vgg16")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    # spec section 3, measured on the reference code: 14.715 M, 2.666 M, 0.542 M, 17.923 M
+    assert round(count(model.backbone) / 1e6, 3) == 14.715
+    assert round(count(model.aggregator.cwt) / 1e6, 3) == 2.666
+    assert round(count(model.aggregator.optlad) / 1e6, 3) == 0.542
+    assert round(count(model) / 1e6, 3) == 17.923
