@@ -55,6 +55,7 @@ def from_pretrained(
     for key in CARD_FACTS:
         if key in config:
             model.config[key] = config[key]
+    model.config["source"] = snap.label  # where the weights came from: a folder or org/name@<commit>
     return model.eval()
 
 
