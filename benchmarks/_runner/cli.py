@@ -1,0 +1,270 @@
+"""Command-line options of the runner, checked up front into one immutable RunConfig (bad input fails fast)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+DEFAULT_MODELS = "clusvpr,netvlad,gem"
+DEFAULT_DATASET = "corridor"
+# the embedded Corridor's own resolution (160x120): the default run stays a few minutes on a laptop CPU
+EMBEDDED_INPUT_SIZE = (120, 160)
+MIN_INPUT_SIDE = 32  # two conv5 cells at stride 16 (ClusVPR's CWT needs a 2x2 map)
+
+DESCRIPTION = """\
+Compare visual place recognition models on real datasets: Recall@N, descriptor size, parameters,
+GFLOPs, speed, memory and where the weights came from; writes results.json, results.csv,
+results.md, Recall@N and speed-vs-recall plots, prediction grids and attention heat maps.
+
+With no arguments it evaluates clusvpr, netvlad and gem on the embedded Corridor dataset (111 queries,
+111 database images, shipped in registry/data/corridor) at 120x160, offline, in a few minutes on a CPU.
+Untrained models are random-init (or off-the-shelf with --backbone-weights and k-means centres); the
+output says so, so nobody reads those numbers as the paper's."""
+
+EPILOG = """\
+examples:
+  python benchmarks/run.py --backbone-weights ../shared/weights/vgg16_hed_conv.safetensors
+  python benchmarks/run.py --models netvlad --datasets corridor --input-size 240 320 \\
+      --backbone-weights ../shared/weights/vgg16_hed_conv.safetensors
+  python benchmarks/run.py --models clusvpr=org/clusvpr-pitts30k@<commit>,./my_model_dir \\
+      --datasets pitts30k_test,tokyo247 --data-root /data --num-preds-to-save 20 --save-attention 5
+
+models: a registry name or alias (clusvpr, netvlad, gem, clusvpr_vgg16, gem_resnet50, ...); a Hub repo
+org/name or org/name@<commit or tag>; a local folder in the Hub layout (written by save_pretrained);
+or NAME=SOURCE to load SOURCE (repo, folder or reference .pth.tar) as registry model NAME.
+datasets: a known name (corridor, nordland_test, pitts30k_test, tokyo247, msls_val, ...), a folder
+(layout detected) or layout:path; see registry.datasets.load_dataset."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and a pointer to --help, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(run '{self.prog} --help' for every option)\n")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs, validated."""
+
+    models: Tuple[str, ...]
+    datasets: Tuple[str, ...]
+    embedded_default: bool
+    data_root: Optional[str]
+    tolerance: Optional[int]
+    pos_radius: float
+    input_size: Optional[Tuple[int, int]]
+    batch_size: int
+    device: str
+    num_workers: int
+    recall_ns: Tuple[int, ...]
+    index: str
+    index_options: Tuple[Tuple[str, int], ...]
+    rerank: Optional[Tuple[int, int, float]]
+    backbone_weights: Optional[str]
+    init: str
+    kmeans_images: int
+    kmeans_per_image: int
+    whitening: str
+    save_descriptors: bool
+    num_preds_to_save: int
+    top_k: int
+    save_attention: int
+    output_dir: Path
+    seed: int
+    amp: Optional[bool]
+    compile: bool
+    latency_repeats: int
+    progress: bool
+    argv: Tuple[str, ...]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _int_list(text: str) -> Tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,5,10,20, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers such as 1,5,10,20, got {text!r}")
+    return values
+
+
+def _names(text: str) -> Tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma-separated list with at least one entry")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The runner's argument parser (every option documented in --help)."""
+    p = _Parser(prog="run.py", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_argument_group("what to evaluate")
+    what.add_argument("--models", type=_names, default=_names(DEFAULT_MODELS), metavar="LIST",
+                      help=f"comma-separated models (default {DEFAULT_MODELS}); see 'models' below")
+    what.add_argument("--datasets", type=_names, default=None, metavar="LIST",
+                      help=f"comma-separated datasets (default: the embedded {DEFAULT_DATASET}, at "
+                           f"{EMBEDDED_INPUT_SIZE[0]}x{EMBEDDED_INPUT_SIZE[1]} unless --input-size is given)")
+    what.add_argument("--data-root", default=None, metavar="DIR",
+                      help="folder holding the datasets named by --datasets (default: the embedded data, then "
+                           "../shared/data beside the repository)")
+    what.add_argument("--tolerance", type=_non_negative, default=None, metavar="PLACES",
+                      help="aligned traversals: places within this many of the query's count as positives "
+                           "(default: the dataset's, Nordland 1)")
+    what.add_argument("--pos-radius", type=float, default=25.0, metavar="METRES",
+                      help="UTM datasets: database images within this distance are positives (default 25)")
+    model = p.add_argument_group("model set-up")
+    model.add_argument("--input-size", type=_positive, nargs=2, default=None, metavar=("H", "W"),
+                       help="evaluate at this input size instead of the model's own (480x640 for the VGG16 "
+                            "models); GFLOPs are counted at the evaluated size")
+    model.add_argument("--backbone-weights", default=None, metavar="PATH",
+                       help="local backbone weights (.safetensors or .pth, torchvision names) for models built "
+                            "from the registry, e.g. ../shared/weights/vgg16_hed_conv.safetensors; without it "
+                            "those models have random backbones")
+    model.add_argument("--init", choices=("kmeans", "none"), default="kmeans",
+                       help="untrained NetVLAD/ClusVPR aggregators: 'kmeans' sets the centres by k-means of the "
+                            "database's local descriptors with alpha initialisation (off-the-shelf, no "
+                            "training); 'none' keeps the random centres (default kmeans)")
+    model.add_argument("--kmeans-images", type=_positive, default=500, metavar="N",
+                       help="database images sampled for k-means (default 500, as NetVLAD's initialisation)")
+    model.add_argument("--kmeans-per-image", type=_positive, default=100, metavar="N",
+                       help="local descriptors sampled per image for k-means (default 100)")
+    model.add_argument("--whitening", choices=("fit", "none"), default="fit",
+                       help="a model whose PCA whitening is not fitted: 'fit' fits it on the database "
+                            "descriptors when there are more database images than output dims (else it is "
+                            "reported as 'none (too few images)'); 'none' never fits. A fitted whitening "
+                            "(pretrained models) is always used (default fit)")
+    run = p.add_argument_group("how to run")
+    run.add_argument("--device", default="auto", help="'auto' (cuda when available, else cpu), cpu, cuda, cuda:N")
+    run.add_argument("--batch-size", type=_positive, default=16, metavar="N", help="extraction batch size (default 16)")
+    run.add_argument("--num-workers", type=_non_negative, default=None, metavar="N",
+                     help="image-loading worker processes (default 4 on CUDA, 0 on CPU)")
+    run.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                     help="bfloat16 autocast for extraction (default: on for CUDA, off for CPU)")
+    run.add_argument("--compile", action="store_true",
+                     help="extract with torch.compile(model), compiled on one batch before timing")
+    run.add_argument("--latency-repeats", type=_positive, default=5, metavar="N",
+                     help="timed batch-1 forward passes for the per-image latency (median; default 5)")
+    run.add_argument("--seed", type=int, default=0, help="seed of random weights, sampling and k-means (default 0)")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                     help="show progress bars (default on)")
+    ret = p.add_argument_group("retrieval")
+    ret.add_argument("--recall-ns", type=_int_list, default=(1, 5, 10, 20), metavar="LIST",
+                     help="N values of Recall@N (default 1,5,10,20)")
+    ret.add_argument("--index", choices=("flat", "ivfpq"), default="flat",
+                     help="faiss index: exact inner product ('flat') or IVF-PQ for huge databases (reports the "
+                          "loss against exact search too) (default flat)")
+    ret.add_argument("--ivf-nlist", type=_positive, default=None, metavar="N",
+                     help="IVF-PQ: inverted lists (default 4*sqrt(database size))")
+    ret.add_argument("--pq-m", type=_positive, default=None, metavar="M",
+                     help="IVF-PQ: sub-quantisers, must divide the descriptor dim (default: the largest divisor <= 64)")
+    ret.add_argument("--pq-nbits", type=_positive, default=8, metavar="B", help="IVF-PQ: bits per code (default 8)")
+    ret.add_argument("--nprobe", type=_positive, default=16, metavar="N", help="IVF-PQ: lists searched (default 16)")
+    ret.add_argument("--rerank", action="store_true",
+                     help="re-rank each query's exact top-k shortlist by k-reciprocal encoding (Zhong et al. "
+                          "2017); the recall before re-ranking is kept in results.json")
+    ret.add_argument("--rerank-k1", type=_positive, default=20, metavar="K", help="re-ranking k1 (default 20)")
+    ret.add_argument("--rerank-k2", type=_positive, default=6, metavar="K", help="re-ranking k2 (default 6)")
+    ret.add_argument("--rerank-lambda", type=float, default=0.3, metavar="L",
+                     help="re-ranking weight of the original distance, 0..1 (default 0.3)")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--output-dir", default=None, metavar="DIR",
+                     help="where results go (default results/<timestamp>)")
+    out.add_argument("--save-descriptors", action="store_true",
+                     help="also write each model's query and database descriptors (descriptors/*.npz)")
+    out.add_argument("--num-preds-to-save", type=_non_negative, default=0, metavar="N",
+                     help="save prediction grids for N queries per model and dataset: each row the query and "
+                          "its top-k, green border for a correct match, red otherwise (default 0)")
+    out.add_argument("--top-k", type=_positive, default=5, metavar="K", help="predictions per grid row (default 5)")
+    out.add_argument("--save-attention", type=_non_negative, default=0, metavar="N",
+                     help="for N queries, save heat maps of where each model looks overlaid on the image "
+                          "(ClusVPR: CWT cluster weights and OptLAD group attention; NetVLAD: assignment "
+                          "confidence; GeM: activation energy) (default 0)")
+    return p
+
+
+def _device(parser: argparse.ArgumentParser, text: str) -> str:
+    import torch
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        parser.error(f"--device: {text!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {text}: CUDA is not available on this machine; use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        parser.error(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type not in ("cpu", "cuda"):
+        parser.error(f"--device {text}: only cpu and cuda are supported")
+    return str(dev)
+
+
+def _check(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    if a.input_size is not None and min(a.input_size) < MIN_INPUT_SIDE:
+        parser.error(f"--input-size {a.input_size[0]} {a.input_size[1]}: both sides must be >= {MIN_INPUT_SIDE}")
+    if a.backbone_weights is not None and not Path(a.backbone_weights).expanduser().is_file():
+        parser.error(f"--backbone-weights: file not found: {a.backbone_weights}")
+    if a.data_root is not None and not Path(a.data_root).expanduser().is_dir():
+        parser.error(f"--data-root: folder not found: {a.data_root}")
+    if not 0.0 <= a.rerank_lambda <= 1.0:
+        parser.error(f"--rerank-lambda must be within 0..1, got {a.rerank_lambda}")
+    if a.pos_radius <= 0:
+        parser.error(f"--pos-radius must be > 0 metres, got {a.pos_radius}")
+    if a.output_dir is not None and Path(a.output_dir).exists() and not Path(a.output_dir).is_dir():
+        parser.error(f"--output-dir: {a.output_dir} exists and is not a folder")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> RunConfig:
+    """Parse and validate the command line (exit status 2 and a one-line reason on bad input)."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parser.parse_args(argv)
+    _check(parser, a)
+    device = _device(parser, a.device)
+    on_cuda = device.startswith("cuda")
+    index_options = () if a.index == "flat" else tuple(
+        (k, v) for k, v in (("nlist", a.ivf_nlist), ("m", a.pq_m), ("nbits", a.pq_nbits), ("nprobe", a.nprobe))
+        if v is not None)
+    embedded = a.datasets is None
+    input_size = tuple(a.input_size) if a.input_size else (EMBEDDED_INPUT_SIZE if embedded else None)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return RunConfig(
+        models=a.models, datasets=(DEFAULT_DATASET,) if embedded else a.datasets, embedded_default=embedded,
+        data_root=a.data_root, tolerance=a.tolerance, pos_radius=a.pos_radius, input_size=input_size,
+        batch_size=a.batch_size, device=device, num_workers=a.num_workers if a.num_workers is not None else
+        (4 if on_cuda else 0), recall_ns=a.recall_ns, index=a.index, index_options=index_options,
+        rerank=(a.rerank_k1, a.rerank_k2, a.rerank_lambda) if a.rerank else None,
+        backbone_weights=str(Path(a.backbone_weights).expanduser()) if a.backbone_weights else None,
+        init=a.init, kmeans_images=a.kmeans_images, kmeans_per_image=a.kmeans_per_image, whitening=a.whitening,
+        save_descriptors=a.save_descriptors, num_preds_to_save=a.num_preds_to_save, top_k=a.top_k,
+        save_attention=a.save_attention, output_dir=Path(a.output_dir or os.path.join("results", stamp)),
+        seed=a.seed, amp=a.amp, compile=a.compile, latency_repeats=a.latency_repeats, progress=a.progress,
+        argv=tuple(argv),
+    )
+
+
+def fail(message: str) -> None:
+    """Exit like argparse does for a bad argument found after parsing (status 2)."""
+    build_parser().error(message)
+

@@ -1,0 +1,193 @@
+"""One model on one dataset: build, off-the-shelf init, extraction (timed, peak memory), whitening, recall, costs."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from registry.datasets import VPRDataset
+from registry.datasets.images import open_rgb
+from registry.evaluation import (Preprocess, extract_dataset, extract_descriptors, k_reciprocal_rerank,
+                                 recall_at_n, recall_from_predictions, save_descriptors, search)
+from registry.training.clusters import has_clusters
+
+from . import attention, grids
+from .cli import RunConfig
+from .metrics import PeakMemory, count_gflops, count_parameters, latency_ms
+from .models import ModelSpec, build_model, weights_source
+
+
+def log(message: str) -> None:
+    """Progress messages go to stderr, so stdout carries only the Markdown table."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a label."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text).strip("_") or "model"
+
+
+def pick_queries(num_queries: int, n: int) -> List[int]:
+    """`n` query indices spread evenly over the query set (the same ones for grids and heat maps)."""
+    if n <= 0:
+        return []
+    return sorted({int(i) for i in np.linspace(0, num_queries - 1, min(n, num_queries)).round()})
+
+
+def _whitening_plan(model: torch.nn.Module, choice: str, num_db: int) -> Tuple[bool, str]:
+    """(fit now?, what the table says about whitening)."""
+    w = getattr(model, "whitening", None)
+    if w is None:
+        return False, "none (model has no whitening)"
+    if w.fitted:
+        return False, f"PCA {w.in_dim}->{w.out_dim} (pretrained)"
+    if choice == "none":
+        return False, "none (--whitening none)"
+    if num_db <= w.out_dim:
+        return False, f"none (too few images: {num_db} <= {w.out_dim} dims)"
+    return True, f"PCA {w.in_dim}->{w.out_dim} fitted on {num_db} database descriptors"
+
+
+@torch.inference_mode()
+def _whiten(model: torch.nn.Module, descs: np.ndarray) -> np.ndarray:
+    """Apply the (now fitted) whitening to pre-whitening descriptors, as the model's forward would."""
+    x = torch.from_numpy(descs).to(model.whitening.mu.device)
+    return F.normalize(model.whitening(x), dim=-1).cpu().numpy()
+
+
+def _drop_ignored(pred: np.ndarray, ignore: Optional[Sequence[np.ndarray]], k: int) -> np.ndarray:
+    """First k predictions per query outside its ignore list (-1 pads)."""
+    if ignore is None:
+        return pred[:, :k]
+    out = np.full((len(pred), k), -1, dtype=np.int64)
+    for i, (row, ign) in enumerate(zip(pred, ignore)):
+        kept = row[~np.isin(row, ign)][:k]
+        out[i, : len(kept)] = kept
+    return out
+
+
+def _ranked(q: np.ndarray, db: np.ndarray, cfg: RunConfig, k: int, ignore) -> np.ndarray:
+    """(Nq, k) database indices per query: the index's ranking, or k-reciprocal re-ranked with --rerank."""
+    extra = max((len(i) for i in ignore), default=0) if ignore is not None else 0
+    if cfg.rerank is not None:
+        k1, k2, lam = cfg.rerank
+        pred = k_reciprocal_rerank(q, db, k1=k1, k2=k2, lambda_value=lam, top_k=k + extra)
+    else:
+        pred = search(q, db, k + extra, cfg.index, **dict(cfg.index_options))
+    return _drop_ignored(pred, ignore, k)
+
+
+def _retrieval(q: np.ndarray, db: np.ndarray, ds: VPRDataset, cfg: RunConfig) -> Tuple[Dict[str, Any], np.ndarray]:
+    """(recall facts, top predictions for grids)."""
+    base = recall_at_n(q, db, ds.positives, cfg.recall_ns, cfg.index, ds.ignore, **dict(cfg.index_options))
+    k = max(max(cfg.recall_ns), cfg.top_k)
+    pred = _ranked(q, db, cfg, k, ds.ignore) if (cfg.rerank or cfg.num_preds_to_save) else np.empty((0, k), np.int64)
+    facts: Dict[str, Any] = {"recall": base["recall"], "num_scored_queries": base["num_queries"]}
+    for key in ("exact_recall", "recall_loss"):
+        if key in base:
+            facts[key] = base[key]
+    if cfg.rerank is not None:
+        facts["recall_before_rerank"] = base["recall"]
+        facts["recall"] = recall_from_predictions(pred[:, : max(cfg.recall_ns)], ds.positives, cfg.recall_ns)["recall"]
+    return facts, pred
+
+
+def _costs(model: torch.nn.Module, net: torch.nn.Module, ds: VPRDataset, cfg: RunConfig, amp: bool) -> Dict[str, Any]:
+    """Parameters, GFLOPs (of `model`) and batch-1 latency (of `net`, the module extraction ran) on the first query."""
+    device = next(model.parameters()).device
+    image = Preprocess(model.input_config)(open_rgb(ds.q_images[0])).unsqueeze(0).to(device)
+    return {
+        "params_m": count_parameters(model) / 1e6,
+        "gflops": count_gflops(model, image),
+        "flops_input": f"{image.shape[2]}x{image.shape[3]}",
+        "latency_ms": latency_ms(net, image, cfg.latency_repeats, amp),
+    }
+
+
+def _compiled(model: torch.nn.Module, ds: VPRDataset, cfg: RunConfig, amp: bool) -> torch.nn.Module:
+    """torch.compile(model), compiled on one batch of database images so compilation is not timed as encoding."""
+    net = torch.compile(model)
+    extract_descriptors(net, ds.db_images[: cfg.batch_size], batch_size=cfg.batch_size, device=cfg.device, amp=amp,
+                        progress=False)
+    return net
+
+
+def _kmeans_init(model: torch.nn.Module, ds: VPRDataset, cfg: RunConfig, out: Path) -> Tuple[Dict[str, Any], bool]:
+    """Off-the-shelf centres: k-means of the database's local descriptors, alpha initialisation (the trainer's own
+    cluster initialisation), centres written to `out`; (facts, done?). Too few descriptors keeps random centres."""
+    from registry.training import DistContext, ImageSource, init_clusters
+
+    try:
+        source = ImageSource(ds.db_images, model.input_config, num_workers=cfg.num_workers)
+        alpha = init_clusters(model, source, out, num_descriptors=cfg.kmeans_images * cfg.kmeans_per_image,
+                              per_image=cfg.kmeans_per_image, seed=cfg.seed,
+                              ctx=DistContext(device=torch.device(cfg.device)))
+    except ValueError as err:
+        log(f"   k-means skipped, centres stay random: {err}")
+        return {"method": "none (k-means impossible)", "reason": str(err)}, False
+    init = {"method": "k-means", "num_images": min(ds.num_db, cfg.kmeans_images),
+            "num_descriptors": len(model.aggregator.cluster_source[1]), "num_clusters": model.aggregator.num_clusters,
+            "alpha": float(alpha), "seed": cfg.seed}
+    log(f"   k-means: {init['num_clusters']} centres from {init['num_descriptors']} local descriptors of "
+        f"{init['num_images']} database images (alpha {alpha:.1f}); aggregator untrained")
+    return init, True
+
+
+def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> Dict[str, Any]:
+    """Evaluate one model on one dataset and write its grids, heat maps and descriptors; returns its record."""
+    model = build_model(spec, cfg.input_size, cfg.backbone_weights, cfg.seed).eval().to(cfg.device)
+    _, h, w = model.input_config["input_size"]
+    log(f"== {spec.label} ({model.name}) on {ds.summary()} at {h}x{w}")
+    init: Dict[str, Any] = {"method": "pretrained" if spec.pretrained else "none"}
+    stem = f"{safe_name(spec.label)}__{safe_name(ds.name)}"
+    centres = out_dir / "centroids" / f"{stem}.h5"
+    clustered = not spec.pretrained and cfg.init == "kmeans" and has_clusters(model.aggregator)
+    if clustered:
+        init, clustered = _kmeans_init(model, ds, cfg, centres)
+    source, trained = weights_source(spec, model, cfg.backbone_weights, clustered)
+    fit_now, whitening = _whitening_plan(model, cfg.whitening, ds.num_db)
+    amp = cfg.device.startswith("cuda") if cfg.amp is None else cfg.amp
+    net = _compiled(model, ds, cfg, amp) if cfg.compile else model
+    with PeakMemory(torch.device(cfg.device)) as mem:
+        start = time.perf_counter()
+        q, db = extract_dataset(net, ds, batch_size=cfg.batch_size, device=cfg.device, num_workers=cfg.num_workers,
+                                amp=amp, progress=cfg.progress)
+        seconds = time.perf_counter() - start
+    if fit_now:
+        model.whitening.fit(torch.from_numpy(db))
+        q, db = _whiten(model, q), _whiten(model, db)
+    facts, pred = _retrieval(q, db, ds, cfg)
+    record: Dict[str, Any] = {
+        "model": spec.label, "architecture": model.name, "dataset": ds.name,
+        "num_queries": ds.num_queries, "num_database": ds.num_db, "input_size": f"{h}x{w}",
+        **facts, "descriptor_dim": int(q.shape[1]), **_costs(model, net, ds, cfg, amp),
+        "images_per_s": (ds.num_queries + ds.num_db) / seconds, "extract_s": seconds,
+        "peak_memory_mib": mem.mib, "memory_measure": mem.kind, "weights": source, "trained": trained,
+        "init": init, "whitening": whitening, "index": cfg.index, "rerank": cfg.rerank is not None,
+        "amp": amp, "compiled": cfg.compile,
+        "files": ([str(centres.relative_to(out_dir))] if clustered else []) +
+        _artefacts(model, stem, spec.label, ds, cfg, out_dir, q, db, pred),
+    }
+    log(f"   R@1 {record['recall'][min(cfg.recall_ns)]:.1f}  dim {record['descriptor_dim']}  "
+        f"{record['images_per_s']:.1f} img/s  weights: {source}")
+    return record
+
+
+def _artefacts(model, stem: str, label: str, ds: VPRDataset, cfg: RunConfig, out_dir: Path, q: np.ndarray,
+               db: np.ndarray, pred: np.ndarray) -> List[str]:
+    """Descriptor files, prediction grids and heat maps; paths relative to the output folder."""
+    files: List[Path] = []
+    if cfg.save_descriptors:
+        files += save_descriptors(out_dir / "descriptors" / f"{stem}.npz", q, db)
+    chosen = pick_queries(ds.num_queries, cfg.num_preds_to_save)
+    if chosen:
+        files += grids.save_grids(ds, chosen, pred[:, : cfg.top_k], out_dir / "predictions" / stem)
+    chosen = pick_queries(ds.num_queries, cfg.save_attention)
+    if chosen:
+        files += attention.save_attention(model, ds, chosen, out_dir / "attention" / safe_name(label), title=label)
+    return [str(Path(f).relative_to(out_dir)) for f in files]

@@ -1,0 +1,109 @@
+"""results.json, results.csv and results.md (the Markdown table printed to stdout), all from the same records."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from registry._atomic import atomic_path
+
+from .metrics import FLOPS_NOTE
+
+CSV_FIELDS = ("model", "architecture", "dataset", "input_size", "descriptor_dim", "params_m", "gflops",
+              "images_per_s", "latency_ms", "peak_memory_mib", "memory_measure", "weights", "trained", "whitening",
+              "init", "index", "rerank", "amp", "compiled", "num_queries", "num_database", "extract_s")
+
+
+def recall_ns(records: Sequence[Dict[str, Any]]) -> List[int]:
+    """The N of Recall@N (the same for every record of a run)."""
+    return sorted(int(n) for n in records[0]["recall"])
+
+
+def untrained(records: Sequence[Dict[str, Any]]) -> List[str]:
+    """Labels of the models whose weights are random or off-the-shelf."""
+    return list(dict.fromkeys(r["model"] for r in records if not r["trained"]))
+
+
+def warning_line(records: Sequence[Dict[str, Any]]) -> str:
+    """The bold Markdown warning for untrained / off-the-shelf models ('' when every model is trained)."""
+    names = untrained(records)
+    if not names:
+        return ""
+    return (f"**Warning: {', '.join(names)}: untrained weights (random init, an off-the-shelf backbone with "
+            "k-means centres and an untrained aggregator, or a checkpoint with no training recorded). These are "
+            "not the paper's numbers; train, or load published weights, to reproduce those.**")
+
+
+def table(records: Sequence[Dict[str, Any]]) -> str:
+    """The Markdown results table."""
+    ns = recall_ns(records)
+    head = (["Model", "Dataset", "Input"] + [f"R@{n}" for n in ns] +
+            ["Dim", "Params (M)", "GFLOPs", "img/s", "Latency (ms)", "Peak mem (MiB)", "Whitening", "Weights"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in records:
+        cells = [r["model"], r["dataset"], r["input_size"]] + [f"{r['recall'][n]:.1f}" for n in ns] + [
+            str(r["descriptor_dim"]), f"{r['params_m']:.2f}", f"{r['gflops']:.1f}", f"{r['images_per_s']:.1f}",
+            f"{r['latency_ms']:.1f}", f"{r['peak_memory_mib']:.0f}", r["whitening"], r["weights"]]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def notes(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> List[str]:
+    """The lines under the table: how each column was measured, the datasets and their credits."""
+    out = [
+        f"- Run: {meta['elapsed_s']:.0f} s on {meta['device']}, torch {meta['torch']}, seed {meta['seed']}.",
+        f"- {FLOPS_NOTE}.",
+        f"- img/s: query + database extraction on {meta['device']} (batch {meta['batch_size']}, image decoding and "
+        f"resizing included, {meta['num_workers']} loader workers); latency: median of "
+        f"{meta['latency_repeats']} batch-1 forward passes after a warm-up.",
+        f"- Peak mem: {records[0]['memory_measure']} during extraction.",
+        f"- Recall@N: {meta['index']} index" + (", k-reciprocal re-ranking" if meta["rerank"] else "") + ".",
+    ]
+    for ds in meta["datasets"]:
+        where = "embedded copy in registry/data (see registry/data/README.md)" if ds["embedded"] else ds["root"]
+        credit = f"; credit: {ds['credit']}" if ds["credit"] else ""
+        out.append(f"- Dataset {ds['name']}: {ds['num_queries']} queries / {ds['num_database']} database images, "
+                   f"{where}{credit}.")
+    return out
+
+
+def markdown(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> str:
+    """results.md: command, table, warning, notes."""
+    parts = [f"# VPR benchmark ({meta['date']})", "", f"`{meta['command']}`", "", table(records), ""]
+    warn = warning_line(records)
+    if warn:
+        parts += [warn, ""]
+    parts += notes(records, meta)
+    return "\n".join(parts) + "\n"
+
+
+def _jsonable(record: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(record)
+    for key in ("recall", "recall_before_rerank", "exact_recall", "recall_loss"):
+        if key in out:
+            out[key] = {str(n): v for n, v in out[key].items()}
+    return out
+
+
+def csv_row(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A flat CSV row: the scalar fields and one R@N column per N."""
+    row = {k: record[k] for k in CSV_FIELDS}
+    row["init"] = record["init"]["method"]
+    row.update({f"R@{n}": v for n, v in sorted(record["recall"].items())})
+    return row
+
+
+def write_all(records: Sequence[Dict[str, Any]], meta: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
+    """Write results.json, results.csv and results.md atomically; returns their paths."""
+    paths = {name: out_dir / f"results.{name}" for name in ("json", "csv", "md")}
+    with atomic_path(paths["json"]) as tmp:
+        tmp.write_text(json.dumps({"meta": meta, "results": [_jsonable(r) for r in records]}, indent=2) + "\n")
+    rows = [csv_row(r) for r in records]
+    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_path(paths["md"]) as tmp:
+        tmp.write_text(markdown(records, meta))
+    return paths

@@ -1,0 +1,118 @@
+"""Compare visual place recognition models: Recall@N, size, GFLOPs, speed, memory, weights' origin; see --help.
+
+    python benchmarks/run.py                                  # clusvpr, netvlad, gem on the embedded Corridor
+    python benchmarks/run.py --backbone-weights ../shared/weights/vgg16_hed_conv.safetensors
+    python benchmarks/run.py --models clusvpr,org/name@<commit>,./my_dir --datasets pitts30k_test --data-root /data
+"""
+from __future__ import annotations
+
+import platform
+import shlex
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from _runner.cli import RunConfig, fail, parse_args
+
+# the rest of _runner imports torch and the registry: imported in run(), so --help and argument errors are instant
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"cpu ({_cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _preflight(cfg: RunConfig) -> tuple:
+    """Resolve every model and load every dataset (and every pretrained model once) before any evaluation."""
+    from _runner.data import load_all
+    from _runner.models import build_model, parse_model
+
+    try:
+        specs = [parse_model(token) for token in cfg.models]
+        datasets = load_all(cfg.datasets, cfg.data_root, cfg.tolerance, cfg.pos_radius)
+    except ValueError as err:
+        fail(str(err))
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        fail(f"--models lists a model twice: {','.join(labels)}")
+    for spec in (s for s in specs if s.pretrained):
+        try:
+            build_model(spec, cfg.input_size, None, cfg.seed)
+        except Exception as err:  # any loading failure is reported before the long part starts
+            fail(f"--models {spec.label!r} cannot be loaded: {type(err).__name__}: {err}")
+    return specs, datasets
+
+
+def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: float) -> Dict[str, Any]:
+    import torch
+    from _runner import report
+    from _runner.data import describe
+    from _runner.metrics import FLOPS_NOTE
+
+    return {
+        "command": "python benchmarks/run.py" + (" " + shlex.join(cfg.argv) if cfg.argv else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "elapsed_s": round(seconds, 1),
+        "device": _device_name(cfg.device),
+        "torch": torch.__version__,
+        "input_size": "x".join(map(str, cfg.input_size)) if cfg.input_size else "each model's own",
+        "embedded_default": cfg.embedded_default,
+        "batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "latency_repeats": cfg.latency_repeats,
+        "index": cfg.index, "index_options": dict(cfg.index_options), "rerank": list(cfg.rerank or ()) or None,
+        "init": cfg.init, "kmeans_images": cfg.kmeans_images, "kmeans_per_image": cfg.kmeans_per_image,
+        "whitening": cfg.whitening, "backbone_weights": cfg.backbone_weights, "seed": cfg.seed,
+        "flops_note": FLOPS_NOTE, "memory_measure": records[0]["memory_measure"],
+        "untrained_models": report.untrained(records),
+        "datasets": [describe(ds) for ds in datasets],
+    }
+
+
+def run(cfg: RunConfig) -> List[Dict[str, Any]]:
+    """Evaluate every model on every dataset and write all outputs; returns the records."""
+    from _runner import plots, report
+    from _runner.evaluate import evaluate, log
+
+    start = time.perf_counter()
+    specs, datasets = _preflight(cfg)
+    if cfg.backbone_weights is None and any(not s.pretrained for s in specs):
+        log("note: no --backbone-weights, so models built from the registry have RANDOM weights")
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    records = [evaluate(spec, ds, cfg, cfg.output_dir) for ds in datasets for spec in specs]
+    meta = _meta(cfg, datasets, records, time.perf_counter() - start)
+    paths = report.write_all(records, meta, cfg.output_dir)
+    plots.recall_curves(records, cfg.output_dir / "recall_at_n.png")
+    plots.speed_vs_recall(records, cfg.output_dir / "speed_vs_recall.png")
+    print(report.table(records))
+    warn = report.warning_line(records)
+    if warn:
+        print("\n" + warn)
+    extra = sum(len(r["files"]) for r in records)
+    more = f", {extra} more files (k-means centres, grids, heat maps, descriptors)" if extra else ""
+    log(f"results in {cfg.output_dir}/: {', '.join(p.name for p in paths.values())}, recall_at_n.png, "
+        f"speed_vs_recall.png{more}")
+    return records
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point: parse, check, run."""
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The runner's command line: --help documents every option; bad arguments fail fast with a clear message."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from runner_support import BENCHMARKS, load_runner, runner_module
+
+
+def test_help_runs_as_a_script_and_documents_every_option():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "run.py"), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    for action in runner_module("cli").build_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+        assert action.option_strings[0] in done.stdout
+    for word in ("org/name@", "NAME=SOURCE", "embedded", "Corridor"):
+        assert word in done.stdout
+
+
+def test_defaults_are_the_embedded_corridor_at_a_cpu_friendly_size():
+    cfg = load_runner().parse_args([])
+    assert cfg.models == ("clusvpr", "netvlad", "gem")
+    assert cfg.datasets == ("corridor",) and cfg.embedded_default
+    assert cfg.input_size == (120, 160)
+    assert cfg.recall_ns == (1, 5, 10, 20) and cfg.index == "flat" and cfg.init == "kmeans"
+    assert cfg.output_dir.parts[0] == "results"
+
+
+def test_named_datasets_keep_each_models_input_size_unless_one_is_given():
+    run = load_runner()
+    assert run.parse_args(["--datasets", "corridor"]).input_size is None
+    assert run.parse_args(["--datasets", "corridor", "--input-size", "240", "320"]).input_size == (240, 320)
+
+
+BAD = [
+    (["--models", "clusvpr,nosuchmodel"], "unknown model 'nosuchmodel'; closest valid names"),
+    (["--models", "clusvpr,clusvpr"], "lists a model twice"),
+    (["--models", "./no/such/folder"], "neither an existing directory nor a Hub repository id"),
+    (["--models", "netvlad=./no/such/folder"], "neither an existing directory nor a Hub repository id"),
+    (["--models", "nosuch=org/repo"], "unknown model 'nosuch'"),
+    (["--datasets", "nosuchdataset"], "--datasets 'nosuchdataset'"),
+    (["--input-size", "16", "320"], "both sides must be >= 32"),
+    (["--input-size", "240"], "--input-size: expected 2 arguments"),
+    (["--recall-ns", "1,x"], "comma-separated integers"),
+    (["--recall-ns", "0,5"], "positive integers"),
+    (["--batch-size", "0"], "must be >= 1"),
+    (["--index", "hnsw"], "invalid choice: 'hnsw'"),
+    (["--backbone-weights", "/no/such/weights.safetensors"], "--backbone-weights: file not found"),
+    (["--data-root", "/no/such/root"], "--data-root: folder not found"),
+    (["--rerank-lambda", "2"], "within 0..1"),
+    (["--device", "tpu"], "--device"),
+    (["--whitening", "maybe"], "invalid choice: 'maybe'"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_arguments_exit_2_with_a_one_line_reason_before_any_work(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        load_runner().main([*argv, "--output-dir", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "run.py: error:" in err
+    assert not out.exists()
+
+
+def test_cuda_request_without_cuda_is_refused(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        load_runner().parse_args(["--device", "cuda"])
+    assert "CUDA is not available" in capsys.readouterr().err
