@@ -1,0 +1,369 @@
+"""The generic trainer: mining per cache of queries, optimisation, validation, checkpoints, whitening, Hub layout.
+
+Output folder: the Hub layout (config.json, model.safetensors, centroids.h5, pca.h5, README.md) once
+training ends, and `train/` with `checkpoint.pt` (last epoch), `best.pt` (best validation model) and
+`log.jsonl`. Random streams are derived from (seed, generation, epoch, rank), so a resumed run draws
+the same numbers as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..datasets.base import VPRDataset
+from ..evaluation.recall import recall_at_n
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .clusters import attach_cluster_source, init_clusters, require_clusters
+from .config import RESUME_CRITICAL, TrainConfig
+from .distributed import DistContext, sharded_apply
+from .feature_cache import cached_source
+from .mining import RerankConfig, TrainTuple, TupleMiner
+from .recipes import get_recipe, global_descriptors
+from .sources import ImageSource, Source, stack_items, tuple_loader
+
+PathLike = Union[str, os.PathLike]
+Callback = Callable[["Trainer", Dict[str, Any]], None]
+CENTROIDS = "centroids.h5"
+
+
+class _Step(nn.Module):
+    """Model + recipe as one module, so DistributedDataParallel sees the whole loss computation."""
+
+    def __init__(self, model: nn.Module, recipe: Any, source: Source, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.recipe, self.source, self.cfg = recipe, source, cfg
+        object.__setattr__(self, "teacher", None)  # frozen, not a submodule: DDP must not sync it
+
+    def forward(self, inputs: torch.Tensor, generation: int):
+        return self.recipe.loss(self.model, self.teacher, self.source, inputs, self.cfg, generation)
+
+
+class Trainer:
+    """Trains any registry model on a VPRDataset with validation Recall@N and exact resume."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: VPRDataset,
+        output: PathLike,
+        config: Optional[TrainConfig] = None,
+        val_set: Optional[VPRDataset] = None,
+        ctx: Optional[DistContext] = None,
+        cache_features: bool = False,
+        cache_dir: Optional[PathLike] = None,
+        progress: bool = True,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.cfg = config or TrainConfig()
+        self.ctx = ctx or DistContext()
+        self.model = model.to(self.ctx.device)
+        self.ctx.broadcast_module(self.model)
+        self.train_set, self.val_set = train_set, val_set
+        self.output = Path(output)
+        self.train_dir = self.output / "train"
+        self.progress = progress and self.ctx.is_main
+        self.callbacks = list(callbacks)
+        self.recipe = get_recipe(self.cfg.recipe, model)
+        if self.cfg.generations > 1 and not self.recipe.supports_generations:
+            raise ValueError(f"recipe {self.recipe.name!r} has no teacher, so generations > 1 would repeat generation "
+                             "0: use --generations 1, or a recipe with generations (ClusVPR's 'pyramid')")
+        if self.cfg.pos_num < 1 and any(self.recipe.uses_difficult(g) for g in range(self.cfg.generations)):
+            raise ValueError(f"recipe {self.recipe.name!r} trains on difficult positives after generation 0: "
+                             "pass --pos-num >= 1")
+        self.miner = TupleMiner.from_dataset(
+            train_set, self.cfg.pos_radius, self.cfg.neg_radius, neg_num=self.cfg.neg_num,
+            neg_pool=self.cfg.neg_pool, pos_num=self.cfg.pos_num, pos_pool=self.cfg.pos_pool,
+            rerank=RerankConfig(self.cfg.rerank_k1, self.cfg.rerank_k2, self.cfg.rerank_lambda))
+        self.trainable = self.miner.trainable_queries()
+        if len(self.trainable) == 0:
+            raise ValueError(f"{train_set.name}: no query has both a positive and {self.cfg.neg_num} negatives; check "
+                             "the radii (--pos-radius/--neg-radius) and the dataset's coordinates")
+        self._check_whitening()
+        cache_dir = cache_dir if cache_dir is not None else (self.output / "feature_cache" if cache_features else None)
+        self.source = self._source(train_set, cache_features, cache_dir, "training features")
+        self.val_source = self._source(val_set, cache_features, cache_dir, "validation features") \
+            if val_set is not None else None
+        self.amp = self.ctx.device.type == "cuda" if self.cfg.amp is None else bool(self.cfg.amp)
+        self.step = _Step(self.model, self.recipe, self.source, self.cfg)
+        self.engine: nn.Module = self._wrap(self.step)
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+        self.generation, self.epoch = 0, 0
+        self.best: Dict[str, Any] = {"score": -math.inf}
+        self.history: List[Dict[str, Any]] = []
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def _source(self, dataset: VPRDataset, cached: bool, cache_dir: Optional[PathLike], desc: str) -> Source:
+        paths = list(dataset.db_images) + list(dataset.q_images)
+        if cached:
+            return cached_source(self.model, paths, cache_dir, self.ctx, self.cfg.eval_batch_size,
+                                 self.cfg.num_workers, desc=f"{dataset.name} {desc}", progress=self.progress)
+        return ImageSource(paths, self.model.input_config, self.cfg.jitter, self.cfg.num_workers)
+
+    def _check_whitening(self) -> None:
+        whitening = getattr(self.model, "whitening", None)
+        n = min(self.cfg.pca_images, self.train_set.num_db + self.train_set.num_queries)
+        if whitening is not None and n <= whitening.out_dim:
+            raise ValueError(
+                f"the model's {whitening.out_dim}-d PCA whitening needs more than {whitening.out_dim} training images, "
+                f"but {self.train_set.name} gives {n} (pca_images={self.cfg.pca_images}): pass a smaller whitening "
+                "(--model-arg whitening_dim=N with N < that count, or whitening_dim=null for none)"
+            )
+
+    def _wrap(self, step: nn.Module) -> nn.Module:
+        if not self.ctx.distributed:
+            return step
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        return DDP(step, device_ids=ids)
+
+    def _autocast(self):
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+
+    def _new_optimizer(self) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters: check --train-layers")
+        if self.cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum,
+                                             weight_decay=self.cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, self.cfg.lr_step, self.cfg.lr_gamma)
+
+    def init_clusters(self, path: Optional[PathLike] = None) -> Optional[float]:
+        """k-means on the training database's local descriptors; writes output/centroids.h5; returns alpha."""
+        return init_clusters(self.model, self.source, path or self.output / CENTROIDS,
+                             indices=range(self.train_set.num_db), num_descriptors=self.cfg.cluster_descriptors,
+                             per_image=self.cfg.cluster_per_image, seed=self.cfg.seed, ctx=self.ctx)
+
+    # ---- descriptors -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def describe(self, source: Source, indices: Sequence[int], whiten: bool = False,
+                 model: Optional[nn.Module] = None, desc: str = "descriptors") -> np.ndarray:
+        """L2-normalised descriptors of source items (before whitening unless `whiten`), sharded over ranks."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+
+        def run(batch: Sequence[int]) -> torch.Tensor:
+            x = stack_items(source, list(batch), train=False).to(self.ctx.device)
+            with self._autocast():
+                d = global_descriptors(model, source, x)
+                if whiten and getattr(model, "whitening", None) is not None:
+                    d = torch.nn.functional.normalize(model.whitening(d.float()), dim=-1)
+            return d.float().cpu()
+
+        try:
+            return sharded_apply(run, list(indices), self.ctx, self.cfg.eval_batch_size, desc,
+                                 self.progress).numpy()
+        finally:
+            model.train(was_training)
+
+    def validate(self, whiten: bool = False) -> Dict[str, float]:
+        """Recall@N (percent) on the validation set; empty without one."""
+        if self.val_set is None:
+            return {}
+        v = self.val_set
+        d = self.describe(self.val_source, range(v.num_db + v.num_queries), whiten, desc="validation")
+        rec = recall_at_n(d[v.num_db :], d[: v.num_db], v.positives, self.cfg.recall_ns, ignore=v.ignore)["recall"]
+        return {f"R@{n}": float(r) for n, r in rec.items()}
+
+    # ---- one epoch ---------------------------------------------------------------------------------------
+    def _seed_epoch(self) -> np.random.Generator:
+        """Mining RNG (identical on every rank) and this rank's torch seed, both from (seed, generation, epoch)."""
+        base = [self.cfg.seed, self.generation, self.epoch]
+        torch.manual_seed(int(np.random.SeedSequence(base + [self.ctx.rank]).generate_state(1)[0]))
+        return np.random.default_rng(base)
+
+    def _mine(self, chunk: np.ndarray, rng: np.random.Generator) -> List[TrainTuple]:
+        pools = [self.miner.negative_pool(int(q), rng) for q in chunk]
+        db_ids = self.miner.needed_database(chunk, pools)
+        nd = self.train_set.num_db
+        q_desc = self.describe(self.source, [nd + int(q) for q in chunk], desc="mining: queries")
+        db_desc = self.describe(self.source, db_ids.tolist(), desc="mining: database")
+        return self.miner.mine(chunk, pools, q_desc, db_ids, db_desc, rng,
+                               difficult=self.recipe.uses_difficult(self.generation))
+
+    def _my_tuples(self, tuples: List[TrainTuple]) -> List[List[int]]:
+        """This rank's share as source item lists; every rank gets the same count (wrapping round)."""
+        nd = self.train_set.num_db
+        items = [[nd + t.query, t.positive, *t.negatives.tolist(), *t.difficult.tolist()] for t in tuples]
+        per_rank = math.ceil(len(items) / self.ctx.world_size)
+        return [items[(self.ctx.rank + self.ctx.world_size * i) % len(items)] for i in range(per_rank)]
+
+    def _optimise(self, tuples: List[TrainTuple], bar: tqdm) -> List[Dict[str, float]]:
+        self.model.train()
+        logs = []
+        for inputs in tuple_loader(self.source, self._my_tuples(tuples), self.cfg.batch_size):
+            inputs = inputs.to(self.ctx.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                loss, parts = self.engine(inputs, self.generation)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss became {float(loss)} at generation {self.generation}, epoch "
+                                         f"{self.epoch}: lower --lr (or check the data); the last checkpoint is kept")
+            loss.backward()
+            self.optimizer.step()
+            logs.append({"loss": float(loss.detach()), **parts})
+            bar.update(len(inputs) * self.ctx.world_size)
+            bar.set_postfix(loss=f"{np.mean([r['loss'] for r in logs]):.4f}")
+        return logs
+
+    def train_epoch(self) -> Dict[str, float]:
+        """Mine and optimise over this epoch's queries; returns mean losses."""
+        rng = self._seed_epoch()
+        queries = rng.permutation(self.trainable)[: self.cfg.queries_per_epoch]
+        logs: List[Dict[str, float]] = []
+        with tqdm(total=len(queries), desc=f"gen {self.generation} epoch {self.epoch}", unit="tuple",
+                  disable=not self.progress) as bar:
+            for start in range(0, len(queries), self.cfg.cache_size):
+                tuples = self._mine(queries[start : start + self.cfg.cache_size], rng)
+                logs += self._optimise(tuples, bar)
+        return {k: self.ctx.all_reduce_mean(float(np.mean([r[k] for r in logs]))) for k in logs[0]}
+
+    # ---- generations, checkpoints ------------------------------------------------------------------------
+    def _start_generation(self) -> None:
+        """Fresh optimiser; from generation 1 on, start from the best model so far, which is also the teacher."""
+        if self.generation > 0:
+            self.model.load_state_dict(load_checkpoint(self.train_dir / "best.pt")["model"])
+            teacher = copy.deepcopy(self.model).eval()
+            teacher.requires_grad_(False)
+            object.__setattr__(self.step, "teacher", teacher)
+        self._new_optimizer()
+
+    def _state(self) -> Dict[str, Any]:
+        teacher = self.step.teacher
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "generation": self.generation, "epoch": self.epoch,
+            "best": self.best, "history": self.history, "prev_negatives": torch.from_numpy(self.miner.prev_negatives),
+            "teacher": teacher.state_dict() if teacher is not None else None, "config": self.cfg.to_dict(),
+        }
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.train_dir / "checkpoint.pt")
+        saved = state["config"]
+        changed = [k for k in RESUME_CRITICAL if saved.get(k) != self.cfg.to_dict().get(k)]
+        if changed:
+            raise CheckpointError(
+                "the checkpoint was written with other options: " + ", ".join(
+                    f"{k}={saved.get(k)!r} (now {self.cfg.to_dict().get(k)!r})" for k in changed)
+                + "; resume with the original options, or start a new run in another --output folder")
+        self.model.load_state_dict(state["model"])
+        self.generation, self.epoch = int(state["generation"]), int(state["epoch"])
+        self.best, self.history = state["best"], list(state["history"])
+        self.miner.prev_negatives = state["prev_negatives"].numpy().copy()
+        if state["teacher"] is not None:
+            teacher = copy.deepcopy(self.model)
+            teacher.load_state_dict(state["teacher"])
+            teacher.eval().requires_grad_(False)
+            object.__setattr__(self.step, "teacher", teacher)
+        self._new_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if (self.output / CENTROIDS).is_file():
+            attach_cluster_source(self.model.aggregator, self.output / CENTROIDS)
+
+    def _record_start(self) -> None:
+        """Validate the initial model as epoch 0, so training that only degrades it cannot win the selection."""
+        recalls = self.validate()
+        if not recalls:
+            return
+        self.best = {"score": recalls[self.cfg.select_by], "generation": 0, "epoch": 0, "recalls": recalls}
+        self.history.append({"generation": 0, "epoch": 0, **{f"val_{k}": v for k, v in recalls.items()},
+                             "best": True})
+        if self.ctx.is_main:
+            save_checkpoint(self.train_dir / "best.pt", {"model": self.model.state_dict(), **self.best})
+            with open(self.train_dir / "log.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(self.history[-1]) + "\n")
+        self.ctx.barrier()
+
+    def _end_epoch(self, losses: Dict[str, float], seconds: float) -> None:
+        self.scheduler.step()
+        recalls = self.validate()
+        self.epoch += 1
+        record = {"generation": self.generation, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                  **losses, **{f"val_{k}": v for k, v in recalls.items()}, "seconds": round(seconds, 1)}
+        score = recalls.get(self.cfg.select_by, -losses["loss"])
+        improved = score > self.best["score"]
+        if improved:
+            self.best = {"score": score, "generation": self.generation, "epoch": self.epoch, "recalls": recalls}
+        record["best"] = improved
+        self.history.append(record)
+        if self.ctx.is_main:
+            if improved:
+                save_checkpoint(self.train_dir / "best.pt", {"model": self.model.state_dict(), **self.best})
+            save_checkpoint(self.train_dir / "checkpoint.pt", self._state())
+            with open(self.train_dir / "log.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        self.ctx.barrier()
+        for cb in self.callbacks:
+            cb(self, record)
+
+    # ---- the run -----------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False, require_initialised_clusters: bool = True) -> Dict[str, Any]:
+        """Train every generation and epoch, then load the best model, fit whitening and write the Hub layout."""
+        start = time.time()
+        if resume:
+            self._restore()
+        else:
+            if (self.train_dir / "checkpoint.pt").exists():
+                raise FileExistsError(f"{self.train_dir / 'checkpoint.pt'} exists: pass --resume to continue that "
+                                      "run, or choose another --output folder")
+            if require_initialised_clusters:
+                require_clusters(self.model, self.model.config.get("architecture", "the model"))
+            if self.ctx.is_main:
+                self.train_dir.mkdir(parents=True, exist_ok=True)
+            self._start_generation()
+            self._record_start()
+        while self.generation < self.cfg.generations:
+            if self.epoch >= self.cfg.epochs_of(self.generation):
+                self.generation, self.epoch = self.generation + 1, 0
+                if self.generation < self.cfg.generations:
+                    self._start_generation()
+                continue
+            t0 = time.time()
+            losses = self.train_epoch()
+            self._end_epoch(losses, time.time() - t0)
+        return self._finish(time.time() - start)
+
+    def _finish(self, seconds: float) -> Dict[str, Any]:
+        """Best model, PCA-whitening fit, final validation, Hub layout (rank 0 writes; others return)."""
+        self.model.load_state_dict(load_checkpoint(self.train_dir / "best.pt")["model"])
+        if getattr(self.model, "whitening", None) is not None:
+            n = self.train_set.num_db + self.train_set.num_queries
+            rng = np.random.default_rng(self.cfg.seed)
+            pick = np.sort(rng.choice(n, size=min(self.cfg.pca_images, n), replace=False))
+            descs = self.describe(self.source, pick.tolist(), desc="PCA descriptors")
+            self.model.fit_whitening(torch.from_numpy(descs))
+        summary = {"best": self.best, "final_val": self.validate(whiten=True), "train_seconds": round(seconds, 1),
+                   "history": self.history}
+        if self.ctx.is_main:
+            self.model.save_pretrained(self.output, training=self.training_facts(), recalls=self._recall_facts(summary))
+            (self.train_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        self.ctx.barrier()
+        return summary
+
+    def training_facts(self) -> Dict[str, Any]:
+        """What config.json and the model card record about this training."""
+        return {"datasets": [self.train_set.name], "validation": self.val_set.name if self.val_set else None,
+                "recipe": self.recipe.name, "best": {k: v for k, v in self.best.items() if k != "score"},
+                "options": self.cfg.to_dict(), "world_size": self.ctx.world_size}
+
+    def _recall_facts(self, summary: Dict[str, Any]) -> Optional[Dict[str, Dict[str, float]]]:
+        return {self.val_set.name: summary["final_val"]} if self.val_set is not None and summary["final_val"] else None

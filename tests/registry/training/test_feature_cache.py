@@ -1,0 +1,48 @@
+"""Cached frozen-layer features: equal to running the backbone on the images, reused, invalidated on change."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import registry
+from registry.training import DistContext, cached_source, feature_cache, frozen_cut
+from registry.training.sources import ImageSource, stack_items
+
+
+def test_cached_features_give_the_backbones_output(tiny_sets, tmp_path):
+    train, _ = tiny_sets
+    model = registry.create("tiny_netvlad")
+    paths = train.db_images[:5]
+    cached = cached_source(model, paths, tmp_path, DistContext())
+    assert frozen_cut(model.backbone) == 6  # the last conv trains, like VGG16's conv5
+    images = stack_items(ImageSource(paths, model.input_config), list(range(5)), train=False)
+    inputs = stack_items(cached, list(range(5)), train=False)
+    with torch.no_grad():
+        torch.testing.assert_close(cached.features(model, inputs), model.backbone(images), rtol=1e-5, atol=1e-5)
+
+
+def test_the_cache_file_is_reused_and_rebuilt_when_frozen_weights_change(tiny_sets, tmp_path, monkeypatch):
+    train, _ = tiny_sets
+    model = registry.create("tiny_netvlad")
+    paths = train.db_images[:4]
+    first = cached_source(model, paths, tmp_path, DistContext())
+    assert len(list(tmp_path.glob("features-*.npy"))) == 1
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the cache should have been read, not recomputed")
+
+    with monkeypatch.context() as m:
+        m.setattr(feature_cache, "encode_prefix", must_not_run)
+        again = cached_source(model, paths, tmp_path, DistContext())
+    torch.testing.assert_close(again.cache, first.cache)
+    with torch.no_grad():
+        model.backbone.features[0].weight.mul_(2.0)
+    changed = cached_source(model, paths, tmp_path, DistContext())
+    assert len(list(tmp_path.glob("features-*.npy"))) == 2
+    assert not torch.allclose(changed.cache, first.cache)
+
+
+def test_caching_needs_frozen_layers(tiny_sets, tmp_path):
+    model = registry.create("tiny_netvlad", train_layers="all")
+    with pytest.raises(ValueError, match="no frozen layers to cache.*--cache-features"):
+        cached_source(model, tiny_sets[0].db_images[:2], tmp_path, DistContext())

@@ -1,0 +1,83 @@
+"""benchmarks/train.py: documented options, fast failures, one process and torchrun DDP (gloo, 2 CPU processes)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[3]
+TRAIN = REPO / "benchmarks" / "train.py"
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import train as train_cli  # noqa: E402
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    return env
+
+
+def _args(roots, out, *extra):
+    train_root, val_root = roots
+    return ["--plugin", "tiny_vpr", "--model", "tiny_netvlad", "--train-set", f"aligned:{train_root}",
+            "--val-set", f"aligned:{val_root}", "--epochs", "2", "--optimizer", "adam", "--lr", "1e-3",
+            "--weight-decay", "0", "--neg-pool", "8", "--cache-size", "8", "--no-jitter", "--temperatures", "0.1",
+            "--cluster-descriptors", "400", "--cluster-per-image", "50", "--pca-images", "32", "--threads", "1",
+            "--no-progress", "--output", str(out), *extra]
+
+
+def test_help_explains_every_option():
+    parser = train_cli.build_parser()
+    undocumented = [a.dest for a in parser._actions if not a.help]
+    assert undocumented == []
+    text = parser.format_help()
+    for option in ("--model", "--cache-features", "--resume", "--push-to-hub", "--neg-pool", "--temperatures",
+                   "--train-layers", "--backbone-weights", "--generations", "--device"):
+        assert option in text
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--resume"], "no checkpoint"),
+    (["--clusters", "/nonexistent/centroids.h5"], "file not found"),
+    (["--input-size", "8", "8"], "too small"),
+])
+def test_bad_arguments_fail_before_any_work(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["--model", "netvlad", "--output", str(tmp_path / "o"), *extra])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_values_fail_with_the_option_named(tiny_roots, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_cli.main(_args(tiny_roots, tmp_path / "o", "--lr", "-1"))
+    assert "lr > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_cli.main(_args(tiny_roots, tmp_path / "o2", "--model", "tiny_netvlda"))
+    assert "tiny_netvlad" in capsys.readouterr().err  # the closest valid name
+
+
+def test_torchrun_with_two_gloo_processes_matches_one_process(tiny_roots, tmp_path):
+    one = subprocess.run([sys.executable, str(TRAIN), *_args(tiny_roots, tmp_path / "one", "--batch-size", "4")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(TRAIN), *_args(tiny_roots, tmp_path / "two", "--batch-size", "2")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["training"]["world_size"] == 2
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    summary = json.loads((tmp_path / "two" / "train" / "summary.json").read_text())
+    assert [r["epoch"] for r in summary["history"]] == [0, 1, 2]

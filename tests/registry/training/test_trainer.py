@@ -1,0 +1,103 @@
+"""The generic trainer on tiny generated data: learning, the Hub layout, best-model selection, refusals."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_vpr import small_config
+
+import registry
+from registry.training import ClustersNotInitialisedError, Trainer, get_recipe
+from registry.training.checkpoint import load_checkpoint
+from registry.training.sources import stack_items
+
+
+def _fixed_tuple_loss(trainer: Trainer) -> float:
+    """Loss of one fixed tuple per query (positive: same place; negatives: 4 and 8 places on)."""
+    nd = trainer.train_set.num_db
+    items = [[nd + q, q, (q + 4) % nd, (q + 8) % nd] for q in range(nd)]
+    inputs = torch.stack([stack_items(trainer.source, t, train=False) for t in items])
+    cfg = small_config(neg_num=2, temperatures=(0.02,))
+    with torch.no_grad():
+        return get_recipe("global").loss(trainer.model, None, trainer.source, inputs, cfg, 0)[0].item()
+
+
+def test_a_few_epochs_lower_the_loss_and_raise_recall(tiny_sets, tmp_path):
+    train, _ = tiny_sets
+    model = registry.create("tiny_gem", train_layers="all")
+    trainer = Trainer(model, train, tmp_path / "run", small_config(epochs=4, temperatures=(0.02,)), val_set=train,
+                      progress=False)
+    loss0, recall0 = _fixed_tuple_loss(trainer), trainer.validate()["R@1"]
+    summary = trainer.fit()
+    loss1, recall1 = _fixed_tuple_loss(trainer), summary["best"]["recalls"]["R@1"]
+    assert loss1 < loss0 - 0.03
+    assert recall1 >= recall0 + 25.0
+    assert len(summary["history"]) == 5
+
+
+def test_the_output_folder_is_a_hub_layout_that_loads(tiny_sets, tmp_path):
+    train, val = tiny_sets
+    out = tmp_path / "run"
+    trainer = Trainer(registry.create("tiny_netvlad"), train, out, small_config(), val_set=val, progress=False)
+    alpha = trainer.init_clusters()
+    assert alpha > 0 and (out / "centroids.h5").is_file()
+    summary = trainer.fit()
+    layout = {"config.json", "model.safetensors", "centroids.h5", "pca.h5", "README.md"}
+    assert layout <= {p.name for p in out.iterdir()}
+    loaded = registry.create("tiny_netvlad", pretrained=str(out))
+    assert loaded.whitening.fitted and loaded.descriptor_dim == 8
+    x = torch.randn(3, 3, 32, 48)
+    trainer.model.eval()
+    torch.testing.assert_close(loaded(x), trainer.model(x))
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["datasets"] == ["train"] and config["training"]["recipe"] == "global"
+    assert config["recalls"]["val"] == pytest.approx(summary["final_val"])
+    log = [json.loads(line) for line in (out / "train" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2]  # epoch 0: the model before training
+    assert all("val_R@5" in r for r in log) and all("loss" in r for r in log[1:])
+
+
+def test_the_best_validation_epoch_is_the_saved_model(tiny_sets, tmp_path):
+    train, val = tiny_sets
+    out = tmp_path / "run"
+    trainer = Trainer(registry.create("tiny_gem", train_layers="all"), train, out,
+                      small_config(epochs=4, lr=3e-3), val_set=val, progress=False)
+    summary = trainer.fit()
+    scores = [r["val_R@5"] for r in summary["history"]]
+    assert summary["best"]["epoch"] == summary["history"][int(np.argmax(scores))]["epoch"]  # the first of the highest
+    best = load_checkpoint(out / "train" / "best.pt")["model"]
+    saved = load_file(str(out / "model.safetensors"))
+    for k, v in best.items():
+        torch.testing.assert_close(saved[k], v)
+
+
+def test_training_without_cluster_initialisation_is_refused(tiny_sets, tmp_path):
+    train, val = tiny_sets
+    trainer = Trainer(registry.create("tiny_clusvpr"), train, tmp_path / "run", small_config(), val_set=val,
+                      progress=False)
+    with pytest.raises(ClustersNotInitialisedError, match="clusters are not initialised.*init_clusters"):
+        trainer.fit()
+    Trainer(registry.create("tiny_gem"), train, tmp_path / "gem", small_config(epochs=1), progress=False).fit()
+
+
+def test_a_whitening_larger_than_the_training_set_fails_before_training(tiny_sets, tmp_path):
+    train, _ = tiny_sets
+    with pytest.raises(ValueError, match="whitening_dim"):
+        Trainer(registry.create("tiny_netvlad", whitening_dim=32), train, tmp_path / "run", small_config())
+
+
+def test_generations_need_a_recipe_with_a_teacher(tiny_sets, tmp_path):
+    train, _ = tiny_sets
+    with pytest.raises(ValueError, match="generations"):
+        Trainer(registry.create("tiny_gem"), train, tmp_path / "run", small_config(generations=2))
+
+
+def test_autocast_training_runs_where_cuda_is_absent(tiny_sets, tmp_path):
+    train, val = tiny_sets
+    trainer = Trainer(registry.create("tiny_gem"), train, tmp_path / "run", small_config(epochs=1, amp=True),
+                      val_set=val, progress=False)
+    summary = trainer.fit()
+    assert trainer.amp and np.isfinite(summary["history"][-1]["loss"])
