@@ -218,6 +218,7 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
     from registry.training import load_clusters
 
     model, ctx = trainer.model, trainer.ctx
+    start = time.time()
     if not a.resume and not a.pretrained:
         if a.clusters:
             load_clusters(model, a.clusters)
@@ -226,27 +227,27 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
                 shutil.copyfile(a.clusters, Path(a.output) / "centroids.h5")
         else:
             trainer.init_clusters()
-    start = time.time()
     summary = trainer.fit(resume=a.resume, require_initialised_clusters=not a.pretrained)
     if not ctx.is_main:
         return None
-    summary["wall_seconds"] = round(time.time() - start, 1)
     summary["test"] = evaluate(model, test_sets, a.eval_batch_size, ctx.device)
+    summary["wall_seconds"] = round(time.time() - start, 1)  # clusters, training, whitening, test evaluation
+    val = trainer.val_set
+    recalls = {**({val.name: summary["final_val"]} if val else {}), **summary["test"]} or None
     if summary["test"]:
-        val = trainer.val_set
-        model.save_pretrained(a.output, training=trainer.training_facts(),
-                              recalls={**({val.name: summary["final_val"]} if val else {}), **summary["test"]})
+        model.save_pretrained(a.output, training=trainer.training_facts(), recalls=recalls)
     summary["command"] = " ".join(["benchmarks/train.py"] + sys.argv[1:])
     (Path(a.output) / "train" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if a.push_to_hub:
-        summary["hub_commit"] = model.push_to_hub(a.push_to_hub, training=trainer.training_facts())
+        summary["hub_commit"] = model.push_to_hub(a.push_to_hub, training=trainer.training_facts(), recalls=recalls)
     print(json.dumps({k: summary.get(k) for k in ("best", "final_val", "test", "wall_seconds", "hub_commit")}))
     return summary
 
 
 def main(argv: Optional[List[str]] = None) -> Optional[Dict[str, Any]]:
     """Parse, check, set up (errors exit with status 2 and one line), then train."""
-    from registry.training import shutdown
+    from registry.datasets import ImageReadError
+    from registry.training import CheckpointError, shutdown
 
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -258,7 +259,11 @@ def main(argv: Optional[List[str]] = None) -> Optional[Dict[str, Any]]:
         except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError) as err:
             print(f"train.py: error: {err.args[0] if err.args else err}", file=sys.stderr)
             sys.exit(2)
-        return train(a, trainer, test_sets)
+        try:
+            return train(a, trainer, test_sets)
+        except (CheckpointError, ImageReadError) as err:  # the message says what was kept and what to do
+            print(f"train.py: error: {err}", file=sys.stderr)
+            sys.exit(1)
     finally:
         if trainer is not None:
             shutdown(trainer.ctx)

@@ -240,9 +240,11 @@ class Trainer:
         """Fresh optimiser; from generation 1 on, start from the best model so far, which is also the teacher."""
         if self.generation > 0:
             self.model.load_state_dict(load_checkpoint(self.train_dir / "best.pt")["model"])
+        teacher = None
+        if self.recipe.uses_teacher(self.generation):
             teacher = copy.deepcopy(self.model).eval()
             teacher.requires_grad_(False)
-            object.__setattr__(self.step, "teacher", teacher)
+        object.__setattr__(self.step, "teacher", teacher)
         self._new_optimizer()
 
     def _state(self) -> Dict[str, Any]:

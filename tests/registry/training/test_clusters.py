@@ -1,4 +1,4 @@
-"""Cluster initialisation: descriptors in the assignment's space, faiss k-means, centroids.h5, alpha (spec section 4)."""
+"""Cluster initialisation (spec section 4): assignment-space descriptors, faiss k-means, centroids.h5, alpha."""
 from __future__ import annotations
 
 import math

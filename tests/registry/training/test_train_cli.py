@@ -81,3 +81,14 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tiny_roots, tmp_pa
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
     summary = json.loads((tmp_path / "two" / "train" / "summary.json").read_text())
     assert [r["epoch"] for r in summary["history"]] == [0, 1, 2]
+
+
+def test_resume_from_the_command_line(tiny_roots, tmp_path, capsys):
+    out = tmp_path / "run"
+    first = train_cli.main(_args(tiny_roots, out, "--epochs", "1"))
+    again = train_cli.main(_args(tiny_roots, out, "--epochs", "1", "--resume"))  # finished: nothing to redo
+    assert again["history"] == first["history"] and again["best"] == first["best"]
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(_args(tiny_roots, out, "--epochs", "2", "--resume"))
+    assert exit_info.value.code == 1
+    assert "epochs=1 (now 2)" in capsys.readouterr().err
