@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from registry.aggregators.netvlad import alpha_from_clusters
+from registry.aggregators.netvlad import init_assignment
 
 
 class OptLAD(nn.Module):
@@ -96,13 +96,7 @@ class OptLAD(nn.Module):
     @torch.no_grad()
     def init_from_clusters(self, centroids: torch.Tensor, descriptors: torch.Tensor) -> float:
         """Set centres and the assignment from k-means centres in the grouped space; returns alpha."""
-        if centroids.shape != self.centroids.shape:
-            raise ValueError(f"expected centroids of shape {tuple(self.centroids.shape)}, got {tuple(centroids.shape)}")
-        alpha, c_hat = alpha_from_clusters(centroids, descriptors)
-        self.centroids.copy_(centroids)
-        self.conv.weight.copy_((alpha * c_hat)[:, :, None, None])
-        self.cluster_source = (centroids.detach().cpu().float(), descriptors.detach().cpu().float())
-        return alpha
+        return init_assignment(self, centroids, descriptors)
 
     @torch.no_grad()
     def attention(self, x: torch.Tensor) -> torch.Tensor:

@@ -46,8 +46,10 @@ def build_vpr_model(
         bb_kwargs["train_layers"] = train_layers
     bb = get_backbone(backbone)(**bb_kwargs)
     stride = getattr(bb, "stride", 16)
-    agg = get_aggregator(aggregator)(bb.out_channels, feature_size=(h // stride, w // stride), **aggregator_args) \
-        if _takes_feature_size(aggregator) else get_aggregator(aggregator)(bb.out_channels, **aggregator_args)
+    agg_factory = get_aggregator(aggregator)
+    if getattr(agg_factory, "takes_feature_size", False):
+        aggregator_args["feature_size"] = (h // stride, w // stride)
+    agg = agg_factory(bb.out_channels, **aggregator_args)
     whitening = PCAWhitening(agg.out_dim, whitening_dim) if whitening_dim else None
     input_config = {"input_size": (3, h, w), "mean": tuple(mean), "std": tuple(std), "resize": resize,
                     "interpolation": "bilinear"}
@@ -64,10 +66,6 @@ def build_vpr_model(
         "descriptor_dim": whitening_dim or agg.out_dim,
     }
     return VPRModel(bb, agg, whitening, input_config, config)
-
-
-def _takes_feature_size(aggregator: str) -> bool:
-    return getattr(get_aggregator(aggregator), "takes_feature_size", False)
 
 
 def _default_source(entry: ModelEntry) -> str:

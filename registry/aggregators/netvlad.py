@@ -25,6 +25,18 @@ def alpha_from_clusters(centroids: torch.Tensor, descriptors: torch.Tensor) -> T
     return float(-math.log(0.01) / gap), c_hat
 
 
+@torch.no_grad()
+def init_assignment(agg: nn.Module, centroids: torch.Tensor, descriptors: torch.Tensor) -> float:
+    """Copy k-means centres into `agg.centroids`, set `agg.conv` to alpha * normalised centres, keep the source."""
+    if centroids.shape != agg.centroids.shape:
+        raise ValueError(f"expected centroids of shape {tuple(agg.centroids.shape)}, got {tuple(centroids.shape)}")
+    alpha, c_hat = alpha_from_clusters(centroids, descriptors)
+    agg.centroids.copy_(centroids)
+    agg.conv.weight.copy_((alpha * c_hat)[:, :, None, None])
+    agg.cluster_source = (centroids.detach().cpu().float(), descriptors.detach().cpu().float())
+    return alpha
+
+
 def vlad_residuals(assign: torch.Tensor, x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """sum_l a(k,l) (x(l) - c_k) as A X^T - c_k sum_l A(k,l): (N,K,L), (N,D,L), (K,D) -> (N,K,D)."""
     return torch.bmm(assign, x.transpose(1, 2)) - centroids.unsqueeze(0) * assign.sum(-1, keepdim=True)
@@ -46,13 +58,7 @@ class NetVLAD(nn.Module):
     @torch.no_grad()
     def init_from_clusters(self, centroids: torch.Tensor, descriptors: torch.Tensor) -> float:
         """Set centres and assignment from k-means centres and sampled local descriptors; returns alpha."""
-        if centroids.shape != self.centroids.shape:
-            raise ValueError(f"expected centroids of shape {tuple(self.centroids.shape)}, got {tuple(centroids.shape)}")
-        alpha, c_hat = alpha_from_clusters(centroids, descriptors)
-        self.centroids.copy_(centroids)
-        self.conv.weight.copy_((alpha * c_hat)[:, :, None, None])
-        self.cluster_source = (centroids.detach().cpu().float(), descriptors.detach().cpu().float())
-        return alpha
+        return init_assignment(self, centroids, descriptors)
 
     def local_descriptors(self, x: torch.Tensor) -> torch.Tensor:
         """The (N, D, H, W) vectors the assignment sees (what k-means should cluster)."""
