@@ -43,6 +43,8 @@ def _pair(text: str) -> tuple:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every option documented."""
+    from registry.training.config import RECIPE_JITTER
+
     p = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-size", type=int, default=1000, help="queries per descriptor refresh (default 1000)")
     s.add_argument("--rerank", type=float, nargs=3, default=[20, 1, 0.1], metavar=("K1", "K2", "LAMBDA"),
                    help="k-reciprocal re-ranking for difficult positives (default 20 1 0.1)")
-    s.add_argument("--jitter", type=float, nargs=4, default=[0.7, 0.7, 0.7, 0.5], metavar=("B", "C", "S", "H"),
+    s.add_argument("--jitter", type=float, nargs=4, default=list(RECIPE_JITTER), metavar=("B", "C", "S", "H"),
                    help="colour jitter of training images (default 0.7 0.7 0.7 0.5)")
     s.add_argument("--no-jitter", action="store_true", help="no colour jitter")
     s.add_argument("--select-by", default="R@5", choices=("R@1", "R@5", "R@10"), help="best-model metric (default R@5)")

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from .losses import HARD_LOSSES
+from ..model import TRAIN_JITTER
 
 OPTIMIZERS = ("sgd", "adam")
 SELECT_METRICS = ("R@1", "R@5", "R@10")
 # SFRS/ClusVPR recipe (spec section 5)
 RECIPE_TEMPERATURES = (0.06, 0.06, 0.05, 0.04)
-RECIPE_JITTER = (0.7, 0.7, 0.7, 0.5)
+RECIPE_JITTER = TRAIN_JITTER  # the model's own recipe jitter, one definition
 
 
 @dataclass
