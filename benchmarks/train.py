@@ -268,7 +268,7 @@ def main(argv: Optional[List[str]] = None) -> Optional[Dict[str, Any]]:
             sys.exit(1)
     finally:
         if trainer is not None:
-            shutdown(trainer.ctx)
+            shutdown(trainer.ctx, trainer)
 
 
 if __name__ == "__main__":

@@ -103,8 +103,15 @@ def init_distributed(device: Optional[str] = None) -> DistContext:
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (if this process joined one)."""
+def shutdown(ctx: DistContext, *holders: Any) -> None:
+    """Leave the process group (if this process joined one), after the holders release it.
+
+    Each holder with a `close()` (a Trainer: its DistributedDataParallel wrapper) is closed first; a DDP module
+    still alive after `destroy_process_group` is freed during interpreter exit, where gloo aborts the process.
+    """
+    for holder in holders:
+        if holder is not None and hasattr(holder, "close"):
+            holder.close()
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
 

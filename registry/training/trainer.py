@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import math
 import os
@@ -129,6 +130,17 @@ class Trainer:
 
         ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
         return DDP(step, device_ids=ids)
+
+    def close(self) -> None:
+        """Release the DistributedDataParallel wrapper (it holds the process group).
+
+        Call before `torch.distributed.destroy_process_group()`: a DDP module that outlives the group is torn down
+        during interpreter exit, where gloo aborts the process ("terminate called without an active exception").
+        The Trainer stays usable in one process afterwards; `registry.training.shutdown(ctx, trainer)` does both.
+        """
+        if self.engine is not self.step:
+            self.engine = self.step
+            gc.collect()
 
     def _autocast(self):
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()

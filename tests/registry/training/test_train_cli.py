@@ -69,8 +69,10 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tiny_roots, tmp_pa
     one = subprocess.run([sys.executable, str(TRAIN), *_args(tiny_roots, tmp_path / "one", "--batch-size", "4")],
                          env=_env(), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
+    # the test-set evaluation keeps rank 0 busy after rank 1 has left: rank 1 must exit cleanly meanwhile
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(TRAIN), *_args(tiny_roots, tmp_path / "two", "--batch-size", "2")],
+                          str(TRAIN), *_args(tiny_roots, tmp_path / "two", "--batch-size", "2",
+                                             "--test-set", f"aligned:{tiny_roots[1]}")],
                          env=_env(), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     config = json.loads((tmp_path / "two" / "config.json").read_text())
@@ -81,6 +83,7 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tiny_roots, tmp_pa
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
     summary = json.loads((tmp_path / "two" / "train" / "summary.json").read_text())
     assert [r["epoch"] for r in summary["history"]] == [0, 1, 2]
+    assert len(summary["test"]) == 1 and all(0 <= r["R@1"] <= 100 for r in summary["test"].values())
 
 
 def test_resume_from_the_command_line(tiny_roots, tmp_path, capsys):

@@ -101,3 +101,29 @@ def test_autocast_training_runs_where_cuda_is_absent(tiny_sets, tmp_path):
                       val_set=val, progress=False)
     summary = trainer.fit()
     assert trainer.amp and np.isfinite(summary["history"][-1]["loss"])
+
+
+def test_shutdown_releases_the_ddp_wrapper_before_leaving_the_group(tiny_sets, tmp_path):
+    """A DDP module alive after destroy_process_group is freed at interpreter exit, where gloo aborts (SIGABRT)."""
+    import weakref
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from registry.training import DistContext, shutdown
+
+    train, _ = tiny_sets
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        # world_size=2 makes the Trainer wrap its step in DDP; the one-process group is enough to build it
+        ctx = DistContext(rank=0, world_size=2)
+        trainer = Trainer(registry.create("tiny_gem"), train, tmp_path / "run", small_config(epochs=1), ctx=ctx,
+                          progress=False)
+        assert isinstance(trainer.engine, DistributedDataParallel)
+        wrapper = weakref.ref(trainer.engine)
+        shutdown(ctx, trainer)
+        assert wrapper() is None and trainer.engine is trainer.step
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
