@@ -41,6 +41,18 @@ def _pair(text: str) -> tuple:
         return key, value
 
 
+def _dim(text: str):
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whitening size must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every option documented."""
     from registry.training.config import RECIPE_JITTER
@@ -98,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-jitter", action="store_true", help="no colour jitter")
     s.add_argument("--select-by", default="R@5", choices=("R@1", "R@5", "R@10"), help="best-model metric (default R@5)")
     s.add_argument("--pca-images", type=int, default=10_000, help="training images for PCA-whitening (default 10000)")
+    s.add_argument("--whitening-dims", type=_dim, nargs="+", metavar="DIM",
+                   help="choose the whitening size on validation among these (integers up to the model's "
+                        "whitening_dim, or 'none'); default: keep the model's whitening_dim")
     c = p.add_argument_group("clusters")
     c.add_argument("--clusters", help="initialise from this centroids.h5 instead of running k-means")
     c.add_argument("--cluster-descriptors", type=int, default=50_000, help="descriptors for k-means (default 50000)")
@@ -162,6 +177,7 @@ def train_config(a: argparse.Namespace, generations: int, extra: Dict[str, Any])
         pos_num=a.pos_num, pos_pool=a.pos_pool, cache_size=a.cache_size, pos_radius=a.pos_radius,
         neg_radius=a.neg_radius, rerank_k1=int(a.rerank[0]), rerank_k2=int(a.rerank[1]), rerank_lambda=a.rerank[2],
         jitter=None if a.no_jitter else tuple(a.jitter), select_by=a.select_by, pca_images=a.pca_images,
+        whitening_dims=a.whitening_dims,
         cluster_descriptors=a.cluster_descriptors, cluster_per_image=a.cluster_per_image, seed=a.seed, amp=a.amp,
         eval_batch_size=a.eval_batch_size, num_workers=a.num_workers, extra=extra,
     )

@@ -111,6 +111,21 @@ class VPRModel(nn.Module):
         return torch.compile(self) if compile else self
 
     @torch.no_grad()
+    def set_whitening_dim(self, dim: Optional[int]) -> "VPRModel":
+        """Keep the `dim` leading components of the fitted whitening, or drop it (`None`); config follows.
+
+        The rebuilt model (`from_pretrained`, `save_pretrained`) gets `whitening_dim=dim`, so the choice persists.
+        """
+        if self.whitening is None:
+            raise RuntimeError("this model has no whitening layer (built with whitening_dim=None)")
+        if dim is None:
+            self.whitening = None
+        else:
+            self.whitening = self.whitening.truncated(int(dim))
+        self.config.setdefault("model_args", {})["whitening_dim"] = None if dim is None else int(dim)
+        self.config["descriptor_dim"] = self.descriptor_dim
+        return self
+
     def fit_whitening(self, descs) -> PCAWhitening:
         """Fit the whitening layer on un-whitened training descriptors (N, aggregator.out_dim)."""
         if self.whitening is None:

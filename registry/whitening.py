@@ -77,6 +77,16 @@ class PCAWhitening(nn.Module):
             lams, U = lams.flip(0)[: self.out_dim], U.flip(1)[:, : self.out_dim]
         return self.set_params(U, lams, mu)
 
+    def truncated(self, out_dim: int) -> "PCAWhitening":
+        """The same whitening keeping only the `out_dim` leading components (what fitting at `out_dim` gives)."""
+        if not self.fitted:
+            raise RuntimeError("the whitening is not fitted: call fit(descriptors) before truncating it")
+        if not 1 <= int(out_dim) <= self.out_dim:
+            raise ValueError(f"a {self.out_dim}-d whitening can be truncated to 1..{self.out_dim} dims, not {out_dim}")
+        k = int(out_dim)
+        out = PCAWhitening(self.in_dim, k).to(self.mu.device)
+        return out.set_params(self.U[:, :k].cpu(), self.lams[:k].cpu(), self.mu.cpu())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fitted:
             return x

@@ -49,6 +49,9 @@ class TrainConfig:
     select_by: str = "R@5"
     recall_ns: Tuple[int, ...] = (1, 5, 10)
     pca_images: int = 10_000
+    # whitening sizes to choose from on validation after the fit (None in the list = no whitening); unset: the
+    # model's own whitening_dim, unchecked (the recipe)
+    whitening_dims: Optional[Tuple[Optional[int], ...]] = None
     cluster_descriptors: int = 50_000
     cluster_per_image: int = 100
     seed: int = 0
@@ -62,6 +65,8 @@ class TrainConfig:
         self.recall_ns = tuple(int(n) for n in self.recall_ns)
         if self.jitter is not None:
             self.jitter = tuple(float(j) for j in self.jitter)
+        if self.whitening_dims is not None:
+            self.whitening_dims = tuple(None if d is None else int(d) for d in self.whitening_dims)
         self.validate()
 
     def epochs_of(self, generation: int) -> int:
@@ -104,6 +109,10 @@ class TrainConfig:
         if self.jitter is not None and (len(self.jitter) != 4 or min(self.jitter) < 0 or self.jitter[3] > 0.5):
             raise ValueError(f"jitter is (brightness, contrast, saturation, hue), each >= 0 and hue <= 0.5; "
                              f"got {self.jitter}")
+        if self.whitening_dims is not None and (not self.whitening_dims or
+                                                any(d is not None and d < 1 for d in self.whitening_dims)):
+            raise ValueError(f"whitening_dims lists candidate sizes >= 1 or None (no whitening), got "
+                             f"{self.whitening_dims}")
         if not 0 <= self.rerank_lambda <= 1:
             raise ValueError(f"rerank_lambda must be in [0, 1], got {self.rerank_lambda}")
         for name in ("pos_radius", "neg_radius"):

@@ -104,6 +104,7 @@ class Trainer:
         self.generation, self.epoch = 0, 0
         self.best: Dict[str, Any] = {"score": -math.inf}
         self.history: List[Dict[str, Any]] = []
+        self.whitening_selection: Optional[Dict[str, Any]] = None
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _source(self, dataset: VPRDataset, cached: bool, cache_dir: Optional[PathLike], desc: str) -> Source:
@@ -115,6 +116,17 @@ class Trainer:
 
     def _check_whitening(self) -> None:
         whitening = getattr(self.model, "whitening", None)
+        dims = self.cfg.whitening_dims
+        if dims is not None:
+            if whitening is None:
+                raise ValueError("whitening_dims chooses a whitening size, but the model has no whitening: build it "
+                                 "with whitening_dim=N (N = the largest candidate)")
+            if self.val_set is None:
+                raise ValueError("whitening_dims chooses the whitening size on validation: pass a validation set")
+            too_big = [d for d in dims if d is not None and d > whitening.out_dim]
+            if too_big:
+                raise ValueError(f"whitening_dims {too_big} exceed the model's whitening_dim {whitening.out_dim}: "
+                                 "build the model with whitening_dim = the largest candidate")
         n = min(self.cfg.pca_images, self.train_set.num_db + self.train_set.num_queries)
         if whitening is not None and n <= whitening.out_dim:
             raise ValueError(
@@ -365,19 +377,46 @@ class Trainer:
             pick = np.sort(rng.choice(n, size=min(self.cfg.pca_images, n), replace=False))
             descs = self.describe(self.source, pick.tolist(), desc="PCA descriptors")
             self.model.fit_whitening(torch.from_numpy(descs))
+        selection = self._select_whitening() if self.cfg.whitening_dims is not None else None
         summary = {"best": self.best, "final_val": self.validate(whiten=True), "train_seconds": round(seconds, 1),
                    "history": self.history}
+        if selection is not None:
+            summary["whitening_selection"] = selection
         if self.ctx.is_main:
             self.model.save_pretrained(self.output, training=self.training_facts(), recalls=self._recall_facts(summary))
             (self.train_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         self.ctx.barrier()
         return summary
 
+    def _select_whitening(self) -> Dict[str, Any]:
+        """Validation Recall@N of each candidate whitening size (leading components of the one fit, or none);
+        the model keeps the best by `select_by` (ties: the candidate listed first). Same choice on every rank."""
+        v = self.val_set
+        raw = torch.from_numpy(self.describe(self.val_source, range(v.num_db + v.num_queries), desc="validation"))
+        full = self.model.whitening
+        rows = []
+        for dim in self.cfg.whitening_dims:
+            with torch.no_grad():
+                d = raw if dim is None else full.truncated(dim).to("cpu")(raw.float())
+            d = d.numpy()
+            rec = recall_at_n(d[v.num_db :], d[: v.num_db], v.positives, self.cfg.recall_ns, ignore=v.ignore)["recall"]
+            rows.append({"dim": dim, **{f"R@{n}": float(r) for n, r in rec.items()}})
+        best = max(range(len(rows)), key=lambda i: (rows[i][self.cfg.select_by], -i))
+        chosen = rows[best]["dim"]
+        self.model.set_whitening_dim(chosen)
+        if self.ctx.is_main:
+            tqdm.write(f"whitening chosen on {v.name} by {self.cfg.select_by}: "
+                       f"{chosen if chosen is not None else 'none'} (" +
+                       ", ".join(f"{r['dim'] or 'none'}: {r[self.cfg.select_by]:.2f}" for r in rows) + ")")
+        self.whitening_selection = {"chosen": chosen, "by": self.cfg.select_by, "candidates": rows}
+        return self.whitening_selection
+
     def training_facts(self) -> Dict[str, Any]:
         """What config.json and the model card record about this training."""
         return {"datasets": [self.train_set.name], "validation": self.val_set.name if self.val_set else None,
                 "recipe": self.recipe.name, "best": {k: v for k, v in self.best.items() if k != "score"},
-                "options": self.cfg.to_dict(), "world_size": self.ctx.world_size}
+                "options": self.cfg.to_dict(), "world_size": self.ctx.world_size,
+                **({"whitening_selection": self.whitening_selection} if self.whitening_selection else {})}
 
     def _recall_facts(self, summary: Dict[str, Any]) -> Optional[Dict[str, Dict[str, float]]]:
         return {self.val_set.name: summary["final_val"]} if self.val_set is not None and summary["final_val"] else None

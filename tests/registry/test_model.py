@@ -98,6 +98,33 @@ def test_fitted_whitening_sets_the_descriptor_dim(small_input):
     assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
+@pytest.mark.parametrize("dim", [3, None])
+def test_a_chosen_whitening_size_persists_through_save_and_load(small_input, tmp_path, dim):
+    model = registry.create("gem_vgg16", whitening_dim=8, **SMALL)
+    with torch.no_grad():
+        raw = torch.cat([model.aggregator(model.local_features(torch.randn(4, 3, 64, 96))) for _ in range(4)])
+    model.fit_whitening(raw)
+    with torch.no_grad():
+        full = model(small_input)
+    model.set_whitening_dim(dim)
+    with torch.no_grad():
+        out = model(small_input)
+    assert model.descriptor_dim == (dim or 512) == out.shape[1]
+    if dim is None:
+        assert model.whitening is None
+    else:  # the leading components of the 8-d whitening, renormalised
+        pre = model.whitening.U.T @ (model.aggregator(model.local_features(small_input)) - model.whitening.mu).T
+        torch.testing.assert_close(out, torch.nn.functional.normalize((pre.T * model.whitening.lams.rsqrt()), dim=-1))
+        assert full.shape[1] == 8
+    model.save_pretrained(tmp_path / "m")
+    loaded = registry.create("gem_vgg16", pretrained=str(tmp_path / "m"))
+    assert loaded.descriptor_dim == model.descriptor_dim
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(small_input), out)
+    with pytest.raises(RuntimeError, match="no whitening layer"):
+        registry.create("gem_vgg16", **SMALL).set_whitening_dim(4)
+
+
 @pytest.mark.parametrize("hw", [(80, 112), (32, 32), (48, 176)])  # 5x7, 2x2, 3x11 conv5 maps
 def test_clusvpr_runs_at_odd_and_minimal_map_sizes(hw):
     model = registry.create("clusvpr_vgg16", input_size=(64, 96))

@@ -29,6 +29,25 @@ def test_fit_matches_numpy_up_to_component_signs(n):
     assert np.allclose(ours, ref * signs, atol=1e-4)
 
 
+def test_truncation_equals_fitting_at_the_smaller_size_against_numpy():
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(300, 24)) * np.linspace(4, 0.5, 24)
+    x = rng.normal(size=(6, 24))
+    full = PCAWhitening(24, 12).fit(torch.tensor(train))
+    cut = full.truncated(5)
+    assert (cut.in_dim, cut.out_dim, cut.fitted) == (24, 5, True)
+    ours = cut(torch.tensor(x, dtype=torch.float32)).numpy()
+    ref = numpy_whiten(train, x, 5)
+    signs = np.sign((ours * ref).sum(0))
+    assert np.allclose(ours, ref * signs, atol=1e-4)
+    assert full.out_dim == 12  # the source is untouched
+    for bad in (0, 13):
+        with pytest.raises(ValueError, match="truncated to 1..12"):
+            full.truncated(bad)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PCAWhitening(24, 12).truncated(4)
+
+
 def test_unfitted_whitening_passes_through_and_cannot_be_saved(tmp_path):
     w = PCAWhitening(6, 3)
     x = torch.randn(2, 6)

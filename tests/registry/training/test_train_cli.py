@@ -40,7 +40,7 @@ def test_help_explains_every_option():
     assert undocumented == []
     text = parser.format_help()
     for option in ("--model", "--cache-features", "--resume", "--push-to-hub", "--neg-pool", "--temperatures",
-                   "--train-layers", "--backbone-weights", "--generations", "--device"):
+                   "--train-layers", "--backbone-weights", "--generations", "--device", "--whitening-dims"):
         assert option in text
 
 
@@ -48,6 +48,7 @@ def test_help_explains_every_option():
     (["--resume"], "no checkpoint"),
     (["--clusters", "/nonexistent/centroids.h5"], "file not found"),
     (["--input-size", "8", "8"], "too small"),
+    (["--whitening-dims", "256", "abc"], "integer or 'none'"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -127,3 +127,41 @@ def test_shutdown_releases_the_ddp_wrapper_before_leaving_the_group(tiny_sets, t
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_the_whitening_size_is_chosen_on_validation(tiny_sets, tmp_path):
+    train, val = tiny_sets
+    out = tmp_path / "run"
+    cfg = small_config(epochs=1, whitening_dims=(8, 2, None))
+    trainer = Trainer(registry.create("tiny_netvlad"), train, out, cfg, val_set=val, progress=False)
+    trainer.init_clusters()
+    summary = trainer.fit()
+    selection = summary["whitening_selection"]
+    rows = {r["dim"]: r for r in selection["candidates"]}
+    assert list(rows) == [8, 2, None] and selection["by"] == "R@5"
+    scores = [rows[d]["R@5"] for d in (8, 2, None)]
+    assert rows[selection["chosen"]]["R@5"] == max(scores)
+    assert selection["chosen"] == (8, 2, None)[scores.index(max(scores))]  # ties: the first listed
+    # the chosen row is what the final validation (a separate path through the model) measures
+    assert {k: rows[selection["chosen"]][k] for k in ("R@1", "R@5", "R@10")} == pytest.approx(summary["final_val"])
+    chosen_dim = selection["chosen"] or trainer.model.aggregator.out_dim
+    loaded = registry.create("tiny_netvlad", pretrained=str(out))
+    assert loaded.descriptor_dim == trainer.model.descriptor_dim == chosen_dim
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["whitening_selection"]["chosen"] == selection["chosen"]
+    # the no-whitening row equals validation without the whitening layer
+    plain = trainer.validate(whiten=False)
+    assert {k: rows[None][k] for k in plain} == pytest.approx(plain)
+
+
+def test_whitening_selection_needs_a_whitening_and_a_validation_set(tiny_sets, tmp_path):
+    train, val = tiny_sets
+    with pytest.raises(ValueError, match="has no whitening"):
+        Trainer(registry.create("tiny_gem"), train, tmp_path / "a", small_config(whitening_dims=(4,)), val_set=val)
+    with pytest.raises(ValueError, match="validation set"):
+        Trainer(registry.create("tiny_netvlad"), train, tmp_path / "b", small_config(whitening_dims=(4,)))
+    with pytest.raises(ValueError, match="exceed the model's whitening_dim 8"):
+        Trainer(registry.create("tiny_netvlad"), train, tmp_path / "c", small_config(whitening_dims=(16, 4)),
+                val_set=val)
+    with pytest.raises(ValueError, match="whitening_dims lists"):
+        small_config(whitening_dims=(0,))
