@@ -1,0 +1,143 @@
+"""Recall@N of trained models at several whitening sizes: chosen on a validation set, reported on test sets.
+
+    python benchmarks/whitening_sweep.py runs/clusvpr runs/netvlad --val-set nordland_val \\
+        --test-set nordland_test --dims 1024 512 256 none --cache-features runs/cache --out sweep.json
+
+Each RUN is a Hub-layout folder (or org/name[@rev]) whose model holds a fitted PCA whitening. The sizes
+are its leading components (what fitting at that size gives) or none; the size with the best validation
+--select-by is marked, as `benchmarks/train.py --whitening-dims` would choose it. With --cache-features
+the frozen backbone layers' outputs come from (or go to) that folder, as in training; without it
+descriptors are extracted from the images with each dataset's protocol resize.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+def _dim(text: str) -> Optional[int]:
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whitening size must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="trained model folders (Hub layout) or org/name[@rev]")
+    p.add_argument("--val-set", required=True, help="dataset the size is chosen on (known name or layout:path)")
+    p.add_argument("--test-set", action="append", default=[], metavar="SPEC", help="dataset reported; repeatable")
+    p.add_argument("--dims", type=_dim, nargs="+", required=True, metavar="DIM",
+                   help="whitening sizes (integers up to the model's whitening size) or 'none'")
+    p.add_argument("--select-by", default="R@5", choices=("R@1", "R@5", "R@10"), help="default R@5")
+    p.add_argument("--cache-features", metavar="DIR", help="cached frozen backbone features (as in training)")
+    p.add_argument("--data-root", help="folder that holds the known datasets")
+    p.add_argument("--batch-size", type=int, default=32, help="descriptor batch (default 32)")
+    p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--out", help="write the rows as JSON here (atomically)")
+    return p
+
+
+def raw_descriptors(model, dataset, cache_dir: Optional[str], batch_size: int):
+    """(query, database) L2-normalised descriptors before whitening."""
+    import torch
+
+    from registry.evaluation import extract_dataset
+    from registry.training import DistContext, cached_source, sharded_apply
+    from registry.training.recipes import global_descriptors
+    from registry.training.sources import stack_items
+
+    if cache_dir is None:
+        whitening, model.whitening = model.whitening, None
+        try:
+            return extract_dataset(model, dataset, batch_size=batch_size, device="cpu", progress=True)
+        finally:
+            model.whitening = whitening
+    ctx = DistContext()
+    src = cached_source(model, list(dataset.db_images) + list(dataset.q_images), cache_dir, ctx, batch_size,
+                        desc=f"{dataset.name} features")
+
+    @torch.no_grad()
+    def run(batch: Sequence[int]) -> torch.Tensor:
+        return global_descriptors(model, src, stack_items(src, list(batch), train=False))
+
+    d = sharded_apply(run, range(len(src)), ctx, batch_size, desc=f"{dataset.name} descriptors").numpy()
+    return d[dataset.num_db :], d[: dataset.num_db]
+
+
+def sweep(run: str, a: argparse.Namespace, datasets: Dict[str, Any]) -> List[Dict[str, Any]]:
+    import torch
+
+    import registry
+    from registry.evaluation import recall_at_n
+
+    model = registry.VPRModel.from_pretrained(run).eval()
+    w = model.whitening
+    if w is None or not w.fitted:
+        raise SystemExit(f"whitening_sweep.py: error: {run} has no fitted whitening: nothing to choose from")
+    bad = [d for d in a.dims if d is not None and d > w.out_dim]
+    if bad:
+        raise SystemExit(f"whitening_sweep.py: error: sizes {bad} exceed {run}'s {w.out_dim}-d whitening")
+    raw = {name: raw_descriptors(model, ds, a.cache_features, a.batch_size) for name, ds in datasets.items()}
+    rows = []
+    for dim in a.dims:
+        row: Dict[str, Any] = {"run": run, "dim": dim}
+        for name, ds in datasets.items():
+            q, db = raw[name]
+            if dim is not None:
+                with torch.no_grad():
+                    cut = w.truncated(dim)
+                    q, db = (cut(torch.from_numpy(x).float()).numpy() for x in (q, db))
+            rec = recall_at_n(q, db, ds.positives, (1, 5, 10), ignore=ds.ignore)["recall"]
+            row[name] = {f"R@{n}": round(float(v), 2) for n, v in rec.items()}
+        rows.append(row)
+    val = a.val_set_name
+    best = max(range(len(rows)), key=lambda i: (rows[i][val][a.select_by], -i))
+    for i, row in enumerate(rows):
+        row["chosen"] = i == best
+    return rows
+
+
+def table(rows: List[Dict[str, Any]], names: Sequence[str]) -> str:
+    head = "| run | whitening | " + " | ".join(f"{n} R@1 / R@5 / R@10" for n in names) + " |"
+    lines = [head, "|" + "---|" * (2 + len(names))]
+    for r in rows:
+        dim = "none" if r["dim"] is None else str(r["dim"])
+        cells = [" / ".join(f"{r[n][k]:.2f}" for k in ("R@1", "R@5", "R@10")) for n in names]
+        lines.append(f"| {r['run']} | {dim}{' (chosen)' if r['chosen'] else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    a = build_parser().parse_args(argv)
+    import torch
+
+    from registry._atomic import atomic_path
+    from registry.datasets import load_dataset
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    kw = {"data_root": a.data_root} if a.data_root else {}
+    val = load_dataset(a.val_set, **kw)
+    a.val_set_name = val.name
+    datasets = {val.name: val, **{ds.name: ds for ds in (load_dataset(s, **kw) for s in a.test_set)}}
+    rows = [row for run in a.runs for row in sweep(run, a, datasets)]
+    print(table(rows, list(datasets)))
+    if a.out:
+        with atomic_path(a.out) as tmp:
+            Path(tmp).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,61 @@
+"""benchmarks/whitening_sweep.py: per-size recalls equal the model's own descriptors; the choice is by validation."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from tiny_vpr import small_config
+
+import registry
+from registry.evaluation import extract_dataset, recall_at_n
+from registry.training import Trainer
+from shared_paths import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import whitening_sweep  # noqa: E402
+
+
+def _recalls(model, ds):
+    q, db = extract_dataset(model, ds, batch_size=8, device="cpu", progress=False)
+    return {f"R@{n}": round(float(v), 2) for n, v in recall_at_n(q, db, ds.positives, (1, 5, 10))["recall"].items()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_roots):
+    from registry.datasets import load_dataset
+
+    train, val = (load_dataset(f"aligned:{root}") for root in tiny_roots)
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    trainer = Trainer(registry.create("tiny_netvlad"), train, out, small_config(epochs=1), val_set=val,
+                      progress=False)
+    trainer.init_clusters()
+    trainer.fit()
+    return out
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_rows_match_the_models_own_descriptors_and_the_choice_is_by_validation(trained, tiny_roots, tmp_path,
+                                                                                  cached):
+    train_root, val_root = tiny_roots
+    argv = [str(trained), "--val-set", f"aligned:{val_root}", "--test-set", f"aligned:{train_root}",
+            "--dims", "8", "3", "none", "--out", str(tmp_path / "rows.json")]
+    rows = whitening_sweep.main(argv + (["--cache-features", str(tmp_path / "cache")] if cached else []))
+    assert json.loads((tmp_path / "rows.json").read_text()) == rows
+    assert [r["dim"] for r in rows] == [8, 3, None]
+    model = registry.create("tiny_netvlad", pretrained=str(trained))
+    from registry.datasets import load_dataset
+
+    val, test = load_dataset(f"aligned:{val_root}"), load_dataset(f"aligned:{train_root}")
+    full = {r["dim"]: r for r in rows}
+    assert full[8]["val"] == pytest.approx(_recalls(model, val), abs=0.01)
+    assert full[8]["train"] == pytest.approx(_recalls(model, test), abs=0.01)
+    model.set_whitening_dim(None)
+    assert full[None]["val"] == pytest.approx(_recalls(model, val), abs=0.01)
+    scores = [r["val"]["R@5"] for r in rows]
+    assert [r["chosen"] for r in rows] == [i == scores.index(max(scores)) for i in range(3)]
+
+
+def test_a_size_beyond_the_whitening_is_refused(trained, tiny_roots):
+    with pytest.raises(SystemExit, match="exceed"):
+        whitening_sweep.main([str(trained), "--val-set", f"aligned:{tiny_roots[1]}", "--dims", "16"])
