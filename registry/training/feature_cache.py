@@ -2,7 +2,8 @@
 
 Epochs then run only the trainable layers (conv5 + aggregator), which makes CPU training affordable.
 The images are encoded once, so cached training has no colour jitter. The cache file is keyed by the
-frozen weights, the input config and the image files, so a stale cache is never reused.
+frozen weights, the input config and the images' bytes, so a stale cache is never reused and a moved or
+re-copied dataset still finds its cache.
 """
 from __future__ import annotations
 
@@ -54,17 +55,28 @@ def _prefix(backbone: nn.Module, cut: int) -> nn.Sequential:
 
 
 def cache_key(backbone: nn.Module, cut: int, input_config: dict, paths: Sequence[PathLike]) -> str:
-    """sha256 over the frozen weights, the input config and the image files (path, size, mtime)."""
+    """sha256 over the frozen weights, the input config and the image files' contents, in order."""
     h = hashlib.sha256()
     for name, t in _prefix(backbone, cut).state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in input_config.items()},
                         sort_keys=True).encode())
-    for p in paths:
-        st = os.stat(p) if os.path.exists(p) else None
-        h.update(f"{os.path.abspath(p)}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+    for p in paths:  # the bytes, in order: a copied or re-checked-out dataset (new paths, new mtimes) reuses it
+        h.update(_file_digest(p) + b"\n")
     return h.hexdigest()
+
+
+def _file_digest(path: PathLike) -> bytes:
+    """sha256 of a file's bytes (b'missing' when absent: loading the image will name the problem)."""
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.digest()
+    except FileNotFoundError:
+        return b"missing"
 
 
 @torch.no_grad()

@@ -46,3 +46,31 @@ def test_caching_needs_frozen_layers(tiny_sets, tmp_path):
     model = registry.create("tiny_netvlad", train_layers="all")
     with pytest.raises(ValueError, match="no frozen layers to cache.*--cache-features"):
         cached_source(model, tiny_sets[0].db_images[:2], tmp_path, DistContext())
+
+
+def test_a_copied_dataset_reuses_the_cache_and_an_edited_image_rebuilds_it(tiny_sets, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    train, _ = tiny_sets
+    model = registry.create("tiny_netvlad")
+    cache = tmp_path / "cache"
+    first = cached_source(model, train.db_images[:4], cache, DistContext())
+    copies = []
+    for i, p in enumerate(train.db_images[:4]):  # new folder, new mtimes, same bytes
+        copies.append(tmp_path / "copy" / f"{i}{os.path.splitext(str(p))[1]}")
+        copies[-1].parent.mkdir(exist_ok=True)
+        shutil.copyfile(p, copies[-1])
+        os.utime(copies[-1], (1, 1))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the cache should have been read, not recomputed")
+
+    with monkeypatch.context() as m:
+        m.setattr(feature_cache, "encode_prefix", must_not_run)
+        again = cached_source(model, copies, cache, DistContext())
+    torch.testing.assert_close(again.cache, first.cache)
+    shutil.copyfile(train.db_images[5], copies[2])  # other content at one position
+    rebuilt = cached_source(model, copies, cache, DistContext())
+    assert len(list(cache.glob("features-*.npy"))) == 2
+    assert not torch.allclose(rebuilt.cache[2], first.cache[2]) and torch.equal(rebuilt.cache[0], first.cache[0])
