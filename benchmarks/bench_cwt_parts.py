@@ -1,6 +1,10 @@
-"""A/B timings of two CWT changes, interleaved in one process: KNN by Gram product vs cdist, fused depthwise convs.
+"""A/B timings of CWT and OptLAD changes, interleaved in one process (previous form vs current form).
 
-    python benchmarks/bench_cwt_parts.py [--batch 8] [--repeats 7]
+    python benchmarks/bench_cwt_parts.py [--batch 8] [--repeats 7] [--threads N]
+
+KNN by Gram product vs cdist; the depthwise convs of a CWTNet (three convs, one multiplier-2 grouped conv,
+two multiplier-1 convs on a channels-last map); OptLAD in the (N, G, D, L) permuted layout vs the token
+layout (N, L, G, D). Every pair is checked to give the same output.
 """
 from __future__ import annotations
 
@@ -8,15 +12,37 @@ import argparse
 import time
 
 import torch
+import torch.nn.functional as F
 
 from clusvpr_plugin.cwt import CWTNet
 from clusvpr_plugin.knn import knn_sq_dist_sum_torch
+from clusvpr_plugin.optlad import OptLAD
 
 
 def knn_by_cdist(x: torch.Tensor, k: int) -> torch.Tensor:
     """The previous form: exact pairwise distances without the matrix-product expansion."""
     d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
     return d.topk(k + 1, dim=-1, largest=False).values.pow(2).sum(-1)
+
+
+def depthwise_multiplier2(blk: CWTNet, x: torch.Tensor):
+    """The previous form: one grouped conv with two outputs per input channel over the NCHW map."""
+    h = blk.half
+    zeros = torch.zeros_like(blk.local_dw_g.weight)
+    weight = torch.stack([torch.cat([blk.local_dw_l.weight, blk.local_dw_g.weight]),
+                          torch.cat([blk.global_dw_l.weight, zeros])], dim=1).view(4 * h, 1, 3, 3)
+    out = F.conv2d(x, weight, padding=1, groups=2 * h).view(x.shape[0], 2, h, 2, *x.shape[2:])
+    return out[:, 0, :, 0] + out[:, 1, :, 0], out[:, 0, :, 1]
+
+
+def optlad_permuted(agg: OptLAD, x: torch.Tensor) -> torch.Tensor:
+    """The previous OptLAD form: group vectors permuted to (N, G, D, L), assignment and attention there."""
+    n, _, h, w = x.shape
+    xg = agg.grouped(x)
+    s, a = agg.weights(xg, agg.p_map(h, w))
+    A = (s * a.unsqueeze(2)).transpose(1, 2).reshape(n, agg.num_clusters, -1)
+    X = xg.permute(0, 1, 3, 2).reshape(n, -1, agg.cluster_dim)
+    return torch.bmm(A, X) - agg.centroids.unsqueeze(0) * A.sum(-1, keepdim=True)
 
 
 def _median_ms(fns: dict, args: tuple, repeats: int) -> dict:
@@ -34,7 +60,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokens = torch.randn(args.batch, 301, 256)
     a, b = knn_by_cdist(tokens, 10), knn_sq_dist_sum_torch(tokens, 10)
@@ -49,12 +78,24 @@ def main() -> None:
         loc, glo = x[:, :256], x[:, 256:]
         return blk.local_dw_l(loc) + blk.local_dw_g(glo), blk.global_dw_l(loc)
 
+    xl = x.contiguous(memory_format=torch.channels_last)
+    forms = {"three convs": separate, "multiplier-2 conv": lambda v: depthwise_multiplier2(blk, v),
+             "multiplier-1 channels-last": lambda v: blk._depthwise(v.contiguous(memory_format=torch.channels_last))}
     with torch.no_grad():
-        same = all(torch.allclose(u, v, atol=1e-6) for u, v in zip(separate(x), blk._depthwise(x)))
-    t = _median_ms({"separate": separate, "fused": blk._depthwise}, (x,), args.repeats)
-    print(f"depthwise convs ({args.batch}x512x30x40): three convs {t['separate']:.1f} ms, one grouped conv "
-          f"{t['fused']:.1f} ms, {t['separate'] / t['fused']:.1f}x; same output: {same}")
+        ref = separate(x)
+        same = all(all(torch.allclose(u, v, atol=1e-5) for u, v in zip(ref, f(x))) for f in forms.values())
+    t = _median_ms(forms, (x,), args.repeats)
+    print(f"depthwise convs ({args.batch}x512x30x40 NCHW input): " +
+          ", ".join(f"{k} {v:.1f} ms" for k, v in t.items()) +
+          f"; channels-last vs multiplier-2 {t['multiplier-2 conv'] / t['multiplier-1 channels-last']:.1f}x; "
+          f"same output: {same}")
 
+    agg = OptLAD(512, feature_size=(30, 40)).eval()
+    with torch.no_grad():
+        same = torch.allclose(optlad_permuted(agg, xl), agg.vlad(xl), rtol=1e-4, atol=1e-5)
+    t = _median_ms({"permuted": lambda v: optlad_permuted(agg, v), "tokens": agg.vlad}, (xl,), args.repeats)
+    print(f"OptLAD vlad ({args.batch}x512x30x40 channels-last): (N,G,D,L) layout {t['permuted']:.1f} ms, token layout "
+          f"{t['tokens']:.1f} ms, {t['permuted'] / t['tokens']:.1f}x; same output: {same}")
 
 if __name__ == "__main__":
     main()

@@ -93,7 +93,8 @@ class CWT(nn.Module):
         # the four matrices W diag(k[:, a, b]) stacked, then a pixel shuffle back to (2*hp, 2*wp)
         fused = self.pw.weight.view(1, c, c) * self.up.weight.view(c, 4).T.unsqueeze(1)  # (4, c_out, c_in)
         y = torch.matmul(tokens, fused.reshape(4 * c, c).T.to(tokens.dtype))  # (N, L, 4*c): [ab, c_out]
-        y = y.view(n, hp, wp, 2, 2, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, 2 * hp, 2 * wp)
+        # (N, hp, wp, a, b, c) -> (N, 2hp, 2wp, c), viewed as a channels-last (N, c, 2hp, 2wp) map
+        y = y.view(n, hp, wp, 2, 2, c).transpose(2, 3).reshape(n, 2 * hp, 2 * wp, c).permute(0, 3, 1, 2)
         return g + y[:, :, :h, :w]
 
 
@@ -116,20 +117,22 @@ class CWTNet(nn.Module):
         self.bn_local, self.bn_global = nn.BatchNorm2d(half), nn.BatchNorm2d(half)
 
     def _depthwise(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """All three depthwise convs in one grouped conv over the whole map (no slicing copies).
+        """(DW(L) + DW'(G), DW''(L)) of a channels-last map, as two channel-multiplier-1 depthwise convs.
 
-        Input channel c yields two outputs: L_i -> (DW(L_i), DW''(L_i)); G_i -> (DW'(G_i), unused zero).
-        Returns (DW(L) + DW'(G), DW''(L)).
+        Multiplier-1 depthwise convolution over a dense channels-last map is the fast case (on CPU about 6x
+        faster than NCHW, and than one multiplier-2 conv); channel slices are not dense, so both convs take the
+        whole map: [DW | DW'] over [L | G], and [DW'' | 0] over [L | G] (its zero half is discarded).
         """
         h = self.half
-        zeros = torch.zeros_like(self.local_dw_g.weight)
-        weight = torch.stack([torch.cat([self.local_dw_l.weight, self.local_dw_g.weight]),
-                              torch.cat([self.global_dw_l.weight, zeros])], dim=1).view(4 * h, 1, 3, 3)
-        out = F.conv2d(x, weight.to(x.dtype), padding=1, groups=2 * h)
-        out = out.view(x.shape[0], 2, h, 2, *x.shape[2:])  # (N, half L|G, i, output r, H, W)
-        return out[:, 0, :, 0] + out[:, 1, :, 0], out[:, 0, :, 1]
+        wa = torch.cat([self.local_dw_l.weight, self.local_dw_g.weight]).to(x.dtype)
+        wb = torch.cat([self.global_dw_l.weight, torch.zeros_like(self.global_dw_l.weight)]).to(x.dtype)
+        a = F.conv2d(x, wa, padding=1, groups=2 * h)
+        b = F.conv2d(x, wb, padding=1, groups=2 * h)
+        return a[:, :h] + a[:, h:], b[:, :h]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels-last throughout: the depthwise convs' fast case, and the CWT's tokens are then plain views
+        x = x.contiguous(memory_format=torch.channels_last)
         local_pre, global_dw = self._depthwise(x)
         local_out = F.relu(self.bn_local(local_pre))
         global_out = F.relu(self.bn_global(global_dw + self.cwt(x[:, self.half:])))

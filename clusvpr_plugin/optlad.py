@@ -48,14 +48,29 @@ class OptLAD(nn.Module):
         logits = torch.matmul(self.conv.weight.view(self.num_clusters, self.cluster_dim).to(xg.dtype), xg)
         return F.softmax(logits, dim=2), a
 
-    def vlad(self, x: torch.Tensor) -> torch.Tensor:
-        """Un-normalised OptLAD (N, K, D) of a conv feature map (N, C, H, W)."""
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, L, G, D), the layout the linear layer writes (no permuted copies).
+
+        A channels-last map (what the CWT stack gives) makes the (N, L, C) token view free.
+        """
         n, _, h, w = x.shape
-        xg = self.grouped(x)
-        s, a = self.weights(xg, self.p_map(h, w).to(xg.dtype))
-        A = (s * a.unsqueeze(2)).transpose(1, 2).reshape(n, self.num_clusters, -1)  # (N, K, G*L)
-        X = xg.permute(0, 1, 3, 2).reshape(n, -1, self.cluster_dim)  # (N, G*L, D)
-        return torch.bmm(A, X) - self.centroids.to(X.dtype).unsqueeze(0) * A.sum(-1, keepdim=True)
+        y = self.linear(F.normalize(x.flatten(2).transpose(1, 2), dim=-1))  # (N, L, E*C)
+        return y.view(n, h * w, self.groups, self.cluster_dim)
+
+    def _weighted_assignment(self, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """a * s in token layout: (N, L, G, D) -> (N, L, G, K); p holds one exponent per location (L,)."""
+        logits = F.linear(y, self.conv.weight.view(self.num_clusters, self.cluster_dim).to(y.dtype))
+        pl = p.view(1, -1, 1)
+        a = torch.sigmoid(y.clamp(min=self.eps).pow(pl.unsqueeze(-1)).mean(-1).pow(1.0 / pl))  # (N, L, G)
+        return F.softmax(logits, dim=-1) * a.unsqueeze(-1)
+
+    def vlad(self, x: torch.Tensor) -> torch.Tensor:
+        """Un-normalised OptLAD (N, K, D) of a conv feature map (N, C, H, W): one batched product over (L, G)."""
+        n, _, h, w = x.shape
+        y = self._tokens(x)
+        A = self._weighted_assignment(y, self.p_map(h, w).to(y.dtype)).view(n, -1, self.num_clusters)  # (N, LG, K)
+        Y = y.view(n, -1, self.cluster_dim)  # (N, LG, D)
+        return torch.bmm(A.transpose(1, 2), Y) - self.centroids.to(Y.dtype).unsqueeze(0) * A.sum(1).unsqueeze(-1)
 
     def patch_vlads(self, x: torch.Tensor, rows: int = 3, cols: int = 4) -> torch.Tensor:
         """Un-normalised OptLAD of each cell of a rows x cols grid (N, rows*cols, K, D), row-major.
@@ -65,21 +80,19 @@ class OptLAD(nn.Module):
         n, _, h, w = x.shape
         if h < rows or w < cols:
             raise ValueError(f"a {rows}x{cols} region grid needs a feature map of at least that size, got {h}x{w}")
-        xg = self.grouped(x)
-        s, a = self.weights(xg, self.p_map(h, w).to(xg.dtype))
-        A = (s * a.unsqueeze(2)).permute(0, 2, 1, 3)  # (N, K, G, L)
-        X = xg.permute(0, 1, 3, 2)  # (N, G, L, D)
+        y = self._tokens(x)
+        A = self._weighted_assignment(y, self.p_map(h, w).to(y.dtype))  # (N, L, G, K)
+        A, y = A.view(n, h, w, -1, self.num_clusters), y.view(n, h, w, -1, self.cluster_dim)
         r_edges = [round(i * h / rows) for i in range(rows + 1)]
         c_edges = [round(j * w / cols) for j in range(cols + 1)]
-        cell = torch.empty(h, w, dtype=torch.long, device=x.device)
+        cells = []
         for i in range(rows):
             for j in range(cols):
-                cell[r_edges[i]:r_edges[i + 1], c_edges[j]:c_edges[j + 1]] = i * cols + j
-        onehot = F.one_hot(cell.flatten(), rows * cols).to(X.dtype)  # (L, R)
-        # per-cell sums over locations: sum_g sum_l A(k,g,l) [cell(l)=r] x_g(l)
-        AX = torch.einsum("nkgl,lr,ngld->nrkd", A, onehot, X)
-        mass = torch.einsum("nkgl,lr->nrk", A, onehot)
-        return AX - self.centroids.to(X.dtype) * mass.unsqueeze(-1)
+                win = (slice(None), slice(r_edges[i], r_edges[i + 1]), slice(c_edges[j], c_edges[j + 1]))
+                a = A[win].reshape(n, -1, self.num_clusters)
+                cells.append(torch.bmm(a.transpose(1, 2), y[win].reshape(n, -1, self.cluster_dim))
+                             - self.centroids.to(y.dtype) * a.sum(1).unsqueeze(-1))
+        return torch.stack(cells, dim=1)
 
     @staticmethod
     def normalise(vlad: torch.Tensor) -> torch.Tensor:
