@@ -1,4 +1,4 @@
-"""benchmarks/whitening_sweep.py: per-size recalls equal the model's own descriptors; the choice is by validation."""
+"""benchmarks/whitening_sweep.py and plot_training.py on a tiny trained run."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ from registry.training import Trainer
 from shared_paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import plot_training  # noqa: E402,F401
 import whitening_sweep  # noqa: E402
 
 
@@ -59,3 +60,16 @@ def test_rows_match_the_models_own_descriptors_and_the_choice_is_by_validation(t
 def test_a_size_beyond_the_whitening_is_refused(trained, tiny_roots):
     with pytest.raises(SystemExit, match="exceed"):
         whitening_sweep.main([str(trained), "--val-set", f"aligned:{tiny_roots[1]}", "--dims", "16"])
+
+
+def test_plot_training_draws_every_run_and_names_a_missing_log(trained, tmp_path, capsys):
+    import plot_training
+
+    plot_training.main([str(trained), "--metric", "R@1", "--out", str(tmp_path / "curve.png")])
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = [json.loads(line) for line in (trained / "train" / "log.jsonl").read_text().splitlines()]
+    row = capsys.readouterr().out.splitlines()[-1]  # header, separator, then the run's row
+    assert row.startswith(f"| {trained.name} |")
+    assert row.split("|")[2:-1] == [f" {r['val_R@1']:.2f} " for r in log]
+    with pytest.raises(SystemExit, match="log.jsonl not found"):
+        plot_training.main([str(tmp_path), "--out", str(tmp_path / "x.png")])
