@@ -3,7 +3,9 @@
     python benchmarks/bench_aggregator.py --batch 8 --repeats 5 [--device cpu|cuda] [--out benchmarks/aggregator.json]
 
 Each variant runs in its own subprocess so that peak memory (ru_maxrss on CPU, max_memory_allocated on
-CUDA) belongs to that variant alone.
+CUDA) belongs to that variant alone. The last variant computes the whole aggregator in the reference's
+forms (clusvpr_plugin/naive.py: separate NCHW depthwise convs, brute-force KNN distances, explicit
+attention, transposed-conv + pointwise upsampling, materialised OptLAD residual) with the same weights.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ VARIANTS = {
     "optlad_naive": "OptLAD, materialised N x G x K x D x HW residual (reference form)",
     "aggregator_matrix": "CWT stack + OptLAD matrix form (this package's aggregator)",
     "aggregator_naive": "CWT stack + materialised-residual OptLAD",
+    "aggregator_reference": "reference-form CWT stack + materialised-residual OptLAD (the reference's forms)",
 }
 
 
@@ -33,13 +36,15 @@ def run_variant(variant: str, batch: int, repeats: int, device: str, h: int, w: 
     import torch
 
     from clusvpr_plugin.aggregator import ClusVPRAggregator
-    from clusvpr_plugin.naive import naive_optlad_vlad
+    from clusvpr_plugin.naive import naive_optlad_vlad, reference_form_aggregator_vlad
 
     torch.manual_seed(0)
     agg = ClusVPRAggregator(feature_size=(h, w)).eval().to(device)
     x = torch.randn(batch, 512, h, w, device=device)
 
     def forward():
+        if variant == "aggregator_reference":
+            return reference_form_aggregator_vlad(agg, x)
         feats = agg.refine(x) if variant.startswith("aggregator") else x
         if variant.endswith("naive"):
             return naive_optlad_vlad(agg.optlad, feats)
@@ -87,9 +92,11 @@ def main() -> None:
     print(f"| variant | median time (ms) | peak memory (MiB) |\n|---|---|---|")
     for v, r in rows.items():
         print(f"| {VARIANTS[v]} | {r['seconds'] * 1e3:.1f} | {r['peak_bytes'] / 2**20:.0f} |")
-    for part in ("optlad", "aggregator"):
-        m, n = rows[f"{part}_matrix"], rows[f"{part}_naive"]
-        print(f"{part}: {n['seconds'] / m['seconds']:.1f}x faster, peak memory {m['peak_bytes'] / max(n['peak_bytes'], 1):.3f}"
+    for label, (mine, other) in {"optlad": ("optlad_matrix", "optlad_naive"),
+                                 "aggregator": ("aggregator_matrix", "aggregator_naive"),
+                                 "aggregator vs reference forms": ("aggregator_matrix", "aggregator_reference")}.items():
+        m, n = rows[mine], rows[other]
+        print(f"{label}: {n['seconds'] / m['seconds']:.1f}x faster, peak memory {m['peak_bytes'] / max(n['peak_bytes'], 1):.3f}"
               f" of the naive form (outputs agree: {abs(m['out_norm'] - n['out_norm']) / n['out_norm'] < 1e-4})")
     if args.out:
         with open(args.out, "w") as f:

@@ -63,3 +63,16 @@ def test_descriptor_is_intra_and_l2_normalised():
 def test_local_descriptors_live_in_the_grouped_space():
     agg = small_optlad()
     assert agg.local_descriptors(torch.randn(2, 32, 6, 8, dtype=torch.float64)).shape == (2 * 4 * 48, 16)
+
+
+def test_the_reference_form_aggregator_computes_the_same_descriptor():
+    """The benchmark's reference-form yardstick is the same function as the aggregator (float64, odd map)."""
+    from clusvpr_plugin.aggregator import ClusVPRAggregator
+    from clusvpr_plugin.naive import reference_form_aggregator_vlad
+
+    torch.manual_seed(0)
+    agg = ClusVPRAggregator(feature_size=(7, 9)).eval().double()
+    x = torch.randn(2, 512, 7, 9, dtype=torch.float64)
+    with torch.no_grad():
+        ours, ref = agg.optlad.vlad(agg.refine(x)), reference_form_aggregator_vlad(agg, x)
+    assert torch.allclose(ours, ref, rtol=1e-8, atol=1e-10 * float(ref.abs().max()))
