@@ -202,7 +202,12 @@ class Trainer:
         if self.val_set is None:
             return {}
         v = self.val_set
-        d = self.describe(self.val_source, range(v.num_db + v.num_queries), whiten, desc="validation")
+        return self._val_recalls(self.describe(self.val_source, range(v.num_db + v.num_queries), whiten,
+                                               desc="validation"))
+
+    def _val_recalls(self, d: np.ndarray) -> Dict[str, float]:
+        """Recall@N (percent) of validation descriptors (database rows first, then queries)."""
+        v = self.val_set
         rec = recall_at_n(d[v.num_db :], d[: v.num_db], v.positives, self.cfg.recall_ns, ignore=v.ignore)["recall"]
         return {f"R@{n}": float(r) for n, r in rec.items()}
 
@@ -377,20 +382,22 @@ class Trainer:
             pick = np.sort(rng.choice(n, size=min(self.cfg.pca_images, n), replace=False))
             descs = self.describe(self.source, pick.tolist(), desc="PCA descriptors")
             self.model.fit_whitening(torch.from_numpy(descs))
-        selection = self._select_whitening() if self.cfg.whitening_dims is not None else None
-        summary = {"best": self.best, "final_val": self.validate(whiten=True), "train_seconds": round(seconds, 1),
+        # the selection measures every candidate on validation, the chosen one included
+        final_val = self._select_whitening() if self.cfg.whitening_dims is not None else self.validate(whiten=True)
+        summary = {"best": self.best, "final_val": final_val, "train_seconds": round(seconds, 1),
                    "history": self.history}
-        if selection is not None:
-            summary["whitening_selection"] = selection
+        if self.whitening_selection is not None:
+            summary["whitening_selection"] = self.whitening_selection
         if self.ctx.is_main:
             self.model.save_pretrained(self.output, training=self.training_facts(), recalls=self._recall_facts(summary))
             (self.train_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         self.ctx.barrier()
         return summary
 
-    def _select_whitening(self) -> Dict[str, Any]:
+    def _select_whitening(self) -> Dict[str, float]:
         """Validation Recall@N of each candidate whitening size (leading components of the one fit, or none);
-        the model keeps the best by `select_by` (ties: the candidate listed first). Same choice on every rank."""
+        the model keeps the best by `select_by` (ties: the candidate listed first). Same choice on every rank.
+        Records the table in `whitening_selection`; returns the chosen candidate's recalls."""
         v = self.val_set
         raw = torch.from_numpy(self.describe(self.val_source, range(v.num_db + v.num_queries), desc="validation"))
         full = self.model.whitening
@@ -398,9 +405,7 @@ class Trainer:
         for dim in self.cfg.whitening_dims:
             with torch.no_grad():
                 d = raw if dim is None else full.truncated(dim).to("cpu")(raw.float())
-            d = d.numpy()
-            rec = recall_at_n(d[v.num_db :], d[: v.num_db], v.positives, self.cfg.recall_ns, ignore=v.ignore)["recall"]
-            rows.append({"dim": dim, **{f"R@{n}": float(r) for n, r in rec.items()}})
+            rows.append({"dim": dim, **self._val_recalls(d.numpy())})
         best = max(range(len(rows)), key=lambda i: (rows[i][self.cfg.select_by], -i))
         chosen = rows[best]["dim"]
         self.model.set_whitening_dim(chosen)
@@ -409,7 +414,7 @@ class Trainer:
                        f"{chosen if chosen is not None else 'none'} (" +
                        ", ".join(f"{r['dim'] or 'none'}: {r[self.cfg.select_by]:.2f}" for r in rows) + ")")
         self.whitening_selection = {"chosen": chosen, "by": self.cfg.select_by, "candidates": rows}
-        return self.whitening_selection
+        return {k: r for k, r in rows[best].items() if k != "dim"}
 
     def training_facts(self) -> Dict[str, Any]:
         """What config.json and the model card record about this training."""
