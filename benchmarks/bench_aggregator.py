@@ -89,7 +89,7 @@ def main() -> None:
                "--device", args.device, "--size", *map(str, args.size)]
         rows[v] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
     print(f"device={args.device} batch={args.batch} map={args.size[0]}x{args.size[1]} repeats={args.repeats}")
-    print(f"| variant | median time (ms) | peak memory (MiB) |\n|---|---|---|")
+    print("| variant | median time (ms) | peak memory (MiB) |\n|---|---|---|")
     for v, r in rows.items():
         print(f"| {VARIANTS[v]} | {r['seconds'] * 1e3:.1f} | {r['peak_bytes'] / 2**20:.0f} |")
     for label, (mine, other) in {"optlad": ("optlad_matrix", "optlad_naive"),

@@ -41,7 +41,8 @@ def _pair(text: str) -> tuple:
         return key, value
 
 
-def _dim(text: str):
+def whitening_dim_arg(text: str) -> Optional[int]:
+    """argparse type of a whitening size: an integer >= 1, or 'none' (no whitening)."""
     if text.lower() == "none":
         return None
     try:
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-jitter", action="store_true", help="no colour jitter")
     s.add_argument("--select-by", default="R@5", choices=("R@1", "R@5", "R@10"), help="best-model metric (default R@5)")
     s.add_argument("--pca-images", type=int, default=10_000, help="training images for PCA-whitening (default 10000)")
-    s.add_argument("--whitening-dims", type=_dim, nargs="+", metavar="DIM",
+    s.add_argument("--whitening-dims", type=whitening_dim_arg, nargs="+", metavar="DIM",
                    help="choose the whitening size on validation among these (integers up to the model's "
                         "whitening_dim, or 'none'); default: keep the model's whitening_dim")
     c = p.add_argument_group("clusters")

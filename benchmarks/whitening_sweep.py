@@ -17,19 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
-
-
-def _dim(text: str) -> Optional[int]:
-    if text.lower() == "none":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a whitening size must be >= 1, got {value}")
-    return value
+from train import whitening_dim_arg  # benchmarks/ is on the path when this script runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="trained model folders (Hub layout) or org/name[@rev]")
     p.add_argument("--val-set", required=True, help="dataset the size is chosen on (known name or layout:path)")
     p.add_argument("--test-set", action="append", default=[], metavar="SPEC", help="dataset reported; repeatable")
-    p.add_argument("--dims", type=_dim, nargs="+", required=True, metavar="DIM",
+    p.add_argument("--dims", type=whitening_dim_arg, nargs="+", required=True, metavar="DIM",
                    help="whitening sizes (integers up to the model's whitening size) or 'none'")
     p.add_argument("--select-by", default="R@5", choices=("R@1", "R@5", "R@10"), help="default R@5")
     p.add_argument("--cache-features", metavar="DIR", help="cached frozen backbone features (as in training)")
@@ -92,11 +80,11 @@ def sweep(run: str, a: argparse.Namespace, datasets: Dict[str, Any]) -> List[Dic
     rows = []
     for dim in a.dims:
         row: Dict[str, Any] = {"run": run, "dim": dim}
+        cut = None if dim is None else w.truncated(dim)
         for name, ds in datasets.items():
             q, db = raw[name]
-            if dim is not None:
+            if cut is not None:
                 with torch.no_grad():
-                    cut = w.truncated(dim)
                     q, db = (cut(torch.from_numpy(x).float()).numpy() for x in (q, db))
             rec = recall_at_n(q, db, ds.positives, (1, 5, 10), ignore=ds.ignore)["recall"]
             row[name] = {f"R@{n}": round(float(v), 2) for n, v in rec.items()}

@@ -21,7 +21,12 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def cluster_weights(tokens: torch.Tensor, k: int = 10, backend: str = "auto") -> torch.Tensor:
     """(N, T, C) -> (N, T) in [0, 1]: high for tokens far from their k nearest neighbours (sparse regions)."""
-    d_hat = _minmax(knn_sq_dist_sum(tokens, k, backend))
+    return weights_from_knn_sums(knn_sq_dist_sum(tokens, k, backend), k)
+
+
+def weights_from_knn_sums(sums: torch.Tensor, k: int) -> torch.Tensor:
+    """Cluster weights (N, T) from each token's summed squared distances to its k+1 nearest tokens."""
+    d_hat = _minmax(sums)
     one_minus_rho = 1.0 - torch.exp(-d_hat / k)
     w = one_minus_rho / one_minus_rho.sum(-1, keepdim=True).clamp_min(torch.finfo(d_hat.dtype).tiny)
     return _minmax(w)

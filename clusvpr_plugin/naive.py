@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .cwt import weights_from_knn_sums
 from .optlad import OptLAD
 
 
@@ -23,17 +24,16 @@ def naive_optlad_vlad(agg: OptLAD, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_form_cluster_weights(tokens: torch.Tensor, k: int) -> torch.Tensor:
-    """Cluster weights with brute-force pairwise distances (no matrix-product expansion), as a KNN kernel does."""
+def reference_form_knn_sums(tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """KNN squared-distance sums from brute-force pairwise distances (no matrix-product expansion), as a KNN
+    kernel computes them."""
     d = torch.cdist(tokens, tokens, compute_mode="donot_use_mm_for_euclid_dist")
-    sums = d.topk(min(k + 1, tokens.shape[1]), dim=-1, largest=False).values.pow(2).sum(-1)
+    return d.topk(min(k + 1, tokens.shape[1]), dim=-1, largest=False).values.pow(2).sum(-1)
 
-    def minmax(v: torch.Tensor) -> torch.Tensor:
-        lo, hi = v.amin(-1, keepdim=True), v.amax(-1, keepdim=True)
-        return torch.where(hi > lo, (v - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi)), torch.zeros_like(v))
 
-    rho = 1.0 - torch.exp(-minmax(sums) / k)
-    return minmax(rho / rho.sum(-1, keepdim=True).clamp_min(torch.finfo(rho.dtype).tiny))
+def reference_form_cluster_weights(tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """Cluster weights from the brute-force KNN sums."""
+    return weights_from_knn_sums(reference_form_knn_sums(tokens, k), k)
 
 
 def reference_form_cwtnet(blk, x: torch.Tensor) -> torch.Tensor:

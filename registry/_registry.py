@@ -68,14 +68,20 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    for ep in entry_points(group=PLUGIN_GROUP):
+    load_entry_point_group(PLUGIN_GROUP, "clusvpr_plugin", "VPR plugin")
+
+
+def load_entry_point_group(group: str, bundled: str, what: str) -> None:
+    """Load every entry point of `group`, then import the `bundled` module (so a source checkout, which has no
+    installed entry points, registers it too). A broken third-party entry point is logged, not raised: it must
+    not break the models or recipes of everyone else."""
+    for ep in entry_points(group=group):
         try:
             ep.load()
-        except Exception as exc:  # a broken third-party plugin must not break the registry
-            _log.warning("VPR plugin %r (%s) failed to load: %s", ep.name, ep.value, exc)
-    # the bundled plugin also registers when the package is used from a source checkout
+        except Exception as exc:
+            _log.warning("%s %r (%s) failed to load: %s", what, ep.name, ep.value, exc)
     try:
-        importlib.import_module("clusvpr_plugin")
+        importlib.import_module(bundled)
     except ImportError:
         pass
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 
 from .. import h5io
+from .._files import sha256_file
 from ._card import render_model_card
 
 CONFIG = "config.json"
@@ -27,15 +27,6 @@ FORMAT_VERSION = 1
 _SOURCE_KEYS = ("hf_hub_id", "hf_hub_revision", "hf_hub_filename", "url", "file", "source", "tag")
 # facts about training and evaluation that travel with a model from pull to push
 CARD_FACTS = ("training", "evaluation", "recalls")
-
-
-def sha256_file(path: Union[str, os.PathLike]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_config(model: torch.nn.Module, facts: Mapping[str, Any]) -> Dict[str, Any]:

@@ -9,7 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from ._layout import CONFIG, FORMAT_VERSION, sha256_file
+from .._files import sha256_file
+from ._layout import CONFIG, FORMAT_VERSION
 from .errors import (
     FileNotInRepoError,
     HubError,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
+from .._files import sha256_file
 from .distributed import DistContext, sharded_apply
 from .sources import CachedSource, ImageSource
 
@@ -63,20 +64,16 @@ def cache_key(backbone: nn.Module, cut: int, input_config: dict, paths: Sequence
     h.update(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in input_config.items()},
                         sort_keys=True).encode())
     for p in paths:  # the bytes, in order: a copied or re-checked-out dataset (new paths, new mtimes) reuses it
-        h.update(_file_digest(p) + b"\n")
+        h.update(_file_digest(p).encode() + b"\n")
     return h.hexdigest()
 
 
-def _file_digest(path: PathLike) -> bytes:
-    """sha256 of a file's bytes (b'missing' when absent: loading the image will name the problem)."""
+def _file_digest(path: PathLike) -> str:
+    """sha256 of a file's bytes ('missing' when absent: loading the image will name the problem)."""
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.digest()
+        return sha256_file(path)
     except FileNotFoundError:
-        return b"missing"
+        return "missing"
 
 
 @torch.no_grad()

@@ -5,15 +5,13 @@ pos_num difficult positives when the recipe asks for them in that generation.
 """
 from __future__ import annotations
 
-import importlib
-import logging
-from importlib.metadata import entry_points
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._registry import load_entry_point_group
 from .config import TrainConfig
 from .losses import hard_loss
 from .sources import Source
@@ -55,7 +53,6 @@ _BUNDLED = "clusvpr_plugin.pyramid"
 _RECIPES: Dict[str, Callable[[], object]] = {"global": GlobalRecipe}
 _DEFAULT_FOR: Dict[str, str] = {}
 _plugins_loaded = False
-_log = logging.getLogger(__name__)
 
 
 def register_recipe(name: str, factory: Callable[[], object], aggregators: Tuple[str, ...] = (),
@@ -79,15 +76,7 @@ def load_recipe_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    for ep in entry_points(group=RECIPE_GROUP):
-        try:
-            ep.load()
-        except Exception as exc:  # a broken third-party recipe must not break training of other models
-            _log.warning("VPR recipe plugin %r (%s) failed to load: %s", ep.name, ep.value, exc)
-    try:
-        importlib.import_module(_BUNDLED)
-    except ImportError:
-        pass
+    load_entry_point_group(RECIPE_GROUP, _BUNDLED, "VPR recipe plugin")
 
 
 def get_recipe(name: str, model: Optional[nn.Module] = None) -> object:

@@ -9,6 +9,10 @@ from registry.training import DistContext, cached_source, feature_cache, frozen_
 from registry.training.sources import ImageSource, stack_items
 
 
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the cache should have been read, not recomputed")
+
+
 def test_cached_features_give_the_backbones_output(tiny_sets, tmp_path):
     train, _ = tiny_sets
     model = registry.create("tiny_netvlad")
@@ -28,11 +32,8 @@ def test_the_cache_file_is_reused_and_rebuilt_when_frozen_weights_change(tiny_se
     first = cached_source(model, paths, tmp_path, DistContext())
     assert len(list(tmp_path.glob("features-*.npy"))) == 1
 
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("the cache should have been read, not recomputed")
-
     with monkeypatch.context() as m:
-        m.setattr(feature_cache, "encode_prefix", must_not_run)
+        m.setattr(feature_cache, "encode_prefix", _must_not_run)
         again = cached_source(model, paths, tmp_path, DistContext())
     torch.testing.assert_close(again.cache, first.cache)
     with torch.no_grad():
@@ -63,11 +64,8 @@ def test_a_copied_dataset_reuses_the_cache_and_an_edited_image_rebuilds_it(tiny_
         shutil.copyfile(p, copies[-1])
         os.utime(copies[-1], (1, 1))
 
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("the cache should have been read, not recomputed")
-
     with monkeypatch.context() as m:
-        m.setattr(feature_cache, "encode_prefix", must_not_run)
+        m.setattr(feature_cache, "encode_prefix", _must_not_run)
         again = cached_source(model, copies, cache, DistContext())
     torch.testing.assert_close(again.cache, first.cache)
     shutil.copyfile(train.db_images[5], copies[2])  # other content at one position

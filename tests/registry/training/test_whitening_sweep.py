@@ -13,7 +13,6 @@ from registry.training import Trainer
 from shared_paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import plot_training  # noqa: E402,F401
 import whitening_sweep  # noqa: E402
 
 
