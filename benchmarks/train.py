@@ -123,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     r.add_argument("--cache-features", nargs="?", const="", metavar="DIR",
                    help="cache the frozen backbone layers' outputs (in DIR, default OUTPUT/feature_cache)")
-    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    r.add_argument("--seed", type=int, default=0,
+                   help="random seed of tuple mining, dropout and jitter, and of the two below unless given (default 0)")
+    r.add_argument("--init-seed", type=int, help="seed of the model's random initialisation (default: --seed)")
+    r.add_argument("--cluster-seed", type=int, help="seed of the k-means sample and k-means (default: --seed)")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast (default: on for CUDA)")
@@ -179,7 +182,8 @@ def train_config(a: argparse.Namespace, generations: int, extra: Dict[str, Any])
         neg_radius=a.neg_radius, rerank_k1=int(a.rerank[0]), rerank_k2=int(a.rerank[1]), rerank_lambda=a.rerank[2],
         jitter=None if a.no_jitter else tuple(a.jitter), select_by=a.select_by, pca_images=a.pca_images,
         whitening_dims=a.whitening_dims,
-        cluster_descriptors=a.cluster_descriptors, cluster_per_image=a.cluster_per_image, seed=a.seed, amp=a.amp,
+        cluster_descriptors=a.cluster_descriptors, cluster_per_image=a.cluster_per_image, seed=a.seed,
+        cluster_seed=a.cluster_seed, amp=a.amp,
         eval_batch_size=a.eval_batch_size, num_workers=a.num_workers, extra=extra,
     )
 
@@ -220,12 +224,15 @@ def setup(a: argparse.Namespace):
     name = registry.resolve_name(a.model)
     overrides = model_overrides(a)
     train_set, val_set, test_sets = _load_sets(a)
-    torch.manual_seed(a.seed)  # reproducible random initialisation of the aggregator (and of random backbones)
+    init_seed = a.seed if a.init_seed is None else a.init_seed
+    torch.manual_seed(init_seed)  # reproducible random initialisation of the aggregator (and of random backbones)
     model = registry.create(name, pretrained=a.pretrained or False, **overrides)
     recipe = get_recipe(a.recipe, model)
     generations = a.generations or (4 if recipe.supports_generations else 1)
     extra = {"model": name, "model_args": {k: v for k, v in overrides.items() if k != "backbone_weights"},
              "train_set": a.train_set, "val_set": a.val_set, "cache_features": a.cache_features is not None}
+    if a.init_seed is not None:  # recorded (and checked on --resume) only when it differs from the default
+        extra["init_seed"] = a.init_seed
     trainer = Trainer(model, train_set, a.output, train_config(a, generations, extra), val_set=val_set, ctx=ctx,
                       cache_features=a.cache_features is not None, cache_dir=a.cache_features or None,
                       progress=not a.no_progress)

@@ -54,7 +54,8 @@ class TrainConfig:
     whitening_dims: Optional[Tuple[Optional[int], ...]] = None
     cluster_descriptors: int = 50_000
     cluster_per_image: int = 100
-    seed: int = 0
+    seed: int = 0  # tuple mining, dropout and jitter streams; also the two below when they are unset
+    cluster_seed: Optional[int] = None  # k-means sample and k-means (default: seed)
     amp: Optional[bool] = None  # default: on for CUDA (bfloat16 autocast)
     eval_batch_size: int = 32
     num_workers: int = 0
@@ -72,6 +73,10 @@ class TrainConfig:
     def epochs_of(self, generation: int) -> int:
         """Number of epochs in `generation`."""
         return self.gen0_epochs if generation == 0 and self.gen0_epochs is not None else self.epochs
+
+    def seed_of_clusters(self) -> int:
+        """Seed of the k-means sample and of k-means: `cluster_seed`, or `seed` when unset."""
+        return self.seed if self.cluster_seed is None else self.cluster_seed
 
     def temperature(self, generation: int) -> float:
         """Teacher temperature of a generation (index 0: the student's and the hard loss's)."""
@@ -140,4 +145,4 @@ class TrainConfig:
 RESUME_CRITICAL = ("generations", "epochs", "gen0_epochs", "queries_per_epoch", "optimizer", "lr", "momentum",
                    "weight_decay", "lr_step", "lr_gamma", "loss", "margin", "temperatures", "soft_weight", "recipe",
                    "batch_size", "neg_num", "neg_pool", "pos_num", "pos_pool", "cache_size", "pos_radius",
-                   "neg_radius", "rerank_k1", "rerank_k2", "rerank_lambda", "jitter", "select_by", "seed", "extra")
+                   "neg_radius", "rerank_k1", "rerank_k2", "rerank_lambda", "jitter", "select_by", "seed", "cluster_seed", "extra")

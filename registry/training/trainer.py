@@ -172,7 +172,7 @@ class Trainer:
         """k-means on the training database's local descriptors; writes output/centroids.h5; returns alpha."""
         return init_clusters(self.model, self.source, path or self.output / CENTROIDS,
                              indices=range(self.train_set.num_db), num_descriptors=self.cfg.cluster_descriptors,
-                             per_image=self.cfg.cluster_per_image, seed=self.cfg.seed, ctx=self.ctx)
+                             per_image=self.cfg.cluster_per_image, seed=self.cfg.seed_of_clusters(), ctx=self.ctx)
 
     # ---- descriptors -------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -96,3 +96,33 @@ def test_resume_from_the_command_line(tiny_roots, tmp_path, capsys):
         train_cli.main(_args(tiny_roots, out, "--epochs", "2", "--resume"))
     assert exit_info.value.code == 1
     assert "epochs=1 (now 2)" in capsys.readouterr().err
+
+
+def test_init_and_cluster_seeds_split_from_the_training_seed(tiny_roots, tmp_path):
+    parser = train_cli.build_parser()
+
+    def built(tag, *extra):
+        trainer, _ = train_cli.setup(parser.parse_args(_args(tiny_roots, tmp_path / tag, *extra)))
+        return trainer
+
+    def weights(trainer):
+        return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    def centres(trainer, tag):
+        trainer.init_clusters(tmp_path / f"{tag}.h5")
+        return weights(trainer)
+
+    base = built("base", "--seed", "0")
+    w_base, c_base = weights(base), centres(base, "base")
+    moved = built("moved", "--seed", "5", "--init-seed", "0", "--cluster-seed", "0")  # only the stream moved
+    assert moved.cfg.seed == 5 and moved.cfg.seed_of_clusters() == 0
+    for k, v in weights(moved).items():
+        torch.testing.assert_close(v, w_base[k], rtol=0, atol=0)
+    for k, v in centres(moved, "moved").items():
+        torch.testing.assert_close(v, c_base[k], rtol=0, atol=0)
+    other_init = weights(built("init", "--seed", "0", "--init-seed", "1"))
+    assert any(not torch.equal(other_init[k], w_base[k]) for k in w_base)
+    other_clusters = built("clusters", "--seed", "0", "--cluster-seed", "1")
+    assert other_clusters.cfg.seed_of_clusters() == 1
+    after = centres(other_clusters, "clusters")
+    assert any(not torch.equal(after[k], c_base[k]) for k in c_base)
