@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queries-per-epoch", type=int, help="training tuples per epoch (default: all queries)")
     s.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="default sgd")
     s.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    s.add_argument("--aggregator-lr-mult", type=float, default=1.0,
+                   help="the aggregator learns at lr x this, the backbone at lr (default 1)")
     s.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     s.add_argument("--weight-decay", type=float, default=1e-3, help="default 1e-3")
     s.add_argument("--lr-step", type=int, default=5, help="StepLR period in epochs (default 5)")
@@ -175,7 +177,7 @@ def train_config(a: argparse.Namespace, generations: int, extra: Dict[str, Any])
 
     return TrainConfig(
         generations=generations, epochs=a.epochs, gen0_epochs=a.gen0_epochs, queries_per_epoch=a.queries_per_epoch,
-        optimizer=a.optimizer, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay, lr_step=a.lr_step,
+        optimizer=a.optimizer, lr=a.lr, aggregator_lr_mult=a.aggregator_lr_mult, momentum=a.momentum, weight_decay=a.weight_decay, lr_step=a.lr_step,
         lr_gamma=a.lr_gamma, loss=a.loss, margin=a.margin, temperatures=tuple(a.temperatures),
         soft_weight=a.soft_weight, recipe=a.recipe, batch_size=a.batch_size, neg_num=a.neg_num, neg_pool=a.neg_pool,
         pos_num=a.pos_num, pos_pool=a.pos_pool, cache_size=a.cache_size, pos_radius=a.pos_radius,

@@ -13,6 +13,9 @@ from .cwt import CWTNet
 from .optlad import OptLAD
 
 MIN_FEATURE_SIZE = 2
+# how the CWT blocks start: "default" = PyTorch's random init of the depthwise and 1x1 convs (the reference's);
+# "identity" = each block starts as ReLU(BN(x)) (CWTNet.reset_to_identity), a training choice for fine-tuning
+CWT_INITS = ("default", "identity")
 
 
 class ClusVPRAggregator(nn.Module):
@@ -22,10 +25,15 @@ class ClusVPRAggregator(nn.Module):
 
     def __init__(self, in_channels: int = 512, feature_size: Tuple[int, int] = (30, 40), num_clusters: int = 64,
                  expansion: int = 2, groups: int = 8, cwt_depth: int = 4, heads: int = 2, knn_k: int = 10,
-                 knn_backend: str = "auto", dropout: float = 0.1) -> None:
+                 knn_backend: str = "auto", dropout: float = 0.1, cwt_init: str = "default") -> None:
         super().__init__()
+        if cwt_init not in CWT_INITS:
+            raise ValueError(f"cwt_init must be one of {CWT_INITS}, got {cwt_init!r}")
         self.in_channels = int(in_channels)
         self.cwt = nn.Sequential(*(CWTNet(in_channels, heads, 2.0, dropout, knn_k, knn_backend) for _ in range(cwt_depth)))
+        if cwt_init == "identity":
+            for block in self.cwt:
+                block.reset_to_identity()
         self.optlad = OptLAD(in_channels, num_clusters, expansion, groups, feature_size)
         self.num_clusters, self.cluster_dim, self.out_dim = num_clusters, self.optlad.cluster_dim, self.optlad.out_dim
 

@@ -121,6 +121,18 @@ class CWTNet(nn.Module):
         self.cwt = CWT(half, heads, int(math.ceil(half * mlp_ratio)), dropout, k, knn_backend)
         self.bn_local, self.bn_global = nn.BatchNorm2d(half), nn.BatchNorm2d(half)
 
+    @torch.no_grad()
+    def reset_to_identity(self) -> None:
+        """Start as ReLU(BN(x)) per half: DW = centre tap 1, DW' = DW'' = 0, and CWT(G) = G (PW = 0).
+
+        Every weight still receives gradient (a zero weight's gradient depends on its input, not on itself);
+        only the starting point changes: the pretrained conv5 map reaches OptLAD unscrambled by random filters.
+        """
+        for conv in (self.local_dw_l, self.local_dw_g, self.global_dw_l):
+            conv.weight.zero_()
+        self.local_dw_l.weight[:, 0, 1, 1] = 1.0
+        self.cwt.pw.weight.zero_()
+
     def _depthwise(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(DW(L) + DW'(G), DW''(L)) of a channels-last map, as two channel-multiplier-1 depthwise convs.
 

@@ -25,6 +25,7 @@ class TrainConfig:
     queries_per_epoch: Optional[int] = None  # default: every trainable query
     optimizer: str = "sgd"
     lr: float = 1e-4
+    aggregator_lr_mult: float = 1.0  # the aggregator's learning rate is lr x this (the backbone's is lr)
     momentum: float = 0.9
     weight_decay: float = 1e-3
     lr_step: int = 5
@@ -103,6 +104,8 @@ class TrainConfig:
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 < self.lr_gamma <= 1:
             raise ValueError(f"need lr > 0, weight_decay >= 0, 0 <= momentum < 1, 0 < lr_gamma <= 1; got lr={self.lr}, "
                              f"weight_decay={self.weight_decay}, momentum={self.momentum}, lr_gamma={self.lr_gamma}")
+        if self.aggregator_lr_mult <= 0:
+            raise ValueError(f"aggregator_lr_mult must be > 0, got {self.aggregator_lr_mult}")
         if not self.temperatures or min(self.temperatures) <= 0:
             raise ValueError(f"temperatures must be positive numbers, got {self.temperatures}")
         if self.soft_weight < 0 or self.margin <= 0:
@@ -142,7 +145,8 @@ class TrainConfig:
 
 
 # options that must match when a run is resumed (the rest, e.g. num_workers, may change)
-RESUME_CRITICAL = ("generations", "epochs", "gen0_epochs", "queries_per_epoch", "optimizer", "lr", "momentum",
-                   "weight_decay", "lr_step", "lr_gamma", "loss", "margin", "temperatures", "soft_weight", "recipe",
+RESUME_CRITICAL = ("generations", "epochs", "gen0_epochs", "queries_per_epoch", "optimizer", "lr", "aggregator_lr_mult",
+                   "momentum", "weight_decay", "lr_step", "lr_gamma", "loss", "margin", "temperatures", "soft_weight",
+                   "recipe",
                    "batch_size", "neg_num", "neg_pool", "pos_num", "pos_pool", "cache_size", "pos_radius",
                    "neg_radius", "rerank_k1", "rerank_k2", "rerank_lambda", "jitter", "select_by", "seed", "cluster_seed", "extra")

@@ -161,6 +161,11 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters: check --train-layers")
+        if self.cfg.aggregator_lr_mult != 1.0:  # two groups: the backbone at lr, the aggregator at lr x mult
+            head = {id(p) for p in self.model.aggregator.parameters()}
+            groups = [{"params": [p for p in params if id(p) not in head]},
+                      {"params": [p for p in params if id(p) in head], "lr": self.cfg.lr * self.cfg.aggregator_lr_mult}]
+            params = [g for g in groups if g["params"]]
         if self.cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum,
                                              weight_decay=self.cfg.weight_decay)
@@ -287,7 +292,8 @@ class Trainer:
 
     def _restore(self) -> None:
         state = load_checkpoint(self.train_dir / "checkpoint.pt")
-        saved = state["config"]
+        # an option the checkpoint predates had its default value then
+        saved = {**TrainConfig().to_dict(), **state["config"]}
         changed = [k for k in RESUME_CRITICAL if saved.get(k) != self.cfg.to_dict().get(k)]
         if changed:
             raise CheckpointError(

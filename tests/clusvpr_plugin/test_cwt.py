@@ -60,3 +60,24 @@ def test_backward_works_in_train_mode_without_in_place_errors():
     agg(x).square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert agg.cwt[0].cwt.embed.weight.grad.abs().sum() > 0
+
+
+def test_identity_init_starts_each_block_as_relu_of_batchnorm_and_still_learns():
+    agg = ClusVPRAggregator(in_channels=32, feature_size=(4, 6), num_clusters=4, groups=4, cwt_depth=3,
+                            cwt_init="identity").double().train()
+    x = torch.randn(3, 32, 5, 7, dtype=torch.float64)
+    expected = x
+    for block in agg.cwt:  # by hand, in float64: ReLU(BN(half)) per half, batch statistics (train mode)
+        halves = expected[:, :16], expected[:, 16:]
+        expected = torch.cat([torch.relu((h - h.mean((0, 2, 3), keepdim=True))
+                                         / torch.sqrt(h.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5))
+                              for h in halves], 1)
+    torch.testing.assert_close(agg.refine(x), expected, rtol=1e-9, atol=1e-9)
+    agg(x).square().sum().backward()
+    for block in agg.cwt:  # the zeroed weights still receive gradient, so training moves them
+        for w in (block.local_dw_g.weight, block.global_dw_l.weight, block.cwt.pw.weight):
+            assert w.grad.abs().sum() > 0
+    default = ClusVPRAggregator(in_channels=32, feature_size=(4, 6), num_clusters=4, groups=4, cwt_depth=1)
+    assert default.cwt[0].cwt.pw.weight.abs().sum() > 0  # the reference's random start is the default
+    with pytest.raises(ValueError, match="cwt_init must be one of"):
+        ClusVPRAggregator(in_channels=32, feature_size=(4, 6), num_clusters=4, groups=4, cwt_init="zeros")

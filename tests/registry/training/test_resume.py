@@ -106,3 +106,18 @@ def test_resuming_with_other_options_or_restarting_a_run_is_refused(tiny_sets, t
         _trainer("tiny_gem", tiny_sets, out).fit()
     with pytest.raises(CheckpointError, match="nothing to resume"):
         _trainer("tiny_gem", tiny_sets, tmp_path / "empty").fit(resume=True)
+
+
+def test_a_checkpoint_older_than_an_option_resumes_with_that_options_default(tiny_sets, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        _trainer("tiny_gem", tiny_sets, out, [_kill_after(1)], epochs=2).fit()
+    path = out / "train" / "checkpoint.pt"
+    state = checkpoint_module.load_checkpoint(path)
+    for newer in ("aggregator_lr_mult", "cluster_seed"):  # written before these options existed
+        del state["config"][newer]
+    checkpoint_module.save_checkpoint(path, state)
+    assert _trainer("tiny_gem", tiny_sets, out, epochs=2).fit(resume=True)["history"][-1]["epoch"] == 2
+    checkpoint_module.save_checkpoint(path, state)
+    with pytest.raises(CheckpointError, match="aggregator_lr_mult=1.0 .now 2.0"):  # a non-default value differs
+        _trainer("tiny_gem", tiny_sets, out, epochs=2, aggregator_lr_mult=2.0).fit(resume=True)

@@ -167,3 +167,22 @@ def test_whitening_selection_needs_a_whitening_and_a_validation_set(tiny_sets, t
                 val_set=val)
     with pytest.raises(ValueError, match="whitening_dims lists"):
         small_config(whitening_dims=(0,))
+
+
+@pytest.mark.parametrize("mult", [1.0, 10.0])
+def test_the_aggregator_learns_at_its_own_rate(tiny_sets, tmp_path, mult):
+    train, _ = tiny_sets
+    model = registry.create("tiny_netvlad", train_layers="all")
+    trainer = Trainer(model, train, tmp_path / "run", small_config(lr=1e-3, aggregator_lr_mult=mult), progress=False)
+    trainer._new_optimizer()
+    assert len(trainer.optimizer.param_groups) == (1 if mult == 1.0 else 2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    trainer.optimizer.step()  # Adam's first step moves every weight by its group's lr (unit gradients)
+    for name, p in model.named_parameters():
+        if name in before:
+            expected = 1e-3 * (mult if name.startswith("aggregator.") else 1.0)
+            torch.testing.assert_close((before[name] - p.detach()).abs().max().item(), expected, rtol=1e-3, atol=0)
+    with pytest.raises(ValueError, match="aggregator_lr_mult must be > 0"):
+        small_config(aggregator_lr_mult=0)
