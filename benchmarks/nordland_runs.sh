@@ -1,6 +1,7 @@
 #!/bin/bash
 # Nordland runs of benchmarks/RESULTS.md section 5: twice the budget of section 4 (4800 tuples = 12 epochs x 400 queries),
-# whitening size chosen on validation. usage: bash benchmarks/nordland_runs.sh NAME SEED (clusvpr|netvlad|gem)
+# whitening size chosen on validation. usage: bash benchmarks/nordland_runs.sh NAME SEED (clusvpr|netvlad|gem|clusvpr_id)
+# clusvpr_id: ClusVPR with identity-started CWT blocks, conv5 at lr 1e-5 and the aggregator at 3e-5 (section 6)
 set -e
 cd "$(dirname "$0")/.."
 name=$1; seed=${2:-0}
@@ -14,8 +15,10 @@ case $name in
   clusvpr) extra=(--model clusvpr "${white[@]}" --generations 4 --gen0-epochs 3 --epochs 3) ;;
   netvlad) extra=(--model netvlad "${white[@]}" --epochs 12) ;;
   gem)     extra=(--model gem --epochs 12) ;;
-  *) echo "usage: bash benchmarks/nordland_runs.sh clusvpr|netvlad|gem [SEED]" >&2; exit 2 ;;
+  clusvpr_id) extra=(--model clusvpr "${white[@]}" --generations 4 --gen0-epochs 3 --epochs 3
+                     --model-arg cwt_init=identity --lr 1e-5 --aggregator-lr-mult 3) ;;
+  *) echo "usage: bash benchmarks/nordland_runs.sh clusvpr|netvlad|gem|clusvpr_id [SEED]" >&2; exit 2 ;;
 esac
 out=runs/long_${name}_seed$seed
 mkdir -p runs
-python benchmarks/train.py "${extra[@]}" "${common[@]}" --output "$out" > "$out.log" 2>&1
+python benchmarks/train.py "${common[@]}" "${extra[@]}" --output "$out" > "$out.log" 2>&1

@@ -97,7 +97,7 @@ def card_values(config: Mapping[str, Any], repo_hint: str = "org/name@<commit>")
                               "untrained (randomly initialised) or converted; ask the uploader before relying on them"),
         "repo_hint": repo_hint,
         "training_data": ", ".join(datasets) or "not recorded",
-        "training_recipe": str(training.get("recipe") or "not recorded"),
+        "training_recipe": _recipe(training),
         "backbone_weights": str(config.get("backbone_weights", "not recorded")),
         "evaluation": _evaluation(config.get("evaluation")),
         "recalls": _recalls(config.get("recalls")),
@@ -123,6 +123,32 @@ def _summary(config: Mapping[str, Any]) -> str:
     if args:
         text += ", built with the model arguments `" + json.dumps(args, sort_keys=True) + "`"
     return text + "."
+
+
+def _recipe(training: Mapping[str, Any]) -> str:
+    """The recipe's name, with the trainer's main options when config.json holds them."""
+    name = str(training.get("recipe") or "not recorded")
+    o = training.get("options")
+    if not isinstance(o, Mapping) or "optimizer" not in o:
+        return name
+    gens, epochs, gen0 = o.get("generations", 1), o.get("epochs"), o.get("gen0_epochs")
+    schedule = (f"{gens} generations ({gen0 or epochs} + {gens - 1} x {epochs} epochs)" if gens > 1
+                else f"{epochs} epochs")
+    lr = f"{o['optimizer']} lr {o.get('lr')}"
+    if o.get("aggregator_lr_mult", 1.0) != 1.0:
+        lr += f" (aggregator x {o['aggregator_lr_mult']:g})"
+    queries = o.get("queries_per_epoch")
+    parts = [schedule, f"{queries} queries per epoch" if queries else "every query each epoch", lr,
+             f"weight decay {o.get('weight_decay')}", f"loss {o.get('loss')}", f"{o.get('batch_size')} tuples per step",
+             f"{o.get('neg_num')} hard negative(s) from a pool of {o.get('neg_pool')}",
+             _jitter(o)]
+    return f"{name}: " + ", ".join(parts)
+
+
+def _jitter(options: Mapping[str, Any]) -> str:
+    if (options.get("extra") or {}).get("cache_features"):
+        return "no colour jitter (trained from cached frozen-layer features)"
+    return "colour jitter " + (str(tuple(options["jitter"])) if options.get("jitter") else "off")
 
 
 def _fmt_floats(values: Any) -> str:

@@ -79,3 +79,18 @@ def test_template_claims_no_published_checkpoint_while_none_is_registered():
     published = {name: registry._registry.get_entry(name).pretrained_cfg.get("hf_hub_id")
                  for name in registry.list_models()}
     assert not any(published.values()), f"update MODEL_CARD.md and README.md: weights now published {published}"
+
+
+def test_the_recipe_line_states_the_trainers_options(tiny, tmp_path):
+    from registry.training import TrainConfig
+
+    options = TrainConfig(generations=4, gen0_epochs=3, epochs=2, queries_per_epoch=400, optimizer="adam", lr=1e-5,
+                          aggregator_lr_mult=3, extra={"cache_features": True}).to_dict()
+    text = _readme(tiny, tmp_path, training={"datasets": ["nordland_train"], "recipe": "pyramid", "options": options})
+    assert ("pyramid: 4 generations (3 + 3 x 2 epochs), 400 queries per epoch, adam lr 1e-05 (aggregator x 3)"
+            in text)
+    assert "no colour jitter (trained from cached frozen-layer features)" in text
+    options.update(generations=1, aggregator_lr_mult=1.0, queries_per_epoch=None, extra={})
+    text = _readme(tiny, tmp_path / "plain", training={"recipe": "global", "options": options})
+    assert "global: 2 epochs, every query each epoch, adam lr 1e-05, weight decay" in text
+    assert "colour jitter (0.7, 0.7, 0.7, 0.5)" in text and "aggregator x" not in text
