@@ -177,8 +177,9 @@ def train_config(a: argparse.Namespace, generations: int, extra: Dict[str, Any])
 
     return TrainConfig(
         generations=generations, epochs=a.epochs, gen0_epochs=a.gen0_epochs, queries_per_epoch=a.queries_per_epoch,
-        optimizer=a.optimizer, lr=a.lr, aggregator_lr_mult=a.aggregator_lr_mult, momentum=a.momentum, weight_decay=a.weight_decay, lr_step=a.lr_step,
-        lr_gamma=a.lr_gamma, loss=a.loss, margin=a.margin, temperatures=tuple(a.temperatures),
+        optimizer=a.optimizer, lr=a.lr, aggregator_lr_mult=a.aggregator_lr_mult, momentum=a.momentum,
+        weight_decay=a.weight_decay, lr_step=a.lr_step, lr_gamma=a.lr_gamma, loss=a.loss, margin=a.margin,
+        temperatures=tuple(a.temperatures),
         soft_weight=a.soft_weight, recipe=a.recipe, batch_size=a.batch_size, neg_num=a.neg_num, neg_pool=a.neg_pool,
         pos_num=a.pos_num, pos_pool=a.pos_pool, cache_size=a.cache_size, pos_radius=a.pos_radius,
         neg_radius=a.neg_radius, rerank_k1=int(a.rerank[0]), rerank_k2=int(a.rerank[1]), rerank_lambda=a.rerank[2],
@@ -233,7 +234,7 @@ def setup(a: argparse.Namespace):
     generations = a.generations or (4 if recipe.supports_generations else 1)
     extra = {"model": name, "model_args": {k: v for k, v in overrides.items() if k != "backbone_weights"},
              "train_set": a.train_set, "val_set": a.val_set, "cache_features": a.cache_features is not None}
-    if a.init_seed is not None:  # recorded (and checked on --resume) only when it differs from the default
+    if a.init_seed is not None:  # recorded (and checked on --resume) when given
         extra["init_seed"] = a.init_seed
     trainer = Trainer(model, train_set, a.output, train_config(a, generations, extra), val_set=val_set, ctx=ctx,
                       cache_features=a.cache_features is not None, cache_dir=a.cache_features or None,

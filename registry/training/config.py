@@ -147,6 +147,6 @@ class TrainConfig:
 # options that must match when a run is resumed (the rest, e.g. num_workers, may change)
 RESUME_CRITICAL = ("generations", "epochs", "gen0_epochs", "queries_per_epoch", "optimizer", "lr", "aggregator_lr_mult",
                    "momentum", "weight_decay", "lr_step", "lr_gamma", "loss", "margin", "temperatures", "soft_weight",
-                   "recipe",
-                   "batch_size", "neg_num", "neg_pool", "pos_num", "pos_pool", "cache_size", "pos_radius",
-                   "neg_radius", "rerank_k1", "rerank_k2", "rerank_lambda", "jitter", "select_by", "seed", "cluster_seed", "extra")
+                   "recipe", "batch_size", "neg_num", "neg_pool", "pos_num", "pos_pool", "cache_size", "pos_radius",
+                   "neg_radius", "rerank_k1", "rerank_k2", "rerank_lambda", "jitter", "select_by", "seed",
+                   "cluster_seed", "extra")
