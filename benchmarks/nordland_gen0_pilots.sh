@@ -11,10 +11,6 @@ if [ $# -lt 4 ]; then
 fi
 tag=$1; seed=$2; init=$3; clusters=$4; shift 4
 mkdir -p runs
-python benchmarks/train.py --model clusvpr --model-arg whitening_dim=null --generations 1 --epochs 3 \
-  --train-set nordland_train --val-set nordland_val \
-  --backbone-weights ../shared/weights/vgg16_hed_conv.safetensors --input-size 96 192 \
-  --cache-features runs/cache --optimizer adam --lr 3e-5 --weight-decay 0 --batch-size 4 \
-  --neg-num 1 --neg-pool 1000 --pos-num 1 --pos-pool 20 --cache-size 1000 --queries-per-epoch 400 \
-  --loss sare_ind --temperatures 0.06 0.06 0.05 0.04 --select-by R@5 --threads 1 --no-progress \
+source benchmarks/nordland_recipe.sh
+python benchmarks/train.py --model clusvpr --model-arg whitening_dim=null --generations 1 --epochs 3 "${nordland_recipe[@]}" \
   --seed "$seed" --init-seed "$init" --cluster-seed "$clusters" "$@" --output "runs/gen0_$tag" > "runs/gen0_$tag.log" 2>&1

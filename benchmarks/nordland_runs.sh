@@ -6,11 +6,8 @@
 set -e
 cd "$(dirname "$0")/.."
 name=$1; seed=${2:-0}
-common=(--train-set nordland_train --val-set nordland_val --test-set nordland_test --test-set corridor
-        --backbone-weights ../shared/weights/vgg16_hed_conv.safetensors --input-size 96 192
-        --cache-features runs/cache --optimizer adam --lr 3e-5 --weight-decay 0 --batch-size 4
-        --neg-num 1 --neg-pool 1000 --pos-num 1 --pos-pool 20 --cache-size 1000 --queries-per-epoch 400
-        --loss sare_ind --temperatures 0.06 0.06 0.05 0.04 --select-by R@5 --seed "$seed" --threads 1 --no-progress)
+source benchmarks/nordland_recipe.sh
+common=("${nordland_recipe[@]}" --test-set nordland_test --test-set corridor --seed "$seed")
 white=(--model-arg whitening_dim=1024 --whitening-dims 1024 512 256 none)
 case $name in
   clusvpr) extra=(--model clusvpr "${white[@]}" --generations 4 --gen0-epochs 3 --epochs 3) ;;
