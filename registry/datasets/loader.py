@@ -31,9 +31,18 @@ def _tol(tolerance: Optional[int], default: int) -> int:
     return default if tolerance is None else int(tolerance)
 
 
+# the embedded copy of one split (registry/data/nordland_test) holds only that split's places
+NORDLAND_EMBEDDED = {"nordland_test": "nordland_test"}
+
+
 def _nordland(name: str) -> Builder:
     places = NORDLAND_SPLITS[name]
-    return lambda root, tol, rad: load_aligned(root, "winter", "summer", _tol(tol, NORDLAND_TOLERANCE), places, name)
+
+    def build(root: Path, tol: Optional[int], rad: float) -> VPRDataset:
+        own = None if root.name == NORDLAND_EMBEDDED.get(name) else places  # the embedded split: all its places
+        return load_aligned(root, "winter", "summer", _tol(tol, NORDLAND_TOLERANCE), own, name)
+
+    return build
 
 
 def _known() -> Dict[str, Tuple[Tuple[str, ...], Builder]]:
@@ -58,7 +67,8 @@ def _known() -> Dict[str, Tuple[Tuple[str, ...], Builder]]:
                                              name="msls_train"),
         ),
     }
-    table.update({name: (("nordland",), _nordland(name)) for name in NORDLAND_SPLITS})
+    table.update({name: (("nordland",) + ((NORDLAND_EMBEDDED[name],) if name in NORDLAND_EMBEDDED else ()),
+                         _nordland(name)) for name in NORDLAND_SPLITS})
     table.update({n: (pitts_dirs, lambda root, tol, rad, n=n: load_pitts(root, n, rad)) for n in PITTS_NAMES})
     table.update({
         f"tokyotm_{s}": (("tokyoTM", "tokyotm", "TokyoTM"), lambda root, tol, rad, s=s: load_tokyotm(root, s, rad))

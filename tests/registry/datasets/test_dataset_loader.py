@@ -26,7 +26,24 @@ def test_default_dataset_is_the_embedded_corridor():
 
 def test_embedded_data_stays_small():
     size = sum(p.stat().st_size for p in EMBEDDED_DATA.rglob("*") if p.is_file())
-    assert size < 3_000_000
+    assert size < 7_000_000  # Corridor (2.6 MB) + Nordland test places (3.3 MB)
+
+
+def test_embedded_nordland_test_is_the_test_split_without_a_data_root(tmp_path):
+    ds = load_dataset("nordland_test", data_root=tmp_path)  # nothing under tmp_path: the embedded copy
+    assert ds.name == "nordland_test" and ds.root == EMBEDDED_DATA / "nordland_test"
+    assert ds.num_db == ds.num_queries == 400
+    assert ds.db_images[0].name == "images-20010.png" and ds.q_images[-1].name == "images-24000.png"
+    assert ds.positives[0].tolist() == [0, 1] and ds.positives[10].tolist() == [9, 10, 11]
+
+
+def test_embedded_nordland_test_equals_the_full_traversal_split():
+    full = load_dataset("nordland_test", data_root=need(SHARED_DATA / "nordland").parent)
+    own = load_dataset("nordland_test", data_root=EMBEDDED_DATA.parent / "no-such-root")
+    assert full.root != own.root
+    assert [p.name for p in full.q_images] == [p.name for p in own.q_images]
+    assert [p.name for p in full.db_images] == [p.name for p in own.db_images]
+    assert all(np.array_equal(a, b) for a, b in zip(full.positives, own.positives))
 
 
 def test_known_names_cover_every_benchmark():
