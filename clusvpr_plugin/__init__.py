@@ -1,5 +1,8 @@
 """ClusVPR (Xu, Shamsolmoali, Yang): CWT stack + OptLAD on VGG16, registered into `registry` (and timm)."""
+from pathlib import Path
+
 from registry import ModelEntry, register_aggregator, register_model
+from registry._registry import find_releases
 from registry.factory import build_vpr_model, pretrained_cfg
 
 from .aggregator import ClusVPRAggregator
@@ -19,6 +22,7 @@ def _register() -> None:
         "clusvpr_vgg16", build_vpr_model, "vgg16", "clusvpr",
         default_args={"num_clusters": 64, "whitening_dim": 4096}, descriptor_dim=4096,
         pretrained_cfg=pretrained_cfg(), reference_loader=load_reference_checkpoint,
+        releases=find_releases(Path(__file__).resolve().parent / "releases", "clusvpr_vgg16"),
         description="ClusVPR: VGG16 conv5_3 + 4 CWT blocks + OptLAD (64 x 128), whitened to 4096-d",
     ), aliases=("clusvpr",))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Union
 
 import registry
-from registry.factory import model_info
+from registry.factory import model_info, release_model_args
 
 try:
     from timm.models import generate_default_cfgs, register_model
@@ -16,28 +16,49 @@ _TIMM_ONLY_KWARGS = ("pretrained_cfg_overlay", "pretrained_model_args", "feature
                      "num_classes", "in_chans", "drop_rate", "drop_path_rate")
 
 
-def _timm_cfg(name: str) -> Dict[str, Any]:
+def _timm_cfg(name: str, tag: Optional[str] = None) -> Dict[str, Any]:
+    """timm pretrained_cfg of a model, or of one of its releases (input size and published repo of the tag)."""
     entry = registry._registry.get_entry(name)
     info = model_info(name)
     cfg = {k: v for k, v in entry.pretrained_cfg.items() if k != "hf_hub_revision"}
     cfg.update(input_size=info["input_size"], mean=info["mean"], std=info["std"], num_classes=0,
                first_conv="backbone.features.0" if entry.backbone == "vgg16" else "backbone.conv1",
                classifier="", hf_hub_id=cfg.get("hf_hub_id") or "", architecture=name)
+    if tag is not None:
+        release = entry.release(tag)
+        args = release_model_args(release)
+        if "input_size" in args:
+            cfg["input_size"] = (3, *args["input_size"])
+        cfg.update(hf_hub_id=(release.hub or "").split("@")[0], tag=tag,
+                   description=release.trained_on or cfg.get("description", ""))
     return cfg
 
 
+def _cfg_dict(pretrained_cfg: Any) -> Dict[str, Any]:
+    if isinstance(pretrained_cfg, dict):
+        return pretrained_cfg
+    return dict(getattr(pretrained_cfg, "__dict__", {}) or {})
+
+
 def timm_source(pretrained: Union[bool, str], pretrained_cfg: Optional[Any], name: str) -> Union[bool, str]:
-    """What `registry.create(pretrained=...)` gets from timm's arguments: the cfg's hf_hub_id at a pinned revision."""
+    """What `registry.create(pretrained=...)` gets from timm's arguments: True (the release named by the tag, else
+    the default release) unless the cfg names another Hub repository (then that repo, pinned when it is ours)."""
     if not pretrained:
         return False
-    cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else getattr(pretrained_cfg, "__dict__", {}) or {}
-    hub_id = cfg.get("hf_hub_id")
-    if hub_id:
-        default = registry._registry.get_entry(name).pretrained_cfg
-        # the default repo's pinned revision applies to the default repo only
-        rev = cfg.get("hf_hub_revision") or (default.get("hf_hub_revision") if hub_id == default.get("hf_hub_id") else None)
+    hub_id = _cfg_dict(pretrained_cfg).get("hf_hub_id")
+    entry = registry._registry.get_entry(name)
+    ours = {r.hub.split("@")[0]: r.hub for r in entry.releases.values() if r.hub}
+    if hub_id and hub_id not in ours:
+        rev = _cfg_dict(pretrained_cfg).get("hf_hub_revision")
         return f"{hub_id}@{rev}" if rev and "@" not in hub_id else hub_id
     return True
+
+
+def _tag(pretrained_cfg: Any) -> Optional[str]:
+    """The release tag timm passes: the string of `name.tag`, or the `tag` of a cfg."""
+    if isinstance(pretrained_cfg, str):
+        return pretrained_cfg
+    return _cfg_dict(pretrained_cfg).get("tag") or None
 
 
 def _make_entry(name: str):
@@ -46,8 +67,14 @@ def _make_entry(name: str):
             value = kwargs.pop(k, None)
             if k in ("num_classes", "in_chans") and value not in (None, 0, 3):
                 raise ValueError(f"{name} is a descriptor model: {k}={value} is not supported")
-        model = registry.create(name, pretrained=timm_source(pretrained, pretrained_cfg, name), **kwargs)
-        cfg = dict(_timm_cfg(name))
+        if kwargs.get("cache_dir") is None:
+            kwargs.pop("cache_dir", None)
+        tag = _tag(pretrained_cfg)
+        full = f"{name}.{tag}" if tag else name
+        model = registry.create(full, pretrained=timm_source(pretrained, pretrained_cfg, name), **kwargs)
+        released = (model.config.get("release") or {}).get("name", "").partition(".")[2]
+        own = tag or (released if released in registry._registry.get_entry(name).releases else None)
+        cfg = dict(_timm_cfg(name, own))
         cfg.update(model.config.get("pretrained_cfg", {}))
         cfg.update(input_size=tuple(model.input_config["input_size"]), mean=tuple(model.input_config["mean"]),
                    std=tuple(model.input_config["std"]))
@@ -60,7 +87,20 @@ def _make_entry(name: str):
     return entry
 
 
+def _default_cfgs() -> Dict[str, Dict[str, Any]]:
+    """One cfg per released tag (the default tag first, so timm makes it the default), else the bare name."""
+    cfgs: Dict[str, Dict[str, Any]] = {}
+    for name in TIMM_MODELS:
+        entry = registry._registry.get_entry(name)
+        tags = sorted(entry.releases, key=lambda t: (t != entry.default_release, t))
+        for tag in tags:
+            cfgs[f"{name}.{tag}"] = _timm_cfg(name, tag)
+        if not tags:
+            cfgs[name] = _timm_cfg(name)
+    return cfgs
+
+
 if register_model is not None:
-    default_cfgs = generate_default_cfgs({name: _timm_cfg(name) for name in TIMM_MODELS})
+    default_cfgs = generate_default_cfgs(_default_cfgs())
     for _name in TIMM_MODELS:
         globals()[_name] = register_model(_make_entry(_name))

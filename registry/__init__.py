@@ -6,6 +6,7 @@ from . import aggregators as _aggregators  # noqa: F401  (registers the bundled 
 from . import backbones as _backbones  # noqa: F401  (registers the bundled backbones)
 from ._registry import (
     ModelEntry,
+    Release,
     list_aliases,
     list_models,
     load_plugins,
@@ -13,6 +14,7 @@ from ._registry import (
     register_backbone,
     register_model,
     resolve_name,
+    split_tag,
 )
 from .errors import NotPublishedError
 from .factory import build_vpr_model, create, model_info
@@ -21,6 +23,7 @@ from .whitening import PCAWhitening
 
 __all__ = [
     "ModelEntry",
+    "Release",
     "NotPublishedError",
     "PCAWhitening",
     "VPRModel",
@@ -34,4 +37,5 @@ __all__ = [
     "register_backbone",
     "register_model",
     "resolve_name",
+    "split_tag",
 ]

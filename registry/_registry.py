@@ -4,18 +4,85 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import json
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 PLUGIN_GROUP = "vpr_registry.plugins"
 _log = logging.getLogger(__name__)
 
 
+PUBLISHED_FILE = "published.json"
+_PIN = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+@[0-9a-f]{40}")
+
+
+@dataclass(frozen=True)
+class Release:
+    """Trained weights of a model under a tag (timm style: `clusvpr_vgg16.nordland`).
+
+    `folder` is a copy in the Hub layout shipped inside the installed package; `hub` is a published repository
+    pinned to a commit (`org/name@<40-hex>`). `pretrained=True` prefers the pin and falls back to the folder.
+    """
+
+    tag: str
+    folder: Optional[Path] = None
+    hub: Optional[str] = None
+    trained_on: str = ""
+
+    @property
+    def source(self) -> Union[str, Path]:
+        """What `registry.create(pretrained=...)` loads: the pinned repository, else the bundled folder."""
+        if self.hub:
+            return self.hub
+        if self.folder is None:
+            raise ValueError(f"release {self.tag!r} has neither a bundled folder nor a published repository")
+        return self.folder
+
+
+def find_releases(directory: Union[str, os.PathLike], model: str) -> Dict[str, Release]:
+    """Releases of `model` bundled in `directory` (folders `<model>.<tag>/` in the Hub layout) and the pins
+    recorded in `directory/published.json` (`{"<model>.<tag>": "org/name@<commit>"}`, written by
+    benchmarks/publish.py --record)."""
+    directory = Path(directory)
+    pins: Dict[str, str] = {}
+    if (directory / PUBLISHED_FILE).is_file():
+        pins = json.loads((directory / PUBLISHED_FILE).read_text(encoding="utf-8"))
+    found: Dict[str, Release] = {}
+    for folder in sorted(directory.glob(f"{model}.*")):
+        if not (folder / "config.json").is_file():
+            continue
+        tag = folder.name[len(model) + 1:]
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        found[tag] = Release(tag, folder, pins.get(folder.name), _trained_on(config))
+    for key, pin in pins.items():
+        name, _, tag = key.rpartition(".")
+        if name != model:
+            continue
+        if not _PIN.fullmatch(pin):
+            raise ValueError(f"{directory / PUBLISHED_FILE}: {key} = {pin!r} is not pinned; record "
+                             "org/name@<40-hex commit> as printed by benchmarks/publish.py")
+        if tag not in found:
+            found[tag] = Release(tag, None, pin)
+    return found
+
+
+def _trained_on(config: Dict[str, Any]) -> str:
+    """The release's own statement of its training data and domain (config.json 'release' facts)."""
+    release = config.get("release") or {}
+    return str(release.get("trained_on") or ", ".join((config.get("training") or {}).get("datasets") or []))
+
+
 @dataclass
 class ModelEntry:
-    """One registered model: its builder and the facts `model_info` reports."""
+    """One registered model: its builder and the facts `model_info` reports.
+
+    `releases` maps tags to trained weights; `default_release` is the tag `pretrained=True` loads for the bare name.
+    """
 
     name: str
     builder: Callable[..., Any]
@@ -26,6 +93,31 @@ class ModelEntry:
     reference_loader: Optional[Callable[..., Any]] = None
     descriptor_dim: int = 0
     description: str = ""
+    releases: Dict[str, Release] = field(default_factory=dict)
+    default_release: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.default_release is None and self.releases:
+            self.default_release = sorted(self.releases)[0]
+        if self.default_release is not None and self.default_release not in self.releases:
+            raise ValueError(f"{self.name}: default_release {self.default_release!r} is not one of its releases "
+                             f"{sorted(self.releases)}")
+
+    def release(self, tag: Optional[str] = None) -> Release:
+        """The release under `tag` (default: `default_release`); errors name the valid tags or say none exists."""
+        from .errors import NotPublishedError
+
+        if not self.releases:
+            raise NotPublishedError(
+                f"no trained weights of {self.name!r} are released, so pretrained=True has nothing to load. Get "
+                f"weights by training (python benchmarks/train.py --model {self.name} ...), or pass "
+                "pretrained='org/name[@revision]' or pretrained='path/to/dir' for a repository or folder you have."
+            )
+        tag = tag or self.default_release
+        if tag not in self.releases:
+            valid = ", ".join(f"{self.name}.{t}" for t in sorted(self.releases))
+            raise KeyError(f"{self.name} has no release tagged {tag!r}; released: {valid}")
+        return self.releases[tag]
 
 
 _MODELS: Dict[str, ModelEntry] = {}
@@ -102,9 +194,21 @@ def resolve_name(name: str) -> str:
     return name
 
 
+def split_tag(name: str) -> Tuple[str, Optional[str]]:
+    """`'clusvpr_vgg16.nordland'` -> `('clusvpr_vgg16', 'nordland')` (aliases resolved, the tag checked);
+    a name without a tag gives `(name, None)`."""
+    load_plugins()
+    base, dot, tag = name.rpartition(".")
+    if not dot or _ALIASES.get(name, name) in _MODELS:
+        return resolve_name(name), None
+    canonical = resolve_name(base)
+    _MODELS[canonical].release(tag)  # KeyError naming the released tags
+    return canonical, tag
+
+
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for a model name or alias."""
-    return _MODELS[resolve_name(name)]
+    """The registry entry for a model name or alias (a `.tag` suffix is accepted and checked)."""
+    return _MODELS[split_tag(name)[0]]
 
 
 def get_backbone(name: str) -> Callable[..., Any]:
@@ -123,9 +227,13 @@ def get_aggregator(name: str) -> Callable[..., Any]:
     return _AGGREGATORS[name]
 
 
-def list_models(pattern: str = "*") -> List[str]:
-    """Registered model names matching a shell-style pattern (aliases excluded)."""
+def list_models(pattern: str = "*", pretrained: bool = False) -> List[str]:
+    """Registered model names matching a shell-style pattern (aliases excluded); with `pretrained=True`, the
+    released `name.tag` names instead (timm's convention)."""
     load_plugins()
+    if pretrained:
+        names = [f"{n}.{t}" for n, e in _MODELS.items() for t in e.releases]
+        return sorted(n for n in names if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n.split(".")[0], pattern))
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 

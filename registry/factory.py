@@ -1,14 +1,13 @@
 """One builder for every registered model, `create()`, and the registration of the NetVLAD and GeM baselines."""
 from __future__ import annotations
 
+import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from . import _registry
-from ._registry import ModelEntry, get_aggregator, get_backbone, register_model
-from .errors import NotPublishedError
+from ._registry import ModelEntry, Release, find_releases, get_aggregator, get_backbone, register_model
 from .model import VPRModel
 from .whitening import PCAWhitening
 
@@ -68,29 +67,22 @@ def build_vpr_model(
     return VPRModel(bb, agg, whitening, input_config, config)
 
 
-def _default_source(entry: ModelEntry) -> str:
-    repo = entry.pretrained_cfg.get("hf_hub_id")
-    if not repo:
-        raise NotPublishedError(
-            f"no pretrained weights for {entry.name!r} have been published yet, so pretrained=True has nothing "
-            f"to download. Get weights by training (python benchmarks/train.py --model {entry.name} ...), or pass "
-            "pretrained='org/name[@revision]' or pretrained='path/to/dir' for a repository or folder you have."
-        )
-    rev = entry.pretrained_cfg.get("hf_hub_revision") or ""
-    if not re.fullmatch(r"[0-9a-f]{40}", rev):
-        raise ValueError(
-            f"the default repository of {entry.name!r} ({repo}) is not pinned: set "
-            "pretrained_cfg['hf_hub_revision'] to the 40-hex commit hash of the published weights"
-        )
-    return f"{repo}@{rev}"
-
-
 def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overrides: Any) -> VPRModel:
-    """Build a registered model (eval mode); `pretrained` = True (default Hub repo, pinned), a repo, a dir or a checkpoint."""
-    entry = _registry.get_entry(name)
+    """Build a registered model (eval mode).
+
+    `name` may carry a release tag (`clusvpr_vgg16.nordland`); `pretrained` = True (the tag's release, else the
+    model's default release: its pinned Hub repository when published, else the copy bundled in the package), a
+    Hub repo `org/name[@rev]`, a local directory in the Hub layout, or a reference checkpoint.
+    """
+    base, tag = _registry.split_tag(name)
+    entry = _registry.get_entry(base)
     hub_kwargs = {k: overrides.pop(k) for k in _HUB_KWARGS if k in overrides}
+    release = None
     if pretrained is True:
-        pretrained = _default_source(entry)
+        release = entry.release(tag)
+        pretrained = release.source
+    elif tag is not None and not pretrained:  # the release's architecture (input size, whitening), untrained
+        overrides = {**release_model_args(entry.release(tag)), **overrides}
     if pretrained:
         src = str(pretrained)
         if src.endswith(_REFERENCE_SUFFIXES) and Path(src).is_file():
@@ -101,8 +93,19 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
             return model.eval()
         from . import hub
 
-        return hub.from_pretrained(src, architecture=entry.name, **hub_kwargs, **overrides).eval()
+        model = hub.from_pretrained(src, architecture=entry.name, **hub_kwargs, **overrides)
+        if release is not None and not release.hub:
+            model.config["source"] = f"bundled:{entry.name}.{release.tag}"
+        return model.eval()
     return build(entry, overrides).eval()
+
+
+def release_model_args(release: Release) -> Dict[str, Any]:
+    """The architecture arguments recorded in a bundled release's config.json (empty for a Hub-only release)."""
+    if release.folder is None:
+        return {}
+    config = json.loads((release.folder / "config.json").read_text(encoding="utf-8"))
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in (config.get("model_args") or {}).items()}
 
 
 def build(entry: ModelEntry, overrides: Dict[str, Any]) -> VPRModel:
@@ -118,9 +121,12 @@ def build(entry: ModelEntry, overrides: Dict[str, Any]) -> VPRModel:
 
 def model_info(name: str) -> Dict[str, Any]:
     """Facts about a registered model: backbone, aggregator, descriptor dim, input size, normalisation, weights."""
-    entry = _registry.get_entry(name)
+    base, tag = _registry.split_tag(name)
+    entry = _registry.get_entry(base)
     args = entry.default_args
     h, w = args.get("input_size", DEFAULT_INPUT_SIZE)
+    releases = {f"{entry.name}.{t}": _release_info(r) for t, r in sorted(entry.releases.items())}
+    default = f"{entry.name}.{tag or entry.default_release}" if entry.releases else None
     return {
         "name": entry.name,
         "backbone": entry.backbone,
@@ -130,9 +136,21 @@ def model_info(name: str) -> Dict[str, Any]:
         "input_size": (3, h, w),
         "mean": tuple(args.get("mean", VGG_MATCONVNET_MEAN)),
         "std": tuple(args.get("std", VGG_MATCONVNET_STD)),
-        "weights": entry.pretrained_cfg.get("hf_hub_id") or "not published (train, or pass a repo/directory)",
+        "weights": (f"{default}: {releases[default]['trained_on']} ({releases[default]['source']})" if default
+                    else "not released (train, or pass a repo/directory)"),
+        "default_release": default,
+        "releases": releases,
         "description": entry.description,
     }
+
+
+def _release_info(release: Release) -> Dict[str, Any]:
+    return {"trained_on": release.trained_on or "not recorded",
+            "source": release.hub or f"bundled in the package ({release.folder})",
+            "model_args": release_model_args(release)}
+
+
+RELEASES_DIR = Path(__file__).resolve().parent / "releases"
 
 
 def pretrained_cfg(**extra: Any) -> Dict[str, Any]:
@@ -146,11 +164,12 @@ def pretrained_cfg(**extra: Any) -> Dict[str, Any]:
 register_model(ModelEntry(
     "netvlad_vgg16", build_vpr_model, "vgg16", "netvlad",
     default_args={"num_clusters": 64, "whitening_dim": 4096}, descriptor_dim=4096,
-    pretrained_cfg=pretrained_cfg(), description="NetVLAD (64 clusters) on VGG16 conv5_3, whitened to 4096-d",
+    pretrained_cfg=pretrained_cfg(), releases=find_releases(RELEASES_DIR, "netvlad_vgg16"),
+    description="NetVLAD (64 clusters) on VGG16 conv5_3, whitened to 4096-d",
 ), aliases=("netvlad",))
 register_model(ModelEntry(
     "gem_vgg16", build_vpr_model, "vgg16", "gem",
-    descriptor_dim=512, pretrained_cfg=pretrained_cfg(),
+    descriptor_dim=512, pretrained_cfg=pretrained_cfg(), releases=find_releases(RELEASES_DIR, "gem_vgg16"),
     description="GeM pooling (learnable p) on VGG16 conv5_3, 512-d",
 ), aliases=("gem",))
 register_model(ModelEntry(

@@ -78,6 +78,7 @@ def card_values(config: Mapping[str, Any], repo_hint: str = "org/name@<commit>")
     whitening = config.get("whitening") or {}
     aggregator = str(config.get("aggregator", "unknown"))
     trained = bool(datasets or training.get("recipe"))
+    release = dict(config.get("release") or {})
     return {
         "license": json.dumps(str(cfg.get("license") or "other")),
         "tags": json.dumps(_TAGS + [t for t in (config.get("architecture"), aggregator) if t]),
@@ -101,28 +102,59 @@ def card_values(config: Mapping[str, Any], repo_hint: str = "org/name@<commit>")
         "backbone_weights": str(config.get("backbone_weights", "not recorded")),
         "evaluation": _evaluation(config.get("evaluation")),
         "recalls": _recalls(config.get("recalls")),
-        "limitations": "" if trained else
-        "- No training is recorded for these weights: measure recalls on your data before using them.",
+        "limitations": ("" if trained else
+                        "- No training is recorded for these weights: measure recalls on your data before using them.")
+        + (f"\n- Not for: {release['not_for']}" if release.get("not_for") else ""),
+        "domain": _domain(release, datasets),
+        "provenance": _provenance(release, config),
         "citation": _CITATIONS.get(aggregator, "% no citation recorded for aggregator " + aggregator),
     }
 
 
 def _summary(config: Mapping[str, Any]) -> str:
-    """One sentence: the registry's description, and the arguments that change it for these weights."""
+    """One sentence from these weights' own config: backbone, aggregator, descriptor, and the model arguments
+    (the registry's description is of the default build, which these arguments may change)."""
     name = str(config.get("architecture", "unknown"))
-    try:
-        from .._registry import get_entry
-
-        description = get_entry(name).description
-    except (KeyError, ImportError):
-        description = ""
     args = dict(config.get("model_args") or {})
-    text = f"A `{name}` model of the ClusVPR model zoo"
-    if description:
-        text += f" (registry default: {description})" if args else f": {description}"
+    whitening = config.get("whitening") or {}
+    dim = config.get("descriptor_dim", "unknown")
+    text = (f"A `{name}` model of the ClusVPR model zoo: {config.get('backbone', 'unknown')} backbone, "
+            f"{config.get('aggregator', 'unknown')} aggregation, {dim}-d L2-normalised descriptor")
+    text += (f" (PCA-whitened from {whitening['in_dim']}-d)" if whitening.get("fitted") else ", not whitened")
     if args:
-        text += ", built with the model arguments `" + json.dumps(args, sort_keys=True) + "`"
+        text += "; built with the model arguments `" + json.dumps(args, sort_keys=True) + "`"
     return text + "."
+
+
+def _domain(release: Mapping[str, Any], datasets: list) -> str:
+    """What the weights were trained on and what they are not for (release facts), else the datasets."""
+    if release.get("trained_on"):
+        text = f"**Trained on:** {release['trained_on']}"
+        if release.get("not_for"):
+            text += f"\n\n**Not for:** {release['not_for']}"
+        return text
+    if datasets:
+        return f"Training data: {', '.join(datasets)}; results elsewhere are not measured."
+    return "No training data is recorded for these weights."
+
+
+def _provenance(release: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """Release name, the exact command, seed and code commit, and the stored precision."""
+    lines = []
+    if release.get("name"):
+        lines.append(f"- Release: `{release['name']}`, bundled in the clusvpr-zoo package: "
+                     f"`registry.create(\"{release['name']}\", pretrained=True)`")
+    if release.get("command"):
+        lines.append(f"- Command: `{release['command']}`")
+    if release.get("seed") is not None:
+        lines.append(f"- Seed: {release['seed']}")
+    if release.get("git_commit"):
+        lines.append(f"- Code commit: {release['git_commit']}")
+    if release.get("selection"):
+        lines.append(f"- Selection: {release['selection']}")
+    if config.get("weights_dtype"):
+        lines.append(f"- Weights stored as {config['weights_dtype']}, loaded as float32")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def _recipe(training: Mapping[str, Any]) -> str:

@@ -26,7 +26,8 @@ FORMAT_VERSION = 1
 # timm pretrained_cfg keys that say where weights come from: meaningless inside the repo that holds them
 _SOURCE_KEYS = ("hf_hub_id", "hf_hub_revision", "hf_hub_filename", "url", "file", "source", "tag")
 # facts about training and evaluation that travel with a model from pull to push
-CARD_FACTS = ("training", "evaluation", "recalls")
+CARD_FACTS = ("training", "evaluation", "recalls", "release")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def build_config(model: torch.nn.Module, facts: Mapping[str, Any]) -> Dict[str, Any]:
@@ -38,6 +39,7 @@ def build_config(model: torch.nn.Module, facts: Mapping[str, Any]) -> Dict[str, 
             "so the Hub layout can record how to rebuild it"
         )
     config.setdefault("model_args", {})
+    config.pop("source", None)  # where this copy was loaded from: meaningless inside the folder that holds it
     cfg = {k: v for k, v in dict(config.get("pretrained_cfg") or {}).items() if k not in _SOURCE_KEYS}
     config["pretrained_cfg"] = cfg
     config["descriptor_dim"] = config["num_features"] = int(model.descriptor_dim)
@@ -66,18 +68,35 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _weights_dtype(dtype: Optional[Union[str, torch.dtype]]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"weights dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
 def write_layout(
     model: torch.nn.Module,
     directory: Path,
     facts: Mapping[str, Any],
     model_card: Optional[Union[str, os.PathLike]] = None,
     repo_hint: str = "path/to/this/folder",
+    dtype: Optional[Union[str, torch.dtype]] = None,
 ) -> Dict[str, Any]:
-    """Write every layout file into an empty `directory`; config.json last, with the sha256 of the others."""
+    """Write every layout file into an empty `directory`; config.json last, with the sha256 of the others.
+
+    `dtype` (e.g. "float16") stores the floating-point weights at that precision (a smaller download); loading
+    casts them back to the model's float32.
+    """
     from safetensors.torch import save_file
 
     config = build_config(model, facts)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    cast = _weights_dtype(dtype)
+    tensors = {k: (v.to(cast) if cast is not None and v.is_floating_point() else v).detach().to("cpu")
+               .contiguous().clone() for k, v in model.state_dict().items()}
+    if cast is not None:
+        config["weights_dtype"] = str(cast).replace("torch.", "")
     save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt", "architecture": config["architecture"]})
     source = getattr(getattr(model, "aggregator", None), "cluster_source", None)
     if source is not None:
@@ -102,21 +121,25 @@ def save_pretrained(
     training: Optional[Mapping[str, Any]] = None,
     evaluation: Optional[Mapping[str, Any]] = None,
     recalls: Optional[Mapping[str, Mapping[str, float]]] = None,
+    release: Optional[Mapping[str, Any]] = None,
+    dtype: Optional[Union[str, torch.dtype]] = None,
 ) -> Path:
     """Write the Hub layout to `save_directory` atomically: staged in a sibling temp dir, then renamed in place.
 
     `training` ({"datasets": [...], "recipe": "..."}), `evaluation` ({dataset: {"queries": ..., "resize": ...}})
     and `recalls` ({dataset: {"R@1": 80.1, ...}}, in percent) go into config.json and the model card; a model
-    loaded with `from_pretrained` keeps the facts of its repository unless new ones are given.
+    loaded with `from_pretrained` keeps the facts of its repository unless new ones are given. `release`
+    ({"trained_on": ..., "not_for": ..., "command": ..., "seed": ..., "git_commit": ...}) describes a released
+    model's domain and provenance. `dtype` stores the weights at another precision (e.g. "float16").
     """
     target = Path(save_directory).expanduser()
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} exists and is not a directory: pass a directory path to save_pretrained")
     target.parent.mkdir(parents=True, exist_ok=True)
-    facts = card_facts(model, training=training, evaluation=evaluation, recalls=recalls)
+    facts = card_facts(model, training=training, evaluation=evaluation, recalls=recalls, release=release)
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        write_layout(model, stage, facts, model_card)
+        write_layout(model, stage, facts, model_card, dtype=dtype)
         os.chmod(stage, 0o755)  # mkdtemp makes it private; the saved folder should read like any other
         for path in stage.iterdir():
             os.chmod(path, 0o644)

@@ -28,11 +28,13 @@ def push_to_hub(
     training: Optional[Mapping[str, Any]] = None,
     evaluation: Optional[Mapping[str, Any]] = None,
     recalls: Optional[Mapping[str, Mapping[str, float]]] = None,
+    release: Optional[Mapping[str, Any]] = None,
+    dtype: Optional[Union[str, torch.dtype]] = None,
 ) -> str:
     """Upload the layout to `repo_id` (created if missing) on branch `revision` (alias `branch`); returns the commit.
 
     Layout files of an earlier push that this model lacks (say pca.h5) are deleted in the same commit; `tag`
-    also tags the new commit, so `org/name@<tag>` pulls it.
+    also tags the new commit, so `org/name@<tag>` pulls it. `dtype` stores the weights at another precision.
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
 
@@ -48,10 +50,10 @@ def push_to_hub(
             "locally instead, use save_pretrained('path/to/folder')"
         )
     api = HfApi(endpoint=endpoint, token=token, library_name="clusvpr-zoo")
-    facts = card_facts(model, training=training, evaluation=evaluation, recalls=recalls)
+    facts = card_facts(model, training=training, evaluation=evaluation, recalls=recalls, release=release)
     with tempfile.TemporaryDirectory(prefix="clusvpr-push-") as tmp:
         folder = Path(tmp)
-        write_layout(model, folder, facts, model_card, repo_hint=repo_id)
+        write_layout(model, folder, facts, model_card, repo_hint=repo_id, dtype=dtype)
         try:
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # "name" -> "user/name"
             if branch not in (None, constants.DEFAULT_REVISION):

@@ -57,11 +57,28 @@ def test_missing_facts_are_said_to_be_missing(tiny, tmp_path):
     assert _front_matter(text)["datasets"] == []
 
 
-def test_overridden_arguments_are_stated_next_to_the_registry_default(tiny, tmp_path):
+def test_summary_describes_these_weights_not_the_registry_default(tiny, tmp_path):
     model, _ = tiny
     model.config["model_args"] = {"num_clusters": 4}
     text = (hub.save_pretrained(model, tmp_path / "m") / "README.md").read_text()
-    assert 'registry default: test model' in text and '`{"num_clusters": 4}`' in text
+    assert '`{"num_clusters": 4}`' in text and "registry default" not in text
+    assert f"{model.descriptor_dim}-d L2-normalised descriptor" in text
+    whitened = "PCA-whitened from" in text.split("## How to use")[0]
+    assert whitened == bool(model.whitening is not None and model.whitening.fitted)
+
+
+def test_release_facts_state_domain_provenance_and_precision(tiny, tmp_path):
+    release = {"name": "hubtest_tiny_netvlad.demo", "trained_on": "Nordland winter/summer places 1..1600",
+               "not_for": "street-level imagery", "command": "bash benchmarks/release.sh train x", "seed": 3,
+               "git_commit": "a" * 40}
+    model, _ = tiny
+    folder = hub.save_pretrained(model, tmp_path / "m", release=release, dtype="float16")
+    text = (folder / "README.md").read_text()
+    assert "**Trained on:** Nordland winter/summer places 1..1600" in text
+    assert "**Not for:** street-level imagery" in text and "- Not for: street-level imagery" in text
+    assert "- Command: `bash benchmarks/release.sh train x`" in text and "- Seed: 3" in text
+    assert "- Code commit: " + "a" * 40 in text and "Weights stored as float16, loaded as float32" in text
+    assert "25 m" not in text and "street-level imagery)" not in text
 
 
 def test_custom_template_with_an_unknown_placeholder_fails_loudly(tiny, tmp_path):
@@ -71,14 +88,13 @@ def test_custom_template_with_an_unknown_placeholder_fails_loudly(tiny, tmp_path
     assert not (tmp_path / "m").exists()
 
 
-def test_template_claims_no_published_checkpoint_while_none_is_registered():
-    # Honesty: MODEL_CARD.md says no trained weights are published; that must stay true of the registry.
+def test_template_lists_exactly_the_released_checkpoints():
+    # Honesty: MODEL_CARD.md names the releases; that must stay true of the registry.
     text = template_path().read_text()
     assert text == (ROOT / "MODEL_CARD.md").read_text()
-    assert "Published checkpoints: none" in text
-    published = {name: registry._registry.get_entry(name).pretrained_cfg.get("hf_hub_id")
-                 for name in registry.list_models()}
-    assert not any(published.values()), f"update MODEL_CARD.md and README.md: weights now published {published}"
+    released = registry.list_models(pretrained=True)
+    listed = re.search(r"Released checkpoints: (.*?), bundled", text, re.S).group(1).replace("\n", " ")
+    assert sorted(re.findall(r"[a-z0-9_]+\.[a-z0-9_]+", listed)) == released
 
 
 def test_the_recipe_line_states_the_trainers_options(tiny, tmp_path):
