@@ -1,7 +1,7 @@
 """Compare visual place recognition models: Recall@N, size, GFLOPs, speed, memory, weights' origin; see --help.
 
-    python benchmarks/run.py                                  # clusvpr, netvlad, gem on the embedded Corridor
-    python benchmarks/run.py --backbone-weights ../shared/weights/vgg16_hed_conv.safetensors
+    python benchmarks/run.py                  # the released clusvpr, netvlad, gem on the embedded Corridor + Nordland test
+    python benchmarks/run.py --untrained --backbone-weights ../shared/weights/vgg16_hed_conv.safetensors
     python benchmarks/run.py --models clusvpr,org/name@<commit>,./my_dir --datasets pitts30k_test --data-root /data
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _preflight(cfg: RunConfig) -> tuple:
     from _runner.models import build_model, parse_model
 
     try:
-        specs = [parse_model(token) for token in cfg.models]
+        specs = [parse_model(token, cfg.untrained) for token in cfg.models]
         datasets = load_all(cfg.datasets, cfg.data_root, cfg.tolerance, cfg.pos_radius)
     except ValueError as err:
         fail(str(err))
@@ -71,7 +71,7 @@ def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: 
         "device": _device_name(cfg.device),
         "torch": torch.__version__,
         "input_size": "x".join(map(str, cfg.input_size)) if cfg.input_size else "each model's own",
-        "embedded_default": cfg.embedded_default,
+        "embedded_default": cfg.embedded_default, "untrained": cfg.untrained,
         "batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "latency_repeats": cfg.latency_repeats,
         "index": cfg.index, "index_options": dict(cfg.index_options), "rerank": list(cfg.rerank or ()) or None,
         "init": cfg.init, "kmeans_images": cfg.kmeans_images, "kmeans_per_image": cfg.kmeans_per_image,

@@ -14,15 +14,17 @@ _CHECKPOINT_SUFFIXES = (".pth", ".tar", ".pt")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One --models entry: a registry `name` built fresh, a `source` loaded (with or without a name), or both."""
+    """One --models entry: a registry `name` built fresh, its `release` (tag) loaded, or a `source` loaded (with
+    or without a name)."""
 
     label: str
     name: Optional[str] = None
     source: Optional[str] = None
+    release: Optional[str] = None
 
     @property
     def pretrained(self) -> bool:
-        return self.source is not None
+        return self.source is not None or self.release is not None
 
 
 def _check_source(source: str) -> str:
@@ -39,8 +41,11 @@ def _check_source(source: str) -> str:
     return str(folder) if folder is not None else source
 
 
-def parse_model(token: str) -> ModelSpec:
-    """Resolve one --models entry; ValueError with the valid choices when it names nothing."""
+def parse_model(token: str, untrained: bool = False) -> ModelSpec:
+    """Resolve one --models entry; ValueError with the valid choices when it names nothing.
+
+    A registry name or alias loads its released weights (`name.tag` picks a release) unless `untrained`, which
+    builds it fresh (random or off-the-shelf backbone, k-means centres)."""
     if "=" in token:
         name, source = (t.strip() for t in token.split("=", 1))
         try:
@@ -49,9 +54,14 @@ def parse_model(token: str) -> ModelSpec:
             raise ValueError(f"{token!r}: {err.args[0]}") from None
         return ModelSpec(label=token, name=canonical, source=_check_source(source))
     try:
-        return ModelSpec(label=token, name=registry.resolve_name(token))
+        name, tag = registry.split_tag(token)
     except KeyError as err:
         unknown = err.args[0]
+    else:
+        entry = registry._registry.get_entry(name)
+        if untrained or not entry.releases:
+            return ModelSpec(label=token, name=name)
+        return ModelSpec(label=token, name=name, release=tag or entry.default_release)
     if "/" in token or Path(token).expanduser().exists():
         if Path(token).expanduser().is_file():
             raise ValueError(f"{token!r} is a file: give a reference checkpoint as NAME=PATH (e.g. clusvpr={token})")
@@ -60,7 +70,9 @@ def parse_model(token: str) -> ModelSpec:
 
 
 def _load(spec: ModelSpec) -> registry.VPRModel:
-    """Load a --models source: as the named registry model, or as whatever its config.json says."""
+    """Load a --models source: a release, the named registry model, or whatever its config.json says."""
+    if spec.release is not None:
+        return registry.create(f"{spec.name}.{spec.release}", pretrained=True)
     if spec.name is not None:
         return registry.create(spec.name, pretrained=spec.source)
     from registry.hub import from_pretrained
@@ -90,6 +102,9 @@ def build_model(
 def weights_source(spec: ModelSpec, model: registry.VPRModel, backbone_weights: Optional[str],
                    clustered: bool) -> Tuple[str, bool]:
     """(where the weights came from, trained?) for the results table."""
+    if spec.release is not None:
+        where = model.config.get("source") or spec.release
+        return f"release {spec.name}.{spec.release}: {where}", True
     if spec.pretrained:
         where = model.config.get("source") or spec.source
         if Path(spec.source).is_file():
