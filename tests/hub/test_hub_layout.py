@@ -206,3 +206,16 @@ def test_card_facts_survive_a_save_load_save_cycle(tiny, tmp_path):
     again = hub.save_pretrained(hub.from_pretrained(first), tmp_path / "b")
     config = json.loads((again / "config.json").read_text())
     assert config["recalls"] == recalls and config["training"] == {"datasets": ["pitts30k"]}
+
+
+def test_identical_weights_give_byte_identical_files(tiny, tmp_path):
+    model, _ = tiny
+    digests = set()
+    for i in range(8):  # safetensors writes its metadata in hash-map order, which varies from one save to the next
+        folder = hub.save_pretrained(model, tmp_path / f"m{i}")
+        digests.add(tuple(hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in sorted(os.listdir(folder))))
+    assert len(digests) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m0" / "model.safetensors"), "pt") as fh:
+        assert fh.metadata() == {"architecture": model.name, "format": "pt"}
