@@ -73,3 +73,12 @@ def test_cuda_request_without_cuda_is_refused(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         load_runner().parse_args(["--device", "cuda"])
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_cannot_be_created_fails_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as exc:
+        load_runner().main(["--output-dir", str(blocker / "out")])
+    assert exc.value.code == 2
+    assert f"cannot be written: {blocker} is a file, so no folder can be created" in capsys.readouterr().err
