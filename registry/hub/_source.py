@@ -107,6 +107,14 @@ class Snapshot:
                 "checksums): it belongs to another library; load it with that library, or re-export the model "
                 "with VPRModel.save_pretrained / push_to_hub"
             )
+        unchecked = sorted(name for name, entry in config["files"].items()
+                           if not isinstance(entry, dict) or not _SHA256.match(str(entry.get("sha256", ""))))
+        if unchecked:
+            raise WrongModelError(
+                f"config.json of {self.label} lists {', '.join(unchecked)} without a sha256 (64 hex digits), so "
+                "they cannot be checked: re-save the model with save_pretrained (or push_to_hub), which records one "
+                "for every file"
+            )
         if int(config.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
             raise WrongModelError(f"{self.label} uses layout format {config['format_version']}, newer than this "
                                   f"version of the zoo understands ({FORMAT_VERSION}): upgrade clusvpr-zoo")
@@ -124,7 +132,11 @@ class Snapshot:
             warnings.warn(f"{self.label} has no model-zoo config.json: {name} is loaded without a sha256 check",
                           stacklevel=3)
             return path
-        expected = files[name]["sha256"]
+        entry = files[name]
+        expected = str(entry.get("sha256", "")) if isinstance(entry, dict) else ""
+        if not _SHA256.match(expected):
+            raise WrongModelError(f"config.json of {self.label} lists {name} without a sha256 (64 hex digits), so it "
+                                  "cannot be checked: re-save the model with save_pretrained (or push_to_hub)")
         digest = sha256_file(path)
         if digest != expected:
             where = self._evict(path)

@@ -219,3 +219,39 @@ def test_identical_weights_give_byte_identical_files(tiny, tmp_path):
 
     with safe_open(str(tmp_path / "m0" / "model.safetensors"), "pt") as fh:
         assert fh.metadata() == {"architecture": model.name, "format": "pt"}
+
+
+def _edit_config(folder, edit):
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("key,value", [("pretrained", "SELF"), ("backbone_weights", "/etc/hostname"),
+                                       ("backbone_weights", "imagenet"), ("cache_dir", "/tmp")])
+def test_a_config_may_not_name_weights_or_files_to_load(tiny, tmp_path, key, value):
+    model, _ = tiny
+    folder = hub.save_pretrained(model, tmp_path / "m")
+    _edit_config(folder, lambda c: c["model_args"].update({key: str(folder) if value == "SELF" else value}))
+    with pytest.raises(hub.WrongModelError, match=f"sets model_args \\['{key}'\\], which are not architecture "
+                                                  r"arguments.*valid: .*num_clusters.*whitening_dim"):
+        registry.VPRModel.from_pretrained(str(folder))
+
+
+def test_architecture_arguments_in_a_config_still_load(tiny, tmp_path):
+    model, images = tiny
+    folder = hub.save_pretrained(model, tmp_path / "m")
+    assert set(json.loads((folder / "config.json").read_text())["model_args"]) <= set(
+        registry.factory.architecture_args(model.name))
+    assert torch.equal(outputs(registry.VPRModel.from_pretrained(str(folder)), images), outputs(model, images))
+
+
+@pytest.mark.parametrize("entry", [{"size": 10}, "not a dict", {"sha256": "abc"}])
+def test_a_files_entry_without_a_sha256_is_a_clear_error(tiny, tmp_path, entry):
+    model, _ = tiny
+    folder = hub.save_pretrained(model, tmp_path / "m")
+    _edit_config(folder, lambda c: c["files"].update({"pca.h5": entry}))
+    with pytest.raises(hub.WrongModelError, match="lists pca.h5 without a sha256.*re-save"):
+        registry.VPRModel.from_pretrained(str(folder))
+    with pytest.raises(hub.WrongModelError, match="lists pca.h5 without a sha256"):
+        hub.pull_pca(str(folder))
