@@ -11,6 +11,7 @@ import platform
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from _runner.cli import RunConfig, fail, parse_args
@@ -51,6 +52,14 @@ def _preflight(cfg: RunConfig) -> tuple:
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         fail(f"--models lists a model twice: {','.join(labels)}")
+    seen: Dict[tuple, str] = {}
+    for spec in specs:  # `gem,gem_vgg16` or a folder given twice: the same model, evaluated twice for nothing
+        key = (spec.name, str(Path(spec.source).resolve()) if spec.source and Path(spec.source).exists()
+               else spec.source)
+        if key in seen:
+            fail(f"--models {seen[key]!r} and {spec.label!r} are the same model"
+                 f"{f' ({spec.name})' if spec.name and not spec.source else ''}: list it once")
+        seen[key] = spec.label
     for spec in (s for s in specs if s.pretrained):
         try:
             build_model(spec, cfg.input_size, None, cfg.seed)

@@ -46,6 +46,13 @@ def parse_source(
             f"{text!r} is neither an existing directory nor a Hub repository id: pass a folder written by "
             "save_pretrained, or 'org/name', 'org/name@<commit or tag>'"
         )
+    owner = Path(repo_id.split("/")[0]).expanduser()
+    if owner.is_dir():  # `models/gem_typo` beside a `models/` folder is a mistyped path, not a Hub repository
+        raise FileNotFoundError(
+            f"{text!r} is not an existing directory ({owner}/ exists here but has no {repo_id.split('/')[1]!r}), so "
+            f"it is not taken for a Hub repository id: check the folder name; for the Hub repository, run from a "
+            f"folder without a {owner.name}/ sub-folder"
+        )
     if pinned and revision is not None and pinned != revision:
         raise ValueError(f"{text!r} pins revision {pinned!r} but revision={revision!r} was passed too: give one")
     return None, repo_id, pinned or revision

@@ -255,3 +255,11 @@ def test_a_files_entry_without_a_sha256_is_a_clear_error(tiny, tmp_path, entry):
         registry.VPRModel.from_pretrained(str(folder))
     with pytest.raises(hub.WrongModelError, match="lists pca.h5 without a sha256"):
         hub.pull_pca(str(folder))
+
+
+def test_a_mistyped_local_folder_is_not_taken_for_a_hub_repository(tiny, tmp_path, monkeypatch, tiny_model_name):
+    model, _ = tiny
+    model.save_pretrained(tmp_path / "models" / "trained")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="'models/trainde' is not an existing directory .models/ exists here"):
+        registry.create(tiny_model_name, pretrained="models/trainde")  # no Hub request (the loopback guard)
