@@ -17,7 +17,7 @@ from .errors import (
     HubOfflineError,
     RepoNotFoundError,
     RevisionNotFoundError,
-    TamperedFileError,
+    CorruptedFileError,
     WrongModelError,
 )
 
@@ -147,10 +147,11 @@ class Snapshot:
         digest = sha256_file(path)
         if digest != expected:
             where = self._evict(path)
-            raise TamperedFileError(
-                f"{name} of {self.label} has sha256 {digest}, but config.json records {expected}: the "
-                f"file was changed after it was saved, or corrupted in transfer or on disk. {where} Do not use "
-                "this file; download again, and if the mismatch persists, tell the repository owner."
+            raise CorruptedFileError(
+                f"{name} of {self.label} has sha256 {digest}, but config.json records {expected}: a corrupted or "
+                f"mismatched file (damaged in transfer or on disk, or not the file that config.json was saved with). "
+                f"{where} Do not use this file; download again, and if the mismatch persists, tell the repository "
+                "owner."
             )
         return path
 
@@ -168,8 +169,8 @@ class Snapshot:
             return
         if actual != blob:
             where = self._evict(path)
-            raise TamperedFileError(f"the cached config.json of {self.label} does not match the checksum the Hub "
-                                    f"sent ({blob}): it was changed or corrupted on disk. {where} Load it again.")
+            raise CorruptedFileError(f"the cached config.json of {self.label} does not match the checksum the Hub "
+                                     f"sent ({blob}): a corrupted or mismatched file on disk. {where} Load it again.")
 
     def _evict(self, path: Path) -> str:
         """Delete a bad cached download (snapshot link and blob); a user's own folder is left alone."""

@@ -88,16 +88,28 @@ def test_resave_removes_files_the_model_no_longer_has(tiny, tmp_path, tiny_model
     assert sorted(os.listdir(folder)) == ["README.md", "config.json", "model.safetensors"]
 
 
-def test_tampered_file_in_a_folder_is_refused(tiny, tmp_path):
+def test_a_corrupted_file_in_a_folder_is_refused(tiny, tmp_path):
     model, _ = tiny
     folder = hub.save_pretrained(model, tmp_path / "m")
     weights = folder / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(hub.TamperedFileError, match="model.safetensors.*sha256"):
+    with pytest.raises(hub.CorruptedFileError, match="model.safetensors.*sha256.*a corrupted or mismatched file"):
         hub.from_pretrained(folder)
     assert weights.read_bytes() == bytes(data)  # a user's own folder is reported, not modified
+
+
+def test_a_mismatched_file_from_another_save_is_refused_under_either_name(tiny, tmp_path):
+    model, _ = tiny
+    folder = hub.save_pretrained(model, tmp_path / "m")
+    with torch.no_grad():
+        model.aggregator.centroids.add_(1.0)
+    other = hub.save_pretrained(model, tmp_path / "other")
+    (folder / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())  # valid, but not this one
+    with pytest.raises(hub.TamperedFileError, match="corrupted or mismatched") as caught:  # the earlier name
+        hub.from_pretrained(folder)
+    assert type(caught.value) is hub.CorruptedFileError and hub.TamperedFileError is hub.CorruptedFileError
 
 
 def test_config_of_another_model_is_refused(tiny, tmp_path):
