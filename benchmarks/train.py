@@ -260,6 +260,7 @@ def setup(a: argparse.Namespace):
 
 def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]:
     """Initialise clusters, train, evaluate on the test sets, optionally push; returns the summary on rank 0."""
+    from registry._atomic import atomic_path
     from registry.training import load_clusters
 
     model, ctx = trainer.model, trainer.ctx
@@ -268,8 +269,8 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
         if a.clusters:
             load_clusters(model, a.clusters)
             if ctx.is_main:
-                Path(a.output).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(a.clusters, Path(a.output) / "centroids.h5")
+                with atomic_path(Path(a.output) / "centroids.h5") as tmp:
+                    shutil.copyfile(a.clusters, tmp)
         else:
             trainer.init_clusters()
     summary = trainer.fit(resume=a.resume, require_initialised_clusters=not a.pretrained)
@@ -282,7 +283,8 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
     if summary["test"]:
         model.save_pretrained(a.output, training=trainer.training_facts(), recalls=recalls)
     summary["command"] = " ".join(["benchmarks/train.py"] + sys.argv[1:])
-    (Path(a.output) / "train" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_path(Path(a.output) / "train" / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     if a.push_to_hub:
         summary["hub_commit"] = model.push_to_hub(a.push_to_hub, training=trainer.training_facts(), recalls=recalls)
     print(json.dumps({k: summary.get(k) for k in ("best", "final_val", "test", "wall_seconds", "hub_commit")}))
