@@ -18,6 +18,7 @@ import gc
 import json
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -385,8 +386,9 @@ class Trainer:
         if not self.ctx.is_main:
             return []
         found = [p for folder in (self.train_dir, self.output) if folder.is_dir() for p in folder.glob(".*.tmp")]
-        if self.output.parent.is_dir():  # save_pretrained stages the layout beside the output folder
-            found += list(self.output.parent.glob(f".{self.output.name}.*.tmp"))
+        if self.output.parent.is_dir():  # save_pretrained stages the layout beside the output folder (mkdtemp)
+            staged = re.compile(rf"\.{re.escape(self.output.name)}\.[a-z0-9_]{{8}}\.tmp")
+            found += [p for p in self.output.parent.glob(f".{self.output.name}.*.tmp") if staged.fullmatch(p.name)]
         for path in found:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)

@@ -140,7 +140,7 @@ class _KillAtWrite:
             self.calls.append(Path(dst).name)
             if len(self.calls) - 1 == self.at:
                 temp = Path(src) if Path(src).name.endswith(".tmp") else Path(src).parent  # a file of a staging folder
-                left = temp.with_name(temp.name[: -len(".tmp")] + "-killed.tmp")
+                left = temp.with_name(temp.name[: -len("abcd1234.tmp")] + "killed00.tmp")  # as tempfile names them
                 (shutil.copytree if temp.is_dir() else shutil.copyfile)(temp, left)
                 raise Killed(f"killed before writing {dst}")
         return self._replace(src, dst, *args, **kwargs)
@@ -178,7 +178,7 @@ def test_a_kill_at_every_write_boundary_resumes_to_a_bit_identical_run(tiny_sets
         out = tmp_path / f"killed_{at}"
         with pytest.raises(Killed):
             _train_killable(tiny_sets, out, monkeypatch, at=at)
-        assert list(out.rglob("*-killed.tmp")) + list(tmp_path.glob(f".{out.name}.*-killed.tmp")), name
+        assert list(out.rglob("*.killed00.tmp")) + list(tmp_path.glob(f".{out.name}.killed00.tmp")), name
         # as train.py: --resume once a checkpoint exists, else the same command again
         resumed, _ = _train_killable(tiny_sets, out, monkeypatch, resume=(out / "train" / "checkpoint.pt").is_file())
         assert _digests(out) == _digests(tmp_path / "whole"), f"killed before writing {name} (boundary {at})"
@@ -187,6 +187,10 @@ def test_a_kill_at_every_write_boundary_resumes_to_a_bit_identical_run(tiny_sets
         log = (out / "train" / "log.jsonl").read_text().splitlines()
         assert len(log) == len(expected["history"])
         assert not list(out.rglob("*.tmp")) and not list(tmp_path.glob(f".{out.name}.*")), "stale files stay"
+    other = tmp_path / ".killed_0.v2.abcd1234.tmp"  # another run's (killed_0.v2) staging folder: not ours to remove
+    other.mkdir()
+    _train_killable(tiny_sets, tmp_path / "killed_0", monkeypatch, resume=True)
+    assert other.is_dir()
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
