@@ -6,10 +6,12 @@
 """
 from __future__ import annotations
 
+import errno
 import platform
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from _runner.cli import RunConfig, fail, parse_args
@@ -50,6 +52,14 @@ def _preflight(cfg: RunConfig) -> tuple:
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         fail(f"--models lists a model twice: {','.join(labels)}")
+    seen: Dict[tuple, str] = {}
+    for spec in specs:  # `gem,gem_vgg16` or a folder given twice: the same model, evaluated twice for nothing
+        key = (spec.name, str(Path(spec.source).resolve()) if spec.source and Path(spec.source).exists()
+               else spec.source)
+        if key in seen:
+            fail(f"--models {seen[key]!r} and {spec.label!r} are the same model"
+                 f"{f' ({spec.name})' if spec.name and not spec.source else ''}: list it once")
+        seen[key] = spec.label
     for spec in (s for s in specs if s.pretrained):
         try:
             build_model(spec, cfg.input_size, None, cfg.seed)
@@ -58,7 +68,16 @@ def _preflight(cfg: RunConfig) -> tuple:
     return specs, datasets
 
 
-def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: float) -> Dict[str, Any]:
+class PairsFailed(RuntimeError):
+    """Some (model, dataset) pairs failed; the others' results were written. Carries both."""
+
+    def __init__(self, records: List[Dict[str, Any]], failures: List[Dict[str, str]]) -> None:
+        super().__init__(f"{len(failures)} of {len(records) + len(failures)} (model, dataset) pairs failed")
+        self.records, self.failures = records, failures
+
+
+def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: float,
+          failures: Sequence[Dict[str, str]] = ()) -> Dict[str, Any]:
     import torch
     from _runner import report
     from _runner.data import describe
@@ -76,14 +95,18 @@ def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: 
         "index": cfg.index, "index_options": dict(cfg.index_options), "rerank": list(cfg.rerank or ()) or None,
         "init": cfg.init, "kmeans_images": cfg.kmeans_images, "kmeans_per_image": cfg.kmeans_per_image,
         "whitening": cfg.whitening, "backbone_weights": cfg.backbone_weights, "seed": cfg.seed,
-        "flops_note": FLOPS_NOTE, "memory_measure": records[0]["memory_measure"],
+        "flops_note": FLOPS_NOTE, "memory_measure": records[0]["memory_measure"] if records else None,
         "untrained_models": report.untrained(records),
         "datasets": [describe(ds) for ds in datasets],
+        "recall_ns": list(cfg.recall_ns),
+        "failed": list(failures),
     }
 
 
 def run(cfg: RunConfig) -> List[Dict[str, Any]]:
-    """Evaluate every model on every dataset and write all outputs; returns the records."""
+    """Evaluate every model on every dataset; results.json/csv/md are rewritten after each pair, so a crash or a
+    kill loses only the pair in progress. A failing pair is reported and the rest still run; returns the records,
+    or raises PairsFailed (after writing every output) when some pair failed."""
     from _runner import plots, report
     from _runner.evaluate import evaluate, log
 
@@ -91,26 +114,55 @@ def run(cfg: RunConfig) -> List[Dict[str, Any]]:
     specs, datasets = _preflight(cfg)
     if cfg.backbone_weights is None and any(not s.pretrained for s in specs):
         log("note: no --backbone-weights, so models built from the registry have RANDOM weights")
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    records = [evaluate(spec, ds, cfg, cfg.output_dir) for ds in datasets for spec in specs]
-    meta = _meta(cfg, datasets, records, time.perf_counter() - start)
-    paths = report.write_all(records, meta, cfg.output_dir)
-    plots.recall_curves(records, cfg.output_dir / "recall_at_n.png")
-    plots.speed_vs_recall(records, cfg.output_dir / "speed_vs_recall.png")
-    print(report.table(records))
+    try:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"--output-dir {cfg.output_dir} cannot be created: {err}; pass --output-dir with a folder you can "
+             "write to")
+    records: List[Dict[str, Any]] = []
+    failures: List[Dict[str, str]] = []
+    for ds in datasets:
+        for spec in specs:
+            try:
+                records.append(evaluate(spec, ds, cfg, cfg.output_dir))
+            except Exception as err:  # noqa: BLE001  (one pair's failure must not cost the other pairs' results)
+                failures.append({"model": spec.label, "dataset": ds.name, "error": f"{type(err).__name__}: {err}"})
+                log(f"FAILED: {spec.label} on {ds.name}: {type(err).__name__}: {err} (continuing with the rest)")
+            paths = report.write_all(records, _meta(cfg, datasets, records, time.perf_counter() - start, failures),
+                                     cfg.output_dir)
+    if records:
+        plots.recall_curves(records, cfg.output_dir / "recall_at_n.png")
+        plots.speed_vs_recall(records, cfg.output_dir / "speed_vs_recall.png")
+        print(report.table(records))
     warn = report.warning_line(records)
     if warn:
         print("\n" + warn)
     extra = sum(len(r["files"]) for r in records)
     more = f", {extra} more files (k-means centres, grids, heat maps, descriptors)" if extra else ""
-    log(f"results in {cfg.output_dir}/: {', '.join(p.name for p in paths.values())}, recall_at_n.png, "
-        f"speed_vs_recall.png{more}")
+    plotted = ", recall_at_n.png, speed_vs_recall.png" if records else ""
+    log(f"results in {cfg.output_dir}/: {', '.join(p.name for p in paths.values())}{plotted}{more}")
+    if failures:
+        raise PairsFailed(records, failures)
     return records
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point: parse, check, run."""
-    run(parse_args(argv))
+    """Entry point: parse, check, run; exit status 1 when some (model, dataset) pair failed or results could not be
+    written."""
+    cfg = parse_args(argv)
+    try:
+        run(cfg)
+    except PairsFailed as err:
+        lines = [f"  {f['model']} on {f['dataset']}: {f['error']}" for f in err.failures]
+        print(f"run.py: error: {err}; the others' results are in {cfg.output_dir}/:\n" + "\n".join(lines),
+              file=sys.stderr)
+        return 1
+    except OSError as err:
+        full = " (the disk is full)" if err.errno == errno.ENOSPC else ""
+        print(f"run.py: error: could not write the results to {cfg.output_dir}{full}: {err}; what was written "
+              "before is in results.json there. Free space or pass another --output-dir, and run again",
+              file=sys.stderr)
+        return 1
     return 0
 
 

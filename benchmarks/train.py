@@ -11,6 +11,7 @@ benchmarks/run.py --models DIR load it; DIR/train/ holds checkpoints and log.jso
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -140,11 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def unwritable(folder: Path) -> Optional[str]:
+    """Why `folder` cannot be created or written to (None when it can); nothing is created."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, so no folder can be created inside it"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    return None
+
+
 def check_args(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """Cheap checks before anything heavy is imported."""
-    out = Path(a.output)
+    out = Path(a.output).expanduser()
     if out.exists() and not out.is_dir():
         parser.error(f"--output {out} exists and is not a folder")
+    problem = unwritable(out)
+    if problem:
+        parser.error(f"--output {out} cannot be written: {problem}; choose a folder you can write to")
     if a.resume and not (out / "train" / "checkpoint.pt").is_file():
         parser.error(f"--resume: no checkpoint at {out / 'train' / 'checkpoint.pt'}; start without --resume")
     if not a.resume and (out / "train" / "checkpoint.pt").exists():
@@ -244,6 +260,7 @@ def setup(a: argparse.Namespace):
 
 def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]:
     """Initialise clusters, train, evaluate on the test sets, optionally push; returns the summary on rank 0."""
+    from registry._atomic import atomic_path
     from registry.training import load_clusters
 
     model, ctx = trainer.model, trainer.ctx
@@ -252,8 +269,8 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
         if a.clusters:
             load_clusters(model, a.clusters)
             if ctx.is_main:
-                Path(a.output).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(a.clusters, Path(a.output) / "centroids.h5")
+                with atomic_path(Path(a.output) / "centroids.h5") as tmp:
+                    shutil.copyfile(a.clusters, tmp)
         else:
             trainer.init_clusters()
     summary = trainer.fit(resume=a.resume, require_initialised_clusters=not a.pretrained)
@@ -266,7 +283,8 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
     if summary["test"]:
         model.save_pretrained(a.output, training=trainer.training_facts(), recalls=recalls)
     summary["command"] = " ".join(["benchmarks/train.py"] + sys.argv[1:])
-    (Path(a.output) / "train" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_path(Path(a.output) / "train" / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     if a.push_to_hub:
         summary["hub_commit"] = model.push_to_hub(a.push_to_hub, training=trainer.training_facts(), recalls=recalls)
     print(json.dumps({k: summary.get(k) for k in ("best", "final_val", "test", "wall_seconds", "hub_commit")}))
@@ -292,6 +310,11 @@ def main(argv: Optional[List[str]] = None) -> Optional[Dict[str, Any]]:
             return train(a, trainer, test_sets)
         except (CheckpointError, ImageReadError) as err:  # the message says what was kept and what to do
             print(f"train.py: error: {err}", file=sys.stderr)
+            sys.exit(1)
+        except OSError as err:  # writing the final model or the summary (a full disk, a folder made read-only)
+            full = " (the disk is full)" if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            print(f"train.py: error: could not write to {a.output}{full}: {err}. The last checkpoint is kept: free "
+                  "space (or fix the folder), then run the same command with --resume", file=sys.stderr)
             sys.exit(1)
     finally:
         if trainer is not None:

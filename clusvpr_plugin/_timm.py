@@ -61,8 +61,22 @@ def _tag(pretrained_cfg: Any) -> Optional[str]:
     return _cfg_dict(pretrained_cfg).get("tag") or None
 
 
+def _check_config_args(name: str, config_args: Optional[Dict[str, Any]]) -> None:
+    """timm passes an `hf-hub:` / `local-dir:` config.json's model_args on as keyword arguments (and, apart, as
+    `pretrained_model_args`): as with registry.hub, they may only shape the architecture."""
+    from registry.factory import architecture_args
+    from registry.hub import WrongModelError
+
+    refused = sorted(set(config_args or {}) - set(architecture_args(name)))
+    if refused:
+        raise WrongModelError(f"the config.json timm read for {name} sets model_args {refused}, which are not "
+                              f"architecture arguments (valid: {', '.join(architecture_args(name))}); a repository's "
+                              "config may not name weights or files to load")
+
+
 def _make_entry(name: str):
     def entry(pretrained: bool = False, pretrained_cfg: Optional[Any] = None, **kwargs: Any):
+        _check_config_args(name, kwargs.get("pretrained_model_args"))
         for k in _TIMM_ONLY_KWARGS:
             value = kwargs.pop(k, None)
             if k in ("num_classes", "in_chans") and value not in (None, 0, 3):

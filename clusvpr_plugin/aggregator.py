@@ -22,6 +22,7 @@ class ClusVPRAggregator(nn.Module):
     """(N, C, H, W) conv features -> (N, K*D) intra- and L2-normalised OptLAD descriptor."""
 
     takes_feature_size = True
+    min_feature_size = MIN_FEATURE_SIZE  # the CWT's neighbourhoods need a 2x2 map at least
 
     def __init__(self, in_channels: int = 512, feature_size: Tuple[int, int] = (30, 40), num_clusters: int = 64,
                  expansion: int = 2, groups: int = 8, cwt_depth: int = 4, heads: int = 2, knn_k: int = 10,

@@ -18,6 +18,8 @@ class OptLAD(nn.Module):
         super().__init__()
         if (expansion * in_channels) % groups:
             raise ValueError(f"expansion*in_channels ({expansion * in_channels}) must be divisible by groups ({groups})")
+        if int(num_clusters) < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
         self.in_channels, self.num_clusters, self.groups = int(in_channels), int(num_clusters), int(groups)
         self.cluster_dim = expansion * in_channels // groups
         self.out_dim = self.num_clusters * self.cluster_dim

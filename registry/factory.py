@@ -1,10 +1,11 @@
 """One builder for every registered model, `create()`, and the registration of the NetVLAD and GeM baselines."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import _registry
 from ._registry import ModelEntry, Release, find_releases, get_aggregator, get_backbone, register_model
@@ -40,16 +41,24 @@ def build_vpr_model(
     h, w = (int(v) for v in input_size)
     if resize not in ("fixed", "longer_side"):
         raise ValueError(f"resize must be 'fixed' or 'longer_side', got {resize!r}")
+    if whitening_dim is not None and (isinstance(whitening_dim, bool) or int(whitening_dim) < 1):
+        raise ValueError(f"whitening_dim must be >= 1, or None for no whitening; got {whitening_dim!r}")
     bb_kwargs = {"weights": backbone_weights}
     if train_layers is not None:
         bb_kwargs["train_layers"] = train_layers
+    agg_factory = get_aggregator(aggregator)
+    stride, min_map = getattr(get_backbone(backbone), "stride", 16), getattr(agg_factory, "min_feature_size", 1)
+    if h // stride < min_map or w // stride < min_map:
+        side = stride * min_map
+        raise ValueError(f"input_size {(h, w)} is too small for {architecture}: its {backbone} backbone downsamples "
+                         f"by {stride} and its {aggregator} aggregator needs a feature map of at least {min_map}x"
+                         f"{min_map}, so both sides must be >= {side}")
     bb = get_backbone(backbone)(**bb_kwargs)
     stride = getattr(bb, "stride", 16)
-    agg_factory = get_aggregator(aggregator)
     if getattr(agg_factory, "takes_feature_size", False):
         aggregator_args["feature_size"] = (h // stride, w // stride)
     agg = agg_factory(bb.out_channels, **aggregator_args)
-    whitening = PCAWhitening(agg.out_dim, whitening_dim) if whitening_dim else None
+    whitening = PCAWhitening(agg.out_dim, int(whitening_dim)) if whitening_dim else None
     input_config = {"input_size": (3, h, w), "mean": tuple(mean), "std": tuple(std), "resize": resize,
                     "interpolation": "bilinear"}
     cfg = dict(pretrained_cfg or {})
@@ -67,6 +76,42 @@ def build_vpr_model(
     return VPRModel(bb, agg, whitening, input_config, config)
 
 
+# arguments of a builder that say where weights come from, or that the registry fills in: not the architecture
+_NOT_ARCHITECTURE = ("architecture", "backbone", "aggregator", "backbone_weights", "pretrained_cfg", "model_args")
+_AGGREGATOR_FILLED = ("self", "in_channels", "feature_size")
+
+
+def _named_parameters(fn: Any, skip: Tuple[str, ...]) -> Tuple[List[str], bool]:
+    """(keyword names of `fn` minus `skip`, whether it also takes **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return [], True
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip]
+    return names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def architecture_args(name: str) -> List[str]:
+    """Keyword arguments that shape model `name` (what config.json's `model_args` may hold): the builder's, and the
+    aggregator's when the builder passes extra keywords on. Never where weights come from (`pretrained`,
+    `backbone_weights`)."""
+    entry = _registry.get_entry(name)
+    names, passes_on = _named_parameters(entry.builder, _NOT_ARCHITECTURE)
+    if passes_on:
+        names += _named_parameters(get_aggregator(entry.aggregator), _AGGREGATOR_FILLED)[0]
+    return sorted(set(names))
+
+
+def _check_overrides(entry: ModelEntry, overrides: Dict[str, Any]) -> None:
+    valid = set(architecture_args(entry.name)) | {"backbone_weights", *_HUB_KWARGS}
+    if entry.reference_loader is not None:
+        valid.add("pca")
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise TypeError(f"{entry.name} got unexpected argument(s) {', '.join(unknown)}; valid: "
+                        f"{', '.join(sorted(valid))} (and pretrained)")
+
+
 def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overrides: Any) -> VPRModel:
     """Build a registered model (eval mode).
 
@@ -76,6 +121,7 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
     """
     base, tag = _registry.split_tag(name)
     entry = _registry.get_entry(base)
+    _check_overrides(entry, overrides)
     hub_kwargs = {k: overrides.pop(k) for k in _HUB_KWARGS if k in overrides}
     release = None
     if pretrained is True:

@@ -71,13 +71,35 @@ class VPRModel(nn.Module):
                 f"expected floating-point images, got dtype {images.dtype}; apply model.transform() "
                 "(scales to float and normalises with the model's mean/std)"
             )
+        side = getattr(self.backbone, "stride", 1) * getattr(self.aggregator, "min_feature_size", 1)
+        if images.shape[0] and min(images.shape[2:]) < side:
+            raise ValueError(
+                f"images of {images.shape[2]}x{images.shape[3]} are too small for {self.name}: expected (N, 3, H, W) "
+                f"with H and W >= {side} (its input size is {tuple(self.input_config.get('input_size', ()))[1:]}); "
+                "resize with model.transform()"
+            )
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(images).all()):
+            raise ValueError("the images contain NaN or Inf values, which would give NaN descriptors: check the "
+                             "image decoding and normalisation (model.transform())")
+
+    def _as_weights_dtype(self, images: torch.Tensor) -> torch.Tensor:
+        """float64 (or any float other than the weights') input is converted, unless autocast chooses the dtype."""
+        weight = next(self.parameters(), None)
+        if weight is None or images.dtype == weight.dtype or torch.is_autocast_enabled(images.device.type):
+            return images
+        return images.to(weight.dtype)
 
     def local_features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone feature map (N, C, H/16, W/16)."""
         self._check_images(images)
-        return self.backbone(images)
+        return self.backbone(self._as_weights_dtype(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if isinstance(images, torch.Tensor) and images.ndim and images.shape[0] == 0:  # the same for every model
+            self._check_images(images)
+            weight = next(self.parameters(), None)
+            dtype = weight.dtype if weight is not None else torch.float32
+            return images.new_zeros((0, self.descriptor_dim), dtype=dtype)
         desc = self.aggregator(self.local_features(images))
         if self.whitening is not None:
             desc = self.whitening(desc)

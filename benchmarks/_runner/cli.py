@@ -240,6 +240,22 @@ def _check(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         parser.error(f"--pos-radius must be > 0 metres, got {a.pos_radius}")
     if a.output_dir is not None and Path(a.output_dir).exists() and not Path(a.output_dir).is_dir():
         parser.error(f"--output-dir: {a.output_dir} exists and is not a folder")
+    problem = unwritable(Path(a.output_dir or "results").expanduser())
+    if problem:
+        parser.error(f"--output-dir {a.output_dir or 'results/'} cannot be written: {problem}; pass --output-dir "
+                     "with a folder you can write to")
+
+
+def unwritable(folder: Path) -> Optional[str]:
+    """Why `folder` cannot be created or written to (None when it can); nothing is created."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, so no folder can be created inside it"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    return None
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> RunConfig:

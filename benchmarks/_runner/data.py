@@ -33,11 +33,17 @@ def load_all(specs: Tuple[str, ...], data_root: Optional[str], tolerance: Option
              pos_radius: float) -> List[VPRDataset]:
     """Load every dataset; ValueError naming the entry that fails, and unique names for file names."""
     out: List[VPRDataset] = []
+    seen: Dict[Tuple[str, Path], str] = {}
     for spec in specs:
         try:
             ds = load_dataset(spec, data_root=data_root, tolerance=tolerance, pos_radius=pos_radius)
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
             raise ValueError(f"--datasets {spec!r}: {err}") from None
+        key = (ds.name, Path(ds.root).resolve())
+        if key in seen:
+            raise ValueError(f"--datasets {seen[key]!r} and {spec!r} are the same dataset ({ds.name} in {ds.root}): "
+                             "list it once")
+        seen[key] = spec
         if ds.num_queries == ds.num_queries_without_positives:
             raise ValueError(f"--datasets {spec!r}: no query has a positive, so recall is undefined")
         names = {d.name for d in out}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from registry._atomic import atomic_path
 
@@ -15,8 +15,10 @@ CSV_FIELDS = ("model", "architecture", "dataset", "input_size", "descriptor_dim"
               "init", "index", "rerank", "amp", "compiled", "num_queries", "num_database", "extract_s")
 
 
-def recall_ns(records: Sequence[Dict[str, Any]]) -> List[int]:
-    """The N of Recall@N (the same for every record of a run)."""
+def recall_ns(records: Sequence[Dict[str, Any]], meta: Optional[Dict[str, Any]] = None) -> List[int]:
+    """The N of Recall@N (the same for every record of a run; from the run's options when none finished)."""
+    if not records:
+        return sorted(int(n) for n in (meta or {}).get("recall_ns", ()))
     return sorted(int(n) for n in records[0]["recall"])
 
 
@@ -35,9 +37,9 @@ def warning_line(records: Sequence[Dict[str, Any]]) -> str:
             "not the paper's numbers; train, or load published weights, to reproduce those.**")
 
 
-def table(records: Sequence[Dict[str, Any]]) -> str:
+def table(records: Sequence[Dict[str, Any]], meta: Optional[Dict[str, Any]] = None) -> str:
     """The Markdown results table."""
-    ns = recall_ns(records)
+    ns = recall_ns(records, meta)
     head = (["Model", "Dataset", "Input"] + [f"R@{n}" for n in ns] +
             ["Dim", "Params (M)", "GFLOPs", "img/s", "Latency (ms)", "Peak mem (MiB)", "Whitening", "Weights"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -57,7 +59,7 @@ def notes(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> List[str]:
         f"- img/s: query + database extraction on {meta['device']} (batch {meta['batch_size']}, image decoding and "
         f"resizing included, {meta['num_workers']} loader workers); latency: median of "
         f"{meta['latency_repeats']} batch-1 forward passes after a warm-up.",
-        f"- Peak mem: {records[0]['memory_measure']} during extraction.",
+        f"- Peak mem: {meta['memory_measure']} during extraction.",
         f"- Recall@N: {meta['index']} index" + (", k-reciprocal re-ranking" if meta["rerank"] else "") + ".",
     ]
     for ds in meta["datasets"]:
@@ -70,7 +72,11 @@ def notes(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> List[str]:
 
 def markdown(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> str:
     """results.md: command, table, warning, notes."""
-    parts = [f"# VPR benchmark ({meta['date']})", "", f"`{meta['command']}`", "", table(records), ""]
+    parts = [f"# VPR benchmark ({meta['date']})", "", f"`{meta['command']}`", "", table(records, meta), ""]
+    failed = meta.get("failed") or []
+    if failed:
+        parts += [f"**Failed: {len(failed)} (model, dataset) pair(s); their rows are missing:**", ""]
+        parts += [f"- {f['model']} on {f['dataset']}: {f['error']}".replace("\n", " ") for f in failed] + [""]
     warn = warning_line(records)
     if warn:
         parts += [warn, ""]
@@ -100,8 +106,9 @@ def write_all(records: Sequence[Dict[str, Any]], meta: Dict[str, Any], out_dir: 
     with atomic_path(paths["json"]) as tmp:
         tmp.write_text(json.dumps({"meta": meta, "results": [_jsonable(r) for r in records]}, indent=2) + "\n")
     rows = [csv_row(r) for r in records]
+    fields = list(rows[0]) if rows else [*CSV_FIELDS, *(f"R@{n}" for n in recall_ns(records, meta))]
     with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     with atomic_path(paths["md"]) as tmp:

@@ -47,6 +47,8 @@ class NetVLAD(nn.Module):
 
     def __init__(self, in_channels: int, num_clusters: int = 64, normalize_input: bool = True) -> None:
         super().__init__()
+        if int(num_clusters) < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
         self.in_channels = self.cluster_dim = int(in_channels)
         self.num_clusters = int(num_clusters)
         self.out_dim = self.num_clusters * self.cluster_dim

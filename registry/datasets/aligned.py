@@ -6,7 +6,7 @@ image with the same name (stem), and its positives are the places within `tolera
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -14,6 +14,16 @@ from .base import VPRDataset, list_images, neighbours_within
 
 # training radii keep the 10 m : 25 m ratio of the UTM datasets, in places
 NEG_RADIUS_FACTOR = 2.5
+
+
+def _require_unique_stems(images: List[Path], folder: Path) -> None:
+    """One file per place: `0001.jpg` and `0001.png` would make the place ambiguous."""
+    seen: Dict[str, Path] = {}
+    for path in images:
+        if path.stem in seen:
+            raise ValueError(f"{folder} holds two images of place {path.stem!r} ({seen[path.stem].name} and "
+                             f"{path.name}): an aligned traversal needs one file per place; remove one")
+        seen[path.stem] = path
 
 
 def load_aligned(
@@ -30,6 +40,8 @@ def load_aligned(
         raise ValueError(f"tolerance must be >= 0 places, got {tolerance}")
     db_images = list_images(root / db_dir, f"aligned-traversal database ('{db_dir}')")
     q_images = list_images(root / q_dir, f"aligned-traversal query ('{q_dir}')")
+    for images, folder in ((db_images, db_dir), (q_images, q_dir)):
+        _require_unique_stems(images, root / folder)
     place_of = {p.stem: i for i, p in enumerate(db_images)}
     unmatched = [p for p in q_images if p.stem not in place_of]
     if unmatched:

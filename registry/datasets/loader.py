@@ -146,6 +146,8 @@ def detect_layout(path: Path) -> str:
 
 
 def _load_layout(layout: str, path: Path, tolerance: Optional[int], rad: float) -> VPRDataset:
+    if not path.exists():
+        raise FileNotFoundError(f"{layout}:{path}: {path} does not exist; check the path")
     if layout in KNOWN_DATASETS:
         return KNOWN_DATASETS[layout][1](path, tolerance, rad)
     if layout == "utm":

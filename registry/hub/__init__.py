@@ -10,6 +10,7 @@ from ._load import from_pretrained, pull_centroids, pull_pca
 from ._push import push_to_hub
 from ._source import parse_source
 from .errors import (
+    CorruptedFileError,
     FileNotInRepoError,
     HubError,
     HubOfflineError,
@@ -23,6 +24,7 @@ from .errors import (
 )
 
 __all__ = [
+    "CorruptedFileError",
     "FileNotInRepoError",
     "HubError",
     "HubOfflineError",

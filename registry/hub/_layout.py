@@ -98,6 +98,7 @@ def write_layout(
     if cast is not None:
         config["weights_dtype"] = str(cast).replace("torch.", "")
     save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt", "architecture": config["architecture"]})
+    sort_safetensors_metadata(directory / WEIGHTS)
     source = getattr(getattr(model, "aggregator", None), "cluster_source", None)
     if source is not None:
         h5io.save_centroids(directory / CENTROIDS, *source)
@@ -111,6 +112,24 @@ def write_layout(
     }
     (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return config
+
+
+def sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite a .safetensors header with its metadata keys sorted, so identical weights give identical bytes.
+
+    safetensors writes `__metadata__` in hash-map order, which differs from one process to the next.
+    """
+    with open(path, "r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        raw = fh.read(size)
+        header = json.loads(raw, object_pairs_hook=dict)
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > size:  # cannot happen for the same keys and values; never write a broken file
+            raise ValueError(f"{path}: the sorted safetensors header is longer than the original")
+        fh.seek(8)
+        fh.write(text + b" " * (size - len(text)))  # safetensors pads headers with spaces
 
 
 def save_pretrained(

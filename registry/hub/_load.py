@@ -50,13 +50,32 @@ def from_pretrained(
     except KeyError as err:
         raise WrongModelError(f"{snap.label} holds a {stored!r} model, which is not registered here ({err.args[0]}): "
                               "install or import the plugin that provides it") from None
-    model = registry.create(stored, **{**config.get("model_args", {}), **overrides})
+    model = registry.create(stored, **{**_architecture_args(config, stored, snap.label), **overrides})
     _load_weights(model, snap, bool(overrides))
     for key in CARD_FACTS:
         if key in config:
             model.config[key] = config[key]
     model.config["source"] = snap.label  # where the weights came from: a folder or org/name@<commit>
     return model.eval()
+
+
+def _architecture_args(config: dict, architecture: str, label: str) -> dict:
+    """config.json's `model_args`, which may only shape the architecture: a config never names other weights or
+    files to load (`pretrained`, `backbone_weights`, ...), which could reach outside its folder or repository."""
+    from ..factory import architecture_args
+
+    args = config.get("model_args") or {}
+    if not isinstance(args, dict):
+        raise WrongModelError(f"config.json of {label}: model_args must be an object, got {type(args).__name__}")
+    valid = architecture_args(architecture)
+    refused = sorted(set(args) - set(valid))
+    if refused:
+        raise WrongModelError(
+            f"config.json of {label} sets model_args {refused}, which are not architecture arguments of "
+            f"{architecture} (valid: {', '.join(valid)}); a repository's config may not name weights or files to "
+            "load. Remove them from config.json, or re-save the model with save_pretrained"
+        )
+    return args
 
 
 def _load_weights(model: torch.nn.Module, snap: Snapshot, overridden: bool) -> None:

@@ -17,7 +17,7 @@ from .errors import (
     HubOfflineError,
     RepoNotFoundError,
     RevisionNotFoundError,
-    TamperedFileError,
+    CorruptedFileError,
     WrongModelError,
 )
 
@@ -45,6 +45,13 @@ def parse_source(
         raise FileNotFoundError(
             f"{text!r} is neither an existing directory nor a Hub repository id: pass a folder written by "
             "save_pretrained, or 'org/name', 'org/name@<commit or tag>'"
+        )
+    owner = Path(repo_id.split("/")[0]).expanduser()
+    if owner.is_dir():  # `models/gem_typo` beside a `models/` folder is a mistyped path, not a Hub repository
+        raise FileNotFoundError(
+            f"{text!r} is not an existing directory ({owner}/ exists here but has no {repo_id.split('/')[1]!r}), so "
+            f"it is not taken for a Hub repository id: check the folder name; for the Hub repository, run from a "
+            f"folder without a {owner.name}/ sub-folder"
         )
     if pinned and revision is not None and pinned != revision:
         raise ValueError(f"{text!r} pins revision {pinned!r} but revision={revision!r} was passed too: give one")
@@ -107,6 +114,14 @@ class Snapshot:
                 "checksums): it belongs to another library; load it with that library, or re-export the model "
                 "with VPRModel.save_pretrained / push_to_hub"
             )
+        unchecked = sorted(name for name, entry in config["files"].items()
+                           if not isinstance(entry, dict) or not _SHA256.match(str(entry.get("sha256", ""))))
+        if unchecked:
+            raise WrongModelError(
+                f"config.json of {self.label} lists {', '.join(unchecked)} without a sha256 (64 hex digits), so "
+                "they cannot be checked: re-save the model with save_pretrained (or push_to_hub), which records one "
+                "for every file"
+            )
         if int(config.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
             raise WrongModelError(f"{self.label} uses layout format {config['format_version']}, newer than this "
                                   f"version of the zoo understands ({FORMAT_VERSION}): upgrade clusvpr-zoo")
@@ -124,14 +139,19 @@ class Snapshot:
             warnings.warn(f"{self.label} has no model-zoo config.json: {name} is loaded without a sha256 check",
                           stacklevel=3)
             return path
-        expected = files[name]["sha256"]
+        entry = files[name]
+        expected = str(entry.get("sha256", "")) if isinstance(entry, dict) else ""
+        if not _SHA256.match(expected):
+            raise WrongModelError(f"config.json of {self.label} lists {name} without a sha256 (64 hex digits), so it "
+                                  "cannot be checked: re-save the model with save_pretrained (or push_to_hub)")
         digest = sha256_file(path)
         if digest != expected:
             where = self._evict(path)
-            raise TamperedFileError(
-                f"{name} of {self.label} has sha256 {digest}, but config.json records {expected}: the "
-                f"file was changed after it was saved, or corrupted in transfer or on disk. {where} Do not use "
-                "this file; download again, and if the mismatch persists, tell the repository owner."
+            raise CorruptedFileError(
+                f"{name} of {self.label} has sha256 {digest}, but config.json records {expected}: a corrupted or "
+                f"mismatched file (damaged in transfer or on disk, or not the file that config.json was saved with). "
+                f"{where} Do not use this file; download again, and if the mismatch persists, tell the repository "
+                "owner."
             )
         return path
 
@@ -149,8 +169,8 @@ class Snapshot:
             return
         if actual != blob:
             where = self._evict(path)
-            raise TamperedFileError(f"the cached config.json of {self.label} does not match the checksum the Hub "
-                                    f"sent ({blob}): it was changed or corrupted on disk. {where} Load it again.")
+            raise CorruptedFileError(f"the cached config.json of {self.label} does not match the checksum the Hub "
+                                     f"sent ({blob}): a corrupted or mismatched file on disk. {where} Load it again.")
 
     def _evict(self, path: Path) -> str:
         """Delete a bad cached download (snapshot link and blob); a user's own folder is left alone."""

@@ -28,8 +28,15 @@ class NotLoggedInError(HubError, PermissionError):
     """Pushing needs a token with write access and none was found, or the Hub rejected it."""
 
 
-class TamperedFileError(HubError):
-    """A file's sha256 differs from the value recorded at push time; the bad copy is never used."""
+class CorruptedFileError(HubError):
+    """A file's sha256 differs from the one config.json records: a corrupted or mismatched file, never used.
+
+    The sha256 list travels beside the files, so it detects damage in transfer or on disk and files that do not
+    belong to that config.json; it cannot tell a deliberate change (whoever can change a file can change the list).
+    """
+
+
+TamperedFileError = CorruptedFileError  # the earlier name, kept so existing code that catches it still works
 
 
 class WrongModelError(HubError, ValueError):
@@ -41,6 +48,7 @@ class IncompatibleWeightsError(HubError, ValueError):
 
 
 __all__ = [
+    "CorruptedFileError",
     "FileNotInRepoError",
     "HubError",
     "HubOfflineError",

@@ -18,18 +18,32 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or read."""
 
 
+# what torch's C++ writer says when a write stops short (a full disk or quota); it raises RuntimeError, not OSError
+_SHORT_WRITE = ("unexpected pos", "file write failed", "iostream error")
+
+
+def _disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in _SHORT_WRITE)
+
+
 def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:
     """torch.save `state` (tensors and plain Python values only) to `path` through a temporary file."""
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
             torch.save({"format": FORMAT, **state}, tmp)
-    except OSError as err:
-        kept = f"the previous {path.name} is intact" if path.is_file() else f"no earlier {path.name} exists"
-        why = "the disk is full" if err.errno == errno.ENOSPC else f"the write failed ({err})"
+    except (OSError, RuntimeError) as err:
+        if not isinstance(err, OSError) and not _disk_full(err):
+            raise
+        kept = (f"the last good {path.name} is kept unchanged" if path.is_file()
+                else f"no earlier {path.name} exists")
+        why = (f"the disk is full ({type(err).__name__}: {err})" if _disk_full(err)
+               else f"the write failed ({type(err).__name__}: {err})")
         raise CheckpointError(
-            f"could not write checkpoint {path}: {why}; {kept}. Free space (or fix the folder) and continue the "
-            "run with --resume"
+            f"could not write checkpoint {path}: {why}; {kept}. Free space on that disk (or fix the folder), then "
+            "continue the run with the same command plus --resume"
         ) from err
 
 

@@ -4,6 +4,11 @@ Output folder: the Hub layout (config.json, model.safetensors, centroids.h5, pca
 training ends, and `train/` with `checkpoint.pt` (last epoch), `best.pt` (best validation model) and
 `log.jsonl`. Random streams are derived from (seed, generation, epoch, rank), so a resumed run draws
 the same numbers as an uninterrupted one.
+
+One atomic write commits an epoch: `checkpoint.pt` holds the training state, the best model and the whole
+history. `best.pt` and `log.jsonl` are views of it, rewritten (atomically) after each commit and again on
+resume, so a kill between any two writes loses nothing and never mixes two epochs. Temporary files and
+staging folders a kill leaves behind are removed when a run starts or resumes.
 """
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import gc
 import json
 import math
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -22,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._atomic import atomic_path
 from ..datasets.base import VPRDataset
 from ..evaluation.recall import recall_at_n
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -36,6 +44,7 @@ from .sources import ImageSource, Source, stack_items, tuple_loader
 PathLike = Union[str, os.PathLike]
 Callback = Callable[["Trainer", Dict[str, Any]], None]
 CENTROIDS = "centroids.h5"
+CHECKPOINT, BEST, LOG, SUMMARY = "checkpoint.pt", "best.pt", "log.jsonl", "summary.json"
 
 
 class _Step(nn.Module):
@@ -103,6 +112,7 @@ class Trainer:
         self.scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
         self.generation, self.epoch = 0, 0
         self.best: Dict[str, Any] = {"score": -math.inf}
+        self.best_model: Optional[Dict[str, torch.Tensor]] = None  # CPU copy of the best weights so far
         self.history: List[Dict[str, Any]] = []
         self.whitening_selection: Optional[Dict[str, Any]] = None
 
@@ -273,7 +283,7 @@ class Trainer:
     def _start_generation(self) -> None:
         """Fresh optimiser; from generation 1 on, start from the best model so far, which is also the teacher."""
         if self.generation > 0:
-            self.model.load_state_dict(load_checkpoint(self.train_dir / "best.pt")["model"])
+            self.model.load_state_dict(self._best_weights())
         teacher = None
         if self.recipe.uses_teacher(self.generation):
             teacher = copy.deepcopy(self.model).eval()
@@ -286,12 +296,20 @@ class Trainer:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "generation": self.generation, "epoch": self.epoch,
-            "best": self.best, "history": self.history, "prev_negatives": torch.from_numpy(self.miner.prev_negatives),
+            "best": self.best, "best_model": self.best_model, "history": self.history,
+            "prev_negatives": torch.from_numpy(self.miner.prev_negatives),
             "teacher": teacher.state_dict() if teacher is not None else None, "config": self.cfg.to_dict(),
         }
 
+    def _best_weights(self) -> Dict[str, torch.Tensor]:
+        """The best model's weights (the current ones before any epoch was measured)."""
+        return self.best_model if self.best_model is not None else self.model.state_dict()
+
+    def _keep_best(self) -> None:
+        self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
     def _restore(self) -> None:
-        state = load_checkpoint(self.train_dir / "checkpoint.pt")
+        state = load_checkpoint(self.train_dir / CHECKPOINT)
         # an option the checkpoint predates had its default value then
         saved = {**TrainConfig().to_dict(), **state["config"]}
         changed = [k for k in RESUME_CRITICAL if saved.get(k) != self.cfg.to_dict().get(k)]
@@ -303,6 +321,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.generation, self.epoch = int(state["generation"]), int(state["epoch"])
         self.best, self.history = state["best"], list(state["history"])
+        self.best_model = state.get("best_model")
+        if self.best_model is None and (self.train_dir / BEST).is_file():  # a checkpoint of an earlier version
+            self.best_model = load_checkpoint(self.train_dir / BEST)["model"]
         self.miner.prev_negatives = state["prev_negatives"].numpy().copy()
         if state["teacher"] is not None:
             teacher = copy.deepcopy(self.model)
@@ -316,18 +337,16 @@ class Trainer:
             attach_cluster_source(self.model.aggregator, self.output / CENTROIDS)
 
     def _record_start(self) -> None:
-        """Validate the initial model as epoch 0, so training that only degrades it cannot win the selection."""
+        """Validate the initial model as epoch 0, so training that only degrades it cannot win the selection.
+
+        Commits the epoch-0 state, so a run killed later always resumes from a checkpoint."""
         recalls = self.validate()
-        if not recalls:
-            return
-        self.best = {"score": recalls[self.cfg.select_by], "generation": 0, "epoch": 0, "recalls": recalls}
-        self.history.append({"generation": 0, "epoch": 0, **{f"val_{k}": v for k, v in recalls.items()},
-                             "best": True})
-        if self.ctx.is_main:
-            save_checkpoint(self.train_dir / "best.pt", {"model": self.model.state_dict(), **self.best})
-            with open(self.train_dir / "log.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(self.history[-1]) + "\n")
-        self.ctx.barrier()
+        if recalls:
+            self.best = {"score": recalls[self.cfg.select_by], "generation": 0, "epoch": 0, "recalls": recalls}
+            self._keep_best()
+            self.history.append({"generation": 0, "epoch": 0, **{f"val_{k}": v for k, v in recalls.items()},
+                                 "best": True})
+        self._commit()
 
     def _end_epoch(self, losses: Dict[str, float], seconds: float) -> None:
         self.scheduler.step()
@@ -339,18 +358,43 @@ class Trainer:
         improved = score > self.best["score"]
         if improved:
             self.best = {"score": score, "generation": self.generation, "epoch": self.epoch, "recalls": recalls}
+            self._keep_best()
         record["best"] = improved
         self.history.append(record)
+        self._commit(best_changed=improved)
         if self.ctx.is_main:
-            if improved:
-                save_checkpoint(self.train_dir / "best.pt", {"model": self.model.state_dict(), **self.best})
-            save_checkpoint(self.train_dir / "checkpoint.pt", self._state())
-            with open(self.train_dir / "log.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
             tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        self.ctx.barrier()
         for cb in self.callbacks:
             cb(self, record)
+
+    def _commit(self, best_changed: bool = True) -> None:
+        """Write checkpoint.pt (the one atomic commit of this epoch), then its views best.pt and log.jsonl."""
+        if self.ctx.is_main:
+            save_checkpoint(self.train_dir / CHECKPOINT, self._state())
+            self._write_views(best_changed)
+        self.ctx.barrier()
+
+    def _write_views(self, best: bool = True) -> None:
+        """best.pt and log.jsonl as the committed checkpoint says (each written atomically, rank 0 only)."""
+        if best and self.best_model is not None:
+            save_checkpoint(self.train_dir / BEST, {"model": self.best_model, **self.best})
+        with atomic_path(self.train_dir / LOG) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8")
+
+    def remove_stale_files(self) -> List[Path]:
+        """Delete the temporary files and staging folders a killed run left (rank 0); returns what was removed."""
+        if not self.ctx.is_main:
+            return []
+        found = [p for folder in (self.train_dir, self.output) if folder.is_dir() for p in folder.glob(".*.tmp")]
+        if self.output.parent.is_dir():  # save_pretrained stages the layout beside the output folder (mkdtemp)
+            staged = re.compile(rf"\.{re.escape(self.output.name)}\.[a-z0-9_]{{8}}\.tmp")
+            found += [p for p in self.output.parent.glob(f".{self.output.name}.*.tmp") if staged.fullmatch(p.name)]
+        for path in found:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return found
 
     # ---- the run -----------------------------------------------------------------------------------------
     def fit(self, resume: bool = False, require_initialised_clusters: bool = True) -> Dict[str, Any]:
@@ -358,14 +402,21 @@ class Trainer:
         start = time.time()
         if resume:
             self._restore()
+            self.remove_stale_files()
+            if self.ctx.is_main:
+                self._write_views()  # a kill after the last commit may have left them one epoch behind
         else:
-            if (self.train_dir / "checkpoint.pt").exists():
-                raise FileExistsError(f"{self.train_dir / 'checkpoint.pt'} exists: pass --resume to continue that "
+            if (self.train_dir / CHECKPOINT).exists():
+                raise FileExistsError(f"{self.train_dir / CHECKPOINT} exists: pass --resume to continue that "
                                       "run, or choose another --output folder")
             if require_initialised_clusters:
                 require_clusters(self.model, self.model.config.get("architecture", "the model"))
             if self.ctx.is_main:
                 self.train_dir.mkdir(parents=True, exist_ok=True)
+                self.remove_stale_files()
+                for view in (BEST, LOG):  # left by a run killed before its first commit
+                    (self.train_dir / view).unlink(missing_ok=True)
+            self.ctx.barrier()
             self._start_generation()
             self._record_start()
         while self.generation < self.cfg.generations:
@@ -381,7 +432,7 @@ class Trainer:
 
     def _finish(self, seconds: float) -> Dict[str, Any]:
         """Best model, PCA-whitening fit, final validation, Hub layout (rank 0 writes; others return)."""
-        self.model.load_state_dict(load_checkpoint(self.train_dir / "best.pt")["model"])
+        self.model.load_state_dict(self._best_weights())
         if getattr(self.model, "whitening", None) is not None:
             n = self.train_set.num_db + self.train_set.num_queries
             rng = np.random.default_rng(self.cfg.seed)
@@ -396,7 +447,8 @@ class Trainer:
             summary["whitening_selection"] = self.whitening_selection
         if self.ctx.is_main:
             self.model.save_pretrained(self.output, training=self.training_facts(), recalls=self._recall_facts(summary))
-            (self.train_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            with atomic_path(self.train_dir / SUMMARY) as tmp:
+                tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         self.ctx.barrier()
         return summary
 

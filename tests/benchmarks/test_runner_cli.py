@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from runner_support import BENCHMARKS, load_runner, runner_module
+from runner_support import BENCHMARKS, REPO, load_runner, runner_module
 
 
 def test_help_runs_as_a_script_and_documents_every_option():
@@ -37,6 +37,9 @@ def test_named_datasets_keep_each_models_input_size_unless_one_is_given():
 BAD = [
     (["--models", "clusvpr,nosuchmodel"], "unknown model 'nosuchmodel'; closest valid names"),
     (["--models", "clusvpr,clusvpr"], "lists a model twice"),
+    (["--models", "gem,gem_vgg16"], "--models 'gem' and 'gem_vgg16' are the same model (gem_vgg16): list it once"),
+    (["--datasets", f"corridor,vprbench:{REPO / 'registry' / 'data' / 'corridor'}"], "are the same dataset"),
+    (["--datasets", "aligned:/no/such/traversal"], "/no/such/traversal does not exist"),
     (["--models", "./no/such/folder"], "neither an existing directory nor a Hub repository id"),
     (["--models", "netvlad=./no/such/folder"], "neither an existing directory nor a Hub repository id"),
     (["--models", "nosuch=org/repo"], "unknown model 'nosuch'"),
@@ -73,3 +76,21 @@ def test_cuda_request_without_cuda_is_refused(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         load_runner().parse_args(["--device", "cuda"])
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_cannot_be_created_fails_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as exc:
+        load_runner().main(["--output-dir", str(blocker / "out")])
+    assert exc.value.code == 2
+    assert f"cannot be written: {blocker} is a file, so no folder can be created" in capsys.readouterr().err
+
+
+def test_a_mistyped_local_model_folder_is_not_taken_for_a_hub_repository(tmp_path, monkeypatch, capsys):
+    (tmp_path / "models" / "gem_trained").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        load_runner().main(["--models", "models/gem_typo", "--output-dir", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert "'models/gem_typo' is not an existing directory (models/ exists here" in capsys.readouterr().err

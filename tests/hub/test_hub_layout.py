@@ -88,16 +88,28 @@ def test_resave_removes_files_the_model_no_longer_has(tiny, tmp_path, tiny_model
     assert sorted(os.listdir(folder)) == ["README.md", "config.json", "model.safetensors"]
 
 
-def test_tampered_file_in_a_folder_is_refused(tiny, tmp_path):
+def test_a_corrupted_file_in_a_folder_is_refused(tiny, tmp_path):
     model, _ = tiny
     folder = hub.save_pretrained(model, tmp_path / "m")
     weights = folder / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(hub.TamperedFileError, match="model.safetensors.*sha256"):
+    with pytest.raises(hub.CorruptedFileError, match="model.safetensors.*sha256.*a corrupted or mismatched file"):
         hub.from_pretrained(folder)
     assert weights.read_bytes() == bytes(data)  # a user's own folder is reported, not modified
+
+
+def test_a_mismatched_file_from_another_save_is_refused_under_either_name(tiny, tmp_path):
+    model, _ = tiny
+    folder = hub.save_pretrained(model, tmp_path / "m")
+    with torch.no_grad():
+        model.aggregator.centroids.add_(1.0)
+    other = hub.save_pretrained(model, tmp_path / "other")
+    (folder / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())  # valid, but not this one
+    with pytest.raises(hub.TamperedFileError, match="corrupted or mismatched") as caught:  # the earlier name
+        hub.from_pretrained(folder)
+    assert type(caught.value) is hub.CorruptedFileError and hub.TamperedFileError is hub.CorruptedFileError
 
 
 def test_config_of_another_model_is_refused(tiny, tmp_path):
@@ -206,3 +218,60 @@ def test_card_facts_survive_a_save_load_save_cycle(tiny, tmp_path):
     again = hub.save_pretrained(hub.from_pretrained(first), tmp_path / "b")
     config = json.loads((again / "config.json").read_text())
     assert config["recalls"] == recalls and config["training"] == {"datasets": ["pitts30k"]}
+
+
+def test_identical_weights_give_byte_identical_files(tiny, tmp_path):
+    model, _ = tiny
+    digests = set()
+    for i in range(8):  # safetensors writes its metadata in hash-map order, which varies from one save to the next
+        folder = hub.save_pretrained(model, tmp_path / f"m{i}")
+        digests.add(tuple(hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in sorted(os.listdir(folder))))
+    assert len(digests) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m0" / "model.safetensors"), "pt") as fh:
+        assert fh.metadata() == {"architecture": model.name, "format": "pt"}
+
+
+def _edit_config(folder, edit):
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("key,value", [("pretrained", "SELF"), ("backbone_weights", "/etc/hostname"),
+                                       ("backbone_weights", "imagenet"), ("cache_dir", "/tmp")])
+def test_a_config_may_not_name_weights_or_files_to_load(tiny, tmp_path, key, value):
+    model, _ = tiny
+    folder = hub.save_pretrained(model, tmp_path / "m")
+    _edit_config(folder, lambda c: c["model_args"].update({key: str(folder) if value == "SELF" else value}))
+    with pytest.raises(hub.WrongModelError, match=f"sets model_args \\['{key}'\\], which are not architecture "
+                                                  r"arguments.*valid: .*num_clusters.*whitening_dim"):
+        registry.VPRModel.from_pretrained(str(folder))
+
+
+def test_architecture_arguments_in_a_config_still_load(tiny, tmp_path):
+    model, images = tiny
+    folder = hub.save_pretrained(model, tmp_path / "m")
+    assert set(json.loads((folder / "config.json").read_text())["model_args"]) <= set(
+        registry.factory.architecture_args(model.name))
+    assert torch.equal(outputs(registry.VPRModel.from_pretrained(str(folder)), images), outputs(model, images))
+
+
+@pytest.mark.parametrize("entry", [{"size": 10}, "not a dict", {"sha256": "abc"}])
+def test_a_files_entry_without_a_sha256_is_a_clear_error(tiny, tmp_path, entry):
+    model, _ = tiny
+    folder = hub.save_pretrained(model, tmp_path / "m")
+    _edit_config(folder, lambda c: c["files"].update({"pca.h5": entry}))
+    with pytest.raises(hub.WrongModelError, match="lists pca.h5 without a sha256.*re-save"):
+        registry.VPRModel.from_pretrained(str(folder))
+    with pytest.raises(hub.WrongModelError, match="lists pca.h5 without a sha256"):
+        hub.pull_pca(str(folder))
+
+
+def test_a_mistyped_local_folder_is_not_taken_for_a_hub_repository(tiny, tmp_path, monkeypatch, tiny_model_name):
+    model, _ = tiny
+    model.save_pretrained(tmp_path / "models" / "trained")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="'models/trainde' is not an existing directory .models/ exists here"):
+        registry.create(tiny_model_name, pretrained="models/trainde")  # no Hub request (the loopback guard)

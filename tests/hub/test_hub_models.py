@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import registry
+import registry.hub as hub
 
 from .helpers import TOKEN, initialise, outputs
 
@@ -89,3 +90,21 @@ def test_torch_hub_pretrained_without_published_weights_says_so(hub_server):
     with pytest.raises(registry.NotPublishedError, match="published"):
         torch.hub.load(str(ROOT), "clusvpr_vgg16", source="local", pretrained=True)
     assert hub_server.count() == 0
+
+
+def test_timm_refuses_a_config_that_names_weights_to_load(tmp_path):
+    import json
+
+    import timm
+
+    import clusvpr_plugin  # noqa: F401  (registers the timm entry points)
+
+    model, _ = small("gem_vgg16")
+    folder = model.save_pretrained(tmp_path / "gem")
+    assert timm.create_model(f"local-dir:{folder}").input_config["input_size"] == (3, 64, 64)  # its model_args
+    config = json.loads((folder / "config.json").read_text())
+    config["model_args"]["backbone_weights"] = "imagenet"  # would download, or read any local file
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hub.WrongModelError, match=r"sets model_args \['backbone_weights'\], which are not "
+                                                  "architecture arguments"):
+        timm.create_model(f"local-dir:{folder}")

@@ -101,13 +101,13 @@ def test_pretrained_true_uses_the_pinned_default_repo(hub_server, tiny, tiny_mod
     assert torch.equal(outputs(registry.create(tiny_model_name, pretrained=True), images), before)
 
 
-def test_tampered_file_on_the_hub_is_refused_and_not_kept(hub_server, tiny, tmp_path):
+def test_a_changed_file_on_the_hub_is_refused_and_not_kept(hub_server, tiny, tmp_path):
     model, _ = tiny
     _push(model)
     good = hub_server.file_bytes(REPO, "model.safetensors")
     bad = good[:-4] + b"\x00\x00\x00\x00"
     hub_server.tamper(REPO, "model.safetensors", bad)
-    with pytest.raises(hub.TamperedFileError, match="model.safetensors.*deleted from the Hugging Face cache"):
+    with pytest.raises(hub.CorruptedFileError, match="model.safetensors.*deleted from the Hugging Face cache"):
         hub.from_pretrained(REPO)
     cache = tmp_path / "hf_home" / "hub"
     assert hashlib.sha256(bad).hexdigest() not in {hashlib.sha256(p.read_bytes()).hexdigest()
@@ -123,7 +123,7 @@ def test_corrupted_cache_file_is_detected_and_downloaded_again(hub_server, tiny,
     cache = tmp_path / "hf_home" / "hub"
     blob = max(_cached_blobs(cache), key=lambda p: p.stat().st_size)  # model.safetensors
     blob.write_bytes(blob.read_bytes()[:-1] + b"\x01")
-    with pytest.raises(hub.TamperedFileError):
+    with pytest.raises(hub.CorruptedFileError):
         hub.from_pretrained(REPO)
     assert not blob.exists()
     assert torch.equal(outputs(hub.from_pretrained(REPO), images), outputs(model, images))
@@ -136,7 +136,7 @@ def test_corrupted_cached_config_is_detected_and_downloaded_again(hub_server, ti
     config = next((tmp_path / "hf_home" / "hub").rglob("snapshots/*/config.json"))
     blob = config.resolve()
     blob.write_text(blob.read_text().replace('"num_features": 8', '"num_features": 9'))
-    with pytest.raises(hub.TamperedFileError, match="cached config.json"):
+    with pytest.raises(hub.CorruptedFileError, match="cached config.json"):
         hub.from_pretrained(REPO)
     assert torch.equal(outputs(hub.from_pretrained(REPO), images), outputs(model, images))
 

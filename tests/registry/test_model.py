@@ -159,3 +159,51 @@ def test_attention_maps_cover_the_feature_grid(name, keys):
     if name == "clusvpr_vgg16":
         w = maps["cwt_cluster_weights"]
         assert w.min() >= 0 and w.max() <= 1
+
+
+@pytest.mark.parametrize("name", ["netvlad_vgg16", "gem_vgg16", "clusvpr_vgg16"])
+def test_an_image_smaller_than_the_backbone_allows_is_a_value_error_naming_the_expected_input(name):
+    model = registry.create(name, **SMALL)
+    with pytest.raises(ValueError, match=r"images of 8x8 are too small .*expected \(N, 3, H, W\) with H and W >= "
+                                         r"(16|32) \(its input size is \(64, 96\)\)"):
+        model(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_inf_images_are_a_value_error(value):
+    model = registry.create("gem_vgg16", **SMALL)
+    x = torch.randn(2, 3, 64, 96)
+    x[1, 2, 5, 7] = value
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model(x)
+
+
+def test_float64_images_give_the_float32_descriptors_of_the_same_values(small_input):
+    model = registry.create("netvlad_vgg16", **SMALL)
+    with torch.no_grad():
+        assert torch.equal(model(small_input.double()), model(small_input))
+
+
+@pytest.mark.parametrize("name,dim", [("netvlad_vgg16", 64 * 512), ("gem_vgg16", 512), ("gem_resnet50", 1024),
+                                      ("clusvpr_vgg16", 64 * 128)])
+def test_an_empty_batch_gives_zero_descriptors_for_every_model(name, dim):
+    out = registry.create(name, **SMALL)(torch.empty(0, 3, 64, 96))
+    assert out.shape == (0, dim) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name,override,message", [
+    ("netvlad_vgg16", {"num_clusters": 0}, "num_clusters must be >= 1, got 0"),
+    ("clusvpr_vgg16", {"num_clusters": 0}, "num_clusters must be >= 1, got 0"),
+    ("netvlad_vgg16", {"whitening_dim": 0}, "whitening_dim must be >= 1, or None"),
+    ("gem_vgg16", {"input_size": (8, 8)}, r"input_size \(8, 8\) is too small .*both sides must be >= 16"),
+    ("clusvpr_vgg16", {"input_size": (16, 640)}, r"needs a feature map of at least 2x2, so both sides must be >= 32"),
+])
+def test_impossible_architectures_are_refused_at_creation(name, override, message):
+    with pytest.raises(ValueError, match=message):
+        registry.create(name, **override)
+
+
+def test_an_unknown_keyword_lists_the_valid_names():
+    with pytest.raises(TypeError, match=r"clusvpr_vgg16 got unexpected argument\(s\) num_cluster; valid: .*"
+                                        r"backbone_weights.*cwt_depth.*num_clusters.*whitening_dim"):
+        registry.create("clusvpr", num_cluster=32)

@@ -64,3 +64,16 @@ def test_missing_folder_is_named(tmp_path):
     write_images(tmp_path / "database", NAMES)
     with pytest.raises(FileNotFoundError, match=r"aligned-traversal query \('queries'\) folder not found"):
         load_aligned(tmp_path)
+
+
+@pytest.mark.parametrize("folder", ["database", "queries"])
+def test_two_images_of_one_place_are_refused_not_one_picked(aligned_root, folder):
+    write_images(aligned_root / folder, ["images-00030.jpg"])
+    with pytest.raises(ValueError, match=f"{folder} holds two images of place 'images-00030' "
+                                         r"\(images-00030.(png|jpg) and images-00030.(png|jpg)\)"):
+        load_aligned(aligned_root)
+
+
+def test_a_missing_aligned_folder_is_said_not_to_exist(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'missing'} does not exist"):
+        load_dataset(f"aligned:{tmp_path / 'missing'}")

@@ -4,7 +4,7 @@ import pytest
 from miniature import write_images
 
 from registry.datasets import load_dataset
-from registry.datasets.vprbench import load_vprbench
+from registry.datasets.vprbench import UnsafeGroundTruthError, load_vprbench
 
 
 def write_gt(path, rows):
@@ -54,4 +54,70 @@ def test_duplicate_query_row_is_reported(bench_root):
 def test_missing_ground_truth_is_named(bench_root):
     (bench_root / "ground_truth_new.npy").unlink()
     with pytest.raises(FileNotFoundError, match=r"ground truth .*ground_truth_new.npy not found"):
+        load_vprbench(bench_root)
+
+
+class _RunsAShellCommand:
+    """A pickle payload: unpickling it calls os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _write_crafted_gt(path, marker):
+    gt = np.empty((1, 2), dtype=object)
+    gt[0, 0], gt[0, 1] = 0, _RunsAShellCommand(marker)
+    np.save(path, gt, allow_pickle=True)
+
+
+def test_a_crafted_ground_truth_runs_no_code(bench_root, tmp_path_factory):
+    marker = tmp_path_factory.mktemp("marker") / "ran"
+    _write_crafted_gt(bench_root / "ground_truth_new.npy", marker)
+    with pytest.raises(UnsafeGroundTruthError, match="posix.system|os.system|rebuild .*system.*may be crafted"):
+        load_dataset(str(bench_root))  # layout detected, as benchmarks/run.py --datasets FOLDER does
+    assert not marker.exists()
+
+
+def test_the_restricted_reader_still_reads_numpy_integer_rows(bench_root):
+    gt = np.empty((2, 2), dtype=object)
+    gt[0, 0], gt[0, 1] = np.int64(0), np.array([1, 2], dtype=np.int32)
+    gt[1, 0], gt[1, 1] = 2, [np.int64(3)]
+    np.save(bench_root / "ground_truth_new.npy", gt, allow_pickle=True)
+    assert [p.tolist() for p in load_vprbench(bench_root).positives] == [[1, 2], [], [3]]
+
+
+def test_only_the_documented_ground_truth_name_is_detected(bench_root, tmp_path_factory):
+    marker = tmp_path_factory.mktemp("marker") / "ran"
+    (bench_root / "ground_truth_new.npy").unlink()
+    _write_crafted_gt(bench_root / "notes.npy", marker)
+    with pytest.raises(FileNotFoundError, match="notes.npy; they are not read unless named"):
+        load_dataset(str(bench_root))
+    assert not marker.exists()
+
+
+def test_embedded_corridor_ground_truth_reads_without_pickle(bench_root):
+    from registry.datasets.loader import EMBEDDED_DATA
+    from registry.datasets.vprbench import GT_NAME, load_npy_safely
+
+    safe = load_npy_safely(EMBEDDED_DATA / "corridor" / GT_NAME)
+    trusted = np.load(EMBEDDED_DATA / "corridor" / GT_NAME, allow_pickle=True)  # shipped with the package
+    assert safe.shape == trusted.shape == (111, 2)
+    assert [(int(a), list(b)) for a, b in safe] == [(int(a), list(b)) for a, b in trusted]
+
+
+@pytest.mark.parametrize("rows, where", [([(0, [0, 1.0])], "reference index 1.0"), ([(0.0, [0])], "query 0.0")])
+def test_float_indices_are_refused_not_truncated(bench_root, rows, where):
+    write_gt(bench_root / "ground_truth_new.npy", rows)
+    with pytest.raises(ValueError, match=f"{where}.*not an integer"):
+        load_vprbench(bench_root)
+
+
+def test_a_float_array_ground_truth_is_refused(bench_root):
+    np.save(bench_root / "ground_truth_new.npy", np.array([[0.0, 1.5]]))
+    with pytest.raises(ValueError, match="query 0.0.*not an integer"):
         load_vprbench(bench_root)

@@ -126,3 +126,21 @@ def test_init_and_cluster_seeds_split_from_the_training_seed(tiny_roots, tmp_pat
     assert other_clusters.cfg.seed_of_clusters() == 1
     after = centres(other_clusters, "clusters")
     assert any(not torch.equal(after[k], c_base[k]) for k in c_base)
+
+
+def test_an_output_folder_that_cannot_be_created_fails_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["--model", "netvlad", "--output", str(blocker / "run")])
+    assert exit_info.value.code == 2
+    assert f"--output {blocker / 'run'} cannot be written: {blocker} is a file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_a_read_only_output_folder_fails_before_any_work(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(SystemExit):
+        train_cli.main(["--model", "netvlad", "--output", str(locked / "run")])
+    assert "no permission to write" in capsys.readouterr().err
