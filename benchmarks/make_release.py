@@ -36,7 +36,7 @@ REFERENCE_IMAGES = {  # fixed embedded images whose descriptors the tests compar
     "corridor_query_0000000": "registry/data/corridor/query/0000000.jpg",
     "nordland_winter_20010": "registry/data/nordland_test/winter/images-20010.png",
 }
-CENTROID_SAMPLE = 2000
+CENTROID_SAMPLE = 500
 TEST_SETS = ("nordland_test", "corridor")
 VAL_SET = "nordland_val"
 NORDLAND = ("{n} winter frames (queries) against the {n} summer frames (database) of places {a}..{b} of the trimmed "
@@ -143,7 +143,7 @@ def bundle(name: str, runs: List[Path], tag: str, data_root: Optional[str], out_
     REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
     np.savez(REFERENCE_DIR / f"{release_name}.npz", **reference_descriptors(fp32))
     size = sum(p.stat().st_size for p in target.iterdir())
-    return {"release": release_name, "folder": str(target.relative_to(ROOT)), "chosen": chosen.name,
+    return {"release": release_name, "folder": str(target), "chosen": chosen.name,
             "scores": {r.name: scores[r] for r in runs}, "fp32": summary["test"], "fp16": recalls,
             "bytes": size, "eval_seconds": round(time.time() - start, 1)}
 

@@ -64,7 +64,8 @@ def publish(namespace: str, names: Optional[Sequence[str]] = None, token: Option
     pins = {}
     for full, folder in bundled_releases(names).items():
         model = registry.VPRModel.from_pretrained(str(folder))
-        dtype = model.config.get("weights_dtype")  # stored precision of the bundled copy, kept on the Hub
+        # the bundled copy's stored precision, kept on the Hub
+        dtype = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("weights_dtype")
         repo_id = f"{namespace}/{repo_name(full)}"
         commit = model.push_to_hub(repo_id, token=token, endpoint=endpoint, private=private, dtype=dtype,
                                    commit_message=f"Release {full}")

@@ -36,9 +36,14 @@ def test_push_then_pull_is_bit_identical_for_every_model(hub_server, name):
 
 
 def _pin_default(monkeypatch, name: str, repo: str, commit: str) -> None:
-    """Make `name`'s registry default point at a test repo, pinned to a commit (as a published release would)."""
+    """Record a published pin for `name`'s default release (as benchmarks/publish.py --record does): it takes
+    precedence over the bundled copy."""
     entry = registry._registry.get_entry(name)
-    monkeypatch.setattr(entry, "pretrained_cfg", {**entry.pretrained_cfg, "hf_hub_id": repo, "hf_hub_revision": commit})
+    tag = entry.default_release or "nordland"
+    bundled = entry.releases[tag].folder if tag in entry.releases else None
+    monkeypatch.setattr(entry, "releases", {**entry.releases,
+                                            tag: registry.Release(tag, bundled, f"{repo}@{commit}")})
+    monkeypatch.setattr(entry, "default_release", tag)
 
 
 def test_timm_hf_hub_loads_a_repo_this_project_pushed(hub_server):
@@ -65,14 +70,23 @@ def test_timm_pretrained_resolves_the_pinned_default_repo(hub_server, monkeypatc
     assert torch.equal(outputs(timm.create_model("netvlad_vgg16", pretrained=True), images), expected)
 
 
-def test_timm_pretrained_without_published_weights_says_so(hub_server):
+def test_timm_pretrained_without_released_weights_says_so(hub_server):
     import timm
 
     import clusvpr_plugin  # noqa: F401  (registers the timm entry points)
 
-    with pytest.raises(registry.NotPublishedError, match="published"):
-        timm.create_model("clusvpr_vgg16", pretrained=True)
+    with pytest.raises(registry.NotPublishedError, match="released"):
+        timm.create_model("gem_resnet50", pretrained=True)
     assert hub_server.count() == 0
+
+
+def test_pretrained_true_prefers_a_recorded_pin_over_the_bundled_release(hub_server, monkeypatch):
+    model, images = small("gem_vgg16", seed=3)
+    commit = model.push_to_hub("tester/gem-release", token=TOKEN)
+    _pin_default(monkeypatch, "gem_vgg16", "tester/gem-release", commit)
+    loaded = registry.create("gem_vgg16", pretrained=True)
+    assert loaded.config["source"] == f"tester/gem-release@{commit}"
+    assert torch.equal(outputs(loaded, images), outputs(model, images))
 
 
 def test_torch_hub_pretrained_pulls_through_the_same_code(hub_server, monkeypatch):
@@ -86,9 +100,9 @@ def test_torch_hub_pretrained_pulls_through_the_same_code(hub_server, monkeypatc
     assert torch.equal(outputs(by_default, images), expected)
 
 
-def test_torch_hub_pretrained_without_published_weights_says_so(hub_server):
-    with pytest.raises(registry.NotPublishedError, match="published"):
-        torch.hub.load(str(ROOT), "clusvpr_vgg16", source="local", pretrained=True)
+def test_torch_hub_pretrained_without_released_weights_says_so(hub_server):
+    with pytest.raises(registry.NotPublishedError, match="released"):
+        torch.hub.load(str(ROOT), "gem_resnet50", source="local", pretrained=True)
     assert hub_server.count() == 0
 
 

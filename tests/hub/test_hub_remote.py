@@ -96,9 +96,10 @@ def test_pretrained_true_uses_the_pinned_default_repo(hub_server, tiny, tiny_mod
     before = outputs(model, images)
     _push(initialise(model, seed=1))  # main moves on; the default stays pinned
     entry = registry._registry.get_entry(tiny_model_name)
-    monkeypatch.setattr(entry, "pretrained_cfg", {**entry.pretrained_cfg, "hf_hub_id": REPO,
-                                                  "hf_hub_revision": pinned})
+    monkeypatch.setattr(entry, "releases", {"demo": registry.Release("demo", None, f"{REPO}@{pinned}")})
+    monkeypatch.setattr(entry, "default_release", "demo")
     assert torch.equal(outputs(registry.create(tiny_model_name, pretrained=True), images), before)
+    assert torch.equal(outputs(registry.create(f"{tiny_model_name}.demo", pretrained=True), images), before)
 
 
 def test_a_changed_file_on_the_hub_is_refused_and_not_kept(hub_server, tiny, tmp_path):
@@ -267,11 +268,16 @@ def test_private_repo_needs_a_token_to_pull(hub_server, tiny):
     assert torch.equal(outputs(hub.from_pretrained(REPO, token=TOKEN), images), outputs(model, images))
 
 
-@pytest.mark.parametrize("name", ["clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16", "gem_resnet50"])
-def test_unpublished_default_weights_raise_a_clear_error(hub_server, name):
-    with pytest.raises(registry.NotPublishedError, match="published.*train.*pretrained='org/name"):
-        registry.create(name, pretrained=True)
+def test_a_model_without_a_release_raises_a_clear_error_and_touches_no_network(hub_server):
+    with pytest.raises(registry.NotPublishedError, match="released.*train.*pretrained='org/name"):
+        registry.create("gem_resnet50", pretrained=True)
     assert hub_server.count() == 0
+
+
+def test_an_unpinned_published_release_is_refused(tmp_path):
+    (tmp_path / "published.json").write_text('{"gem_vgg16.demo": "org/gem"}')
+    with pytest.raises(ValueError, match="not pinned.*40-hex"):
+        registry._registry.find_releases(tmp_path, "gem_vgg16")
 
 
 def test_centres_from_a_repo_of_the_reference_tools_load_with_a_warning(hub_server, tmp_path):

@@ -41,7 +41,8 @@ def test_model_info_reports_the_facts():
     assert info["backbone"] == "vgg16" and info["aggregator"] == "clusvpr"
     assert info["descriptor_dim"] == 4096 and info["input_size"] == (3, 480, 640)
     assert info["std"] == pytest.approx((1 / 255,) * 3)
-    assert "not published" in info["weights"]
+    assert "nordland" in info["weights"] and info["default_release"] == "clusvpr_vgg16.nordland"
+    assert "not released" in registry.model_info("gem_resnet50")["weights"]
 
 
 def test_plugin_is_declared_as_an_entry_point():

@@ -1,0 +1,72 @@
+"""benchmarks/publish.py against the loopback Hub: push every bundled release, pull it back bit-identical,
+record the pin, after which pretrained=True loads the Hub copy."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import registry
+
+from .helpers import TOKEN, outputs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def publish_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import publish
+
+        yield publish
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+@pytest.fixture
+def demo_release(tiny, tiny_model_name, tmp_path, monkeypatch):
+    """The tiny model bundled as release `<tiny>.demo` in half precision, registered as its only release."""
+    model, images = tiny
+    folder = model.save_pretrained(tmp_path / "releases" / f"{tiny_model_name}.demo", dtype="float16",
+                                   release={"name": f"{tiny_model_name}.demo", "trained_on": "nothing (a test)"})
+    entry = registry._registry.get_entry(tiny_model_name)
+    monkeypatch.setattr(entry, "releases", registry._registry.find_releases(folder.parent, tiny_model_name))
+    monkeypatch.setattr(entry, "default_release", "demo")
+    return folder, images
+
+
+def test_publish_round_trip_records_a_pin_that_pretrained_true_then_prefers(
+        hub_server, publish_module, demo_release, tiny_model_name, monkeypatch, capsys):
+    folder, images = demo_release
+    full = f"{tiny_model_name}.demo"
+    bundled = registry.create(full, pretrained=True)
+    assert bundled.config["source"] == f"bundled:{full}"
+
+    assert publish_module.main(["--namespace", "tester", "--releases", full, "--token", TOKEN, "--record"]) == 0
+    out = capsys.readouterr().out
+    pin = re.search(rf"{re.escape(full)} = (tester/\S+@[0-9a-f]{{40}})", out).group(1)
+    assert "bit-identical" in out and pin.startswith("tester/hubtest-tiny-netvlad-demo@")
+
+    table = json.loads((folder.parent / "published.json").read_text())
+    assert table == {full: pin}
+    entry = registry._registry.get_entry(tiny_model_name)
+    monkeypatch.setattr(entry, "releases", registry._registry.find_releases(folder.parent, tiny_model_name))
+    assert entry.release("demo").hub == pin and entry.release("demo").folder == folder
+    pulled = registry.create(full, pretrained=True)
+    assert pulled.config["source"] == pin
+    assert torch.equal(outputs(pulled, images), outputs(bundled, images))
+    repo, commit = pin.split("@")
+    from safetensors.torch import load
+
+    stored = load(hub_server.file_bytes(repo, "model.safetensors", commit))
+    assert {t.dtype for t in stored.values()} <= {torch.float16, torch.int64}
+
+
+def test_publish_refuses_an_unknown_release(publish_module, demo_release):
+    with pytest.raises(SystemExit, match="no bundled release named"):
+        publish_module.publish("tester", names=["nonexistent_vgg16.demo"], token=TOKEN)
