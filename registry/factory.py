@@ -9,14 +9,13 @@ from typing import Any, Dict, Optional, Tuple, Union
 from . import _registry
 from ._registry import ModelEntry, get_aggregator, get_backbone, register_model
 from .errors import NotPublishedError
+from .input_norm import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMS, resolve_input_norm
 from .model import VPRModel
 from .whitening import PCAWhitening
 
 # matconvnet VGG16 convention (NetVLAD/OpenIBL/ClusVPR): RGB on 0..255 minus the mean, no std scaling.
 VGG_MATCONVNET_MEAN = (0.485, 0.458, 0.408)
 VGG_MATCONVNET_STD = (1 / 255, 1 / 255, 1 / 255)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_INPUT_SIZE = (480, 640)
 _HUB_KWARGS = ("cache_dir", "local_files_only", "token", "endpoint", "revision")
 _REFERENCE_SUFFIXES = (".pth", ".tar", ".pt")
@@ -33,11 +32,16 @@ def build_vpr_model(
     mean: Tuple[float, ...] = VGG_MATCONVNET_MEAN,
     std: Tuple[float, ...] = VGG_MATCONVNET_STD,
     resize: str = "fixed",
+    input_norm: str = "native",
     pretrained_cfg: Optional[Dict[str, Any]] = None,
     model_args: Optional[Dict[str, Any]] = None,
     **aggregator_args: Any,
 ) -> VPRModel:
-    """Assemble backbone + aggregator (+ whitening) and attach the input config and the config.json facts."""
+    """Assemble backbone + aggregator (+ whitening) and attach the input config and the config.json facts.
+
+    `mean`/`std` are the backbone's own normalisation; `input_norm="imagenet"` makes the model take ImageNet-
+    normalised input instead (converted inside the model), and `input_config`/`pretrained_cfg` say so.
+    """
     h, w = (int(v) for v in input_size)
     if resize not in ("fixed", "longer_side"):
         raise ValueError(f"resize must be 'fixed' or 'longer_side', got {resize!r}")
@@ -51,6 +55,7 @@ def build_vpr_model(
         aggregator_args["feature_size"] = (h // stride, w // stride)
     agg = agg_factory(bb.out_channels, **aggregator_args)
     whitening = PCAWhitening(agg.out_dim, whitening_dim) if whitening_dim else None
+    mean, std, conversion = resolve_input_norm(input_norm, mean, std)
     input_config = {"input_size": (3, h, w), "mean": tuple(mean), "std": tuple(std), "resize": resize,
                     "interpolation": "bilinear"}
     cfg = dict(pretrained_cfg or {})
@@ -64,8 +69,9 @@ def build_vpr_model(
         "backbone_weights": "imagenet" if backbone_weights == "imagenet" else
         (Path(backbone_weights).name if backbone_weights else "random init"),
         "descriptor_dim": whitening_dim or agg.out_dim,
+        "input_norm": input_norm,
     }
-    return VPRModel(bb, agg, whitening, input_config, config)
+    return VPRModel(bb, agg, whitening, input_config, config, input_conversion=conversion)
 
 
 def _default_source(entry: ModelEntry) -> str:
@@ -86,7 +92,10 @@ def _default_source(entry: ModelEntry) -> str:
 
 
 def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overrides: Any) -> VPRModel:
-    """Build a registered model (eval mode); `pretrained` = True (default Hub repo, pinned), a repo, a dir or a checkpoint."""
+    """Build a registered model (eval mode); `pretrained` = True (default Hub repo, pinned), a repo, a dir or a checkpoint.
+
+    `input_norm="imagenet"` makes the model take ImageNet-normalised input (see registry.input_norm).
+    """
     entry = _registry.get_entry(name)
     hub_kwargs = {k: overrides.pop(k) for k in _HUB_KWARGS if k in overrides}
     if pretrained is True:
@@ -103,6 +112,7 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
 
         return hub.from_pretrained(src, architecture=entry.name, **hub_kwargs, **overrides).eval()
     return build(entry, overrides).eval()
+
 
 
 def build(entry: ModelEntry, overrides: Dict[str, Any]) -> VPRModel:
@@ -130,6 +140,7 @@ def model_info(name: str) -> Dict[str, Any]:
         "input_size": (3, h, w),
         "mean": tuple(args.get("mean", VGG_MATCONVNET_MEAN)),
         "std": tuple(args.get("std", VGG_MATCONVNET_STD)),
+        "input_norms": INPUT_NORMS,
         "weights": entry.pretrained_cfg.get("hf_hub_id") or "not published (train, or pass a repo/directory)",
         "description": entry.description,
     }

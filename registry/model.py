@@ -25,6 +25,7 @@ class VPRModel(nn.Module):
         whitening: Optional[PCAWhitening] = None,
         input_config: Optional[Dict[str, Any]] = None,
         config: Optional[Dict[str, Any]] = None,
+        input_conversion: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         if getattr(aggregator, "in_channels", backbone.out_channels) != backbone.out_channels:
@@ -36,10 +37,17 @@ class VPRModel(nn.Module):
         self.whitening = whitening
         self.input_config = dict(input_config or {})
         self.config = dict(config or {})
+        # input_norm="imagenet": maps the input's normalisation to the backbone's own (None: they agree)
+        self.input_conversion = input_conversion
 
     @property
     def name(self) -> str:
         return self.config.get("architecture", type(self).__name__)
+
+    @property
+    def input_norm(self) -> str:
+        """The input convention: 'native' (the backbone's own normalisation) or 'imagenet'."""
+        return self.config.get("input_norm", "native")
 
     @property
     def descriptor_dim(self) -> int:
@@ -72,10 +80,14 @@ class VPRModel(nn.Module):
                 "(scales to float and normalises with the model's mean/std)"
             )
 
+    def to_native(self, images: torch.Tensor) -> torch.Tensor:
+        """Images normalised as `input_config` says -> the backbone's own normalisation (identity for 'native')."""
+        return images if self.input_conversion is None else self.input_conversion(images)
+
     def local_features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone feature map (N, C, H/16, W/16)."""
         self._check_images(images)
-        return self.backbone(images)
+        return self.backbone(self.to_native(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         desc = self.aggregator(self.local_features(images))

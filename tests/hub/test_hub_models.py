@@ -89,3 +89,20 @@ def test_torch_hub_pretrained_without_published_weights_says_so(hub_server):
     with pytest.raises(registry.NotPublishedError, match="published"):
         torch.hub.load(str(ROOT), "clusvpr_vgg16", source="local", pretrained=True)
     assert hub_server.count() == 0
+
+
+def test_a_pushed_imagenet_input_model_pulls_back_with_imagenet_input(hub_server):
+    import timm
+
+    torch.manual_seed(0)
+    model = initialise(registry.create("clusvpr_vgg16", **SMALL["clusvpr_vgg16"], input_norm="imagenet"))
+    images = torch.randn(2, 3, 64, 64)
+    commit = model.push_to_hub("tester/clusvpr-imagenet", token=TOKEN)
+    for loaded in (registry.create("clusvpr_vgg16", pretrained=f"tester/clusvpr-imagenet@{commit}"),
+                   timm.create_model(f"hf-hub:tester/clusvpr-imagenet@{commit}", pretrained=True)):
+        assert loaded.input_norm == "imagenet"
+        assert loaded.input_config["mean"] == pytest.approx((0.485, 0.456, 0.406))
+        assert torch.equal(outputs(model, images), outputs(loaded, images))
+    assert timm.create_model("hf-hub:tester/clusvpr-imagenet", pretrained=True).pretrained_cfg["std"] == \
+        pytest.approx((0.229, 0.224, 0.225))
+
