@@ -94,9 +94,11 @@ def _default_source(entry: ModelEntry) -> str:
 def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overrides: Any) -> VPRModel:
     """Build a registered model (eval mode); `pretrained` = True (default Hub repo, pinned), a repo, a dir or a checkpoint.
 
-    `input_norm="imagenet"` makes the model take ImageNet-normalised input (see registry.input_norm).
+    `input_norm="imagenet"` makes the model take ImageNet-normalised input (see registry.input_norm);
+    `descriptor_dim=k` keeps the k leading components of a fitted whitening (VPRModel.set_descriptor_dim).
     """
     entry = _registry.get_entry(name)
+    descriptor_dim = overrides.pop("descriptor_dim", None)
     hub_kwargs = {k: overrides.pop(k) for k in _HUB_KWARGS if k in overrides}
     if pretrained is True:
         pretrained = _default_source(entry)
@@ -107,11 +109,17 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
                 raise ValueError(f"{entry.name!r} cannot load reference checkpoints; pass a Hub repo or directory")
             model = build(entry, overrides)
             entry.reference_loader(model, src, pca=overrides.get("pca"))
-            return model.eval()
+            return _with_descriptor_dim(model, descriptor_dim).eval()
         from . import hub
 
-        return hub.from_pretrained(src, architecture=entry.name, **hub_kwargs, **overrides).eval()
-    return build(entry, overrides).eval()
+        model = hub.from_pretrained(src, architecture=entry.name, **hub_kwargs, **overrides)
+        return _with_descriptor_dim(model, descriptor_dim).eval()
+    return _with_descriptor_dim(build(entry, overrides), descriptor_dim).eval()
+
+
+def _with_descriptor_dim(model: VPRModel, descriptor_dim: Optional[int]) -> VPRModel:
+    """`descriptor_dim=` at load time: the leading whitening components (VPRModel.set_descriptor_dim)."""
+    return model if descriptor_dim is None else model.set_descriptor_dim(descriptor_dim)
 
 
 

@@ -138,6 +138,32 @@ class VPRModel(nn.Module):
         self.config["descriptor_dim"] = self.descriptor_dim
         return self
 
+    def set_descriptor_dim(self, dim: int) -> "VPRModel":
+        """Give `dim`-d descriptors: the `dim` leading components of the fitted whitening, or the aggregator's
+        own descriptor (`aggregator.out_dim`: no whitening). Any other size raises a ValueError listing the valid
+        ones. Like `set_whitening_dim`, the choice is recorded in config, so save/load keep it."""
+        if isinstance(dim, bool) or int(dim) != dim:
+            raise ValueError(f"descriptor_dim must be an integer, got {dim!r}")
+        dim = int(dim)
+        if dim == self.descriptor_dim:
+            return self
+        if self.whitening is None or not self.whitening.fitted:
+            raise ValueError(
+                f"{self.name} gives {self.descriptor_dim}-d descriptors only, not {dim}: it has no fitted PCA "
+                "whitening to pick components from. Load weights that include one (pretrained=...) or fit it "
+                "with model.fit_whitening(descriptors), or leave descriptor_dim unset"
+            )
+        top = self.whitening.out_dim
+        if dim == self.aggregator.out_dim:
+            return self.set_whitening_dim(None)
+        if not 1 <= dim <= top:
+            examples = ", ".join(str(d) for d in (4096, 2048, 1024, 512, 256, 128) if d <= top)
+            raise ValueError(
+                f"{self.name} cannot give {dim}-d descriptors: valid sizes are 1..{top} (the leading components of "
+                f"its fitted {top}-d PCA whitening, e.g. {examples}) or {self.aggregator.out_dim} (no whitening)"
+            )
+        return self.set_whitening_dim(dim)
+
     def fit_whitening(self, descs) -> PCAWhitening:
         """Fit the whitening layer on un-whitened training descriptors (N, aggregator.out_dim)."""
         if self.whitening is None:

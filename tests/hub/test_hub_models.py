@@ -106,3 +106,16 @@ def test_a_pushed_imagenet_input_model_pulls_back_with_imagenet_input(hub_server
     assert timm.create_model("hf-hub:tester/clusvpr-imagenet", pretrained=True).pretrained_cfg["std"] == \
         pytest.approx((0.229, 0.224, 0.225))
 
+
+def test_torch_hub_and_timm_pick_the_descriptor_size_of_a_pushed_model(hub_server):
+    import timm
+
+    model, images = small("netvlad_vgg16")  # a fitted 16-d whitening
+    commit = model.push_to_hub("tester/netvlad-dims", token=TOKEN)
+    src = f"tester/netvlad-dims@{commit}"
+    by_hub = torch.hub.load(str(ROOT), "netvlad_vgg16", source="local", pretrained=src, descriptor_dim=8)
+    by_timm = timm.create_model(f"hf-hub:{src}", pretrained=True, descriptor_dim=8)
+    for loaded in (by_hub, by_timm):
+        assert loaded.descriptor_dim == loaded.num_features == 8
+        assert outputs(loaded, images).shape == (2, 8)
+    assert torch.equal(outputs(by_hub, images), outputs(by_timm, images))
