@@ -15,6 +15,7 @@ from ._registry import (
     resolve_name,
 )
 from .errors import NotPublishedError
+from .export import export_onnx
 from .factory import build_vpr_model, create, model_info
 from .model import VPRModel
 from .whitening import PCAWhitening
@@ -26,6 +27,7 @@ __all__ = [
     "VPRModel",
     "build_vpr_model",
     "create",
+    "export_onnx",
     "list_aliases",
     "list_models",
     "load_plugins",
