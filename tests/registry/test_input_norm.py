@@ -29,7 +29,14 @@ def _normalised(rgb: torch.Tensor, model) -> torch.Tensor:
     return (rgb - mean) / std
 
 
-def _fit_whitening(model, seed: int = 0):
+def _trained_like(model, seed: int = 0):
+    """Random conv biases (a fresh backbone's are zero, which makes a ReLU network blind to the input's scale,
+    and so to a wrong normalisation) and a fitted whitening where the model has one."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv in model.backbone.modules():
+            if isinstance(conv, torch.nn.Conv2d) and conv.bias is not None:
+                conv.bias.copy_(0.5 * torch.randn(conv.bias.shape, generator=g))
     if model.whitening is not None:
         g = torch.Generator().manual_seed(seed)
         n = model.whitening.out_dim + 8
@@ -51,7 +58,7 @@ def assert_imagenet_path_matches_native(native, imagenet, rgb: torch.Tensor) -> 
 
 @pytest.mark.parametrize("name", registry.list_models())
 def test_imagenet_input_gives_the_native_descriptors_for_every_registered_model(name):
-    native = _fit_whitening(registry.create(name, **SMALL, **SMALL_ARGS.get(name, {})))
+    native = _trained_like(registry.create(name, **SMALL, **SMALL_ARGS.get(name, {})))
     imagenet = registry.create(name, **SMALL, **SMALL_ARGS.get(name, {}), input_norm="imagenet")
     imagenet.load_state_dict(native.state_dict(), strict=True)  # the same weights serve both conventions
     assert imagenet.input_norm == "imagenet" and native.input_norm == "native"
@@ -80,7 +87,7 @@ def test_transform_of_an_imagenet_model_is_torchvision_imagenet_normalisation(na
 
 def test_transform_path_of_both_conventions_gives_the_same_descriptors():
     args = SMALL_ARGS["clusvpr_vgg16"]
-    native = _fit_whitening(registry.create("clusvpr_vgg16", **SMALL, **args))
+    native = _trained_like(registry.create("clusvpr_vgg16", **SMALL, **args))
     imagenet = registry.create("clusvpr_vgg16", **SMALL, **args, input_norm="imagenet")
     imagenet.load_state_dict(native.state_dict())
     img = Image.fromarray((np.random.default_rng(1).random((70, 100, 3)) * 255).astype(np.uint8))
@@ -108,7 +115,7 @@ def test_an_unknown_input_norm_is_a_value_error_naming_the_valid_ones():
 
 
 def test_config_json_records_imagenet_input_and_loading_keeps_it(tmp_path):
-    model = _fit_whitening(registry.create("netvlad_vgg16", **SMALL, num_clusters=8, whitening_dim=32,
+    model = _trained_like(registry.create("netvlad_vgg16", **SMALL, num_clusters=8, whitening_dim=32,
                                            input_norm="imagenet"))
     model.save_pretrained(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
@@ -123,7 +130,7 @@ def test_config_json_records_imagenet_input_and_loading_keeps_it(tmp_path):
 
 
 def test_any_saved_model_loads_with_imagenet_input_and_gives_its_descriptors(tmp_path):
-    native = _fit_whitening(registry.create("clusvpr_vgg16", **SMALL, num_clusters=8, whitening_dim=32))
+    native = _trained_like(registry.create("clusvpr_vgg16", **SMALL, num_clusters=8, whitening_dim=32))
     native.save_pretrained(tmp_path / "m")
     imagenet = registry.VPRModel.from_pretrained(tmp_path / "m", input_norm="imagenet")
     assert_imagenet_path_matches_native(registry.VPRModel.from_pretrained(tmp_path / "m"), imagenet, _rgb(seed=2))
