@@ -122,7 +122,6 @@ def _with_descriptor_dim(model: VPRModel, descriptor_dim: Optional[int]) -> VPRM
     return model if descriptor_dim is None else model.set_descriptor_dim(descriptor_dim)
 
 
-
 def build(entry: ModelEntry, overrides: Dict[str, Any]) -> VPRModel:
     """Call the entry's builder with its defaults overridden; config.json records only the overrides."""
     overrides = {k: v for k, v in overrides.items() if k != "pca"}

@@ -157,7 +157,7 @@ class VPRModel(nn.Module):
         if dim == self.aggregator.out_dim:
             return self.set_whitening_dim(None)
         if not 1 <= dim <= top:
-            examples = ", ".join(str(d) for d in (4096, 2048, 1024, 512, 256, 128) if d <= top)
+            examples = ", ".join(str(d) for d in [d for d in (4096, 2048, 1024, 512, 256, 128) if d <= top] or [top])
             raise ValueError(
                 f"{self.name} cannot give {dim}-d descriptors: valid sizes are 1..{top} (the leading components of "
                 f"its fitted {top}-d PCA whitening, e.g. {examples}) or {self.aggregator.out_dim} (no whitening)"

@@ -54,7 +54,7 @@ def test_a_chosen_descriptor_dim_survives_save_and_load(saved, tmp_path):
 @pytest.mark.parametrize("dim", [65, 0, 4096])
 def test_an_unavailable_size_is_a_value_error_listing_the_valid_sizes(saved, dim):
     folder, _ = saved
-    with pytest.raises(ValueError, match=r"valid sizes are 1\.\.64 .* or 2048 \(no whitening\)"):
+    with pytest.raises(ValueError, match=r"valid sizes are 1\.\.64 .*, e\.g\. 64\) or 2048 \(no whitening\)"):
         registry.create("netvlad_vgg16", pretrained=folder, descriptor_dim=dim)
 
 
