@@ -2,6 +2,9 @@
 
 Valid models: clusvpr_vgg16, netvlad_vgg16, gem_vgg16, gem_resnet50. `pretrained` takes False, True (the
 model's default Hub repo at its pinned revision), `org/name[@rev]`, or a local directory in the Hub layout.
+`input_norm="imagenet"`: the model takes RGB normalised with ImageNet's mean/std (what VPR-methods-evaluation and
+similar runners feed) and converts it exactly to its own convention. `descriptor_dim=k`: the k leading components
+of a fitted PCA whitening (e.g. 4096, 1024, 512, 256); other sizes raise a ValueError listing the valid ones.
 """
 dependencies = ["torch", "timm", "safetensors", "huggingface_hub", "h5py"]
 

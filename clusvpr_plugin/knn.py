@@ -17,8 +17,10 @@ def knn_sq_dist_sum_torch(tokens: torch.Tensor, k: int) -> torch.Tensor:
     # squared distances from one batched Gram product; the sum of the k+1 smallest is continuous in them,
     # so rounding that swaps two near-tied neighbours changes the result only by their (tiny) difference
     sq = x.square().sum(-1)
-    d2 = torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), x, x.transpose(1, 2), alpha=-2.0).clamp_min_(0)
-    d2.diagonal(dim1=1, dim2=2).zero_()
+    d2 = torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), x, x.transpose(1, 2), alpha=-2.0).clamp_min(0)
+    # a token's distance to itself is exactly 0 (out of place, so graph exporters see no in-place view write)
+    idx = torch.arange(x.shape[1], device=x.device)
+    d2 = d2.masked_fill(idx.unsqueeze(1) == idx.unsqueeze(0), 0.0)
     return d2.topk(min(k + 1, x.shape[1]), dim=-1, largest=False).values.sum(-1)
 
 

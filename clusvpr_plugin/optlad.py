@@ -34,7 +34,8 @@ class OptLAD(nn.Module):
     def p_map(self, h: int, w: int) -> torch.Tensor:
         """GeM exponents for an h x w map: the learned map itself, or bilinearly resampled to another size."""
         p = self.p.view(1, 1, *self.feature_size)
-        if (h, w) != self.feature_size:
+        # an exported graph always resamples (the identity at the learned size), so it serves every map size
+        if (h, w) != self.feature_size or torch.onnx.is_in_onnx_export():
             p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
         return p.reshape(h * w)
 

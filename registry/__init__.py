@@ -17,6 +17,7 @@ from ._registry import (
     split_tag,
 )
 from .errors import NotPublishedError
+from .export import export_onnx
 from .factory import build_vpr_model, create, model_info
 from .model import VPRModel
 from .whitening import PCAWhitening
@@ -29,6 +30,7 @@ __all__ = [
     "VPRModel",
     "build_vpr_model",
     "create",
+    "export_onnx",
     "list_aliases",
     "list_models",
     "load_plugins",

@@ -9,14 +9,13 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import _registry
 from ._registry import ModelEntry, Release, find_releases, get_aggregator, get_backbone, register_model
+from .input_norm import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMS, resolve_input_norm
 from .model import VPRModel
 from .whitening import PCAWhitening
 
 # matconvnet VGG16 convention (NetVLAD/OpenIBL/ClusVPR): RGB on 0..255 minus the mean, no std scaling.
 VGG_MATCONVNET_MEAN = (0.485, 0.458, 0.408)
 VGG_MATCONVNET_STD = (1 / 255, 1 / 255, 1 / 255)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_INPUT_SIZE = (480, 640)
 _HUB_KWARGS = ("cache_dir", "local_files_only", "token", "endpoint", "revision")
 _REFERENCE_SUFFIXES = (".pth", ".tar", ".pt")
@@ -33,11 +32,16 @@ def build_vpr_model(
     mean: Tuple[float, ...] = VGG_MATCONVNET_MEAN,
     std: Tuple[float, ...] = VGG_MATCONVNET_STD,
     resize: str = "fixed",
+    input_norm: str = "native",
     pretrained_cfg: Optional[Dict[str, Any]] = None,
     model_args: Optional[Dict[str, Any]] = None,
     **aggregator_args: Any,
 ) -> VPRModel:
-    """Assemble backbone + aggregator (+ whitening) and attach the input config and the config.json facts."""
+    """Assemble backbone + aggregator (+ whitening) and attach the input config and the config.json facts.
+
+    `mean`/`std` are the backbone's own normalisation; `input_norm="imagenet"` makes the model take ImageNet-
+    normalised input instead (converted inside the model), and `input_config`/`pretrained_cfg` say so.
+    """
     h, w = (int(v) for v in input_size)
     if resize not in ("fixed", "longer_side"):
         raise ValueError(f"resize must be 'fixed' or 'longer_side', got {resize!r}")
@@ -59,6 +63,7 @@ def build_vpr_model(
         aggregator_args["feature_size"] = (h // stride, w // stride)
     agg = agg_factory(bb.out_channels, **aggregator_args)
     whitening = PCAWhitening(agg.out_dim, int(whitening_dim)) if whitening_dim else None
+    mean, std, conversion = resolve_input_norm(input_norm, mean, std)
     input_config = {"input_size": (3, h, w), "mean": tuple(mean), "std": tuple(std), "resize": resize,
                     "interpolation": "bilinear"}
     cfg = dict(pretrained_cfg or {})
@@ -72,8 +77,9 @@ def build_vpr_model(
         "backbone_weights": "imagenet" if backbone_weights == "imagenet" else
         (Path(backbone_weights).name if backbone_weights else "random init"),
         "descriptor_dim": whitening_dim or agg.out_dim,
+        "input_norm": input_norm,
     }
-    return VPRModel(bb, agg, whitening, input_config, config)
+    return VPRModel(bb, agg, whitening, input_config, config, input_conversion=conversion)
 
 
 # arguments of a builder that say where weights come from, or that the registry fills in: not the architecture
@@ -118,9 +124,13 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
     `name` may carry a release tag (`clusvpr_vgg16.nordland`); `pretrained` = True (the tag's release, else the
     model's default release: its pinned Hub repository when published, else the copy bundled in the package), a
     Hub repo `org/name[@rev]`, a local directory in the Hub layout, or a reference checkpoint.
+
+    `input_norm="imagenet"` makes the model take ImageNet-normalised input (see registry.input_norm);
+    `descriptor_dim=k` keeps the k leading components of a fitted whitening (VPRModel.set_descriptor_dim).
     """
     base, tag = _registry.split_tag(name)
     entry = _registry.get_entry(base)
+    descriptor_dim = overrides.pop("descriptor_dim", None)
     _check_overrides(entry, overrides)
     hub_kwargs = {k: overrides.pop(k) for k in _HUB_KWARGS if k in overrides}
     release = None
@@ -136,14 +146,19 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
                 raise ValueError(f"{entry.name!r} cannot load reference checkpoints; pass a Hub repo or directory")
             model = build(entry, overrides)
             entry.reference_loader(model, src, pca=overrides.get("pca"))
-            return model.eval()
+            return _with_descriptor_dim(model, descriptor_dim).eval()
         from . import hub
 
         model = hub.from_pretrained(src, architecture=entry.name, **hub_kwargs, **overrides)
         if release is not None and not release.hub:
             model.config["source"] = f"bundled:{entry.name}.{release.tag}"
-        return model.eval()
-    return build(entry, overrides).eval()
+        return _with_descriptor_dim(model, descriptor_dim).eval()
+    return _with_descriptor_dim(build(entry, overrides), descriptor_dim).eval()
+
+
+def _with_descriptor_dim(model: VPRModel, descriptor_dim: Optional[int]) -> VPRModel:
+    """`descriptor_dim=` at load time: the leading whitening components (VPRModel.set_descriptor_dim)."""
+    return model if descriptor_dim is None else model.set_descriptor_dim(descriptor_dim)
 
 
 def release_model_args(release: Release) -> Dict[str, Any]:
@@ -182,6 +197,7 @@ def model_info(name: str) -> Dict[str, Any]:
         "input_size": (3, h, w),
         "mean": tuple(args.get("mean", VGG_MATCONVNET_MEAN)),
         "std": tuple(args.get("std", VGG_MATCONVNET_STD)),
+        "input_norms": INPUT_NORMS,
         "weights": (f"{default}: {releases[default]['trained_on']} ({releases[default]['source']})" if default
                     else "not released (train, or pass a repo/directory)"),
         "default_release": default,

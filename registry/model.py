@@ -25,6 +25,7 @@ class VPRModel(nn.Module):
         whitening: Optional[PCAWhitening] = None,
         input_config: Optional[Dict[str, Any]] = None,
         config: Optional[Dict[str, Any]] = None,
+        input_conversion: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         if getattr(aggregator, "in_channels", backbone.out_channels) != backbone.out_channels:
@@ -36,10 +37,17 @@ class VPRModel(nn.Module):
         self.whitening = whitening
         self.input_config = dict(input_config or {})
         self.config = dict(config or {})
+        # input_norm="imagenet": maps the input's normalisation to the backbone's own (None: they agree)
+        self.input_conversion = input_conversion
 
     @property
     def name(self) -> str:
         return self.config.get("architecture", type(self).__name__)
+
+    @property
+    def input_norm(self) -> str:
+        """The input convention: 'native' (the backbone's own normalisation) or 'imagenet'."""
+        return self.config.get("input_norm", "native")
 
     @property
     def descriptor_dim(self) -> int:
@@ -89,10 +97,14 @@ class VPRModel(nn.Module):
             return images
         return images.to(weight.dtype)
 
+    def to_native(self, images: torch.Tensor) -> torch.Tensor:
+        """Images normalised as `input_config` says -> the backbone's own normalisation (identity for 'native')."""
+        return images if self.input_conversion is None else self.input_conversion(images)
+
     def local_features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone feature map (N, C, H/16, W/16)."""
         self._check_images(images)
-        return self.backbone(self._as_weights_dtype(images))
+        return self.backbone(self.to_native(self._as_weights_dtype(images)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if isinstance(images, torch.Tensor) and images.ndim and images.shape[0] == 0:  # the same for every model
@@ -147,6 +159,32 @@ class VPRModel(nn.Module):
         self.config.setdefault("model_args", {})["whitening_dim"] = None if dim is None else int(dim)
         self.config["descriptor_dim"] = self.descriptor_dim
         return self
+
+    def set_descriptor_dim(self, dim: int) -> "VPRModel":
+        """Give `dim`-d descriptors: the `dim` leading components of the fitted whitening, or the aggregator's
+        own descriptor (`aggregator.out_dim`: no whitening). Any other size raises a ValueError listing the valid
+        ones. Like `set_whitening_dim`, the choice is recorded in config, so save/load keep it."""
+        if isinstance(dim, bool) or int(dim) != dim:
+            raise ValueError(f"descriptor_dim must be an integer, got {dim!r}")
+        dim = int(dim)
+        if dim == self.descriptor_dim:
+            return self
+        if self.whitening is None or not self.whitening.fitted:
+            raise ValueError(
+                f"{self.name} gives {self.descriptor_dim}-d descriptors only, not {dim}: it has no fitted PCA "
+                "whitening to pick components from. Load weights that include one (pretrained=...) or fit it "
+                "with model.fit_whitening(descriptors), or leave descriptor_dim unset"
+            )
+        top = self.whitening.out_dim
+        if dim == self.aggregator.out_dim:
+            return self.set_whitening_dim(None)
+        if not 1 <= dim <= top:
+            examples = ", ".join(str(d) for d in [d for d in (4096, 2048, 1024, 512, 256, 128) if d <= top] or [top])
+            raise ValueError(
+                f"{self.name} cannot give {dim}-d descriptors: valid sizes are 1..{top} (the leading components of "
+                f"its fitted {top}-d PCA whitening, e.g. {examples}) or {self.aggregator.out_dim} (no whitening)"
+            )
+        return self.set_whitening_dim(dim)
 
     def fit_whitening(self, descs) -> PCAWhitening:
         """Fit the whitening layer on un-whitened training descriptors (N, aggregator.out_dim)."""

@@ -42,3 +42,17 @@ def test_torch_hub_lists_only_model_entry_points():
     module = torch.hub._import_module("hubconf", str(REPO / "hubconf.py"))
     public = sorted(f for f in dir(module) if callable(getattr(module, f)) and not f.startswith("_"))
     assert public == sorted(MODELS)
+
+
+def test_timm_pretrained_cfg_follows_imagenet_input():
+    model = timm.create_model("clusvpr_vgg16", input_size=(64, 64), input_norm="imagenet")
+    assert model.input_norm == "imagenet"
+    assert model.pretrained_cfg["mean"] == pytest.approx((0.485, 0.456, 0.406))
+    assert model.pretrained_cfg["std"] == pytest.approx((0.229, 0.224, 0.225))
+    data_cfg = timm.data.resolve_data_config({}, model=model)  # what timm users build their transform from
+    assert data_cfg["mean"] == pytest.approx((0.485, 0.456, 0.406)) and data_cfg["input_size"] == (3, 64, 64)
+
+
+def test_torch_hub_load_takes_imagenet_input():
+    model = torch.hub.load(str(REPO), "netvlad_vgg16", source="local", input_size=(64, 64), input_norm="imagenet")
+    assert model.input_norm == "imagenet" and model.input_config["std"] == pytest.approx((0.229, 0.224, 0.225))

@@ -32,10 +32,12 @@ def from_pretrained(
     """Load a VPRModel from `org/name`, `org/name@<commit or tag>` or a folder; every file is sha256-checked.
 
     `architecture` (a registry name) makes loading fail unless the repository holds that model; `overrides`
-    change model arguments recorded in config.json (loading stays strict, so they must keep the weights' shapes).
+    change model arguments recorded in config.json (loading stays strict, so they must keep the weights' shapes),
+    except `descriptor_dim`, applied after loading (the leading components of the stored whitening).
     """
     import registry
 
+    descriptor_dim = overrides.pop("descriptor_dim", None)
     snap = Snapshot(src, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                     token=token, endpoint=endpoint)
     config = snap.zoo_config()
@@ -56,6 +58,8 @@ def from_pretrained(
         if key in config:
             model.config[key] = config[key]
     model.config["source"] = snap.label  # where the weights came from: a folder or org/name@<commit>
+    if descriptor_dim is not None:
+        model.set_descriptor_dim(descriptor_dim)
     return model.eval()
 
 

@@ -94,7 +94,7 @@ def encode_prefix(
 
     def run(batch: Sequence[int]) -> torch.Tensor:
         x = torch.stack([source.item(i, train=False) for i in batch]).to(ctx.device)
-        return prefix(x).float().cpu()
+        return prefix(model.to_native(x)).float().cpu()
 
     try:
         return sharded_apply(run, range(len(paths)), ctx, batch_size, desc=desc, progress=progress)

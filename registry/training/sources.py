@@ -42,8 +42,8 @@ class ImageSource:
         return self.pre(img)
 
     def features(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        """The model's whole backbone."""
-        return model.backbone(inputs)
+        """The model's whole backbone (after its input conversion, for input_norm='imagenet')."""
+        return model.backbone(model.to_native(inputs))
 
 
 class CachedSource:

@@ -122,3 +122,33 @@ def test_timm_refuses_a_config_that_names_weights_to_load(tmp_path):
     with pytest.raises(hub.WrongModelError, match=r"sets model_args \['backbone_weights'\], which are not "
                                                   "architecture arguments"):
         timm.create_model(f"local-dir:{folder}")
+
+
+def test_a_pushed_imagenet_input_model_pulls_back_with_imagenet_input(hub_server):
+    import timm
+
+    torch.manual_seed(0)
+    model = initialise(registry.create("clusvpr_vgg16", **SMALL["clusvpr_vgg16"], input_norm="imagenet"))
+    images = torch.randn(2, 3, 64, 64)
+    commit = model.push_to_hub("tester/clusvpr-imagenet", token=TOKEN)
+    for loaded in (registry.create("clusvpr_vgg16", pretrained=f"tester/clusvpr-imagenet@{commit}"),
+                   timm.create_model(f"hf-hub:tester/clusvpr-imagenet@{commit}", pretrained=True)):
+        assert loaded.input_norm == "imagenet"
+        assert loaded.input_config["mean"] == pytest.approx((0.485, 0.456, 0.406))
+        assert torch.equal(outputs(model, images), outputs(loaded, images))
+    assert timm.create_model("hf-hub:tester/clusvpr-imagenet", pretrained=True).pretrained_cfg["std"] == \
+        pytest.approx((0.229, 0.224, 0.225))
+
+
+def test_torch_hub_and_timm_pick_the_descriptor_size_of_a_pushed_model(hub_server):
+    import timm
+
+    model, images = small("netvlad_vgg16")  # a fitted 16-d whitening
+    commit = model.push_to_hub("tester/netvlad-dims", token=TOKEN)
+    src = f"tester/netvlad-dims@{commit}"
+    by_hub = torch.hub.load(str(ROOT), "netvlad_vgg16", source="local", pretrained=src, descriptor_dim=8)
+    by_timm = timm.create_model(f"hf-hub:{src}", pretrained=True, descriptor_dim=8)
+    for loaded in (by_hub, by_timm):
+        assert loaded.descriptor_dim == loaded.num_features == 8
+        assert outputs(loaded, images).shape == (2, 8)
+    assert torch.equal(outputs(by_hub, images), outputs(by_timm, images))

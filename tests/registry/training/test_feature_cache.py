@@ -72,3 +72,18 @@ def test_a_copied_dataset_reuses_the_cache_and_an_edited_image_rebuilds_it(tiny_
     rebuilt = cached_source(model, copies, cache, DistContext())
     assert len(list(cache.glob("features-*.npy"))) == 2
     assert not torch.allclose(rebuilt.cache[2], first.cache[2]) and torch.equal(rebuilt.cache[0], first.cache[0])
+
+
+def test_an_imagenet_input_model_caches_and_trains_on_its_native_features(tiny_sets, tmp_path):
+    train, _ = tiny_sets
+    native = registry.create("tiny_netvlad")
+    imagenet = registry.create("tiny_netvlad", input_norm="imagenet")
+    imagenet.load_state_dict(native.state_dict())
+    paths = train.db_images[:4]
+    cached = [cached_source(m, paths, tmp_path / m.input_norm, DistContext()).cache for m in (native, imagenet)]
+    torch.testing.assert_close(cached[1], cached[0], rtol=1e-4, atol=1e-4)
+    sources = [ImageSource(paths, m.input_config) for m in (native, imagenet)]
+    with torch.no_grad():
+        features = [s.features(m, stack_items(s, list(range(4)), train=False))
+                    for s, m in zip(sources, (native, imagenet))]
+    torch.testing.assert_close(features[1], features[0], rtol=1e-4, atol=1e-4)

@@ -1,0 +1,120 @@
+"""onnxruntime against PyTorch on the CPU: images/s of every registry model, both runtimes in one run.
+
+    python benchmarks/bench_onnx.py --size 192 256 --batch 1 4 --threads 1 [--out onnx.json]
+
+Each model is built with random weights and, where it has one, a fitted (random) whitening, so the whole
+release graph runs (ClusVPR's exact KNN and OptLAD included); it is exported with `registry.export_onnx`,
+then both runtimes encode the same float32 batches with the same number of threads (their outputs are
+compared: the table's last column is the relative difference). Timing alternates between the runtimes in
+rounds, so load that changes during the run (other jobs on the machine) falls on both alike. Prints a
+markdown table: images/s of each runtime and their ratio. About two minutes with the defaults on one core.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+DEFAULT_MODELS = ("clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16", "gem_resnet50")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _with_fitted_whitening(model):
+    """Install random whitening parameters (speed does not depend on their values)."""
+    w = model.whitening
+    if w is not None and not w.fitted:
+        g = torch.Generator().manual_seed(0)
+        w.set_params(torch.randn(w.in_dim, w.out_dim, generator=g) / w.in_dim ** 0.5, torch.ones(w.out_dim),
+                     torch.zeros(w.in_dim))
+    return model
+
+
+def _rate(fn: Callable[[], object], batch: int, seconds: float) -> float:
+    """Images per second of `fn` (one batch per call) over at least `seconds` (and at least one call)."""
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return calls * batch / elapsed
+
+
+def bench(name: str, size, batches: List[int], threads: int, seconds: float, rounds: int, workdir: Path) -> List[Dict]:
+    import registry
+    from registry.export import onnx_session, relative_error
+
+    torch.manual_seed(0)
+    model = _with_fitted_whitening(registry.create(name, input_size=tuple(size))).eval()
+    path = registry.export_onnx(model, workdir / f"{name}.onnx", input_size=tuple(size), verify=False)
+    session = onnx_session(path, threads=threads)
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, 3, *size)
+        xn = x.numpy()
+
+        def run_torch():
+            with torch.inference_mode():
+                return model(x)
+
+        def run_ort():
+            return session.run(["descriptors"], {"images": xn})
+
+        # warm-up (allocations, ORT's first-run planning), and the check that both give the same descriptors
+        err = relative_error(torch.from_numpy(run_ort()[0]), run_torch())
+        torch_rates, ort_rates = [], []
+        for _ in range(rounds):
+            torch_rates.append(_rate(run_torch, batch, seconds / rounds))
+            ort_rates.append(_rate(run_ort, batch, seconds / rounds))
+        pt, ort = sum(torch_rates) / rounds, sum(ort_rates) / rounds
+        rows.append({"model": name, "batch": batch, "size": list(size), "torch_img_s": pt, "ort_img_s": ort,
+                     "ratio": ort / pt, "relative_error": err, "descriptor_dim": model.descriptor_dim})
+        print(f"| {name} | {size[0]}x{size[1]} | {batch} | {pt:.2f} | {ort:.2f} | {ort / pt:.2f} | {err:.1e} |",
+              flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated registry names")
+    p.add_argument("--size", type=int, nargs=2, default=(192, 256), metavar=("H", "W"))
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes to time")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads for both runtimes (default 1)")
+    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model, batch and runtime")
+    p.add_argument("--rounds", type=int, default=3, help="alternations between the runtimes")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args()
+
+    import onnxruntime
+
+    torch.set_num_threads(args.threads)
+    print(f"CPU: {_cpu_name()}, {args.threads} thread(s); torch {torch.__version__}, onnxruntime "
+          f"{onnxruntime.__version__}; float32, random weights\n")
+    print("| model | input (HxW) | batch | PyTorch img/s | onnxruntime img/s | ORT / PyTorch | rel. difference |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            rows += bench(name, args.size, args.batch, args.threads, args.seconds, args.rounds, Path(tmp))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"cpu": _cpu_name(), "threads": args.threads, "torch": torch.__version__,
+                                              "onnxruntime": onnxruntime.__version__, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""ONNX export of any registry model (`registry.export_onnx`), checked against PyTorch with onnxruntime.
+
+CLI: `python -m registry.export clusvpr_vgg16 clusvpr.onnx --input-size 480 640 --pretrained DIR`.
+
+The graph takes `images` (N, 3, H, W) float32, normalised as the model's input_config says (ImageNet's mean/std
+for a model built with input_norm='imagenet'), and gives `descriptors` (N, D), L2-normalised. The batch axis and
+the spatial size are dynamic for every registered model: NetVLAD and GeM pool over any map; ClusVPR's graph
+resamples OptLAD's learned GeM exponent map to the input's map (as the PyTorch model does; at the learned size
+the resampling is the identity), and its exact KNN is an ONNX TopK over k+1 = 11 tokens, so a ClusVPR graph
+needs a conv5 map whose 2x2-pooled grid has at least k tokens (e.g. 6x8 for 96x128 input; 480x640 gives 15x20).
+
+The exporter is torch's TorchScript-based one (`dynamo=False`, opset 17): with torch 2.14 it exports every model
+here with dynamic batch and spatial axes; the torch.export-based exporter (`dynamo=True`) specialises ClusVPR's
+graph to the traced batch and size (its shape checks become guards), so it is not used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+PathLike = Union[str, os.PathLike]
+OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "images", "descriptors"
+RTOL = 1e-4
+_INSTALL_HINT = "install the optional extra: pip install 'clusvpr-zoo[onnx]' (onnx and onnxruntime)"
+_log = logging.getLogger(__name__)
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ImportError(f"ONNX export needs the {module} package: {_INSTALL_HINT}") from None
+
+
+def _check_size(model: nn.Module, height: int, width: int) -> None:
+    """A ClusVPR-style KNN is exported with k+1 neighbours: the traced token count must reach that."""
+    stride = getattr(getattr(model, "backbone", None), "stride", 16)
+    ks = [m.k for m in model.modules() if hasattr(m, "k") and hasattr(m, "knn_backend")]
+    if not ks:
+        return
+    tokens = -(-(height // stride) // 2) * -(-(width // stride) // 2) + 1  # pooled grid + class token
+    if tokens < max(ks) + 1:
+        raise ValueError(
+            f"input {height}x{width} gives {tokens} CWT tokens, fewer than the KNN's k+1 = {max(ks) + 1}: the exported "
+            f"TopK would be fixed at {tokens} neighbours and be wrong at larger sizes. Export at a larger input_size "
+            "(at least 96x128)"
+        )
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """max over rows of ||got - expected|| / ||expected|| (descriptors are L2-normalised rows)."""
+    got, expected = torch.as_tensor(got).float(), torch.as_tensor(expected).float()
+    return float(((got - expected).norm(dim=-1) / expected.norm(dim=-1).clamp_min(1e-12)).max())
+
+
+def onnx_metadata(model: nn.Module) -> Dict[str, str]:
+    """What a deployment needs to feed the graph: architecture, input convention, size, mean/std, output dim."""
+    cfg = dict(getattr(model, "input_config", {}) or {})
+    config = dict(getattr(model, "config", {}) or {})
+    return {
+        "architecture": str(config.get("architecture", type(model).__name__)),
+        "input_norm": str(config.get("input_norm", "native")),
+        "input_size": json.dumps(list(cfg.get("input_size", []))),
+        "mean": json.dumps(list(cfg.get("mean", []))),
+        "std": json.dumps(list(cfg.get("std", []))),
+        "resize": str(cfg.get("resize", "fixed")),
+        "descriptor_dim": str(getattr(model, "descriptor_dim", "")),
+        "input": f"{INPUT_NAME}: float32 (N, 3, H, W) RGB, (x/255 - mean) / std; dynamic N, H, W",
+        "output": f"{OUTPUT_NAME}: float32 (N, descriptor_dim), L2-normalised",
+    }
+
+
+def export_onnx(
+    model: nn.Module,
+    path: PathLike,
+    input_size: Optional[Tuple[int, int]] = None,
+    opset: int = OPSET,
+    verify: bool = True,
+) -> Path:
+    """Write `model` as an ONNX graph with dynamic batch and spatial axes, traced at `input_size` (H, W).
+
+    `input_size` defaults to the model's input_config size. With `verify` (the default), onnxruntime on CPU runs
+    the file at batch 1 and 2 and the result must match PyTorch within 1e-4 relative, else a RuntimeError.
+    """
+    onnx = _require("onnx")
+    h, w = (int(v) for v in (input_size or tuple(model.input_config["input_size"][1:])))
+    _check_size(model, h, w)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters(), None)
+    example = torch.randn(1, 3, h, w, device=param.device if param is not None else "cpu")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # the TorchScript-based exporter is deprecated in favour of dynamo=True, which cannot export ClusVPR
+            # with dynamic axes (see the module docstring); its tracer warnings restate the shape checks
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}},
+            )
+    finally:
+        model.train(was_training)
+    graph = onnx.load(str(path))
+    for key, value in onnx_metadata(model).items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+    if verify:
+        err = verify_onnx(model, path, [(1, h, w), (2, h, w)])
+        _log.info("onnxruntime matches PyTorch: relative error %.2e", err)
+    return path
+
+
+def verify_onnx(model: nn.Module, path: PathLike, shapes: Sequence[Tuple[int, int, int]],
+                rtol: float = RTOL, seed: int = 0) -> float:
+    """Largest relative error of onnxruntime (CPU) against PyTorch over random inputs of (N, H, W) shapes."""
+    session = onnx_session(path)
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    model_device = next(model.parameters()).device
+    for n, h, w in shapes:
+        x = torch.randn(n, 3, h, w, generator=g)
+        with torch.no_grad():
+            expected = model.eval()(x.to(model_device)).float().cpu()
+        got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+        if got.shape != expected.shape:
+            raise RuntimeError(f"{path}: onnxruntime gave shape {tuple(got.shape)} for input {(n, 3, h, w)}, "
+                               f"PyTorch {tuple(expected.shape)}")
+        worst = max(worst, relative_error(got, expected))
+    if worst > rtol:
+        raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by {worst:.2e} relative (allowed {rtol:.0e}); "
+                           "the export is wrong: report it with the model name and input size")
+    return worst
+
+
+def onnx_session(path: PathLike, threads: Optional[int] = None):
+    """An onnxruntime CPU InferenceSession (`threads` intra-op threads; default: onnxruntime's choice)."""
+    ort = _require("onnxruntime")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m registry.export",
+        description="Export a registry model to ONNX (dynamic batch and image size), checked with onnxruntime.",
+    )
+    parser.add_argument("model", help="registry name or alias (clusvpr_vgg16, netvlad_vgg16, gem_vgg16, gem_resnet50)")
+    parser.add_argument("output", help="the .onnx file to write")
+    parser.add_argument("--pretrained", default=None,
+                        help="weights: 'true' (the model's release), org/name[@rev], a folder in the Hub layout, or "
+                             "a reference .pth.tar; default: random weights")
+    parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None,
+                        help="size to trace and verify at (default: the model's input size); the graph takes any size")
+    parser.add_argument("--input-norm", choices=("native", "imagenet"), default="native",
+                        help="input convention of the graph: the model's own, or ImageNet mean/std (default native)")
+    parser.add_argument("--descriptor-dim", type=int, default=None,
+                        help="keep this many leading whitening components (needs a fitted whitening)")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check against PyTorch")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import registry
+
+    pretrained: Any = {"true": True, None: False}.get(args.pretrained, args.pretrained)
+    overrides: Dict[str, Any] = {"input_norm": args.input_norm}
+    if args.descriptor_dim is not None:
+        overrides["descriptor_dim"] = args.descriptor_dim
+    model = registry.create(args.model, pretrained=pretrained, **overrides)
+    path = export_onnx(model, args.output, tuple(args.input_size) if args.input_size else None, args.opset,
+                       verify=not args.no_verify)
+    meta = onnx_metadata(model)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {meta['architecture']}, input {INPUT_NAME} "
+          f"(N, 3, H, W) normalised with mean {meta['mean']} std {meta['std']}, output {OUTPUT_NAME} "
+          f"(N, {meta['descriptor_dim']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

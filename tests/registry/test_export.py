@@ -1,0 +1,88 @@
+"""registry.export_onnx: every registered model, dynamic batch and size, onnxruntime equal to PyTorch."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import registry
+from registry.export import main, onnx_session, relative_error
+
+ort = pytest.importorskip("onnxruntime", reason="the ONNX tests need the onnx extra: pip install -e '.[onnx]'")
+onnx = pytest.importorskip("onnx", reason="the ONNX tests need the onnx extra: pip install -e '.[onnx]'")
+
+SIZES = [(80, 112), (96, 128)]  # ClusVPR's exported KNN needs >= 11 tokens: a 5x7 conv5 map pools to 3x4 + 1
+SMALL = {
+    "clusvpr_vgg16": {"num_clusters": 4, "whitening_dim": 16},
+    "netvlad_vgg16": {"num_clusters": 4, "whitening_dim": 16},
+}
+
+
+def small_model(name: str, **extra):
+    """A small, randomly initialised model with a fitted whitening where it has one."""
+    model = registry.create(name, input_size=SIZES[0], **SMALL.get(name, {}), **extra)
+    if model.whitening is not None:
+        g = torch.Generator().manual_seed(1)
+        model.fit_whitening(F.normalize(torch.randn(model.whitening.out_dim + 8, model.whitening.in_dim, generator=g),
+                                        dim=-1))
+    return model
+
+
+def run(path, x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(onnx_session(path).run(["descriptors"], {"images": x.numpy()})[0])
+
+
+@pytest.mark.parametrize("name", registry.list_models())
+def test_onnxruntime_matches_pytorch_at_two_batch_sizes_and_two_image_sizes(name, tmp_path):
+    model = small_model(name)
+    path = registry.export_onnx(model, tmp_path / f"{name}.onnx", input_size=SIZES[0])
+    for h, w in SIZES:
+        for n in (1, 4):
+            x = torch.randn(n, 3, h, w)
+            with torch.no_grad():
+                expected = model(x)
+            got = run(path, x)
+            assert got.shape == expected.shape == (n, model.descriptor_dim)
+            assert relative_error(got, expected) < 1e-4
+
+
+def test_an_imagenet_input_graph_gives_the_native_descriptors(tmp_path):
+    native = small_model("clusvpr_vgg16")
+    imagenet = registry.create("clusvpr_vgg16", input_size=SIZES[0], **SMALL["clusvpr_vgg16"], input_norm="imagenet")
+    imagenet.load_state_dict(native.state_dict())
+    path = registry.export_onnx(imagenet, tmp_path / "m.onnx")
+    rgb = torch.rand(2, 3, *SIZES[1])
+    mean_n, std_n = (torch.tensor(native.input_config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    mean_i, std_i = (torch.tensor(imagenet.input_config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        expected = native((rgb - mean_n) / std_n)
+    assert relative_error(run(path, (rgb - mean_i) / std_i), expected) < 1e-4
+
+
+def test_the_graph_records_how_to_feed_it(tmp_path):
+    model = small_model("gem_vgg16", input_norm="imagenet")
+    path = registry.export_onnx(model, tmp_path / "m.onnx", verify=False)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["architecture"] == "gem_vgg16" and meta["input_norm"] == "imagenet"
+    assert json.loads(meta["mean"]) == pytest.approx([0.485, 0.456, 0.406]) and meta["descriptor_dim"] == "512"
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
+
+
+def test_clusvpr_at_a_size_too_small_for_its_knn_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="fewer than the KNN's k\\+1 = 11"):
+        registry.export_onnx(small_model("clusvpr_vgg16"), tmp_path / "m.onnx", input_size=(64, 64))
+
+
+def test_cli_exports_and_verifies(tmp_path, capsys):
+    assert main(["gem_vgg16", str(tmp_path / "gem.onnx"), "--input-size", "64", "64", "--input-norm", "imagenet"]) == 0
+    assert "mean [0.485, 0.456, 0.406]" in capsys.readouterr().out
+    assert run(tmp_path / "gem.onnx", torch.randn(3, 3, 64, 80)).shape == (3, 512)
+
+
+def test_missing_onnxruntime_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r"clusvpr-zoo\[onnx\]"):
+        onnx_session(tmp_path / "m.onnx")
