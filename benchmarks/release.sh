@@ -1,7 +1,8 @@
 #!/bin/bash
 # Retrain the released models from scratch with the recorded commands (benchmarks/RESULTS.md section 7).
 #   bash benchmarks/release.sh train NAME     one training run (names below), writes runs/release_NAME (+ .log)
-#   bash benchmarks/release.sh all            every run, two at a time (about 3 hours on a 2-core CPU)
+#   bash benchmarks/release.sh all            the three release runs, two at a time (about 2.5 hours on a 2-core CPU),
+#                                             then the bundle step
 #   bash benchmarks/release.sh bundle         pick each model's run on validation and write the release folders
 # Needs ../shared (Nordland, the VGG16 conv weights). Section 6's options (nordland_recipe.sh: 96x192, cached
 # conv1..conv4, Adam, SARE-ind, 1 hard negative, selection by validation R@5) with twice its budget: 9600 tuples
@@ -24,6 +25,7 @@ run() {  # run NAME SEED OPTIONS...
   local name=$1 seed=$2; shift 2
   local out=runs/release_${name}_seed$seed
   mkdir -p runs
+  git rev-parse HEAD > "$out.commit" 2>/dev/null || true  # the code commit the card records
   python benchmarks/train.py "${common[@]}" "$@" --seed "$seed" --output "$out" > "$out.log" 2>&1
 }
 
@@ -38,10 +40,10 @@ case $1 in
          exit 2 ;;
     esac ;;
   all)
-    bash "$0" train clusvpr_seed0 & bash "$0" train clusvpr_seed1; wait
-    bash "$0" train netvlad_seed0 & bash "$0" train gem_seed0; wait
+    bash "$0" train clusvpr_seed0 & (bash "$0" train netvlad_seed0; bash "$0" train gem_seed0); wait
     bash "$0" bundle ;;
-  bundle)
-    python -m registry.release build --runs runs --out registry/releases ;;
+  bundle)  # every finished release run takes part; runs of one model compete on validation
+    runs=(); for r in runs/release_*_seed*/train/summary.json; do runs+=("${r%/train/summary.json}"); done
+    python benchmarks/make_release.py --tag nordland --runs "${runs[@]}" ;;
   *) echo "usage: bash benchmarks/release.sh train NAME | all | bundle" >&2; exit 2 ;;
 esac

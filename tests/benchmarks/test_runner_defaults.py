@@ -17,24 +17,43 @@ def _run(argv):
     return records, stdout.getvalue()
 
 
-def test_embedded_default_runs_offline_and_says_the_models_are_untrained(tmp_path, capsys):
+def test_main_job_evaluates_the_released_models_on_the_embedded_data(tmp_path, capsys):
+    """The README's main command at a small input: released weights, embedded Corridor + Nordland test, offline."""
     out = tmp_path / "out"
-    # the default models and dataset at the smallest input; big batches and 16 k-means images keep CI quick
-    records, stdout = _run(["--input-size", "32", "32", "--batch-size", "111", "--kmeans-images", "16",
-                            "--output-dir", str(out)])
+    records, stdout = _run(["--input-size", "48", "96", "--batch-size", "100", "--output-dir", str(out)])
     outputs = read_outputs(out)
-    assert [r["model"] for r in records] == ["clusvpr", "netvlad", "gem"]
-    assert {r["dataset"] for r in records} == {"corridor"}
-    assert all(r["num_queries"] == 111 and r["num_database"] == 111 for r in records)
-    (ds,) = outputs["json"]["meta"]["datasets"]
-    assert ds["embedded"] and "Milford" in ds["credit"]
+    assert [(r["dataset"], r["model"]) for r in records] == [
+        (d, m) for d in ("corridor", "nordland_test") for m in ("clusvpr", "netvlad", "gem")]
+    for r in records:
+        name = {"clusvpr": "clusvpr_vgg16", "netvlad": "netvlad_vgg16", "gem": "gem_vgg16"}[r["model"]]
+        assert r["trained"] and r["weights"] == f"release {name}.nordland: bundled:{name}.nordland"
+        assert r["whitening"] != "fit" and r["input_size"] == "48x96"
+    sizes = {r["dataset"]: (r["num_queries"], r["num_database"]) for r in records}
+    assert sizes == {"corridor": (111, 111), "nordland_test": (400, 400)}
+    datasets = outputs["json"]["meta"]["datasets"]
+    assert all(d["embedded"] for d in datasets) and "Milford" in datasets[0]["credit"]
+    assert "untrained" not in stdout.lower() and "RANDOM weights" not in capsys.readouterr().err
+    assert len(markdown_rows(outputs["md"])) == 6 and (out / "recall_at_n.png").is_file()
+
+
+def test_untrained_default_runs_offline_and_says_the_models_are_untrained(tmp_path, capsys):
+    out = tmp_path / "out"
+    # the default models and datasets at the smallest input; big batches and 16 k-means images keep CI quick
+    records, stdout = _run(["--untrained", "--input-size", "32", "32", "--batch-size", "400", "--kmeans-images",
+                            "16", "--output-dir", str(out)])
+    outputs = read_outputs(out)
+    assert [r["model"] for r in records] == ["clusvpr", "netvlad", "gem"] * 2
+    assert [r["dataset"] for r in records] == ["corridor"] * 3 + ["nordland_test"] * 3
+    assert all(r["num_queries"] == 111 and r["num_database"] == 111 for r in records[:3])
+    corridor = outputs["json"]["meta"]["datasets"][0]
+    assert corridor["embedded"] and "Milford" in corridor["credit"]
     assert "registry/data/README.md" in outputs["md"]
-    assert [r["weights"] for r in records] == ["random init + k-means centres (untrained)"] * 2 + ["random init"]
+    assert [r["weights"] for r in records[:3]] == ["random init + k-means centres (untrained)"] * 2 + ["random init"]
     assert "**Warning: clusvpr, netvlad, gem: untrained weights" in stdout
     assert "RANDOM weights" in capsys.readouterr().err
     # 111 database images cannot fit a 4096-d whitening: reported, not failed
     assert records[0]["whitening"] == "none (too few images: 111 <= 4096 dims)"
-    assert len(markdown_rows(outputs["md"])) == 3
+    assert len(markdown_rows(outputs["md"])) == 6
 
 
 def test_rerank_ivfpq_and_no_whitening_reach_the_results(tmp_path):
@@ -57,7 +76,8 @@ def test_rerank_ivfpq_and_no_whitening_reach_the_results(tmp_path):
 def test_backbone_weights_give_off_the_shelf_models(tmp_path):
     weights = need_shared(VGG_WEIGHTS)
     data = write_aligned_dataset(tmp_path / "data", 12)
-    records, stdout = _run(["--models", "netvlad,gem", "--datasets", f"aligned:{data}", "--input-size", "64", "96",
+    records, stdout = _run(["--untrained", "--models", "netvlad,gem", "--datasets", f"aligned:{data}",
+                            "--input-size", "64", "96",
                             "--backbone-weights", str(weights), "--output-dir", str(tmp_path / "out")])
     netvlad, gem = records
     assert netvlad["weights"] == "off-the-shelf: vgg16_hed_conv.safetensors + k-means centres (untrained aggregator)"
