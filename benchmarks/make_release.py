@@ -105,7 +105,8 @@ def reference_descriptors(model: registry.VPRModel) -> Dict[str, np.ndarray]:
             for key, rel in REFERENCE_IMAGES.items()}
 
 
-def bundle(name: str, runs: List[Path], tag: str, data_root: Optional[str], out_dir: Optional[Path]) -> Dict[str, Any]:
+def bundle(name: str, runs: List[Path], tag: str, data_root: Optional[str], out_dir: Optional[Path],
+           drop_whitening: bool = False) -> Dict[str, Any]:
     summaries = {run: _summary(run) for run in runs}
     options = {run: json.loads((run / "config.json").read_text())["training"]["options"] for run in runs}
     select_by = options[runs[0]]["select_by"]
@@ -114,6 +115,11 @@ def bundle(name: str, runs: List[Path], tag: str, data_root: Optional[str], out_
     chosen = max(runs, key=lambda r: (scores[r], -seeds[r]))
     summary = summaries[chosen]
     fp32 = _release_model(chosen, seeds[chosen])
+    dropped = None
+    if drop_whitening and fp32.whitening is not None:  # the size budget: a 32768 x 1024 PCA alone is 67 MB in fp16
+        selection = (fp32.config.get("training") or {}).get("whitening_selection") or {}
+        dropped = {"chosen_on_validation": selection.get("chosen"), "candidates": selection.get("candidates")}
+        fp32.set_whitening_dim(None)
     h, w = fp32.input_config["input_size"][1:]
     release_name = f"{name}.{tag}"
     target = (out_dir or RELEASE_DIRS.get(name, DEFAULT_RELEASE_DIR)) / release_name
@@ -125,6 +131,9 @@ def bundle(name: str, runs: List[Path], tag: str, data_root: Optional[str], out_
             f"{seeds[r]}: {scores[r]:.2f}" for r in sorted(runs, key=lambda r: seeds[r])) + f"; chose seed {seeds[chosen]}",
         "fp32_recalls": {k: v for k, v in summary["test"].items()},
     }
+    if dropped is not None:
+        facts["whitening_dropped"] = dropped
+        facts["fp32_recalls"] = _evaluate(fp32, list(TEST_SETS), data_root)  # the unwhitened float32 model
     evaluation = {k: {**PROTOCOL[k], "input": f"resized to {h}x{w} (HxW), bilinear",
                       "search": "exact inner product (faiss) on L2-normalised descriptors"}
                   for k in (VAL_SET,) + TEST_SETS}
@@ -154,12 +163,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--tag", default="nordland", help="release tag (default nordland)")
     p.add_argument("--data-root", help="folder holding nordland/ (default: ../shared/data beside the repository)")
     p.add_argument("--out-dir", type=Path, help="write releases here instead of the package's releases folders")
+    p.add_argument("--drop-whitening", nargs="+", default=[], metavar="MODEL",
+                   help="release these models without their PCA whitening (recorded in the release facts), e.g. "
+                        "when the whitening does not fit the size budget")
     a = p.parse_args(argv)
     by_model: Dict[str, List[Path]] = {}
     for run in a.runs:
         arch = json.loads((run / "config.json").read_text())["architecture"]
         by_model.setdefault(arch, []).append(run)
-    report = [bundle(name, runs, a.tag, a.data_root, a.out_dir) for name, runs in by_model.items()]
+    drop = {registry.resolve_name(m) for m in a.drop_whitening}
+    report = [bundle(name, runs, a.tag, a.data_root, a.out_dir, name in drop) for name, runs in by_model.items()]
     print(json.dumps(report, indent=2))
 
 

@@ -63,8 +63,12 @@ def test_publish_round_trip_records_a_pin_that_pretrained_true_then_prefers(
     repo, commit = pin.split("@")
     from safetensors.torch import load
 
+    from safetensors.torch import load_file
+
     stored = load(hub_server.file_bytes(repo, "model.safetensors", commit))
-    assert {t.dtype for t in stored.values()} <= {torch.float16, torch.int64}
+    bundled_file = load_file(str(folder / "model.safetensors"))  # the Hub copy keeps the bundled precision
+    assert sorted(stored) == sorted(bundled_file)
+    assert all(stored[k].dtype == t.dtype and torch.equal(stored[k], t) for k, t in bundled_file.items())
 
 
 def test_publish_refuses_an_unknown_release(publish_module, demo_release):
