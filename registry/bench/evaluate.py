@@ -12,8 +12,16 @@ import torch.nn.functional as F
 
 from registry.datasets import VPRDataset
 from registry.datasets.images import open_rgb
-from registry.evaluation import (Preprocess, extract_dataset, extract_descriptors, k_reciprocal_rerank,
-                                 recall_at_n, recall_from_predictions, save_descriptors, search)
+from registry.evaluation import (
+    Preprocess,
+    extract_dataset,
+    extract_descriptors,
+    k_reciprocal_rerank,
+    recall_at_n,
+    recall_from_predictions,
+    save_descriptors,
+    search,
+)
 from registry.training.clusters import has_clusters
 
 from . import attention, grids

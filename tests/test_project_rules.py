@@ -1,0 +1,43 @@
+"""Rules of the source tree: nothing edits sys.path, and the scripts in benchmarks/ use only the public API."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Iterator, List
+
+from shared_paths import REPO
+
+SOURCES = ("registry", "clusvpr_plugin", "benchmarks", "tests", "hubconf.py")
+
+
+def _python_files(*roots: str) -> Iterator[Path]:
+    for root in roots:
+        path = REPO / root
+        yield from ([path] if path.is_file() else sorted(path.rglob("*.py")))
+
+
+def _imported_modules(tree: ast.AST) -> Iterator[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def test_no_module_edits_sys_path():
+    offenders: List[str] = []
+    for path in _python_files(*SOURCES):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+                    and node.value.id in ("sys", "_sys"):
+                offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []
+
+
+def test_benchmark_scripts_import_only_public_modules():
+    private = re.compile(r"^(registry|clusvpr_plugin)(\.\w+)*\._")
+    found = {str(p.relative_to(REPO)): m for p in _python_files("benchmarks")
+             for m in _imported_modules(ast.parse(p.read_text(encoding="utf-8"))) if private.match(m)}
+    assert found == {}
