@@ -1,4 +1,5 @@
-"""Rules of the source tree: nothing edits sys.path, and the scripts in benchmarks/ use only the public API."""
+"""Rules of the source tree: CI lints then tests exactly as the README says, nothing edits sys.path, the scripts in
+benchmarks/ use only the public API, and the core never names its plugin."""
 from __future__ import annotations
 
 import ast
@@ -26,6 +27,14 @@ def _imported_modules(tree: ast.AST) -> Iterator[str]:
             yield from (f"{node.module}.{alias.name}" for alias in node.names)
 
 
+def test_ci_lints_then_runs_the_readme_test_command():
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    readme = re.search(r"Tests \(what `\.ci/run` runs.*?```bash\n(.*?)\n```", (REPO / "README.md").read_text(), re.S)
+    assert readme and readme.group(1).strip() == ci
+    assert "ruff check ." in ci and ci.index("ruff check .") < ci.index("pytest")
+    assert "ruff" in (REPO / "pyproject.toml").read_text().split("test = [", 1)[1].split("]", 1)[0]
+
+
 def test_no_module_edits_sys_path():
     offenders: List[str] = []
     for path in _python_files(*SOURCES):
@@ -41,3 +50,8 @@ def test_benchmark_scripts_import_only_public_modules():
     found = {str(p.relative_to(REPO)): m for p in _python_files("benchmarks")
              for m in _imported_modules(ast.parse(p.read_text(encoding="utf-8"))) if private.match(m)}
     assert found == {}
+
+
+def test_wheels_are_ignored_and_the_stray_one_is_gone():
+    assert not (REPO / "pyflakes-4.1.0-py2.py3-none-any.whl").exists()
+    assert "*.whl" in (REPO / ".gitignore").read_text().split()

@@ -3,9 +3,9 @@ import pytest
 import timm
 import torch
 import torch.hub
+from shared_paths import REPO
 
 import clusvpr_plugin  # noqa: F401  (registers the timm entry points)
-from shared_paths import REPO
 from registry import VPRModel
 
 MODELS = ["clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16", "gem_resnet50"]

@@ -4,7 +4,6 @@ import sys
 from importlib.metadata import entry_points
 
 import pytest
-
 from shared_paths import REPO
 
 import registry
