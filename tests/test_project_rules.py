@@ -55,3 +55,8 @@ def test_benchmark_scripts_import_only_public_modules():
 def test_wheels_are_ignored_and_the_stray_one_is_gone():
     assert not (REPO / "pyflakes-4.1.0-py2.py3-none-any.whl").exists()
     assert "*.whl" in (REPO / ".gitignore").read_text().split()
+
+
+def test_the_core_never_names_its_plugin():
+    named = [str(p.relative_to(REPO)) for p in _python_files("registry") if "clusvpr_plugin" in p.read_text("utf-8")]
+    assert named == []
