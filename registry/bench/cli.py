@@ -48,6 +48,12 @@ datasets: a known name (corridor, nordland_test, pitts30k_test, tokyo247, msls_v
 (layout detected) or layout:path; see registry.datasets.load_dataset."""
 
 
+def log(message: str) -> None:
+    """The runner's own console output (it is a command line): progress messages go to stderr, so stdout carries
+    only the Markdown table; library code below it logs through `logging` instead."""
+    print(message, file=sys.stderr, flush=True)
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and a pointer to --help, not the whole usage block."""
 

@@ -1,7 +1,6 @@
 """One model on one dataset: build, off-the-shelf init, extraction (timed, peak memory), whitening, recall, costs."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -25,14 +24,9 @@ from registry.evaluation import (
 from registry.training.clusters import has_clusters
 
 from . import attention, grids
-from .cli import RunConfig
+from .cli import RunConfig, log
 from .metrics import PeakMemory, count_gflops, count_parameters, latency_ms
 from .models import ModelSpec, build_model, weights_source
-
-
-def log(message: str) -> None:
-    """Progress messages go to stderr, so stdout carries only the Markdown table."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def safe_name(text: str) -> str:

@@ -150,10 +150,10 @@ def run(cfg: RunConfig) -> List[Dict[str, Any]]:
 def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     """Entry point: parse, check, run; exit status 1 when some (model, dataset) pair failed or results could not be
     written. `prog` names the command in messages and in results.json (the shim benchmarks/run.py passes its own)."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    from .._console import console_logging
 
     cfg = parse_args(argv, prog)
-    with logging_redirect_tqdm():
+    with console_logging():
         return _main(cfg)
 
 

@@ -292,9 +292,9 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
 def main(argv: Optional[List[str]] = None, prog: str = PROG) -> Optional[Dict[str, Any]]:
     """Parse, check, set up (errors exit with status 2 and one line), then train. `prog` names the command in
     messages and in summary.json (the shim benchmarks/train.py passes its own name)."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    from .._console import console_logging
 
-    with logging_redirect_tqdm():
+    with console_logging():
         return _main(argv, prog)
 
 

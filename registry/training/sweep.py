@@ -111,8 +111,15 @@ def table(rows: List[Dict[str, Any]], names: Sequence[str]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> List[Dict[str, Any]]:
     """Parse, extract each run's descriptors once, evaluate every size; prints the table, returns the rows."""
+    from .._console import console_logging
+
     a = build_parser(prog).parse_args(argv)
     a.prog = prog
+    with console_logging():
+        return _main(a)
+
+
+def _main(a: argparse.Namespace) -> List[Dict[str, Any]]:
     import torch
 
     from registry.datasets import load_dataset
