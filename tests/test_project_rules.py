@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Iterator, List
 
+import pytest
 from shared_paths import REPO
 
 SOURCES = ("registry", "clusvpr_plugin", "benchmarks", "tests", "hubconf.py")
@@ -60,3 +61,12 @@ def test_wheels_are_ignored_and_the_stray_one_is_gone():
 def test_the_core_never_names_its_plugin():
     named = [str(p.relative_to(REPO)) for p in _python_files("registry") if "clusvpr_plugin" in p.read_text("utf-8")]
     assert named == []
+
+
+def test_no_extra_puts_a_second_faiss_build_beside_the_dependency():
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[<>=!~ \[]", req, maxsplit=1)[0] for reqs in project["optional-dependencies"].values()
+             for req in reqs]
+    assert any(d.startswith("faiss-cpu") for d in project["dependencies"])
+    assert not [n for n in names if n.startswith("faiss")]
