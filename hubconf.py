@@ -6,15 +6,10 @@ model's default Hub repo at its pinned revision), `org/name[@rev]`, or a local d
 similar runners feed) and converts it exactly to its own convention. `descriptor_dim=k`: the k leading components
 of a fitted PCA whitening (e.g. 4096, 1024, 512, 256); other sizes raise a ValueError listing the valid ones.
 """
+import clusvpr_plugin as _clusvpr_plugin  # noqa: F401  (torch.hub puts this folder on the path while loading)
+import registry as _registry
+
 dependencies = ["torch", "timm", "safetensors", "huggingface_hub", "h5py"]
-
-import os as _os
-import sys as _sys
-
-_sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
-
-import registry as _registry  # noqa: E402
-import clusvpr_plugin as _clusvpr_plugin  # noqa: E402,F401
 
 
 def _entry(name: str, pretrained, overrides: dict):

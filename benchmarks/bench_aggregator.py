@@ -87,16 +87,19 @@ def main() -> None:
     for v in VARIANTS:
         cmd = [sys.executable, __file__, "--variant", v, "--batch", str(args.batch), "--repeats", str(args.repeats),
                "--device", args.device, "--size", *map(str, args.size)]
-        rows[v] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        rows[v] = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"device={args.device} batch={args.batch} map={args.size[0]}x{args.size[1]} repeats={args.repeats}")
     print("| variant | median time (ms) | peak memory (MiB) |\n|---|---|---|")
     for v, r in rows.items():
         print(f"| {VARIANTS[v]} | {r['seconds'] * 1e3:.1f} | {r['peak_bytes'] / 2**20:.0f} |")
     for label, (mine, other) in {"optlad": ("optlad_matrix", "optlad_naive"),
                                  "aggregator": ("aggregator_matrix", "aggregator_naive"),
-                                 "aggregator vs reference forms": ("aggregator_matrix", "aggregator_reference")}.items():
+                                 "aggregator vs reference forms": ("aggregator_matrix",
+                                                                   "aggregator_reference")}.items():
         m, n = rows[mine], rows[other]
-        print(f"{label}: {n['seconds'] / m['seconds']:.1f}x faster, peak memory {m['peak_bytes'] / max(n['peak_bytes'], 1):.3f}"
+        memory = m["peak_bytes"] / max(n["peak_bytes"], 1)
+        print(f"{label}: {n['seconds'] / m['seconds']:.1f}x faster, peak memory {memory:.3f}"
               f" of the naive form (outputs agree: {abs(m['out_norm'] - n['out_norm']) / n['out_norm'] < 1e-4})")
     if args.out:
         with open(args.out, "w") as f:

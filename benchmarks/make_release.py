@@ -128,7 +128,8 @@ def bundle(name: str, runs: List[Path], tag: str, data_root: Optional[str], out_
         "name": release_name, "tag": tag, "trained_on": TRAINED_ON.format(h=h, w=w), "not_for": NOT_FOR,
         "command": cmd, "seed": seeds[chosen], "git_commit": _commit(chosen), "run": chosen.name,
         "selection": f"validation {select_by} on {VAL_SET} among seeds " + ", ".join(
-            f"{seeds[r]}: {scores[r]:.2f}" for r in sorted(runs, key=lambda r: seeds[r])) + f"; chose seed {seeds[chosen]}",
+            f"{seeds[r]}: {scores[r]:.2f}" for r in sorted(runs, key=lambda r: seeds[r]))
+        + f"; chose seed {seeds[chosen]}",
         "fp32_recalls": {k: v for k, v in summary["test"].items()},
     }
     if dropped is not None:

@@ -35,7 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from registry._atomic import atomic_path
+    from registry import atomic_path
 
     key = f"val_{a.metric}"
     fig, ax = plt.subplots(figsize=(8, 4.5))

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 import registry
-from registry._registry import PUBLISHED_FILE
+from registry import PUBLISHED_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBES = ("registry/data/corridor/query/0000000.jpg", "registry/data/nordland_test/winter/images-20010.png")
@@ -33,7 +33,7 @@ def bundled_releases(names: Optional[Sequence[str]] = None) -> Dict[str, Path]:
     found = {}
     for full in registry.list_models(pretrained=True):
         base, tag = registry.split_tag(full)
-        release = registry._registry.get_entry(base).release(tag)
+        release = registry.get_entry(base).release(tag)
         if release.folder is not None:
             found[full] = release.folder
     if names:
@@ -84,7 +84,7 @@ def record(pins: Dict[str, str]) -> List[Path]:
     written = {}
     for full, pin in pins.items():
         base, tag = registry.split_tag(full)
-        path = registry._registry.get_entry(base).release(tag).folder.parent / PUBLISHED_FILE
+        path = registry.get_entry(base).release(tag).folder.parent / PUBLISHED_FILE
         table = written.get(path) or (json.loads(path.read_text()) if path.is_file() else {})
         table[full] = pin
         written[path] = table

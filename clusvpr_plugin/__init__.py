@@ -11,6 +11,13 @@ from .optlad import OptLAD
 
 __all__ = ["ClusVPRAggregator", "OptLAD", "convert_reference_state_dict", "load_reference_checkpoint"]
 
+CITATION = """@article{xu2023clusvpr,
+  title   = {ClusVPR: Efficient Visual Place Recognition with Clustering-based Weighted Transformer},
+  author  = {Xu, Yifan and Shamsolmoali, Pourya and Yang, Jie},
+  journal = {arXiv preprint arXiv:2310.04099},
+  year    = {2023}
+}"""
+
 
 def _register() -> None:
     from registry import _registry
@@ -24,6 +31,7 @@ def _register() -> None:
         pretrained_cfg=pretrained_cfg(), reference_loader=load_reference_checkpoint,
         releases=find_releases(Path(__file__).resolve().parent / "releases", "clusvpr_vgg16"),
         description="ClusVPR: VGG16 conv5_3 + 4 CWT blocks + OptLAD (64 x 128), whitened to 4096-d",
+        citation=CITATION,
     ), aliases=("clusvpr",))
 
 

@@ -12,8 +12,35 @@ except ImportError:  # timm is a dependency, but keep `import clusvpr_plugin` us
     generate_default_cfgs = register_model = None
 
 TIMM_MODELS = ("clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16", "gem_resnet50")
-_TIMM_ONLY_KWARGS = ("pretrained_cfg_overlay", "pretrained_model_args", "features_only",
-                     "num_classes", "in_chans", "drop_rate", "drop_path_rate")
+# timm's generic keyword arguments: accepted only at the value a descriptor model honours, otherwise refused
+_TIMM_ONLY_KWARGS = {
+    "features_only": (False,),
+    "num_classes": (0,),
+    "in_chans": (3,),
+    "drop_rate": (0, 0.0),
+    "drop_path_rate": (0, 0.0),
+    "pretrained_cfg_overlay": ({},),
+    "pretrained_model_args": None,  # the config.json's model_args, checked by _check_config_args
+}
+_FIX = {
+    "features_only": "a VPR model gives one global descriptor per image; for the backbone's feature map call "
+                     "model.local_features(images)",
+    "num_classes": "there is no classifier head; the output is the L2-normalised descriptor (model.num_features "
+                   "wide; choose its size with descriptor_dim=...)",
+    "in_chans": "the backbones take RGB images (3 channels)",
+    "drop_rate": "the models' dropout is fixed by their architecture (ClusVPR: the CWT blocks' dropout)",
+    "drop_path_rate": "the backbones have no stochastic depth",
+    "pretrained_cfg_overlay": "pass pretrained='org/name@revision' or a local folder to load other weights",
+}
+
+
+def _refuse_timm_kwargs(name: str, kwargs: Dict[str, Any]) -> None:
+    """Pop timm's generic keyword arguments, raising a ValueError for any value the model cannot honour."""
+    for key, accepted in _TIMM_ONLY_KWARGS.items():
+        value = kwargs.pop(key, None)
+        if value is None or accepted is None or value in accepted:
+            continue
+        raise ValueError(f"timm.create_model({name!r}, {key}={value!r}) is not supported: {_FIX[key]}")
 
 
 def _timm_cfg(name: str, tag: Optional[str] = None) -> Dict[str, Any]:
@@ -77,10 +104,7 @@ def _check_config_args(name: str, config_args: Optional[Dict[str, Any]]) -> None
 def _make_entry(name: str):
     def entry(pretrained: bool = False, pretrained_cfg: Optional[Any] = None, **kwargs: Any):
         _check_config_args(name, kwargs.get("pretrained_model_args"))
-        for k in _TIMM_ONLY_KWARGS:
-            value = kwargs.pop(k, None)
-            if k in ("num_classes", "in_chans") and value not in (None, 0, 3):
-                raise ValueError(f"{name} is a descriptor model: {k}={value} is not supported")
+        _refuse_timm_kwargs(name, kwargs)
         if kwargs.get("cache_dir") is None:
             kwargs.pop("cache_dir", None)
         tag = _tag(pretrained_cfg)

@@ -31,7 +31,8 @@ class ClusVPRAggregator(nn.Module):
         if cwt_init not in CWT_INITS:
             raise ValueError(f"cwt_init must be one of {CWT_INITS}, got {cwt_init!r}")
         self.in_channels = int(in_channels)
-        self.cwt = nn.Sequential(*(CWTNet(in_channels, heads, 2.0, dropout, knn_k, knn_backend) for _ in range(cwt_depth)))
+        self.cwt = nn.Sequential(*(CWTNet(in_channels, heads, 2.0, dropout, knn_k, knn_backend)
+                                   for _ in range(cwt_depth)))
         if cwt_init == "identity":
             for block in self.cwt:
                 block.reset_to_identity()

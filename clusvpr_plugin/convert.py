@@ -121,7 +121,8 @@ def load_reference_checkpoint(model: VPRModel, path: Union[str, os.PathLike],
             fitted = model.whitening  # stays unfitted: descriptors are the 8192-d OptLAD output
         state.update({f"whitening.{k}": v for k, v in fitted.state_dict().items()})
     elif pca_path is not None or pca_w is not None:
-        raise ValueError("the checkpoint comes with a PCA but the model has no whitening layer; create it with whitening_dim")
+        raise ValueError("the checkpoint comes with a PCA but the model has no whitening layer; "
+                         "create it with whitening_dim")
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:

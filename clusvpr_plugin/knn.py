@@ -1,4 +1,4 @@
-"""Exact k-nearest-neighbour distance sums over tokens: plain batched torch, knn-cuda only when installed on CUDA."""
+"""Exact k-nearest-neighbour distance sums over tokens: plain batched torch; knn-cuda only when asked for."""
 from __future__ import annotations
 
 import importlib.util
@@ -35,7 +35,8 @@ def knn_sq_dist_sum_cuda_ext(tokens: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def knn_sq_dist_sum(tokens: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
-    """Dispatch: 'torch' (default everywhere), 'knn_cuda' (if installed and on CUDA) or 'auto'."""
+    """Dispatch: 'auto' (the default) and 'torch' run the exact plain-torch KNN on every device, so the result never
+    depends on what is installed; 'knn_cuda' runs the optional extension (it must be installed, tensors on CUDA)."""
     if backend not in ("auto", "torch", "knn_cuda"):
         raise ValueError(f"knn backend must be 'auto', 'torch' or 'knn_cuda', got {backend!r}")
     if backend == "knn_cuda" and not _knn_cuda_available(tokens):

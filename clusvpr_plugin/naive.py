@@ -1,4 +1,4 @@
-"""OptLAD in the reference's materialised-residual form (N x G x K x D x HW): a slow yardstick for tests and benchmarks."""
+"""OptLAD in the reference's materialised-residual form (N x G x K x D x HW): a slow yardstick for tests, benchmarks."""
 from __future__ import annotations
 
 import torch

@@ -17,7 +17,8 @@ class OptLAD(nn.Module):
                  feature_size: Tuple[int, int] = (30, 40), p_init: float = 3.0, eps: float = 1e-6) -> None:
         super().__init__()
         if (expansion * in_channels) % groups:
-            raise ValueError(f"expansion*in_channels ({expansion * in_channels}) must be divisible by groups ({groups})")
+            raise ValueError(f"expansion*in_channels ({expansion * in_channels}) must be divisible by groups "
+                             f"({groups})")
         if int(num_clusters) < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
         self.in_channels, self.num_clusters, self.groups = int(in_channels), int(num_clusters), int(groups)

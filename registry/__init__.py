@@ -4,9 +4,12 @@ Importing this package is cheap: plugins are discovered lazily, at the first loo
 """
 from . import aggregators as _aggregators  # noqa: F401  (registers the bundled aggregators)
 from . import backbones as _backbones  # noqa: F401  (registers the bundled backbones)
+from ._atomic import atomic_path
 from ._registry import (
+    PUBLISHED_FILE,
     ModelEntry,
     Release,
+    get_entry,
     list_aliases,
     list_models,
     load_plugins,
@@ -23,14 +26,17 @@ from .model import VPRModel
 from .whitening import PCAWhitening
 
 __all__ = [
+    "PUBLISHED_FILE",
     "ModelEntry",
     "Release",
     "NotPublishedError",
     "PCAWhitening",
     "VPRModel",
+    "atomic_path",
     "build_vpr_model",
     "create",
     "export_onnx",
+    "get_entry",
     "list_aliases",
     "list_models",
     "load_plugins",

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 PLUGIN_GROUP = "vpr_registry.plugins"
+DISTRIBUTION = "clusvpr-zoo"  # this package's distribution, whose pyproject.toml a source checkout reads
 _log = logging.getLogger(__name__)
 
 
@@ -81,7 +81,8 @@ def _trained_on(config: Dict[str, Any]) -> str:
 class ModelEntry:
     """One registered model: its builder and the facts `model_info` reports.
 
-    `releases` maps tags to trained weights; `default_release` is the tag `pretrained=True` loads for the bare name.
+    `releases` maps tags to trained weights; `default_release` is the tag `pretrained=True` loads for the bare name;
+    `citation` (BibTeX) goes into the model cards of its weights.
     """
 
     name: str
@@ -95,6 +96,7 @@ class ModelEntry:
     description: str = ""
     releases: Dict[str, Release] = field(default_factory=dict)
     default_release: Optional[str] = None
+    citation: str = ""  # BibTeX of the method, for model cards
 
     def __post_init__(self) -> None:
         if self.default_release is None and self.releases:
@@ -160,22 +162,54 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    load_entry_point_group(PLUGIN_GROUP, "clusvpr_plugin", "VPR plugin")
+    try:
+        load_entry_point_group(PLUGIN_GROUP, "VPR plugin")
+    except ImportError:
+        _plugins_loaded = False  # the next lookup raises the same error instead of "unknown model"
+        raise
 
 
-def load_entry_point_group(group: str, bundled: str, what: str) -> None:
-    """Load every entry point of `group`, then import the `bundled` module (so a source checkout, which has no
-    installed entry points, registers it too). A broken third-party entry point is logged, not raised: it must
-    not break the models or recipes of everyone else."""
-    for ep in entry_points(group=group):
+def declared_entry_points(group: str) -> List[EntryPoint]:
+    """The entry points of `group`: the installed distributions' and, in a source checkout (this package's
+    pyproject.toml beside it), the ones that pyproject.toml declares, so an uninstalled clone finds its plugins."""
+    found = {ep.value: ep for ep in entry_points(group=group)}
+    for ep in _source_checkout_entry_points(group):
+        found.setdefault(ep.value, ep)
+    return list(found.values())
+
+
+def _source_checkout_entry_points(group: str) -> List[EntryPoint]:
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not pyproject.is_file():
+        return []
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11: read it when tomli is there, else rely on installed entry points
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            return []
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+    if project.get("name") != DISTRIBUTION:
+        return []
+    declared = project.get("entry-points", {}).get(group, {})
+    return [EntryPoint(name, value, group) for name, value in declared.items()]
+
+
+def load_entry_point_group(group: str, what: str) -> None:
+    """Load every entry point of `group` (see `declared_entry_points`). An ImportError raised inside a plugin is
+    re-raised naming the plugin (a broken install must not look like an unknown model); any other failure of a
+    plugin is logged, not raised, so it does not break the models or recipes of everyone else."""
+    for ep in declared_entry_points(group):
         try:
             ep.load()
+        except ImportError as exc:
+            raise ImportError(
+                f"{what} {ep.name!r} ({ep.value}, entry point group {group!r}) could not be imported: {exc}. "
+                "Install what it needs, reinstall the package that declares it, or uninstall that package"
+            ) from exc
         except Exception as exc:
             _log.warning("%s %r (%s) failed to load: %s", what, ep.name, ep.value, exc)
-    try:
-        importlib.import_module(bundled)
-    except ImportError:
-        pass
 
 
 def _suggest(name: str, candidates: List[str]) -> str:

@@ -17,7 +17,7 @@ _HEAD_PREFIXES = ("classifier.", "fc.", "pre_logits.", "head.")
 
 
 def load_weights_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
-    """Read a state dict from safetensors (preferred) or a torch file with `weights_only=True` (never unpickles code)."""
+    """Read a state dict from safetensors (preferred) or a torch file with `weights_only=True` (no code unpickled)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file not found: {path} (pass an existing .safetensors or .pth file)")

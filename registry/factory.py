@@ -213,6 +213,18 @@ def _release_info(release: Release) -> Dict[str, Any]:
 
 
 RELEASES_DIR = Path(__file__).resolve().parent / "releases"
+NETVLAD_CITATION = """@inproceedings{arandjelovic2016netvlad,
+  title     = {{NetVLAD}: {CNN} architecture for weakly supervised place recognition},
+  author    = {Arandjelovi{\\'c}, Relja and Gronat, Petr and Torii, Akihiko and Pajdla, Tomas and Sivic, Josef},
+  booktitle = {IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2016}
+}"""
+GEM_CITATION = """@article{radenovic2019gem,
+  title   = {Fine-tuning {CNN} Image Retrieval with No Human Annotation},
+  author  = {Radenovi{\\'c}, Filip and Tolias, Giorgos and Chum, Ond{\\v{r}}ej},
+  journal = {IEEE Transactions on Pattern Analysis and Machine Intelligence},
+  year    = {2019}
+}"""
 
 
 def pretrained_cfg(**extra: Any) -> Dict[str, Any]:
@@ -227,15 +239,16 @@ register_model(ModelEntry(
     "netvlad_vgg16", build_vpr_model, "vgg16", "netvlad",
     default_args={"num_clusters": 64, "whitening_dim": 4096}, descriptor_dim=4096,
     pretrained_cfg=pretrained_cfg(), releases=find_releases(RELEASES_DIR, "netvlad_vgg16"),
-    description="NetVLAD (64 clusters) on VGG16 conv5_3, whitened to 4096-d",
+    description="NetVLAD (64 clusters) on VGG16 conv5_3, whitened to 4096-d", citation=NETVLAD_CITATION,
 ), aliases=("netvlad",))
 register_model(ModelEntry(
     "gem_vgg16", build_vpr_model, "vgg16", "gem",
     descriptor_dim=512, pretrained_cfg=pretrained_cfg(), releases=find_releases(RELEASES_DIR, "gem_vgg16"),
-    description="GeM pooling (learnable p) on VGG16 conv5_3, 512-d",
+    description="GeM pooling (learnable p) on VGG16 conv5_3, 512-d", citation=GEM_CITATION,
 ), aliases=("gem",))
 register_model(ModelEntry(
     "gem_resnet50", build_vpr_model, "resnet50", "gem",
     default_args={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "train_layers": "layer3"}, descriptor_dim=1024,
     pretrained_cfg=pretrained_cfg(), description="GeM pooling (learnable p) on ResNet-50 layer3, 1024-d",
+    citation=GEM_CITATION,
 ))

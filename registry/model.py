@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Any, Dict, Optional
 
 import torch
@@ -221,7 +220,3 @@ class VPRModel(nn.Module):
         from . import hub
 
         return hub.from_pretrained(src, **kwargs)
-
-    def copy(self) -> "VPRModel":
-        """A deep copy (a frozen teacher, say)."""
-        return copy.deepcopy(self)

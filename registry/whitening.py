@@ -37,7 +37,8 @@ class PCAWhitening(nn.Module):
             if incoming is not None:
                 cols = incoming.shape[-1]
                 if cols not in (0, self.out_dim):
-                    raise ValueError(f"{prefix}{name} has {cols} components, expected {self.out_dim} (or 0 if unfitted)")
+                    raise ValueError(f"{prefix}{name} has {cols} components, expected {self.out_dim} "
+                                     "(or 0 if unfitted)")
                 setattr(self, name, torch.empty_like(incoming, dtype=self.mu.dtype, device=self.mu.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

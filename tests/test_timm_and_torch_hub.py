@@ -3,9 +3,9 @@ import pytest
 import timm
 import torch
 import torch.hub
+from shared_paths import REPO
 
 import clusvpr_plugin  # noqa: F401  (registers the timm entry points)
-from shared_paths import REPO
 from registry import VPRModel
 
 MODELS = ["clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16", "gem_resnet50"]
@@ -30,6 +30,27 @@ def test_timm_pretrained_cfg_carries_the_spec_input_config():
 def test_timm_rejects_classification_heads():
     with pytest.raises(ValueError, match="num_classes"):
         timm.create_model("gem_vgg16", num_classes=10)
+
+
+@pytest.mark.parametrize("kwargs, fix", [
+    ({"features_only": True}, "model.local_features"),
+    ({"num_classes": 3}, "no classifier head"),
+    ({"num_classes": 1000}, "no classifier head"),
+    ({"in_chans": 1}, "RGB"),
+    ({"drop_rate": 0.2}, "dropout is fixed"),
+    ({"drop_path_rate": 0.1}, "no stochastic depth"),
+    ({"pretrained_cfg_overlay": {"file": "w.pth"}}, "pretrained='org/name@revision'"),
+])
+def test_timm_refuses_arguments_it_cannot_honour_instead_of_dropping_them(kwargs, fix):
+    (key, value), = kwargs.items()
+    with pytest.raises(ValueError, match=rf"{key}=.* is not supported: .*{fix}"):
+        timm.create_model("gem_vgg16", input_size=(64, 64), **kwargs)
+
+
+def test_timm_accepts_its_arguments_at_the_values_a_descriptor_model_honours():
+    model = timm.create_model("gem_vgg16", input_size=(64, 64), num_classes=0, in_chans=3, features_only=False,
+                              drop_rate=0.0, drop_path_rate=0.0)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, model.num_features)
 
 
 def test_torch_hub_load_from_a_local_checkout():

@@ -15,7 +15,8 @@ def alpha_from_clusters(centroids: torch.Tensor, descriptors: torch.Tensor) -> T
     """alpha = -ln(0.01) / mean(top1 - top2 dot products with the normalised centres); returns (alpha, c_hat)."""
     if centroids.ndim != 2 or descriptors.ndim != 2 or centroids.shape[1] != descriptors.shape[1]:
         raise ValueError(
-            f"centroids (K, D) and descriptors (N, D) must share D; got {tuple(centroids.shape)}, {tuple(descriptors.shape)}"
+            f"centroids (K, D) and descriptors (N, D) must share D; got {tuple(centroids.shape)}, "
+            f"{tuple(descriptors.shape)}"
         )
     if centroids.shape[0] < 2 or descriptors.shape[0] < 1:
         raise ValueError("alpha initialisation needs at least 2 centroids and 1 descriptor")

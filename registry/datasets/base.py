@@ -89,16 +89,6 @@ class VPRDataset:
         """Per query, database indices within `radius` (default `train_neg_radius`: 25 m): never used as negatives."""
         return self._within(self.train_neg_radius if radius is None else radius)
 
-    def sample_negatives(
-        self, query: int, n: int, rng: np.random.Generator, radius: Optional[float] = None
-    ) -> np.ndarray:
-        """`n` distinct database indices farther than `radius` (default `train_neg_radius`) from query `query`."""
-        near = self.non_negatives(radius)[query]
-        candidates = np.setdiff1d(np.arange(self.num_db), near, assume_unique=True)
-        if len(candidates) < n:
-            raise ValueError(f"{self.name}: query {query} has only {len(candidates)} negatives, {n} requested")
-        return rng.choice(candidates, size=n, replace=False)
-
 
 def neighbours_within(
     q_coords: np.ndarray,

@@ -3,8 +3,8 @@
 Layout: config.json (timm-compatible, plus VPR facts and the sha256 of every other file), model.safetensors,
 centroids.h5, pca.h5 and README.md rendered from MODEL_CARD.md.
 """
-from ._card import render_model_card
 from .._files import sha256_file
+from ._card import render_model_card
 from ._layout import LAYOUT_FILES, save_pretrained
 from ._load import from_pretrained, pull_centroids, pull_pca
 from ._push import push_to_hub

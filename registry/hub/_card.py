@@ -11,26 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 TEMPLATE_NAME = "MODEL_CARD.md"
 _LEADING_COMMENT = re.compile(r"\A\s*<!--.*?-->\s*", re.S)
 _TAGS = ["visual-place-recognition", "image-retrieval", "image-feature-extraction", "clusvpr-zoo"]
-_CITATIONS = {
-    "clusvpr": """@article{xu2023clusvpr,
-  title   = {ClusVPR: Efficient Visual Place Recognition with Clustering-based Weighted Transformer},
-  author  = {Xu, Yifan and Shamsolmoali, Pourya and Yang, Jie},
-  journal = {arXiv preprint arXiv:2310.04099},
-  year    = {2023}
-}""",
-    "netvlad": """@inproceedings{arandjelovic2016netvlad,
-  title     = {{NetVLAD}: {CNN} architecture for weakly supervised place recognition},
-  author    = {Arandjelovi{\\'c}, Relja and Gronat, Petr and Torii, Akihiko and Pajdla, Tomas and Sivic, Josef},
-  booktitle = {IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year      = {2016}
-}""",
-    "gem": """@article{radenovic2019gem,
-  title   = {Fine-tuning {CNN} Image Retrieval with No Human Annotation},
-  author  = {Radenovi{\\'c}, Filip and Tolias, Giorgos and Chum, Ond{\\v{r}}ej},
-  journal = {IEEE Transactions on Pattern Analysis and Machine Intelligence},
-  year    = {2019}
-}""",
-}
+
 
 
 def template_path() -> Path:
@@ -107,8 +88,21 @@ def card_values(config: Mapping[str, Any], repo_hint: str = "org/name@<commit>")
         + (f"\n- Not for: {release['not_for']}" if release.get("not_for") else ""),
         "domain": _domain(release, datasets),
         "provenance": _provenance(release, config),
-        "citation": _CITATIONS.get(aggregator, "% no citation recorded for aggregator " + aggregator),
+        "citation": _citation(str(config.get("architecture", "")), aggregator),
     }
+
+
+def _citation(architecture: str, aggregator: str) -> str:
+    """The BibTeX of the model's registry entry, else of a registered model with the same aggregator (a variant
+    of the same method), else a comment saying none is recorded."""
+    from .._registry import _MODELS, load_plugins
+
+    load_plugins()
+    entry = _MODELS.get(architecture)
+    if entry is not None and entry.citation:
+        return entry.citation
+    same = [e.citation for _, e in sorted(_MODELS.items()) if e.aggregator == aggregator and e.citation]
+    return same[0] if same else "% no citation recorded for aggregator " + aggregator
 
 
 def _summary(config: Mapping[str, Any]) -> str:

@@ -12,12 +12,12 @@ from typing import Any, Dict, Optional, Tuple, Union
 from .._files import sha256_file
 from ._layout import CONFIG, FORMAT_VERSION
 from .errors import (
+    CorruptedFileError,
     FileNotInRepoError,
     HubError,
     HubOfflineError,
     RepoNotFoundError,
     RevisionNotFoundError,
-    CorruptedFileError,
     WrongModelError,
 )
 

@@ -5,8 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from .losses import HARD_LOSSES
 from ..model import TRAIN_JITTER
+from .losses import HARD_LOSSES
 
 OPTIMIZERS = ("sgd", "adam")
 SELECT_METRICS = ("R@1", "R@5", "R@10")

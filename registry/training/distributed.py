@@ -36,14 +36,6 @@ class DistContext:
         if self.distributed:
             dist.barrier()
 
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's `obj` on every rank."""
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def all_reduce_mean(self, value: float) -> float:
         """Mean of a float over ranks."""
         if not self.distributed:

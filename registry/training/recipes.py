@@ -49,7 +49,6 @@ def global_descriptors(model: nn.Module, source: Source, inputs: torch.Tensor) -
 
 
 RECIPE_GROUP = "vpr_registry.recipes"
-_BUNDLED = "clusvpr_plugin.pyramid"
 _RECIPES: Dict[str, Callable[[], object]] = {"global": GlobalRecipe}
 _DEFAULT_FOR: Dict[str, str] = {}
 _plugins_loaded = False
@@ -71,12 +70,16 @@ def list_recipes() -> Dict[str, str]:
 
 
 def load_recipe_plugins() -> None:
-    """Import recipes declared under the `vpr_registry.recipes` entry-point group, and the bundled ClusVPR one."""
+    """Import the recipes declared under the `vpr_registry.recipes` entry-point group (once)."""
     global _plugins_loaded
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    load_entry_point_group(RECIPE_GROUP, _BUNDLED, "VPR recipe plugin")
+    try:
+        load_entry_point_group(RECIPE_GROUP, "VPR recipe plugin")
+    except ImportError:
+        _plugins_loaded = False
+        raise
 
 
 def get_recipe(name: str, model: Optional[nn.Module] = None) -> object:

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import gc
 import json
+import logging
 import math
 import os
 import re
@@ -40,6 +41,8 @@ from .feature_cache import cached_source
 from .mining import RerankConfig, TrainTuple, TupleMiner
 from .recipes import get_recipe, global_descriptors
 from .sources import ImageSource, Source, stack_items, tuple_loader
+
+_log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 Callback = Callable[["Trainer", Dict[str, Any]], None]
@@ -363,7 +366,7 @@ class Trainer:
         self.history.append(record)
         self._commit(best_changed=improved)
         if self.ctx.is_main:
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            _log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         for cb in self.callbacks:
             cb(self, record)
 
@@ -468,9 +471,9 @@ class Trainer:
         chosen = rows[best]["dim"]
         self.model.set_whitening_dim(chosen)
         if self.ctx.is_main:
-            tqdm.write(f"whitening chosen on {v.name} by {self.cfg.select_by}: "
-                       f"{chosen if chosen is not None else 'none'} (" +
-                       ", ".join(f"{r['dim'] or 'none'}: {r[self.cfg.select_by]:.2f}" for r in rows) + ")")
+            _log.info("whitening chosen on %s by %s: %s (%s)", v.name, self.cfg.select_by,
+                      chosen if chosen is not None else "none",
+                      ", ".join(f"{r['dim'] or 'none'}: {r[self.cfg.select_by]:.2f}" for r in rows))
         self.whitening_selection = {"chosen": chosen, "by": self.cfg.select_by, "candidates": rows}
         return {k: r for k, r in rows[best].items() if k != "dim"}
 

@@ -1,11 +1,10 @@
-"""Helpers of the runner tests: the runner imported from benchmarks/, tiny test models, a tiny generated dataset."""
+"""Helpers of the runner tests: the runner (registry.bench), tiny test models, a tiny generated dataset."""
 from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -21,24 +20,14 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY_MODELS = ("runnertest_netvlad", "runnertest_gem", "runnertest_clusvpr")
 
 
-def _on_path() -> None:
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-
-
 def runner_module(name: str):
-    """A module of the runner's helper package, `benchmarks/_runner/<name>.py`."""
-    _on_path()
-    return importlib.import_module(f"_runner.{name}")
+    """A module of the runner package, `registry.bench.<name>`."""
+    return importlib.import_module(f"registry.bench.{name}")
 
 
 def load_runner():
-    """benchmarks/run.py as a module (its `_runner` package is found beside it)."""
-    _on_path()
-    spec = importlib.util.spec_from_file_location("benchmarks_run", BENCHMARKS / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The runner's public API, `registry.bench` (parse_args, run, main), as benchmarks/run.py uses it."""
+    return importlib.import_module("registry.bench")
 
 
 class TinyBackbone(nn.Module):

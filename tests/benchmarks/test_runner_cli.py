@@ -12,6 +12,7 @@ def test_help_runs_as_a_script_and_documents_every_option():
     done = subprocess.run([sys.executable, str(BENCHMARKS / "run.py"), "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: run.py")  # the shim keeps the name users know
     for action in runner_module("cli").build_parser()._actions:
         assert action.help, f"{action.option_strings} has no help text"
         assert action.option_strings[0] in done.stdout
@@ -19,11 +20,22 @@ def test_help_runs_as_a_script_and_documents_every_option():
         assert word in done.stdout
 
 
-def test_defaults_are_the_embedded_corridor_at_a_cpu_friendly_size():
+def test_the_runner_is_a_module_of_the_installed_package_runnable_from_any_folder(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "registry.bench", "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m registry.bench") and "--models" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "registry.bench", "--batch-size", "0"], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and "python -m registry.bench: error: argument --batch-size" in bad.stderr
+
+
+def test_defaults_are_the_embedded_data_at_each_models_size_and_untrained_at_a_cpu_friendly_one():
     cfg = load_runner().parse_args([])
-    assert cfg.models == ("clusvpr", "netvlad", "gem")
-    assert cfg.datasets == ("corridor",) and cfg.embedded_default
-    assert cfg.input_size == (120, 160)
+    assert cfg.models == ("clusvpr", "netvlad", "gem") and not cfg.untrained
+    assert cfg.datasets == ("corridor", "nordland_test") and cfg.embedded_default
+    assert cfg.input_size is None  # the released models run at their own size
+    assert load_runner().parse_args(["--untrained"]).input_size == (120, 160)
     assert cfg.recall_ns == (1, 5, 10, 20) and cfg.index == "flat" and cfg.init == "kmeans"
     assert cfg.output_dir.parts[0] == "results"
 
@@ -65,7 +77,7 @@ def test_bad_arguments_exit_2_with_a_one_line_reason_before_any_work(argv, messa
         load_runner().main([*argv, "--output-dir", str(out)])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and "run.py: error:" in err
+    assert message in err and "vpr-bench: error:" in err
     assert not out.exists()
 
 

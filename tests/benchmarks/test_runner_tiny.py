@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from runner_support import (is_png, load_runner, markdown_rows, read_outputs, runner_module, tiny_models,
-                            write_aligned_dataset)
+from runner_support import (
+    is_png,
+    load_runner,
+    markdown_rows,
+    read_outputs,
+    runner_module,
+    tiny_models,
+    write_aligned_dataset,
+)
 
 import registry
 

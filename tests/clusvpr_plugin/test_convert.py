@@ -4,10 +4,10 @@ import collections
 import pytest
 import torch
 from safetensors.torch import load_file
+from shared_paths import GOLDEN, need_shared
 
 import registry
 from clusvpr_plugin.convert import whitening_from_pca_layer
-from shared_paths import GOLDEN, need_shared
 from registry.backbones import VGG16Backbone
 from registry.whitening import PCAWhitening
 

@@ -40,6 +40,20 @@ def test_knn_rejects_unknown_backends():
         knn_sq_dist_sum(torch.randn(1, 5, 3), 2, backend="faiss")
 
 
+def test_auto_runs_the_plain_torch_knn_even_where_knn_cuda_is_usable(monkeypatch):
+    from clusvpr_plugin import knn
+
+    def extension(tokens, k):
+        raise AssertionError("knn_backend='auto' must not dispatch to knn-cuda")
+
+    monkeypatch.setattr(knn, "_knn_cuda_available", lambda tokens: True)
+    monkeypatch.setattr(knn, "knn_sq_dist_sum_cuda_ext", extension)
+    tokens = torch.randn(2, 12, 8)
+    assert torch.equal(knn_sq_dist_sum(tokens, 3, "auto"), knn.knn_sq_dist_sum_torch(tokens, 3))
+    with pytest.raises(AssertionError, match="must not dispatch"):  # while 'knn_cuda' does
+        knn_sq_dist_sum(tokens, 3, "knn_cuda")
+
+
 @pytest.mark.skipif(not (torch.cuda.is_available() and importlib.util.find_spec("knn_cuda")),
                     reason="knn-cuda agreement needs CUDA and the optional knn-cuda package")
 def test_knn_cuda_agrees_with_torch():

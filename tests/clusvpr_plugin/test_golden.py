@@ -2,10 +2,10 @@
 import pytest
 import torch
 from safetensors.torch import load_file
+from shared_paths import GOLDEN, need_shared
 
 from clusvpr_plugin.aggregator import ClusVPRAggregator
 from clusvpr_plugin.convert import convert_reference_state_dict
-from shared_paths import GOLDEN, need_shared
 from registry.aggregators.netvlad import alpha_from_clusters
 
 

@@ -110,3 +110,13 @@ def test_the_recipe_line_states_the_trainers_options(tiny, tmp_path):
     text = _readme(tiny, tmp_path / "plain", training={"recipe": "global", "options": options})
     assert "global: 2 epochs, every query each epoch, adam lr 1e-05, weight decay" in text
     assert "colour jitter (0.7, 0.7, 0.7, 0.5)" in text and "aggregator x" not in text
+
+
+def test_the_citation_comes_from_the_model_entry(tiny, tiny_model_name, tmp_path, monkeypatch):
+    # a NetVLAD variant without its own citation is cited as NetVLAD (the core entry's BibTeX)
+    assert "@inproceedings{arandjelovic2016netvlad," in _readme(tiny, tmp_path / "a")
+    entry = registry.get_entry(tiny_model_name)
+    monkeypatch.setattr(entry, "citation", "@misc{tiny2026, title = {A tiny test model}}")
+    text = _readme(tiny, tmp_path / "b")
+    assert "@misc{tiny2026, title = {A tiny test model}}" in text and "arandjelovic2016netvlad" not in text
+    assert "xu2023clusvpr" in registry.get_entry("clusvpr_vgg16").citation  # the plugin's, not the core's

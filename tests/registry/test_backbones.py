@@ -2,8 +2,8 @@
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from shared_paths import VGG_WEIGHTS, need_shared
+
 from registry.backbones import ResNet50Backbone, VGG16Backbone
 
 

@@ -138,6 +138,21 @@ def test_encode_matches_forward_in_float32_on_cpu(small_input):
         assert torch.allclose(model.encode(small_input, amp=False), model(small_input), atol=1e-6)
 
 
+def test_prepare_for_inference_on_cpu_gives_the_same_model_in_eval_mode(small_input):
+    model = registry.create("gem_vgg16", **SMALL).train()
+    with torch.no_grad():
+        expected = model.eval()(small_input)
+    model.train()
+    prepared = model.prepare_for_inference("cpu")
+    assert prepared is model and not model.training
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert model.backbone.features[0].weight.is_contiguous()  # channels_last is for CUDA only
+    with torch.no_grad():
+        assert torch.equal(prepared(small_input), expected)
+    compiled = model.prepare_for_inference("cpu", compile=True)  # compiled lazily, at the first call
+    assert compiled is not model and compiled._orig_mod is model
+
+
 def test_bfloat16_inference_stays_close_to_float32(small_input):
     model = registry.create("clusvpr_vgg16", **SMALL)
     with torch.no_grad():

@@ -1,10 +1,10 @@
 """The registry: names, aliases, errors, plugin discovery, model_info."""
+import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
 
 import pytest
-
 from shared_paths import REPO
 
 import registry
@@ -69,3 +69,47 @@ def test_importing_the_packages_does_no_heavy_work():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.split() == ["False", "False", "0"]
+
+
+def test_recipes_come_from_their_own_entry_point_group():
+    from registry._registry import declared_entry_points
+    from registry.training.recipes import RECIPE_GROUP
+
+    assert "clusvpr_plugin.pyramid" in {ep.value for ep in declared_entry_points(RECIPE_GROUP)}
+
+
+def test_a_source_checkout_without_installed_entry_points_still_finds_the_plugin_and_its_recipe(tmp_path):
+    code = (  # the zoo's entry points hidden, as in a clone that was never pip-installed
+        "import importlib.metadata as md\n"
+        "installed = md.entry_points\n"
+        "md.entry_points = lambda **kw: [] if kw.get('group', '').startswith('vpr_registry.') else installed(**kw)\n"
+        "import registry\n"
+        "from registry.training import get_recipe\n"
+        "m = registry.create('clusvpr_vgg16', input_size=(64, 64))\n"
+        "print(type(m.aggregator).__name__, get_recipe('auto', m).name)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.split() == ["ClusVPRAggregator", "pyramid"]
+
+
+def test_an_import_error_inside_a_plugin_names_the_plugin_instead_of_unknown_model(tmp_path):
+    (tmp_path / "broken_vpr_plugin.py").write_text("import a_module_that_is_not_installed\n")
+    dist = tmp_path / "broken_vpr_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-vpr-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{PLUGIN_GROUP}]\nbroken = broken_vpr_plugin\n")
+    code = (
+        "import registry\n"
+        "for attempt in range(2):\n"
+        "    try:\n"
+        "        registry.create('gem_vgg16')\n"
+        "    except ImportError as err:\n"
+        "        print(err)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         cwd=tmp_path)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and lines[0] == lines[1]  # every lookup says so, not only the first
+    assert lines[0].startswith("VPR plugin 'broken' (broken_vpr_plugin, entry point group 'vpr_registry.plugins') "
+                               "could not be imported: No module named 'a_module_that_is_not_installed'")

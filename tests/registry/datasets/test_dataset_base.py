@@ -37,13 +37,6 @@ def test_training_positives_use_10m_and_non_negatives_25m():
     np.testing.assert_array_equal(ds.train_positives(radius=5)[0], [0, 1])
 
 
-def test_sampled_negatives_are_beyond_the_negative_radius():
-    ds = _line_dataset()
-    neg = ds.sample_negatives(1, 9, np.random.default_rng(0))
-    assert len(set(neg.tolist())) == 9
-    assert np.all(np.abs(ds.db_coords[neg, 0] - 50.0) > 25.0)
-
-
 def test_training_positives_exclude_ignored_images():
     ds = _line_dataset(ignore=[np.array([0]), np.array([10])])
     np.testing.assert_array_equal(ds.train_positives()[1], [8, 9, 11, 12])

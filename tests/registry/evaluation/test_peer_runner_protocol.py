@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from shared_paths import REPO
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 import registry
 from registry.datasets import load_dataset
 from registry.evaluation import extract_dataset, recall_at_n
-from shared_paths import REPO
 
 RECALL_VALUES = (1, 5, 10)
 IMAGE_SIZE = (48, 64)  # what the model and the runner resize to; the files are larger

@@ -11,12 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from registry.training import cli as train_cli
+
 REPO = Path(__file__).resolve().parents[3]
 TRAIN = REPO / "benchmarks" / "train.py"
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import train as train_cli  # noqa: E402
 
 
 def _env() -> dict:
@@ -42,6 +41,17 @@ def test_help_explains_every_option():
     for option in ("--model", "--cache-features", "--resume", "--push-to-hub", "--neg-pool", "--temperatures",
                    "--train-layers", "--backbone-weights", "--generations", "--device", "--whitening-dims"):
         assert option in text
+
+
+def test_the_trainer_is_a_module_of_the_installed_package_runnable_from_any_folder(tmp_path):
+    for command, prog in (([sys.executable, "-m", "registry.train"], "python -m registry.train"),
+                          ([sys.executable, str(TRAIN)], "train.py")):
+        done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"usage: {prog} ") and "--whitening-dims" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "registry.train", "--model", "netvlad", "--output", str(tmp_path / "o"),
+                          "--resume"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and "python -m registry.train: error: --resume: no checkpoint" in bad.stderr
 
 
 @pytest.mark.parametrize("extra, message", [

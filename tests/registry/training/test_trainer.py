@@ -186,3 +186,16 @@ def test_the_aggregator_learns_at_its_own_rate(tiny_sets, tmp_path, mult):
             torch.testing.assert_close((before[name] - p.detach()).abs().max().item(), expected, rtol=1e-3, atol=0)
     with pytest.raises(ValueError, match="aggregator_lr_mult must be > 0"):
         small_config(aggregator_lr_mult=0)
+
+
+def test_epochs_and_the_whitening_choice_are_logged_not_printed(tiny_sets, tmp_path, caplog, capsys):
+    train, val = tiny_sets
+    trainer = Trainer(registry.create("tiny_netvlad"), train, tmp_path / "run",
+                      small_config(epochs=1, whitening_dims=(8, None)), val_set=val, progress=False)
+    trainer.init_clusters()
+    with caplog.at_level("INFO", logger="registry.training"):
+        trainer.fit()
+    messages = [r.getMessage() for r in caplog.records if r.name == "registry.training.trainer"]
+    assert any(m.startswith("generation=0 epoch=1 ") and "val_R@5=" in m for m in messages)
+    assert any(m.startswith(f"whitening chosen on {val.name} by R@5: ") for m in messages)
+    assert capsys.readouterr().out == ""

@@ -1,19 +1,17 @@
-"""benchmarks/whitening_sweep.py and plot_training.py on a tiny trained run."""
+"""The whitening sweep (registry.training.sweep) and benchmarks/plot_training.py on a tiny trained run."""
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 
 import pytest
+from shared_paths import REPO
 from tiny_vpr import small_config
 
 import registry
 from registry.evaluation import extract_dataset, recall_at_n
 from registry.training import Trainer
-from shared_paths import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import whitening_sweep  # noqa: E402
+from registry.training import sweep as whitening_sweep
 
 
 def _recalls(model, ds):
@@ -62,7 +60,9 @@ def test_a_size_beyond_the_whitening_is_refused(trained, tiny_roots):
 
 
 def test_plot_training_draws_every_run_and_names_a_missing_log(trained, tmp_path, capsys):
-    import plot_training
+    spec = importlib.util.spec_from_file_location("plot_training", REPO / "benchmarks" / "plot_training.py")
+    plot_training = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_training)
 
     plot_training.main([str(trained), "--metric", "R@1", "--out", str(tmp_path / "curve.png")])
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

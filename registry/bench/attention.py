@@ -1,7 +1,6 @@
 """Heat maps of where a model looks: each named attention map, upsampled and blended over the query image."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -13,6 +12,8 @@ from registry._atomic import atomic_path
 from registry.datasets import VPRDataset
 from registry.datasets.images import open_rgb
 from registry.evaluation import Preprocess
+
+from .cli import log
 
 ALPHA = 0.5
 COLORMAP = "jet"
@@ -63,7 +64,7 @@ def save_attention(model: torch.nn.Module, ds: VPRDataset, queries: Sequence[int
         try:
             maps = model.attention_maps(x)
         except NotImplementedError as err:
-            print(f"   no heat maps for {title}: {err}", file=sys.stderr, flush=True)
+            log(f"   no heat maps for {title}: {err}")
             return files
         shown = np.asarray(img.resize((x.shape[3], x.shape[2])))
         fig, plt = _figure(shown, upsampled(maps, tuple(x.shape[2:])), f"{title} - {ds.name} query {qi}")

@@ -7,8 +7,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import NoReturn, Optional, Sequence, Tuple
 
+from .._files import unwritable
+
+PROG = "vpr-bench"  # also `python -m registry.bench`; benchmarks/run.py passes "run.py"
+# how results.json's "command" spells each way of running the runner
+_COMMANDS = {"run.py": "python benchmarks/run.py"}
 DEFAULT_MODELS = "clusvpr,netvlad,gem"
 DEFAULT_DATASETS = ("corridor", "nordland_test")  # both embedded in the package
 # untrained models on the embedded data: the Corridor's own resolution (160x120) keeps the run a few minutes
@@ -41,6 +46,12 @@ org/name or org/name@<commit or tag>; a local folder in the Hub layout (written 
 or NAME=SOURCE to load SOURCE (repo, folder or reference .pth.tar) as registry model NAME.
 datasets: a known name (corridor, nordland_test, pitts30k_test, tokyo247, msls_val, ...), a folder
 (layout detected) or layout:path; see registry.datasets.load_dataset."""
+
+
+def log(message: str) -> None:
+    """The runner's own console output (it is a command line): progress messages go to stderr, so stdout carries
+    only the Markdown table; library code below it logs through `logging` instead."""
+    print(message, file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +96,16 @@ class RunConfig:
     latency_repeats: int
     progress: bool
     argv: Tuple[str, ...]
+    prog: str = PROG
+
+    @property
+    def command(self) -> str:
+        """The command this run was started with, without its arguments (for results.json)."""
+        return _COMMANDS.get(self.prog, self.prog)
+
+    def fail(self, message: str) -> NoReturn:
+        """Exit like argparse does for a bad argument found after parsing (status 2)."""
+        fail(message, self.prog)
 
 
 def _positive(text: str) -> int:
@@ -118,9 +139,9 @@ def _names(text: str) -> Tuple[str, ...]:
     return values
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The runner's argument parser (every option documented in --help)."""
-    p = _Parser(prog="run.py", description=DESCRIPTION, epilog=EPILOG,
+    p = _Parser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_argument_group("what to evaluate")
     what.add_argument("--models", type=_names, default=_names(DEFAULT_MODELS), metavar="LIST",
@@ -246,21 +267,9 @@ def _check(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
                      "with a folder you can write to")
 
 
-def unwritable(folder: Path) -> Optional[str]:
-    """Why `folder` cannot be created or written to (None when it can); nothing is created."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, so no folder can be created inside it"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"no permission to write in {existing}"
-    return None
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> RunConfig:
+def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> RunConfig:
     """Parse and validate the command line (exit status 2 and a one-line reason on bad input)."""
-    parser = build_parser()
+    parser = build_parser(prog)
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parser.parse_args(argv)
     _check(parser, a)
@@ -284,11 +293,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> RunConfig:
         save_descriptors=a.save_descriptors, num_preds_to_save=a.num_preds_to_save, top_k=a.top_k,
         save_attention=a.save_attention, output_dir=Path(a.output_dir or os.path.join("results", stamp)),
         seed=a.seed, amp=a.amp, compile=a.compile, latency_repeats=a.latency_repeats, progress=a.progress,
-        argv=tuple(argv),
+        argv=tuple(argv), prog=prog,
     )
 
 
-def fail(message: str) -> None:
+def fail(message: str, prog: str = PROG) -> NoReturn:
     """Exit like argparse does for a bad argument found after parsing (status 2)."""
-    build_parser().error(message)
+    build_parser(prog).error(message)
 

@@ -1,7 +1,6 @@
 """One model on one dataset: build, off-the-shelf init, extraction (timed, peak memory), whitening, recall, costs."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -12,19 +11,22 @@ import torch.nn.functional as F
 
 from registry.datasets import VPRDataset
 from registry.datasets.images import open_rgb
-from registry.evaluation import (Preprocess, extract_dataset, extract_descriptors, k_reciprocal_rerank,
-                                 recall_at_n, recall_from_predictions, save_descriptors, search)
+from registry.evaluation import (
+    Preprocess,
+    extract_dataset,
+    extract_descriptors,
+    k_reciprocal_rerank,
+    recall_at_n,
+    recall_from_predictions,
+    save_descriptors,
+    search,
+)
 from registry.training.clusters import has_clusters
 
 from . import attention, grids
-from .cli import RunConfig
+from .cli import RunConfig, log
 from .metrics import PeakMemory, count_gflops, count_parameters, latency_ms
 from .models import ModelSpec, build_model, weights_source
-
-
-def log(message: str) -> None:
-    """Progress messages go to stderr, so stdout carries only the Markdown table."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def safe_name(text: str) -> str:

@@ -1,1 +1,0 @@
-"""Helpers of benchmarks/run.py: options, model resolution, metrics, evaluation, reports, plots, grids, heat maps."""

@@ -1,0 +1,150 @@
+"""Recall@N of trained models at several whitening sizes: chosen on a validation set, reported on test sets.
+
+    python -m registry.training.sweep runs/clusvpr runs/netvlad --val-set nordland_val \\
+        --test-set nordland_test --dims 1024 512 256 none --cache-features runs/cache --out sweep.json
+
+Each RUN is a Hub-layout folder (or org/name[@rev]) whose model holds a fitted PCA whitening. The sizes
+are its leading components (what fitting at that size gives) or none; the size with the best validation
+--select-by is marked, as the trainer's `--whitening-dims` would choose it. With --cache-features
+the frozen backbone layers' outputs come from (or go to) that folder, as in training; without it
+descriptors are extracted from the images with each dataset's protocol resize.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .cli import whitening_dim_arg
+
+PROG = "vpr-whitening-sweep"  # also `python -m registry.training.sweep`; benchmarks/whitening_sweep.py
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The sweep's command line; every option documented."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="trained model folders (Hub layout) or org/name[@rev]")
+    p.add_argument("--val-set", required=True, help="dataset the size is chosen on (known name or layout:path)")
+    p.add_argument("--test-set", action="append", default=[], metavar="SPEC", help="dataset reported; repeatable")
+    p.add_argument("--dims", type=whitening_dim_arg, nargs="+", required=True, metavar="DIM",
+                   help="whitening sizes (integers up to the model's whitening size) or 'none'")
+    p.add_argument("--select-by", default="R@5", choices=("R@1", "R@5", "R@10"), help="default R@5")
+    p.add_argument("--cache-features", metavar="DIR", help="cached frozen backbone features (as in training)")
+    p.add_argument("--data-root", help="folder that holds the known datasets")
+    p.add_argument("--batch-size", type=int, default=32, help="descriptor batch (default 32)")
+    p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--out", help="write the rows as JSON here (atomically)")
+    return p
+
+
+def raw_descriptors(model, dataset, cache_dir: Optional[str], batch_size: int):
+    """(query, database) L2-normalised descriptors before whitening."""
+    import torch
+
+    from registry.evaluation import extract_dataset
+
+    from . import DistContext, cached_source, sharded_apply
+    from .recipes import global_descriptors
+    from .sources import stack_items
+
+    if cache_dir is None:
+        whitening, model.whitening = model.whitening, None
+        try:
+            return extract_dataset(model, dataset, batch_size=batch_size, device="cpu", progress=True)
+        finally:
+            model.whitening = whitening
+    ctx = DistContext()
+    src = cached_source(model, list(dataset.db_images) + list(dataset.q_images), cache_dir, ctx, batch_size,
+                        desc=f"{dataset.name} features")
+
+    @torch.no_grad()
+    def run(batch: Sequence[int]) -> torch.Tensor:
+        return global_descriptors(model, src, stack_items(src, list(batch), train=False))
+
+    d = sharded_apply(run, range(len(src)), ctx, batch_size, desc=f"{dataset.name} descriptors").numpy()
+    return d[dataset.num_db :], d[: dataset.num_db]
+
+
+def sweep(run: str, a: argparse.Namespace, datasets: Dict[str, Any]) -> List[Dict[str, Any]]:
+    import torch
+
+    import registry
+    from registry.evaluation import recall_at_n
+
+    model = registry.VPRModel.from_pretrained(run).eval()
+    w = model.whitening
+    if w is None or not w.fitted:
+        raise SystemExit(f"{a.prog}: error: {run} has no fitted whitening: nothing to choose from")
+    bad = [d for d in a.dims if d is not None and d > w.out_dim]
+    if bad:
+        raise SystemExit(f"{a.prog}: error: sizes {bad} exceed {run}'s {w.out_dim}-d whitening")
+    raw = {name: raw_descriptors(model, ds, a.cache_features, a.batch_size) for name, ds in datasets.items()}
+    rows = []
+    for dim in a.dims:
+        row: Dict[str, Any] = {"run": run, "dim": dim}
+        cut = None if dim is None else w.truncated(dim)
+        for name, ds in datasets.items():
+            q, db = raw[name]
+            if cut is not None:
+                with torch.no_grad():
+                    q, db = (cut(torch.from_numpy(x).float()).numpy() for x in (q, db))
+            rec = recall_at_n(q, db, ds.positives, (1, 5, 10), ignore=ds.ignore)["recall"]
+            row[name] = {f"R@{n}": round(float(v), 2) for n, v in rec.items()}
+        rows.append(row)
+    val = a.val_set_name
+    best = max(range(len(rows)), key=lambda i: (rows[i][val][a.select_by], -i))
+    for i, row in enumerate(rows):
+        row["chosen"] = i == best
+    return rows
+
+
+def table(rows: List[Dict[str, Any]], names: Sequence[str]) -> str:
+    head = "| run | whitening | " + " | ".join(f"{n} R@1 / R@5 / R@10" for n in names) + " |"
+    lines = [head, "|" + "---|" * (2 + len(names))]
+    for r in rows:
+        dim = "none" if r["dim"] is None else str(r["dim"])
+        cells = [" / ".join(f"{r[n][k]:.2f}" for k in ("R@1", "R@5", "R@10")) for n in names]
+        lines.append(f"| {r['run']} | {dim}{' (chosen)' if r['chosen'] else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> List[Dict[str, Any]]:
+    """Parse, extract each run's descriptors once, evaluate every size; prints the table, returns the rows."""
+    from .._console import console_logging
+
+    a = build_parser(prog).parse_args(argv)
+    a.prog = prog
+    with console_logging():
+        return _main(a)
+
+
+def _main(a: argparse.Namespace) -> List[Dict[str, Any]]:
+    import torch
+
+    from registry.datasets import load_dataset
+
+    from .._atomic import atomic_path
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    kw = {"data_root": a.data_root} if a.data_root else {}
+    val = load_dataset(a.val_set, **kw)
+    a.val_set_name = val.name
+    datasets = {val.name: val, **{ds.name: ds for ds in (load_dataset(s, **kw) for s in a.test_set)}}
+    rows = [row for run in a.runs for row in sweep(run, a, datasets)]
+    print(table(rows, list(datasets)))
+    if a.out:
+        with atomic_path(a.out) as tmp:
+            Path(tmp).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return rows
+
+
+def console_main(prog: str = PROG) -> int:
+    """The `vpr-whitening-sweep` console script: exit status 0 once the table is printed."""
+    main(prog=prog)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(console_main("python -m registry.training.sweep"))

@@ -1,0 +1,72 @@
+"""Rules of the source tree: CI lints then tests exactly as the README says, nothing edits sys.path, the scripts in
+benchmarks/ use only the public API, and the core never names its plugin."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+from shared_paths import REPO
+
+SOURCES = ("registry", "clusvpr_plugin", "benchmarks", "tests", "hubconf.py")
+
+
+def _python_files(*roots: str) -> Iterator[Path]:
+    for root in roots:
+        path = REPO / root
+        yield from ([path] if path.is_file() else sorted(path.rglob("*.py")))
+
+
+def _imported_modules(tree: ast.AST) -> Iterator[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def test_ci_lints_then_runs_the_readme_test_command():
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    readme = re.search(r"Tests \(what `\.ci/run` runs.*?```bash\n(.*?)\n```", (REPO / "README.md").read_text(), re.S)
+    assert readme and readme.group(1).strip() == ci
+    assert "ruff check ." in ci and ci.index("ruff check .") < ci.index("pytest")
+    assert "ruff" in (REPO / "pyproject.toml").read_text().split("test = [", 1)[1].split("]", 1)[0]
+
+
+def test_no_module_edits_sys_path():
+    offenders: List[str] = []
+    for path in _python_files(*SOURCES):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+                    and node.value.id in ("sys", "_sys"):
+                offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []
+
+
+def test_benchmark_scripts_import_only_public_modules():
+    private = re.compile(r"^(registry|clusvpr_plugin)(\.\w+)*\._")
+    found = {str(p.relative_to(REPO)): m for p in _python_files("benchmarks")
+             for m in _imported_modules(ast.parse(p.read_text(encoding="utf-8"))) if private.match(m)}
+    assert found == {}
+
+
+def test_wheels_are_ignored_and_the_stray_one_is_gone():
+    assert not (REPO / "pyflakes-4.1.0-py2.py3-none-any.whl").exists()
+    assert "*.whl" in (REPO / ".gitignore").read_text().split()
+
+
+def test_the_core_never_names_its_plugin():
+    named = [str(p.relative_to(REPO)) for p in _python_files("registry") if "clusvpr_plugin" in p.read_text("utf-8")]
+    assert named == []
+
+
+def test_no_extra_puts_a_second_faiss_build_beside_the_dependency():
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[<>=!~ \[]", req, maxsplit=1)[0] for reqs in project["optional-dependencies"].values()
+             for req in reqs]
+    assert any(d.startswith("faiss-cpu") for d in project["dependencies"])
+    assert not [n for n in names if n.startswith("faiss")]
