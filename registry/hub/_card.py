@@ -99,9 +99,10 @@ def _citation(architecture: str, aggregator: str) -> str:
 
     load_plugins()
     entry = _MODELS.get(architecture)
-    if entry is not None and entry.citation:
+    if entry is not None and getattr(entry, "citation", None):
         return entry.citation
-    same = [e.citation for _, e in sorted(_MODELS.items()) if e.aggregator == aggregator and e.citation]
+    same = [e.citation for _, e in sorted(_MODELS.items())
+            if e.aggregator == aggregator and getattr(e, "citation", None)]
     return same[0] if same else "% no citation recorded for aggregator " + aggregator
 
 

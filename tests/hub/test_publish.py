@@ -59,9 +59,7 @@ def test_publish_round_trip_records_a_pin_that_pretrained_true_then_prefers(
     assert pulled.config["source"] == pin
     assert torch.equal(outputs(pulled, images), outputs(bundled, images))
     repo, commit = pin.split("@")
-    from safetensors.torch import load
-
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     stored = load(hub_server.file_bytes(repo, "model.safetensors", commit))
     bundled_file = load_file(str(folder / "model.safetensors"))  # the Hub copy keeps the bundled precision
