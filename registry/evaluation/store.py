@@ -180,3 +180,14 @@ def extract_to_store(
 def _probe_dim(model: nn.Module, image: str, resize: Optional[str], longer_side: Optional[int]) -> int:
     with torch.inference_mode():
         return int(extract_descriptors(model, [image], resize=resize, longer_side=longer_side, progress=False).shape[1])
+
+
+def extract_dataset_to_store(model: nn.Module, dataset: Any, folder: PathLike, **kwargs: Any):
+    """(query, database) stores under `folder`/queries and `folder`/database, like extract_dataset, resumable."""
+    q_kwargs = dict(kwargs)
+    if dataset.query_longer_side is not None:
+        q_kwargs.update(resize="longer_side", longer_side=dataset.query_longer_side)
+    folder = Path(folder)
+    db = extract_to_store(model, dataset.db_images, folder / "database", **kwargs)
+    q = extract_to_store(model, dataset.q_images, folder / "queries", **q_kwargs)
+    return q, db
