@@ -102,7 +102,7 @@ def build_index(spec: IndexSpec, dim: int, train: Optional[np.ndarray] = None, n
     if spec.kind == "ivfpq" and spec.search_dim(dim) % spec.m:
         raise ValueError(f"IVF-PQ needs m dividing the descriptor dim {spec.search_dim(dim)}, got m={spec.m}")
     index = faiss.index_factory(dim, spec.factory(dim), faiss.METRIC_INNER_PRODUCT)
-    if spec.kind == "ivfpq":  # polysemous codes only serve Hamming-filtered search, which is not used: skip its training
+    if spec.kind == "ivfpq":  # polysemous codes serve only Hamming-filtered search (unused): skip their training
         faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
     if not index.is_trained:
         if train is None or len(train) < spec.min_train():
