@@ -7,11 +7,12 @@ Two phases, both resumable:
   python benchmarks/bench_map_scale.py report                         # re-render both from map_scale.json
 
 `measure --sizes 10000 100000` measures only those sizes; rows already in map_scale.json are kept and skipped.
-Real descriptors: Nordland winter queries (every 6th place extracted, every 18th measured) and the Corridor queries against the Nordland summer
-traversal and the Corridor reference images, encoded by ClusVPR and NetVLAD built with the HED VGG16 conv weights and
-k-means-initialised (untrained) aggregators at a small input (48x96). Distractors: each is a random convex mix of two
-real database descriptors of *other* places (never a query's positive) plus Gaussian noise, re-normalised; see
-RESULTS.md "Cost as the map grows" for what that flatters. Everything runs on one thread (OMP_NUM_THREADS=1).
+Real descriptors: Nordland winter queries (every 6th place extracted, every 18th measured) and the Corridor
+queries against the Nordland summer traversal and the Corridor reference images, encoded by ClusVPR and NetVLAD
+built with the HED VGG16 conv weights and k-means-initialised (untrained) aggregators at a small input (48x96).
+Distractors: each is a random convex mix of two real database descriptors of *other* places (never a query's
+positive) plus Gaussian noise, re-normalised; see RESULTS.md "Cost as the map grows" for what that flatters.
+Everything runs on one thread (OMP_NUM_THREADS=1).
 """
 from __future__ import annotations
 
@@ -292,7 +293,8 @@ def write_report(rows: Sequence[Dict], out: Path) -> None:
         loss_text = "(exact)" if r["index"] == "flat" else ("exact does not fit" if loss is None else
                                                              f"{loss[0]:+.1f} / {loss[1]:+.1f}")
         lines.append(f"| {r['series']} | {r['factory']} | {r['n']:,} | {_gb(r['bytes'])} | "
-                     f"{r['bytes_per_image']:,.0f} | {r['build_s']:.2f} | {r['latency_ms_median']:.2f} | {r['latency_ms_p99']:.2f} | "
+                     f"{r['bytes_per_image']:,.0f} | {r['build_s']:.2f} | {r['latency_ms_median']:.2f} | "
+                     f"{r['latency_ms_p99']:.2f} | "
                      f"{r['recall_1']:.1f} | {r['recall_5']:.1f} | {loss_text} |")
     lines += ["", "| series | index | bytes/image at 10^6 | 10^6 images | 10^7 images | 10^8 images | "
               "largest map in 24 GiB |", "|---|---|---:|---:|---:|---:|---:|"]
