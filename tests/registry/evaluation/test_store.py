@@ -50,7 +50,7 @@ def test_a_killed_extraction_resumes_where_it_stopped(images, tmp_path):
     store_dir = tmp_path / "store"
     # forward 1 probes the dim, 2-5 fill chunks 0 and 1; SIGKILL on forward 6, in chunk 2
     killed = subprocess.run([sys.executable, str(HERE / "tiny_encoder.py"), str(tmp_path / "images"), str(store_dir),
-                             "5"], env=_env(), capture_output=True, text=True, timeout=120)
+                             "5"], env=_env(), capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert open_store(store_dir).missing_chunks() == [2, 3, 4]
     model = TinyEncoder()
@@ -81,7 +81,7 @@ def test_a_store_of_other_images_is_refused(images, tmp_path):
 def test_torchrun_ranks_fill_one_store_like_one_process(images, tmp_path):
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(HERE / "tiny_encoder.py"), str(tmp_path / "images"), str(tmp_path / "two")],
-                         env=_env(), capture_output=True, text=True, timeout=300)
+                         env=_env(), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     store = open_store(tmp_path / "two")
     assert store.complete
