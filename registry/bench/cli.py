@@ -19,6 +19,7 @@ DEFAULT_DATASETS = ("corridor", "nordland_test")  # both embedded in the package
 # untrained models on the embedded data: the Corridor's own resolution (160x120) keeps the run a few minutes
 EMBEDDED_INPUT_SIZE = (120, 160)
 MIN_INPUT_SIDE = 32  # two conv5 cells at stride 16 (ClusVPR's CWT needs a 2x2 map)
+INDEX_KINDS = ("flat", "ivfpq", "hnsw", "pca")  # registry.evaluation.INDEX_KINDS (not imported: --help stays fast)
 
 DESCRIPTION = """\
 Compare visual place recognition models on real datasets: Recall@N, descriptor size, parameters,
@@ -97,6 +98,7 @@ class RunConfig:
     progress: bool
     argv: Tuple[str, ...]
     prog: str = PROG
+    store: Optional[Path] = None
 
     @property
     def command(self) -> str:
@@ -198,15 +200,24 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ret = p.add_argument_group("retrieval")
     ret.add_argument("--recall-ns", type=_int_list, default=(1, 5, 10, 20), metavar="LIST",
                      help="N values of Recall@N (default 1,5,10,20)")
-    ret.add_argument("--index", choices=("flat", "ivfpq"), default="flat",
-                     help="faiss index: exact inner product ('flat') or IVF-PQ for huge databases (reports the "
-                          "loss against exact search too) (default flat)")
+    ret.add_argument("--index", choices=INDEX_KINDS, default="flat",
+                     help="faiss index: exact inner product ('flat'), IVF-PQ, HNSW, or exact search on PCA-reduced "
+                          "descriptors ('pca'); any other than flat also reports its loss against exact search. "
+                          "benchmarks/RESULTS.md 'Cost as the map grows' says which for which map size (default flat)")
+    ret.add_argument("--pca-dim", type=_positive, default=None, metavar="D",
+                     help="'pca': dims kept by a PCA fitted on the database (default 256); with ivfpq or hnsw, "
+                          "project to D dims first")
     ret.add_argument("--ivf-nlist", type=_positive, default=None, metavar="N",
                      help="IVF-PQ: inverted lists (default 4*sqrt(database size))")
     ret.add_argument("--pq-m", type=_positive, default=None, metavar="M",
                      help="IVF-PQ: sub-quantisers, must divide the descriptor dim (default: the largest divisor <= 64)")
     ret.add_argument("--pq-nbits", type=_positive, default=8, metavar="B", help="IVF-PQ: bits per code (default 8)")
     ret.add_argument("--nprobe", type=_positive, default=16, metavar="N", help="IVF-PQ: lists searched (default 16)")
+    ret.add_argument("--hnsw-m", type=_positive, default=32, metavar="M", help="HNSW: links per node (default 32)")
+    ret.add_argument("--ef-construction", type=_positive, default=40, metavar="EF",
+                     help="HNSW: beam width while building (default 40)")
+    ret.add_argument("--ef-search", type=_positive, default=64, metavar="EF",
+                     help="HNSW: beam width while searching; higher is slower and closer to exact (default 64)")
     ret.add_argument("--rerank", action="store_true",
                      help="re-rank each query's exact top-k shortlist by k-reciprocal encoding (Zhong et al. "
                           "2017); the recall before re-ranking is kept in results.json")
@@ -219,6 +230,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                      help="where results go (default results/<timestamp>)")
     out.add_argument("--save-descriptors", action="store_true",
                      help="also write each model's query and database descriptors (descriptors/*.npz)")
+    out.add_argument("--store", default=None, metavar="DIR",
+                     help="stream descriptors in chunks to resumable on-disk stores DIR/<model>__<dataset>/{queries,"
+                          "database} (memory-mapped .npy): a killed run resumes there, and a store made by another "
+                          "model or input size is refused")
     out.add_argument("--num-preds-to-save", type=_non_negative, default=0, metavar="N",
                      help="save prediction grids for N queries per model and dataset: each row the query and "
                           "its top-k, green border for a correct match, red otherwise (default 0)")
@@ -275,9 +290,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> RunCon
     _check(parser, a)
     device = _device(parser, a.device)
     on_cuda = device.startswith("cuda")
-    index_options = () if a.index == "flat" else tuple(
-        (k, v) for k, v in (("nlist", a.ivf_nlist), ("m", a.pq_m), ("nbits", a.pq_nbits), ("nprobe", a.nprobe))
-        if v is not None)
+    index_options = _index_options(a)
     embedded = a.datasets is None
     input_size = tuple(a.input_size) if a.input_size else (EMBEDDED_INPUT_SIZE if embedded and a.untrained else None)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -293,8 +306,18 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> RunCon
         save_descriptors=a.save_descriptors, num_preds_to_save=a.num_preds_to_save, top_k=a.top_k,
         save_attention=a.save_attention, output_dir=Path(a.output_dir or os.path.join("results", stamp)),
         seed=a.seed, amp=a.amp, compile=a.compile, latency_repeats=a.latency_repeats, progress=a.progress,
-        argv=tuple(argv), prog=prog,
+        argv=tuple(argv), prog=prog, store=Path(a.store).expanduser() if a.store else None,
     )
+
+
+def _index_options(a: argparse.Namespace) -> Tuple[Tuple[str, int], ...]:
+    """The options of the chosen index (registry.evaluation.IndexSpec fields) that were given or have defaults."""
+    options = {"flat": (), "pca": (("pca_dim", a.pca_dim),),
+               "ivfpq": (("nlist", a.ivf_nlist), ("m", a.pq_m), ("nbits", a.pq_nbits), ("nprobe", a.nprobe),
+                         ("pca_dim", a.pca_dim)),
+               "hnsw": (("hnsw_m", a.hnsw_m), ("ef_construction", a.ef_construction), ("ef_search", a.ef_search),
+                        ("pca_dim", a.pca_dim))}[a.index]
+    return tuple((k, v) for k, v in options if v is not None)
 
 
 def fail(message: str, prog: str = PROG) -> NoReturn:

@@ -14,6 +14,7 @@ from registry.datasets.images import open_rgb
 from registry.evaluation import (
     Preprocess,
     extract_dataset,
+    extract_dataset_to_store,
     extract_descriptors,
     k_reciprocal_rerank,
     recall_at_n,
@@ -157,11 +158,16 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> 
     net = _compiled(model, ds, cfg, amp) if cfg.compile else model
     with PeakMemory(torch.device(cfg.device)) as mem:
         start = time.perf_counter()
-        q, db = extract_dataset(net, ds, batch_size=cfg.batch_size, device=cfg.device, num_workers=cfg.num_workers,
-                                amp=amp, progress=cfg.progress)
+        extract_kwargs = dict(batch_size=cfg.batch_size, device=cfg.device, num_workers=cfg.num_workers, amp=amp,
+                              progress=cfg.progress)
+        if cfg.store is not None:
+            q_store, db_store = extract_dataset_to_store(net, ds, cfg.store / stem, **extract_kwargs)
+            q, db = q_store.descriptors, db_store.descriptors
+        else:
+            q, db = extract_dataset(net, ds, **extract_kwargs)
         seconds = time.perf_counter() - start
     if fit_now:
-        model.whitening.fit(torch.from_numpy(db))
+        model.whitening.fit(torch.from_numpy(np.array(db)))  # a store is read-only
         q, db = _whiten(model, q), _whiten(model, db)
     facts, pred = _retrieval(q, db, ds, cfg)
     record: Dict[str, Any] = {

@@ -1,11 +1,25 @@
-"""Evaluation: descriptor extraction, Recall@N (faiss), k-reciprocal re-ranking, PCA fitting, descriptor files."""
+"""Evaluation: descriptor extraction (in memory or to a resumable store), faiss indexes and PlaceIndex, Recall@N,
+k-reciprocal re-ranking, PCA fitting, descriptor files."""
 from .extract import Preprocess, extract_dataset, extract_descriptors
+from .index import INDEX_KINDS, IndexSpec, PlaceIndex, build_index
 from .pca import fit_whitening_if_needed, needs_whitening_fit
 from .recall import DEFAULT_NS, recall_at_n, recall_from_predictions, search
 from .rerank import k_reciprocal_rerank
 from .storage import load_descriptors, save_descriptors
+from .store import (DescriptorStore, StoreMismatchError, extract_dataset_to_store, extract_to_store, model_config_hash,
+                    open_store)
 
 __all__ = [
+    "INDEX_KINDS",
+    "IndexSpec",
+    "PlaceIndex",
+    "build_index",
+    "DescriptorStore",
+    "StoreMismatchError",
+    "extract_dataset_to_store",
+    "extract_to_store",
+    "model_config_hash",
+    "open_store",
     "DEFAULT_NS",
     "Preprocess",
     "extract_dataset",

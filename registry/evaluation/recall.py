@@ -1,10 +1,12 @@
-"""Recall@N by exact inner-product search on L2-normalised descriptors (faiss; torch when faiss is absent)."""
+"""Recall@N by inner-product search of L2-normalised descriptors: exact (faiss, else torch) or a faiss index."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
+
+from .index import IndexSpec, build_index, normalise
 
 try:
     import faiss
@@ -13,34 +15,14 @@ except ImportError:  # the torch search below takes over
 
 DEFAULT_NS = (1, 5, 10, 20)
 _QUERY_CHUNK = 1024
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm, as contiguous float32."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+_ADD_CHUNK = 16384
+_MAX_TRAIN = 100_000  # IVF-PQ / PCA training sample
 
 
 def _flat_index(dim: int):
     index = faiss.IndexFlatIP(dim)
     if faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
-    return index
-
-
-def _ivfpq_index(db: np.ndarray, nlist: Optional[int], m: Optional[int], nbits: int, nprobe: int):
-    n, dim = db.shape
-    nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
-    m = m or max(d for d in range(1, max(1, min(64, dim // 4)) + 1) if dim % d == 0)
-    if dim % m:
-        raise ValueError(f"IVF-PQ needs m dividing the descriptor dim {dim}, got m={m}")
-    if n < max(nlist, 2**nbits):
-        raise ValueError(f"IVF-PQ with nlist={nlist}, nbits={nbits} needs >= {max(nlist, 2**nbits)} database "
-                         f"vectors to train, got {n}: use index='flat' or a smaller nbits")
-    index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}x{nbits}", faiss.METRIC_INNER_PRODUCT)
-    index.train(db)
-    index.nprobe = min(nprobe, nlist)
     return index
 
 
@@ -54,29 +36,28 @@ def _torch_search(q: np.ndarray, db: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate(out).astype(np.int64)
 
 
-def search(
-    q: np.ndarray,
-    db: np.ndarray,
-    k: int,
-    index: str = "flat",
-    nlist: Optional[int] = None,
-    m: Optional[int] = None,
-    nbits: int = 8,
-    nprobe: int = 16,
-) -> np.ndarray:
-    """(Nq, k) database indices by decreasing inner product of the L2-normalised descriptors."""
-    q, db = normalise(q), normalise(db)
+def search(q: np.ndarray, db: np.ndarray, k: int, index: str = "flat", **index_options: Any) -> np.ndarray:
+    """(Nq, k) database indices by decreasing inner product of the L2-normalised descriptors.
+
+    `index` is one of registry.evaluation.index.INDEX_KINDS; `index_options` are IndexSpec fields (nlist, m,
+    nbits, nprobe, hnsw_m, ef_construction, ef_search, pca_dim).
+    """
+    spec = IndexSpec(index, **index_options)
+    q = normalise(q)
     if q.shape[1] != db.shape[1]:
         raise ValueError(f"query descriptors have dim {q.shape[1]}, database descriptors {db.shape[1]}")
     k = min(k, len(db))
-    if index not in ("flat", "ivfpq"):
-        raise ValueError(f"index must be 'flat' or 'ivfpq', got {index!r}")
     if faiss is None:
-        if index == "ivfpq":
-            raise ImportError("index='ivfpq' needs faiss: pip install faiss-cpu (or faiss-gpu)")
-        return _torch_search(q, db, k)
-    idx = _flat_index(db.shape[1]) if index == "flat" else _ivfpq_index(db, nlist, m, nbits, nprobe)
-    idx.add(db)
+        if index != "flat":
+            raise ImportError(f"index={index!r} needs faiss: pip install faiss-cpu (or faiss-gpu)")
+        return _torch_search(q, normalise(db), k)
+    if index == "flat":
+        idx = _flat_index(db.shape[1])
+    else:
+        pick = np.sort(np.random.default_rng(0).choice(len(db), min(len(db), _MAX_TRAIN), replace=False))
+        idx = build_index(spec, db.shape[1], np.asarray(db[pick]), n_hint=len(db))
+    for start in range(0, len(db), _ADD_CHUNK):  # a memory-mapped store is read a chunk at a time
+        idx.add(normalise(db[start : start + _ADD_CHUNK]))
     return idx.search(q, k)[1].astype(np.int64)
 
 
@@ -118,7 +99,7 @@ def recall_at_n(
     ns: Sequence[int] = DEFAULT_NS,
     index: str = "flat",
     ignore: Optional[Sequence[np.ndarray]] = None,
-    **index_options: int,
+    **index_options: Any,
 ) -> Dict[str, object]:
     """Recall@N (percent) of queries `q` against database `db`; with `index='ivfpq'` also the loss vs exact.
 
@@ -139,7 +120,7 @@ def _recall(
     ns: Sequence[int],
     index: str,
     ignore: Optional[Sequence[np.ndarray]],
-    index_options: Dict[str, int],
+    index_options: Dict[str, Any],
 ) -> Dict[str, object]:
     """Search, drop ignored hits, score."""
     k = max(ns)

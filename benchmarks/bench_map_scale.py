@@ -1,0 +1,362 @@
+"""Cost as the map grows: index memory, build time, batch-1 query latency and Recall@1/5 from 10^3 to 10^6 images.
+
+Two phases, both resumable:
+
+  python benchmarks/bench_map_scale.py extract --work /tmp/map_scale   # real descriptors into descriptor stores
+  python benchmarks/bench_map_scale.py measure --work /tmp/map_scale   # the table (JSON + Markdown) and the plot
+  python benchmarks/bench_map_scale.py report                         # re-render both from map_scale.json
+
+`measure --sizes 10000 100000` measures only those sizes; rows already in map_scale.json are kept and skipped.
+Real descriptors: Nordland winter queries (every 6th place extracted, every 18th measured) and the Corridor
+queries against the Nordland summer traversal and the Corridor reference images, encoded by ClusVPR and NetVLAD
+built with the HED VGG16 conv weights and k-means-initialised (untrained) aggregators at a small input (48x96).
+Distractors: each is a random convex mix of two real database descriptors of *other* places (never a query's
+positive) plus Gaussian noise, re-normalised; see RESULTS.md "Cost as the map grows" for what that flatters.
+Everything runs on one thread (OMP_NUM_THREADS=1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg16_hed_conv.safetensors"
+INPUT_HW = (48, 96)
+QUERY_STEP = 6  # Nordland winter queries: every 6th place
+TOLERANCE = 1  # Nordland positives: the same place +-1
+SIZES = (10**3, 10**4, 10**5, 10**6)
+NOISE = 0.02  # per-coordinate std of the distractors' noise, before re-normalising (relative to a unit vector)
+MEMORY_LIMIT_GB = 24
+
+
+def nordland_lists(data: Path) -> Tuple[List[str], List[str], List[np.ndarray]]:
+    """(queries, database, positives) of the Nordland winter->summer pair, aligned by file name."""
+    names = sorted(p.name for p in (data / "nordland" / "summer").iterdir())
+    db = [str(data / "nordland" / "summer" / n) for n in names]
+    picks = range(0, len(names), QUERY_STEP)
+    q = [str(data / "nordland" / "winter" / names[i]) for i in picks]
+    pos = [np.arange(max(0, i - TOLERANCE), min(len(names), i + TOLERANCE + 1)) for i in picks]
+    return q, db, pos
+
+
+def real_sets(data: Path):
+    """(queries, database, positives) of Nordland + Corridor, database indices of the concatenation."""
+    from registry.datasets import load_dataset
+
+    nq, ndb, npos = nordland_lists(data)
+    cor = load_dataset("corridor", data_root=data)
+    q = nq + [str(p) for p in cor.q_images]
+    db = ndb + [str(p) for p in cor.db_images]
+    pos = npos + [np.asarray(p) + len(ndb) for p in cor.positives]
+    return q, db, pos
+
+
+# ---------------------------------------------------------------------------------------------------- extraction
+def build(name: str, db: Sequence[str], work: Path):
+    """`name` with the HED VGG16 weights and k-means centres from 300 database images (no training)."""
+    import torch
+
+    import registry
+    from registry.training import DistContext, ImageSource, init_clusters
+
+    torch.manual_seed(0)
+    model = registry.create(name, input_size=INPUT_HW, backbone_weights=str(WEIGHTS)).eval()
+    source = ImageSource(list(db), model.input_config, num_workers=0)
+    pick = np.random.default_rng(0).choice(len(db), 300, replace=False)
+    init_clusters(model, source, work / f"{name}_centroids.h5", indices=[int(i) for i in pick],
+                  num_descriptors=300 * 18, per_image=18, seed=0, ctx=DistContext())
+    return model
+
+
+def extract(work: Path) -> None:
+    import torch
+
+    from registry.evaluation import extract_to_store
+
+    torch.set_num_threads(1)
+    q, db, _ = real_sets(DATA)
+    for name in ("clusvpr_vgg16", "netvlad_vgg16"):
+        model = build(name, db, work)
+        for part, images in (("queries", q), ("database", db)):
+            start = time.perf_counter()
+            store = extract_to_store(model, images, work / f"{name}_{part}", chunk_size=256, batch_size=32,
+                                     device="cpu", progress=False)
+            print(f"{name} {part}: {store.descriptors.shape} in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+
+# ---------------------------------------------------------------------------------------------------- the curve
+NORDLAND_EVERY = 3  # of the extracted winter queries (every 6th place) keep every 3rd: places 0, 18, 36, ...
+PCA_DIM = 256
+# (series, model, PCA dim or None, {index kind: largest database size measured})
+SERIES = (
+    ("ClusVPR PCA-256", "clusvpr_vgg16", PCA_DIM, {"flat": 10**6, "ivfpq": 10**6, "hnsw": 10**5}),
+    ("ClusVPR 8192", "clusvpr_vgg16", None, {"flat": 10**5, "ivfpq": 10**5, "hnsw": 10**4}),
+    ("NetVLAD PCA-256", "netvlad_vgg16", PCA_DIM, {"flat": 10**5, "ivfpq": 10**5, "hnsw": 10**5}),
+    ("NetVLAD 32768", "netvlad_vgg16", None, {"flat": 10**4}),
+)
+MAX_NLIST = 1024
+LATENCY_QUERIES = 100
+MAX_TRAIN = {True: 50_000, False: 10_000}  # IVF-PQ training sample: reduced dims / full dims
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def real_descriptors(work: Path, model: str, pca_dim):
+    """(queries, positives, database rows: positives first, then other places) of the chosen queries."""
+    import faiss
+
+    from registry.evaluation import open_store
+
+    _, _, pos = real_sets(DATA)
+    q = np.asarray(open_store(work / f"{model}_queries").descriptors)
+    db = np.asarray(open_store(work / f"{model}_database").descriptors)
+    n_nordland = len(range(0, len(nordland_lists(DATA)[1]), QUERY_STEP))
+    keep = [i for i in range(len(q)) if i >= n_nordland or i % NORDLAND_EVERY == 0]
+    q, pos = q[keep], [pos[i] for i in keep]
+    positive_rows = np.unique(np.concatenate(pos))
+    others = np.setdiff1d(np.arange(len(db)), positive_rows)
+    order = np.concatenate([positive_rows, others])
+    new_id = np.empty(len(db), dtype=np.int64)
+    new_id[order] = np.arange(len(db))
+    db = db[order]
+    if pca_dim:
+        pca = faiss.PCAMatrix(db.shape[1], pca_dim)
+        pca.train(db)  # fitted on the real database only (fewer rows than dims: faiss uses the Gram matrix)
+        q, db = _unit(pca.apply(q)), _unit(pca.apply(db))
+    return q, [new_id[p] for p in pos], db, len(positive_rows)
+
+
+def database_file(work: Path, label: str, db: np.ndarray, n_pos: int, n_max: int, seed: int = 0) -> np.ndarray:
+    """Memory-mapped (n_max, D) database: the real rows, then distractors mixed from the real *other* places.
+
+    Distractor = unit(l * a + (1 - l) * b + e): a, b two distinct real database descriptors of places that are no
+    query's positive, l ~ U(0, 1), e Gaussian with norm 0.5 * ||l a + (1 - l) b||; prefixes give smaller maps.
+    """
+    path = work / f"db_{label.replace(' ', '_')}_{n_max}.npy"
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    tmp = path.with_suffix(".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_max, db.shape[1]))
+    real = min(len(db), n_max)
+    out[:real] = db[:real]
+    others = db[n_pos:]
+    rng = np.random.default_rng(seed)
+    for s in range(real, n_max, 8192):
+        n = min(8192, n_max - s)
+        a = rng.integers(0, len(others), n)
+        b = (a + rng.integers(1, len(others), n)) % len(others)
+        lam = rng.random((n, 1), dtype=np.float32)
+        mix = lam * others[a] + (1 - lam) * others[b]
+        noise = rng.standard_normal(mix.shape, dtype=np.float32)
+        noise *= 0.5 * np.linalg.norm(mix, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1, keepdims=True)
+        out[s : s + n] = _unit(mix + noise)
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+def _spec(kind: str, n: int, dim: int):
+    from registry.evaluation import IndexSpec
+
+    if kind == "ivfpq":
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39, MAX_NLIST))
+        return IndexSpec("ivfpq", nlist=nlist, m=64 if dim >= 4096 else 32, nbits=8, nprobe=16)
+    return IndexSpec(kind)  # flat; hnsw: M 32, efConstruction 40, efSearch 64
+
+
+def _file_bytes(index, work: Path) -> int:
+    import faiss
+
+    path = work / "index_size.faiss"
+    faiss.write_index(index, str(path))
+    size = path.stat().st_size
+    path.unlink()
+    return size
+
+
+def measure_one(label: str, kind: str, n: int, q: np.ndarray, pos, db: np.ndarray, work: Path) -> Dict:
+    from registry.evaluation import PlaceIndex, recall_from_predictions
+
+    dim = db.shape[1]
+    spec = _spec(kind, n, dim)
+    index = PlaceIndex(dim, spec)
+    start = time.perf_counter()
+    if kind == "ivfpq":
+        index.train(db[:n], max_train=MAX_TRAIN[dim < 4096])
+    index.add(db[:n])
+    build_s = time.perf_counter() - start
+    pred = index.search(q, 5)[1]  # recall: all queries in one batch
+    lat = []
+    for i in np.linspace(0, len(q) - 1, LATENCY_QUERIES).round().astype(int):  # latency: one query at a time
+        t = time.perf_counter()
+        index.search(q[i : i + 1], 5)
+        lat.append(1000 * (time.perf_counter() - t))
+    size = _file_bytes(index.faiss_index, work)
+    recall = recall_from_predictions(pred, pos, (1, 5))["recall"]
+    row = {"series": label, "dim": dim, "n": n, "index": kind, "factory": index.spec.factory(dim),
+           "bytes": size, "bytes_per_image": size / n, "build_s": build_s,
+           "latency_ms_median": statistics.median(lat), "latency_ms_p99": float(np.percentile(lat, 99)),
+           "recall_1": recall[1], "recall_5": recall[5], "num_queries": len(q),
+           "latency_queries": len(lat)}
+    del index
+    return row
+
+
+def measure(work: Path, out: Path, series: Sequence[str] = (), sizes: Sequence[int] = SIZES) -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "map_scale.json"
+    rows: List[Dict] = json.loads(table.read_text()) if table.exists() else []
+    done = {(r["series"], r["index"], r["n"]) for r in rows}
+    data = {}
+    for n in sizes:  # size by size, so an interrupted run still leaves a coherent curve (rows are kept)
+        for label, model, pca_dim, limits in SERIES:
+            if series and label not in series:
+                continue
+            for kind in ("flat", "ivfpq", "hnsw"):
+                if n > limits.get(kind, 0) or (label, kind, n) in done:
+                    continue
+                if label not in data:
+                    q, pos, real, n_pos = real_descriptors(work, model, pca_dim)
+                    data[label] = (q, pos, database_file(work, label, real, n_pos, max(limits.values())))
+                row = measure_one(label, kind, n, *data[label], work)
+                rows.append(row)
+                table.write_text(json.dumps(rows, indent=1))
+                print(f"{label:16s} {kind:5s} n={n:>7d}  {row['bytes_per_image']:8.0f} B/img  build "
+                      f"{row['build_s']:7.1f} s  query {row['latency_ms_median']:8.2f} ms (p99 "
+                      f"{row['latency_ms_p99']:8.2f})  R@1 {row['recall_1']:5.1f}  R@5 {row['recall_5']:5.1f}",
+                      flush=True)
+    write_report(rows, out)
+
+
+
+GIB = 2**30
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:,.1f} GB" if x >= 1e8 else f"{x / 1e6:,.1f} MB"
+
+
+def _loss(row: Dict, rows: Sequence[Dict]):
+    exact = next((r for r in rows if r["series"] == row["series"] and r["index"] == "flat" and r["n"] == row["n"]),
+                 None)
+    if exact is None:
+        return None
+    return exact["recall_1"] - row["recall_1"], exact["recall_5"] - row["recall_5"]
+
+
+def storage_bytes(row: Dict, n: float) -> float:
+    """Index bytes at `n` images from faiss's storage layout, fitted to the measured row (checked at the measured n).
+
+    flat: 4 d per image; HNSW: the measured bytes per image (vectors + about 2 M links each); IVF-PQ: m code bytes +
+    an 8-byte id per image, plus the coarse centroids (nlist x d floats) and the PQ codebooks (2^nbits x d floats).
+    """
+    if row["index"] == "flat":
+        return 4.0 * row["dim"] * n
+    if row["index"] == "hnsw":
+        return row["bytes"] / row["n"] * n
+    m, nbits = (int(v) for v in row["factory"].split("PQ")[1].split("x"))
+    nlist = max(1, min(int(4 * np.sqrt(n)), int(n // 39), MAX_NLIST))
+    return 4.0 * row["dim"] * (nlist + 2**nbits) + (m + 8) * n
+
+
+def fits_up_to(row: Dict, budget: float = 24 * GIB) -> float:
+    """Largest map (images) whose index fits in `budget` bytes."""
+    lo, hi = 1.0, 1e12
+    while hi / lo > 1.001:
+        mid = np.sqrt(lo * hi)
+        lo, hi = (mid, hi) if storage_bytes(row, mid) <= budget else (lo, mid)
+    return lo
+
+
+def write_report(rows: Sequence[Dict], out: Path) -> None:
+    """map_scale.md (the measured table, fit limits, paper extrapolation) and map_scale.png."""
+    lines = ["| series | index (faiss) | images | index size | bytes/image | build s | query ms median | p99 | "
+             "R@1 | R@5 | loss R@1 / R@5 vs exact |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        loss = _loss(r, rows)
+        loss_text = "(exact)" if r["index"] == "flat" else ("exact does not fit" if loss is None else
+                                                             f"{loss[0]:+.1f} / {loss[1]:+.1f}")
+        lines.append(f"| {r['series']} | {r['factory']} | {r['n']:,} | {_gb(r['bytes'])} | "
+                     f"{r['bytes_per_image']:,.0f} | {r['build_s']:.2f} | {r['latency_ms_median']:.2f} | "
+                     f"{r['latency_ms_p99']:.2f} | "
+                     f"{r['recall_1']:.1f} | {r['recall_5']:.1f} | {loss_text} |")
+    lines += ["", "| series | index | bytes/image at 10^6 | 10^6 images | 10^7 images | 10^8 images | "
+              "largest map in 24 GiB |", "|---|---|---:|---:|---:|---:|---:|"]
+    for key in dict.fromkeys((r["series"], r["index"]) for r in rows):
+        last = max((r for r in rows if (r["series"], r["index"]) == key), key=lambda r: r["n"])
+        sizes = [storage_bytes(last, n) for n in (1e6, 1e7, 1e8)]
+        lines.append(f"| {key[0]} | {key[1]} | {sizes[0] / 1e6:,.0f} | {_gb(sizes[0])} | {_gb(sizes[1])} | "
+                     f"{_gb(sizes[2])} | {fits_up_to(last):,.3g} |")
+    (out / "map_scale.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, out / "map_scale.png")
+
+
+def _plot(rows: Sequence[Dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    grid = np.logspace(3, 8, 26)
+    for i, key in enumerate(dict.fromkeys((r["series"], r["index"]) for r in rows)):
+        pts = sorted((r for r in rows if (r["series"], r["index"]) == key), key=lambda r: r["n"])
+        colour, style = f"C{i % 10}", {"flat": "-", "ivfpq": "--", "hnsw": ":"}[key[1]]
+        label = f"{key[0]} {key[1]}"
+        ax1.plot([r["n"] for r in pts], [r["latency_ms_median"] for r in pts], "o" + style, color=colour, label=label)
+        ax2.plot(grid, [storage_bytes(pts[-1], n) / GIB for n in grid], style, color=colour, label=label)
+        ax2.plot([r["n"] for r in pts], [r["bytes"] / GIB for r in pts], "o", color=colour)
+    ax2.axhline(24, color="k", lw=0.8)
+    ax2.text(1.2e3, 28, "24 GiB (this machine's RAM)", fontsize=8)
+    titles = ("batch-1 query latency, median ms (measured, 1 thread)",
+              "index size, GiB (dots measured, lines from faiss's storage layout)")
+    for ax, title in zip((ax1, ax2), titles):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("database images")
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    ax2.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("phase", choices=("extract", "measure", "report"))
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "map_scale",
+                   help="descriptor stores and distractor files (large; default /tmp/map_scale)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "map_scale",
+                   help="table (JSON, Markdown) and plot (default benchmarks/map_scale)")
+    p.add_argument("--series", nargs="*", default=(), help="measure only these series (default all)")
+    p.add_argument("--sizes", type=int, nargs="*", default=SIZES, help="database sizes (default 10^3 .. 10^6)")
+    a = p.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    if a.phase == "extract":
+        extract(a.work)
+    elif a.phase == "measure":
+        measure(a.work, a.out, a.series, a.sizes)
+    else:
+        write_report(json.loads((a.out / "map_scale.json").read_text()), a.out)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

@@ -1,0 +1,137 @@
+"""faiss indexes against exact search on a small set, and PlaceIndex: add, query one image, save and load."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from registry.evaluation import IndexSpec, PlaceIndex, extract_descriptors, extract_to_store, recall_at_n, search
+from registry.evaluation.index import build_index, normalise
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny_encoder import TinyEncoder, write_images  # noqa: E402
+
+faiss = pytest.importorskip("faiss")
+
+
+def clustered(n_db: int = 3000, n_q: int = 200, dim: int = 64, rank: int = 64, seed: int = 0):
+    """Unit database vectors around 150 centres (in a `rank`-d subspace), queries = database items + noise."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((dim, rank)))[0]
+    centres = rng.standard_normal((150, rank))
+    db = centres[rng.integers(0, 150, n_db)] + 0.6 * rng.standard_normal((n_db, rank))
+    truth = rng.choice(n_db, n_q, replace=False)
+    q = db[truth] + 0.3 * rng.standard_normal((n_q, rank))
+    return normalise(q @ basis.T), normalise(db @ basis.T)
+
+
+def agreement(pred: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Share of queries whose exact nearest neighbour is in the index's top k."""
+    return float(np.mean([exact[i, 0] in pred[i, :k] for i in range(len(exact))]))
+
+
+def test_flat_is_exact_search():
+    q, db = clustered()
+    exact = np.argsort(-(q @ db.T), axis=1)[:, :5]
+    np.testing.assert_array_equal(search(q, db, 5, "flat"), exact)
+
+
+def test_ivfpq_similarities_are_within_the_quantisation_error():
+    """IVF-PQ's promise: each returned similarity is off by at most the norm of that vector's PQ error."""
+    q, db = clustered()
+    spec = IndexSpec("ivfpq", nlist=16, m=16, nbits=8, nprobe=16)
+    index = build_index(spec, db.shape[1], db)
+    index.add(db)
+    faiss.extract_index_ivf(index).make_direct_map()
+    sims, ids = index.search(q, 5)
+    error = np.linalg.norm(db[ids.ravel()] - index.reconstruct_batch(ids.ravel()), axis=1).reshape(ids.shape)
+    true = np.einsum("qd,qkd->qk", q, db[ids])
+    assert np.all(np.abs(sims - true) <= error + 1e-4)
+    exact = search(q, db, 5, "flat")
+    assert agreement(ids, exact, 5) >= 0.95
+
+
+@pytest.mark.parametrize("ef_search", [16, 64])
+def test_hnsw_finds_the_exact_neighbour(ef_search):
+    q, db = clustered()
+    pred = search(q, db, 5, "hnsw", hnsw_m=16, ef_search=ef_search)
+    assert agreement(pred, search(q, db, 5, "flat"), 1) >= 0.97  # stated tolerance: 3% of queries at most
+
+
+def test_pca_is_lossless_when_the_data_fits_its_dimensions():
+    q, db = clustered(rank=16)
+    pred = search(q, db, 5, "pca", pca_dim=16)
+    assert agreement(pred, search(q, db, 5, "flat"), 1) >= 0.95  # centring + re-normalising may swap near ties
+
+
+def test_pca_reduced_recall_loss_is_reported_and_small():
+    q, db = clustered(rank=64)
+    positives = [np.flatnonzero((db @ v) > np.sort(db @ v)[-4]) for v in q]  # each query's exact top 3
+    result = recall_at_n(q, db, positives, ns=(1, 5), index="pca", pca_dim=48)
+    assert result["exact_recall"][5] == 100.0
+    assert result["recall_loss"][5] <= 10.0
+
+
+def test_every_index_kind_is_a_recall_option():
+    q, db = clustered(n_db=1000, n_q=50)
+    positives = [np.array([i]) for i in np.argmax(q @ db.T, axis=1)]
+    for kind, options in (("flat", {}), ("ivfpq", {"nlist": 8, "nprobe": 8}), ("hnsw", {}), ("pca", {"pca_dim": 32})):
+        result = recall_at_n(q, db, positives, ns=(1, 5), index=kind, **options)
+        assert result["index"] == kind and result["recall"][5] >= 80.0, (kind, result)
+
+
+def test_an_unknown_index_kind_names_the_valid_ones():
+    with pytest.raises(ValueError, match="flat, ivfpq, hnsw, pca"):
+        IndexSpec("lsh")
+
+
+@pytest.fixture
+def map_and_model(tmp_path):
+    images = write_images(tmp_path / "images", 12)
+    model = TinyEncoder()
+    return images, model, extract_descriptors(model, images, device="cpu", progress=False)
+
+
+def test_query_one_image_returns_its_place_first_with_distances(map_and_model):
+    images, model, db = map_and_model
+    index = PlaceIndex(db.shape[1], IndexSpec("flat"), model=model)
+    index.add(db, places=[Path(p).stem for p in images])
+    top = index.query(images[7], k=3)
+    assert len(top) == 3 and top[0][0] == "007" and top[0][1] == pytest.approx(0.0, abs=1e-5)
+    dists = [d for _, d in top]
+    assert dists == sorted(dists) and all(0.0 <= d <= 4.0 for d in dists)
+    expected = 2 - 2 * (db[7] @ db[[int(p) for p, _ in top]].T)
+    np.testing.assert_allclose(dists, expected, atol=1e-5)
+
+
+def test_a_saved_index_loads_and_answers_the_same(map_and_model, tmp_path):
+    images, model, db = map_and_model
+    index = PlaceIndex(db.shape[1], IndexSpec("hnsw", hnsw_m=8, ef_search=32), model=model)
+    index.add(db[:6], places=images[:6])
+    index.add(db[6:], places=images[6:])
+    before = index.query(images[3], k=4)
+    again = PlaceIndex.load(index.save(tmp_path / "map"), model=model)
+    assert again.ntotal == 12 and again.spec == index.spec
+    assert again.query(images[3], k=4) == before
+
+
+def test_a_place_index_reads_a_descriptor_store(map_and_model, tmp_path):
+    images, model, db = map_and_model
+    store = extract_to_store(model, images, tmp_path / "store", chunk_size=5, device="cpu", progress=False)
+    index = PlaceIndex(store.descriptors.shape[1], model=model)
+    index.add(store.descriptors, places=store.images)
+    assert index.query(images[2], k=1)[0][0] == images[2]
+    assert index.memory_bytes() >= db.nbytes
+
+
+def test_query_without_a_model_or_descriptors_says_what_is_missing(map_and_model):
+    images, model, db = map_and_model
+    index = PlaceIndex(db.shape[1])
+    with pytest.raises(ValueError, match="add"):
+        index.search(db[:1], 1)
+    index.add(db)
+    with pytest.raises(ValueError, match="needs the model"):
+        index.query(images[0])
