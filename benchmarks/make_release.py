@@ -81,6 +81,8 @@ def _evaluate(model: registry.VPRModel, names: List[str], data_root: Optional[st
 def _release_model(run: Path, seed: int) -> registry.VPRModel:
     """The run's model (float32) with its centres and a fixed sample of their descriptors attached."""
     model = registry.VPRModel.from_pretrained(str(run))
+    # the backbone the run started from (a rebuilt model records "random init": its weights come from the file)
+    model.config["backbone_weights"] = json.loads((run / "config.json").read_text())["backbone_weights"]
     centroids_file = run / "centroids.h5"
     if centroids_file.is_file():
         from registry import h5io

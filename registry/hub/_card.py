@@ -147,6 +147,13 @@ def _provenance(release: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         lines.append(f"- Code commit: {release['git_commit']}")
     if release.get("selection"):
         lines.append(f"- Selection: {release['selection']}")
+    dropped = release.get("whitening_dropped")
+    if dropped:
+        table = ", ".join(f"{c.get('dim') or 'none'}: {c.get('R@5', float('nan')):.2f}"
+                          for c in dropped.get("candidates") or [])
+        lines.append(f"- Whitening: the run chose {dropped.get('chosen_on_validation') or 'none'}-d on validation "
+                     f"(R@5 per candidate: {table}); this release ships without it, to fit the size budget of the "
+                     "bundled releases")
     if config.get("weights_dtype"):
         lines.append(f"- Weights stored as {config['weights_dtype']}, loaded as float32")
     return "\n".join(lines) + ("\n" if lines else "")
@@ -204,6 +211,6 @@ def _recalls(recalls: Optional[Mapping[str, Mapping[str, float]]]) -> str:
     rows = ["| Dataset | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for dataset, values in recalls.items():
         rows.append(f"| {dataset} | " + " | ".join(
-            f"{float(values[k]):.1f}" if k in values else "-" for k in keys) + " |")
+            f"{float(values[k]):.2f}" if k in values else "-" for k in keys) + " |")
     note = "Recall@N in percent: a query counts when one of its N nearest database images is correct."
     return "\n".join(rows) + "\n\n" + note

@@ -44,7 +44,7 @@ def test_measured_recalls_and_protocol_come_from_the_config(tiny, tmp_path):
         evaluation={"pitts30k_test": {"queries": "6816 test queries", "resize": "480x640 fixed"}},
         recalls={"pitts30k_test": {"R@1": 81.46, "R@5": 91.2, "R@10": 93.9}},
     )
-    assert "| Dataset | R@1 | R@5 | R@10 |" in text and "| pitts30k_test | 81.5 | 91.2 | 93.9 |" in text
+    assert "| Dataset | R@1 | R@5 | R@10 |" in text and "| pitts30k_test | 81.46 | 91.20 | 93.90 |" in text
     assert "queries: 6816 test queries; resize: 480x640 fixed" in text
     assert "Not measured" not in text
 

@@ -144,7 +144,7 @@ def test_card_states_the_recorded_recalls_protocol_domain_and_provenance(name):
     recalls = config["recalls"]
     assert set(recalls) == {"nordland_val", "nordland_test", "corridor"}
     for dataset, values in recalls.items():
-        row = f"| {dataset} | " + " | ".join(f"{values[k]:.1f}" for k in ("R@1", "R@5", "R@10")) + " |"
+        row = f"| {dataset} | " + " | ".join(f"{values[k]:.2f}" for k in ("R@1", "R@5", "R@10")) + " |"
         assert row in card
         assert f"**{dataset}**" in card  # its evaluation protocol
     release = config["release"]
@@ -152,6 +152,9 @@ def test_card_states_the_recorded_recalls_protocol_domain_and_provenance(name):
     assert f"- Seed: {release['seed']}" in card and release["command"] in card
     assert "64x32" in card and "Not for:" in card and "+-1 place" in card
     assert "25 m" not in card and "Not recorded" not in card and "(street-level imagery)" not in card
+    if release.get("whitening_dropped"):
+        assert "ships without it, to fit the size budget" in card
+    assert f"Backbone initialisation: {config['backbone_weights']}" in card and "random init" not in card
     dim = config["descriptor_dim"]
     assert f"{dim}-d L2-normalised descriptor" in card
     assert registry.create(name, pretrained=True).descriptor_dim == dim
