@@ -6,8 +6,14 @@ from .pca import fit_whitening_if_needed, needs_whitening_fit
 from .recall import DEFAULT_NS, recall_at_n, recall_from_predictions, search
 from .rerank import k_reciprocal_rerank
 from .storage import load_descriptors, save_descriptors
-from .store import (DescriptorStore, StoreMismatchError, extract_dataset_to_store, extract_to_store, model_config_hash,
-                    open_store)
+from .store import (
+                    DescriptorStore,
+                    StoreMismatchError,
+                    extract_dataset_to_store,
+                    extract_to_store,
+                    model_config_hash,
+                    open_store,
+)
 
 __all__ = [
     "INDEX_KINDS",
