@@ -6,6 +6,7 @@ import torch.hub
 from shared_paths import REPO
 
 import clusvpr_plugin  # noqa: F401  (registers the timm entry points)
+import registry
 from registry import VPRModel
 
 MODELS = ["clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16", "gem_resnet50"]
@@ -18,10 +19,12 @@ def test_timm_create_model_builds_the_registry_model(name):
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, model.num_features)
 
 
-def test_timm_pretrained_cfg_carries_the_spec_input_config():
-    cfg = timm.models.get_pretrained_cfg("clusvpr_vgg16")
-    assert cfg.input_size == (3, 480, 640)
+def test_timm_pretrained_cfg_carries_the_release_input_config():
+    cfg = timm.models.get_pretrained_cfg("clusvpr_vgg16")  # the default tag: the bundled Nordland release
+    assert cfg.input_size == (3, 96, 192) == tuple(registry.create("clusvpr_vgg16", pretrained=True)
+                                                   .input_config["input_size"])
     assert cfg.mean == pytest.approx((0.485, 0.458, 0.408)) and cfg.std == pytest.approx((1 / 255,) * 3)
+    assert registry.model_info("clusvpr_vgg16")["input_size"] == (3, 480, 640)  # the architecture's own default
     model = timm.create_model("clusvpr_vgg16", input_size=(64, 64))
     assert model.pretrained_cfg["input_size"] == (3, 64, 64)
     assert model.feature_info[0]["num_chs"] == 512 and model.feature_info[0]["reduction"] == 16

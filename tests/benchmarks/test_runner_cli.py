@@ -61,7 +61,7 @@ BAD = [
     (["--recall-ns", "1,x"], "comma-separated integers"),
     (["--recall-ns", "0,5"], "positive integers"),
     (["--batch-size", "0"], "must be >= 1"),
-    (["--index", "hnsw"], "invalid choice: 'hnsw'"),
+    (["--index", "lsh"], "invalid choice: 'lsh'"),
     (["--backbone-weights", "/no/such/weights.safetensors"], "--backbone-weights: file not found"),
     (["--data-root", "/no/such/root"], "--data-root: folder not found"),
     (["--rerank-lambda", "2"], "within 0..1"),

@@ -1,18 +1,14 @@
 """faiss indexes against exact search on a small set, and PlaceIndex: add, query one image, save and load."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_encoder import TinyEncoder, write_images  # pytest puts this folder on the import path
 
 from registry.evaluation import IndexSpec, PlaceIndex, extract_descriptors, extract_to_store, recall_at_n, search
 from registry.evaluation.index import build_index, normalise
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tiny_encoder import TinyEncoder, write_images  # noqa: E402
 
 faiss = pytest.importorskip("faiss")
 

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_encoder import TinyEncoder, write_images  # pytest puts this folder on the import path
 
 from registry.evaluation import StoreMismatchError, extract_descriptors, extract_to_store, open_store
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
-sys.path.insert(0, str(HERE))
-
-from tiny_encoder import TinyEncoder, write_images  # noqa: E402
 
 
 def _env() -> dict:
