@@ -27,6 +27,7 @@ import torch
 import registry
 from registry.datasets import load_dataset
 from registry.evaluation import extract_dataset, recall_at_n
+from registry.training.clusters import set_cluster_source
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE_DIRS = {"clusvpr_vgg16": ROOT / "clusvpr_plugin" / "releases"}  # plugin models ship with their plugin
@@ -90,9 +91,7 @@ def _release_model(run: Path, seed: int) -> registry.VPRModel:
         centroids, descriptors = h5io.load_centroids(centroids_file)
         pick = np.sort(np.random.default_rng(seed).choice(len(descriptors), min(CENTROID_SAMPLE, len(descriptors)),
                                                           replace=False))
-        for module in model.aggregator.modules():
-            if "cluster_source" in vars(module):
-                module.cluster_source = (centroids, descriptors[torch.from_numpy(pick)])
+        set_cluster_source(model.aggregator, (centroids, descriptors[torch.from_numpy(pick)]))
     return model
 
 

@@ -147,7 +147,13 @@ def load_clusters(model: nn.Module, path: PathLike) -> float:
 
 def attach_cluster_source(aggregator: nn.Module, path: PathLike) -> Tuple[torch.Tensor, torch.Tensor]:
     """Record a centroids.h5 as the aggregator's cluster source without touching its (trained) weights."""
-    source = h5io.load_centroids(path)
+    return set_cluster_source(aggregator, h5io.load_centroids(path))
+
+
+def set_cluster_source(
+    aggregator: nn.Module, source: Tuple[torch.Tensor, torch.Tensor]
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Record (centroids, descriptors) as the cluster source (what centroids.h5 is written from); weights untouched."""
     for module in aggregator.modules():
         if "cluster_source" in vars(module):
             module.cluster_source = source
