@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .preprocess import Preprocess
 from .whitening import PCAWhitening
 
 # ColorJitter of the ClusVPR/SFRS training recipe: brightness, contrast, saturation, hue.
@@ -193,8 +194,6 @@ class VPRModel(nn.Module):
 
     def transform(self, train: bool = False):
         """PIL image -> normalised tensor matching `input_config` (with the recipe's colour jitter if train)."""
-        from .evaluation.extract import Preprocess
-
         pre = Preprocess(self.input_config)
         if not train:
             return pre

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..datasets.images import open_rgb
-from ..evaluation.extract import Preprocess
+from ..preprocess import Preprocess
 
 PathLike = Union[str, os.PathLike]
 Jitter = Tuple[float, float, float, float]
