@@ -1,4 +1,4 @@
-"""Push: write the layout to a temporary folder and commit it with the huggingface_hub client."""
+"""Push: write the layout to a temporary folder and upload it in one commit with `HfApi.upload_folder`."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from ._layout import LAYOUT_FILES, card_facts, write_layout
-from ._source import network_errors
+from ._source import transport_failure
 from .errors import HubError, HubOfflineError, NotLoggedInError
 
 
@@ -33,10 +33,11 @@ def push_to_hub(
 ) -> str:
     """Upload the layout to `repo_id` (created if missing) on branch `revision` (alias `branch`); returns the commit.
 
-    Layout files of an earlier push that this model lacks (say pca.h5) are deleted in the same commit; `tag`
-    also tags the new commit, so `org/name@<tag>` pulls it. `dtype` stores the weights at another precision.
+    Layout files of an earlier push that this model lacks (say pca.h5) are deleted in the same commit
+    (`upload_folder(delete_patterns=LAYOUT_FILES)`; other files in the repository are left alone); `tag` also
+    tags the new commit, so `org/name@<tag>` pulls it. `dtype` stores the weights at another precision.
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
+    from huggingface_hub import HfApi, constants, get_token
 
     if revision is not None and branch is not None and revision != branch:
         raise ValueError(f"revision={revision!r} and branch={branch!r} name different branches: give one")
@@ -58,12 +59,8 @@ def push_to_hub(
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # "name" -> "user/name"
             if branch not in (None, constants.DEFAULT_REVISION):
                 api.create_branch(repo_id, branch=branch, exist_ok=True)
-            remote = set(api.list_repo_files(repo_id, revision=branch))
-            operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
-                          for p in sorted(folder.iterdir())]
-            operations += [CommitOperationDelete(path_in_repo=n) for n in LAYOUT_FILES
-                           if n in remote and not (folder / n).exists()]
-            info = api.create_commit(repo_id, operations=operations, revision=branch,
+            info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=branch,
+                                     delete_patterns=list(LAYOUT_FILES),
                                      commit_message=commit_message or f"Upload {model.config['architecture']}")
             if tag:
                 api.create_tag(repo_id, tag=tag, revision=info.oid)
@@ -90,7 +87,7 @@ def _translate_push(err: Exception, repo_id: str, endpoint: str) -> Optional[Hub
             f"the token has no write access to {repo_id} on {endpoint} (403 Forbidden): use a token with write "
             f"access to the {repo_id.split('/')[0]!r} namespace, or push to a repository of your own"
         )
-    if isinstance(err, (hf.OfflineModeIsEnabled,) + network_errors()):
+    if transport_failure(err):
         return HubOfflineError(
             f"cannot push to {repo_id}: the Hub at {endpoint} could not be reached (no network, or HF_HUB_OFFLINE=1 "
             "is set); keep the model with save_pretrained('path/to/folder') and push it when online"

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import socket
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -24,6 +26,7 @@ from .errors import (
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_log = logging.getLogger(__name__)
 
 SourceLike = Union[str, os.PathLike]
 
@@ -70,10 +73,11 @@ class Snapshot:
         local_files_only: bool = False,
         token: Optional[Union[str, bool]] = None,
         endpoint: Optional[str] = None,
+        force_download: bool = False,
     ) -> None:
         self.directory, self.repo_id, self.revision = parse_source(src, revision)
         self.cache_dir, self.local_files_only = cache_dir, local_files_only
-        self.token, self.endpoint = token, endpoint
+        self.token, self.endpoint, self.force_download = token, endpoint, force_download
         self.commit: Optional[str] = None
         self._config: Optional[Dict[str, Any]] = None
         self._config_missing = False
@@ -95,7 +99,7 @@ class Snapshot:
                     raise
                 self._config_missing = True
                 return None
-            self._check_cached_blob(path)
+            path = self._check_cached_blob(path)
             try:
                 self._config = json.loads(Path(path).read_text(encoding="utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -128,7 +132,9 @@ class Snapshot:
         return config
 
     def path(self, name: str) -> Path:
-        """Local path of `name`, its sha256 checked against config.json; a bad cached copy is deleted."""
+        """Local path of `name`, its sha256 checked against config.json. A cached copy that does not match is
+        downloaded again once (`force_download=True`); a mismatch that persists is a CorruptedFileError, and the
+        bad copy is deleted from the Hugging Face cache (a user's own folder is never changed)."""
         config = self.config(required=False)
         files = config.get("files") if isinstance(config, dict) else None
         if isinstance(files, dict) and name not in files:
@@ -145,52 +151,76 @@ class Snapshot:
             raise WrongModelError(f"config.json of {self.label} lists {name} without a sha256 (64 hex digits), so it "
                                   "cannot be checked: re-save the model with save_pretrained (or push_to_hub)")
         digest = sha256_file(path)
+        problem = (f"{name} of {self.label} has sha256 {{digest}}, but config.json records {expected}: a corrupted or "
+                   "mismatched file (damaged in transfer or on disk, or not the file that config.json was saved with)")
+        if digest != expected and self._can_fetch_again():
+            path = self._fetch_again(name, problem.format(digest=digest))
+            digest = sha256_file(path)
         if digest != expected:
-            where = self._evict(path)
             raise CorruptedFileError(
-                f"{name} of {self.label} has sha256 {digest}, but config.json records {expected}: a corrupted or "
-                f"mismatched file (damaged in transfer or on disk, or not the file that config.json was saved with). "
-                f"{where} Do not use this file; download again, and if the mismatch persists, tell the repository "
-                "owner."
+                f"{problem.format(digest=digest)}. {self._give_up(path)} Do not use this file; if the mismatch "
+                "persists, tell the repository owner."
             )
         return path
 
-    def _check_cached_blob(self, path: Path) -> None:
-        """config.json has no recorded sha256: check a cached copy against its blob name (the Hub's ETag)."""
-        if self.directory is not None or not path.is_symlink():
-            return
-        blob = Path(os.readlink(path)).name  # blobs/<ETag>, one link away from the snapshot entry
-        data = path.read_bytes()
-        if _COMMIT.match(blob):  # a regular git file: the ETag is its git blob sha1
-            actual = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-        elif _SHA256.match(blob):  # an LFS file: the ETag is its sha256
-            actual = hashlib.sha256(data).hexdigest()
-        else:
-            return
-        if actual != blob:
-            where = self._evict(path)
-            raise CorruptedFileError(f"the cached config.json of {self.label} does not match the checksum the Hub "
-                                     f"sent ({blob}): a corrupted or mismatched file on disk. {where} Load it again.")
+    def _check_cached_blob(self, path: Path) -> Path:
+        """config.json has no recorded sha256: check a cached copy against its blob name (the Hub's ETag), and
+        download a copy that does not match again once. Returns the checked path."""
+        if self.directory is not None:
+            return path
+        actual, etag = _blob_digest(path)
+        if actual == etag:
+            return path
+        problem = f"the cached config.json of {self.label} does not match the checksum the Hub sent ({etag})"
+        if self._can_fetch_again():
+            path = self._fetch_again(CONFIG, problem)
+            actual, etag = _blob_digest(path)
+        if actual != etag:
+            raise CorruptedFileError(f"{problem}: a corrupted or mismatched file. {self._give_up(path)} Load it "
+                                     "again.")
+        return path
 
-    def _evict(self, path: Path) -> str:
-        """Delete a bad cached download (snapshot link and blob); a user's own folder is left alone."""
+    def _can_fetch_again(self) -> bool:
+        """Whether a cached copy that fails its check can be downloaded again: not for a local folder (never
+        changed), not offline (nothing to download it from), not when it was just downloaded (force_download)."""
+        return self.directory is None and not self.force_download and not self._offline()
+
+    def _fetch_again(self, name: str, problem: str) -> Path:
+        """`name` downloaded again with `force_download=True`, replacing the cached copy that had `problem`."""
+        _log.warning("%s; downloading it again", problem)
+        try:
+            return self._fetch(name, force=True)
+        except HubError as err:
+            raise CorruptedFileError(f"{problem}, and downloading it again failed: {err}") from err
+
+    def _offline(self) -> bool:
+        from huggingface_hub import constants
+
+        return self.local_files_only or constants.is_offline_mode()
+
+    def _give_up(self, path: Path) -> str:
+        """For a file that failed its check for good: delete the cached copy (so the next load downloads it afresh)
+        and say what happened, for the error message. A local folder is left as it is."""
         if self.directory is not None:
             return "The folder was left as it is."
-        chain = [path]
-        while chain[-1].is_symlink() and len(chain) < 8:  # snapshot entry -> blob (-> shared store entry)
-            target = Path(os.readlink(chain[-1]))
-            chain.append(target if target.is_absolute() else chain[-1].parent / target)
-        for p in chain:
-            p.unlink(missing_ok=True)
-        return "The bad copy was deleted from the Hugging Face cache."
+        if self._offline():
+            why = ("It could not be downloaded again: offline mode is on (HF_HUB_OFFLINE=1 or local_files_only=True); "
+                   "load it while online to download it again.")
+        elif self.force_download:
+            why = ("It was just downloaded (force_download=True), so the repository serves a file that config.json "
+                   "was not saved with.")
+        else:
+            why = ("It was downloaded again and still does not match, so the repository serves a file that "
+                   "config.json was not saved with.")
+        return f"{why} {_delete_from_cache(self, Path(path))}"
 
-    def _fetch(self, name: str) -> Path:
+    def _fetch(self, name: str, force: bool = False) -> Path:
         if self.directory is not None:
             path = self.directory / name
             if not path.is_file():
                 raise FileNotInRepoError(f"{self.directory} has no {name}: " + _missing_hint(name))
             return path
-        path = Path(_download(self, name))
+        path = Path(_download(self, name, force=force or self.force_download))
         # later files come from the very commit config.json was read from, even if the branch moves meanwhile
         if self.commit is None and path.parent.parent.name == "snapshots" and _COMMIT.match(path.parent.name):
             self.commit = path.parent.name
@@ -208,25 +238,59 @@ def _missing_hint(name: str) -> str:
     return "save or push the model again to write the full layout"
 
 
-def _download(snap: Snapshot, name: str) -> str:
-    """hf_hub_download of one file at the snapshot's commit (or revision), errors turned into HubErrors."""
+def _delete_from_cache(snap: Snapshot, path: Path) -> str:
+    """Delete one cached file of `snap` with huggingface_hub's cache management (`HFCacheInfo.delete_files`: the
+    snapshot entry, and its blob unless another cached file shares it); the sentence saying so."""
+    from huggingface_hub import constants, scan_cache_dir
+
+    commit, name = path.parent.name, path.name
+    try:
+        cache = scan_cache_dir(snap.cache_dir or constants.HF_HUB_CACHE)  # the cache hf_hub_download used
+        files = [f for repo in cache.repos if repo.repo_type == "model" and repo.repo_id == snap.repo_id
+                 for revision in repo.revisions if revision.commit_hash == commit
+                 for f in revision.files if f.file_name == name]
+        if not files:
+            return "It is not listed in the Hugging Face cache, so nothing was deleted there."
+        cache.delete_files(*files).execute()
+    except Exception as err:  # noqa: BLE001  (the error being raised matters more; say how to delete it by hand)
+        return f"Deleting it from the Hugging Face cache failed ({err}): delete it with `hf cache delete`."
+    return "The bad copy was deleted from the Hugging Face cache."
+
+
+def _blob_digest(path: Path) -> Tuple[Optional[str], Optional[str]]:
+    """(digest of the file, the blob name it is cached under): a cached file is stored under its ETag, the git blob
+    sha1 of a regular file or the sha256 of an LFS file. (None, None) when the name is not such a checksum (a copy
+    outside the cache's blob store, as on file systems without symbolic links)."""
+    blob = Path(path).resolve().name
+    if _COMMIT.match(blob):
+        data = Path(path).read_bytes()
+        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(), blob
+    if _SHA256.match(blob):
+        return sha256_file(path), blob
+    return None, None
+
+
+def _download(snap: Snapshot, name: str, force: bool = False) -> str:
+    """hf_hub_download of one file at the snapshot's commit (or revision), errors turned into HubErrors;
+    `force` downloads it again even when cached."""
     from huggingface_hub import constants, hf_hub_download
 
     revision = snap.commit or snap.revision
     try:
         return hf_hub_download(
             snap.repo_id, name, revision=revision, cache_dir=snap.cache_dir, local_files_only=snap.local_files_only,
-            token=snap.token, endpoint=snap.endpoint, library_name="clusvpr-zoo",
+            token=snap.token, endpoint=snap.endpoint, library_name="clusvpr-zoo", force_download=force,
         )
     except Exception as err:  # noqa: BLE001  (translated below, or re-raised unchanged)
         endpoint = snap.endpoint or constants.ENDPOINT
-        translated = _translate(err, snap, name, revision or "main", endpoint)
+        translated = _translate(err, snap, name, revision or "main", endpoint, force)
         if translated is None:
             raise
         raise translated from err
 
 
-def _translate(err: Exception, snap: Snapshot, name: str, revision: str, endpoint: str) -> Optional[HubError]:
+def _translate(err: Exception, snap: Snapshot, name: str, revision: str, endpoint: str,
+               force: bool = False) -> Optional[HubError]:
     """The HubError for a huggingface_hub / network exception, or None to re-raise it as it is."""
     from huggingface_hub import constants
     from huggingface_hub import errors as hf
@@ -244,11 +308,13 @@ def _translate(err: Exception, snap: Snapshot, name: str, revision: str, endpoin
             "log in with `hf auth login` (or `huggingface-cli login`) or pass token=...; to load from disk, pass "
             "the path of a folder written by save_pretrained instead"
         )
-    if isinstance(err, hf.LocalEntryNotFoundError) or isinstance(err, (hf.OfflineModeIsEnabled,) + network_errors()):
+    if transport_failure(err):
         offline = snap.local_files_only or constants.is_offline_mode()
         cause = ("offline mode is on (HF_HUB_OFFLINE=1 or local_files_only=True)" if offline
                  else f"the Hub at {endpoint} could not be reached (no network?)")
         cache = snap.cache_dir or constants.HF_HUB_CACHE
+        if force:
+            return HubOfflineError(f"cannot download {name} of {where} afresh (force_download): {cause}")
         return HubOfflineError(
             f"cannot get {name} of {where}: {cause}, and it is not in the cache at {cache}. Load a local folder "
             "instead (from_pretrained('path/to/folder'), written by save_pretrained), or pre-fill the cache while "
@@ -260,13 +326,19 @@ def _translate(err: Exception, snap: Snapshot, name: str, revision: str, endpoin
     return None
 
 
-def network_errors() -> Tuple[type, ...]:
-    """Transport-level exception types of whichever HTTP library huggingface_hub uses."""
-    types = []
-    for module, attr in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError"),
-                         ("requests", "Timeout")):
-        try:
-            types.append(getattr(__import__(module), attr))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(types)
+def transport_failure(err: BaseException) -> bool:
+    """Whether `err` says the Hub could not be reached: huggingface_hub's own offline and not-in-the-cache errors
+    (what hf_hub_download raises when its request fails and no cached copy exists), or an error caused by the
+    socket layer's (refused, reset, timed out, name not resolved), whichever HTTP library huggingface_hub uses."""
+    from huggingface_hub import errors as hf
+
+    seen = set()
+    cause: Optional[BaseException] = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError)):
+            return True
+        if isinstance(cause, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

@@ -83,6 +83,20 @@ def test_repush_deletes_layout_files_the_model_no_longer_has(hub_server, tiny, t
         ".gitattributes", "README.md", "config.json", "model.safetensors"]
 
 
+def test_repush_deletes_only_layout_files_in_one_commit(hub_server, tiny, tiny_model_name):
+    from huggingface_hub import HfApi
+
+    model, _ = tiny
+    _push(model)
+    HfApi(token=TOKEN).upload_file(path_or_fileobj=b"results of a run", path_in_repo="notes/run.txt", repo_id=REPO)
+    commits = len(hub_server.repos[REPO].commits)
+    _push(registry.create(tiny_model_name))
+    repo = hub_server.repos[REPO]
+    assert len(repo.commits) == commits + 1
+    assert sorted(repo.commits[repo.branches["main"]].files) == [
+        ".gitattributes", "README.md", "config.json", "model.safetensors", "notes/run.txt"]
+
+
 def test_registry_create_pulls_a_repo_at_a_revision(hub_server, tiny, tiny_model_name):
     model, images = tiny
     commit = _push(model)
@@ -117,28 +131,56 @@ def test_a_changed_file_on_the_hub_is_refused_and_not_kept(hub_server, tiny, tmp
     hub.from_pretrained(REPO)
 
 
-def test_corrupted_cache_file_is_detected_and_downloaded_again(hub_server, tiny, tmp_path):
+def test_a_changed_file_on_the_hub_is_downloaded_again_only_once(hub_server, tiny):
+    model, _ = tiny
+    _push(model)
+    good = hub_server.file_bytes(REPO, "model.safetensors")
+    hub_server.tamper(REPO, "model.safetensors", good[:-4] + b"\x00\x00\x00\x00")
+    with pytest.raises(hub.CorruptedFileError, match="downloaded again and still does not match"):
+        hub.from_pretrained(REPO)
+    assert _gets(hub_server, "model.safetensors") == 2  # the first download, and one with force_download=True
+
+
+def test_corrupted_cache_file_is_detected_and_downloaded_again(hub_server, tiny, tmp_path, caplog):
     model, images = tiny
     _push(model)
     hub.from_pretrained(REPO)
     cache = tmp_path / "hf_home" / "hub"
     blob = max(_cached_blobs(cache), key=lambda p: p.stat().st_size)  # model.safetensors
-    blob.write_bytes(blob.read_bytes()[:-1] + b"\x01")
-    with pytest.raises(hub.CorruptedFileError):
-        hub.from_pretrained(REPO)
-    assert not blob.exists()
-    assert torch.equal(outputs(hub.from_pretrained(REPO), images), outputs(model, images))
+    good = blob.read_bytes()
+    blob.write_bytes(good[:-1] + b"\x01")
+    with caplog.at_level("WARNING", logger="registry.hub"):
+        loaded = hub.from_pretrained(REPO)
+    assert "model.safetensors" in caplog.text and "downloading it again" in caplog.text
+    assert torch.equal(outputs(loaded, images), outputs(model, images))
+    assert blob.read_bytes() == good and _gets(hub_server, "model.safetensors") == 2
 
 
-def test_corrupted_cached_config_is_detected_and_downloaded_again(hub_server, tiny, tmp_path):
+def test_corrupted_cached_config_is_detected_and_downloaded_again(hub_server, tiny, tmp_path, caplog):
     model, images = tiny
     _push(model)
     hub.from_pretrained(REPO)
     config = next((tmp_path / "hf_home" / "hub").rglob("snapshots/*/config.json"))
-    blob = config.resolve()
-    blob.write_text(blob.read_text().replace('"num_features": 8', '"num_features": 9'))
-    with pytest.raises(hub.CorruptedFileError, match="cached config.json"):
-        hub.from_pretrained(REPO)
+    good = config.read_text()
+    config.resolve().write_text(good.replace('"num_features": 8', '"num_features": 9'))
+    with caplog.at_level("WARNING", logger="registry.hub"):
+        loaded = hub.from_pretrained(REPO)
+    assert "cached config.json" in caplog.text and "downloading it again" in caplog.text
+    assert torch.equal(outputs(loaded, images), outputs(model, images))
+    assert config.read_text() == good and _gets(hub_server, "config.json") == 2
+
+
+def test_a_corrupted_cached_file_offline_is_refused_deleted_and_downloaded_once_online(hub_server, tiny, tmp_path):
+    model, images = tiny
+    _push(model)
+    hub.from_pretrained(REPO)
+    blob = max(_cached_blobs(tmp_path / "hf_home" / "hub"), key=lambda p: p.stat().st_size)
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\x01")
+    seen = hub_server.count()
+    with pytest.raises(hub.CorruptedFileError, match="model.safetensors.*offline mode is on.*while online.*"
+                                                     "deleted from the Hugging Face cache"):
+        hub.from_pretrained(REPO, local_files_only=True)
+    assert hub_server.count() == seen and not blob.exists()
     assert torch.equal(outputs(hub.from_pretrained(REPO), images), outputs(model, images))
 
 
@@ -198,6 +240,16 @@ def test_no_network_says_so_and_how_to_load_locally(hub_server, tiny, no_retry_s
         hub.from_pretrained(REPO, endpoint=closed)
     message = str(info.value)
     assert "could not be reached" in message and "path/to/folder" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_push_to_an_unreachable_hub_says_so(hub_server, tiny, no_retry_sleep):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    probe.close()  # nothing listens there: connections are refused, as with no network
+    model, _ = tiny
+    with pytest.raises(hub.HubOfflineError, match="cannot push to tester/tiny: the Hub at .* could not be reached"):
+        model.push_to_hub(REPO, token=TOKEN, endpoint=closed)
 
 
 def test_offline_mode_with_an_empty_cache_says_so(hub_server, tiny, offline):
