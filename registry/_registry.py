@@ -245,6 +245,18 @@ def get_entry(name: str) -> ModelEntry:
     return _MODELS[split_tag(name)[0]]
 
 
+def citation(architecture: str, aggregator: str) -> str:
+    """BibTeX for the model cards of `architecture`: its entry's, else that of a registered model with the same
+    aggregator (a variant of the same method); "" when none is recorded."""
+    load_plugins()
+    entry = _MODELS.get(architecture)
+    if entry is not None and getattr(entry, "citation", None):
+        return entry.citation
+    same = [e.citation for _, e in sorted(_MODELS.items())
+            if e.aggregator == aggregator and getattr(e, "citation", None)]
+    return same[0] if same else ""
+
+
 def get_backbone(name: str) -> Callable[..., Any]:
     """The backbone factory registered under `name`."""
     load_plugins()

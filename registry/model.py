@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _registry
 from .preprocess import Preprocess
 from .whitening import PCAWhitening
 
@@ -200,6 +201,12 @@ class VPRModel(nn.Module):
         from torchvision import transforms as T
 
         return T.Compose([T.ColorJitter(*TRAIN_JITTER), pre])
+
+    @property
+    def citation(self) -> str:
+        """BibTeX of the method, for model cards: the registry entry's, else a registered model's with the same
+        aggregator; "" when none is recorded."""
+        return _registry.citation(self.name, str(self.config.get("aggregator", "")))
 
     def save_pretrained(self, save_directory, **kwargs) -> Any:
         """Write the Hub layout (config.json, model.safetensors, centroids.h5, pca.h5, README.md) to a folder."""

@@ -4,7 +4,7 @@ Layout: config.json (timm-compatible, plus VPR facts and the sha256 of every oth
 centroids.h5, pca.h5 and README.md rendered from MODEL_CARD.md.
 """
 from .._files import sha256_file
-from ._card import render_model_card
+from ._card import model_card, render_model_card
 from ._layout import LAYOUT_FILES, save_pretrained
 from ._load import from_pretrained, pull_centroids, pull_pca
 from ._push import push_to_hub
@@ -37,6 +37,7 @@ __all__ = [
     "TamperedFileError",
     "WrongModelError",
     "from_pretrained",
+    "model_card",
     "parse_source",
     "pull_centroids",
     "pull_pca",

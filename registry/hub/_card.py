@@ -1,4 +1,6 @@
-"""Render MODEL_CARD.md into a repository's README.md from its config.json facts (nothing guessed)."""
+"""The model card, a repository's README.md, as a huggingface_hub `ModelCard`: its metadata a `ModelCardData`
+built from config.json's facts, its text the MODEL_CARD.md template with each ${placeholder} filled from the same
+facts (nothing guessed)."""
 from __future__ import annotations
 
 import json
@@ -6,12 +8,16 @@ import os
 import re
 import string
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Union
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
 
 TEMPLATE_NAME = "MODEL_CARD.md"
 _LEADING_COMMENT = re.compile(r"\A\s*<!--.*?-->\s*", re.S)
 _TAGS = ["visual-place-recognition", "image-retrieval", "image-feature-extraction", "clusvpr-zoo"]
-
+# metadata keys in the order the card lists them; the template's other keys follow
+_METADATA_ORDER = ["license", "library_name", "pipeline_tag", "tags", "datasets", "metrics"]
 
 
 def template_path() -> Path:
@@ -26,27 +32,72 @@ def template_path() -> Path:
     )
 
 
+def model_card(
+    config: Mapping[str, Any],
+    template: Optional[Union[str, os.PathLike]] = None,
+    repo_hint: str = "org/name@<commit>",
+    citation: Optional[str] = None,
+) -> "ModelCard":
+    """The card of the weights `config` describes, from a template (a path, template text, or MODEL_CARD.md).
+
+    Metadata: the template's own front matter (plain YAML: library_name, pipeline_tag, metrics, ...) with the
+    facts of config.json set over it (license, tags, datasets). Text: the template's, each ${placeholder} filled
+    from config.json (`card_values`); an unknown placeholder is a KeyError naming it. `citation` is the BibTeX
+    of the method (the model's registry entry); without one the card says none is recorded.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    text = _LEADING_COMMENT.sub("", _template_text(template), count=1)
+    base = ModelCard(text) if text.lstrip().startswith("---") else None
+    metadata = base.data.to_dict() if base is not None else {}
+    metadata.update(card_metadata(config))
+    unfilled = sorted(k for k, v in metadata.items() if "${" in json.dumps(v))
+    if unfilled:
+        raise ValueError(
+            f"model card template: the front matter is plain YAML (license, tags and datasets are set from "
+            f"config.json), but {', '.join(unfilled)} hold a ${{placeholder}}: write the value, or move the "
+            "placeholder into the text below the front matter"
+        )
+    values = card_values(config, repo_hint, citation)
+    try:
+        body = string.Template(base.text if base is not None else text).substitute(values)
+    except KeyError as err:
+        raise KeyError(f"model card template uses the unknown placeholder ${{{err.args[0]}}}; "
+                       f"known ones: {sorted(values)}") from None
+    data = ModelCardData(**metadata)
+    order = [k for k in _METADATA_ORDER if k in metadata] + [k for k in metadata if k not in _METADATA_ORDER]
+    return ModelCard(f"---\n{data.to_yaml(original_order=order)}\n---\n{body}")
+
+
 def render_model_card(
     config: Mapping[str, Any],
     template: Optional[Union[str, os.PathLike]] = None,
     repo_hint: str = "org/name@<commit>",
+    citation: Optional[str] = None,
 ) -> str:
-    """README.md text: the template (a path, template text, or MODEL_CARD.md) filled from `config`."""
+    """README.md text: `model_card(...)` as the file holds it."""
+    return str(model_card(config, template, repo_hint, citation))
+
+
+def _template_text(template: Optional[Union[str, os.PathLike]]) -> str:
     if template is None:
-        text = template_path().read_text(encoding="utf-8")
-    elif isinstance(template, os.PathLike) or (isinstance(template, str) and "\n" not in template):
-        text = Path(template).read_text(encoding="utf-8")
-    else:
-        text = template
-    text = _LEADING_COMMENT.sub("", text, count=1)
-    try:
-        return string.Template(text).substitute(card_values(config, repo_hint))
-    except KeyError as err:
-        raise KeyError(f"model card template uses the unknown placeholder ${{{err.args[0]}}}; "
-                       f"known ones: {sorted(card_values(config, repo_hint))}") from None
+        return template_path().read_text(encoding="utf-8")
+    if isinstance(template, os.PathLike) or (isinstance(template, str) and "\n" not in template):
+        return Path(template).read_text(encoding="utf-8")
+    return template
 
 
-def card_values(config: Mapping[str, Any], repo_hint: str = "org/name@<commit>") -> Dict[str, str]:
+def card_metadata(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The card's metadata that config.json states: license, tags (with the architecture and the aggregator) and
+    training datasets."""
+    cfg = dict(config.get("pretrained_cfg") or {})
+    datasets = [str(d) for d in dict(config.get("training") or {}).get("datasets") or []]
+    extra = [str(t) for t in (config.get("architecture"), config.get("aggregator")) if t]
+    return {"license": str(cfg.get("license") or "other"), "tags": _TAGS + extra, "datasets": datasets}
+
+
+def card_values(config: Mapping[str, Any], repo_hint: str = "org/name@<commit>",
+                citation: Optional[str] = None) -> Dict[str, str]:
     """Placeholder values; every fact missing from config.json is said to be missing."""
     cfg = dict(config.get("pretrained_cfg") or {})
     inp = dict(config.get("input_config") or {})
@@ -60,10 +111,11 @@ def card_values(config: Mapping[str, Any], repo_hint: str = "org/name@<commit>")
     aggregator = str(config.get("aggregator", "unknown"))
     trained = bool(datasets or training.get("recipe"))
     release = dict(config.get("release") or {})
+    metadata = card_metadata(config)
     return {
-        "license": json.dumps(str(cfg.get("license") or "other")),
-        "tags": json.dumps(_TAGS + [t for t in (config.get("architecture"), aggregator) if t]),
-        "datasets": json.dumps(datasets),
+        "license": metadata["license"],
+        "tags": ", ".join(metadata["tags"]),
+        "datasets": ", ".join(datasets),
         "architecture": str(config.get("architecture", "unknown")),
         "backbone": str(config.get("backbone", "unknown")),
         "aggregator": aggregator,
@@ -88,22 +140,8 @@ def card_values(config: Mapping[str, Any], repo_hint: str = "org/name@<commit>")
         + (f"\n- Not for: {release['not_for']}" if release.get("not_for") else ""),
         "domain": _domain(release, datasets),
         "provenance": _provenance(release, config),
-        "citation": _citation(str(config.get("architecture", "")), aggregator),
+        "citation": citation or "% no citation recorded for aggregator " + aggregator,
     }
-
-
-def _citation(architecture: str, aggregator: str) -> str:
-    """The BibTeX of the model's registry entry, else of a registered model with the same aggregator (a variant
-    of the same method), else a comment saying none is recorded."""
-    from .._registry import _MODELS, load_plugins
-
-    load_plugins()
-    entry = _MODELS.get(architecture)
-    if entry is not None and getattr(entry, "citation", None):
-        return entry.citation
-    same = [e.citation for _, e in sorted(_MODELS.items())
-            if e.aggregator == aggregator and getattr(e, "citation", None)]
-    return same[0] if same else "% no citation recorded for aggregator " + aggregator
 
 
 def _summary(config: Mapping[str, Any]) -> str:

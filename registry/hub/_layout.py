@@ -118,7 +118,8 @@ def write_layout(
     whitening = getattr(model, "whitening", None)
     if whitening is not None and whitening.fitted:
         whitening.to_h5(directory / PCA)
-    (directory / README).write_text(render_model_card(config, model_card, repo_hint), encoding="utf-8")
+    card = render_model_card(config, model_card, repo_hint, citation=getattr(model, "citation", None))
+    (directory / README).write_text(card, encoding="utf-8")
     config["files"] = {
         name: {"sha256": sha256_file(directory / name), "size": (directory / name).stat().st_size}
         for name in LAYOUT_FILES if name != CONFIG and (directory / name).is_file()

@@ -120,3 +120,35 @@ def test_the_citation_comes_from_the_model_entry(tiny, tiny_model_name, tmp_path
     text = _readme(tiny, tmp_path / "b")
     assert "@misc{tiny2026, title = {A tiny test model}}" in text and "arandjelovic2016netvlad" not in text
     assert "xu2023clusvpr" in registry.get_entry("clusvpr_vgg16").citation  # the plugin's, not the core's
+
+
+def test_the_card_is_a_model_card_whose_metadata_round_trips(tiny, tmp_path):
+    from huggingface_hub import ModelCard
+
+    text = _readme(tiny, tmp_path, training={"datasets": ["pitts30k"]})
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    assert str(card) == text  # ModelCard writes back exactly what it read
+    assert card.data.to_dict() == {
+        "license": "mit", "library_name": "clusvpr-zoo", "pipeline_tag": "image-feature-extraction",
+        "tags": ["visual-place-recognition", "image-retrieval", "image-feature-extraction", "clusvpr-zoo",
+                 "hubtest_tiny_netvlad", "netvlad"],
+        "datasets": ["pitts30k"], "metrics": ["recall"],
+    }
+    assert card.text.lstrip().startswith("# hubtest_tiny_netvlad\n")
+
+
+def test_a_custom_templates_own_metadata_is_kept_and_config_facts_are_set_over_it(tiny, tmp_path):
+    model, _ = tiny
+    template = "---\nlanguage: en\nlicense: apache-2.0\n---\n# ${architecture}\n"
+    folder = hub.save_pretrained(model, tmp_path / "m", model_card=template)
+    meta = _front_matter((folder / "README.md").read_text())
+    assert meta["language"] == "en" and meta["license"] == "mit"  # the weights' license, from config.json
+    assert "hubtest_tiny_netvlad" in meta["tags"] and meta["datasets"] == []
+
+
+def test_a_placeholder_in_the_templates_front_matter_is_refused(tiny, tmp_path):
+    model, _ = tiny
+    with pytest.raises(ValueError, match="front matter is plain YAML.*model_name hold a"):
+        hub.save_pretrained(model, tmp_path / "m", model_card="---\nmodel_name: ${architecture}\n---\n# card\n")
+    assert not (tmp_path / "m").exists()
+
