@@ -1,6 +1,7 @@
 """A framework-neutral registry of visual place recognition models (ClusVPR, NetVLAD, GeM, plugins).
 
-Importing this package is cheap: plugins are discovered lazily, at the first lookup.
+Importing this package loads no weights and no plugins: plugins are discovered lazily, at the first lookup. It
+imports torch and huggingface_hub's client (`VPRModel` is a huggingface_hub `ModelHubMixin`).
 """
 from . import aggregators as _aggregators  # noqa: F401  (registers the bundled aggregators)
 from . import backbones as _backbones  # noqa: F401  (registers the bundled backbones)

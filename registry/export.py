@@ -176,13 +176,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check against PyTorch")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import registry
+    from .factory import create
 
     pretrained: Any = {"true": True, None: False}.get(args.pretrained, args.pretrained)
     overrides: Dict[str, Any] = {"input_norm": args.input_norm}
     if args.descriptor_dim is not None:
         overrides["descriptor_dim"] = args.descriptor_dim
-    model = registry.create(args.model, pretrained=pretrained, **overrides)
+    model = create(args.model, pretrained=pretrained, **overrides)
     path = export_onnx(model, args.output, tuple(args.input_size) if args.input_size else None, args.opset,
                        verify=not args.no_verify)
     meta = onnx_metadata(model)

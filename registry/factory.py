@@ -1,13 +1,14 @@
 """One builder for every registered model, `create()`, and the registration of the NetVLAD and GeM baselines."""
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from . import _registry
+from ._build import architecture_args as architecture_args  # public here: docs/CONTRACTS.md, the timm plugin
+from ._build import build, check_overrides
 from ._registry import ModelEntry, Release, find_releases, get_aggregator, get_backbone, register_model
 from .input_norm import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMS, resolve_input_norm
 from .model import VPRModel
@@ -82,42 +83,6 @@ def build_vpr_model(
     return VPRModel(bb, agg, whitening, input_config, config, input_conversion=conversion)
 
 
-# arguments of a builder that say where weights come from, or that the registry fills in: not the architecture
-_NOT_ARCHITECTURE = ("architecture", "backbone", "aggregator", "backbone_weights", "pretrained_cfg", "model_args")
-_AGGREGATOR_FILLED = ("self", "in_channels", "feature_size")
-
-
-def _named_parameters(fn: Any, skip: Tuple[str, ...]) -> Tuple[List[str], bool]:
-    """(keyword names of `fn` minus `skip`, whether it also takes **kwargs)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return [], True
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip]
-    return names, any(p.kind == p.VAR_KEYWORD for p in params)
-
-
-def architecture_args(name: str) -> List[str]:
-    """Keyword arguments that shape model `name` (what config.json's `model_args` may hold): the builder's, and the
-    aggregator's when the builder passes extra keywords on. Never where weights come from (`pretrained`,
-    `backbone_weights`)."""
-    entry = _registry.get_entry(name)
-    names, passes_on = _named_parameters(entry.builder, _NOT_ARCHITECTURE)
-    if passes_on:
-        names += _named_parameters(get_aggregator(entry.aggregator), _AGGREGATOR_FILLED)[0]
-    return sorted(set(names))
-
-
-def _check_overrides(entry: ModelEntry, overrides: Dict[str, Any]) -> None:
-    valid = set(architecture_args(entry.name)) | {"backbone_weights", *_HUB_KWARGS}
-    if entry.reference_loader is not None:
-        valid.add("pca")
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise TypeError(f"{entry.name} got unexpected argument(s) {', '.join(unknown)}; valid: "
-                        f"{', '.join(sorted(valid))} (and pretrained)")
-
-
 def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overrides: Any) -> VPRModel:
     """Build a registered model (eval mode).
 
@@ -131,7 +96,7 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
     base, tag = _registry.split_tag(name)
     entry = _registry.get_entry(base)
     descriptor_dim = overrides.pop("descriptor_dim", None)
-    _check_overrides(entry, overrides)
+    check_overrides(entry, overrides, also=_HUB_KWARGS)
     hub_kwargs = {k: overrides.pop(k) for k in _HUB_KWARGS if k in overrides}
     release = None
     if pretrained is True:
@@ -147,9 +112,7 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
             model = build(entry, overrides)
             entry.reference_loader(model, src, pca=overrides.get("pca"))
             return _with_descriptor_dim(model, descriptor_dim).eval()
-        from . import hub
-
-        model = hub.from_pretrained(src, architecture=entry.name, **hub_kwargs, **overrides)
+        model = VPRModel.from_pretrained(src, architecture=entry.name, **hub_kwargs, **overrides)
         if release is not None and not release.hub:
             model.config["source"] = f"bundled:{entry.name}.{release.tag}"
         return _with_descriptor_dim(model, descriptor_dim).eval()
@@ -167,17 +130,6 @@ def release_model_args(release: Release) -> Dict[str, Any]:
         return {}
     config = json.loads((release.folder / "config.json").read_text(encoding="utf-8"))
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in (config.get("model_args") or {}).items()}
-
-
-def build(entry: ModelEntry, overrides: Dict[str, Any]) -> VPRModel:
-    """Call the entry's builder with its defaults overridden; config.json records only the overrides."""
-    overrides = {k: v for k, v in overrides.items() if k != "pca"}
-    args = {**entry.default_args, **overrides}
-    recorded = {k: v for k, v in overrides.items() if k != "backbone_weights"}
-    return entry.builder(
-        architecture=entry.name, backbone=entry.backbone, aggregator=entry.aggregator,
-        pretrained_cfg=entry.pretrained_cfg, model_args=recorded, **args,
-    )
 
 
 def model_info(name: str) -> Dict[str, Any]:

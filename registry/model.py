@@ -2,22 +2,36 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Optional
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelHubMixin
 from torch import nn
 
-from . import _registry
+from . import _registry, hub
+from ._build import load_weights, rebuild
 from .preprocess import Preprocess
 from .whitening import PCAWhitening
 
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
+
 # ColorJitter of the ClusVPR/SFRS training recipe: brightness, contrast, saturation, hue.
 TRAIN_JITTER = (0.7, 0.7, 0.7, 0.5)
+PathLike = Union[str, os.PathLike]
 
 
-class VPRModel(nn.Module):
-    """A swappable backbone and aggregator with the input config and preprocessing that match them."""
+class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline_tag="image-feature-extraction"):
+    """A swappable backbone and aggregator with the input config and preprocessing that match them.
+
+    A huggingface_hub `ModelHubMixin`: `save_pretrained`, `push_to_hub` and `from_pretrained` (with its hooks
+    `_save_pretrained` and `_from_pretrained`) write and read this zoo's own layout (config.json with the sha256
+    of every file, model.safetensors, centroids.h5, pca.h5, README.md); docs/ARCHITECTURE.md lists where they
+    differ from the mixin's defaults, and why.
+    """
 
     def __init__(
         self,
@@ -208,21 +222,116 @@ class VPRModel(nn.Module):
         aggregator; "" when none is recorded."""
         return _registry.citation(self.name, str(self.config.get("aggregator", "")))
 
-    def save_pretrained(self, save_directory, **kwargs) -> Any:
-        """Write the Hub layout (config.json, model.safetensors, centroids.h5, pca.h5, README.md) to a folder."""
-        from . import hub
+    # --- huggingface_hub ModelHubMixin: the zoo's layout -------------------------------------------------------
+    def save_pretrained(
+        self,
+        save_directory: PathLike,
+        *,
+        model_card: Optional[PathLike] = None,
+        training: Optional[Mapping[str, Any]] = None,
+        evaluation: Optional[Mapping[str, Any]] = None,
+        recalls: Optional[Mapping[str, Mapping[str, float]]] = None,
+        release: Optional[Mapping[str, Any]] = None,
+        dtype: Optional[Union[str, torch.dtype]] = None,
+    ) -> Path:
+        """Write the Hub layout (config.json, model.safetensors, centroids.h5, pca.h5, README.md) to a folder,
+        atomically, and return it. `training`, `evaluation`, `recalls` and `release` are facts for config.json and
+        the card (see registry.hub.save_pretrained); `model_card` a template; `dtype` the stored precision."""
+        return hub.save_pretrained(self, save_directory, model_card=model_card, training=training,
+                                   evaluation=evaluation, recalls=recalls, release=release, dtype=dtype)
 
-        return hub.save_pretrained(self, save_directory, **kwargs)
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """ModelHubMixin's hook: the layout in `save_directory`, with the facts the model carries."""
+        hub.save_pretrained(self, save_directory)
 
-    def push_to_hub(self, repo_id: str, **kwargs) -> str:
-        """Upload the Hub layout to `repo_id`; returns the commit hash."""
-        from . import hub
-
-        return hub.push_to_hub(self, repo_id, **kwargs)
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        revision: Optional[str] = None,
+        branch: Optional[str] = None,
+        private: bool = False,
+        token: Optional[str] = None,
+        commit_message: Optional[str] = None,
+        tag: Optional[str] = None,
+        endpoint: Optional[str] = None,
+        model_card: Optional[PathLike] = None,
+        training: Optional[Mapping[str, Any]] = None,
+        evaluation: Optional[Mapping[str, Any]] = None,
+        recalls: Optional[Mapping[str, Mapping[str, float]]] = None,
+        release: Optional[Mapping[str, Any]] = None,
+        dtype: Optional[Union[str, torch.dtype]] = None,
+    ) -> str:
+        """Upload the Hub layout to `repo_id` (created if missing) in one commit on branch `revision` (alias
+        `branch`) and return the commit hash, for `org/name@<commit>` pins. Layout files an earlier push had and
+        this model lacks are deleted in the same commit; `tag` tags it. See registry.hub.push_to_hub."""
+        return hub.push_to_hub(self, repo_id, revision=revision, branch=branch, private=private, token=token,
+                               commit_message=commit_message, tag=tag, endpoint=endpoint, model_card=model_card,
+                               training=training, evaluation=evaluation, recalls=recalls, release=release,
+                               dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, src: str, **kwargs) -> "VPRModel":
-        """Load from `org/name[@rev]` or a local directory in the Hub layout."""
-        from . import hub
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: PathLike,
+        *,
+        force_download: bool = False,
+        token: Optional[Union[str, bool]] = None,
+        cache_dir: Optional[PathLike] = None,
+        local_files_only: bool = False,
+        revision: Optional[str] = None,
+        endpoint: Optional[str] = None,
+        architecture: Optional[str] = None,
+        **model_kwargs: Any,
+    ) -> "VPRModel":
+        """Load from `org/name`, `org/name@<commit or tag>` or a local folder in the Hub layout, every file checked
+        against the sha256 config.json records; an instance of `cls` (WrongModelError when the architecture that
+        config.json names builds another class).
 
-        return hub.from_pretrained(src, **kwargs)
+        `architecture` (a registry name) makes loading fail unless the repository holds that model; `model_kwargs`
+        change model arguments recorded in config.json (loading stays strict, so they must keep the weights'
+        shapes), except `descriptor_dim`, applied after loading (the leading components of the stored whitening).
+        """
+        return cls._from_pretrained(
+            model_id=pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+            force_download=force_download, local_files_only=local_files_only, token=token, endpoint=endpoint,
+            architecture=architecture, **model_kwargs,
+        )
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: PathLike,
+        revision: Optional[str],
+        cache_dir: Optional[PathLike],
+        force_download: bool,
+        local_files_only: bool,
+        token: Optional[Union[str, bool]],
+        endpoint: Optional[str] = None,
+        architecture: Optional[str] = None,
+        **model_kwargs: Any,
+    ) -> "VPRModel":
+        """ModelHubMixin's hook: the Hub layer resolves and verifies the files, the registry builder that
+        config.json names rebuilds the model, and model.safetensors loads strictly."""
+        descriptor_dim = model_kwargs.pop("descriptor_dim", None)
+        snap = hub.Snapshot(model_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                            token=token, endpoint=endpoint, force_download=force_download)
+        config = snap.zoo_config()
+        model = rebuild(config, snap.label, architecture=architecture, model_cls=cls, overrides=model_kwargs)
+        load_weights(model, hub.read_state_dict(snap), snap.label, overridden=bool(model_kwargs))
+        for key in hub.CARD_FACTS:
+            if key in config:
+                model.config[key] = config[key]
+        model.config["source"] = snap.label  # where the weights came from: a folder or org/name@<commit>
+        if descriptor_dim is not None:
+            model.set_descriptor_dim(descriptor_dim)
+        return model.eval()
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> "ModelCard":
+        """The card save_pretrained writes as README.md, from this model's config and facts."""
+        config = hub.build_config(self, hub.card_facts(self))
+        return hub.model_card(config, *args, citation=self.citation, **kwargs)
+
+
+hub.set_model_loader(VPRModel.from_pretrained)  # registry.hub.from_pretrained, kept for existing code

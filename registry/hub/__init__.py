@@ -1,14 +1,16 @@
-"""Hub I/O: save, push and pull models in the repository layout of DESIGN.md, through `huggingface_hub`.
+"""Hub I/O: the repository layout, verified reads of it from a folder, a Hub repository or the cache, and pushes,
+through `huggingface_hub`. Files only: rebuilding a model from config.json is the model layer's
+(`registry.VPRModel.from_pretrained`); this package never imports it.
 
 Layout: config.json (timm-compatible, plus VPR facts and the sha256 of every other file), model.safetensors,
-centroids.h5, pca.h5 and README.md rendered from MODEL_CARD.md.
+centroids.h5, pca.h5 and README.md (a huggingface_hub ModelCard rendered from MODEL_CARD.md).
 """
 from .._files import sha256_file
 from ._card import model_card, render_model_card
-from ._layout import LAYOUT_FILES, save_pretrained
-from ._load import from_pretrained, pull_centroids, pull_pca
+from ._layout import CARD_FACTS, LAYOUT_FILES, LIBRARY_NAME, build_config, card_facts, save_pretrained
+from ._load import from_pretrained, pull_centroids, pull_pca, read_state_dict, set_model_loader
 from ._push import push_to_hub
-from ._source import parse_source
+from ._source import Snapshot, parse_source
 from .errors import (
     CorruptedFileError,
     FileNotInRepoError,
@@ -24,25 +26,32 @@ from .errors import (
 )
 
 __all__ = [
+    "CARD_FACTS",
     "CorruptedFileError",
     "FileNotInRepoError",
     "HubError",
     "HubOfflineError",
     "IncompatibleWeightsError",
     "LAYOUT_FILES",
+    "LIBRARY_NAME",
     "NotLoggedInError",
     "NotPublishedError",
     "RepoNotFoundError",
     "RevisionNotFoundError",
+    "Snapshot",
     "TamperedFileError",
     "WrongModelError",
+    "build_config",
+    "card_facts",
     "from_pretrained",
     "model_card",
     "parse_source",
     "pull_centroids",
     "pull_pca",
     "push_to_hub",
+    "read_state_dict",
     "render_model_card",
     "save_pretrained",
+    "set_model_loader",
     "sha256_file",
 ]

@@ -1,4 +1,9 @@
-"""The repository layout on disk: config.json, model.safetensors, centroids.h5, pca.h5, README.md."""
+"""The repository layout on disk: config.json, model.safetensors, centroids.h5, pca.h5, README.md.
+
+The writers take any torch module that carries what a VPRModel carries (`config`, `state_dict()`,
+`descriptor_dim`, `input_config`, `whitening`, `aggregator.cluster_source`, and optionally `citation` for the
+card): the Hub layer reads models, it never imports the model layer.
+"""
 from __future__ import annotations
 
 import copy

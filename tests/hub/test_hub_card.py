@@ -152,3 +152,10 @@ def test_a_placeholder_in_the_templates_front_matter_is_refused(tiny, tmp_path):
         hub.save_pretrained(model, tmp_path / "m", model_card="---\nmodel_name: ${architecture}\n---\n# card\n")
     assert not (tmp_path / "m").exists()
 
+
+def test_generate_model_card_gives_the_metadata_save_pretrained_writes(tiny, tmp_path):
+    from huggingface_hub import ModelCard
+
+    model, _ = tiny
+    folder = model.save_pretrained(tmp_path / "m")
+    assert model.generate_model_card().data.to_dict() == ModelCard.load(folder / "README.md").data.to_dict()

@@ -184,6 +184,15 @@ def test_a_corrupted_cached_file_offline_is_refused_deleted_and_downloaded_once_
     assert torch.equal(outputs(hub.from_pretrained(REPO), images), outputs(model, images))
 
 
+def test_force_download_fetches_every_file_again(hub_server, tiny):
+    model, images = tiny
+    _push(model)
+    hub.from_pretrained(REPO)
+    loaded = registry.VPRModel.from_pretrained(REPO, force_download=True)
+    assert torch.equal(outputs(loaded, images), outputs(model, images))
+    assert _gets(hub_server, "model.safetensors") == 2 and _gets(hub_server, "config.json") == 2
+
+
 def test_offline_load_from_a_prefilled_cache_makes_no_request(hub_server, tiny, request):
     model, images = tiny
     commit = _push(model)

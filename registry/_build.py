@@ -1,0 +1,138 @@
+"""Building a registered model: the arguments that shape it, one call of its builder with them, and the rebuild of
+saved weights (a config.json and a state dict, read and verified by the Hub layer) with strict loading."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from torch import nn
+
+from ._registry import ModelEntry, get_aggregator, get_entry, resolve_name
+from .hub.errors import IncompatibleWeightsError, WrongModelError
+
+# arguments of a builder that say where weights come from, or that the registry fills in: not the architecture
+_NOT_ARCHITECTURE = ("architecture", "backbone", "aggregator", "backbone_weights", "pretrained_cfg", "model_args")
+_AGGREGATOR_FILLED = ("self", "in_channels", "feature_size")
+
+
+def _named_parameters(fn: Any, skip: Tuple[str, ...]) -> Tuple[List[str], bool]:
+    """(keyword names of `fn` minus `skip`, whether it also takes **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return [], True
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip]
+    return names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def architecture_args(name: str) -> List[str]:
+    """Keyword arguments that shape model `name` (what config.json's `model_args` may hold): the builder's, and the
+    aggregator's when the builder passes extra keywords on. Never where weights come from (`pretrained`,
+    `backbone_weights`)."""
+    entry = get_entry(name)
+    names, passes_on = _named_parameters(entry.builder, _NOT_ARCHITECTURE)
+    if passes_on:
+        names += _named_parameters(get_aggregator(entry.aggregator), _AGGREGATOR_FILLED)[0]
+    return sorted(set(names))
+
+
+def check_overrides(entry: ModelEntry, overrides: Mapping[str, Any], also: Iterable[str] = ()) -> None:
+    """TypeError naming the keywords that are neither architecture arguments of `entry`, `backbone_weights`, `pca`
+    (for reference checkpoints) nor one of `also`, with the valid ones."""
+    valid = set(architecture_args(entry.name)) | {"backbone_weights", *also}
+    if entry.reference_loader is not None:
+        valid.add("pca")
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise TypeError(f"{entry.name} got unexpected argument(s) {', '.join(unknown)}; valid: "
+                        f"{', '.join(sorted(valid))} (and pretrained)")
+
+
+def build(entry: ModelEntry, overrides: Dict[str, Any]) -> nn.Module:
+    """Call the entry's builder with its defaults overridden; config.json records only the overrides."""
+    overrides = {k: v for k, v in overrides.items() if k != "pca"}
+    args = {**entry.default_args, **overrides}
+    recorded = {k: v for k, v in overrides.items() if k != "backbone_weights"}
+    return entry.builder(
+        architecture=entry.name, backbone=entry.backbone, aggregator=entry.aggregator,
+        pretrained_cfg=entry.pretrained_cfg, model_args=recorded, **args,
+    )
+
+
+def rebuild(
+    config: Mapping[str, Any],
+    label: str,
+    *,
+    architecture: Optional[str] = None,
+    model_cls: Optional[type] = None,
+    overrides: Optional[Dict[str, Any]] = None,
+) -> nn.Module:
+    """The untrained model a config.json describes (its `architecture` and `model_args`), in eval mode.
+
+    `architecture` (a registry name) must be the one the config names; `model_cls` the class (or a base of the
+    class) its builder makes; `overrides` change model arguments. `label` names the folder or repository in errors.
+    """
+    stored = str(config["architecture"])
+    if architecture is not None and resolve_name(architecture) != stored:
+        raise WrongModelError(
+            f"{label} holds a {stored!r} model, not {architecture!r}: load it with "
+            f"registry.create({stored!r}, pretrained=...) or VPRModel.from_pretrained(src) without architecture"
+        )
+    try:
+        resolve_name(stored)
+    except KeyError as err:
+        raise WrongModelError(f"{label} holds a {stored!r} model, which is not registered here ({err.args[0]}): "
+                              "install or import the plugin that provides it") from None
+    entry = get_entry(stored)
+    overrides = dict(overrides or {})
+    args = {**config_model_args(config, entry.name, label), **overrides}
+    check_overrides(entry, args)
+    model = build(entry, args)
+    if model_cls is not None and not isinstance(model, model_cls):
+        made = type(model).__name__
+        raise WrongModelError(
+            f"{label} holds a {stored!r} model, which its registered builder makes as a {made}, not a "
+            f"{model_cls.__name__}: load it with {made}.from_pretrained(...) or registry.create({stored!r}, "
+            "pretrained=...)"
+        )
+    return model.eval()
+
+
+def config_model_args(config: Mapping[str, Any], architecture: str, label: str) -> Dict[str, Any]:
+    """config.json's `model_args`, which may only shape the architecture: a config never names other weights or
+    files to load (`pretrained`, `backbone_weights`, ...), which could reach outside its folder or repository."""
+    args = config.get("model_args") or {}
+    if not isinstance(args, dict):
+        raise WrongModelError(f"config.json of {label}: model_args must be an object, got {type(args).__name__}")
+    valid = architecture_args(architecture)
+    refused = sorted(set(args) - set(valid))
+    if refused:
+        raise WrongModelError(
+            f"config.json of {label} sets model_args {refused}, which are not architecture arguments of "
+            f"{architecture} (valid: {', '.join(valid)}); a repository's config may not name weights or files to "
+            "load. Remove them from config.json, or re-save the model with save_pretrained"
+        )
+    return dict(args)
+
+
+def load_weights(model: nn.Module, state: Mapping[str, Any], label: str, overridden: bool = False) -> None:
+    """Load `state` into `model` strictly: IncompatibleWeightsError naming the missing and unexpected keys, or the
+    shapes that differ. `overridden` says whether the caller changed model arguments (the likely cause)."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    hint = ("drop the overrides passed to from_pretrained, which change the architecture" if overridden else
+            "the repository was written by a different version of this model; build it with the matching version")
+    name = getattr(model, "name", type(model).__name__)
+    if missing or unexpected:
+        raise IncompatibleWeightsError(
+            f"model.safetensors of {label} does not fit {name}: missing {_head(missing)}, "
+            f"unexpected {_head(unexpected)}; {hint}"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as err:
+        raise IncompatibleWeightsError(f"model.safetensors of {label} does not fit {name}: {err}; {hint}") from None
+
+
+def _head(keys: list, n: int = 6) -> str:
+    return "[]" if not keys else "[" + ", ".join(keys[:n]) + (", ..." if len(keys) > n else "") + "]"

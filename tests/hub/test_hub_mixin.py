@@ -1,0 +1,70 @@
+"""VPRModel as a huggingface_hub ModelHubMixin: the mixin's hooks read and write the zoo's layout, and
+from_pretrained returns an instance of the class it is called on."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import registry
+import registry.hub as hub
+from registry.factory import build_vpr_model
+
+from .helpers import outputs
+
+
+class TinySubclass(registry.VPRModel):
+    """A VPRModel subclass that a registered builder makes."""
+
+
+class Unbuilt(registry.VPRModel):
+    """A VPRModel subclass that no registered builder makes."""
+
+
+@functools.wraps(build_vpr_model)
+def _build_subclass(**kwargs):
+    model = build_vpr_model(**kwargs)
+    return TinySubclass(model.backbone, model.aggregator, model.whitening, model.input_config, model.config,
+                        model.input_conversion)
+
+
+def test_vpr_model_is_a_model_hub_mixin_of_this_library():
+    from huggingface_hub import ModelHubMixin
+
+    assert issubclass(registry.VPRModel, ModelHubMixin)
+    data = registry.VPRModel._hub_mixin_info.model_card_data
+    assert (data.library_name, data.pipeline_tag) == ("clusvpr-zoo", "image-feature-extraction")
+
+
+def test_the_mixin_hooks_write_and_read_the_zoo_layout(tiny, tmp_path):
+    model, images = tiny
+    model._save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "README.md", "centroids.h5", "config.json", "model.safetensors", "pca.h5"]
+    loaded = registry.VPRModel._from_pretrained(model_id=str(tmp_path / "m"), revision=None, cache_dir=None,
+                                                force_download=False, local_files_only=False, token=None)
+    assert torch.equal(outputs(loaded, images), outputs(model, images))
+
+
+def test_from_pretrained_returns_an_instance_of_the_class_it_is_called_on(tiny, tmp_path, monkeypatch):
+    from registry import _registry
+
+    model, images = tiny
+    entry = _registry.get_entry(model.name)
+    monkeypatch.setattr(entry, "builder", _build_subclass)
+    folder = model.save_pretrained(tmp_path / "m")
+    for cls in (TinySubclass, registry.VPRModel):
+        loaded = cls.from_pretrained(folder)
+        assert type(loaded) is TinySubclass
+        assert torch.equal(outputs(loaded, images), outputs(model, images))
+    assert type(registry.create(model.name, pretrained=str(folder))) is TinySubclass
+
+
+def test_from_pretrained_on_a_class_the_config_does_not_build_is_refused_before_reading_weights(tiny, tmp_path):
+    model, _ = tiny
+    folder = model.save_pretrained(tmp_path / "m")
+    (folder / "model.safetensors").unlink()  # the class is checked first: no weights are read
+    with pytest.raises(hub.WrongModelError, match="'hubtest_tiny_netvlad' model, which its registered builder "
+                                                  "makes as a VPRModel, not a Unbuilt"):
+        Unbuilt.from_pretrained(folder)
