@@ -99,6 +99,7 @@ class RunConfig:
     argv: Tuple[str, ...]
     prog: str = PROG
     store: Optional[Path] = None
+    pca_from: str = "auto"
 
     @property
     def command(self) -> str:
@@ -205,8 +206,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                           "descriptors ('pca'); any other than flat also reports its loss against exact search. "
                           "benchmarks/RESULTS.md 'Cost as the map grows' says which for which map size (default flat)")
     ret.add_argument("--pca-dim", type=_positive, default=None, metavar="D",
-                     help="'pca': dims kept by a PCA fitted on the database (default 256); with ivfpq or hnsw, "
+                     help="'pca': dims kept (default 256; where they come from: --pca-from); with ivfpq or hnsw, "
                           "project to D dims first")
+    ret.add_argument("--pca-from", choices=("auto", "whitening", "database"), default="auto",
+                     help="where the PCA step of --index pca (or --pca-dim) comes from: 'whitening' keeps the D "
+                          "leading components of the model's fitted whitening (as descriptor_dim=D does), "
+                          "'database' fits a PCA on the database descriptors, 'auto' the whitening when the model "
+                          "has one of >= D components, else the database (default auto)")
     ret.add_argument("--ivf-nlist", type=_positive, default=None, metavar="N",
                      help="IVF-PQ: inverted lists (default 4*sqrt(database size))")
     ret.add_argument("--pq-m", type=_positive, default=None, metavar="M",
@@ -307,6 +313,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> RunCon
         save_attention=a.save_attention, output_dir=Path(a.output_dir or os.path.join("results", stamp)),
         seed=a.seed, amp=a.amp, compile=a.compile, latency_repeats=a.latency_repeats, progress=a.progress,
         argv=tuple(argv), prog=prog, store=Path(a.store).expanduser() if a.store else None,
+        pca_from=a.pca_from,
     )
 
 

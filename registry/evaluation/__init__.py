@@ -1,7 +1,7 @@
 """Evaluation: descriptor extraction (in memory or to a resumable store), faiss indexes and PlaceIndex, Recall@N,
 k-reciprocal re-ranking, PCA fitting, descriptor files."""
 from .extract import Preprocess, extract_dataset, extract_descriptors
-from .index import INDEX_KINDS, IndexSpec, PlaceIndex, build_index
+from .index import DEFAULT_PCA_DIM, INDEX_KINDS, IndexSpec, PlaceIndex, build_index
 from .pca import fit_whitening_if_needed, needs_whitening_fit
 from .recall import DEFAULT_NS, recall_at_n, recall_from_predictions, search
 from .rerank import k_reciprocal_rerank
@@ -16,6 +16,7 @@ from .store import (
 )
 
 __all__ = [
+    "DEFAULT_PCA_DIM",
     "INDEX_KINDS",
     "IndexSpec",
     "PlaceIndex",
