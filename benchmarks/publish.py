@@ -25,8 +25,6 @@ import registry
 from registry import PUBLISHED_FILE
 from registry.datasets import PROBE_IMAGES
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def bundled_releases(names: Optional[Sequence[str]] = None) -> Dict[str, Path]:
     """`name.tag` -> bundled folder, for every release (or the `names` given) that ships a folder."""
