@@ -72,6 +72,8 @@ def sweep(run: str, a: argparse.Namespace, datasets: Dict[str, Any]) -> List[Dic
     import registry
     from registry.evaluation import recall_at_n
 
+    from .trainer import select_whitening
+
     model = registry.VPRModel.from_pretrained(run).eval()
     w = model.whitening
     if w is None or not w.fitted:
@@ -80,23 +82,20 @@ def sweep(run: str, a: argparse.Namespace, datasets: Dict[str, Any]) -> List[Dic
     if bad:
         raise SystemExit(f"{a.prog}: error: sizes {bad} exceed {run}'s {w.out_dim}-d whitening")
     raw = {name: raw_descriptors(model, ds, a.cache_features, a.batch_size) for name, ds in datasets.items()}
-    rows = []
-    for dim in a.dims:
-        row: Dict[str, Any] = {"run": run, "dim": dim}
-        cut = None if dim is None else w.truncated(dim)
+
+    @torch.no_grad()
+    def measure(cut: Optional[torch.nn.Module]) -> Dict[str, Any]:
+        row: Dict[str, Any] = {}
         for name, ds in datasets.items():
             q, db = raw[name]
             if cut is not None:
-                with torch.no_grad():
-                    q, db = (cut(torch.from_numpy(x).float()).numpy() for x in (q, db))
+                q, db = (cut(torch.from_numpy(x).float()).numpy() for x in (q, db))
             rec = recall_at_n(q, db, ds.positives, (1, 5, 10), ignore=ds.ignore)["recall"]
             row[name] = {f"R@{n}": round(float(v), 2) for n, v in rec.items()}
-        rows.append(row)
-    val = a.val_set_name
-    best = max(range(len(rows)), key=lambda i: (rows[i][val][a.select_by], -i))
-    for i, row in enumerate(rows):
-        row["chosen"] = i == best
-    return rows
+        return row
+
+    rows, best = select_whitening(w, a.dims, measure, lambda row: row[a.val_set_name][a.select_by])
+    return [{"run": run, **row, "chosen": i == best} for i, row in enumerate(rows)]
 
 
 def table(rows: List[Dict[str, Any]], names: Sequence[str]) -> str:
