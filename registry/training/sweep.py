@@ -13,28 +13,42 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .cli import whitening_dim_arg
+from .._options import add_dataclass_arguments, field_default, option
+from .config import SELECT_METRICS, TrainConfig, whitening_dim_arg
 
 PROG = "vpr-whitening-sweep"  # also `python -m registry.training.sweep`; benchmarks/whitening_sweep.py
 
 
+@dataclass
+class SweepOptions:
+    """The sweep's command-line options, declared once: default and --help text (the parser is generated from them).
+    --select-by and --batch-size default to the trainer's --select-by and --eval-batch-size."""
+
+    runs: List[str] = option(help="trained model folders (Hub layout) or org/name[@rev]", flag="runs", nargs="+",
+                             metavar="RUN")
+    val_set: Optional[str] = option(None, "dataset the size is chosen on (known name or layout:path)", required=True)
+    test_set: List[str] = option(help="dataset reported; repeatable", default_factory=list, action="append",
+                                 metavar="SPEC")
+    dims: Optional[Tuple[Optional[int], ...]] = option(None, "whitening sizes (integers up to the model's whitening "
+                                                       "size) or 'none'", type=whitening_dim_arg, nargs="+",
+                                                       required=True, metavar="DIM")
+    select_by: str = option(field_default(TrainConfig, "select_by"), "validation metric the size is chosen by, as "
+                            "the trainer's --select-by (default {default})", choices=SELECT_METRICS)
+    cache_features: Optional[str] = option(None, "cached frozen backbone features (as in training)", metavar="DIR")
+    data_root: Optional[str] = option(None, "folder that holds the known datasets")
+    batch_size: int = option(field_default(TrainConfig, "eval_batch_size"), "descriptor batch (default {default})")
+    threads: Optional[int] = option(None, "CPU threads")
+    out: Optional[str] = option(None, "write the rows as JSON here (atomically)")
+
+
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    """The sweep's command line; every option documented."""
+    """The sweep's command line, generated from SweepOptions; every option documented."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN", help="trained model folders (Hub layout) or org/name[@rev]")
-    p.add_argument("--val-set", required=True, help="dataset the size is chosen on (known name or layout:path)")
-    p.add_argument("--test-set", action="append", default=[], metavar="SPEC", help="dataset reported; repeatable")
-    p.add_argument("--dims", type=whitening_dim_arg, nargs="+", required=True, metavar="DIM",
-                   help="whitening sizes (integers up to the model's whitening size) or 'none'")
-    p.add_argument("--select-by", default="R@5", choices=("R@1", "R@5", "R@10"), help="default R@5")
-    p.add_argument("--cache-features", metavar="DIR", help="cached frozen backbone features (as in training)")
-    p.add_argument("--data-root", help="folder that holds the known datasets")
-    p.add_argument("--batch-size", type=int, default=32, help="descriptor batch (default 32)")
-    p.add_argument("--threads", type=int, help="CPU threads")
-    p.add_argument("--out", help="write the rows as JSON here (atomically)")
+    add_dataclass_arguments(p, SweepOptions)
     return p
 
 
