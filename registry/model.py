@@ -201,7 +201,7 @@ class VPRModel(nn.Module):
 
     def transform(self, train: bool = False):
         """PIL image -> normalised tensor matching `input_config` (with the recipe's colour jitter if train)."""
-        from .evaluation.extract import Preprocess
+        from .preprocess import Preprocess
 
         pre = Preprocess(self.input_config)
         if not train:
