@@ -114,3 +114,14 @@ def test_no_import_cycles_outside_the_hub_layer():
     hub = ("registry.hub", "registry.model", "registry.factory", "registry.export", "registry")
     cyclic = sorted(m for m in _in_cycles(_module_imports()) if not (m in hub or m.startswith("registry.hub.")))
     assert cyclic == []
+
+
+def test_the_model_card_template_is_one_file_shipped_as_package_data():
+    """registry/data/MODEL_CARD.md is the one real file (package data: wheels and sdists carry it); the root
+    MODEL_CARD.md, where readers look for it, is a link to it."""
+    packaged = REPO / "registry" / "data" / "MODEL_CARD.md"
+    root = REPO / "MODEL_CARD.md"
+    assert packaged.is_file() and not packaged.is_symlink()
+    assert root.is_symlink() and root.resolve() == packaged.resolve()
+    package_data = (REPO / "pyproject.toml").read_text().split("[tool.setuptools.package-data]", 1)[1]
+    assert '"data/**/*"' in package_data.split("\n")[1]
