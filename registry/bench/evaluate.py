@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from registry.datasets.images import open_rgb
 from registry.evaluation import (
     DEFAULT_PCA_DIM,
     Preprocess,
+    drop_ignored,
     extract_dataset,
     extract_dataset_to_store,
     extract_descriptors,
@@ -92,17 +93,6 @@ def _without_pca(cfg: RunConfig) -> RunConfig:
     return replace(cfg, index="flat" if cfg.index == "pca" else cfg.index, index_options=options)
 
 
-def _drop_ignored(pred: np.ndarray, ignore: Optional[Sequence[np.ndarray]], k: int) -> np.ndarray:
-    """First k predictions per query outside its ignore list (-1 pads)."""
-    if ignore is None:
-        return pred[:, :k]
-    out = np.full((len(pred), k), -1, dtype=np.int64)
-    for i, (row, ign) in enumerate(zip(pred, ignore)):
-        kept = row[~np.isin(row, ign)][:k]
-        out[i, : len(kept)] = kept
-    return out
-
-
 def _ranked(q: np.ndarray, db: np.ndarray, cfg: RunConfig, k: int, ignore) -> np.ndarray:
     """(Nq, k) database indices per query: the index's ranking, or k-reciprocal re-ranked with --rerank."""
     extra = max((len(i) for i in ignore), default=0) if ignore is not None else 0
@@ -111,7 +101,7 @@ def _ranked(q: np.ndarray, db: np.ndarray, cfg: RunConfig, k: int, ignore) -> np
         pred = k_reciprocal_rerank(q, db, k1=k1, k2=k2, lambda_value=lam, top_k=k + extra)
     else:
         pred = search(q, db, k + extra, cfg.index, **dict(cfg.index_options))
-    return _drop_ignored(pred, ignore, k)
+    return drop_ignored(pred, ignore, k)
 
 
 def _retrieval(q: np.ndarray, db: np.ndarray, ds: VPRDataset, cfg: RunConfig) -> Tuple[Dict[str, Any], np.ndarray]:

@@ -1,62 +1,22 @@
 """Batched descriptor extraction with a progress bar; images of equal input size are batched together."""
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..datasets.base import VPRDataset
 from ..datasets.images import ImageListDataset, image_size
+from ..model import encode_images
+from ..preprocess import RESIZE_POLICIES, Preprocess, target_size  # noqa: F401  (re-exported: they were defined here)
 
 PathLike = Union[str, os.PathLike]
-RESIZE_POLICIES = ("fixed", "longer_side")
-_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
-
-
-def target_size(width: int, height: int, resize: str, input_hw: Tuple[int, int], longer_side: int) -> Tuple[int, int]:
-    """(height, width) an image is resized to: `input_hw` ('fixed') or aspect kept with the longer side given."""
-    if resize == "fixed":
-        return input_hw
-    scale = longer_side / max(width, height)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-class Preprocess:
-    """PIL image -> normalised float tensor (3, H, W), resized by the given policy."""
-
-    def __init__(self, input_config: Dict[str, Any], resize: Optional[str] = None, longer_side: Optional[int] = None):
-        _, h, w = input_config["input_size"]
-        self.resize = resize or input_config.get("resize", "fixed")
-        if self.resize not in RESIZE_POLICIES:
-            raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
-        self.input_hw = (int(h), int(w))
-        self.longer_side = int(longer_side or max(h, w))
-        interpolation = input_config.get("interpolation", "bilinear")
-        if interpolation not in _RESAMPLE:
-            raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {interpolation!r}")
-        self.resample = _RESAMPLE[interpolation]
-        self.mean = torch.tensor(input_config["mean"], dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(input_config["std"], dtype=torch.float32).view(3, 1, 1)
-
-    def size_of(self, width: int, height: int) -> Tuple[int, int]:
-        """Output (height, width) for an input of this width and height."""
-        return target_size(width, height, self.resize, self.input_hw, self.longer_side)
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        h, w = self.size_of(*img.size)
-        if (w, h) != img.size:
-            img = img.resize((w, h), resample=self.resample)
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-        return (x - self.mean) / self.std
 
 
 def _size_groups(paths: Sequence[PathLike], pre: Preprocess) -> List[List[int]]:
@@ -104,7 +64,7 @@ def extract_descriptors(
                 loader = DataLoader(Subset(data, group), batch_size=batch_size, num_workers=num_workers,
                                     pin_memory=device.type == "cuda")
                 for batch, idx in loader:
-                    desc_batch = _forward(model, batch, device, amp)
+                    desc_batch = encode_images(model, batch, device, amp).cpu().numpy()
                     if out is None:
                         out = np.empty((len(images), desc_batch.shape[1]), dtype=np.float32)
                     out[idx.numpy()] = desc_batch
@@ -112,16 +72,6 @@ def extract_descriptors(
     finally:
         model.train(was_training)
     return out
-
-
-def _forward(model: nn.Module, batch: torch.Tensor, device: torch.device, amp: bool) -> np.ndarray:
-    batch = batch.to(device, non_blocking=True)
-    if device.type == "cuda":
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    with ctx:
-        desc = model(batch)
-    return F.normalize(desc.float(), dim=-1).cpu().numpy()
 
 
 def extract_dataset(model: nn.Module, dataset: VPRDataset, **kwargs: Any) -> Tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..backbones import backbone_stages
 from ..datasets.images import open_rgb
-from ..evaluation.extract import Preprocess
+from ..preprocess import Preprocess
 
 PathLike = Union[str, os.PathLike]
 Jitter = Tuple[float, float, float, float]
@@ -63,8 +64,6 @@ class CachedSource:
 
     def features(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """The model's backbone layers from `cut` on."""
-        from .feature_cache import backbone_stages
-
         x = inputs
         for layer in backbone_stages(model.backbone)[self.cut :]:
             x = layer(x)
