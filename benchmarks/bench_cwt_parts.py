@@ -31,10 +31,14 @@ def depthwise_multiplier2(blk: CWTNet, x: torch.Tensor):
 
 
 def optlad_permuted(agg: OptLAD, x: torch.Tensor) -> torch.Tensor:
-    """The previous OptLAD form: group vectors permuted to (N, G, D, L), assignment and attention there."""
+    """The previous OptLAD form (no longer in the package): group vectors permuted to (N, G, D, L), assignment and
+    attention there."""
     n, _, h, w = x.shape
-    xg = agg.grouped(x)
-    s, a = agg.weights(xg, agg.p_map(h, w))
+    y = agg.linear(F.normalize(x, dim=1).flatten(2).transpose(1, 2))  # (N, L, E*C)
+    xg = y.view(n, h * w, agg.groups, agg.cluster_dim).permute(0, 2, 3, 1)  # (N, G, D, L)
+    p = agg.p_map(h, w)
+    a = torch.sigmoid(xg.clamp(min=agg.eps).pow(p).mean(2).pow(1.0 / p))  # (N, G, L)
+    s = F.softmax(torch.matmul(agg.conv.weight.view(agg.num_clusters, agg.cluster_dim), xg), dim=2)  # (N, G, K, L)
     A = (s * a.unsqueeze(2)).transpose(1, 2).reshape(n, agg.num_clusters, -1)
     X = xg.permute(0, 1, 3, 2).reshape(n, -1, agg.cluster_dim)
     return torch.bmm(A, X) - agg.centroids.unsqueeze(0) * A.sum(-1, keepdim=True)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import registry
-from registry.datasets import load_dataset
+from registry.datasets import PROBE_IMAGES, load_dataset
 from registry.evaluation import extract_dataset, recall_at_n
 from registry.training.clusters import set_cluster_source
 
@@ -33,10 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RELEASE_DIRS = {"clusvpr_vgg16": ROOT / "clusvpr_plugin" / "releases"}  # plugin models ship with their plugin
 DEFAULT_RELEASE_DIR = ROOT / "registry" / "releases"
 REFERENCE_DIR = ROOT / "tests" / "release_reference"
-REFERENCE_IMAGES = {  # fixed embedded images whose descriptors the tests compare against
-    "corridor_query_0000000": "registry/data/corridor/query/0000000.jpg",
-    "nordland_winter_20010": "registry/data/nordland_test/winter/images-20010.png",
-}
 CENTROID_SAMPLE = 500
 TEST_SETS = ("nordland_test", "corridor")
 VAL_SET = "nordland_val"
@@ -102,8 +98,8 @@ def reference_descriptors(model: registry.VPRModel) -> Dict[str, np.ndarray]:
 
     pre = model.transform()
     model.eval()
-    return {key: model(pre(Image.open(ROOT / rel).convert("RGB")).unsqueeze(0))[0].numpy()
-            for key, rel in REFERENCE_IMAGES.items()}
+    return {key: model(pre(Image.open(path).convert("RGB")).unsqueeze(0))[0].numpy()
+            for key, path in PROBE_IMAGES.items()}
 
 
 def bundle(name: str, runs: List[Path], tag: str, data_root: Optional[str], out_dir: Optional[Path],

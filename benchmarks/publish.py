@@ -23,9 +23,7 @@ import torch
 
 import registry
 from registry import PUBLISHED_FILE
-
-ROOT = Path(__file__).resolve().parents[1]
-PROBES = ("registry/data/corridor/query/0000000.jpg", "registry/data/nordland_test/winter/images-20010.png")
+from registry.datasets import PROBE_IMAGES
 
 
 def bundled_releases(names: Optional[Sequence[str]] = None) -> Dict[str, Path]:
@@ -54,7 +52,7 @@ def _descriptors(model: registry.VPRModel) -> torch.Tensor:
     from PIL import Image
 
     pre = model.transform()
-    x = torch.stack([pre(Image.open(ROOT / p).convert("RGB")) for p in PROBES])
+    x = torch.stack([pre(Image.open(p).convert("RGB")) for p in PROBE_IMAGES.values()])
     return model.eval()(x)
 
 

@@ -40,20 +40,9 @@ class OptLAD(nn.Module):
             p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
         return p.reshape(h * w)
 
-    def grouped(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, G, D, H*W): L2-normalise per location, expand, split into groups."""
-        n, _, h, w = x.shape
-        y = self.linear(F.normalize(x, dim=1).flatten(2).transpose(1, 2))  # (N, L, E*C)
-        return y.view(n, h * w, self.groups, self.cluster_dim).permute(0, 2, 3, 1)
-
-    def weights(self, xg: torch.Tensor, p: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Soft assignment s (N, G, K, L) and group attention a (N, G, L)."""
-        a = torch.sigmoid(xg.clamp(min=self.eps).pow(p).mean(2).pow(1.0 / p))
-        logits = torch.matmul(self.conv.weight.view(self.num_clusters, self.cluster_dim).to(xg.dtype), xg)
-        return F.softmax(logits, dim=2), a
-
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, L, G, D), the layout the linear layer writes (no permuted copies).
+        """(N, C, H, W) -> (N, L, G, D): L2-normalise each location's C-vector, expand to E*C, split into G groups
+        of D, in the layout the linear layer writes (no permuted copies); L = H*W, row-major.
 
         A channels-last map (what the CWT stack gives) makes the (N, L, C) token view free.
         """
@@ -61,12 +50,18 @@ class OptLAD(nn.Module):
         y = self.linear(F.normalize(x.flatten(2).transpose(1, 2), dim=-1))  # (N, L, E*C)
         return y.view(n, h * w, self.groups, self.cluster_dim)
 
-    def _weighted_assignment(self, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """a * s in token layout: (N, L, G, D) -> (N, L, G, K); p holds one exponent per location (L,)."""
+    def _assignment(self, y: torch.Tensor, p: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Soft assignment s (N, L, G, K) of token-layout group vectors y (N, L, G, D) and their attention
+        a (N, L, G), the GeM of each group vector with its location's exponent; p holds one exponent per location."""
         logits = F.linear(y, self.conv.weight.view(self.num_clusters, self.cluster_dim).to(y.dtype))
         pl = p.view(1, -1, 1)
         a = torch.sigmoid(y.clamp(min=self.eps).pow(pl.unsqueeze(-1)).mean(-1).pow(1.0 / pl))  # (N, L, G)
-        return F.softmax(logits, dim=-1) * a.unsqueeze(-1)
+        return F.softmax(logits, dim=-1), a
+
+    def _weighted_assignment(self, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """a * s in token layout: (N, L, G, D) -> (N, L, G, K)."""
+        s, a = self._assignment(y, p)
+        return s * a.unsqueeze(-1)
 
     def vlad(self, x: torch.Tensor) -> torch.Tensor:
         """Un-normalised OptLAD (N, K, D) of a conv feature map (N, C, H, W): one batched product over (L, G)."""
@@ -107,8 +102,9 @@ class OptLAD(nn.Module):
         return self.normalise(self.vlad(x))
 
     def local_descriptors(self, x: torch.Tensor) -> torch.Tensor:
-        """The grouped D-dim vectors the assignment sees, flattened (N*G*L, D): what k-means should cluster."""
-        return self.grouped(x).permute(0, 1, 3, 2).reshape(-1, self.cluster_dim)
+        """The grouped D-dim vectors the assignment sees, flattened (N*G*L, D) image by image, group by group:
+        what k-means should cluster."""
+        return self._tokens(x).transpose(1, 2).reshape(-1, self.cluster_dim)
 
     @torch.no_grad()
     def init_from_clusters(self, centroids: torch.Tensor, descriptors: torch.Tensor) -> float:
@@ -119,5 +115,5 @@ class OptLAD(nn.Module):
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """Group attention averaged over groups (N, H, W)."""
         n, _, h, w = x.shape
-        xg = self.grouped(x)
-        return self.weights(xg, self.p_map(h, w).to(xg.dtype))[1].mean(1).view(n, h, w)
+        y = self._tokens(x)
+        return self._assignment(y, self.p_map(h, w).to(y.dtype))[1].mean(-1).view(n, h, w)

@@ -48,3 +48,19 @@ __all__ = [
     "resolve_name",
     "split_tag",
 ]
+
+# subpackages loaded at first use, so `import registry` stays cheap and `registry.evaluation.recall_at_n(...)`
+# works without importing the subpackage first
+_LAZY_SUBMODULES = ("bench", "datasets", "evaluation", "hub", "training")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

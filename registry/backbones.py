@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -146,6 +146,23 @@ class ResNet50Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         return self.layer3(self.layer2(self.layer1(x)))
+
+
+# the ResNet-50 backbone's modules in forward order (what backbone_stages lists)
+_RESNET_STAGES = ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3")
+
+
+def backbone_stages(backbone: nn.Module) -> List[nn.Module]:
+    """The backbone as an ordered list of layers (VGG `features`, or ResNet stem + layers)."""
+    features = getattr(backbone, "features", None)
+    if isinstance(features, nn.Sequential):
+        return list(features)
+    if all(hasattr(backbone, n) for n in _RESNET_STAGES):
+        return [getattr(backbone, n) for n in _RESNET_STAGES]
+    raise TypeError(
+        f"cannot split a {type(backbone).__name__} into layers for feature caching (VGG `features` or the ResNet "
+        "stem + layer1..3 are supported): train without --cache-features"
+    )
 
 
 register_backbone("vgg16", VGG16Backbone)

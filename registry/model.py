@@ -24,6 +24,22 @@ TRAIN_JITTER = (0.7, 0.7, 0.7, 0.5)
 PathLike = Union[str, os.PathLike]
 
 
+def encode_images(net: nn.Module, images: torch.Tensor, device: Optional[torch.device] = None,
+                  amp: Optional[bool] = None) -> torch.Tensor:
+    """The inference step of `VPRModel.encode` and of registry.evaluation's extraction: images to `device` (default:
+    the module's), channels_last and (unless amp=False) bfloat16 autocast on CUDA, float32 L2-normalised
+    descriptors out. `net` is a VPRModel or its torch.compile wrapper. Gradients are the caller's business."""
+    device = torch.device(device) if device is not None else next(net.parameters()).device
+    images = images.to(device, non_blocking=True)
+    amp = device.type == "cuda" if amp is None else amp
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    with ctx:
+        desc = net(images)
+    return F.normalize(desc.float(), dim=-1)
+
+
 class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline_tag="image-feature-extraction"):
     """A swappable backbone and aggregator with the input config and preprocessing that match them.
 
@@ -141,16 +157,8 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, amp: Optional[bool] = None) -> torch.Tensor:
-        """Inference: bfloat16 autocast and channels_last on CUDA; float32 descriptors out."""
-        device = next(self.parameters()).device
-        images = images.to(device, non_blocking=True)
-        amp = device.type == "cuda" if amp is None else amp
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-        with ctx:
-            desc = self(images)
-        return F.normalize(desc.float(), dim=-1)
+        """Inference: bfloat16 autocast and channels_last on CUDA; float32 descriptors out (`encode_images`)."""
+        return encode_images(self, images, amp=amp)
 
     def prepare_for_inference(self, device: str = "cuda", compile: bool = False) -> nn.Module:
         """Move to `device` in eval mode (channels_last on CUDA); optionally wrap in torch.compile."""

@@ -1,5 +1,6 @@
-"""Preprocessing that matches a model's `input_config`: PIL image -> normalised float tensor, resized by the
-model's policy (`VPRModel.transform()`; extraction, training and the runner use the same)."""
+"""Image preprocessing of the model layer: PIL image -> normalised float tensor at the model's input size, by its
+resize policy ('fixed', or 'longer_side' keeping the aspect). `VPRModel.transform`, extraction and training use it
+(also importable from registry.evaluation, where it started)."""
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple

@@ -10,13 +10,8 @@ from typing import Dict, List, Set
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("registry", "clusvpr_plugin")
-# cycles inside the training and evaluation layers, each through an import inside a function
-# (registry/training/sources.py, registry/evaluation/store.py): to be removed, never added to
-KNOWN_CYCLES = [
-    {"registry.training.feature_cache", "registry.training.sources"},
-    {"registry.evaluation", "registry.evaluation.store", "registry.training", "registry.training.mining",
-     "registry.training.trainer"},
-]
+# none are left: keep it empty
+KNOWN_CYCLES: List[Set[str]] = []
 # what the Hub layer may import besides itself: leaf helpers and the whitening layer (pull_pca returns one)
 HUB_MAY_IMPORT = {"registry._atomic", "registry._files", "registry.errors", "registry.h5io", "registry.whitening"}
 

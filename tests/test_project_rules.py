@@ -70,3 +70,38 @@ def test_no_extra_puts_a_second_faiss_build_beside_the_dependency():
              for req in reqs]
     assert any(d.startswith("faiss-cpu") for d in project["dependencies"])
     assert not [n for n in names if n.startswith("faiss")]
+
+
+def test_import_registry_is_cheap_and_its_subpackages_load_on_first_use():
+    """`import registry` then `registry.datasets` / `.evaluation` / `.training` / `.bench` / `.hub`, as the README
+    uses them, in a fresh interpreter; none but the Hub I/O layer (the model's own) is imported before it is used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, registry\n"
+        "subs = ('bench', 'datasets', 'evaluation', 'training')  # the Hub layer is VPRModel's I/O: imported\n"
+        "assert not [s for s in subs if 'registry.' + s in sys.modules], sorted(sys.modules)\n"
+        "assert callable(registry.datasets.load_dataset) and callable(registry.evaluation.recall_at_n)\n"
+        "assert callable(registry.training.init_clusters) and callable(registry.bench.parse_args)\n"
+        "assert callable(registry.hub.save_pretrained) and 'training' in dir(registry)\n"
+        "try:\n"
+        "    registry.no_such_thing\n"
+        "except AttributeError as err:\n"
+        "    assert 'no_such_thing' in str(err)\n"
+        "else:\n"
+        "    raise AssertionError('an unknown attribute did not raise')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_model_card_template_is_one_file_shipped_as_package_data():
+    """registry/data/MODEL_CARD.md is the one real file (package data: wheels and sdists carry it); the root
+    MODEL_CARD.md, where readers look for it, is a link to it."""
+    packaged = REPO / "registry" / "data" / "MODEL_CARD.md"
+    root = REPO / "MODEL_CARD.md"
+    assert packaged.is_file() and not packaged.is_symlink()
+    assert root.is_symlink() and root.resolve() == packaged.resolve()
+    package_data = (REPO / "pyproject.toml").read_text().split("[tool.setuptools.package-data]", 1)[1]
+    assert '"data/**/*"' in package_data.split("\n")[1]

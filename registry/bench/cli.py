@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn, Optional, Sequence, Tuple
 
 from .._files import unwritable
+from .._options import add_dataclass_arguments, option
 
 PROG = "vpr-bench"  # also `python -m registry.bench`; benchmarks/run.py passes "run.py"
 # how results.json's "command" spells each way of running the runner
@@ -99,6 +100,7 @@ class RunConfig:
     argv: Tuple[str, ...]
     prog: str = PROG
     store: Optional[Path] = None
+    pca_from: str = "auto"
 
     @property
     def command(self) -> str:
@@ -141,107 +143,119 @@ def _names(text: str) -> Tuple[str, ...]:
     return values
 
 
+WHAT, MODEL, RUN, RETRIEVAL, OUTPUTS = "what to evaluate", "model set-up", "how to run", "retrieval", "outputs"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The runner's command-line options as given, one field per option: its default and its --help text (the
+    parser is generated from these fields; parse_args checks them and derives the RunConfig)."""
+
+    models: Tuple[str, ...] = option(_names(DEFAULT_MODELS), "comma-separated models (default {default}); see "
+                                     "'models' below", group=WHAT, type=_names, metavar="LIST")
+    untrained: bool = option(False, "build registry names fresh instead of loading their released weights: random or "
+                             "--backbone-weights backbones, k-means centres (see --init); on the embedded data at "
+                             f"{EMBEDDED_INPUT_SIZE[0]}x{EMBEDDED_INPUT_SIZE[1]} unless --input-size is given",
+                             group=WHAT)
+    datasets: Optional[Tuple[str, ...]] = option(None, "comma-separated datasets (default: the embedded "
+                                                 f"{','.join(DEFAULT_DATASETS)})", group=WHAT, type=_names,
+                                                 metavar="LIST")
+    data_root: Optional[str] = option(None, "folder holding the datasets named by --datasets (default: the embedded "
+                                      "data, then ../shared/data beside the repository)", group=WHAT, metavar="DIR")
+    tolerance: Optional[int] = option(None, "aligned traversals: places within this many of the query's count as "
+                                      "positives (default: the dataset's, Nordland 1)", group=WHAT,
+                                      type=_non_negative, metavar="PLACES")
+    pos_radius: float = option(25.0, "UTM datasets: database images within this distance are positives (default "
+                               "{default})", group=WHAT, metavar="METRES")
+    input_size: Optional[Tuple[int, int]] = option(None, "evaluate at this input size instead of the model's own "
+                                                   "(480x640 for the VGG16 models); GFLOPs are counted at the "
+                                                   "evaluated size", group=MODEL, type=_positive, nargs=2,
+                                                   metavar=("H", "W"))
+    backbone_weights: Optional[str] = option(None, "local backbone weights (.safetensors or .pth, torchvision names) "
+                                             "for models built from the registry, e.g. "
+                                             "../shared/weights/vgg16_hed_conv.safetensors; without it those models "
+                                             "have random backbones", group=MODEL, metavar="PATH")
+    init: str = option("kmeans", "untrained NetVLAD/ClusVPR aggregators: 'kmeans' sets the centres by k-means of the "
+                       "database's local descriptors with alpha initialisation (off-the-shelf, no training); 'none' "
+                       "keeps the random centres (default {default})", group=MODEL, choices=("kmeans", "none"))
+    kmeans_images: int = option(500, "database images sampled for k-means (default {default}, as NetVLAD's "
+                                "initialisation)", group=MODEL, type=_positive, metavar="N")
+    kmeans_per_image: int = option(100, "local descriptors sampled per image for k-means (default {default})",
+                                   group=MODEL, type=_positive, metavar="N")
+    whitening: str = option("fit", "a model whose PCA whitening is not fitted: 'fit' fits it on the database "
+                            "descriptors when there are more database images than output dims (else it is reported "
+                            "as 'none (too few images)'); 'none' never fits. A fitted whitening (pretrained models) "
+                            "is always used (default {default})", group=MODEL, choices=("fit", "none"))
+    device: str = option("auto", "'auto' (cuda when available, else cpu), cpu, cuda, cuda:N", group=RUN)
+    batch_size: int = option(16, "extraction batch size (default {default})", group=RUN, type=_positive,
+                             metavar="N")
+    num_workers: Optional[int] = option(None, "image-loading worker processes (default 4 on CUDA, 0 on CPU)",
+                                        group=RUN, type=_non_negative, metavar="N")
+    amp: Optional[bool] = option(None, "bfloat16 autocast for extraction (default: on for CUDA, off for CPU)",
+                                 group=RUN, action=argparse.BooleanOptionalAction)
+    compile: bool = option(False, "extract with torch.compile(model), compiled on one batch before timing", group=RUN)
+    latency_repeats: int = option(5, "timed batch-1 forward passes for the per-image latency (median; default "
+                                  "{default})", group=RUN, type=_positive, metavar="N")
+    seed: int = option(0, "seed of random weights, sampling and k-means (default {default})", group=RUN)
+    progress: bool = option(True, "show progress bars (default {default})", group=RUN,
+                            action=argparse.BooleanOptionalAction)
+    recall_ns: Tuple[int, ...] = option((1, 5, 10, 20), "N values of Recall@N (default {default})", group=RETRIEVAL,
+                                        type=_int_list, metavar="LIST")
+    index: str = option("flat", "faiss index: exact inner product ('flat'), IVF-PQ, HNSW, or exact search on "
+                        "PCA-reduced descriptors ('pca'); any other than flat also reports its loss against exact "
+                        "search. benchmarks/RESULTS.md 'Cost as the map grows' says which for which map size "
+                        "(default {default})", group=RETRIEVAL, choices=INDEX_KINDS)
+    # the index parameters' defaults are registry.evaluation.IndexSpec's (tests/test_cli_options.py checks it)
+    pca_dim: Optional[int] = option(None, "'pca': dims kept (default 256), taken as --pca-from says; with ivfpq or "
+                                    "hnsw, project to D dims first", group=RETRIEVAL, type=_positive,
+                                    metavar="D")
+    pca_from: str = option("auto", "where the PCA step of --index pca (or --pca-dim) comes from: 'whitening' keeps "
+                           "the D leading components of the model's fitted whitening (as descriptor_dim=D does), "
+                           "'database' fits a PCA on the database descriptors, 'auto' the whitening when the model "
+                           "has one of >= D components, else the database (default {default})", group=RETRIEVAL,
+                           choices=("auto", "whitening", "database"))
+    ivf_nlist: Optional[int] = option(None, "IVF-PQ: inverted lists (default 4*sqrt(database size))",
+                                      group=RETRIEVAL, type=_positive, metavar="N")
+    pq_m: Optional[int] = option(None, "IVF-PQ: sub-quantisers, must divide the descriptor dim (default: the largest "
+                                 "divisor <= 64)", group=RETRIEVAL, type=_positive, metavar="M")
+    pq_nbits: int = option(8, "IVF-PQ: bits per code (default {default})", group=RETRIEVAL, type=_positive,
+                           metavar="B")
+    nprobe: int = option(16, "IVF-PQ: lists searched (default {default})", group=RETRIEVAL, type=_positive,
+                         metavar="N")
+    hnsw_m: int = option(32, "HNSW: links per node (default {default})", group=RETRIEVAL, type=_positive, metavar="M")
+    ef_construction: int = option(40, "HNSW: beam width while building (default {default})", group=RETRIEVAL,
+                                  type=_positive, metavar="EF")
+    ef_search: int = option(64, "HNSW: beam width while searching; higher is slower and closer to exact (default "
+                            "{default})", group=RETRIEVAL, type=_positive, metavar="EF")
+    rerank: bool = option(False, "re-rank each query's exact top-k shortlist by k-reciprocal encoding (Zhong et al. "
+                          "2017); the recall before re-ranking is kept in results.json", group=RETRIEVAL)
+    rerank_k1: int = option(20, "re-ranking k1 (default {default})", group=RETRIEVAL, type=_positive, metavar="K")
+    rerank_k2: int = option(6, "re-ranking k2 (default {default})", group=RETRIEVAL, type=_positive, metavar="K")
+    rerank_lambda: float = option(0.3, "re-ranking weight of the original distance, 0..1 (default {default})",
+                                  group=RETRIEVAL, metavar="L")
+    output_dir: Optional[str] = option(None, "where results go (default results/<timestamp>)", group=OUTPUTS,
+                                       metavar="DIR")
+    save_descriptors: bool = option(False, "also write each model's query and database descriptors "
+                                    "(descriptors/*.npz)", group=OUTPUTS)
+    store: Optional[str] = option(None, "stream descriptors in chunks to resumable on-disk stores "
+                                  "DIR/<model>__<dataset>/{queries,database} (memory-mapped .npy): a killed run "
+                                  "resumes there, and a store made by another model or input size is refused",
+                                  group=OUTPUTS, metavar="DIR")
+    num_preds_to_save: int = option(0, "save prediction grids for N queries per model and dataset: each row the query "
+                                    "and its top-k, green border for a correct match, red otherwise (default "
+                                    "{default})", group=OUTPUTS, type=_non_negative, metavar="N")
+    top_k: int = option(5, "predictions per grid row (default {default})", group=OUTPUTS, type=_positive,
+                        metavar="K")
+    save_attention: int = option(0, "for N queries, save heat maps of where each model looks overlaid on the image "
+                                 "(ClusVPR: CWT cluster weights and OptLAD group attention; NetVLAD: assignment "
+                                 "confidence; GeM: activation energy) (default {default})", group=OUTPUTS,
+                                 type=_non_negative, metavar="N")
+
+
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    """The runner's argument parser (every option documented in --help)."""
-    p = _Parser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = p.add_argument_group("what to evaluate")
-    what.add_argument("--models", type=_names, default=_names(DEFAULT_MODELS), metavar="LIST",
-                      help=f"comma-separated models (default {DEFAULT_MODELS}); see 'models' below")
-    what.add_argument("--untrained", action="store_true",
-                      help="build registry names fresh instead of loading their released weights: random or "
-                           "--backbone-weights backbones, k-means centres (see --init); on the embedded data at "
-                           f"{EMBEDDED_INPUT_SIZE[0]}x{EMBEDDED_INPUT_SIZE[1]} unless --input-size is given")
-    what.add_argument("--datasets", type=_names, default=None, metavar="LIST",
-                      help=f"comma-separated datasets (default: the embedded {','.join(DEFAULT_DATASETS)})")
-    what.add_argument("--data-root", default=None, metavar="DIR",
-                      help="folder holding the datasets named by --datasets (default: the embedded data, then "
-                           "../shared/data beside the repository)")
-    what.add_argument("--tolerance", type=_non_negative, default=None, metavar="PLACES",
-                      help="aligned traversals: places within this many of the query's count as positives "
-                           "(default: the dataset's, Nordland 1)")
-    what.add_argument("--pos-radius", type=float, default=25.0, metavar="METRES",
-                      help="UTM datasets: database images within this distance are positives (default 25)")
-    model = p.add_argument_group("model set-up")
-    model.add_argument("--input-size", type=_positive, nargs=2, default=None, metavar=("H", "W"),
-                       help="evaluate at this input size instead of the model's own (480x640 for the VGG16 "
-                            "models); GFLOPs are counted at the evaluated size")
-    model.add_argument("--backbone-weights", default=None, metavar="PATH",
-                       help="local backbone weights (.safetensors or .pth, torchvision names) for models built "
-                            "from the registry, e.g. ../shared/weights/vgg16_hed_conv.safetensors; without it "
-                            "those models have random backbones")
-    model.add_argument("--init", choices=("kmeans", "none"), default="kmeans",
-                       help="untrained NetVLAD/ClusVPR aggregators: 'kmeans' sets the centres by k-means of the "
-                            "database's local descriptors with alpha initialisation (off-the-shelf, no "
-                            "training); 'none' keeps the random centres (default kmeans)")
-    model.add_argument("--kmeans-images", type=_positive, default=500, metavar="N",
-                       help="database images sampled for k-means (default 500, as NetVLAD's initialisation)")
-    model.add_argument("--kmeans-per-image", type=_positive, default=100, metavar="N",
-                       help="local descriptors sampled per image for k-means (default 100)")
-    model.add_argument("--whitening", choices=("fit", "none"), default="fit",
-                       help="a model whose PCA whitening is not fitted: 'fit' fits it on the database "
-                            "descriptors when there are more database images than output dims (else it is "
-                            "reported as 'none (too few images)'); 'none' never fits. A fitted whitening "
-                            "(pretrained models) is always used (default fit)")
-    run = p.add_argument_group("how to run")
-    run.add_argument("--device", default="auto", help="'auto' (cuda when available, else cpu), cpu, cuda, cuda:N")
-    run.add_argument("--batch-size", type=_positive, default=16, metavar="N", help="extraction batch size (default 16)")
-    run.add_argument("--num-workers", type=_non_negative, default=None, metavar="N",
-                     help="image-loading worker processes (default 4 on CUDA, 0 on CPU)")
-    run.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                     help="bfloat16 autocast for extraction (default: on for CUDA, off for CPU)")
-    run.add_argument("--compile", action="store_true",
-                     help="extract with torch.compile(model), compiled on one batch before timing")
-    run.add_argument("--latency-repeats", type=_positive, default=5, metavar="N",
-                     help="timed batch-1 forward passes for the per-image latency (median; default 5)")
-    run.add_argument("--seed", type=int, default=0, help="seed of random weights, sampling and k-means (default 0)")
-    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                     help="show progress bars (default on)")
-    ret = p.add_argument_group("retrieval")
-    ret.add_argument("--recall-ns", type=_int_list, default=(1, 5, 10, 20), metavar="LIST",
-                     help="N values of Recall@N (default 1,5,10,20)")
-    ret.add_argument("--index", choices=INDEX_KINDS, default="flat",
-                     help="faiss index: exact inner product ('flat'), IVF-PQ, HNSW, or exact search on PCA-reduced "
-                          "descriptors ('pca'); any other than flat also reports its loss against exact search. "
-                          "benchmarks/RESULTS.md 'Cost as the map grows' says which for which map size (default flat)")
-    ret.add_argument("--pca-dim", type=_positive, default=None, metavar="D",
-                     help="'pca': dims kept by a PCA fitted on the database (default 256); with ivfpq or hnsw, "
-                          "project to D dims first")
-    ret.add_argument("--ivf-nlist", type=_positive, default=None, metavar="N",
-                     help="IVF-PQ: inverted lists (default 4*sqrt(database size))")
-    ret.add_argument("--pq-m", type=_positive, default=None, metavar="M",
-                     help="IVF-PQ: sub-quantisers, must divide the descriptor dim (default: the largest divisor <= 64)")
-    ret.add_argument("--pq-nbits", type=_positive, default=8, metavar="B", help="IVF-PQ: bits per code (default 8)")
-    ret.add_argument("--nprobe", type=_positive, default=16, metavar="N", help="IVF-PQ: lists searched (default 16)")
-    ret.add_argument("--hnsw-m", type=_positive, default=32, metavar="M", help="HNSW: links per node (default 32)")
-    ret.add_argument("--ef-construction", type=_positive, default=40, metavar="EF",
-                     help="HNSW: beam width while building (default 40)")
-    ret.add_argument("--ef-search", type=_positive, default=64, metavar="EF",
-                     help="HNSW: beam width while searching; higher is slower and closer to exact (default 64)")
-    ret.add_argument("--rerank", action="store_true",
-                     help="re-rank each query's exact top-k shortlist by k-reciprocal encoding (Zhong et al. "
-                          "2017); the recall before re-ranking is kept in results.json")
-    ret.add_argument("--rerank-k1", type=_positive, default=20, metavar="K", help="re-ranking k1 (default 20)")
-    ret.add_argument("--rerank-k2", type=_positive, default=6, metavar="K", help="re-ranking k2 (default 6)")
-    ret.add_argument("--rerank-lambda", type=float, default=0.3, metavar="L",
-                     help="re-ranking weight of the original distance, 0..1 (default 0.3)")
-    out = p.add_argument_group("outputs")
-    out.add_argument("--output-dir", default=None, metavar="DIR",
-                     help="where results go (default results/<timestamp>)")
-    out.add_argument("--save-descriptors", action="store_true",
-                     help="also write each model's query and database descriptors (descriptors/*.npz)")
-    out.add_argument("--store", default=None, metavar="DIR",
-                     help="stream descriptors in chunks to resumable on-disk stores DIR/<model>__<dataset>/{queries,"
-                          "database} (memory-mapped .npy): a killed run resumes there, and a store made by another "
-                          "model or input size is refused")
-    out.add_argument("--num-preds-to-save", type=_non_negative, default=0, metavar="N",
-                     help="save prediction grids for N queries per model and dataset: each row the query and "
-                          "its top-k, green border for a correct match, red otherwise (default 0)")
-    out.add_argument("--top-k", type=_positive, default=5, metavar="K", help="predictions per grid row (default 5)")
-    out.add_argument("--save-attention", type=_non_negative, default=0, metavar="N",
-                     help="for N queries, save heat maps of where each model looks overlaid on the image "
-                          "(ClusVPR: CWT cluster weights and OptLAD group attention; NetVLAD: assignment "
-                          "confidence; GeM: activation energy) (default 0)")
+    """The runner's argument parser, generated from RunOptions (every option documented in --help)."""
+    p = _Parser(prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(p, RunOptions)
     return p
 
 
@@ -263,7 +277,7 @@ def _device(parser: argparse.ArgumentParser, text: str) -> str:
     return str(dev)
 
 
-def _check(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+def _check(parser: argparse.ArgumentParser, a: RunOptions) -> None:
     if a.input_size is not None and min(a.input_size) < MIN_INPUT_SIDE:
         parser.error(f"--input-size {a.input_size[0]} {a.input_size[1]}: both sides must be >= {MIN_INPUT_SIDE}")
     if a.backbone_weights is not None and not Path(a.backbone_weights).expanduser().is_file():
@@ -286,7 +300,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> RunCon
     """Parse and validate the command line (exit status 2 and a one-line reason on bad input)."""
     parser = build_parser(prog)
     argv = list(sys.argv[1:] if argv is None else argv)
-    a = parser.parse_args(argv)
+    a = RunOptions(**vars(parser.parse_args(argv)))
     _check(parser, a)
     device = _device(parser, a.device)
     on_cuda = device.startswith("cuda")
@@ -307,10 +321,11 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> RunCon
         save_attention=a.save_attention, output_dir=Path(a.output_dir or os.path.join("results", stamp)),
         seed=a.seed, amp=a.amp, compile=a.compile, latency_repeats=a.latency_repeats, progress=a.progress,
         argv=tuple(argv), prog=prog, store=Path(a.store).expanduser() if a.store else None,
+        pca_from=a.pca_from,
     )
 
 
-def _index_options(a: argparse.Namespace) -> Tuple[Tuple[str, int], ...]:
+def _index_options(a: RunOptions) -> Tuple[Tuple[str, int], ...]:
     """The options of the chosen index (registry.evaluation.IndexSpec fields) that were given or have defaults."""
     options = {"flat": (), "pca": (("pca_dim", a.pca_dim),),
                "ivfpq": (("nlist", a.ivf_nlist), ("m", a.pq_m), ("nbits", a.pq_nbits), ("nprobe", a.nprobe),

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -12,7 +13,9 @@ import torch.nn.functional as F
 from registry.datasets import VPRDataset
 from registry.datasets.images import open_rgb
 from registry.evaluation import (
+    DEFAULT_PCA_DIM,
     Preprocess,
+    drop_ignored,
     extract_dataset,
     extract_dataset_to_store,
     extract_descriptors,
@@ -63,15 +66,31 @@ def _whiten(model: torch.nn.Module, descs: np.ndarray) -> np.ndarray:
     return F.normalize(model.whitening(x), dim=-1).cpu().numpy()
 
 
-def _drop_ignored(pred: np.ndarray, ignore: Optional[Sequence[np.ndarray]], k: int) -> np.ndarray:
-    """First k predictions per query outside its ignore list (-1 pads)."""
-    if ignore is None:
-        return pred[:, :k]
-    out = np.full((len(pred), k), -1, dtype=np.int64)
-    for i, (row, ign) in enumerate(zip(pred, ignore)):
-        kept = row[~np.isin(row, ign)][:k]
-        out[i, : len(kept)] = kept
-    return out
+def _pca_from_whitening(model: torch.nn.Module, cfg: RunConfig, fit_now: bool) -> Optional[int]:
+    """k when the index's PCA step keeps the k leading components of the model's whitening (--pca-from) instead of
+    fitting a PCA on the database; None when the index has no PCA step or (auto) the model has no whitening of
+    >= k components to take them from."""
+    if cfg.pca_from == "database":
+        return None
+    k = dict(cfg.index_options).get("pca_dim") or (DEFAULT_PCA_DIM if cfg.index == "pca" else None)
+    if k is None:
+        return None
+    w = getattr(model, "whitening", None)
+    if w is not None and (w.fitted or fit_now) and k <= w.out_dim:
+        return int(k)
+    if cfg.pca_from == "whitening":
+        have = "no whitening" if w is None else (f"a {w.out_dim}-d whitening" if w.fitted or fit_now
+                                                  else "no fitted whitening")
+        raise ValueError(f"--pca-from whitening: {model.name} has {have}, so it has no {k} leading whitening "
+                         "components to keep; use --pca-from database (a PCA fitted on the database descriptors) "
+                         "or a smaller --pca-dim")
+    return None
+
+
+def _without_pca(cfg: RunConfig) -> RunConfig:
+    """The run's index with its PCA step removed (the descriptors are already reduced): 'pca' searches exactly."""
+    options = tuple((k, v) for k, v in cfg.index_options if k != "pca_dim")
+    return replace(cfg, index="flat" if cfg.index == "pca" else cfg.index, index_options=options)
 
 
 def _ranked(q: np.ndarray, db: np.ndarray, cfg: RunConfig, k: int, ignore) -> np.ndarray:
@@ -82,7 +101,7 @@ def _ranked(q: np.ndarray, db: np.ndarray, cfg: RunConfig, k: int, ignore) -> np
         pred = k_reciprocal_rerank(q, db, k1=k1, k2=k2, lambda_value=lam, top_k=k + extra)
     else:
         pred = search(q, db, k + extra, cfg.index, **dict(cfg.index_options))
-    return _drop_ignored(pred, ignore, k)
+    return drop_ignored(pred, ignore, k)
 
 
 def _retrieval(q: np.ndarray, db: np.ndarray, ds: VPRDataset, cfg: RunConfig) -> Tuple[Dict[str, Any], np.ndarray]:
@@ -154,6 +173,9 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> 
         init, clustered = _kmeans_init(model, ds, cfg, centres)
     source, trained = weights_source(spec, model, cfg.backbone_weights, clustered)
     fit_now, whitening = _whitening_plan(model, cfg.whitening, ds.num_db)
+    pca_k = _pca_from_whitening(model, cfg, fit_now)
+    if pca_k is not None and not fit_now:  # keep the pretrained whitening's leading components from the start
+        model.set_descriptor_dim(pca_k)
     amp = cfg.device.startswith("cuda") if cfg.amp is None else cfg.amp
     net = _compiled(model, ds, cfg, amp) if cfg.compile else model
     with PeakMemory(torch.device(cfg.device)) as mem:
@@ -168,15 +190,23 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> 
         seconds = time.perf_counter() - start
     if fit_now:
         model.whitening.fit(torch.from_numpy(np.array(db)))  # a store is read-only
+        if pca_k is not None:
+            model.set_descriptor_dim(pca_k)
         q, db = _whiten(model, q), _whiten(model, db)
-    facts, pred = _retrieval(q, db, ds, cfg)
+    pca = None
+    if pca_k is not None:
+        pca = f"the {pca_k} leading components of the model's whitening"
+    elif cfg.index == "pca" or dict(cfg.index_options).get("pca_dim"):
+        pca = "PCA fitted on the database descriptors"
+    facts, pred = _retrieval(q, db, ds, cfg if pca_k is None else _without_pca(cfg))
     record: Dict[str, Any] = {
         "model": spec.label, "architecture": model.name, "dataset": ds.name,
         "num_queries": ds.num_queries, "num_database": ds.num_db, "input_size": f"{h}x{w}",
         **facts, "descriptor_dim": int(q.shape[1]), **_costs(model, net, ds, cfg, amp),
         "images_per_s": (ds.num_queries + ds.num_db) / seconds, "extract_s": seconds,
         "peak_memory_mib": mem.mib, "memory_measure": mem.kind, "weights": source, "trained": trained,
-        "init": init, "whitening": whitening, "index": cfg.index, "rerank": cfg.rerank is not None,
+        "init": init, "whitening": whitening, "index": cfg.index, "pca": pca,
+        "rerank": cfg.rerank is not None,
         "amp": amp, "compiled": cfg.compile,
         "files": ([str(centres.relative_to(out_dir))] if clustered else []) +
         _artefacts(model, stem, spec.label, ds, cfg, out_dir, q, db, pred),

@@ -18,6 +18,9 @@ PathLike = Union[str, os.PathLike]
 DEFAULT_DATASET = "corridor"
 EMBEDDED_DATA = Path(__file__).resolve().parents[1] / "data"
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# fixed embedded images whose descriptors fingerprint a model (release bundling, publishing and their tests)
+PROBE_IMAGES = {"corridor_query_0000000": EMBEDDED_DATA / "corridor" / "query" / "0000000.jpg",
+                "nordland_winter_20010": EMBEDDED_DATA / "nordland_test" / "winter" / "images-20010.png"}
 NORDLAND_TOLERANCE = 1
 NORDLAND_SPLITS = {"nordland": None, "nordland_train": (1, 1600), "nordland_val": (1601, 2000),
                    "nordland_test": (2001, 2400)}

@@ -1,9 +1,9 @@
 """Evaluation: descriptor extraction (in memory or to a resumable store), faiss indexes and PlaceIndex, Recall@N,
 k-reciprocal re-ranking, PCA fitting, descriptor files."""
 from .extract import Preprocess, extract_dataset, extract_descriptors
-from .index import INDEX_KINDS, IndexSpec, PlaceIndex, build_index
+from .index import DEFAULT_PCA_DIM, INDEX_KINDS, IndexSpec, PlaceIndex, build_index
 from .pca import fit_whitening_if_needed, needs_whitening_fit
-from .recall import DEFAULT_NS, recall_at_n, recall_from_predictions, search
+from .recall import DEFAULT_NS, drop_ignored, recall_at_n, recall_from_predictions, search
 from .rerank import k_reciprocal_rerank
 from .storage import load_descriptors, save_descriptors
 from .store import (
@@ -16,6 +16,7 @@ from .store import (
 )
 
 __all__ = [
+    "DEFAULT_PCA_DIM",
     "INDEX_KINDS",
     "IndexSpec",
     "PlaceIndex",
@@ -27,6 +28,7 @@ __all__ = [
     "model_config_hash",
     "open_store",
     "DEFAULT_NS",
+    "drop_ignored",
     "Preprocess",
     "extract_dataset",
     "extract_descriptors",

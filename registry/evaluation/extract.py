@@ -1,21 +1,20 @@
 """Batched descriptor extraction with a progress bar; images of equal input size are batched together."""
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import OrderedDict
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..datasets.base import VPRDataset
 from ..datasets.images import ImageListDataset, image_size
-from ..preprocess import Preprocess
+from ..model import encode_images
+from ..preprocess import RESIZE_POLICIES, Preprocess, target_size  # noqa: F401  (re-exported: they were defined here)
 
 PathLike = Union[str, os.PathLike]
 
@@ -65,7 +64,7 @@ def extract_descriptors(
                 loader = DataLoader(Subset(data, group), batch_size=batch_size, num_workers=num_workers,
                                     pin_memory=device.type == "cuda")
                 for batch, idx in loader:
-                    desc_batch = _forward(model, batch, device, amp)
+                    desc_batch = encode_images(model, batch, device, amp).cpu().numpy()
                     if out is None:
                         out = np.empty((len(images), desc_batch.shape[1]), dtype=np.float32)
                     out[idx.numpy()] = desc_batch
@@ -73,16 +72,6 @@ def extract_descriptors(
     finally:
         model.train(was_training)
     return out
-
-
-def _forward(model: nn.Module, batch: torch.Tensor, device: torch.device, amp: bool) -> np.ndarray:
-    batch = batch.to(device, non_blocking=True)
-    if device.type == "cuda":
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    with ctx:
-        desc = model(batch)
-    return F.normalize(desc.float(), dim=-1).cpu().numpy()
 
 
 def extract_dataset(model: nn.Module, dataset: VPRDataset, **kwargs: Any) -> Tuple[np.ndarray, np.ndarray]:

@@ -166,6 +166,23 @@ class PlaceIndex:
         self.spec = self.spec.resolved(n, self.dim)
         self._index = build_index(self.spec, self.dim, np.asarray(descriptors[pick]), n_hint=n)
 
+    def set_search_params(self, nprobe: Optional[int] = None, ef_search: Optional[int] = None) -> "PlaceIndex":
+        """Retune a built index at query time, no rebuild: IVF-PQ's `nprobe` lists searched, HNSW's `ef_search`
+        beam width (higher: slower, closer to exact search). Kept in `spec`, so `save` / `load` keep it too."""
+        changes = {k: int(v) for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
+        for key, value in changes.items():
+            if value < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
+        wrong = {"nprobe": "ivfpq", "ef_search": "hnsw"}
+        misplaced = [k for k in changes if wrong[k] != self.spec.kind]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)} does not apply to a {self.spec.kind!r} index "
+                             "(nprobe: ivfpq, ef_search: hnsw)")
+        self.spec = replace(self.spec, **changes)
+        if self._index is not None:
+            _set_search_params(self._index, self.spec)
+        return self
+
     def add(self, descriptors: np.ndarray, places: Optional[Sequence[Any]] = None) -> None:
         """Append descriptors (an array or a store's memmap, read in chunks) and their place ids (default: row ids)."""
         if descriptors.ndim != 2 or descriptors.shape[1] != self.dim:

@@ -61,8 +61,11 @@ def search(q: np.ndarray, db: np.ndarray, k: int, index: str = "flat", **index_o
     return idx.search(q, k)[1].astype(np.int64)
 
 
-def _drop_ignored(pred: np.ndarray, ignore: Sequence[np.ndarray], k: int) -> np.ndarray:
-    """First k predictions per query that are not in its ignore list (-1 pads short rows)."""
+def drop_ignored(pred: np.ndarray, ignore: Optional[Sequence[np.ndarray]], k: int) -> np.ndarray:
+    """First k predictions per query that are not in its ignore list (-1 pads short rows); `ignore=None` keeps the
+    first k. Search k + the longest ignore list to be sure of k."""
+    if ignore is None:
+        return pred[:, :k]
     out = np.full((len(pred), k), -1, dtype=np.int64)
     for i, (row, ign) in enumerate(zip(pred, ignore)):
         kept = row[~np.isin(row, ign)][:k]
@@ -126,6 +129,4 @@ def _recall(
     k = max(ns)
     extra = max((len(i) for i in ignore), default=0) if ignore is not None else 0
     pred = search(q, db, k + extra, index, **index_options)
-    if ignore is not None:
-        pred = _drop_ignored(pred, ignore, k)
-    return recall_from_predictions(pred[:, :k], positives, ns)
+    return recall_from_predictions(drop_ignored(pred, ignore, k), positives, ns)

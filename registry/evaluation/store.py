@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
+from ..distributed import DistContext
 from .extract import extract_descriptors
 
 PathLike = Union[str, os.PathLike]
@@ -150,8 +151,6 @@ def extract_to_store(
     A store made by another model, input size or image list is refused (StoreMismatchError). Under torchrun pass
     `ctx` (registry.training.init_distributed()): rank r computes chunks r, r + world_size, ...
     """
-    from ..training.distributed import DistContext
-
     ctx = ctx or DistContext()
     images = [str(p) for p in images]
     if not images:

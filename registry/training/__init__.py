@@ -6,6 +6,7 @@ Entry point for users: `python -m registry.train --help` (also `vpr-train`, `pyt
     trainer.init_clusters()          # NetVLAD / ClusVPR: k-means -> runs/x/centroids.h5
     summary = trainer.fit()          # runs/x is then a Hub-layout folder: registry.create(name, pretrained="runs/x")
 """
+from ..distributed import DistContext, init_distributed, sharded_apply, shutdown
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .clusters import (
     ClustersNotInitialisedError,
@@ -17,7 +18,6 @@ from .clusters import (
     sample_local_descriptors,
 )
 from .config import TrainConfig
-from .distributed import DistContext, init_distributed, sharded_apply, shutdown
 from .feature_cache import cached_source, frozen_cut
 from .losses import hard_loss, sare_ind, sare_joint, soft_cross_entropy, triplet
 from .mining import RerankConfig, TrainTuple, TupleMiner

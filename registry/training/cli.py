@@ -20,10 +20,13 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .._files import unwritable
+from .._options import add_dataclass_arguments, field_default, option, option_fields
+from .config import CLUSTERS, DATA, MODEL, RECIPE_GENERATIONS, RUN, SCHEDULE, TrainConfig
 
 PROG = "vpr-train"  # also `python -m registry.train`; benchmarks/train.py passes "train.py"
 # how summary.json's "command" spells each way of running the trainer
@@ -49,103 +52,62 @@ def _pair(text: str) -> tuple:
         return key, value
 
 
-def whitening_dim_arg(text: str) -> Optional[int]:
-    """argparse type of a whitening size: an integer >= 1, or 'none' (no whitening)."""
-    if text.lower() == "none":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a whitening size must be >= 1, got {value}")
-    return value
+_RERANK = (field_default(TrainConfig, "rerank_k1"), field_default(TrainConfig, "rerank_k2"),
+           field_default(TrainConfig, "rerank_lambda"))
+
+
+@dataclass
+class TrainCommand:
+    """The trainer's command-line options that are not TrainConfig fields (what to train on which data, where the
+    run goes), declared once: default and --help text. The parser also gets TrainConfig's own options."""
+
+    model: Optional[str] = option(None, "registry name or alias (clusvpr, netvlad, gem, ...)", group=MODEL,
+                                  required=True)
+    model_arg: List[Tuple[str, Any]] = option(help="registry override, JSON value (e.g. whitening_dim=1024, "
+                                              "num_clusters=32, whitening_dim=null)", default_factory=list,
+                                              group=MODEL, type=_pair, action="append", metavar="KEY=VALUE")
+    input_size: Optional[Tuple[int, int]] = option(None, "training and test input size", group=MODEL, type=int,
+                                                   nargs=2, metavar=("H", "W"))
+    backbone_weights: Optional[str] = option(None, "local backbone weights file (.safetensors/.pth) or 'imagenet'",
+                                             group=MODEL)
+    train_layers: Optional[str] = option(None, "trainable backbone layers: conv5 (VGG16, default) | layer3 "
+                                         "(ResNet-50) | all | none", group=MODEL)
+    pretrained: Optional[str] = option(None, "start from trained weights: a Hub-layout folder or org/name[@rev]",
+                                       group=MODEL)
+    plugin: List[str] = option(help="import MODULE first (a plugin registering models or recipes); repeatable",
+                               default_factory=list, group=MODEL, action="append", metavar="MODULE")
+    train_set: str = option("nordland_train", "training dataset: known name, folder or layout:path (default "
+                            "{default} = places 1..1600)", group=DATA)
+    val_set: str = option("nordland_val", "validation dataset, or 'none' (default {default})", group=DATA)
+    test_set: List[str] = option(help="evaluate the final model on this dataset (from images); repeatable",
+                                 default_factory=list, group=DATA, action="append", metavar="SPEC")
+    data_root: Optional[str] = option(None, "folder that holds the known datasets", group=DATA)
+    tolerance: Optional[int] = option(None, "aligned traversals: places that count as the same place", group=DATA)
+    generations: Optional[int] = option(None, f"generations (default: {RECIPE_GENERATIONS} with a recipe that has "
+                                        "generations, ClusVPR's pyramid; 1 with the global recipe)", group=SCHEDULE)
+    rerank: Tuple[float, float, float] = option(_RERANK, "k-reciprocal re-ranking for difficult positives (default "
+                                                "{default})", group=SCHEDULE, type=float, nargs=3,
+                                                metavar=("K1", "K2", "LAMBDA"))
+    no_jitter: bool = option(False, "no colour jitter", group=SCHEDULE)
+    clusters: Optional[str] = option(None, "initialise from this centroids.h5 instead of running k-means",
+                                     group=CLUSTERS)
+    output: Optional[str] = option(None, "output folder (Hub layout + train/)", group=RUN, required=True)
+    resume: bool = option(False, "continue the run in --output from its last checkpoint", group=RUN)
+    cache_features: Optional[str] = option(None, "cache the frozen backbone layers' outputs (in DIR, default "
+                                           "OUTPUT/feature_cache)", group=RUN, nargs="?", const="", metavar="DIR")
+    init_seed: Optional[int] = option(None, "seed of the model's random initialisation (default: --seed)", group=RUN)
+    device: str = option("auto", "auto | cpu | cuda | cuda:N (default {default})", group=RUN)
+    threads: Optional[int] = option(None, "CPU threads per process (default: cores / processes)", group=RUN)
+    push_to_hub: Optional[str] = option(None, "upload the trained model to this Hub repository", group=RUN,
+                                        metavar="REPO_ID")
+    no_progress: bool = option(False, "no progress bars", group=RUN)
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    """The command line; every option documented."""
-    from .config import RECIPE_JITTER
-
+    """The command line, generated from TrainCommand and TrainConfig; every option documented."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    m = p.add_argument_group("model")
-    m.add_argument("--model", required=True, help="registry name or alias (clusvpr, netvlad, gem, ...)")
-    m.add_argument("--model-arg", type=_pair, action="append", default=[], metavar="KEY=VALUE",
-                   help="registry override, JSON value (e.g. whitening_dim=1024, num_clusters=32, whitening_dim=null)")
-    m.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="training and test input size")
-    m.add_argument("--backbone-weights", help="local backbone weights file (.safetensors/.pth) or 'imagenet'")
-    m.add_argument("--train-layers", help="trainable backbone layers: conv5 (VGG16, default) | layer3 (ResNet-50) | "
-                                          "all | none")
-    m.add_argument("--pretrained", help="start from trained weights: a Hub-layout folder or org/name[@rev]")
-    m.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first (a plugin registering models or recipes); repeatable")
-    d = p.add_argument_group("data")
-    d.add_argument("--train-set", default="nordland_train", help="training dataset: known name, folder or layout:path "
-                                                                 "(default nordland_train = places 1..1600)")
-    d.add_argument("--val-set", default="nordland_val", help="validation dataset, or 'none' (default nordland_val)")
-    d.add_argument("--test-set", action="append", default=[], metavar="SPEC",
-                   help="evaluate the final model on this dataset (from images); repeatable")
-    d.add_argument("--data-root", help="folder that holds the known datasets")
-    d.add_argument("--tolerance", type=int, help="aligned traversals: places that count as the same place")
-    d.add_argument("--pos-radius", type=float, help="training positives within this distance (dataset unit)")
-    d.add_argument("--neg-radius", type=float, help="training negatives beyond this distance (dataset unit)")
-    s = p.add_argument_group("schedule and optimisation")
-    s.add_argument("--recipe", default="auto", help="global | pyramid (ClusVPR) | auto: the model's own (default)")
-    s.add_argument("--generations", type=int, help="generations (pyramid recipe; default 4, global recipe 1)")
-    s.add_argument("--epochs", type=int, default=5, help="epochs per generation (default 5)")
-    s.add_argument("--gen0-epochs", type=int, help="epochs of generation 0 (default --epochs)")
-    s.add_argument("--queries-per-epoch", type=int, help="training tuples per epoch (default: all queries)")
-    s.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="default sgd")
-    s.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
-    s.add_argument("--aggregator-lr-mult", type=float, default=1.0,
-                   help="the aggregator learns at lr x this, the backbone at lr (default 1)")
-    s.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    s.add_argument("--weight-decay", type=float, default=1e-3, help="default 1e-3")
-    s.add_argument("--lr-step", type=int, default=5, help="StepLR period in epochs (default 5)")
-    s.add_argument("--lr-gamma", type=float, default=0.5, help="StepLR factor (default 0.5; 1 = constant)")
-    s.add_argument("--loss", default="sare_ind", choices=("sare_ind", "sare_joint", "triplet"), help="hard loss")
-    s.add_argument("--margin", type=float, default=0.1 ** 0.5, help="triplet margin (default sqrt(0.1))")
-    s.add_argument("--temperatures", type=float, nargs="+", default=[0.06, 0.06, 0.05, 0.04],
-                   help="first: hard loss and student; then the teacher's per generation (default 0.06 0.06 0.05 0.04)")
-    s.add_argument("--soft-weight", type=float, default=0.5, help="weight of the soft loss (default 0.5)")
-    s.add_argument("--batch-size", type=int, default=1, help="tuples per step per process (default 1)")
-    s.add_argument("--neg-num", type=int, default=1, help="hard negatives per tuple (default 1)")
-    s.add_argument("--neg-pool", type=int, default=1000, help="random negatives ranked per query (default 1000)")
-    s.add_argument("--pos-num", type=int, default=1, help="difficult positives per tuple, pyramid (default 1)")
-    s.add_argument("--pos-pool", type=int, default=20, help="nearest positives they are drawn from (default 20)")
-    s.add_argument("--cache-size", type=int, default=1000, help="queries per descriptor refresh (default 1000)")
-    s.add_argument("--rerank", type=float, nargs=3, default=[20, 1, 0.1], metavar=("K1", "K2", "LAMBDA"),
-                   help="k-reciprocal re-ranking for difficult positives (default 20 1 0.1)")
-    s.add_argument("--jitter", type=float, nargs=4, default=list(RECIPE_JITTER), metavar=("B", "C", "S", "H"),
-                   help="colour jitter of training images (default 0.7 0.7 0.7 0.5)")
-    s.add_argument("--no-jitter", action="store_true", help="no colour jitter")
-    s.add_argument("--select-by", default="R@5", choices=("R@1", "R@5", "R@10"), help="best-model metric (default R@5)")
-    s.add_argument("--pca-images", type=int, default=10_000, help="training images for PCA-whitening (default 10000)")
-    s.add_argument("--whitening-dims", type=whitening_dim_arg, nargs="+", metavar="DIM",
-                   help="choose the whitening size on validation among these (integers up to the model's "
-                        "whitening_dim, or 'none'); default: keep the model's whitening_dim")
-    c = p.add_argument_group("clusters")
-    c.add_argument("--clusters", help="initialise from this centroids.h5 instead of running k-means")
-    c.add_argument("--cluster-descriptors", type=int, default=50_000, help="descriptors for k-means (default 50000)")
-    c.add_argument("--cluster-per-image", type=int, default=100, help="descriptors per image (default 100)")
-    r = p.add_argument_group("run")
-    r.add_argument("--output", required=True, help="output folder (Hub layout + train/)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
-    r.add_argument("--cache-features", nargs="?", const="", metavar="DIR",
-                   help="cache the frozen backbone layers' outputs (in DIR, default OUTPUT/feature_cache)")
-    r.add_argument("--seed", type=int, default=0,
-                   help="random seed of tuple mining, dropout and jitter, and of the two below unless given "
-                        "(default 0)")
-    r.add_argument("--init-seed", type=int, help="seed of the model's random initialisation (default: --seed)")
-    r.add_argument("--cluster-seed", type=int, help="seed of the k-means sample and k-means (default: --seed)")
-    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast (default: on for CUDA)")
-    r.add_argument("--num-workers", type=int, default=0, help="image-loading workers (default 0)")
-    r.add_argument("--eval-batch-size", type=int, default=32, help="batch for descriptors (default 32)")
-    r.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes)")
-    r.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the trained model to this Hub repository")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dataclass_arguments(p, TrainCommand, TrainConfig)
     return p
 
 
@@ -183,24 +145,13 @@ def model_overrides(a: argparse.Namespace) -> Dict[str, Any]:
     return over
 
 
-def train_config(a: argparse.Namespace, generations: int, extra: Dict[str, Any]):
-    """TrainConfig from the arguments (its validation names a bad value)."""
-    from . import TrainConfig
-
-    return TrainConfig(
-        generations=generations, epochs=a.epochs, gen0_epochs=a.gen0_epochs, queries_per_epoch=a.queries_per_epoch,
-        optimizer=a.optimizer, lr=a.lr, aggregator_lr_mult=a.aggregator_lr_mult, momentum=a.momentum,
-        weight_decay=a.weight_decay, lr_step=a.lr_step, lr_gamma=a.lr_gamma, loss=a.loss, margin=a.margin,
-        temperatures=tuple(a.temperatures),
-        soft_weight=a.soft_weight, recipe=a.recipe, batch_size=a.batch_size, neg_num=a.neg_num, neg_pool=a.neg_pool,
-        pos_num=a.pos_num, pos_pool=a.pos_pool, cache_size=a.cache_size, pos_radius=a.pos_radius,
-        neg_radius=a.neg_radius, rerank_k1=int(a.rerank[0]), rerank_k2=int(a.rerank[1]), rerank_lambda=a.rerank[2],
-        jitter=None if a.no_jitter else tuple(a.jitter), select_by=a.select_by, pca_images=a.pca_images,
-        whitening_dims=a.whitening_dims,
-        cluster_descriptors=a.cluster_descriptors, cluster_per_image=a.cluster_per_image, seed=a.seed,
-        cluster_seed=a.cluster_seed, amp=a.amp,
-        eval_batch_size=a.eval_batch_size, num_workers=a.num_workers, extra=extra,
-    )
+def train_config(a: argparse.Namespace, generations: int, extra: Dict[str, Any]) -> TrainConfig:
+    """TrainConfig from the arguments (its validation names a bad value): its own options as given, plus the
+    generations, the --rerank triple and --no-jitter."""
+    options = {f.name: getattr(a, f.name) for f in option_fields(TrainConfig)}
+    options.update(temperatures=tuple(a.temperatures), jitter=None if a.no_jitter else tuple(a.jitter))
+    return TrainConfig(**options, generations=generations, rerank_k1=int(a.rerank[0]), rerank_k2=int(a.rerank[1]),
+                       rerank_lambda=a.rerank[2], extra=extra)
 
 
 def _load_sets(a: argparse.Namespace):
@@ -244,7 +195,7 @@ def setup(a: argparse.Namespace):
     torch.manual_seed(init_seed)  # reproducible random initialisation of the aggregator (and of random backbones)
     model = registry.create(name, pretrained=a.pretrained or False, **overrides)
     recipe = get_recipe(a.recipe, model)
-    generations = a.generations or (4 if recipe.supports_generations else 1)
+    generations = a.generations or (RECIPE_GENERATIONS if recipe.supports_generations else 1)
     extra = {"model": name, "model_args": {k: v for k, v in overrides.items() if k != "backbone_weights"},
              "train_set": a.train_set, "val_set": a.val_set, "cache_features": a.cache_features is not None}
     if a.init_seed is not None:  # recorded (and checked on --resume) when given

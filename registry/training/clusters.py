@@ -15,12 +15,15 @@ import torch
 from torch import nn
 
 from .. import h5io
-from .distributed import DistContext
+from .._options import field_default
+from ..distributed import DistContext
+from .config import TrainConfig
 from .sources import Source, stack_items
 
 PathLike = Union[str, os.PathLike]
-DEFAULT_DESCRIPTORS = 50_000
-DEFAULT_PER_IMAGE = 100
+# the trainer's defaults (TrainConfig.cluster_descriptors / cluster_per_image), for callers from Python
+DEFAULT_DESCRIPTORS = field_default(TrainConfig, "cluster_descriptors")
+DEFAULT_PER_IMAGE = field_default(TrainConfig, "cluster_per_image")
 
 
 class ClustersNotInitialisedError(RuntimeError):

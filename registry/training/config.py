@@ -1,65 +1,107 @@
-"""TrainConfig: every option of a training run, checked up front so a bad value fails before any work."""
+"""TrainConfig: every option of a training run, checked up front so a bad value fails before any work.
+
+Each field that is also a command-line option of the trainer (`python -m registry.train`) declares its default
+and its --help text here, once (registry._options.option); registry/training/cli.py generates the parser from it.
+"""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from .._options import field_default, option
 from ..model import TRAIN_JITTER
-from .losses import HARD_LOSSES
+from .losses import HARD_LOSSES, TRIPLET_MARGIN
+from .mining import RerankConfig
 
 OPTIMIZERS = ("sgd", "adam")
 SELECT_METRICS = ("R@1", "R@5", "R@10")
 # SFRS/ClusVPR recipe (spec section 5)
 RECIPE_TEMPERATURES = (0.06, 0.06, 0.05, 0.04)
 RECIPE_JITTER = TRAIN_JITTER  # the model's own recipe jitter, one definition
+RECIPE_GENERATIONS = 4  # generations of a recipe with a teacher (ClusVPR's pyramid); the command line's default
+# --help sections of the trainer's options
+MODEL, DATA, SCHEDULE, CLUSTERS, RUN = "model", "data", "schedule and optimisation", "clusters", "run"
+
+
+def whitening_dim_arg(text: str) -> Optional[int]:
+    """argparse type of a whitening size: an integer >= 1, or 'none' (no whitening)."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whitening size must be >= 1, got {value}")
+    return value
 
 
 @dataclass
 class TrainConfig:
-    """Options of one run; defaults are the ClusVPR recipe (spec section 5) except for the number of generations."""
+    """Options of one run; defaults are the ClusVPR recipe (spec section 5) except for the number of generations.
+
+    Fields declared with `option` are the trainer's command-line options (default and --help text); the others
+    (generations, whose command-line default depends on the recipe; the re-ranking triple, one --rerank option;
+    recall_ns; extra) are set by registry/training/cli.py or from Python.
+    """
 
     generations: int = 1
-    epochs: int = 5
-    gen0_epochs: Optional[int] = None  # epochs of generation 0 (default: `epochs`)
-    queries_per_epoch: Optional[int] = None  # default: every trainable query
-    optimizer: str = "sgd"
-    lr: float = 1e-4
-    aggregator_lr_mult: float = 1.0  # the aggregator's learning rate is lr x this (the backbone's is lr)
-    momentum: float = 0.9
-    weight_decay: float = 1e-3
-    lr_step: int = 5
-    lr_gamma: float = 0.5
-    loss: str = "sare_ind"
-    margin: float = 0.1 ** 0.5
-    temperatures: Tuple[float, ...] = RECIPE_TEMPERATURES
-    soft_weight: float = 0.5
-    recipe: str = "auto"
-    batch_size: int = 1  # tuples per optimisation step per process
-    neg_num: int = 1
-    neg_pool: int = 1000
-    pos_num: int = 1
-    pos_pool: int = 20
-    cache_size: int = 1000
-    pos_radius: Optional[float] = None  # default: the dataset's training radius (10 m; tolerance in places)
-    neg_radius: Optional[float] = None  # default: the dataset's (25 m; 2.5 x tolerance in places)
-    rerank_k1: int = 20
-    rerank_k2: int = 1
-    rerank_lambda: float = 0.1
-    jitter: Optional[Tuple[float, float, float, float]] = RECIPE_JITTER
-    select_by: str = "R@5"
+    epochs: int = option(5, "epochs per generation (default {default})", group=SCHEDULE)
+    gen0_epochs: Optional[int] = option(None, "epochs of generation 0 (default --epochs)", group=SCHEDULE)
+    queries_per_epoch: Optional[int] = option(None, "training tuples per epoch (default: every trainable query)",
+                                              group=SCHEDULE)
+    optimizer: str = option("sgd", "optimiser (default {default})", group=SCHEDULE, choices=OPTIMIZERS)
+    lr: float = option(1e-4, "learning rate (default {default})", group=SCHEDULE)
+    aggregator_lr_mult: float = option(1.0, "the aggregator learns at lr x this, the backbone at lr (default "
+                                       "{default})", group=SCHEDULE)
+    momentum: float = option(0.9, "SGD momentum (default {default})", group=SCHEDULE)
+    weight_decay: float = option(1e-3, "weight decay (default {default})", group=SCHEDULE)
+    lr_step: int = option(5, "StepLR period in epochs (default {default})", group=SCHEDULE)
+    lr_gamma: float = option(0.5, "StepLR factor (default {default}; 1 = constant)", group=SCHEDULE)
+    loss: str = option("sare_ind", "hard loss (default {default})", group=SCHEDULE, choices=tuple(HARD_LOSSES))
+    margin: float = option(TRIPLET_MARGIN, "triplet margin (default sqrt(0.1) = {default})", group=SCHEDULE)
+    temperatures: Tuple[float, ...] = option(RECIPE_TEMPERATURES, "first: hard loss and student; then the teacher's "
+                                             "per generation (default {default})", group=SCHEDULE, type=float,
+                                             nargs="+")
+    soft_weight: float = option(0.5, "weight of the soft loss (default {default})", group=SCHEDULE)
+    recipe: str = option("auto", "global | pyramid (ClusVPR) | auto: the model's own (default {default})",
+                         group=SCHEDULE)
+    batch_size: int = option(1, "tuples per optimisation step per process (default {default})", group=SCHEDULE)
+    neg_num: int = option(1, "hard negatives per tuple (default {default})", group=SCHEDULE)
+    neg_pool: int = option(1000, "random negatives ranked per query (default {default})", group=SCHEDULE)
+    pos_num: int = option(1, "difficult positives per tuple, pyramid (default {default})", group=SCHEDULE)
+    pos_pool: int = option(20, "nearest positives they are drawn from (default {default})", group=SCHEDULE)
+    cache_size: int = option(1000, "queries per descriptor refresh (default {default})", group=SCHEDULE)
+    pos_radius: Optional[float] = option(None, "training positives within this distance (dataset unit; default: the "
+                                         "dataset's, 10 m, or the tolerance in places)", group=DATA)
+    neg_radius: Optional[float] = option(None, "training negatives beyond this distance (dataset unit; default: the "
+                                         "dataset's, 25 m, or 2.5 x the tolerance in places)", group=DATA)
+    # k-reciprocal re-ranking for difficult positives (the miner's defaults): the command line's --rerank K1 K2 LAMBDA
+    rerank_k1: int = field_default(RerankConfig, "k1")
+    rerank_k2: int = field_default(RerankConfig, "k2")
+    rerank_lambda: float = field_default(RerankConfig, "lambda_value")
+    jitter: Optional[Tuple[float, float, float, float]] = option(RECIPE_JITTER, "colour jitter of training images "
+                                                                 "(default {default})", group=SCHEDULE, type=float,
+                                                                 nargs=4, metavar=("B", "C", "S", "H"))
+    select_by: str = option("R@5", "best-model metric (default {default})", group=SCHEDULE, choices=SELECT_METRICS)
     recall_ns: Tuple[int, ...] = (1, 5, 10)
-    pca_images: int = 10_000
-    # whitening sizes to choose from on validation after the fit (None in the list = no whitening); unset: the
-    # model's own whitening_dim, unchecked (the recipe)
-    whitening_dims: Optional[Tuple[Optional[int], ...]] = None
-    cluster_descriptors: int = 50_000
-    cluster_per_image: int = 100
-    seed: int = 0  # tuple mining, dropout and jitter streams; also the two below when they are unset
-    cluster_seed: Optional[int] = None  # k-means sample and k-means (default: seed)
-    amp: Optional[bool] = None  # default: on for CUDA (bfloat16 autocast)
-    eval_batch_size: int = 32
-    num_workers: int = 0
+    pca_images: int = option(10_000, "training images for PCA-whitening (default {default})", group=SCHEDULE)
+    # unset: the model's own whitening_dim, unchecked (the recipe)
+    whitening_dims: Optional[Tuple[Optional[int], ...]] = option(
+        None, "choose the whitening size on validation among these (integers up to the model's whitening_dim, or "
+        "'none'); default: keep the model's whitening_dim", group=SCHEDULE, type=whitening_dim_arg, nargs="+",
+        metavar="DIM")
+    cluster_descriptors: int = option(50_000, "descriptors for k-means (default {default})", group=CLUSTERS)
+    cluster_per_image: int = option(100, "descriptors per image (default {default})", group=CLUSTERS)
+    seed: int = option(0, "random seed of tuple mining, dropout and jitter, and of --init-seed and --cluster-seed "
+                       "unless given (default {default})", group=RUN)
+    cluster_seed: Optional[int] = option(None, "seed of the k-means sample and k-means (default: --seed)", group=RUN)
+    amp: Optional[bool] = option(None, "bfloat16 autocast (default: on for CUDA)", group=RUN,
+                                 action=argparse.BooleanOptionalAction)
+    eval_batch_size: int = option(32, "batch for descriptors (default {default})", group=RUN)
+    num_workers: int = option(0, "image-loading workers (default {default})", group=RUN)
     extra: Dict[str, Any] = field(default_factory=dict)  # free-form facts recorded with the run
 
     def __post_init__(self) -> None:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,24 +19,11 @@ from torch import nn
 
 from .._atomic import atomic_path
 from .._files import sha256_file
-from .distributed import DistContext, sharded_apply
+from ..backbones import backbone_stages
+from ..distributed import DistContext, sharded_apply
 from .sources import CachedSource, ImageSource
 
 PathLike = Union[str, os.PathLike]
-_RESNET_STAGES = ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3")
-
-
-def backbone_stages(backbone: nn.Module) -> List[nn.Module]:
-    """The backbone as an ordered list of layers (VGG `features`, or ResNet stem + layers)."""
-    features = getattr(backbone, "features", None)
-    if isinstance(features, nn.Sequential):
-        return list(features)
-    if all(hasattr(backbone, n) for n in _RESNET_STAGES):
-        return [getattr(backbone, n) for n in _RESNET_STAGES]
-    raise TypeError(
-        f"cannot split a {type(backbone).__name__} into layers for feature caching (VGG `features` or the ResNet "
-        "stem + layer1..3 are supported): train without --cache-features"
-    )
 
 
 def frozen_cut(backbone: nn.Module) -> int:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..backbones import backbone_stages
 from ..datasets.images import open_rgb
 from ..preprocess import Preprocess
 
@@ -63,8 +64,6 @@ class CachedSource:
 
     def features(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """The model's backbone layers from `cut` on."""
-        from .feature_cache import backbone_stages
-
         x = inputs
         for layer in backbone_stages(model.backbone)[self.cut :]:
             x = layer(x)

@@ -13,28 +13,42 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .cli import whitening_dim_arg
+from .._options import add_dataclass_arguments, field_default, option
+from .config import SELECT_METRICS, TrainConfig, whitening_dim_arg
 
 PROG = "vpr-whitening-sweep"  # also `python -m registry.training.sweep`; benchmarks/whitening_sweep.py
 
 
+@dataclass
+class SweepOptions:
+    """The sweep's command-line options, declared once: default and --help text (the parser is generated from them).
+    --select-by and --batch-size default to the trainer's --select-by and --eval-batch-size."""
+
+    runs: List[str] = option(help="trained model folders (Hub layout) or org/name[@rev]", flag="runs", nargs="+",
+                             metavar="RUN")
+    val_set: Optional[str] = option(None, "dataset the size is chosen on (known name or layout:path)", required=True)
+    test_set: List[str] = option(help="dataset reported; repeatable", default_factory=list, action="append",
+                                 metavar="SPEC")
+    dims: Optional[Tuple[Optional[int], ...]] = option(None, "whitening sizes (integers up to the model's whitening "
+                                                       "size) or 'none'", type=whitening_dim_arg, nargs="+",
+                                                       required=True, metavar="DIM")
+    select_by: str = option(field_default(TrainConfig, "select_by"), "validation metric the size is chosen by, as "
+                            "the trainer's --select-by (default {default})", choices=SELECT_METRICS)
+    cache_features: Optional[str] = option(None, "cached frozen backbone features (as in training)", metavar="DIR")
+    data_root: Optional[str] = option(None, "folder that holds the known datasets")
+    batch_size: int = option(field_default(TrainConfig, "eval_batch_size"), "descriptor batch (default {default})")
+    threads: Optional[int] = option(None, "CPU threads")
+    out: Optional[str] = option(None, "write the rows as JSON here (atomically)")
+
+
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    """The sweep's command line; every option documented."""
+    """The sweep's command line, generated from SweepOptions; every option documented."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN", help="trained model folders (Hub layout) or org/name[@rev]")
-    p.add_argument("--val-set", required=True, help="dataset the size is chosen on (known name or layout:path)")
-    p.add_argument("--test-set", action="append", default=[], metavar="SPEC", help="dataset reported; repeatable")
-    p.add_argument("--dims", type=whitening_dim_arg, nargs="+", required=True, metavar="DIM",
-                   help="whitening sizes (integers up to the model's whitening size) or 'none'")
-    p.add_argument("--select-by", default="R@5", choices=("R@1", "R@5", "R@10"), help="default R@5")
-    p.add_argument("--cache-features", metavar="DIR", help="cached frozen backbone features (as in training)")
-    p.add_argument("--data-root", help="folder that holds the known datasets")
-    p.add_argument("--batch-size", type=int, default=32, help="descriptor batch (default 32)")
-    p.add_argument("--threads", type=int, help="CPU threads")
-    p.add_argument("--out", help="write the rows as JSON here (atomically)")
+    add_dataclass_arguments(p, SweepOptions)
     return p
 
 
@@ -72,6 +86,8 @@ def sweep(run: str, a: argparse.Namespace, datasets: Dict[str, Any]) -> List[Dic
     import registry
     from registry.evaluation import recall_at_n
 
+    from .trainer import select_whitening
+
     model = registry.VPRModel.from_pretrained(run).eval()
     w = model.whitening
     if w is None or not w.fitted:
@@ -80,23 +96,20 @@ def sweep(run: str, a: argparse.Namespace, datasets: Dict[str, Any]) -> List[Dic
     if bad:
         raise SystemExit(f"{a.prog}: error: sizes {bad} exceed {run}'s {w.out_dim}-d whitening")
     raw = {name: raw_descriptors(model, ds, a.cache_features, a.batch_size) for name, ds in datasets.items()}
-    rows = []
-    for dim in a.dims:
-        row: Dict[str, Any] = {"run": run, "dim": dim}
-        cut = None if dim is None else w.truncated(dim)
+
+    @torch.no_grad()
+    def measure(cut: Optional[torch.nn.Module]) -> Dict[str, Any]:
+        row: Dict[str, Any] = {}
         for name, ds in datasets.items():
             q, db = raw[name]
             if cut is not None:
-                with torch.no_grad():
-                    q, db = (cut(torch.from_numpy(x).float()).numpy() for x in (q, db))
+                q, db = (cut(torch.from_numpy(x).float()).numpy() for x in (q, db))
             rec = recall_at_n(q, db, ds.positives, (1, 5, 10), ignore=ds.ignore)["recall"]
             row[name] = {f"R@{n}": round(float(v), 2) for n, v in rec.items()}
-        rows.append(row)
-    val = a.val_set_name
-    best = max(range(len(rows)), key=lambda i: (rows[i][val][a.select_by], -i))
-    for i, row in enumerate(rows):
-        row["chosen"] = i == best
-    return rows
+        return row
+
+    rows, best = select_whitening(w, a.dims, measure, lambda row: row[a.val_set_name][a.select_by])
+    return [{"run": run, **row, "chosen": i == best} for i, row in enumerate(rows)]
 
 
 def table(rows: List[Dict[str, Any]], names: Sequence[str]) -> str:

@@ -23,7 +23,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 
 from .._atomic import atomic_path
 from ..datasets.base import VPRDataset
+from ..distributed import DistContext, sharded_apply
 from ..evaluation.recall import recall_at_n
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .clusters import attach_cluster_source, init_clusters, require_clusters
 from .config import RESUME_CRITICAL, TrainConfig
-from .distributed import DistContext, sharded_apply
 from .feature_cache import cached_source
 from .mining import RerankConfig, TrainTuple, TupleMiner
 from .recipes import get_recipe, global_descriptors
@@ -48,6 +48,21 @@ PathLike = Union[str, os.PathLike]
 Callback = Callable[["Trainer", Dict[str, Any]], None]
 CENTROIDS = "centroids.h5"
 CHECKPOINT, BEST, LOG, SUMMARY = "checkpoint.pt", "best.pt", "log.jsonl", "summary.json"
+
+
+def select_whitening(
+    whitening: nn.Module,
+    dims: Sequence[Optional[int]],
+    measure: Callable[[Optional[nn.Module]], Dict[str, Any]],
+    score: Callable[[Dict[str, Any]], float],
+) -> Tuple[List[Dict[str, Any]], int]:
+    """Choose a whitening size on validation: one row {"dim": dim, **measure(cut)} per candidate, where `cut` is the
+    fitted `whitening` truncated to its `dim` leading components (None for dim None: no whitening), and the index
+    of the row with the highest `score(row)`; ties go to the candidate listed first. The trainer's
+    `whitening_dims` and the whitening sweep (registry.training.sweep) both choose with it."""
+    rows = [{"dim": dim, **measure(None if dim is None else whitening.truncated(dim))} for dim in dims]
+    best = max(range(len(rows)), key=lambda i: (score(rows[i]), -i))
+    return rows, best
 
 
 class _Step(nn.Module):
@@ -457,17 +472,17 @@ class Trainer:
 
     def _select_whitening(self) -> Dict[str, float]:
         """Validation Recall@N of each candidate whitening size (leading components of the one fit, or none);
-        the model keeps the best by `select_by` (ties: the candidate listed first). Same choice on every rank.
+        the model keeps the best by `select_by` (`select_whitening`). Same choice on every rank.
         Records the table in `whitening_selection`; returns the chosen candidate's recalls."""
         v = self.val_set
         raw = torch.from_numpy(self.describe(self.val_source, range(v.num_db + v.num_queries), desc="validation"))
-        full = self.model.whitening
-        rows = []
-        for dim in self.cfg.whitening_dims:
-            with torch.no_grad():
-                d = raw if dim is None else full.truncated(dim).to("cpu")(raw.float())
-            rows.append({"dim": dim, **self._val_recalls(d.numpy())})
-        best = max(range(len(rows)), key=lambda i: (rows[i][self.cfg.select_by], -i))
+
+        @torch.no_grad()
+        def measure(cut: Optional[nn.Module]) -> Dict[str, float]:
+            return self._val_recalls((raw if cut is None else cut.to("cpu")(raw.float())).numpy())
+
+        rows, best = select_whitening(self.model.whitening, self.cfg.whitening_dims, measure,
+                                      lambda row: row[self.cfg.select_by])
         chosen = rows[best]["dim"]
         self.model.set_whitening_dim(chosen)
         if self.ctx.is_main:

@@ -46,3 +46,47 @@ def test_hnsw_and_pca_indexes_report_their_loss_against_exact_search(tmp_path):
 
 def test_the_runner_offers_every_index_kind():
     assert runner_module("cli").INDEX_KINDS == INDEX_KINDS
+
+
+def test_pca_from_whitening_keeps_the_whitenings_leading_components(tmp_path):
+    """--index pca --pca-from whitening: the k leading components of the model's (here fitted) whitening, exactly
+    the full whitened descriptors' first k coordinates re-normalised; recall is that of brute force on them."""
+    import numpy as np
+
+    data = write_aligned_dataset(tmp_path / "data", 12)
+    common = ["--models", "runnertest_netvlad", "--datasets", f"aligned:{data}", "--init", "none",
+              "--recall-ns", "1,3", "--save-descriptors"]
+    with tiny_models():
+        full = _run([*common, "--output-dir", str(tmp_path / "full")])[0]
+        reduced = _run([*common, "--index", "pca", "--pca-dim", "4", "--pca-from", "whitening",
+                        "--output-dir", str(tmp_path / "pca")])[0]
+    assert full["descriptor_dim"] == 8 and reduced["descriptor_dim"] == 4
+    assert "leading components" in reduced["pca"] and "recall_loss" not in reduced  # exact search on 4-d
+    fq, fdb = load_descriptors(tmp_path / "full" / full["files"][0])
+    rq, rdb = load_descriptors(tmp_path / "pca" / reduced["files"][0])
+
+    def lead(x):
+        x = np.asarray(x, dtype=np.float64)[:, :4]
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    np.testing.assert_allclose(rq, lead(fq), atol=1e-5)
+    np.testing.assert_allclose(rdb, lead(fdb), atol=1e-5)
+    ranks = np.argsort(-(lead(fq) @ lead(fdb).T), axis=1, kind="stable")
+    from registry.datasets import load_dataset
+
+    positives = load_dataset(f"aligned:{data}").positives
+    for n in (1, 3):
+        hits = np.mean([np.isin(ranks[i, :n], positives[i]).any() for i in range(len(ranks))])
+        assert abs(reduced["recall"][n] - 100 * hits) < 1e-6
+
+
+def test_pca_from_whitening_without_a_whitening_fails_the_pair_with_the_fix(tmp_path):
+    import pytest
+
+    data = write_aligned_dataset(tmp_path / "data", 12)
+    runner = load_runner()
+    with tiny_models(), pytest.raises(runner.PairsFailed) as err:
+        _run(["--models", "runnertest_gem", "--datasets", f"aligned:{data}", "--init", "none", "--index", "pca",
+              "--pca-dim", "4", "--pca-from", "whitening", "--output-dir", str(tmp_path / "out")])
+    message = err.value.failures[0]["error"]
+    assert "--pca-from whitening" in message and "--pca-from database" in message

@@ -1,6 +1,7 @@
 """OptLAD: the matrix-product form equals the materialised residual form; any map size; regions sum exactly."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clusvpr_plugin.naive import naive_optlad_vlad
 from clusvpr_plugin.optlad import OptLAD
@@ -44,10 +45,10 @@ def test_a_cell_uses_its_own_window_of_exponents():
     mask = torch.zeros(6, 8, dtype=torch.float64)
     mask[2:4, 2:4] = 1  # cell (1, 1) of a 3x4 grid over 6x8 = index 5
     # the cell equals the full-map computation restricted to the cell's locations
-    xg = agg.grouped(x)
-    s, a = agg.weights(xg, agg.p_map(6, 8).double())
-    A = s * a.unsqueeze(2) * mask.flatten()
-    expected = torch.einsum("ngkl,ngdl->nkd", A, xg) - agg.centroids * A.sum((1, 3)).unsqueeze(-1)
+    y = agg._tokens(x)
+    s, a = agg._assignment(y, agg.p_map(6, 8).double())
+    A = s * a.unsqueeze(-1) * mask.flatten().view(1, -1, 1, 1)
+    expected = torch.einsum("nlgk,nlgd->nkd", A, y) - agg.centroids * A.sum((1, 2)).unsqueeze(-1)
     assert torch.allclose(agg.patch_vlads(x, 3, 4)[:, 5], expected, atol=1e-10)
 
 
@@ -63,6 +64,39 @@ def test_descriptor_is_intra_and_l2_normalised():
 def test_local_descriptors_live_in_the_grouped_space():
     agg = small_optlad()
     assert agg.local_descriptors(torch.randn(2, 32, 6, 8, dtype=torch.float64)).shape == (2 * 4 * 48, 16)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_kmeans_descriptors_are_bit_identical_to_the_grouped_form_the_releases_were_initialised_from(channels_last):
+    """k-means and forward share one layout (_tokens) now; the vectors k-means samples, and their order (image,
+    group, location), are bit for bit those of the earlier (N, G, D, L) form, so cluster initialisation is unchanged."""
+    from clusvpr_plugin.aggregator import ClusVPRAggregator
+
+    torch.manual_seed(0)
+    agg = ClusVPRAggregator(feature_size=(6, 8)).eval()
+    for size in [(6, 8), (5, 7), (2, 2)]:
+        x = torch.randn(2, 512, *size)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            x = agg.refine(x)
+            n, _, h, w = x.shape
+            earlier = agg.optlad.linear(F.normalize(x, dim=1).flatten(2).transpose(1, 2))  # (N, L, E*C)
+            earlier = earlier.view(n, h * w, agg.optlad.groups, -1).permute(0, 2, 3, 1)  # (N, G, D, L)
+            expected = earlier.permute(0, 1, 3, 2).reshape(-1, agg.cluster_dim)
+            assert torch.equal(agg.optlad.local_descriptors(x), expected)
+
+
+def test_group_attention_is_the_attention_forward_weights_by():
+    agg = small_optlad()
+    with torch.no_grad():
+        agg.p.uniform_(1.5, 4.0)
+    x = torch.randn(2, 32, 6, 8, dtype=torch.float64)
+    n, g, d = 2, agg.groups, agg.cluster_dim
+    xg = torch.einsum("oc,nchw->nohw", agg.linear.weight, F.normalize(x, dim=1)).reshape(n, g, d, 48)
+    p = agg.p_map(6, 8)
+    expected = torch.sigmoid(xg.clamp(min=agg.eps).pow(p).mean(2).pow(1.0 / p)).mean(1).view(n, 6, 8)
+    assert torch.allclose(agg.attention(x), expected, atol=1e-12)
 
 
 def test_the_reference_form_aggregator_computes_the_same_descriptor():

@@ -14,12 +14,11 @@ from PIL import Image
 from safetensors import safe_open
 
 import registry
+from registry.datasets import PROBE_IMAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "tests" / "release_reference"
 RELEASED = ("clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16")
-IMAGES = {"corridor_query_0000000": "registry/data/corridor/query/0000000.jpg",
-          "nordland_winter_20010": "registry/data/nordland_test/winter/images-20010.png"}
 MAX_BYTES = 100_000_000
 
 
@@ -64,8 +63,8 @@ def test_pretrained_true_loads_offline_and_reproduces_the_recorded_descriptors(n
     reference = np.load(REFERENCE / f"{name}.nordland.npz", allow_pickle=False)
     pre = model.transform()
     with torch.no_grad():
-        for key, rel in IMAGES.items():
-            got = model(pre(Image.open(ROOT / rel).convert("RGB")).unsqueeze(0))[0].numpy()
+        for key, path in PROBE_IMAGES.items():
+            got = model(pre(Image.open(path).convert("RGB")).unsqueeze(0))[0].numpy()
             want = reference[key]
             assert got.shape == want.shape
             # the float32 model's descriptor, through half-precision weights: equal to fp16 rounding

@@ -101,3 +101,14 @@ def test_real_registry_model_matches_its_own_transform_for_any_batch_size(tmp_pa
     for batch_size in (1, 5):
         got = extract_descriptors(model, paths, batch_size=batch_size, device="cpu", progress=False)
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_extraction_runs_the_models_own_encode(tmp_path):
+    """extract_descriptors and VPRModel.encode share one inference step (registry.model.encode_images): one batch of
+    the same images gives bit-identical descriptors."""
+    model = registry.create("gem_resnet50", input_size=(32, 48)).eval()
+    paths = write_images(tmp_path, [(64, 40)] * 4)
+    own = model.transform()
+    batch = torch.stack([own(Image.open(p).convert("RGB")) for p in paths])
+    got = extract_descriptors(model, paths, batch_size=4, device="cpu", progress=False)
+    assert np.array_equal(got, model.encode(batch).numpy())

@@ -57,6 +57,35 @@ def test_hnsw_finds_the_exact_neighbour(ef_search):
     assert agreement(pred, search(q, db, 5, "flat"), 1) >= 0.97  # stated tolerance: 3% of queries at most
 
 
+def test_search_params_retune_a_built_index_towards_exact_search(tmp_path):
+    """Raising HNSW's ef_search / IVF-PQ's nprobe on the built index gives what an index built with them gives,
+    never agrees less with exact search, and survives save / load."""
+    q, db = clustered()
+    exact = search(q, db, 5, "flat")
+    for kind, low, high, key in (("hnsw", {"hnsw_m": 4, "ef_search": 4}, 256, "ef_search"),
+                                 ("ivfpq", {"nlist": 64, "m": 16, "nprobe": 1}, 64, "nprobe")):
+        index = PlaceIndex(db.shape[1], IndexSpec(kind, **low))
+        index.add(db)
+        before = agreement(index.search(q, 5)[1], exact, 5)
+        index.set_search_params(**{key: high})
+        after = index.search(q, 5)[1]
+        rebuilt = PlaceIndex(db.shape[1], IndexSpec(kind, **{**low, key: high}))
+        rebuilt.add(db)
+        np.testing.assert_array_equal(after, rebuilt.search(q, 5)[1])
+        assert agreement(after, exact, 5) >= before and agreement(after, exact, 1) >= 0.97
+        loaded = PlaceIndex.load(index.save(tmp_path / kind))
+        assert getattr(loaded.spec, key) == high
+        np.testing.assert_array_equal(loaded.search(q, 5)[1], after)
+
+
+def test_search_params_of_another_index_kind_are_refused():
+    index = PlaceIndex(8, IndexSpec("hnsw"))
+    with pytest.raises(ValueError, match="nprobe does not apply to a 'hnsw' index"):
+        index.set_search_params(nprobe=8)
+    with pytest.raises(ValueError, match="ef_search must be >= 1"):
+        index.set_search_params(ef_search=0)
+
+
 def test_pca_is_lossless_when_the_data_fits_its_dimensions():
     q, db = clustered(rank=16)
     pred = search(q, db, 5, "pca", pca_dim=16)

@@ -85,3 +85,12 @@ def test_ivfpq_with_too_few_vectors_explains_the_fix():
 def test_recall_without_any_positive_is_an_error():
     with pytest.raises(ValueError, match="no query has a positive"):
         recall_from_predictions(np.zeros((2, 5), dtype=np.int64), [np.array([], np.int64)] * 2)
+
+
+def test_drop_ignored_keeps_the_first_k_outside_each_ignore_list():
+    """The one implementation the recall and the runner's rankings (grids, re-ranking) both use."""
+    from registry.evaluation import drop_ignored
+
+    pred = np.array([[3, 1, 2, 0], [0, 1, 2, 3]])
+    assert drop_ignored(pred, [np.array([1]), np.array([0, 1, 2])], 2).tolist() == [[3, 2], [3, -1]]
+    assert drop_ignored(pred, None, 2).tolist() == [[3, 1], [0, 1]]
