@@ -5,13 +5,17 @@ Two phases, both resumable:
   python benchmarks/bench_map_scale.py extract --work /tmp/map_scale   # real descriptors into descriptor stores
   python benchmarks/bench_map_scale.py measure --work /tmp/map_scale   # the table (JSON + Markdown) and the plot
   python benchmarks/bench_map_scale.py report                         # re-render both from map_scale.json
+  python benchmarks/bench_map_scale.py reductions --work /tmp/map_scale  # recall of PCA / whitening sizes, real map
 
 `measure --sizes 10000 100000` measures only those sizes; rows already in map_scale.json are kept and skipped.
-Real descriptors: Nordland winter queries (every 6th place extracted, every 18th measured) and the Corridor
-queries against the Nordland summer traversal and the Corridor reference images, encoded by ClusVPR and NetVLAD
-built with the HED VGG16 conv weights and k-means-initialised (untrained) aggregators at a small input (48x96).
-Distractors: each is a random convex mix of two real database descriptors of *other* places (never a query's
-positive) plus Gaussian noise, re-normalised; see RESULTS.md "Cost as the map grows" for what that flatters.
+Real descriptors from the released models (`clusvpr_vgg16.nordland`, `netvlad_vgg16.nordland`, bundled, each at its
+own 96x192 input): queries are the Nordland winter frames of the test places 2001..2400 (never seen in training) and
+the Corridor queries; the database is the whole Nordland summer traversal (places 1..2400) and the Corridor
+reference images. The reduced series keep the 256 leading components of a PCA whitening fitted on the map's real
+database descriptors (registry.whitening.PCAWhitening, as the runner's --whitening fit; these releases ship none).
+Distractors: each is a random convex mix of two real database descriptors of *other* places
+(never a query's positive) plus Gaussian noise, re-normalised; see RESULTS.md "Cost as the map grows" for what
+that flatters.
 Everything runs on one thread (OMP_NUM_THREADS=1).
 """
 from __future__ import annotations
@@ -26,22 +30,20 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg16_hed_conv.safetensors"
-INPUT_HW = (48, 96)
-QUERY_STEP = 6  # Nordland winter queries: every 6th place
+MODELS = ("clusvpr_vgg16", "netvlad_vgg16")  # their default (bundled) releases
+QUERY_PLACES = (2001, 2400)  # Nordland winter queries: the test places (1-based, inclusive), unseen in training
 TOLERANCE = 1  # Nordland positives: the same place +-1
 SIZES = (10**3, 10**4, 10**5, 10**6)
-NOISE = 0.02  # per-coordinate std of the distractors' noise, before re-normalising (relative to a unit vector)
-MEMORY_LIMIT_GB = 24
 
 
 def nordland_lists(data: Path) -> Tuple[List[str], List[str], List[np.ndarray]]:
-    """(queries, database, positives) of the Nordland winter->summer pair, aligned by file name."""
+    """(queries, database, positives): winter frames of QUERY_PLACES against the whole summer traversal."""
     names = sorted(p.name for p in (data / "nordland" / "summer").iterdir())
     db = [str(data / "nordland" / "summer" / n) for n in names]
-    picks = range(0, len(names), QUERY_STEP)
+    picks = range(QUERY_PLACES[0] - 1, QUERY_PLACES[1])
     q = [str(data / "nordland" / "winter" / names[i]) for i in picks]
     pos = [np.arange(max(0, i - TOLERANCE), min(len(names), i + TOLERANCE + 1)) for i in picks]
     return q, db, pos
@@ -60,50 +62,39 @@ def real_sets(data: Path):
 
 
 # ---------------------------------------------------------------------------------------------------- extraction
-def build(name: str, db: Sequence[str], work: Path):
-    """`name` with the HED VGG16 weights and k-means centres from 300 database images (no training)."""
+def extract(work: Path) -> None:
+    """Descriptors of the queries and the database by each released model, streamed to resumable stores."""
     import torch
 
     import registry
-    from registry.training import DistContext, ImageSource, init_clusters
-
-    torch.manual_seed(0)
-    model = registry.create(name, input_size=INPUT_HW, backbone_weights=str(WEIGHTS)).eval()
-    source = ImageSource(list(db), model.input_config, num_workers=0)
-    pick = np.random.default_rng(0).choice(len(db), 300, replace=False)
-    init_clusters(model, source, work / f"{name}_centroids.h5", indices=[int(i) for i in pick],
-                  num_descriptors=300 * 18, per_image=18, seed=0, ctx=DistContext())
-    return model
-
-
-def extract(work: Path) -> None:
-    import torch
-
     from registry.evaluation import extract_to_store
 
     torch.set_num_threads(1)
     q, db, _ = real_sets(DATA)
-    for name in ("clusvpr_vgg16", "netvlad_vgg16"):
-        model = build(name, db, work)
+    for name in MODELS:
+        model = registry.create(name, pretrained=True).eval()
+        print(f"{name}: {model.config['source']}, input {model.input_config['input_size']}", flush=True)
         for part, images in (("queries", q), ("database", db)):
             start = time.perf_counter()
             store = extract_to_store(model, images, work / f"{name}_{part}", chunk_size=256, batch_size=32,
-                                     device="cpu", progress=False)
+                                     device="cpu", progress=True)
             print(f"{name} {part}: {store.descriptors.shape} in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 
 # ---------------------------------------------------------------------------------------------------- the curve
-NORDLAND_EVERY = 3  # of the extracted winter queries (every 6th place) keep every 3rd: places 0, 18, 36, ...
 PCA_DIM = 256
 # (series, model, PCA dim or None, {index kind: largest database size measured})
 SERIES = (
-    ("ClusVPR PCA-256", "clusvpr_vgg16", PCA_DIM, {"flat": 10**6, "ivfpq": 10**6, "hnsw": 10**5}),
+    ("ClusVPR whitened-256", "clusvpr_vgg16", PCA_DIM, {"flat": 10**6, "ivfpq": 10**6, "hnsw": 10**6}),
     ("ClusVPR 8192", "clusvpr_vgg16", None, {"flat": 10**5, "ivfpq": 10**5, "hnsw": 10**4}),
-    ("NetVLAD PCA-256", "netvlad_vgg16", PCA_DIM, {"flat": 10**5, "ivfpq": 10**5, "hnsw": 10**5}),
+    ("NetVLAD whitened-256", "netvlad_vgg16", PCA_DIM, {"flat": 10**6, "ivfpq": 10**6, "hnsw": 10**5}),
     ("NetVLAD 32768", "netvlad_vgg16", None, {"flat": 10**4}),
 )
 MAX_NLIST = 1024
+SEARCH_PARAM = {"ivfpq": "nprobe", "hnsw": "ef_search"}
+# search-time operating points of each index (the first is the default IndexSpec's); retuned without a rebuild
+OPERATING_POINTS = {"flat": (None,), "ivfpq": (16, 64, 256), "hnsw": (64, 256, 1024)}
 LATENCY_QUERIES = 100
 MAX_TRAIN = {True: 50_000, False: 10_000}  # IVF-PQ training sample: reduced dims / full dims
 
@@ -113,54 +104,71 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def real_descriptors(work: Path, model: str, pca_dim):
-    """(queries, positives, database rows: positives first, then other places) of the chosen queries."""
-    import faiss
+    """(queries, positives, database rows: positives first, then other places; the reduction or None).
 
+    Queries and database are in the model's full descriptor space; `reduce` maps full-space rows to the series'
+    space: the `pca_dim` leading components of a PCA whitening fitted on the real database (None: full space).
+    """
     from registry.evaluation import open_store
 
     _, _, pos = real_sets(DATA)
-    q = np.asarray(open_store(work / f"{model}_queries").descriptors)
-    db = np.asarray(open_store(work / f"{model}_database").descriptors)
-    n_nordland = len(range(0, len(nordland_lists(DATA)[1]), QUERY_STEP))
-    keep = [i for i in range(len(q)) if i >= n_nordland or i % NORDLAND_EVERY == 0]
-    q, pos = q[keep], [pos[i] for i in keep]
+    q = np.array(open_store(work / f"{model}_queries").descriptors)
+    db = np.array(open_store(work / f"{model}_database").descriptors)
     positive_rows = np.unique(np.concatenate(pos))
     others = np.setdiff1d(np.arange(len(db)), positive_rows)
     order = np.concatenate([positive_rows, others])
     new_id = np.empty(len(db), dtype=np.int64)
     new_id[order] = np.arange(len(db))
     db = db[order]
+    reduce = None
     if pca_dim:
-        pca = faiss.PCAMatrix(db.shape[1], pca_dim)
-        pca.train(db)  # fitted on the real database only (fewer rows than dims: faiss uses the Gram matrix)
-        q, db = _unit(pca.apply(q)), _unit(pca.apply(db))
-    return q, [new_id[p] for p in pos], db, len(positive_rows)
+        import torch
+
+        from registry.whitening import PCAWhitening
+
+        w = PCAWhitening(db.shape[1], pca_dim).fit(db)  # fewer rows than dims: the dual (Gram) form
+
+        def reduce(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return w(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    return q, [new_id[p] for p in pos], db, len(positive_rows), reduce
 
 
-def database_file(work: Path, label: str, db: np.ndarray, n_pos: int, n_max: int, seed: int = 0) -> np.ndarray:
+def _distractors(others: np.ndarray, start: int, n: int, seed: int) -> np.ndarray:
+    """Distractors start..start+n-1 in the full space; each chunk is seeded by its start, so every series of one
+    model (full or reduced) gets the same distractors, and any prefix is the smaller map."""
+    rng = np.random.default_rng([seed, start])
+    a = rng.integers(0, len(others), n)
+    b = (a + rng.integers(1, len(others), n)) % len(others)
+    lam = rng.random((n, 1), dtype=np.float32)
+    mix = lam * others[a] + (1 - lam) * others[b]
+    noise = rng.standard_normal(mix.shape, dtype=np.float32)
+    noise *= 0.5 * np.linalg.norm(mix, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1, keepdims=True)
+    return _unit(mix + noise)
+
+
+def database_file(work: Path, label: str, db: np.ndarray, n_pos: int, n_max: int, reduce=None,
+                  seed: int = 0) -> np.ndarray:
     """Memory-mapped (n_max, D) database: the real rows, then distractors mixed from the real *other* places.
 
-    Distractor = unit(l * a + (1 - l) * b + e): a, b two distinct real database descriptors of places that are no
-    query's positive, l ~ U(0, 1), e Gaussian with norm 0.5 * ||l a + (1 - l) b||; prefixes give smaller maps.
+    Distractor = unit(l * a + (1 - l) * b + e) in the model's full descriptor space: a, b two distinct real database
+    descriptors of places that are no query's positive, l ~ U(0, 1), e Gaussian with norm 0.5 * ||l a + (1 - l) b||;
+    a reduced series stores `reduce` of the same rows. Prefixes give the smaller maps.
     """
     path = work / f"db_{label.replace(' ', '_')}_{n_max}.npy"
     if path.exists():
         return np.load(path, mmap_mode="r")
+    reduce = reduce or (lambda x: x)
+    dim = reduce(db[:1]).shape[1]
     tmp = path.with_suffix(".tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_max, db.shape[1]))
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_max, dim))
     real = min(len(db), n_max)
-    out[:real] = db[:real]
+    out[:real] = reduce(db[:real])
     others = db[n_pos:]
-    rng = np.random.default_rng(seed)
-    for s in range(real, n_max, 8192):
-        n = min(8192, n_max - s)
-        a = rng.integers(0, len(others), n)
-        b = (a + rng.integers(1, len(others), n)) % len(others)
-        lam = rng.random((n, 1), dtype=np.float32)
-        mix = lam * others[a] + (1 - lam) * others[b]
-        noise = rng.standard_normal(mix.shape, dtype=np.float32)
-        noise *= 0.5 * np.linalg.norm(mix, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1, keepdims=True)
-        out[s : s + n] = _unit(mix + noise)
+    chunk = max(256, 2**25 // db.shape[1])  # 128 MB of full-space rows at a time
+    for s in tqdm(range(real, n_max, chunk), desc=f"distractors {label}", leave=False):
+        out[s : s + chunk] = _unit(reduce(_distractors(others, s, min(chunk, n_max - s), seed)))
     out.flush()
     del out
     os.replace(tmp, path)
@@ -186,32 +194,44 @@ def _file_bytes(index, work: Path) -> int:
     return size
 
 
-def measure_one(label: str, kind: str, n: int, q: np.ndarray, pos, db: np.ndarray, work: Path) -> Dict:
+def _search_param(kind: str, value) -> str:
+    return f"{SEARCH_PARAM[kind]}={value}" if kind in SEARCH_PARAM else ""
+
+
+def measure_one(label: str, kind: str, n: int, q: np.ndarray, pos, db: np.ndarray, work: Path,
+                skip: Sequence[str] = ()) -> List[Dict]:
+    """Build one index of the first n rows; one row per operating point (OPERATING_POINTS) not in `skip`."""
     from registry.evaluation import PlaceIndex, recall_from_predictions
 
     dim = db.shape[1]
-    spec = _spec(kind, n, dim)
-    index = PlaceIndex(dim, spec)
+    index = PlaceIndex(dim, _spec(kind, n, dim))
     start = time.perf_counter()
     if kind == "ivfpq":
         index.train(db[:n], max_train=MAX_TRAIN[dim < 4096])
     index.add(db[:n])
     build_s = time.perf_counter() - start
-    pred = index.search(q, 5)[1]  # recall: all queries in one batch
-    lat = []
-    for i in np.linspace(0, len(q) - 1, LATENCY_QUERIES).round().astype(int):  # latency: one query at a time
-        t = time.perf_counter()
-        index.search(q[i : i + 1], 5)
-        lat.append(1000 * (time.perf_counter() - t))
     size = _file_bytes(index.faiss_index, work)
-    recall = recall_from_predictions(pred, pos, (1, 5))["recall"]
-    row = {"series": label, "dim": dim, "n": n, "index": kind, "factory": index.spec.factory(dim),
-           "bytes": size, "bytes_per_image": size / n, "build_s": build_s,
-           "latency_ms_median": statistics.median(lat), "latency_ms_p99": float(np.percentile(lat, 99)),
-           "recall_1": recall[1], "recall_5": recall[5], "num_queries": len(q),
-           "latency_queries": len(lat)}
+    rows = []
+    for value in OPERATING_POINTS[kind]:
+        if _search_param(kind, value) in skip:
+            continue
+        if value is not None:
+            index.set_search_params(**{SEARCH_PARAM[kind]: value})
+        pred = index.search(q, 5)[1]  # recall: all queries in one batch
+        lat = []
+        for i in np.linspace(0, len(q) - 1, LATENCY_QUERIES).round().astype(int):  # latency: one query at a time
+            t = time.perf_counter()
+            index.search(q[i : i + 1], 5)
+            lat.append(1000 * (time.perf_counter() - t))
+        recall = recall_from_predictions(pred, pos, (1, 5))["recall"]
+        rows.append({"series": label, "dim": dim, "n": n, "index": kind, "factory": index.spec.factory(dim),
+                     "search": _search_param(kind, value), "default": value == OPERATING_POINTS[kind][0],
+                     "bytes": size, "bytes_per_image": size / n, "build_s": build_s,
+                     "latency_ms_median": statistics.median(lat), "latency_ms_p99": float(np.percentile(lat, 99)),
+                     "recall_1": recall[1], "recall_5": recall[5], "num_queries": len(q),
+                     "latency_queries": len(lat)})
     del index
-    return row
+    return rows
 
 
 def measure(work: Path, out: Path, series: Sequence[str] = (), sizes: Sequence[int] = SIZES) -> None:
@@ -221,27 +241,28 @@ def measure(work: Path, out: Path, series: Sequence[str] = (), sizes: Sequence[i
     out.mkdir(parents=True, exist_ok=True)
     table = out / "map_scale.json"
     rows: List[Dict] = json.loads(table.read_text()) if table.exists() else []
-    done = {(r["series"], r["index"], r["n"]) for r in rows}
     data = {}
     for n in sizes:  # size by size, so an interrupted run still leaves a coherent curve (rows are kept)
         for label, model, pca_dim, limits in SERIES:
             if series and label not in series:
                 continue
             for kind in ("flat", "ivfpq", "hnsw"):
-                if n > limits.get(kind, 0) or (label, kind, n) in done:
+                done = {r["search"] for r in rows if (r["series"], r["index"], r["n"]) == (label, kind, n)}
+                todo = {_search_param(kind, v) for v in OPERATING_POINTS[kind]} - done
+                if n > limits.get(kind, 0) or not todo:
                     continue
                 if label not in data:
-                    q, pos, real, n_pos = real_descriptors(work, model, pca_dim)
-                    data[label] = (q, pos, database_file(work, label, real, n_pos, max(limits.values())))
-                row = measure_one(label, kind, n, *data[label], work)
-                rows.append(row)
+                    q, pos, real, n_pos, reduce = real_descriptors(work, model, pca_dim)
+                    db = database_file(work, label, real, n_pos, max(limits.values()), reduce)
+                    data[label] = (q if reduce is None else reduce(q), pos, db)
+                for row in measure_one(label, kind, n, *data[label], work, skip=done):
+                    rows.append(row)
+                    print(f"{label:20s} {kind:5s} {row['search']:14s} n={n:>7d}  {row['bytes_per_image']:8.0f} B/img"
+                          f"  build {row['build_s']:7.1f} s  query {row['latency_ms_median']:8.2f} ms (p99 "
+                          f"{row['latency_ms_p99']:8.2f})  R@1 {row['recall_1']:5.1f}  R@5 {row['recall_5']:5.1f}",
+                          flush=True)
                 table.write_text(json.dumps(rows, indent=1))
-                print(f"{label:16s} {kind:5s} n={n:>7d}  {row['bytes_per_image']:8.0f} B/img  build "
-                      f"{row['build_s']:7.1f} s  query {row['latency_ms_median']:8.2f} ms (p99 "
-                      f"{row['latency_ms_p99']:8.2f})  R@1 {row['recall_1']:5.1f}  R@5 {row['recall_5']:5.1f}",
-                      flush=True)
     write_report(rows, out)
-
 
 
 GIB = 2**30
@@ -283,22 +304,29 @@ def fits_up_to(row: Dict, budget: float = 24 * GIB) -> float:
     return lo
 
 
+def _defaults(rows: Sequence[Dict]) -> List[Dict]:
+    return [r for r in rows if r.get("default", True)]
+
+
 def write_report(rows: Sequence[Dict], out: Path) -> None:
     """map_scale.md (the measured table, fit limits, paper extrapolation) and map_scale.png."""
-    lines = ["| series | index (faiss) | images | index size | bytes/image | build s | query ms median | p99 | "
-             "R@1 | R@5 | loss R@1 / R@5 vs exact |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
+    lines = ["| series | index (faiss) | search | images | index size | bytes/image | build s | query ms median | "
+             "p99 | R@1 | R@5 | loss R@1 / R@5 vs exact |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    order = {label: i for i, (label, *_rest) in enumerate(SERIES)}
+    kinds = {"flat": 0, "hnsw": 1, "ivfpq": 2}
+    for r in sorted(rows, key=lambda r: (r["n"], order.get(r["series"], 99), kinds[r["index"]])):
         loss = _loss(r, rows)
         loss_text = "(exact)" if r["index"] == "flat" else ("exact does not fit" if loss is None else
                                                              f"{loss[0]:+.1f} / {loss[1]:+.1f}")
-        lines.append(f"| {r['series']} | {r['factory']} | {r['n']:,} | {_gb(r['bytes'])} | "
+        lines.append(f"| {r['series']} | {r['factory']} | {r.get('search', '')} | {r['n']:,} | {_gb(r['bytes'])} | "
                      f"{r['bytes_per_image']:,.0f} | {r['build_s']:.2f} | {r['latency_ms_median']:.2f} | "
                      f"{r['latency_ms_p99']:.2f} | "
                      f"{r['recall_1']:.1f} | {r['recall_5']:.1f} | {loss_text} |")
     lines += ["", "| series | index | bytes/image at 10^6 | 10^6 images | 10^7 images | 10^8 images | "
               "largest map in 24 GiB |", "|---|---|---:|---:|---:|---:|---:|"]
-    for key in dict.fromkeys((r["series"], r["index"]) for r in rows):
-        last = max((r for r in rows if (r["series"], r["index"]) == key), key=lambda r: r["n"])
+    base = _defaults(rows)
+    for key in dict.fromkeys((r["series"], r["index"]) for r in base):
+        last = max((r for r in base if (r["series"], r["index"]) == key), key=lambda r: r["n"])
         sizes = [storage_bytes(last, n) for n in (1e6, 1e7, 1e8)]
         lines.append(f"| {key[0]} | {key[1]} | {sizes[0] / 1e6:,.0f} | {_gb(sizes[0])} | {_gb(sizes[1])} | "
                      f"{_gb(sizes[2])} | {fits_up_to(last):,.3g} |")
@@ -312,34 +340,76 @@ def _plot(rows: Sequence[Dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, ((ax1, ax3), (ax2, ax4)) = plt.subplots(2, 2, figsize=(13, 9.5))
     grid = np.logspace(3, 8, 26)
-    for i, key in enumerate(dict.fromkeys((r["series"], r["index"]) for r in rows)):
-        pts = sorted((r for r in rows if (r["series"], r["index"]) == key), key=lambda r: r["n"])
-        colour, style = f"C{i % 10}", {"flat": "-", "ivfpq": "--", "hnsw": ":"}[key[1]]
+    base = _defaults(rows)
+    keys = list(dict.fromkeys((r["series"], r["index"]) for r in base))
+    style_of = {"flat": "-", "ivfpq": "--", "hnsw": ":"}
+    for i, key in enumerate(keys):
+        pts = sorted((r for r in base if (r["series"], r["index"]) == key), key=lambda r: r["n"])
+        colour, style = f"C{i % 10}", style_of[key[1]]
         label = f"{key[0]} {key[1]}"
-        ax1.plot([r["n"] for r in pts], [r["latency_ms_median"] for r in pts], "o" + style, color=colour, label=label)
+        ns = [r["n"] for r in pts]
+        ax1.plot(ns, [r["latency_ms_median"] for r in pts], "o" + style, color=colour, label=label)
+        ax3.plot(ns, [r["recall_1"] for r in pts], "o" + style, color=colour, label=label)
         ax2.plot(grid, [storage_bytes(pts[-1], n) / GIB for n in grid], style, color=colour, label=label)
-        ax2.plot([r["n"] for r in pts], [r["bytes"] / GIB for r in pts], "o", color=colour)
+        ax2.plot(ns, [r["bytes"] / GIB for r in pts], "o", color=colour)
+        largest = max(r["n"] for r in rows if r["series"] == key[0])
+        ops = [r for r in rows if (r["series"], r["index"], r["n"]) == (*key, largest)]
+        ax4.plot([r["latency_ms_median"] for r in ops], [r["recall_1"] for r in ops], "o" + style, color=colour,
+                 label=f"{label} ({largest:,})")
+        for r in ops:
+            if r.get("search"):
+                ax4.annotate(r["search"].split("=")[1], (r["latency_ms_median"], r["recall_1"]), fontsize=6)
     ax2.axhline(24, color="k", lw=0.8)
     ax2.text(1.2e3, 28, "24 GiB (this machine's RAM)", fontsize=8)
-    titles = ("batch-1 query latency, median ms (measured, 1 thread)",
-              "index size, GiB (dots measured, lines from faiss's storage layout)")
-    for ax, title in zip((ax1, ax2), titles):
+    titles = {ax1: "batch-1 query latency, median ms (measured, 1 thread; default search parameters)",
+              ax2: "index size, GiB (dots measured, lines from faiss's storage layout)",
+              ax3: "Recall@1 (%) against the map size (default search parameters)",
+              ax4: "Recall@1 against batch-1 latency at the largest map of each series\n"
+                   "(labels: nprobe / efSearch)"}
+    for ax, title in titles.items():
         ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("database images")
+        if ax in (ax1, ax2):
+            ax.set_yscale("log")
+        ax.set_xlabel("database images" if ax is not ax4 else "query ms (median)")
         ax.set_title(title, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     ax2.legend(fontsize=7, loc="lower right")
+    ax4.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def reductions(work: Path, out: Path, dims: Sequence[int] = (128, 256, 512, 1024)) -> None:
+    """Recall@1/5 of the real map (no distractors) with each model's descriptor reduced to `dims` by a PCA (centred
+    or not) or a PCA whitening, all fitted on the real database; exact search. Writes reductions.md."""
+    from registry.evaluation import recall_at_n
+
+    lines = ["| model | reduction | dims | R@1 | R@5 |", "|---|---|---:|---:|---:|"]
+    for model in MODELS:
+        q, pos, db, _, _ = real_descriptors(work, model, None)
+        full = recall_at_n(q, db, pos, (1, 5))["recall"]
+        lines.append(f"| {model} | none | {db.shape[1]} | {full[1]:.1f} | {full[5]:.1f} |")
+        q64, db64 = q.astype(np.float64), db.astype(np.float64)
+        mu = db64.mean(0)
+        _, sv, vt = np.linalg.svd(db64 - mu, full_matrices=False)  # PCA of the real database
+        for d in dims:
+            proj = vt[:d].T
+            variants = (("PCA", lambda x: (x - mu) @ proj), ("PCA, uncentred", lambda x: x @ proj),
+                        ("PCA whitening (as PCAWhitening)", lambda x: (x - mu) @ proj / sv[:d]))
+            for name, f in variants:
+                r = recall_at_n(f(q64).astype(np.float32), f(db64).astype(np.float32), pos, (1, 5))["recall"]
+                lines.append(f"| {model} | {name} | {d} | {r[1]:.1f} | {r[5]:.1f} |")
+                print(lines[-1], flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reductions.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("extract", "measure", "report"))
+    p.add_argument("phase", choices=("extract", "measure", "report", "reductions"))
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "map_scale",
                    help="descriptor stores and distractor files (large; default /tmp/map_scale)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "map_scale",
@@ -352,6 +422,8 @@ def main(argv=None) -> None:
         extract(a.work)
     elif a.phase == "measure":
         measure(a.work, a.out, a.series, a.sizes)
+    elif a.phase == "reductions":
+        reductions(a.work, a.out)
     else:
         write_report(json.loads((a.out / "map_scale.json").read_text()), a.out)
 
