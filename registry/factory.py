@@ -1,6 +1,7 @@
 """One builder for every registered model, `create()`, and the registration of the NetVLAD and GeM baselines."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -128,8 +129,14 @@ def release_model_args(release: Release) -> Dict[str, Any]:
     """The architecture arguments recorded in a bundled release's config.json (empty for a Hub-only release)."""
     if release.folder is None:
         return {}
-    config = json.loads((release.folder / "config.json").read_text(encoding="utf-8"))
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in (config.get("model_args") or {}).items()}
+    return dict(_bundled_model_args(str(release.folder)))
+
+
+@functools.lru_cache(maxsize=None)
+def _bundled_model_args(folder: str) -> Tuple[Tuple[str, Any], ...]:
+    """A bundled release's recorded model_args, read once per process (the folder ships inside the package)."""
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in (config.get("model_args") or {}).items())
 
 
 def model_info(name: str) -> Dict[str, Any]:
