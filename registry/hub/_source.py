@@ -196,7 +196,7 @@ class Snapshot:
     def _offline(self) -> bool:
         from huggingface_hub import constants
 
-        return self.local_files_only or constants.is_offline_mode()
+        return self.local_files_only or _offline_mode(constants)
 
     def _give_up(self, path: Path) -> str:
         """For a file that failed its check for good: delete the cached copy (so the next load downloads it afresh)
@@ -309,7 +309,7 @@ def _translate(err: Exception, snap: Snapshot, name: str, revision: str, endpoin
             "the path of a folder written by save_pretrained instead"
         )
     if transport_failure(err):
-        offline = snap.local_files_only or constants.is_offline_mode()
+        offline = snap.local_files_only or _offline_mode(constants)
         cause = ("offline mode is on (HF_HUB_OFFLINE=1 or local_files_only=True)" if offline
                  else f"the Hub at {endpoint} could not be reached (no network?)")
         cache = snap.cache_dir or constants.HF_HUB_CACHE
@@ -324,6 +324,13 @@ def _translate(err: Exception, snap: Snapshot, name: str, revision: str, endpoin
     if isinstance(err, remote_missing):
         return FileNotInRepoError(f"{where} has no {name}: " + _missing_hint(name))
     return None
+
+
+def _offline_mode(constants) -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it: `constants.is_offline_mode()` where it exists (read at each
+    call), else the constant read at import (older releases)."""
+    probe = getattr(constants, "is_offline_mode", None)
+    return bool(probe()) if probe is not None else bool(constants.HF_HUB_OFFLINE)
 
 
 def transport_failure(err: BaseException) -> bool:
