@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -231,52 +231,14 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
         return _registry.citation(self.name, str(self.config.get("aggregator", "")))
 
     # --- huggingface_hub ModelHubMixin: the zoo's layout -------------------------------------------------------
-    def save_pretrained(
-        self,
-        save_directory: PathLike,
-        *,
-        model_card: Optional[PathLike] = None,
-        training: Optional[Mapping[str, Any]] = None,
-        evaluation: Optional[Mapping[str, Any]] = None,
-        recalls: Optional[Mapping[str, Mapping[str, float]]] = None,
-        release: Optional[Mapping[str, Any]] = None,
-        dtype: Optional[Union[str, torch.dtype]] = None,
-    ) -> Path:
-        """Write the Hub layout (config.json, model.safetensors, centroids.h5, pca.h5, README.md) to a folder,
-        atomically, and return it. `training`, `evaluation`, `recalls` and `release` are facts for config.json and
-        the card (see registry.hub.save_pretrained); `model_card` a template; `dtype` the stored precision."""
-        return hub.save_pretrained(self, save_directory, model_card=model_card, training=training,
-                                   evaluation=evaluation, recalls=recalls, release=release, dtype=dtype)
+    # save_pretrained (returns the folder) and push_to_hub (returns the commit hash) are the Hub layer's functions
+    # themselves, whose first argument is the model: one signature and one docstring for method and function.
+    save_pretrained = hub.save_pretrained
+    push_to_hub = hub.push_to_hub
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """ModelHubMixin's hook: the layout in `save_directory`, with the facts the model carries."""
         hub.save_pretrained(self, save_directory)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        revision: Optional[str] = None,
-        branch: Optional[str] = None,
-        private: bool = False,
-        token: Optional[str] = None,
-        commit_message: Optional[str] = None,
-        tag: Optional[str] = None,
-        endpoint: Optional[str] = None,
-        model_card: Optional[PathLike] = None,
-        training: Optional[Mapping[str, Any]] = None,
-        evaluation: Optional[Mapping[str, Any]] = None,
-        recalls: Optional[Mapping[str, Mapping[str, float]]] = None,
-        release: Optional[Mapping[str, Any]] = None,
-        dtype: Optional[Union[str, torch.dtype]] = None,
-    ) -> str:
-        """Upload the Hub layout to `repo_id` (created if missing) in one commit on branch `revision` (alias
-        `branch`) and return the commit hash, for `org/name@<commit>` pins. Layout files an earlier push had and
-        this model lacks are deleted in the same commit; `tag` tags it. See registry.hub.push_to_hub."""
-        return hub.push_to_hub(self, repo_id, revision=revision, branch=branch, private=private, token=token,
-                               commit_message=commit_message, tag=tag, endpoint=endpoint, model_card=model_card,
-                               training=training, evaluation=evaluation, recalls=recalls, release=release,
-                               dtype=dtype)
 
     @classmethod
     def from_pretrained(
