@@ -309,7 +309,7 @@ def _translate(err: Exception, snap: Snapshot, name: str, revision: str, endpoin
             "the path of a folder written by save_pretrained instead"
         )
     if transport_failure(err):
-        offline = snap.local_files_only or _offline_mode(constants)
+        offline = snap._offline()
         cause = ("offline mode is on (HF_HUB_OFFLINE=1 or local_files_only=True)" if offline
                  else f"the Hub at {endpoint} could not be reached (no network?)")
         cache = snap.cache_dir or constants.HF_HUB_CACHE
