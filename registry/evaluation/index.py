@@ -73,6 +73,11 @@ class IndexSpec:
             return prefix + f"HNSW{self.hnsw_m},Flat"
         return prefix + f"IVF{self.nlist},PQ{self.m}x{self.nbits}"
 
+    @property
+    def needs_training(self) -> bool:
+        """Whether building this index needs database vectors to train on (IVF-PQ's lists and codes, a PCA)."""
+        return self.kind == "ivfpq" or bool(self.pca_dim)
+
     def min_train(self) -> int:
         """Fewest training vectors this index accepts."""
         need = 1
@@ -162,9 +167,12 @@ class PlaceIndex:
     def train(self, descriptors: np.ndarray, max_train: int = 100_000, seed: int = 0) -> None:
         """Train IVF-PQ / PCA on (a sample of) these descriptors; flat and HNSW need no training."""
         n = len(descriptors)
-        pick = np.sort(np.random.default_rng(seed).choice(n, min(n, max_train), replace=False))
         self.spec = self.spec.resolved(n, self.dim)
-        self._index = build_index(self.spec, self.dim, np.asarray(descriptors[pick]), n_hint=n)
+        sample = None
+        if self.spec.needs_training:  # flat and HNSW read nothing here (a store's memmap stays on disk)
+            pick = np.sort(np.random.default_rng(seed).choice(n, min(n, max_train), replace=False))
+            sample = np.asarray(descriptors[pick])
+        self._index = build_index(self.spec, self.dim, sample, n_hint=n)
 
     def set_search_params(self, nprobe: Optional[int] = None, ef_search: Optional[int] = None) -> "PlaceIndex":
         """Retune a built index at query time, no rebuild: IVF-PQ's `nprobe` lists searched, HNSW's `ef_search`

@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .index import IndexSpec, build_index, normalise
+from .index import IndexSpec, PlaceIndex, normalise
 
 try:
     import faiss
@@ -16,7 +16,6 @@ except ImportError:  # the torch search below takes over
 DEFAULT_NS = (1, 5, 10, 20)
 _QUERY_CHUNK = 1024
 _ADD_CHUNK = 16384
-_MAX_TRAIN = 100_000  # IVF-PQ / PCA training sample
 
 
 def _flat_index(dim: int):
@@ -43,22 +42,22 @@ def search(q: np.ndarray, db: np.ndarray, k: int, index: str = "flat", **index_o
     nbits, nprobe, hnsw_m, ef_construction, ef_search, pca_dim).
     """
     spec = IndexSpec(index, **index_options)
-    q = normalise(q)
     if q.shape[1] != db.shape[1]:
         raise ValueError(f"query descriptors have dim {q.shape[1]}, database descriptors {db.shape[1]}")
     k = min(k, len(db))
     if faiss is None:
         if index != "flat":
             raise ImportError(f"index={index!r} needs faiss: pip install faiss-cpu (or faiss-gpu)")
-        return _torch_search(q, normalise(db), k)
-    if index == "flat":
-        idx = _flat_index(db.shape[1])
-    else:
-        pick = np.sort(np.random.default_rng(0).choice(len(db), min(len(db), _MAX_TRAIN), replace=False))
-        idx = build_index(spec, db.shape[1], np.asarray(db[pick]), n_hint=len(db))
+        return _torch_search(normalise(q), normalise(db), k)
+    if index != "flat":  # trained on a fixed sample, filled a chunk at a time (a store's memmap stays on disk)
+        place = PlaceIndex(db.shape[1], spec)
+        place.train(db)
+        place.add(db)
+        return place.search(q, k)[1]
+    idx = _flat_index(db.shape[1])
     for start in range(0, len(db), _ADD_CHUNK):  # a memory-mapped store is read a chunk at a time
         idx.add(normalise(db[start : start + _ADD_CHUNK]))
-    return idx.search(q, k)[1].astype(np.int64)
+    return idx.search(normalise(q), k)[1].astype(np.int64)
 
 
 def drop_ignored(pred: np.ndarray, ignore: Optional[Sequence[np.ndarray]], k: int) -> np.ndarray:
