@@ -175,12 +175,16 @@ def database_file(work: Path, label: str, db: np.ndarray, n_pos: int, n_max: int
     return np.load(path, mmap_mode="r")
 
 
+def _nlist(n: float) -> int:
+    """IVF lists for n images: faiss's 4 sqrt(n), at least 39 training vectors per list, at most MAX_NLIST."""
+    return max(1, min(int(4 * np.sqrt(n)), int(n // 39), MAX_NLIST))
+
+
 def _spec(kind: str, n: int, dim: int):
     from registry.evaluation import IndexSpec
 
     if kind == "ivfpq":
-        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39, MAX_NLIST))
-        return IndexSpec("ivfpq", nlist=nlist, m=64 if dim >= 4096 else 32, nbits=8, nprobe=16)
+        return IndexSpec("ivfpq", nlist=_nlist(n), m=64 if dim >= 4096 else 32, nbits=8, nprobe=16)
     return IndexSpec(kind)  # flat; hnsw: M 32, efConstruction 40, efSearch 64
 
 
@@ -291,7 +295,7 @@ def storage_bytes(row: Dict, n: float) -> float:
     if row["index"] == "hnsw":
         return row["bytes"] / row["n"] * n
     m, nbits = (int(v) for v in row["factory"].split("PQ")[1].split("x"))
-    nlist = max(1, min(int(4 * np.sqrt(n)), int(n // 39), MAX_NLIST))
+    nlist = _nlist(n)
     return 4.0 * row["dim"] * (nlist + 2**nbits) + (m + 8) * n
 
 

@@ -66,14 +66,17 @@ def _whiten(model: torch.nn.Module, descs: np.ndarray) -> np.ndarray:
     return F.normalize(model.whitening(x), dim=-1).cpu().numpy()
 
 
+def _pca_dim(cfg: RunConfig) -> Optional[int]:
+    """Dims of the index's PCA step (--pca-dim, or the default of --index pca); None when it has none."""
+    return dict(cfg.index_options).get("pca_dim") or (DEFAULT_PCA_DIM if cfg.index == "pca" else None)
+
+
 def _pca_from_whitening(model: torch.nn.Module, cfg: RunConfig, fit_now: bool) -> Optional[int]:
     """k when the index's PCA step keeps the k leading components of the model's whitening (--pca-from) instead of
     fitting a PCA on the database; None when the index has no PCA step or (auto) the model has no whitening of
     >= k components to take them from."""
-    if cfg.pca_from == "database":
-        return None
-    k = dict(cfg.index_options).get("pca_dim") or (DEFAULT_PCA_DIM if cfg.index == "pca" else None)
-    if k is None:
+    k = _pca_dim(cfg)
+    if k is None or cfg.pca_from == "database":
         return None
     w = getattr(model, "whitening", None)
     if w is not None and (w.fitted or fit_now) and k <= w.out_dim:
@@ -196,7 +199,7 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> 
     pca = None
     if pca_k is not None:
         pca = f"the {pca_k} leading components of the model's whitening"
-    elif cfg.index == "pca" or dict(cfg.index_options).get("pca_dim"):
+    elif _pca_dim(cfg) is not None:
         pca = "PCA fitted on the database descriptors"
     facts, pred = _retrieval(q, db, ds, cfg if pca_k is None else _without_pca(cfg))
     record: Dict[str, Any] = {
