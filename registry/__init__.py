@@ -20,10 +20,11 @@ from ._registry import (
     resolve_name,
     split_tag,
 )
-from .errors import NotPublishedError
+from .errors import NotPublishedError, RuntimeUnavailableError
 from .export import export_onnx
 from .factory import build_vpr_model, create, model_info
 from .model import VPRModel
+from .runtimes import RUNTIMES, Runtime, compile_for, load_runtime
 from .whitening import PCAWhitening
 
 __all__ = [
@@ -32,15 +33,20 @@ __all__ = [
     "Release",
     "NotPublishedError",
     "PCAWhitening",
+    "RUNTIMES",
+    "Runtime",
+    "RuntimeUnavailableError",
     "VPRModel",
     "atomic_path",
     "build_vpr_model",
+    "compile_for",
     "create",
     "export_onnx",
     "get_entry",
     "list_aliases",
     "list_models",
     "load_plugins",
+    "load_runtime",
     "model_info",
     "register_aggregator",
     "register_backbone",
