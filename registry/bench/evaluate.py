@@ -28,7 +28,7 @@ from registry.evaluation import (
 from registry.training.clusters import has_clusters
 
 from . import attention, grids
-from .cli import RunConfig, log
+from .config import RunConfig, log
 from .metrics import PeakMemory, count_gflops, count_parameters, latency_ms
 from .models import ModelSpec, build_model, weights_source
 

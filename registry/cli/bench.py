@@ -1,7 +1,16 @@
-"""Command-line options of the runner, checked up front into one immutable RunConfig (bad input fails fast)."""
+"""`vpr bench`: compare VPR models on real datasets. Options are RunOptions fields, checked up front into one
+immutable registry.bench.RunConfig (bad input fails fast, exit status 2); `main` runs registry.bench.run.
+
+    vpr bench                    # the released clusvpr, netvlad, gem on the embedded Corridor + Nordland test
+    vpr bench --untrained --backbone-weights path/to/vgg16.safetensors
+    vpr bench --models clusvpr,org/name@<commit>,./my_dir --datasets pitts30k_test --data-root /data
+
+`python benchmarks/run.py` in a clone of the repository is the same command.
+"""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -11,16 +20,17 @@ from typing import NoReturn, Optional, Sequence, Tuple
 
 from .._files import unwritable
 from .._options import add_dataclass_arguments, option
+from ..bench.config import (
+    DEFAULT_DATASETS,
+    DEFAULT_MODELS,
+    EMBEDDED_INPUT_SIZE,
+    MIN_INPUT_SIDE,
+    RunConfig,
+    RunOptionError,
+)
+from ..evaluation.index import INDEX_KINDS
 
-PROG = "vpr-bench"  # also `python -m registry.bench`; benchmarks/run.py passes "run.py"
-# how results.json's "command" spells each way of running the runner
-_COMMANDS = {"run.py": "python benchmarks/run.py"}
-DEFAULT_MODELS = "clusvpr,netvlad,gem"
-DEFAULT_DATASETS = ("corridor", "nordland_test")  # both embedded in the package
-# untrained models on the embedded data: the Corridor's own resolution (160x120) keeps the run a few minutes
-EMBEDDED_INPUT_SIZE = (120, 160)
-MIN_INPUT_SIDE = 32  # two conv5 cells at stride 16 (ClusVPR's CWT needs a 2x2 map)
-INDEX_KINDS = ("flat", "ivfpq", "hnsw", "pca")  # registry.evaluation.INDEX_KINDS (not imported: --help stays fast)
+PROG = "vpr bench"
 
 DESCRIPTION = """\
 Compare visual place recognition models on real datasets: Recall@N, descriptor size, parameters,
@@ -36,10 +46,10 @@ and the output says so, so nobody reads those numbers as trained ones."""
 
 EPILOG = """\
 examples:
-  python benchmarks/run.py --models clusvpr_vgg16.nordland,gem --datasets nordland_test --num-preds-to-save 5
-  python benchmarks/run.py --untrained --models netvlad --datasets corridor --input-size 240 320 \\
-      --backbone-weights ../shared/weights/vgg16_hed_conv.safetensors
-  python benchmarks/run.py --models clusvpr=org/clusvpr-pitts30k@<commit>,./my_model_dir \\
+  vpr bench --models clusvpr_vgg16.nordland,gem --datasets nordland_test --num-preds-to-save 5
+  vpr bench --untrained --models netvlad --datasets corridor --input-size 240 320 \\
+      --backbone-weights path/to/vgg16.safetensors
+  vpr bench --models clusvpr=org/clusvpr-pitts30k@<commit>,./my_model_dir \\
       --datasets pitts30k_test,tokyo247 --data-root /data --num-preds-to-save 20 --save-attention 5
 
 models: a registry name or alias (clusvpr, netvlad, gem, clusvpr_vgg16, gem_resnet50, ...), which loads
@@ -50,66 +60,11 @@ datasets: a known name (corridor, nordland_test, pitts30k_test, tokyo247, msls_v
 (layout detected) or layout:path; see registry.datasets.load_dataset."""
 
 
-def log(message: str) -> None:
-    """The runner's own console output (it is a command line): progress messages go to stderr, so stdout carries
-    only the Markdown table; library code below it logs through `logging` instead."""
-    print(message, file=sys.stderr, flush=True)
-
-
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and a pointer to --help, not the whole usage block."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n(run '{self.prog} --help' for every option)\n")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything one run needs, validated."""
-
-    models: Tuple[str, ...]
-    datasets: Tuple[str, ...]
-    embedded_default: bool
-    untrained: bool
-    data_root: Optional[str]
-    tolerance: Optional[int]
-    pos_radius: float
-    input_size: Optional[Tuple[int, int]]
-    batch_size: int
-    device: str
-    num_workers: int
-    recall_ns: Tuple[int, ...]
-    index: str
-    index_options: Tuple[Tuple[str, int], ...]
-    rerank: Optional[Tuple[int, int, float]]
-    backbone_weights: Optional[str]
-    init: str
-    kmeans_images: int
-    kmeans_per_image: int
-    whitening: str
-    save_descriptors: bool
-    num_preds_to_save: int
-    top_k: int
-    save_attention: int
-    output_dir: Path
-    seed: int
-    amp: Optional[bool]
-    compile: bool
-    latency_repeats: int
-    progress: bool
-    argv: Tuple[str, ...]
-    prog: str = PROG
-    store: Optional[Path] = None
-    pca_from: str = "auto"
-
-    @property
-    def command(self) -> str:
-        """The command this run was started with, without its arguments (for results.json)."""
-        return _COMMANDS.get(self.prog, self.prog)
-
-    def fail(self, message: str) -> NoReturn:
-        """Exit like argparse does for a bad argument found after parsing (status 2)."""
-        fail(message, self.prog)
 
 
 def _positive(text: str) -> int:
@@ -160,8 +115,8 @@ class RunOptions:
     datasets: Optional[Tuple[str, ...]] = option(None, "comma-separated datasets (default: the embedded "
                                                  f"{','.join(DEFAULT_DATASETS)})", group=WHAT, type=_names,
                                                  metavar="LIST")
-    data_root: Optional[str] = option(None, "folder holding the datasets named by --datasets (default: the embedded "
-                                      "data, then ../shared/data beside the repository)", group=WHAT, metavar="DIR")
+    data_root: Optional[str] = option(None, "folder holding the datasets named by --datasets (default: the data "
+                                      "embedded in the package, then $VPR_DATA)", group=WHAT, metavar="DIR")
     tolerance: Optional[int] = option(None, "aligned traversals: places within this many of the query's count as "
                                       "positives (default: the dataset's, Nordland 1)", group=WHAT,
                                       type=_non_negative, metavar="PLACES")
@@ -173,7 +128,7 @@ class RunOptions:
                                                    metavar=("H", "W"))
     backbone_weights: Optional[str] = option(None, "local backbone weights (.safetensors or .pth, torchvision names) "
                                              "for models built from the registry, e.g. "
-                                             "../shared/weights/vgg16_hed_conv.safetensors; without it those models "
+                                             "path/to/vgg16.safetensors; without it those models "
                                              "have random backbones", group=MODEL, metavar="PATH")
     init: str = option("kmeans", "untrained NetVLAD/ClusVPR aggregators: 'kmeans' sets the centres by k-means of the "
                        "database's local descriptors with alpha initialisation (off-the-shelf, no training); 'none' "
@@ -338,4 +293,35 @@ def _index_options(a: RunOptions) -> Tuple[Tuple[str, int], ...]:
 def fail(message: str, prog: str = PROG) -> NoReturn:
     """Exit like argparse does for a bad argument found after parsing (status 2)."""
     build_parser(prog).error(message)
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    """Parse, check, run; exit status 1 when some (model, dataset) pair failed or results could not be written, 2
+    for a bad option. `prog` is the command as the user typed it: messages and results.json name it."""
+    from ._console import console_logging
+
+    cfg = parse_args(argv, prog)
+    with console_logging():
+        return _main(cfg)
+
+
+def _main(cfg: RunConfig) -> int:
+    from ..bench import PairsFailed, run
+
+    try:
+        run(cfg)
+    except RunOptionError as err:
+        fail(str(err), cfg.prog)
+    except PairsFailed as err:
+        lines = [f"  {f['model']} on {f['dataset']}: {f['error']}" for f in err.failures]
+        print(f"{cfg.prog}: error: {err}; the others' results are in {cfg.output_dir}/:\n" + "\n".join(lines),
+              file=sys.stderr)
+        return 1
+    except OSError as err:
+        full = " (the disk is full)" if err.errno == errno.ENOSPC else ""
+        print(f"{cfg.prog}: error: could not write the results to {cfg.output_dir}{full}: {err}; what was written "
+              "before is in results.json there. Free space or pass another --output-dir, and run again",
+              file=sys.stderr)
+        return 1
+    return 0
 

@@ -338,7 +338,7 @@ def test_a_model_without_a_release_raises_a_clear_error_and_touches_no_network(h
 def test_an_unpinned_published_release_is_refused(tmp_path):
     (tmp_path / "published.json").write_text('{"gem_vgg16.demo": "org/gem"}')
     with pytest.raises(ValueError, match="not pinned.*40-hex"):
-        registry._registry.find_releases(tmp_path, "gem_vgg16")
+        registry.find_releases(tmp_path, "gem_vgg16")
 
 
 def test_centres_from_a_repo_of_the_reference_tools_load_with_a_warning(hub_server, tmp_path):

@@ -9,7 +9,8 @@ from runner_support import load_runner, tiny_models, write_aligned_dataset
 
 import registry
 
-server = pytest.importorskip("hub.server", reason="the Hub tests' stand-in server (tests/hub) is not importable")
+server = pytest.importorskip("hub.server", reason="the Hub tests' stand-in server (tests/registry/hub) is not "
+                             "importable")
 helpers = pytest.importorskip("hub.helpers")
 
 
