@@ -62,6 +62,8 @@ class RunConfig:
     prog: str = "vpr bench"
     store: Optional[Path] = None
     pca_from: str = "auto"
+    runtimes: Tuple[str, ...] = ("torch",)  # registry.RUNTIMES; each model runs with each, one record per runtime
+    calibration_images: int = 32  # onnx-int8: database images its activation ranges are calibrated on
 
     @property
     def command(self) -> str:

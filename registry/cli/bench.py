@@ -149,6 +149,14 @@ class RunOptions:
     amp: Optional[bool] = option(None, "bfloat16 autocast for extraction (default: on for CUDA, off for CPU)",
                                  group=RUN, action=argparse.BooleanOptionalAction)
     compile: bool = option(False, "extract with torch.compile(model), compiled on one batch before timing", group=RUN)
+    runtime: Tuple[str, ...] = option(("torch",), "comma-separated CPU runtimes to run each model with, each one a row "
+                                      "of the table: torch (eager PyTorch, what the releases were measured with), "
+                                      "compile (torch.compile, channels_last), onnx (onnxruntime float32), onnx-int8 "
+                                      "(onnxruntime, the backbone's convolutions int8, calibrated on "
+                                      "--calibration-images database images); onnx and onnx-int8 need the 'onnx' "
+                                      "extra (default {default})", group=RUN, type=_names, metavar="LIST")
+    calibration_images: int = option(32, "onnx-int8: database images (evenly spaced) its activation ranges are "
+                                     "calibrated on (default {default})", group=RUN, type=_positive, metavar="N")
     latency_repeats: int = option(5, "timed batch-1 forward passes for the per-image latency (median; default "
                                   "{default})", group=RUN, type=_positive, metavar="N")
     seed: int = option(0, "seed of random weights, sampling and k-means (default {default})", group=RUN)
@@ -233,6 +241,15 @@ def _device(parser: argparse.ArgumentParser, text: str) -> str:
 
 
 def _check(parser: argparse.ArgumentParser, a: RunOptions) -> None:
+    from ..runtimes.base import RUNTIMES
+
+    unknown = [r for r in a.runtime if r not in RUNTIMES]
+    if unknown:
+        parser.error(f"--runtime {','.join(unknown)}: unknown; choose from {', '.join(RUNTIMES)}")
+    if len(set(a.runtime)) != len(a.runtime):
+        parser.error(f"--runtime lists a runtime twice: {','.join(a.runtime)}")
+    if a.compile and a.runtime != ("torch",):
+        parser.error("--compile compiles the eager model; with --runtime use --runtime compile instead")
     if a.input_size is not None and min(a.input_size) < MIN_INPUT_SIDE:
         parser.error(f"--input-size {a.input_size[0]} {a.input_size[1]}: both sides must be >= {MIN_INPUT_SIDE}")
     if a.backbone_weights is not None and not Path(a.backbone_weights).expanduser().is_file():
@@ -259,6 +276,9 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> RunCon
     _check(parser, a)
     device = _device(parser, a.device)
     on_cuda = device.startswith("cuda")
+    if on_cuda and a.runtime != ("torch",):
+        parser.error(f"--runtime {','.join(a.runtime)} runs on the CPU: add --device cpu, or on a GPU use the default "
+                     "runtime (torch) with --compile / --amp")
     index_options = _index_options(a)
     embedded = a.datasets is None
     input_size = tuple(a.input_size) if a.input_size else (EMBEDDED_INPUT_SIZE if embedded and a.untrained else None)
@@ -276,7 +296,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> RunCon
         save_attention=a.save_attention, output_dir=Path(a.output_dir or os.path.join("results", stamp)),
         seed=a.seed, amp=a.amp, compile=a.compile, latency_repeats=a.latency_repeats, progress=a.progress,
         argv=tuple(argv), prog=prog, store=Path(a.store).expanduser() if a.store else None,
-        pca_from=a.pca_from,
+        pca_from=a.pca_from, runtimes=a.runtime, calibration_images=a.calibration_images,
     )
 
 

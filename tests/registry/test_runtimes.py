@@ -206,3 +206,41 @@ def test_a_release_runs_under_onnx_and_int8_at_a_small_input():
     rt = registry.compile_for(model, "onnx-int8", calibration=images(4, 64, 96, seed=5), require_vnni=False)
     cos = cosines(rt.encode(x), expected)
     assert float(cos.min()) > 0.98  # real weights, random-noise input: measured 0.993 worst of 3 when written
+
+
+def _png_folder(folder, n: int):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(4)
+    for i in range(n):
+        Image.fromarray((torch.rand(60, 80, 3, generator=g) * 255).byte().numpy()).save(folder / f"{i}.png")
+    return folder
+
+
+def test_vpr_export_quantize_int8_writes_a_runtime_calibrated_on_a_folder(tmp_path, capsys):
+    from registry.cli.export import main
+
+    folder = _png_folder(tmp_path / "map", 5)
+    out = tmp_path / "gem_int8.onnx"
+    assert main(["gem_vgg16", str(out), "--input-size", "64", "64", "--quantize", "int8", "--calibration",
+                 str(folder), "--calibration-images", "3", "--allow-no-vnni"]) == 0
+    assert "int8: 13 convolutions quantised, calibrated on 3 images" in capsys.readouterr().out
+    rt = registry.load_runtime(out)
+    assert rt.kind == "onnx-int8" and rt.calibration["source"] == "3 image files from map"
+    assert rt.encode(images(2, 64, 64)).shape == (2, 512)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--quantize", "int8"], "--quantize int8 needs --calibration"),
+    (["--calibration", "x"], "--calibration is for --quantize int8"),
+    (["--quantize", "int8", "--calibration", "no_such_folder"], "neither an image file nor a folder"),
+])
+def test_vpr_export_refuses_incomplete_int8_options(argv, message, tmp_path, capsys, monkeypatch):
+    from registry.cli.export import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gem_vgg16", "m.onnx", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
