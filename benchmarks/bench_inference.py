@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 import registry
 from registry.bench.metrics import count_gflops
+from registry.bench.runner import cpu_model
 from registry.datasets import load_dataset
 from registry.datasets.images import open_rgb
 from registry.evaluation import Preprocess, recall_at_n
@@ -321,7 +322,7 @@ def part_speed(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     calib_paths = calibration_files(Path(args.nordland_root))
     images = load_dataset("nordland_test").db_images[:16]
-    result: Dict[str, Any] = {"cpu": _cpu(), "torch": torch.__version__, "onnxruntime": _ort_version(),
+    result: Dict[str, Any] = {"cpu": cpu_model(), "torch": torch.__version__, "onnxruntime": _ort_version(),
                               "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
     with exclusive(args.lock):
         start = time.perf_counter()
@@ -355,13 +356,6 @@ def part_gemm(args) -> None:
         for key in ("fp32_gflops", "int8_gops"):
             best[key] = max(best[key], peaks[key])
     out.write_text(json.dumps(result, indent=1))
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def _ort_version() -> str:
@@ -487,7 +481,7 @@ def part_gpu(args) -> None:
 
 
 def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({_cpu()})"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_model()})"
 
 
 # ---------------------------------------------------------------------------------------------------- report
