@@ -187,12 +187,13 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> 
                               progress=cfg.progress)
         if cfg.store is not None:
             q_store, db_store = extract_dataset_to_store(net, ds, cfg.store / stem, **extract_kwargs)
-            q, db = q_store.descriptors, db_store.descriptors
+            q, db = np.asarray(q_store.descriptors), db_store.descriptors  # the database stays in the store
         else:
             q, db = extract_dataset(net, ds, **extract_kwargs)
         seconds = time.perf_counter() - start
     if fit_now:
-        model.whitening.fit(torch.from_numpy(np.array(db)))  # a store is read-only
+        db = np.array(db)  # read from the store: the whitening is fitted on, and applied to, all of it
+        model.whitening.fit(torch.from_numpy(db))
         if pca_k is not None:
             model.set_descriptor_dim(pca_k)
         q, db = _whiten(model, q), _whiten(model, db)

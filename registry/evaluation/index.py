@@ -553,11 +553,13 @@ class PlaceIndex:
         return folder
 
     @classmethod
-    def load(cls, folder: PathLike, model: Optional[Any] = None, verify: bool = True) -> "PlaceIndex":
+    def load(cls, folder: PathLike, model: Optional[Any] = None, verify: bool = True,
+             store: Optional[PathLike] = None) -> "PlaceIndex":
         """A PlaceIndex written by `save` (pass `model` to query images), checked before and after faiss reads it:
         declared sizes against the file's length (before anything is allocated), the spec against the index in
-        the file, the place ids against its size and a disk refine's vectors against their sha256 (`verify`).
-        IndexFileError says which."""
+        the file, the place ids against its size and a disk refine's vectors against their sha256 (`verify`);
+        IndexFileError says which. An index built from a map store checks that store is where and as it was
+        (`store`: its folder now, if it moved); StoreChangedError names what moved or changed."""
         folder = Path(folder)
         meta_path, index_path = folder / "places.json", folder / "index.faiss"
         for path in (meta_path, index_path):
@@ -577,6 +579,12 @@ class PlaceIndex:
             if not isinstance(vec, dict) or vec.get("count") != out.ntotal:
                 raise IndexFileError(f"{meta_path} declares a disk refine but no vectors for its {out.ntotal} rows")
             out._vectors = _VectorFile.opened(folder / VECTORS, dim, out.ntotal, str(vec.get("sha256")), verify)
+        if out.store is not None or store is not None:
+            from .store import check_reference
+
+            if out.store is None:
+                raise IndexFileError(f"{meta_path} records no map store: store= applies to indexes built from one")
+            out.store = check_reference(out.store, store, folder)
         return out
 
 
@@ -667,7 +675,7 @@ def _faiss_reason(err: BaseException) -> str:
 def _trial_read(path: Path, size: int, resource) -> None:
     read_fd, write_fd = os.pipe()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process: the child only reads
+        warnings.simplefilter("ignore")  # fork of a threaded process (torch, Lance): the child only reads a file
         pid = os.fork()
     if pid == 0:  # child: cap the address space, read, report, exit without running any parent cleanup
         code, message = 0, b""

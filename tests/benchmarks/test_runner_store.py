@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 
+import numpy as np
 from runner_support import load_runner, runner_module, tiny_models, write_aligned_dataset
 
 from registry.evaluation import INDEX_KINDS, load_descriptors, open_store
@@ -27,7 +28,7 @@ def test_store_holds_the_descriptors_the_recall_was_computed_from_and_is_reused(
     q, db = open_store(folder / "queries"), open_store(folder / "database")
     assert q.complete and db.complete and len(db.images) == first["num_database"]
     saved_q, saved_db = load_descriptors(tmp_path / "one" / first["files"][0])
-    assert (saved_q == q.descriptors).all() and (saved_db == db.descriptors).all()
+    assert (saved_q == np.asarray(q.descriptors)).all() and (saved_db == np.asarray(db.descriptors)).all()
     assert again["recall"] == first["recall"]
 
 
