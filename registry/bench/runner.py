@@ -88,7 +88,7 @@ def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: 
         "embedded_default": cfg.embedded_default, "untrained": cfg.untrained,
         "batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "latency_repeats": cfg.latency_repeats,
         "index": cfg.index, "index_options": dict(cfg.index_options),
-        "pca_from": cfg.pca_from, "rerank": list(cfg.rerank or ()) or None,
+        "pca_from": cfg.pca_from, "rerank": list(cfg.rerank_params or ()) or None,
         "init": cfg.init, "kmeans_images": cfg.kmeans_images, "kmeans_per_image": cfg.kmeans_per_image,
         "whitening": cfg.whitening, "backbone_weights": cfg.backbone_weights, "seed": cfg.seed,
         "flops_note": FLOPS_NOTE, "memory_measure": records[0]["memory_measure"] if records else None,

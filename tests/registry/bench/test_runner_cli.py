@@ -106,3 +106,22 @@ def test_a_mistyped_local_model_folder_is_not_taken_for_a_hub_repository(tmp_pat
         load_runner().main(["--models", "models/gem_typo", "--output-dir", str(tmp_path / "out")])
     assert exc.value.code == 2
     assert "'models/gem_typo' is not an existing directory (models/ exists here" in capsys.readouterr().err
+
+
+def test_options_are_declared_once_and_python_callers_resolve_them_like_the_command_line(tmp_path):
+    """RunConfig is RunOptions plus how the run started: no option is declared twice, and
+    RunConfig.from_options(RunOptions(...)) gives what the same command line gives."""
+    import dataclasses
+
+    from registry.bench import RunConfig, RunOptions
+
+    extra = {f.name for f in dataclasses.fields(RunConfig)} - {f.name for f in dataclasses.fields(RunOptions)}
+    assert extra == {"embedded_default", "argv", "prog"}
+    argv = ["--models", "gem", "--index", "hnsw", "--ef-search", "16", "--rerank", "--output-dir", str(tmp_path)]
+    parsed = load_runner().parse_args(argv)
+    built = RunConfig.from_options(RunOptions(models=("gem",), index="hnsw", ef_search=16, rerank=True,
+                                              output_dir=tmp_path), argv, "vpr bench")
+    assert built == parsed
+    assert built.index_options == (("hnsw_m", 32), ("ef_construction", 40), ("ef_search", 16))
+    assert built.rerank_params == (20, 6, 0.3) and built.datasets == ("corridor", "nordland_test")
+    assert built.device == "cpu" and built.num_workers == 0 and built.embedded_default
