@@ -1,12 +1,12 @@
 """Pull: the verified weights of a layout as a state dict, and its centres or PCA alone.
 
-Rebuilding a model from config.json is the model layer's (`VPRModel.from_pretrained`); `from_pretrained` here
-forwards to the loader the model layer registers, so the Hub layer never imports it.
+Rebuilding a model from config.json is the model layer's (`registry.VPRModel.from_pretrained`): the Hub layer
+never imports it.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
@@ -16,7 +16,6 @@ from ._layout import CENTROIDS, PCA, WEIGHTS
 from ._source import Snapshot, SourceLike
 
 _H5_SUFFIXES = (".h5", ".hdf5")
-_model_loader: Optional[Callable[..., Any]] = None
 
 
 def read_state_dict(snap: Snapshot) -> Dict[str, torch.Tensor]:
@@ -24,22 +23,6 @@ def read_state_dict(snap: Snapshot) -> Dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(snap.path(WEIGHTS)), device="cpu")
-
-
-def set_model_loader(loader: Callable[..., Any]) -> None:
-    """The function behind `from_pretrained`: `registry.model` registers `VPRModel.from_pretrained` when imported
-    (which `import registry.hub` always does first, through the `registry` package)."""
-    global _model_loader
-    _model_loader = loader
-
-
-def from_pretrained(src: SourceLike, **kwargs: Any) -> Any:
-    """`registry.VPRModel.from_pretrained(src, **kwargs)`, kept under this name for existing code: the model in a
-    folder or repository (`org/name`, `org/name@<commit or tag>`), every file sha256-checked."""
-    if _model_loader is None:
-        raise RuntimeError("no model loader is registered with registry.hub: import registry (registry.model "
-                           "registers VPRModel.from_pretrained), or call registry.VPRModel.from_pretrained")
-    return _model_loader(src, **kwargs)
 
 
 def pull_centroids(src: SourceLike, **hub_kwargs: Any) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -7,13 +7,14 @@ import json
 
 from runner_support import load_runner, tiny_models, write_aligned_dataset
 
+from registry.bench import run as bench_run
 from registry.evaluation import INDEX_KINDS, load_descriptors, open_store
 
 
 def _run(argv):
     runner, stdout = load_runner(), io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        return runner.run(runner.parse_args([*argv, "--no-progress", "--latency-repeats", "1"]))
+        return bench_run(runner.parse_args([*argv, "--no-progress", "--latency-repeats", "1"]))
 
 
 def test_store_holds_the_descriptors_the_recall_was_computed_from_and_is_reused(tmp_path):
