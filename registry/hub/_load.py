@@ -13,7 +13,7 @@ import torch
 from .. import h5io
 from ..whitening import PCAWhitening
 from ._layout import CENTROIDS, PCA, WEIGHTS
-from ._source import Snapshot, SourceLike
+from ._source import ModelLocation, Snapshot
 
 _H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -25,7 +25,7 @@ def read_state_dict(snap: Snapshot) -> Dict[str, torch.Tensor]:
     return load_file(str(snap.path(WEIGHTS)), device="cpu")
 
 
-def pull_centroids(src: SourceLike, **hub_kwargs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+def pull_centroids(src: ModelLocation, **hub_kwargs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     """(centroids K x D, descriptors N x D) from a repo's or folder's centroids.h5, or from an .h5 file itself.
 
     Use them to start a fresh NetVLAD or OptLAD: `model.aggregator.init_from_clusters(*pull_centroids(src))`.
@@ -35,18 +35,18 @@ def pull_centroids(src: SourceLike, **hub_kwargs: Any) -> Tuple[torch.Tensor, to
     return h5io.load_centroids(_pull_file(src, CENTROIDS, hub_kwargs))
 
 
-def pull_pca(src: SourceLike, **hub_kwargs: Any) -> PCAWhitening:
+def pull_pca(src: ModelLocation, **hub_kwargs: Any) -> PCAWhitening:
     """The fitted PCAWhitening in a repo's or folder's pca.h5, or in an .h5 file itself (reference layout too)."""
     if _is_h5_file(src):
         return PCAWhitening.from_h5(src)
     return PCAWhitening.from_h5(_pull_file(src, PCA, hub_kwargs))
 
 
-def _is_h5_file(src: SourceLike) -> bool:
+def _is_h5_file(src: ModelLocation) -> bool:
     return str(src).lower().endswith(_H5_SUFFIXES) and os.path.isfile(src)
 
 
-def _pull_file(src: SourceLike, name: str, hub_kwargs: dict):
+def _pull_file(src: ModelLocation, name: str, hub_kwargs: dict):
     allowed = {"revision", "cache_dir", "local_files_only", "token", "endpoint", "force_download"}
     unknown = sorted(set(hub_kwargs) - allowed)
     if unknown:

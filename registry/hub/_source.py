@@ -27,11 +27,11 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _log = logging.getLogger(__name__)
 
-SourceLike = Union[str, os.PathLike]
+ModelLocation = Union[str, os.PathLike]  # a folder in the layout, or a Hub repository id `org/name[@rev]`
 
 
 def parse_source(
-    src: SourceLike, revision: Optional[str] = None
+    src: ModelLocation, revision: Optional[str] = None
 ) -> Tuple[Optional[Path], Optional[str], Optional[str]]:
     """(directory, repo_id, revision) for a local folder, `org/name` or `org/name@rev`."""
     if isinstance(src, os.PathLike) or Path(str(src)).expanduser().is_dir():
@@ -65,10 +65,10 @@ class Snapshot:
 
     def __init__(
         self,
-        src: SourceLike,
+        src: ModelLocation,
         *,
         revision: Optional[str] = None,
-        cache_dir: Optional[SourceLike] = None,
+        cache_dir: Optional[ModelLocation] = None,
         local_files_only: bool = False,
         token: Optional[Union[str, bool]] = None,
         endpoint: Optional[str] = None,
