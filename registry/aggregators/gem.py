@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_feature_map
+from .checks import check_feature_map
 
 
 class GeM(nn.Module):

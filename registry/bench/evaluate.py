@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -15,6 +15,7 @@ from registry.datasets.images import open_rgb
 from registry.evaluation import (
     DEFAULT_PCA_DIM,
     Preprocess,
+    choose_index,
     drop_ignored,
     extract_dataset,
     extract_dataset_to_store,
@@ -28,7 +29,7 @@ from registry.evaluation import (
 from registry.training.clusters import has_clusters
 
 from . import attention, grids
-from .cli import RunConfig, log
+from .config import RunConfig, log
 from .metrics import PeakMemory, count_gflops, count_parameters, latency_ms
 from .models import ModelSpec, build_model, weights_source
 
@@ -92,15 +93,15 @@ def _pca_from_whitening(model: torch.nn.Module, cfg: RunConfig, fit_now: bool) -
 
 def _without_pca(cfg: RunConfig) -> RunConfig:
     """The run's index with its PCA step removed (the descriptors are already reduced): 'pca' searches exactly."""
-    options = tuple((k, v) for k, v in cfg.index_options if k != "pca_dim")
-    return replace(cfg, index="flat" if cfg.index == "pca" else cfg.index, index_options=options)
+    exact = cfg.index == "pca"  # index_options derives from the fields: no pca_dim, no refine of an exact search
+    return replace(cfg, index="flat" if exact else cfg.index, pca_dim=None, refine=None if exact else cfg.refine)
 
 
 def _ranked(q: np.ndarray, db: np.ndarray, cfg: RunConfig, k: int, ignore) -> np.ndarray:
     """(Nq, k) database indices per query: the index's ranking, or k-reciprocal re-ranked with --rerank."""
     extra = max((len(i) for i in ignore), default=0) if ignore is not None else 0
-    if cfg.rerank is not None:
-        k1, k2, lam = cfg.rerank
+    if cfg.rerank:
+        k1, k2, lam = cfg.rerank_params
         pred = k_reciprocal_rerank(q, db, k1=k1, k2=k2, lambda_value=lam, top_k=k + extra)
     else:
         pred = search(q, db, k + extra, cfg.index, **dict(cfg.index_options))
@@ -116,7 +117,7 @@ def _retrieval(q: np.ndarray, db: np.ndarray, ds: VPRDataset, cfg: RunConfig) ->
     for key in ("exact_recall", "recall_loss"):
         if key in base:
             facts[key] = base[key]
-    if cfg.rerank is not None:
+    if cfg.rerank:
         facts["recall_before_rerank"] = base["recall"]
         facts["recall"] = recall_from_predictions(pred[:, : max(cfg.recall_ns)], ds.positives, cfg.recall_ns)["recall"]
     return facts, pred
@@ -203,6 +204,13 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> 
     elif _pca_dim(cfg) is not None:
         pca = "PCA fitted on the database descriptors"
     facts, pred = _retrieval(q, db, ds, cfg if pca_k is None else _without_pca(cfg))
+    if cfg.index == "auto":  # the same choice the search made (IndexSpec("auto").resolved calls choose_index)
+        chosen = choose_index(len(db), int(q.shape[1]), cfg.memory_budget)
+        facts["index_choice"] = {"factory": chosen.factory(int(q.shape[1])), **asdict(chosen)}
+        budget = "no memory limit" if cfg.memory_budget is None else f"a budget of {cfg.memory_budget:,} bytes"
+        log(f"   --index auto: {facts['index_choice']['factory']}"
+            f"{f' + refine {chosen.refine} from {chosen.refine_from}' if chosen.refine else ''} for {len(db):,} "
+            f"{q.shape[1]}-d descriptors and {budget}")
     record: Dict[str, Any] = {
         "model": spec.label, "architecture": model.name, "dataset": ds.name,
         "num_queries": ds.num_queries, "num_database": ds.num_db, "input_size": f"{h}x{w}",
@@ -210,7 +218,7 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> 
         "images_per_s": (ds.num_queries + ds.num_db) / seconds, "extract_s": seconds,
         "peak_memory_mib": mem.mib, "memory_measure": mem.kind, "weights": source, "trained": trained,
         "init": init, "whitening": whitening, "index": cfg.index, "pca": pca,
-        "rerank": cfg.rerank is not None,
+        "rerank": cfg.rerank,
         "amp": amp, "compiled": cfg.compile,
         "files": ([str(centres.relative_to(out_dir))] if clustered else []) +
         _artefacts(model, stem, spec.label, ds, cfg, out_dir, q, db, pred),
