@@ -48,7 +48,7 @@ def _configs(dim: int, n: int) -> List[Dict]:
             for c in ((40, 200) if n <= 10**5 else (40,))]
     if dim <= 1024 and n > 10**5:  # 10^6: the target row only (time); OPQ, m=64 and HNSW as measured at 10^5
         out.append(dict(name="IVF-PQ32 L2, refine from disk", spec=dict(kind="ivfpq", nlist=nlist, m=32, refine=16),
-                        points=probes))
+                        points=probes + [(64, 32), (128, 16), (128, 32)]))
     elif dim <= 1024:
         out += [dict(name="IVF-PQ32 inner product (section 9)", legacy_ip=True, m=32, nlist=nlist,
                      points=[(p, None) for p in (16, 64, 256)]),

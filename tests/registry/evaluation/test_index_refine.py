@@ -133,7 +133,7 @@ def test_auto_picks_the_documented_index_for_given_sizes(n, dim, budget, expecte
     assert spec.factory(dim) == expected
     assert spec == choose_index(n, dim, budget)
     if spec.kind == "ivfpq":
-        assert spec.refine == 16 and spec.refine_from == "disk" and spec.nprobe == 64
+        assert spec.refine == 16 and spec.refine_from == "disk" and spec.nprobe == 128
         assert spec.m + 8 <= 200  # RAM per image: codes and ids
 
 
