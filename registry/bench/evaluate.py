@@ -92,8 +92,7 @@ def _pca_from_whitening(model: torch.nn.Module, cfg: RunConfig, fit_now: bool) -
 
 def _without_pca(cfg: RunConfig) -> RunConfig:
     """The run's index with its PCA step removed (the descriptors are already reduced): 'pca' searches exactly."""
-    options = tuple((k, v) for k, v in cfg.index_options if k != "pca_dim")
-    return replace(cfg, index="flat" if cfg.index == "pca" else cfg.index, index_options=options)
+    return replace(cfg, index="flat" if cfg.index == "pca" else cfg.index, pca_dim=None)
 
 
 def _ranked(q: np.ndarray, db: np.ndarray, cfg: RunConfig, k: int, ignore) -> np.ndarray:
