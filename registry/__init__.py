@@ -6,6 +6,7 @@ imports torch and huggingface_hub's client (`VPRModel` is a huggingface_hub `Mod
 from . import aggregators as _aggregators  # noqa: F401  (registers the bundled aggregators)
 from . import backbones as _backbones  # noqa: F401  (registers the bundled backbones)
 from ._atomic import atomic_path
+from ._ranges import ArgRange
 from ._registry import (
     PUBLISHED_FILE,
     ModelEntry,
@@ -28,6 +29,7 @@ from .whitening import PCAWhitening
 
 __all__ = [
     "PUBLISHED_FILE",
+    "ArgRange",
     "ModelEntry",
     "Release",
     "NotPublishedError",

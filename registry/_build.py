@@ -7,7 +7,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from torch import nn
 
-from ._registry import ModelEntry, get_aggregator, get_entry, resolve_name
+from ._ranges import check_args, ranges_for
+from ._registry import ModelEntry, get_aggregator, get_backbone, get_entry, resolve_name
 from .hub.errors import IncompatibleWeightsError, WrongModelError
 
 # arguments of a builder that say where weights come from, or that the registry fills in: not the architecture
@@ -48,10 +49,24 @@ def check_overrides(entry: ModelEntry, overrides: Mapping[str, Any], also: Itera
                         f"{', '.join(sorted(valid))} (and pretrained)")
 
 
+def check_ranges(entry: ModelEntry, args: Mapping[str, Any], where: str, fix: str) -> None:
+    """ValueError (WrongModelError for a config.json) naming an argument outside its documented range (the
+    builder's and the aggregator's `arg_ranges`, registry._ranges), before anything is allocated."""
+    try:
+        check_args(args, ranges_for(get_backbone(entry.backbone), get_aggregator(entry.aggregator)), where, fix)
+    except ValueError as err:
+        if where.startswith("config.json"):
+            raise WrongModelError(str(err)) from None
+        raise
+
+
 def build(entry: ModelEntry, overrides: Dict[str, Any]) -> nn.Module:
-    """Call the entry's builder with its defaults overridden; config.json records only the overrides."""
+    """Call the entry's builder with its defaults overridden (each argument checked against its documented range
+    first); config.json records only the overrides."""
     overrides = {k: v for k, v in overrides.items() if k != "pca"}
     args = {**entry.default_args, **overrides}
+    check_ranges(entry, {k: v for k, v in overrides.items() if k != "backbone_weights"}, f"{entry.name} argument",
+                 "Pass a value in that range")
     recorded = {k: v for k, v in overrides.items() if k != "backbone_weights"}
     return entry.builder(
         architecture=entry.name, backbone=entry.backbone, aggregator=entry.aggregator,
@@ -85,7 +100,11 @@ def rebuild(
                               "install or import the plugin that provides it") from None
     entry = get_entry(stored)
     overrides = dict(overrides or {})
-    args = {**config_model_args(config, entry.name, label), **overrides}
+    stored_args = config_model_args(config, entry.name, label)
+    check_ranges(entry, stored_args, f"config.json of {label}, model_args",
+                 "The file was changed or damaged (config.json carries no checksum): restore it, or re-save the "
+                 "model with save_pretrained")
+    args = {**stored_args, **overrides}
     check_overrides(entry, args)
     model = build(entry, args)
     if model_cls is not None and not isinstance(model, model_cls):
