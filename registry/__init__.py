@@ -21,7 +21,7 @@ from ._registry import (
     resolve_name,
     split_tag,
 )
-from .errors import NotPublishedError
+from .errors import NonFiniteOutputError, NonFiniteValuesError, NotPublishedError
 from .export import export_onnx
 from .factory import build_vpr_model, create, model_info
 from .model import VPRModel
@@ -32,6 +32,8 @@ __all__ = [
     "ArgRange",
     "ModelEntry",
     "Release",
+    "NonFiniteOutputError",
+    "NonFiniteValuesError",
     "NotPublishedError",
     "PCAWhitening",
     "VPRModel",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import inspect
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
+import torch
 from torch import nn
 
 from ._ranges import check_args, ranges_for
 from ._registry import ModelEntry, get_aggregator, get_backbone, get_entry, resolve_name
+from .errors import NonFiniteValuesError
 from .hub.errors import IncompatibleWeightsError, WrongModelError
 
 # arguments of a builder that say where weights come from, or that the registry fills in: not the architecture
@@ -147,10 +149,25 @@ def load_weights(model: nn.Module, state: Mapping[str, Any], label: str, overrid
             f"model.safetensors of {label} does not fit {name}: missing {_head(missing)}, "
             f"unexpected {_head(unexpected)}; {hint}"
         )
+    check_finite(state, f"model.safetensors of {label}")
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as err:
         raise IncompatibleWeightsError(f"model.safetensors of {label} does not fit {name}: {err}; {hint}") from None
+
+
+def check_finite(state: Mapping[str, Any], what: str) -> None:
+    """NonFiniteValuesError naming `what` (the file) and its tensors that hold NaN or Inf (one isfinite pass per
+    floating-point tensor), so damaged weights never give NaN descriptors silently."""
+    bad = {key: int((~torch.isfinite(t)).sum()) for key, t in state.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())}
+    if bad:
+        listed = ", ".join(f"{key} ({n} of {state[key].numel()} values)" for key, n in list(bad.items())[:6])
+        raise NonFiniteValuesError(
+            f"{what} holds NaN or Inf values in {len(bad)} tensor(s): {listed}{', ...' if len(bad) > 6 else ''}: "
+            "the file is damaged or comes from a diverged training run (its sha256 cannot tell a file saved that "
+            "way); restore a good copy or re-save a model whose weights are finite"
+        )
 
 
 def _head(keys: list, n: int = 6) -> str:

@@ -120,3 +120,37 @@ def test_a_config_format_version_that_is_not_a_number_names_the_file_and_the_fie
                                               r"format version \(a whole number >= 1; this version of the zoo "
                                               r"writes 1\)"):
         registry.create("netvlad_vgg16", pretrained=folder)
+
+
+def _tampered_copy(saved: Path, target: Path, name: str, write) -> Path:
+    """A copy of the saved layout whose file `name` is rewritten by `write(path)`, with config.json's sha256 and
+    size for it recomputed: a NaN that the checksum cannot catch."""
+    from registry._files import sha256_file
+
+    target.mkdir()
+    for path in saved.iterdir():
+        if path.name != name:
+            os.link(path, target / path.name)
+    write(target / name)
+    config = json.loads((saved / "config.json").read_text())
+    config["files"][name] = {"sha256": sha256_file(target / name), "size": (target / name).stat().st_size}
+    (target / "config.json").unlink()
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_inf_weights_with_a_matching_sha256_are_refused_naming_the_file_and_the_tensor(saved_netvlad, tmp_path,
+                                                                                              value):
+    from safetensors.torch import load_file, save_file
+
+    def poison(path: Path) -> None:
+        state = load_file(str(saved_netvlad / "model.safetensors"))
+        state["aggregator.centroids"][3, 7] = value
+        save_file(state, str(path))
+
+    folder = _tampered_copy(saved_netvlad, tmp_path / "m", "model.safetensors", poison)
+    with pytest.raises(registry.NonFiniteValuesError,
+                       match=rf"model.safetensors of {folder} holds NaN or Inf values in 1 tensor\(s\): "
+                             r"aggregator.centroids \(1 of 32768 values\)"):
+        registry.create("netvlad_vgg16", pretrained=folder)

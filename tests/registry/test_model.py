@@ -193,6 +193,31 @@ def test_nan_or_inf_images_are_a_value_error(value):
         model(x)
 
 
+@pytest.mark.parametrize("damage", ["overflow", "nan_weight"])
+def test_encode_raises_when_finite_images_give_non_finite_descriptors(damage):
+    model = registry.create("gem_vgg16", **SMALL)
+    with torch.no_grad():
+        if damage == "overflow":  # activations beyond float32's range: inf, then NaN after normalising
+            model.backbone.features[0].weight.mul_(1e30)
+        else:
+            model.aggregator.p.fill_(float("nan"))
+    images = torch.rand(2, 3, 64, 96)
+    with pytest.raises(registry.NonFiniteOutputError,
+                       match=r"gem_vgg16 gave NaN or Inf descriptors for 2 of 2 finite images \(rows \[0, 1\]\)"):
+        model.encode(images)
+
+
+def test_encode_reports_only_the_rows_that_are_not_finite():
+    model = registry.create("gem_vgg16", **SMALL)
+    with torch.no_grad():
+        model.backbone.features[0].weight.mul_(1e30)
+    images = torch.rand(3, 3, 64, 96)
+    images[1] = 0  # a black image: zero activations, finite even with huge weights (the biases are zero)
+    torch.nn.init.zeros_(model.backbone.features[0].bias)
+    with pytest.raises(registry.NonFiniteOutputError, match=r"for 2 of 3 finite images \(rows \[0, 2\]\)"):
+        model.encode(images)
+
+
 def test_float64_images_give_the_float32_descriptors_of_the_same_values(small_input):
     model = registry.create("netvlad_vgg16", **SMALL)
     with torch.no_grad():
