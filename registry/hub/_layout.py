@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 
 from .. import h5io
+from .._atomic import file_mode, folder_mode
 from .._files import sha256_file
 from ._card import render_model_card
 
@@ -178,9 +179,9 @@ def save_pretrained(
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         write_layout(model, stage, facts, model_card, dtype=dtype)
-        os.chmod(stage, 0o755)  # mkdtemp makes it private; the saved folder should read like any other
+        os.chmod(stage, folder_mode())  # mkdtemp makes it private: give it the user's umask, as mkdir would
         for path in stage.iterdir():
-            os.chmod(path, 0o644)
+            os.chmod(path, file_mode())
         _install(stage, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

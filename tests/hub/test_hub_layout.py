@@ -28,6 +28,20 @@ def test_save_writes_the_layout_with_a_sha256_of_every_file(tiny, tmp_path):
         assert info == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_the_saved_folder_and_its_files_get_the_modes_the_umask_gives(tiny, tmp_path, mask):
+    import stat
+
+    model, _ = tiny
+    old = os.umask(mask)
+    try:
+        folder = hub.save_pretrained(model, tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o666 & ~mask}
+
+
 def test_config_is_timm_compatible_and_states_the_vpr_facts(tiny, tmp_path):
     model, _ = tiny
     config = json.loads((hub.save_pretrained(model, tmp_path / "m") / "config.json").read_text())
