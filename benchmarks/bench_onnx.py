@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -21,17 +20,9 @@ from typing import Callable, Dict, List
 
 import torch
 
+from registry.bench import cpu_model
+
 DEFAULT_MODELS = ("clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16", "gem_resnet50")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _with_fitted_whitening(model):
@@ -103,7 +94,7 @@ def main() -> None:
     import onnxruntime
 
     torch.set_num_threads(args.threads)
-    print(f"CPU: {_cpu_name()}, {args.threads} thread(s); torch {torch.__version__}, onnxruntime "
+    print(f"CPU: {cpu_model()}, {args.threads} thread(s); torch {torch.__version__}, onnxruntime "
           f"{onnxruntime.__version__}; float32, random weights\n")
     print("| model | input (HxW) | batch | PyTorch img/s | onnxruntime img/s | ORT / PyTorch | rel. difference |")
     print("|---|---|---|---|---|---|---|")
@@ -112,7 +103,7 @@ def main() -> None:
         for name in args.models.split(","):
             rows += bench(name, args.size, args.batch, args.threads, args.seconds, args.rounds, Path(tmp))
     if args.out:
-        Path(args.out).write_text(json.dumps({"cpu": _cpu_name(), "threads": args.threads, "torch": torch.__version__,
+        Path(args.out).write_text(json.dumps({"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
                                               "onnxruntime": onnxruntime.__version__, "rows": rows}, indent=2))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -26,7 +27,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="train.py output folders")
     p.add_argument("--metric", default="R@5", choices=("R@1", "R@5", "R@10"), help="validation metric (default R@5)")
-    p.add_argument("--out", required=True, help="PNG to write (atomically)")
+    p.add_argument("--out", required=True, type=Path, help="PNG to write (atomically)")
     p.add_argument("--title", default="validation recall per epoch", help="plot title")
     a = p.parse_args(argv)
 
@@ -34,8 +35,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from registry import atomic_path
 
     key = f"val_{a.metric}"
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -56,8 +55,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(a.out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    tmp = a.out.with_name(a.out.name + ".tmp")  # written beside, then renamed: never a half-written plot
+    fig.savefig(tmp, format="png", dpi=120)
+    os.replace(tmp, a.out)
     width = max(len(v) for v in series.values())
     print("| run | " + " | ".join(str(i) for i in range(width)) + " |")
     print("|---|" + "---|" * width)

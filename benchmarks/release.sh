@@ -44,6 +44,7 @@ case $1 in
     bash "$0" bundle ;;
   bundle)  # every finished release run takes part; runs of one model compete on validation
     runs=(); for r in runs/release_*_seed*/train/summary.json; do runs+=("${r%/train/summary.json}"); done
-    python benchmarks/make_release.py --tag nordland --runs "${runs[@]}" ;;
+    vpr release build --tag nordland --runs "${runs[@]}" --data-root ../shared/data \
+      --reference-dir tests/release_reference ;;
   *) echo "usage: bash benchmarks/release.sh train NAME | all | bundle" >&2; exit 2 ;;
 esac

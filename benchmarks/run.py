@@ -4,12 +4,11 @@
     python benchmarks/run.py --untrained --backbone-weights ../shared/weights/vgg16_hed_conv.safetensors
     python benchmarks/run.py --models clusvpr,org/name@<commit>,./my_dir --datasets pitts30k_test --data-root /data
 
-The runner lives in the installed package (registry.bench): this script is the same command as
-`python -m registry.bench` and `vpr-bench`, under the name users know.
+The same command as `vpr bench` (registry.cli.bench), under the name users of the repository type.
 """
 import sys
 
-from registry.bench import main
+from registry.cli.bench import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="run.py"))
+    sys.exit(main(prog=f"python {sys.argv[0]}"))

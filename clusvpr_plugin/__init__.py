@@ -1,9 +1,9 @@
 """ClusVPR (Xu, Shamsolmoali, Yang): CWT stack + OptLAD on VGG16, registered into `registry` (and timm)."""
 from pathlib import Path
 
-from registry import ModelEntry, register_aggregator, register_model
-from registry._registry import find_releases
+from registry import ModelEntry, find_releases, list_models, register_aggregator, register_model
 from registry.factory import build_vpr_model, pretrained_cfg
+from registry.timm_models import register_timm_model
 
 from .aggregator import ClusVPRAggregator
 from .convert import convert_reference_state_dict, load_reference_checkpoint
@@ -20,9 +20,7 @@ CITATION = """@article{xu2023clusvpr,
 
 
 def _register() -> None:
-    from registry import _registry
-
-    if "clusvpr_vgg16" in _registry._MODELS:
+    if "clusvpr_vgg16" in list_models():
         return
     register_aggregator("clusvpr", ClusVPRAggregator)
     register_model(ModelEntry(
@@ -33,8 +31,7 @@ def _register() -> None:
         description="ClusVPR: VGG16 conv5_3 + 4 CWT blocks + OptLAD (64 x 128), whitened to 4096-d",
         citation=CITATION,
     ), aliases=("clusvpr",))
+    register_timm_model("clusvpr_vgg16")
 
 
 _register()
-
-from . import _timm  # noqa: E402,F401  (timm entry points for every registry model)

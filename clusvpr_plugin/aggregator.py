@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from registry import ArgRange
-from registry.aggregators._checks import check_feature_map
+from registry.aggregators import check_feature_map
 
 from .cwt import CWTNet
 from .optlad import OptLAD

@@ -5,12 +5,12 @@ imports torch and huggingface_hub's client (`VPRModel` is a huggingface_hub `Mod
 """
 from . import aggregators as _aggregators  # noqa: F401  (registers the bundled aggregators)
 from . import backbones as _backbones  # noqa: F401  (registers the bundled backbones)
-from ._atomic import atomic_path
 from ._ranges import ArgRange
 from ._registry import (
     PUBLISHED_FILE,
     ModelEntry,
     Release,
+    find_releases,
     get_entry,
     list_aliases,
     list_models,
@@ -37,10 +37,10 @@ __all__ = [
     "NotPublishedError",
     "PCAWhitening",
     "VPRModel",
-    "atomic_path",
     "build_vpr_model",
     "create",
     "export_onnx",
+    "find_releases",
     "get_entry",
     "list_aliases",
     "list_models",

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 PLUGIN_GROUP = "vpr_registry.plugins"
-DISTRIBUTION = "clusvpr-zoo"  # this package's distribution, whose pyproject.toml a source checkout reads
 _log = logging.getLogger(__name__)
 
 
@@ -35,7 +34,7 @@ class Release:
     trained_on: str = ""
 
     @property
-    def source(self) -> Union[str, Path]:
+    def location(self) -> Union[str, Path]:
         """What `registry.create(pretrained=...)` loads: the pinned repository, else the bundled folder."""
         if self.hub:
             return self.hub
@@ -47,7 +46,7 @@ class Release:
 def find_releases(directory: Union[str, os.PathLike], model: str) -> Dict[str, Release]:
     """Releases of `model` bundled in `directory` (folders `<model>.<tag>/` in the Hub layout) and the pins
     recorded in `directory/published.json` (`{"<model>.<tag>": "org/name@<commit>"}`, written by
-    benchmarks/publish.py --record)."""
+    `vpr release publish --record`)."""
     directory = Path(directory)
     pins: Dict[str, str] = {}
     if (directory / PUBLISHED_FILE).is_file():
@@ -65,7 +64,7 @@ def find_releases(directory: Union[str, os.PathLike], model: str) -> Dict[str, R
             continue
         if not _PIN.fullmatch(pin):
             raise ValueError(f"{directory / PUBLISHED_FILE}: {key} = {pin!r} is not pinned; record "
-                             "org/name@<40-hex commit> as printed by benchmarks/publish.py")
+                             "org/name@<40-hex commit> as printed by `vpr release publish`")
         if tag not in found:
             found[tag] = Release(tag, None, pin)
     return found
@@ -112,7 +111,7 @@ class ModelEntry:
         if not self.releases:
             raise NotPublishedError(
                 f"no trained weights of {self.name!r} are released, so pretrained=True has nothing to load. Get "
-                f"weights by training (python benchmarks/train.py --model {self.name} ...), or pass "
+                f"weights by training (vpr train --model {self.name} ...), or pass "
                 "pretrained='org/name[@revision]' or pretrained='path/to/dir' for a repository or folder you have."
             )
         tag = tag or self.default_release
@@ -170,30 +169,9 @@ def load_plugins() -> None:
 
 
 def declared_entry_points(group: str) -> List[EntryPoint]:
-    """The entry points of `group`: the installed distributions' and, in a source checkout (this package's
-    pyproject.toml beside it), the ones that pyproject.toml declares, so an uninstalled clone finds its plugins."""
-    found = {ep.value: ep for ep in entry_points(group=group)}
-    for ep in _source_checkout_entry_points(group):
-        found.setdefault(ep.value, ep)
-    return list(found.values())
-
-
-def _source_checkout_entry_points(group: str) -> List[EntryPoint]:
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    if not pyproject.is_file():
-        return []
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python < 3.11: read it when tomli is there, else rely on installed entry points
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError:
-            return []
-    project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
-    if project.get("name") != DISTRIBUTION:
-        return []
-    declared = project.get("entry-points", {}).get(group, {})
-    return [EntryPoint(name, value, group) for name, value in declared.items()]
+    """The entry points of `group` declared by the installed distributions (`pip install .` or `-e .` registers
+    this package's own)."""
+    return list({ep.value: ep for ep in entry_points(group=group)}.values())
 
 
 def load_entry_point_group(group: str, what: str) -> None:

@@ -1,6 +1,6 @@
 """ONNX export of any registry model (`registry.export_onnx`), checked against PyTorch with onnxruntime.
 
-CLI: `python -m registry.export clusvpr_vgg16 clusvpr.onnx --input-size 480 640 --pretrained DIR`.
+Command line: `vpr export clusvpr_vgg16 clusvpr.onnx --input-size 480 640 --pretrained DIR`.
 
 The graph takes `images` (N, 3, H, W) float32, normalised as the model's input_config says (ImageNet's mean/std
 for a model built with input_norm='imagenet'), and gives `descriptors` (N, D), L2-normalised. The batch axis and
@@ -15,14 +15,13 @@ graph to the traced batch and size (its shape checks become guards), so it is no
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import numbers
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -181,43 +180,3 @@ def onnx_session(path: PathLike, threads: Optional[int] = None):
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m registry.export",
-        description="Export a registry model to ONNX (dynamic batch and image size), checked with onnxruntime.",
-    )
-    parser.add_argument("model", help="registry name or alias (clusvpr_vgg16, netvlad_vgg16, gem_vgg16, gem_resnet50)")
-    parser.add_argument("output", help="the .onnx file to write")
-    parser.add_argument("--pretrained", default=None,
-                        help="weights: 'true' (the model's release), org/name[@rev], a folder in the Hub layout, or "
-                             "a reference .pth.tar; default: random weights")
-    parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None,
-                        help="size to trace and verify at (default: the model's input size); the graph takes any size")
-    parser.add_argument("--input-norm", choices=("native", "imagenet"), default="native",
-                        help="input convention of the graph: the model's own, or ImageNet mean/std (default native)")
-    parser.add_argument("--descriptor-dim", type=int, default=None,
-                        help="keep this many leading whitening components (needs a fitted whitening)")
-    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
-    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check against PyTorch")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from .factory import create
-
-    pretrained: Any = {"true": True, None: False}.get(args.pretrained, args.pretrained)
-    overrides: Dict[str, Any] = {"input_norm": args.input_norm}
-    if args.descriptor_dim is not None:
-        overrides["descriptor_dim"] = args.descriptor_dim
-    model = create(args.model, pretrained=pretrained, **overrides)
-    path = export_onnx(model, args.output, tuple(args.input_size) if args.input_size else None, args.opset,
-                       verify=not args.no_verify)
-    meta = onnx_metadata(model)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {meta['architecture']}, input {INPUT_NAME} "
-          f"(N, 3, H, W) normalised with mean {meta['mean']} std {meta['std']}, output {OUTPUT_NAME} "
-          f"(N, {meta['descriptor_dim']})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

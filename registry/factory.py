@@ -102,7 +102,7 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
     release = None
     if pretrained is True:
         release = entry.release(tag)
-        pretrained = release.source
+        pretrained = release.location
     elif tag is not None and not pretrained:  # the release's architecture (input size, whitening), untrained
         overrides = {**release_model_args(entry.release(tag)), **overrides}
     if pretrained:

@@ -315,4 +315,3 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
         return hub.model_card(config, *args, citation=self.citation, **kwargs)
 
 
-hub.set_model_loader(VPRModel.from_pretrained)  # registry.hub.from_pretrained, kept for existing code

@@ -8,15 +8,15 @@ import inspect
 import pytest
 
 from registry._options import is_option
-from registry.bench import cli as bench_cli
-from registry.training import cli as train_cli
-from registry.training import sweep
+from registry.cli import bench as bench_cli
+from registry.cli import sweep
+from registry.cli import train as train_cli
 from registry.training.config import TrainConfig
 
 CLIS = {
-    "vpr-bench": (bench_cli.build_parser, (bench_cli.RunOptions,)),
-    "vpr-train": (train_cli.build_parser, (train_cli.TrainCommand, TrainConfig)),
-    "vpr-whitening-sweep": (sweep.build_parser, (sweep.SweepOptions,)),
+    "vpr bench": (bench_cli.build_parser, (bench_cli.RunOptions,)),
+    "vpr train": (train_cli.build_parser, (train_cli.TrainCommand, TrainConfig)),
+    "vpr whitening-sweep": (sweep.build_parser, (sweep.SweepOptions,)),
 }
 
 

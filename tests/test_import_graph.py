@@ -124,3 +124,16 @@ def test_every_module_imports_in_a_fresh_interpreter():
     code = f"import importlib\nfor name in {names!r}:\n    importlib.import_module(name)\nprint('ok')\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def _is_command_module(name: str) -> bool:
+    return name == "registry.cli" or name.startswith("registry.cli.")
+
+
+def test_nothing_in_the_library_imports_a_command_module():
+    """The command lines (registry/cli/) sit on top: the library and the plugin never import them."""
+    graph = _import_graph(top_level_only=False)
+    upward = {m: sorted(d for d in deps if _is_command_module(d)) for m, deps in graph.items()
+              if not _is_command_module(m)}
+    assert {m: deps for m, deps in upward.items() if deps} == {}
+    assert any(_is_command_module(m) for m in graph)  # the check sees the command modules

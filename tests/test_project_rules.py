@@ -46,11 +46,28 @@ def test_no_module_edits_sys_path():
     assert offenders == []
 
 
+def _private_uses(roots, packages: str) -> dict:
+    """Imports of private modules or names (`registry._registry`, `from registry.x import _y`) and attribute uses
+    of private names on an imported package (`registry._registry`), per file."""
+    private = re.compile(rf"^({packages})(\.\w+)*\._")
+    found = {}
+    for path in _python_files(*roots):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        uses = [m for m in _imported_modules(tree) if private.match(m)]
+        uses += [f"{node.value.id}.{node.attr}" for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                 and isinstance(node.value, ast.Name) and re.fullmatch(packages, node.value.id)
+                 and node.attr.startswith("_")]
+        if uses:
+            found[str(path.relative_to(REPO))] = uses
+    return found
+
+
 def test_benchmark_scripts_import_only_public_modules():
-    private = re.compile(r"^(registry|clusvpr_plugin)(\.\w+)*\._")
-    found = {str(p.relative_to(REPO)): m for p in _python_files("benchmarks")
-             for m in _imported_modules(ast.parse(p.read_text(encoding="utf-8"))) if private.match(m)}
-    assert found == {}
+    assert _private_uses(["benchmarks", "hubconf.py"], "registry|clusvpr_plugin") == {}
+
+
+def test_the_clusvpr_plugin_uses_only_the_public_api_of_the_core_like_a_third_party_plugin():
+    assert _private_uses(["clusvpr_plugin"], "registry") == {}
 
 
 def test_wheels_are_ignored_and_the_stray_one_is_gone():
@@ -83,7 +100,7 @@ def test_import_registry_is_cheap_and_its_subpackages_load_on_first_use():
         "subs = ('bench', 'datasets', 'evaluation', 'training')  # the Hub layer is VPRModel's I/O: imported\n"
         "assert not [s for s in subs if 'registry.' + s in sys.modules], sorted(sys.modules)\n"
         "assert callable(registry.datasets.load_dataset) and callable(registry.evaluation.recall_at_n)\n"
-        "assert callable(registry.training.init_clusters) and callable(registry.bench.parse_args)\n"
+        "assert callable(registry.training.init_clusters) and callable(registry.bench.run)\n"
         "assert callable(registry.hub.save_pretrained) and 'training' in dir(registry)\n"
         "try:\n"
         "    registry.no_such_thing\n"

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._ranges import ArgRange
-from ._checks import check_feature_map
+from .checks import check_feature_map
 
 
 class GeM(nn.Module):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._ranges import ArgRange
-from ._checks import check_feature_map
+from .checks import check_feature_map
 
 
 def alpha_from_clusters(centroids: torch.Tensor, descriptors: torch.Tensor) -> Tuple[float, torch.Tensor]:

@@ -13,7 +13,7 @@ from registry.datasets import VPRDataset
 from registry.datasets.images import open_rgb
 from registry.evaluation import Preprocess
 
-from .cli import log
+from .config import log
 
 ALPHA = 0.5
 COLORMAP = "jet"

@@ -28,7 +28,7 @@ from registry.evaluation import (
 from registry.training.clusters import has_clusters
 
 from . import attention, grids
-from .cli import RunConfig, log
+from .config import RunConfig, log
 from .metrics import PeakMemory, count_gflops, count_parameters, latency_ms
 from .models import ModelSpec, build_model, weights_source
 
@@ -99,8 +99,8 @@ def _without_pca(cfg: RunConfig) -> RunConfig:
 def _ranked(q: np.ndarray, db: np.ndarray, cfg: RunConfig, k: int, ignore) -> np.ndarray:
     """(Nq, k) database indices per query: the index's ranking, or k-reciprocal re-ranked with --rerank."""
     extra = max((len(i) for i in ignore), default=0) if ignore is not None else 0
-    if cfg.rerank is not None:
-        k1, k2, lam = cfg.rerank
+    if cfg.rerank:
+        k1, k2, lam = cfg.rerank_params
         pred = k_reciprocal_rerank(q, db, k1=k1, k2=k2, lambda_value=lam, top_k=k + extra)
     else:
         pred = search(q, db, k + extra, cfg.index, **dict(cfg.index_options))
@@ -116,7 +116,7 @@ def _retrieval(q: np.ndarray, db: np.ndarray, ds: VPRDataset, cfg: RunConfig) ->
     for key in ("exact_recall", "recall_loss"):
         if key in base:
             facts[key] = base[key]
-    if cfg.rerank is not None:
+    if cfg.rerank:
         facts["recall_before_rerank"] = base["recall"]
         facts["recall"] = recall_from_predictions(pred[:, : max(cfg.recall_ns)], ds.positives, cfg.recall_ns)["recall"]
     return facts, pred
@@ -209,7 +209,7 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> 
         "images_per_s": (ds.num_queries + ds.num_db) / seconds, "extract_s": seconds,
         "peak_memory_mib": mem.mib, "memory_measure": mem.kind, "weights": source, "trained": trained,
         "init": init, "whitening": whitening, "index": cfg.index, "pca": pca,
-        "rerank": cfg.rerank is not None,
+        "rerank": cfg.rerank,
         "amp": amp, "compiled": cfg.compile,
         "files": ([str(centres.relative_to(out_dir))] if clustered else []) +
         _artefacts(model, stem, spec.label, ds, cfg, out_dir, q, db, pred),

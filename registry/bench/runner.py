@@ -1,20 +1,14 @@
-"""The benchmark runner: compare VPR models (Recall@N, size, GFLOPs, speed, memory, weights' origin); see --help.
-
-    python -m registry.bench     # the released clusvpr, netvlad, gem on the embedded Corridor + Nordland test
-    vpr-bench --untrained --backbone-weights ../shared/weights/vgg16_hed_conv.safetensors
-    python benchmarks/run.py --models clusvpr,org/name@<commit>,./my_dir --datasets pitts30k_test --data-root /data
-"""
+"""The benchmark runner: every model on every dataset (Recall@N, size, GFLOPs, speed, memory, weights' origin),
+results written after each pair. Its command line is `vpr bench` (registry.cli.bench)."""
 from __future__ import annotations
 
-import errno
 import platform
 import shlex
-import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
-from .cli import PROG, RunConfig, parse_args
+from .config import RunConfig
 
 # the rest of the runner imports torch and the datasets: imported in run(), so --help and argument errors are quick
 
@@ -24,10 +18,10 @@ def _device_name(device: str) -> str:
 
     if device.startswith("cuda"):
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return f"cpu ({_cpu_model()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
     try:
         with open("/proc/cpuinfo") as fh:
@@ -94,7 +88,7 @@ def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: 
         "embedded_default": cfg.embedded_default, "untrained": cfg.untrained,
         "batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "latency_repeats": cfg.latency_repeats,
         "index": cfg.index, "index_options": dict(cfg.index_options),
-        "pca_from": cfg.pca_from, "rerank": list(cfg.rerank or ()) or None,
+        "pca_from": cfg.pca_from, "rerank": list(cfg.rerank_params or ()) or None,
         "init": cfg.init, "kmeans_images": cfg.kmeans_images, "kmeans_per_image": cfg.kmeans_per_image,
         "whitening": cfg.whitening, "backbone_weights": cfg.backbone_weights, "seed": cfg.seed,
         "flops_note": FLOPS_NOTE, "memory_measure": records[0]["memory_measure"] if records else None,
@@ -146,31 +140,3 @@ def run(cfg: RunConfig) -> List[Dict[str, Any]]:
     if failures:
         raise PairsFailed(records, failures)
     return records
-
-
-def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
-    """Entry point: parse, check, run; exit status 1 when some (model, dataset) pair failed or results could not be
-    written. `prog` names the command in messages and in results.json (the shim benchmarks/run.py passes its own)."""
-    from .._console import console_logging
-
-    cfg = parse_args(argv, prog)
-    with console_logging():
-        return _main(cfg)
-
-
-def _main(cfg: RunConfig) -> int:
-    try:
-        run(cfg)
-    except PairsFailed as err:
-        lines = [f"  {f['model']} on {f['dataset']}: {f['error']}" for f in err.failures]
-        print(f"{cfg.prog}: error: {err}; the others' results are in {cfg.output_dir}/:\n" + "\n".join(lines),
-              file=sys.stderr)
-        return 1
-    except OSError as err:
-        full = " (the disk is full)" if err.errno == errno.ENOSPC else ""
-        print(f"{cfg.prog}: error: could not write the results to {cfg.output_dir}{full}: {err}; what was written "
-              "before is in results.json there. Free space or pass another --output-dir, and run again",
-              file=sys.stderr)
-        return 1
-    return 0
-

@@ -17,7 +17,7 @@ from .vprbench import load_vprbench
 PathLike = Union[str, os.PathLike]
 DEFAULT_DATASET = "corridor"
 EMBEDDED_DATA = Path(__file__).resolve().parents[1] / "data"
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA_ENV = "VPR_DATA"  # the user's data root when neither data_root nor --data-root is given
 # fixed embedded images whose descriptors fingerprint a model (release bundling, publishing and their tests)
 PROBE_IMAGES = {"corridor_query_0000000": EMBEDDED_DATA / "corridor" / "query" / "0000000.jpg",
                 "nordland_winter_20010": EMBEDDED_DATA / "nordland_test" / "winter" / "images-20010.png"}
@@ -90,11 +90,12 @@ def known_datasets() -> List[str]:
 
 
 def data_roots(data_root: Optional[PathLike] = None) -> List[Path]:
-    """Where known names are looked up: `data_root` then the embedded data; by default the embedded data
-    then ../shared/data beside the repository."""
-    if data_root is None:
-        return [EMBEDDED_DATA, SHARED_DATA]
-    return [Path(data_root).expanduser(), EMBEDDED_DATA]
+    """Where known names are looked up: `data_root` then the data embedded in the package; without `data_root`, the
+    embedded data then the folder the `VPR_DATA` environment variable names (when set)."""
+    if data_root is not None:
+        return [Path(data_root).expanduser(), EMBEDDED_DATA]
+    env = os.environ.get(DATA_ENV)
+    return [EMBEDDED_DATA] + ([Path(env).expanduser()] if env else [])
 
 
 def _load_mat_file(mat: Path, rad: float) -> VPRDataset:
@@ -195,8 +196,8 @@ def load_dataset(
                 return build(root, tolerance, pos_radius)
         looked = ", ".join(str(c) for c in candidates)
         raise FileNotFoundError(
-            f"dataset '{spec}' not found; looked in: {looked}. Put it there, pass data_root, "
-            f"or give its folder as {spec}:/path/to/{folders[0]}"
+            f"dataset '{spec}' not found; looked in: {looked}. Put it there, pass data_root (--data-root), "
+            f"set {DATA_ENV}=/path/to/datasets, or give its folder as {spec}:/path/to/{folders[0]}"
         )
     path = Path(spec).expanduser()
     if path.exists():

@@ -1,6 +1,6 @@
 """Training any registry model: cluster initialisation, tuple mining, losses, the generic trainer, DDP, caching.
 
-Entry point for users: `python -m registry.train --help` (also `vpr-train`, `python benchmarks/train.py`). From Python::
+Entry point for users: `vpr train --help` (registry.cli.train). From Python::
 
     trainer = Trainer(model, train_set, "runs/x", TrainConfig(epochs=5), val_set=val_set)
     trainer.init_clusters()          # NetVLAD / ClusVPR: k-means -> runs/x/centroids.h5

@@ -46,7 +46,7 @@ def require_clusters(model: nn.Module, model_name: str = "the model") -> None:
         raise ClustersNotInitialisedError(
             f"{model_name}'s {type(model.aggregator).__name__} clusters are not initialised: training from random "
             "centres and assignment weights does not converge to a useful model. Run the cluster initialisation "
-            "first: benchmarks/train.py does it unless --clusters is given (--clusters PATH loads a centroids.h5); "
+            "first: `vpr train` does it unless --clusters is given (--clusters PATH loads a centroids.h5); "
             "from Python call registry.training.init_clusters(model, source, output/'centroids.h5'), or load "
             "trained weights (pretrained=...) and pass require_clusters=False"
         )

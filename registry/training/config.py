@@ -1,7 +1,7 @@
 """TrainConfig: every option of a training run, checked up front so a bad value fails before any work.
 
-Each field that is also a command-line option of the trainer (`python -m registry.train`) declares its default
-and its --help text here, once (registry._options.option); registry/training/cli.py generates the parser from it.
+Each field that is also a command-line option of the trainer (`vpr train`) declares its default
+and its --help text here, once (registry._options.option); registry/cli/train.py generates the parser from it.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class TrainConfig:
 
     Fields declared with `option` are the trainer's command-line options (default and --help text); the others
     (generations, whose command-line default depends on the recipe; the re-ranking triple, one --rerank option;
-    recall_ns; extra) are set by registry/training/cli.py or from Python.
+    recall_ns; extra) are set by registry/cli/train.py or from Python.
     """
 
     generations: int = 1

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .._atomic import atomic_path
 from ..datasets.base import VPRDataset
 from ..distributed import DistContext, sharded_apply
-from ..evaluation.recall import recall_at_n
+from ..evaluation.recall_table import descriptor_recalls
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .clusters import attach_cluster_source, init_clusters, require_clusters
 from .config import RESUME_CRITICAL, TrainConfig
@@ -241,8 +241,7 @@ class Trainer:
     def _val_recalls(self, d: np.ndarray) -> Dict[str, float]:
         """Recall@N (percent) of validation descriptors (database rows first, then queries)."""
         v = self.val_set
-        rec = recall_at_n(d[v.num_db :], d[: v.num_db], v.positives, self.cfg.recall_ns, ignore=v.ignore)["recall"]
-        return {f"R@{n}": float(r) for n, r in rec.items()}
+        return descriptor_recalls(d[v.num_db :], d[: v.num_db], v, self.cfg.recall_ns, digits=None)
 
     # ---- one epoch ---------------------------------------------------------------------------------------
     def _seed_epoch(self) -> np.random.Generator:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from registry._console import console_logging
+from registry.cli._console import console_logging
 
 
 def test_records_reach_stderr_inside_the_block_and_the_loggers_are_restored(capsys):

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import registry
-from registry.export import main, onnx_session, relative_error
+from registry.cli.export import main
+from registry.export import onnx_session, relative_error
 
 ort = pytest.importorskip("onnxruntime", reason="the ONNX tests need the onnx extra: pip install -e '.[onnx]'")
 onnx = pytest.importorskip("onnx", reason="the ONNX tests need the onnx extra: pip install -e '.[onnx]'")

@@ -78,18 +78,57 @@ def test_recipes_come_from_their_own_entry_point_group():
     assert "clusvpr_plugin.pyramid" in {ep.value for ep in declared_entry_points(RECIPE_GROUP)}
 
 
-def test_a_source_checkout_without_installed_entry_points_still_finds_the_plugin_and_its_recipe(tmp_path):
-    code = (  # the zoo's entry points hidden, as in a clone that was never pip-installed
-        "import importlib.metadata as md\n"
-        "installed = md.entry_points\n"
-        "md.entry_points = lambda **kw: [] if kw.get('group', '').startswith('vpr_registry.') else installed(**kw)\n"
-        "import registry\n"
-        "from registry.training import get_recipe\n"
-        "m = registry.create('clusvpr_vgg16', input_size=(64, 64))\n"
-        "print(type(m.aggregator).__name__, get_recipe('auto', m).name)\n"
+def test_a_third_party_plugin_needs_only_the_public_api(tmp_path):
+    """A tiny plugin in its own distribution (a package and an entry point, as `pip install` would leave them):
+    it registers a backbone, a model with a bundled release and a timm entry point through public names only, and
+    `registry.create`, `list_models`, `pretrained=True` and `timm.create_model` all find it."""
+    package = tmp_path / "tiny_vpr_plugin"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from pathlib import Path\n"
+        "import torch\n"
+        "from registry import ModelEntry, find_releases, register_backbone, register_model\n"
+        "from registry.factory import build_vpr_model, pretrained_cfg\n"
+        "from registry.timm_models import register_timm_model\n"
+        "class Tiny(torch.nn.Module):\n"
+        "    out_channels, stride = 8, 16\n"
+        "    def __init__(self, weights=None, train_layers=None):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 8, 16, stride=16)\n"
+        "    def forward(self, x):\n"
+        "        return self.conv(x)\n"
+        "register_backbone('tinyplug', Tiny)\n"
+        "register_model(ModelEntry('tinyplug_gem', build_vpr_model, 'tinyplug', 'gem',\n"
+        "    default_args={'input_size': (64, 64)}, descriptor_dim=8, pretrained_cfg=pretrained_cfg(),\n"
+        "    releases=find_releases(Path(__file__).parent / 'releases', 'tinyplug_gem')))\n"
+        "register_timm_model('tinyplug_gem')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert out.stdout.split() == ["ClusVPRAggregator", "pyramid"]
+    dist = tmp_path / "tiny_vpr_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-vpr-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{PLUGIN_GROUP}]\ntiny = tiny_vpr_plugin\n")
+    code = (
+        "import registry, timm, torch\n"
+        "assert 'tinyplug_gem' in registry.list_models()\n"
+        "model = registry.create('tinyplug_gem')\n"
+        "model.save_pretrained(r'%s')  # the plugin's release, bundled beside its code\n"
+        "print(model(torch.rand(2, 3, 64, 64)).shape[1])\n"
+    ) % (package / "releases" / "tinyplug_gem.demo")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "8"
+    code = (  # a fresh process: the release the plugin bundles is found and loads; timm builds the model too
+        "import registry, timm, torch\n"
+        "bundled = registry.create('tinyplug_gem', pretrained=True)\n"
+        "print(bundled.config['source'], registry.list_models(pretrained=True))\n"
+        "print(type(timm.create_model('tinyplug_gem')).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("bundled:tinyplug_gem.demo") and "tinyplug_gem.demo" in lines[0]
+    assert lines[1] == "VPRModel"
 
 
 def test_an_import_error_inside_a_plugin_names_the_plugin_instead_of_unknown_model(tmp_path):

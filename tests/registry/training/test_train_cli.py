@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from registry.training import cli as train_cli
+from registry.cli import train as train_cli
 
 REPO = Path(__file__).resolve().parents[3]
 TRAIN = REPO / "benchmarks" / "train.py"
@@ -44,14 +44,14 @@ def test_help_explains_every_option():
 
 
 def test_the_trainer_is_a_module_of_the_installed_package_runnable_from_any_folder(tmp_path):
-    for command, prog in (([sys.executable, "-m", "registry.train"], "python -m registry.train"),
-                          ([sys.executable, str(TRAIN)], "train.py")):
+    for command, prog in (([sys.executable, "-m", "registry.cli", "train"], "python -m registry.cli train"),
+                          ([sys.executable, str(TRAIN)], f"python {TRAIN}")):
         done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith(f"usage: {prog} ") and "--whitening-dims" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "registry.train", "--model", "netvlad", "--output", str(tmp_path / "o"),
-                          "--resume"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert bad.returncode == 2 and "python -m registry.train: error: --resume: no checkpoint" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "registry.cli", "train", "--model", "netvlad", "--output",
+                          str(tmp_path / "o"), "--resume"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and "python -m registry.cli train: error: --resume: no checkpoint" in bad.stderr
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -9,9 +9,9 @@ from shared_paths import REPO
 from tiny_vpr import small_config
 
 import registry
+from registry.cli import sweep as whitening_sweep
 from registry.evaluation import extract_dataset, recall_at_n
 from registry.training import Trainer
-from registry.training import sweep as whitening_sweep
 
 
 def _recalls(model, ds):

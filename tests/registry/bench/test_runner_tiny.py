@@ -20,6 +20,7 @@ from runner_support import (
 )
 
 import registry
+from registry.bench import run as bench_run
 
 PLACES = 12
 REGISTRY_MODELS = ("runnertest_netvlad", "runnertest_gem", "runnertest_clusvpr")
@@ -50,7 +51,7 @@ def tiny_run(tmp_path_factory):
         stdout = io.StringIO()
         with contextlib.redirect_stdout(stdout):
             runner = load_runner()
-            records = runner.run(runner.parse_args(argv))
+            records = bench_run(runner.parse_args(argv))
     return {"out": out, "records": records, "stdout": stdout.getvalue(), "models": models, "folder": folder}
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BENCHMARKS = REPO / "benchmarks"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY_MODELS = ("runnertest_netvlad", "runnertest_gem", "runnertest_clusvpr")
@@ -26,8 +26,9 @@ def runner_module(name: str):
 
 
 def load_runner():
-    """The runner's public API, `registry.bench` (parse_args, run, main), as benchmarks/run.py uses it."""
-    return importlib.import_module("registry.bench")
+    """The runner's command line, `registry.cli.bench` (parse_args, main; `run` is registry.bench.run), as `vpr bench`
+    and benchmarks/run.py use it."""
+    return importlib.import_module("registry.cli.bench")
 
 
 class TinyBackbone(nn.Module):

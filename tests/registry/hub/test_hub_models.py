@@ -11,7 +11,7 @@ import registry.hub as hub
 
 from .helpers import TOKEN, initialise, outputs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SMALL = {  # registry overrides that keep each architecture but make a test fast
     "clusvpr_vgg16": {"num_clusters": 4, "whitening_dim": 16, "input_size": (64, 64)},
     "netvlad_vgg16": {"num_clusters": 4, "whitening_dim": 16, "input_size": (64, 64)},

@@ -11,7 +11,7 @@ import registry
 import registry.hub as hub
 from registry.hub._card import template_path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SECTIONS = ["Intended use", "Training data and recipe", "Evaluation protocol", "Measured recalls", "Limitations",
             "Citation"]
 

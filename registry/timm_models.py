@@ -1,17 +1,21 @@
-"""timm entry points: `timm.create_model('clusvpr_vgg16')` (and the baselines) build through the registry."""
+"""timm entry points: `timm.create_model('netvlad_vgg16')` builds through the registry.
+
+Importing this module registers the core's models (NetVLAD and GeM); a plugin registers its own with
+`register_timm_model(name)` (ClusVPR's plugin does, for `clusvpr_vgg16`). Each registered name gets one timm
+pretrained cfg per released tag (`netvlad_vgg16.nordland`), the default tag first.
+"""
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Union
 
-import registry
-from registry.factory import model_info, release_model_args
+from timm.models import generate_default_cfgs, register_model
 
-try:
-    from timm.models import generate_default_cfgs, register_model
-except ImportError:  # timm is a dependency, but keep `import clusvpr_plugin` usable without it
-    generate_default_cfgs = register_model = None
+from ._registry import get_entry
+from .factory import create, model_info, release_model_args
 
-TIMM_MODELS = ("clusvpr_vgg16", "netvlad_vgg16", "gem_vgg16", "gem_resnet50")
+CORE_MODELS = ("netvlad_vgg16", "gem_vgg16", "gem_resnet50")
+# timm looks a registered entry point's pretrained cfgs up in its module's `default_cfgs`
+default_cfgs: Dict[str, Any] = {}
 # timm's generic keyword arguments: accepted only at the value a descriptor model honours, otherwise refused
 _TIMM_ONLY_KWARGS = {
     "features_only": (False,),
@@ -45,7 +49,7 @@ def _refuse_timm_kwargs(name: str, kwargs: Dict[str, Any]) -> None:
 
 def _timm_cfg(name: str, tag: Optional[str] = None) -> Dict[str, Any]:
     """timm pretrained_cfg of a model, or of one of its releases (input size and published repo of the tag)."""
-    entry = registry._registry.get_entry(name)
+    entry = get_entry(name)
     info = model_info(name)
     cfg = {k: v for k, v in entry.pretrained_cfg.items() if k != "hf_hub_revision"}
     cfg.update(input_size=info["input_size"], mean=info["mean"], std=info["std"], num_classes=0,
@@ -68,12 +72,12 @@ def _cfg_dict(pretrained_cfg: Any) -> Dict[str, Any]:
 
 
 def timm_source(pretrained: Union[bool, str], pretrained_cfg: Optional[Any], name: str) -> Union[bool, str]:
-    """What `registry.create(pretrained=...)` gets from timm's arguments: True (the release named by the tag, else
+    """What `create(pretrained=...)` gets from timm's arguments: True (the release named by the tag, else
     the default release) unless the cfg names another Hub repository (then that repo, pinned when it is ours)."""
     if not pretrained:
         return False
     hub_id = _cfg_dict(pretrained_cfg).get("hf_hub_id")
-    entry = registry._registry.get_entry(name)
+    entry = get_entry(name)
     ours = {r.hub.split("@")[0]: r.hub for r in entry.releases.values() if r.hub}
     if hub_id and hub_id not in ours:
         rev = _cfg_dict(pretrained_cfg).get("hf_hub_revision")
@@ -109,9 +113,9 @@ def _make_entry(name: str):
             kwargs.pop("cache_dir", None)
         tag = _tag(pretrained_cfg)
         full = f"{name}.{tag}" if tag else name
-        model = registry.create(full, pretrained=timm_source(pretrained, pretrained_cfg, name), **kwargs)
+        model = create(full, pretrained=timm_source(pretrained, pretrained_cfg, name), **kwargs)
         released = (model.config.get("release") or {}).get("name", "").partition(".")[2]
-        own = tag or (released if released in registry._registry.get_entry(name).releases else None)
+        own = tag or (released if released in get_entry(name).releases else None)
         cfg = dict(_timm_cfg(name, own))
         cfg.update(model.config.get("pretrained_cfg", {}))
         cfg.update(input_size=tuple(model.input_config["input_size"]), mean=tuple(model.input_config["mean"]),
@@ -125,20 +129,21 @@ def _make_entry(name: str):
     return entry
 
 
-def _default_cfgs() -> Dict[str, Dict[str, Any]]:
+def _default_cfgs(name: str) -> Dict[str, Dict[str, Any]]:
     """One cfg per released tag (the default tag first, so timm makes it the default), else the bare name."""
-    cfgs: Dict[str, Dict[str, Any]] = {}
-    for name in TIMM_MODELS:
-        entry = registry._registry.get_entry(name)
-        tags = sorted(entry.releases, key=lambda t: (t != entry.default_release, t))
-        for tag in tags:
-            cfgs[f"{name}.{tag}"] = _timm_cfg(name, tag)
-        if not tags:
-            cfgs[name] = _timm_cfg(name)
-    return cfgs
+    entry = get_entry(name)
+    tags = sorted(entry.releases, key=lambda t: (t != entry.default_release, t))
+    return {f"{name}.{tag}": _timm_cfg(name, tag) for tag in tags} or {name: _timm_cfg(name)}
 
 
-if register_model is not None:
-    default_cfgs = generate_default_cfgs(_default_cfgs())
-    for _name in TIMM_MODELS:
-        globals()[_name] = register_model(_make_entry(_name))
+def register_timm_model(name: str) -> None:
+    """Make the registry model `name` a timm model: `timm.create_model(name)`, `name.tag`, `hf-hub:` repositories
+    holding it, `pretrained=True`. Registering a name twice is a no-op."""
+    if name in globals():
+        return
+    default_cfgs.update(generate_default_cfgs(_default_cfgs(name)))
+    globals()[name] = register_model(_make_entry(name))
+
+
+for _name in CORE_MODELS:
+    register_timm_model(_name)

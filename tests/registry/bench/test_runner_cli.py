@@ -5,15 +5,15 @@ import subprocess
 import sys
 
 import pytest
-from runner_support import BENCHMARKS, REPO, load_runner, runner_module
+from runner_support import BENCHMARKS, REPO, load_runner
 
 
 def test_help_runs_as_a_script_and_documents_every_option():
     done = subprocess.run([sys.executable, str(BENCHMARKS / "run.py"), "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: run.py")  # the shim keeps the name users know
-    for action in runner_module("cli").build_parser()._actions:
+    assert done.stdout.startswith(f"usage: python {BENCHMARKS / 'run.py'}")  # the command as typed
+    for action in load_runner().build_parser()._actions:
         assert action.help, f"{action.option_strings} has no help text"
         assert action.option_strings[0] in done.stdout
     for word in ("org/name@", "NAME=SOURCE", "embedded", "Corridor"):
@@ -21,13 +21,13 @@ def test_help_runs_as_a_script_and_documents_every_option():
 
 
 def test_the_runner_is_a_module_of_the_installed_package_runnable_from_any_folder(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "registry.bench", "--help"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "registry.cli", "bench", "--help"], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: python -m registry.bench") and "--models" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "registry.bench", "--batch-size", "0"], capture_output=True,
+    assert done.stdout.startswith("usage: python -m registry.cli bench") and "--models" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "registry.cli", "bench", "--batch-size", "0"], capture_output=True,
                          text=True, timeout=120, cwd=tmp_path)
-    assert bad.returncode == 2 and "python -m registry.bench: error: argument --batch-size" in bad.stderr
+    assert bad.returncode == 2 and "python -m registry.cli bench: error: argument --batch-size" in bad.stderr
 
 
 def test_defaults_are_the_embedded_data_at_each_models_size_and_untrained_at_a_cpu_friendly_one():
@@ -77,7 +77,7 @@ def test_bad_arguments_exit_2_with_a_one_line_reason_before_any_work(argv, messa
         load_runner().main([*argv, "--output-dir", str(out)])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and "vpr-bench: error:" in err
+    assert message in err and "vpr bench: error:" in err
     assert not out.exists()
 
 
@@ -106,3 +106,22 @@ def test_a_mistyped_local_model_folder_is_not_taken_for_a_hub_repository(tmp_pat
         load_runner().main(["--models", "models/gem_typo", "--output-dir", str(tmp_path / "out")])
     assert exc.value.code == 2
     assert "'models/gem_typo' is not an existing directory (models/ exists here" in capsys.readouterr().err
+
+
+def test_options_are_declared_once_and_python_callers_resolve_them_like_the_command_line(tmp_path):
+    """RunConfig is RunOptions plus how the run started: no option is declared twice, and
+    RunConfig.from_options(RunOptions(...)) gives what the same command line gives."""
+    import dataclasses
+
+    from registry.bench import RunConfig, RunOptions
+
+    extra = {f.name for f in dataclasses.fields(RunConfig)} - {f.name for f in dataclasses.fields(RunOptions)}
+    assert extra == {"embedded_default", "argv", "prog"}
+    argv = ["--models", "gem", "--index", "hnsw", "--ef-search", "16", "--rerank", "--output-dir", str(tmp_path)]
+    parsed = load_runner().parse_args(argv)
+    built = RunConfig.from_options(RunOptions(models=("gem",), index="hnsw", ef_search=16, rerank=True,
+                                              output_dir=tmp_path), argv, "vpr bench")
+    assert built == parsed
+    assert built.index_options == (("hnsw_m", 32), ("ef_construction", 40), ("ef_search", 16))
+    assert built.rerank_params == (20, 6, 0.3) and built.datasets == ("corridor", "nordland_test")
+    assert built.device == "cpu" and built.num_workers == 0 and built.embedded_default

@@ -5,15 +5,16 @@ import contextlib
 import io
 import json
 
-from runner_support import load_runner, runner_module, tiny_models, write_aligned_dataset
+from runner_support import load_runner, tiny_models, write_aligned_dataset
 
+from registry.bench import run as bench_run
 from registry.evaluation import INDEX_KINDS, load_descriptors, open_store
 
 
 def _run(argv):
     runner, stdout = load_runner(), io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        return runner.run(runner.parse_args([*argv, "--no-progress", "--latency-repeats", "1"]))
+        return bench_run(runner.parse_args([*argv, "--no-progress", "--latency-repeats", "1"]))
 
 
 def test_store_holds_the_descriptors_the_recall_was_computed_from_and_is_reused(tmp_path):
@@ -45,7 +46,7 @@ def test_hnsw_and_pca_indexes_report_their_loss_against_exact_search(tmp_path):
 
 
 def test_the_runner_offers_every_index_kind():
-    assert runner_module("cli").INDEX_KINDS == INDEX_KINDS
+    assert load_runner().INDEX_KINDS == INDEX_KINDS
 
 
 def test_pca_from_whitening_keeps_the_whitenings_leading_components(tmp_path):

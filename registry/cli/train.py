@@ -1,14 +1,13 @@
-"""Train any registry model (ClusVPR, NetVLAD, GeM, plugins) with one recipe and budget; see --help.
+"""`vpr train`: train any registry model (ClusVPR, NetVLAD, GeM, plugins) with one recipe and budget; see --help.
 
-The same command as `python -m registry.train`, `vpr-train` and `python benchmarks/train.py`:
-
-    python -m registry.train --model clusvpr --backbone-weights ../shared/weights/vgg16_hed_conv.safetensors \\
+    vpr train --model clusvpr --backbone-weights path/to/vgg16.safetensors \\
         --input-size 96 192 --cache-features --model-arg whitening_dim=1024 --output runs/clusvpr
-    torchrun --nproc_per_node=4 -m registry.train --model netvlad ...        # DDP, one process per GPU
-    vpr-train ... --resume                                                     # continue a killed run
+    torchrun --nproc_per_node=4 -m registry.cli train --model netvlad ...    # DDP, one process per GPU
+    vpr train ... --resume                                                     # continue a killed run
 
 The output folder is a Hub layout once training ends: registry.create(name, pretrained=DIR) and
-benchmarks/run.py --models DIR load it; DIR/train/ holds checkpoints and log.jsonl.
+`vpr bench --models DIR` load it; DIR/train/ holds checkpoints and log.jsonl. `python benchmarks/train.py` in a
+clone of the repository is the same command.
 """
 from __future__ import annotations
 
@@ -22,15 +21,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .._files import unwritable
 from .._options import add_dataclass_arguments, field_default, option, option_fields
-from .config import CLUSTERS, DATA, MODEL, RECIPE_GENERATIONS, RUN, SCHEDULE, TrainConfig
+from ..training.config import CLUSTERS, DATA, MODEL, RECIPE_GENERATIONS, RUN, SCHEDULE, TrainConfig
 
-PROG = "vpr-train"  # also `python -m registry.train`; benchmarks/train.py passes "train.py"
-# how summary.json's "command" spells each way of running the trainer
-_COMMANDS = {"train.py": "benchmarks/train.py"}
+PROG = "vpr train"
 EPILOG = """\
 Distances: positives lie within --pos-radius and negatives beyond --neg-radius, in the dataset's unit:
 metres on UTM datasets (defaults 10 / 25), places on aligned traversals such as Nordland (defaults: the
@@ -163,25 +160,13 @@ def _load_sets(a: argparse.Namespace):
     return train, val, tests
 
 
-def evaluate(model, datasets: Sequence, batch_size: int, device) -> Dict[str, Dict[str, float]]:
-    """Recall@1/5/10 of the final model on each test set, from image files."""
-    from registry.evaluation import extract_dataset, recall_at_n
-
-    out = {}
-    for ds in datasets:
-        q, db = extract_dataset(model, ds, batch_size=batch_size, device=device)
-        rec = recall_at_n(q, db, ds.positives, (1, 5, 10), ignore=ds.ignore)["recall"]
-        out[ds.name] = {f"R@{n}": round(float(v), 2) for n, v in rec.items()}
-    return out
-
-
 def setup(a: argparse.Namespace):
     """Import plugins, join the process group, load data, build the model and the Trainer."""
     import torch
 
     import registry
 
-    from . import Trainer, get_recipe, init_distributed
+    from ..training import Trainer, get_recipe, init_distributed
 
     for module in a.plugin:
         importlib.import_module(module)
@@ -209,7 +194,8 @@ def setup(a: argparse.Namespace):
 def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]:
     """Initialise clusters, train, evaluate on the test sets, optionally push; returns the summary on rank 0."""
     from .._atomic import atomic_path
-    from . import load_clusters
+    from ..evaluation.recall_table import recall_table
+    from ..training import load_clusters
 
     model, ctx = trainer.model, trainer.ctx
     start = time.time()
@@ -224,14 +210,13 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
     summary = trainer.fit(resume=a.resume, require_initialised_clusters=not a.pretrained)
     if not ctx.is_main:
         return None
-    summary["test"] = evaluate(model, test_sets, a.eval_batch_size, ctx.device)
+    summary["test"] = recall_table(model, test_sets, a.eval_batch_size, ctx.device)
     summary["wall_seconds"] = round(time.time() - start, 1)  # clusters, training, whitening, test evaluation
     val = trainer.val_set
     recalls = {**({val.name: summary["final_val"]} if val else {}), **summary["test"]} or None
     if summary["test"]:
         model.save_pretrained(a.output, training=trainer.training_facts(), recalls=recalls)
-    prog = getattr(a, "prog", PROG)
-    summary["command"] = " ".join([_COMMANDS.get(prog, prog)] + sys.argv[1:])
+    summary["command"] = " ".join([getattr(a, "prog", PROG)] + list(a.argv))
     with atomic_path(Path(a.output) / "train" / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     if a.push_to_hub:
@@ -241,9 +226,9 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
 
 
 def main(argv: Optional[List[str]] = None, prog: str = PROG) -> Optional[Dict[str, Any]]:
-    """Parse, check, set up (errors exit with status 2 and one line), then train. `prog` names the command in
-    messages and in summary.json (the shim benchmarks/train.py passes its own name)."""
-    from .._console import console_logging
+    """Parse, check, set up (errors exit with status 2 and one line), then train. `prog` is the command as the user
+    typed it: messages and summary.json name it."""
+    from ._console import console_logging
 
     with console_logging():
         return _main(argv, prog)
@@ -252,11 +237,12 @@ def main(argv: Optional[List[str]] = None, prog: str = PROG) -> Optional[Dict[st
 def _main(argv: Optional[List[str]], prog: str) -> Optional[Dict[str, Any]]:
     from registry.datasets import ImageReadError
 
-    from . import CheckpointError, shutdown
+    from ..training import CheckpointError, shutdown
 
     parser = build_parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = parser.parse_args(argv)
-    a.prog = prog
+    a.prog, a.argv = prog, argv
     check_args(parser, a)
     trainer = None
     try:
@@ -278,10 +264,3 @@ def _main(argv: Optional[List[str]], prog: str) -> Optional[Dict[str, Any]]:
     finally:
         if trainer is not None:
             shutdown(trainer.ctx, trainer)
-
-
-
-def console_main(prog: str = PROG) -> int:
-    """The `vpr-train` console script: train, exit status 0 (errors exit earlier with their own status)."""
-    main(prog=prog)
-    return 0

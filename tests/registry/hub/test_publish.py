@@ -1,11 +1,10 @@
-"""benchmarks/publish.py against the loopback Hub: push every bundled release, pull it back bit-identical,
+"""`vpr release publish` against the loopback Hub: push every bundled release, pull it back bit-identical,
 record the pin, after which pretrained=True loads the Hub copy."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,16 +13,11 @@ import registry
 
 from .helpers import TOKEN, outputs
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture
 def publish_module():
-    """benchmarks/publish.py loaded from its file (a script, not a package module)."""
-    spec = importlib.util.spec_from_file_location("publish", ROOT / "benchmarks" / "publish.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The release command (`vpr release`), whose `publish` subcommand this tests."""
+    return importlib.import_module("registry.cli.release")
 
 
 @pytest.fixture
@@ -33,7 +27,7 @@ def demo_release(tiny, tiny_model_name, tmp_path, monkeypatch):
     folder = model.save_pretrained(tmp_path / "releases" / f"{tiny_model_name}.demo", dtype="float16",
                                    release={"name": f"{tiny_model_name}.demo", "trained_on": "nothing (a test)"})
     entry = registry._registry.get_entry(tiny_model_name)
-    monkeypatch.setattr(entry, "releases", registry._registry.find_releases(folder.parent, tiny_model_name))
+    monkeypatch.setattr(entry, "releases", registry.find_releases(folder.parent, tiny_model_name))
     monkeypatch.setattr(entry, "default_release", "demo")
     return folder, images
 
@@ -45,7 +39,8 @@ def test_publish_round_trip_records_a_pin_that_pretrained_true_then_prefers(
     bundled = registry.create(full, pretrained=True)
     assert bundled.config["source"] == f"bundled:{full}"
 
-    assert publish_module.main(["--namespace", "tester", "--releases", full, "--token", TOKEN, "--record"]) == 0
+    assert publish_module.main(["publish", "--namespace", "tester", "--releases", full, "--token", TOKEN,
+                                "--record"]) == 0
     out = capsys.readouterr().out
     pin = re.search(rf"{re.escape(full)} = (tester/\S+@[0-9a-f]{{40}})", out).group(1)
     assert "bit-identical" in out and pin.startswith("tester/hubtest-tiny-netvlad-demo@")
@@ -53,7 +48,7 @@ def test_publish_round_trip_records_a_pin_that_pretrained_true_then_prefers(
     table = json.loads((folder.parent / "published.json").read_text())
     assert table == {full: pin}
     entry = registry._registry.get_entry(tiny_model_name)
-    monkeypatch.setattr(entry, "releases", registry._registry.find_releases(folder.parent, tiny_model_name))
+    monkeypatch.setattr(entry, "releases", registry.find_releases(folder.parent, tiny_model_name))
     assert entry.release("demo").hub == pin and entry.release("demo").folder == folder
     pulled = registry.create(full, pretrained=True)
     assert pulled.config["source"] == pin

@@ -11,12 +11,12 @@ from typing import Iterator, List, Optional, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ._registry import PLUGIN_GROUP, declared_entry_points
+from .._registry import PLUGIN_GROUP, declared_entry_points
 
 
 def packages() -> List[str]:
     """`registry` and the top-level packages of the declared plugins (model and recipe entry points)."""
-    from .training.recipes import RECIPE_GROUP
+    from ..training.recipes import RECIPE_GROUP
 
     eps = declared_entry_points(PLUGIN_GROUP) + declared_entry_points(RECIPE_GROUP)
     return ["registry"] + sorted({ep.value.split(":")[0].split(".")[0] for ep in eps} - {"registry"})

@@ -1,0 +1,55 @@
+"""`vpr export`: export a registry model to ONNX (dynamic batch and image size), checked with onnxruntime.
+
+    vpr export clusvpr_vgg16 clusvpr.onnx --input-size 480 640 --pretrained true
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict, Optional, Sequence
+
+from ..export import OPSET
+from ._console import console_logging
+
+PROG = "vpr export"
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    """Export, verify, print what was written (exit status 0)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Export a registry model to ONNX (dynamic batch and image size), checked with onnxruntime.",
+    )
+    parser.add_argument("model", help="registry name or alias (clusvpr_vgg16, netvlad_vgg16, gem_vgg16, gem_resnet50)")
+    parser.add_argument("output", help="the .onnx file to write")
+    parser.add_argument("--pretrained", default=None,
+                        help="weights: 'true' (the model's release), org/name[@rev], a folder in the Hub layout, or "
+                             "a reference .pth.tar; default: random weights")
+    parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None,
+                        help="size to trace and verify at (default: the model's input size); the graph takes any size")
+    parser.add_argument("--input-norm", choices=("native", "imagenet"), default="native",
+                        help="input convention of the graph: the model's own, or ImageNet mean/std (default native)")
+    parser.add_argument("--descriptor-dim", type=int, default=None,
+                        help="keep this many leading whitening components (needs a fitted whitening)")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check against PyTorch")
+    args = parser.parse_args(argv)
+    with console_logging():
+        return _export(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_metadata
+    from ..factory import create
+
+    pretrained: Any = {"true": True, None: False}.get(args.pretrained, args.pretrained)
+    overrides: Dict[str, Any] = {"input_norm": args.input_norm}
+    if args.descriptor_dim is not None:
+        overrides["descriptor_dim"] = args.descriptor_dim
+    model = create(args.model, pretrained=pretrained, **overrides)
+    path = export_onnx(model, args.output, tuple(args.input_size) if args.input_size else None, args.opset,
+                       verify=not args.no_verify)
+    meta = onnx_metadata(model)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {meta['architecture']}, input {INPUT_NAME} "
+          f"(N, 3, H, W) normalised with mean {meta['mean']} std {meta['std']}, output {OUTPUT_NAME} "
+          f"(N, {meta['descriptor_dim']})")
+    return 0

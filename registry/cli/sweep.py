@@ -1,0 +1,97 @@
+"""`vpr whitening-sweep`: Recall@N of trained models at several whitening sizes, chosen on a validation set and
+reported on test sets.
+
+    vpr whitening-sweep runs/clusvpr runs/netvlad --val-set nordland_val \\
+        --test-set nordland_test --dims 1024 512 256 none --cache-features runs/cache --out sweep.json
+
+Each RUN is a Hub-layout folder (or org/name[@rev]) whose model holds a fitted PCA whitening. The sizes
+are its leading components (what fitting at that size gives) or none; the size with the best validation
+--select-by is marked, as the trainer's `--whitening-dims` would choose it. With --cache-features
+the frozen backbone layers' outputs come from (or go to) that folder, as in training; without it
+descriptors are extracted from the images with each dataset's protocol resize.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .._options import add_dataclass_arguments, field_default, option
+from ..training.config import SELECT_METRICS, TrainConfig, whitening_dim_arg
+
+PROG = "vpr whitening-sweep"
+
+
+@dataclass
+class SweepOptions:
+    """The sweep's command-line options, declared once: default and --help text (the parser is generated from them).
+    --select-by and --batch-size default to the trainer's --select-by and --eval-batch-size."""
+
+    runs: List[str] = option(help="trained model folders (Hub layout) or org/name[@rev]", flag="runs", nargs="+",
+                             metavar="RUN")
+    val_set: Optional[str] = option(None, "dataset the size is chosen on (known name or layout:path)", required=True)
+    test_set: List[str] = option(help="dataset reported; repeatable", default_factory=list, action="append",
+                                 metavar="SPEC")
+    dims: Optional[Tuple[Optional[int], ...]] = option(None, "whitening sizes (integers up to the model's whitening "
+                                                       "size) or 'none'", type=whitening_dim_arg, nargs="+",
+                                                       required=True, metavar="DIM")
+    select_by: str = option(field_default(TrainConfig, "select_by"), "validation metric the size is chosen by, as "
+                            "the trainer's --select-by (default {default})", choices=SELECT_METRICS)
+    cache_features: Optional[str] = option(None, "cached frozen backbone features (as in training)", metavar="DIR")
+    data_root: Optional[str] = option(None, "folder that holds the known datasets")
+    batch_size: int = option(field_default(TrainConfig, "eval_batch_size"), "descriptor batch (default {default})")
+    threads: Optional[int] = option(None, "CPU threads")
+    out: Optional[str] = option(None, "write the rows as JSON here (atomically)")
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The sweep's command line, generated from SweepOptions; every option documented."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(p, SweepOptions)
+    return p
+
+
+def table(rows: List[Dict[str, Any]], names: Sequence[str]) -> str:
+    head = "| run | whitening | " + " | ".join(f"{n} R@1 / R@5 / R@10" for n in names) + " |"
+    lines = [head, "|" + "---|" * (2 + len(names))]
+    for r in rows:
+        dim = "none" if r["dim"] is None else str(r["dim"])
+        cells = [" / ".join(f"{r[n][k]:.2f}" for k in ("R@1", "R@5", "R@10")) for n in names]
+        lines.append(f"| {r['run']} | {dim}{' (chosen)' if r['chosen'] else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> List[Dict[str, Any]]:
+    """Parse, extract each run's descriptors once, evaluate every size; prints the table, returns the rows."""
+    from ._console import console_logging
+
+    a = build_parser(prog).parse_args(argv)
+    a.prog = prog
+    with console_logging():
+        return _main(a)
+
+
+def _main(a: argparse.Namespace) -> List[Dict[str, Any]]:
+    import torch
+
+    from .._atomic import atomic_path
+    from ..datasets import load_dataset
+    from ..training.sweep import sweep
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    kw = {"data_root": a.data_root} if a.data_root else {}
+    val = load_dataset(a.val_set, **kw)
+    datasets = {val.name: val, **{ds.name: ds for ds in (load_dataset(s, **kw) for s in a.test_set)}}
+    try:
+        rows = [row for run in a.runs for row in sweep(run, datasets, a.dims, val.name, a.select_by,
+                                                         a.cache_features, a.batch_size)]
+    except ValueError as err:
+        raise SystemExit(f"{a.prog}: error: {err}") from None
+    print(table(rows, list(datasets)))
+    if a.out:
+        with atomic_path(a.out) as tmp:
+            Path(tmp).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return rows
