@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Union
 
 import torch
 
@@ -61,5 +61,21 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
                               "delete it to start over, or restore a copy") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a training checkpoint of this version (format {FORMAT})")
+    bad = _non_finite(state)
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds NaN or Inf values in {len(bad)} tensor(s): {', '.join(bad[:6])}"
+            f"{', ...' if len(bad) > 6 else ''}: it is damaged (a run whose loss turns non-finite stops before "
+            "committing); restore a copy, or delete the run folder and start over without --resume"
+        )
     return state
+
+
+def _non_finite(obj: Any, where: str = "") -> List[str]:
+    """Where in a loaded checkpoint (`model/aggregator.centroids`, `optimizer/state/3/exp_avg`) floating-point
+    tensors hold NaN or Inf."""
+    if isinstance(obj, torch.Tensor):
+        return [where] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return [bad for key, value in items for bad in _non_finite(value, f"{where}/{key}" if where else str(key))]
 
