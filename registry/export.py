@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ._atomic import atomic_path
+from ._files import unwritable
 
 PathLike = Union[str, os.PathLike]
 OPSET = 17
@@ -101,6 +102,9 @@ def export_onnx(
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder: pass the path of the .onnx file to write")
+    problem = unwritable(path.parent)
+    if problem:  # before the (long) trace
+        raise OSError(f"{path} cannot be written: {problem}; pass a path in a folder you can write to")
     was_training = model.training
     model.eval()
     param = next(model.parameters(), None)
