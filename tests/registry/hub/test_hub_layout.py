@@ -94,6 +94,24 @@ def test_failed_resave_keeps_the_previous_layout_intact(tiny, tmp_path, monkeypa
     assert sorted(os.listdir(tmp_path)) == ["m"]
 
 
+def test_a_resave_past_the_file_size_limit_names_the_folder_and_keeps_the_previous_layout(tmp_path):
+    from real_faults import write_under_limit
+
+    folder = registry.create("gem_vgg16", input_size=(64, 64)).save_pretrained(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = write_under_limit("""
+        import registry
+        model = registry.create("gem_vgg16", input_size=(64, 64))  # new random weights: a 59 MB model.safetensors
+    """, f"model.save_pretrained({str(folder)!r})", limit=1 << 20)
+    assert result["raised"] == "OSError" and result["errno"] == 27
+    assert result["message"].startswith(f"[Errno 27] could not save the model to {folder}: the file would exceed the "
+                                        "file-size limit (ulimit -f)")
+    assert result["message"].endswith(f"the earlier layout in {folder} is unchanged and no partial file is left")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+    registry.VPRModel.from_pretrained(folder)  # still loads, every sha256 matching
+
+
 def test_resave_removes_files_the_model_no_longer_has(tiny, tmp_path, tiny_model_name):
     model, _ = tiny
     folder = hub.save_pretrained(model, tmp_path / "m")
