@@ -128,7 +128,7 @@ class RunOptions:
                         "PCA-reduced descriptors ('pca'); any other than flat also reports its loss against exact "
                         "search. benchmarks/RESULTS.md 'Cost as the map grows' says which for which map size "
                         "(default {default})", group=RETRIEVAL, choices=INDEX_KINDS)
-    # the index parameters' defaults are registry.evaluation.IndexSpec's (tests/test_cli_options.py checks it)
+    # the index parameters' defaults are registry.evaluation.IndexSpec's (tests/registry/cli/test_options.py checks it)
     pca_dim: Optional[int] = option(None, "'pca': dims kept (default 256), taken as --pca-from says; with ivfpq or "
                                     "hnsw, project to D dims first", group=RETRIEVAL, type=_positive,
                                     metavar="D")
