@@ -3,3 +3,11 @@
 
 class NotPublishedError(RuntimeError):
     """`pretrained=True` for a model whose default Hub repository has not been published."""
+
+
+class NonFiniteValuesError(ValueError):
+    """A weights, centres or whitening file holds NaN or Inf values: loading it would give NaN descriptors."""
+
+
+class NonFiniteOutputError(FloatingPointError):
+    """A model gave NaN or Inf descriptors for finite images (damaged weights, or an overflow)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -24,6 +25,9 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+from ._atomic import atomic_path
+from ._files import unwritable
 
 PathLike = Union[str, os.PathLike]
 OPSET = 17
@@ -88,45 +92,72 @@ def export_onnx(
     """Write `model` as an ONNX graph with dynamic batch and spatial axes, traced at `input_size` (H, W).
 
     `input_size` defaults to the model's input_config size. With `verify` (the default), onnxruntime on CPU runs
-    the file at batch 1 and 2 and the result must match PyTorch within 1e-4 relative, else a RuntimeError.
+    the file at batch 1 and 2 and the result must match PyTorch within 1e-4 relative, else a RuntimeError. The
+    graph is written beside `path` and renamed into place once checked: any failure (a full disk, a graph that does
+    not match PyTorch) leaves no partial file and an earlier file at `path` unchanged.
     """
     onnx = _require("onnx")
-    h, w = (int(v) for v in (input_size or tuple(model.input_config["input_size"][1:])))
+    h, w = _input_size(model, input_size)
     _check_size(model, h, w)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: pass the path of the .onnx file to write")
+    problem = unwritable(path.parent)
+    if problem:  # before the (long) trace
+        raise OSError(f"{path} cannot be written: {problem}; pass a path in a folder you can write to")
     was_training = model.training
     model.eval()
     param = next(model.parameters(), None)
     example = torch.randn(1, 3, h, w, device=param.device if param is not None else "cpu")
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # the TorchScript-based exporter is deprecated in favour of dynamo=True, which cannot export ClusVPR
-            # with dynamic axes (see the module docstring); its tracer warnings restate the shape checks
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}},
-            )
-    finally:
-        model.train(was_training)
-    graph = onnx.load(str(path))
-    for key, value in onnx_metadata(model).items():
-        graph.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(graph)
-    onnx.save(graph, str(path))
-    if verify:
-        err = verify_onnx(model, path, [(1, h, w), (2, h, w)])
-        _log.info("onnxruntime matches PyTorch: relative error %.2e", err)
+    # written beside the target and renamed once verified: a failed export (a full disk, an error, a graph that
+    # does not match PyTorch) leaves no partial file and an earlier file at `path` unchanged
+    with atomic_path(path) as tmp:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                # the TorchScript-based exporter is deprecated in favour of dynamo=True, which cannot export ClusVPR
+                # with dynamic axes (see the module docstring); its tracer warnings restate the shape checks
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                torch.onnx.export(
+                    model, (example,), str(tmp), dynamo=False, opset_version=opset,
+                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}},
+                )
+        finally:
+            model.train(was_training)
+        graph = onnx.load(str(tmp))
+        for key, value in onnx_metadata(model).items():
+            graph.metadata_props.add(key=key, value=value)
+        onnx.checker.check_model(graph)
+        onnx.save(graph, str(tmp))
+        if verify:
+            err = verify_onnx(model, tmp, [(1, h, w), (2, h, w)], label=str(path))
+            _log.info("onnxruntime matches PyTorch: relative error %.2e", err)
     return path
 
 
+def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tuple[int, int]:
+    """(H, W) to trace at: `input_size`, else the model's; ValueError with the valid range for anything else."""
+    from ._ranges import BUILDER_RANGES, min_side
+
+    size = input_size if input_size is not None else tuple(model.input_config["input_size"][1:])
+    backbone, aggregator = getattr(model, "backbone", None), getattr(model, "aggregator", None)
+    lo = min_side(backbone, aggregator) if backbone is not None else 1
+    hi = int(BUILDER_RANGES["input_size"].hi)
+    ok = (isinstance(size, (tuple, list)) and len(size) == 2
+          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and lo <= v <= hi for v in size))
+    if not ok:
+        raise ValueError(f"export_onnx: input_size must be (H, W) with H and W integers in {lo}..{hi} for "
+                         f"{getattr(model, 'name', type(model).__name__)}, got {input_size!r}")
+    return int(size[0]), int(size[1])
+
+
 def verify_onnx(model: nn.Module, path: PathLike, shapes: Sequence[Tuple[int, int, int]],
-                rtol: float = RTOL, seed: int = 0) -> float:
-    """Largest relative error of onnxruntime (CPU) against PyTorch over random inputs of (N, H, W) shapes."""
+                rtol: float = RTOL, seed: int = 0, label: Optional[str] = None) -> float:
+    """Largest relative error of onnxruntime (CPU) against PyTorch over random inputs of (N, H, W) shapes; `label`
+    names the file in errors (default: `path`)."""
     session = onnx_session(path)
+    label = label or str(path)
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     model_device = next(model.parameters()).device
@@ -136,11 +167,11 @@ def verify_onnx(model: nn.Module, path: PathLike, shapes: Sequence[Tuple[int, in
             expected = model.eval()(x.to(model_device)).float().cpu()
         got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
         if got.shape != expected.shape:
-            raise RuntimeError(f"{path}: onnxruntime gave shape {tuple(got.shape)} for input {(n, 3, h, w)}, "
+            raise RuntimeError(f"{label}: onnxruntime gave shape {tuple(got.shape)} for input {(n, 3, h, w)}, "
                                f"PyTorch {tuple(expected.shape)}")
         worst = max(worst, relative_error(got, expected))
     if worst > rtol:
-        raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by {worst:.2e} relative (allowed {rtol:.0e}); "
+        raise RuntimeError(f"{label}: onnxruntime differs from PyTorch by {worst:.2e} relative (allowed {rtol:.0e}); "
                            "the export is wrong: report it with the model name and input size")
     return worst
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from . import _registry, hub
 from ._build import load_weights, rebuild
+from .errors import NonFiniteOutputError
 from .preprocess import Preprocess
 from .whitening import PCAWhitening
 
@@ -37,6 +38,16 @@ def encode_images(net: nn.Module, images: torch.Tensor, device: Optional[torch.d
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     with ctx:
         desc = net(images)
+    finite = torch.isfinite(desc).all(dim=-1)
+    if not bool(finite.all()):  # the images are finite (VPRModel checks them): the model's arithmetic is not
+        rows = torch.nonzero(~finite).flatten().tolist()
+        name = getattr(net, "name", type(net).__name__)
+        raise NonFiniteOutputError(
+            f"{name} gave NaN or Inf descriptors for {len(rows)} of {len(desc)} finite images (rows "
+            f"{rows[:8]}{', ...' if len(rows) > 8 else ''}): its weights hold NaN/Inf or overflow"
+            + (" in bfloat16 autocast (try amp=False)" if amp else "")
+            + "; check them with torch.isfinite(p).all() for p in model.parameters(), or load good weights"
+        )
     return F.normalize(desc.float(), dim=-1)
 
 

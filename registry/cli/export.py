@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from .._files import unwritable
 from ..export import OPSET
 from ._console import console_logging
 
@@ -33,8 +35,17 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check against PyTorch")
     args = parser.parse_args(argv)
+    if args.input_size is not None and min(args.input_size) < 1:
+        parser.error(f"--input-size {args.input_size[0]} {args.input_size[1]}: both sides must be positive (the "
+                     "model's valid range is checked next)")
+    problem = unwritable(Path(args.output).expanduser().parent)
+    if problem:
+        parser.error(f"{args.output} cannot be written: {problem}; pass an output path in a folder you can write to")
     with console_logging():
-        return _export(args)
+        try:
+            return _export(args)
+        except ValueError as err:  # an input size or model argument outside its range: a bad option
+            parser.error(str(err))
 
 
 def _export(args: argparse.Namespace) -> int:

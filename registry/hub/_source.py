@@ -126,9 +126,16 @@ class Snapshot:
                 "they cannot be checked: re-save the model with save_pretrained (or push_to_hub), which records one "
                 "for every file"
             )
-        if int(config.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
-            raise WrongModelError(f"{self.label} uses layout format {config['format_version']}, newer than this "
-                                  f"version of the zoo understands ({FORMAT_VERSION}): upgrade clusvpr-zoo")
+        version = config.get("format_version", FORMAT_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise WrongModelError(
+                f"config.json of {self.label}: format_version = {version!r} is not a layout format version (a "
+                f"whole number >= 1; this version of the zoo writes {FORMAT_VERSION}): the file was changed or "
+                "damaged; restore it, or re-save the model with save_pretrained"
+            )
+        if version > FORMAT_VERSION:
+            raise WrongModelError(f"{self.label} uses layout format {version}, newer than this version of the zoo "
+                                  f"understands ({FORMAT_VERSION}): upgrade clusvpr-zoo")
         return config
 
     def path(self, name: str) -> Path:
