@@ -10,13 +10,13 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
 from .. import h5io
+from .._atomic import staging_dir
 from .._files import sha256_file
 from ._card import render_model_card
 
@@ -175,7 +175,7 @@ def save_pretrained(
         raise NotADirectoryError(f"{target} exists and is not a directory: pass a directory path to save_pretrained")
     target.parent.mkdir(parents=True, exist_ok=True)
     facts = card_facts(model, training=training, evaluation=evaluation, recalls=recalls, release=release)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    stage = staging_dir(target)
     try:
         write_layout(model, stage, facts, model_card, dtype=dtype)
         os.chmod(stage, 0o755)  # mkdtemp makes it private; the saved folder should read like any other
