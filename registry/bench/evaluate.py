@@ -8,7 +8,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from registry.datasets import VPRDataset
 from registry.datasets.images import open_rgb
@@ -27,6 +26,7 @@ from registry.evaluation import (
     search,
 )
 from registry.training.clusters import has_clusters
+from registry.whitening import enough_to_fit, has_components, whiten
 
 from . import attention, grids
 from .config import RunConfig, log
@@ -55,16 +55,9 @@ def _whitening_plan(model: torch.nn.Module, choice: str, num_db: int) -> Tuple[b
         return False, f"PCA {w.in_dim}->{w.out_dim} (pretrained)"
     if choice == "none":
         return False, "none (--whitening none)"
-    if num_db <= w.out_dim:
+    if not enough_to_fit(w, num_db):
         return False, f"none (too few images: {num_db} <= {w.out_dim} dims)"
     return True, f"PCA {w.in_dim}->{w.out_dim} fitted on {num_db} database descriptors"
-
-
-@torch.inference_mode()
-def _whiten(model: torch.nn.Module, descs: np.ndarray) -> np.ndarray:
-    """Apply the (now fitted) whitening to pre-whitening descriptors, as the model's forward would."""
-    x = torch.from_numpy(descs).to(model.whitening.mu.device)
-    return F.normalize(model.whitening(x), dim=-1).cpu().numpy()
 
 
 def _pca_dim(cfg: RunConfig) -> Optional[int]:
@@ -80,7 +73,7 @@ def _pca_from_whitening(model: torch.nn.Module, cfg: RunConfig, fit_now: bool) -
     if k is None or cfg.pca_from == "database":
         return None
     w = getattr(model, "whitening", None)
-    if w is not None and (w.fitted or fit_now) and k <= w.out_dim:
+    if has_components(w, k, fit_now):
         return int(k)
     if cfg.pca_from == "whitening":
         have = "no whitening" if w is None else (f"a {w.out_dim}-d whitening" if w.fitted or fit_now
@@ -197,7 +190,7 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> 
         model.whitening.fit(torch.from_numpy(db))
         if pca_k is not None:
             model.set_descriptor_dim(pca_k)
-        q, db = _whiten(model, q), _whiten(model, db)
+        q, db = whiten(model.whitening, q), whiten(model.whitening, db)
     pca = None
     if pca_k is not None:
         pca = f"the {pca_k} leading components of the model's whitening"
