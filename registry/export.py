@@ -19,7 +19,6 @@ import json
 import logging
 import numbers
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
@@ -126,14 +125,14 @@ def export_onnx(
     problem = unwritable(path.parent)
     if problem:  # before the (long) trace
         raise OSError(f"{path} cannot be written: {problem}; pass a path in a folder you can write to")
-    with tempfile.TemporaryDirectory(prefix="vpr-export-") as tmp:
-        graph = _export_float32(onnx, model, Path(tmp) / "model.onnx", h, w, opset, verify)
-    meta = runtime_meta(model, "onnx")
-    if quantize:
-        graph, meta = _quantized(onnx, model, graph, *calibration)
-    graph = with_meta(onnx, graph, meta)
+    # traced, checked and finished in a file beside the target, renamed into place at the end: a failure at any
+    # step (a full disk, a graph that does not match PyTorch) leaves no partial file and an earlier file unchanged
     with atomic_path(path) as tmp_path:
-        tmp_path.write_bytes(graph)
+        graph = _export_float32(onnx, model, tmp_path, h, w, opset, verify, label=str(path))
+        meta = runtime_meta(model, "onnx")
+        if quantize:
+            graph, meta = _quantized(onnx, model, graph, *calibration)
+        tmp_path.write_bytes(with_meta(onnx, graph, meta))
     return path
 
 
@@ -179,8 +178,10 @@ def _run_graph(graph: bytes, images: torch.Tensor, batch_size: int = 8):
                            for i in range(0, len(images), batch_size)])
 
 
-def _export_float32(onnx, model: nn.Module, path: Path, h: int, w: int, opset: int, verify: bool) -> bytes:
-    """The float32 graph as bytes (written to `path` on the way), with export_onnx's metadata, checked."""
+def _export_float32(onnx, model: nn.Module, path: Path, h: int, w: int, opset: int, verify: bool,
+                    label: Optional[str] = None) -> bytes:
+    """The float32 graph as bytes (written to `path` on the way), with export_onnx's metadata, checked (errors name
+    `label`, default `path`)."""
     was_training = model.training
     model.eval()
     param = next(model.parameters(), None)
@@ -204,7 +205,7 @@ def _export_float32(onnx, model: nn.Module, path: Path, h: int, w: int, opset: i
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
     if verify:
-        err = verify_onnx(model, path, [(1, h, w), (2, h, w)])
+        err = verify_onnx(model, path, [(1, h, w), (2, h, w)], label=label)
         _log.info("onnxruntime matches PyTorch: relative error %.2e", err)
     return path.read_bytes()
 
