@@ -4,6 +4,7 @@ with and without OPQ, re-ranked from float16 vectors on disk or in RAM, against 
   python benchmarks/bench_map_scale.py extract --work W    # real descriptors (section 9's, cached once)
   python benchmarks/bench_map_curve.py reads --work W      # random row reads: Lance take against a float16 memmap
   python benchmarks/bench_map_curve.py curve --work W      # the table (JSON + Markdown) and the plot
+  python benchmarks/bench_map_curve.py anomaly --work W    # why section 9's IVF-PQ lost recall with more probes
   python benchmarks/bench_map_curve.py report              # re-render both from map_curve.json
 
 Same queries, positives and distractor construction as section 9 (bench_map_scale.real_descriptors and
@@ -42,12 +43,10 @@ def _configs(dim: int, n: int) -> List[Dict]:
     nlist = scale._nlist(n)
     probes = [(p, r) for p in (16, 64, 256) for r in (None, 4, 16)]
     out = [dict(name="flat", spec=dict(kind="flat"), points=[(None, None)])]
+    hnsw = [dict(name=f"HNSW efC{c}", spec=dict(kind="hnsw", ef_construction=c), points=[(e, None) for e in
+                                                                                          (64, 256, 1024)])
+            for c in ((40, 200) if n <= 10**5 else (40,))]
     if dim <= 1024:
-        out.append(dict(name="HNSW efC40", spec=dict(kind="hnsw", ef_construction=40),
-                        points=[(e, None) for e in (64, 256, 1024)]))
-        if n <= 10**5:
-            out.append(dict(name="HNSW efC200", spec=dict(kind="hnsw", ef_construction=200),
-                            points=[(e, None) for e in (64, 256, 1024)]))
         out += [dict(name="IVF-PQ32 inner product (section 9)", legacy_ip=True, m=32, nlist=nlist,
                      points=[(p, None) for p in (16, 64, 256)]),
                 dict(name="IVF-PQ32 L2, refine from disk", spec=dict(kind="ivfpq", nlist=nlist, m=32, refine=16),
@@ -60,6 +59,7 @@ def _configs(dim: int, n: int) -> List[Dict]:
             out.append(dict(name="IVF-PQ32 L2, refine from RAM fp16",
                             spec=dict(kind="ivfpq", nlist=nlist, m=32, refine=16, refine_from="fp16"),
                             points=[(64, 4), (64, 16)]))
+        out += hnsw  # last: the slowest builds, reference rows (section 9 has HNSW with inner product)
     else:
         out += [dict(name="IVF-PQ64 inner product (section 9)", legacy_ip=True, m=64, nlist=nlist,
                      points=[(p, None) for p in (16, 64, 256)]),
@@ -291,9 +291,46 @@ def reads(work: Path, out: Path, n: int = 100_000, dim: int = 256, rows_per_quer
     (out / "row_reads.md").write_text("\n".join(lines) + "\n")
 
 
+def anomaly(work: Path, out: Path, n: int = 10_000) -> None:
+    """Section 9's IVF-PQ (inner product) on the 8192-d ClusVPR map of n images: Recall@1 at nprobe 16/64/256 as
+    built, the norms of its stored reconstructions x^ = c + r^ (the unit descriptors come back with other norms), the
+    norm of the top-1 it returns, and Recall@1 when the same shortlist of 100 is ranked by <q, x^> / norm(x^) (the norm
+    error removed) and by the L2 index that replaces it."""
+    import faiss
+
+    from registry.evaluation import IndexSpec, PlaceIndex, recall_from_predictions
+    from registry.evaluation.index import normalise
+
+    faiss.omp_set_num_threads(1)
+    q, pos, real, n_pos, _ = scale.real_descriptors(work, "clusvpr_vgg16", None)
+    db = scale.database_file(work, "ClusVPR 8192", real, n_pos, 10**5)
+    nlist, m = scale._nlist(n), 64
+    ip = _legacy_ip(db, n, nlist, m, scale.MAX_TRAIN[False])
+    ivf = faiss.extract_index_ivf(ip)
+    ivf.make_direct_map()
+    norms = np.linalg.norm(ip.reconstruct_n(0, n), axis=1)
+    l2 = PlaceIndex(db.shape[1], IndexSpec("ivfpq", nlist=nlist, m=m))
+    l2.train(db[:n], max_train=scale.MAX_TRAIN[False])
+    l2.add(db[:n])
+    qn = normalise(q)
+    lines = [f"ClusVPR 8192-d, {n:,} images, IVF{nlist},PQ{m}x8. Norms of the stored reconstructions of unit vectors: "
+             f"median {np.median(norms):.3f}, 5-95% {np.percentile(norms, 5):.3f}-{np.percentile(norms, 95):.3f}.",
+             "", "| nprobe | R@1 inner product (section 9) | median norm of its top-1 | R@1 same shortlist by "
+             "<q, x^> / norm(x^) | R@1 L2 (this section) |", "|---:|---:|---:|---:|---:|"]
+    for nprobe in (16, 64, 256):
+        ivf.nprobe = nprobe
+        sims, ids = ip.search(qn, 100)
+        corrected = np.take_along_axis(ids, np.argsort(-(sims / norms[ids]), axis=1), 1)
+        l2.set_search_params(nprobe=nprobe)
+        r = [recall_from_predictions(p[:, :5], pos, (1,))["recall"][1] for p in (ids, corrected, l2.search(q, 5)[1])]
+        lines.append(f"| {nprobe} | {r[0]:.1f} | {np.median(norms[ids[:, 0]]):.3f} | {r[1]:.1f} | {r[2]:.1f} |")
+        print(lines[-1], flush=True)
+    (out / "nprobe_anomaly.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("reads", "curve", "report"))
+    p.add_argument("phase", choices=("reads", "curve", "anomaly", "report"))
     p.add_argument("--work", type=Path, default=Path("/tmp/map_scale"), help="descriptors and distractor files")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--sizes", type=int, nargs="*", default=())
@@ -302,6 +339,8 @@ def main(argv=None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     if a.phase == "reads":
         reads(a.work, a.out)
+    elif a.phase == "anomaly":
+        anomaly(a.work, a.out)
     elif a.phase == "curve":
         curve(a.work, a.out, a.sizes, a.series)
     else:

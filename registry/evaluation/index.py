@@ -140,27 +140,29 @@ class IndexSpec:
         return need
 
 
-# (largest n * dim for exact search, as measured: a flat scan of 10^5 x 256 takes ~5 ms on one thread)
-AUTO_FLAT_WORK = 3.2e7
-AUTO_HNSW_MAX = 100_000  # HNSW beyond this loses recall on crowded maps (benchmarks/RESULTS.md section 10)
-AUTO_REFINE = 16
+# from benchmarks/RESULTS.md section 10 (one thread): a flat scan of 10^4 x 256 takes ~0.2 ms and of 10^5 x 256 5-12 ms;
+# IVF-PQ with 32 codes per 256 dims, nprobe 64 and a 16x shortlist re-ranked from disk keeps R@1 within 0.5 of exact
+# at 10^5 and 10^6 in under 1 ms, with less RAM than HNSW (whose loss needs efSearch 1024 and 7 ms at 10^5)
+AUTO_FLAT_WORK = 1e7  # largest n * dim searched exactly
+AUTO_FLAT_MIN = 1000  # below this, exact (IVF-PQ needs 256 training vectors per codebook)
+AUTO_NLIST_CAP = 1024  # as measured up to 10^6 images
+AUTO_PQ_M, AUTO_NPROBE, AUTO_REFINE = 32, 64, 16
 
 
 def choose_index(n: int, dim: int, memory_budget: Optional[int] = None) -> IndexSpec:
     """The index benchmarks/RESULTS.md section 10 says keeps recall for `n` vectors of `dim` dims in `memory_budget`
-    bytes of RAM (None: no limit): exact search while a scan stays within ~10 ms and the vectors fit; HNSW up to
-    AUTO_HNSW_MAX images when its vectors and links fit; beyond, IVF-PQ re-ranking k * 16 candidates from the
-    float16 vectors on disk (RAM: the codes and ids, m + 8 bytes per image)."""
+    bytes of RAM (None: no limit): exact search while a scan stays within a few ms (n * dim <= AUTO_FLAT_WORK) and
+    the vectors fit; beyond, IVF-PQ (PCA to 256 dims first above 1024 dims) whose k * 16 shortlist is re-ranked
+    from float16 vectors on disk: RAM holds the codes and ids, m + 8 bytes per image."""
     budget = float("inf") if memory_budget is None else memory_budget
-    if n * dim <= AUTO_FLAT_WORK and 4 * n * dim <= budget:
+    if (n * dim <= AUTO_FLAT_WORK or n < AUTO_FLAT_MIN) and 4 * n * dim <= budget:
         return IndexSpec("flat")
-    if n <= AUTO_HNSW_MAX and n * (4 * dim + 272) <= budget:
-        return IndexSpec("hnsw", ef_search=256)
-    d = min(dim, DEFAULT_PCA_DIM) if dim > 1024 else dim
-    m = max(v for v in range(1, min(64, d // 4) + 1) if d % v == 0)
-    spec = IndexSpec("ivfpq", pca_dim=d if d < dim else None, m=m, nbits=8, nprobe=64,
-                     refine=AUTO_REFINE, refine_from="disk").resolved(n, dim)
-    codes = n * (spec.m + 8) + 4 * d * (spec.nlist + 256) + 4 * d * dim
+    d = DEFAULT_PCA_DIM if dim > 1024 else dim
+    m = max(v for v in range(1, min(AUTO_PQ_M, max(1, d // 4)) + 1) if d % v == 0)
+    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39, AUTO_NLIST_CAP))
+    spec = IndexSpec("ivfpq", pca_dim=d if d < dim else None, nlist=nlist, m=m, nbits=8, nprobe=AUTO_NPROBE,
+                     refine=AUTO_REFINE, refine_from="disk")
+    codes = n * (m + 8) + 4 * d * (nlist + 256) + (4 * d * dim if d < dim else 0)
     if codes > budget:
         raise ValueError(f"no index keeps {n:,} {dim}-d descriptors in a memory budget of {budget:,.0f} bytes: the "
                          f"smallest (IVF-PQ codes and ids) needs about {codes:,.0f}; raise the budget")
