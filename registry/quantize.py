@@ -91,9 +91,16 @@ def _backbone_nodes(graph) -> List[str]:
     return [n.name for n in graph.graph.node if n.name.startswith(QUANTISED_SCOPE) and n.op_type in QUANTISED_OPS]
 
 
-def quantize_graph(graph: bytes, calibration: torch.Tensor, batch_size: int = 8) -> Tuple[bytes, Dict[str, Any]]:
-    """Static QDQ int8 quantisation of the backbone of a float32 graph written by export_onnx, calibrated (min-max
-    activation ranges) on `calibration` images; (int8 graph bytes, facts about what was quantised)."""
+METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+def quantize_graph(graph: bytes, calibration: torch.Tensor, batch_size: int = 8, method: str = "minmax",
+                   float_tail: int = 0) -> Tuple[bytes, Dict[str, Any]]:
+    """Static QDQ int8 quantisation of the backbone of a float32 graph written by export_onnx, its activation ranges
+    calibrated on `calibration` images by `method` (METHODS); the backbone's last `float_tail` convolutions (and the
+    ops after them) stay float32. Returns (int8 graph bytes, facts about what was quantised)."""
+    if method not in METHODS:
+        raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -119,19 +126,26 @@ def quantize_graph(graph: bytes, calibration: torch.Tensor, batch_size: int = 8)
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         proto = onnx.load(str(pre))
         nodes = _backbone_nodes(proto)
-        convs = sum(1 for n in proto.graph.node if n.name in set(nodes) and n.op_type == "Conv")
-        if not convs:
+        conv_names = [n.name for n in proto.graph.node if n.name in set(nodes) and n.op_type == "Conv"]
+        if not conv_names:
             raise ValueError(f"the graph has no convolution under {QUANTISED_SCOPE}: int8 quantisation needs a model "
                              "built by the registry (a backbone module named 'backbone')")
+        if not 0 <= float_tail < len(conv_names):
+            raise ValueError(f"float_tail must be within 0..{len(conv_names) - 1} (the backbone has "
+                             f"{len(conv_names)} convolutions), got {float_tail}")
+        if float_tail:
+            nodes = nodes[:nodes.index(conv_names[len(conv_names) - float_tail])]
+        convs = len(conv_names) - float_tail
         quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(QUANTISED_OPS), nodes_to_quantize=nodes,
-                        calibrate_method=CalibrationMethod.MinMax,
+                        calibrate_method=getattr(CalibrationMethod, METHODS[method]),
                         calibration_providers=["CPUExecutionProvider"])
         data = out.read_bytes()
     float_ops = sorted({n.op_type for n in proto.graph.node if n.name not in set(nodes)})
     facts = {"format": "QDQ", "weights": "int8 per channel", "activations": "uint8 per tensor",
-             "method": "MinMax", "quantised_convs": convs, "quantised_nodes": len(nodes),
+             "method": METHODS[method], "quantised_convs": convs, "float32_convs": float_tail,
+             "quantised_nodes": len(nodes),
              "float32_op_types": float_ops, "num_images": int(len(calibration)),
              "input_size": list(calibration.shape[2:])}
     return data, facts

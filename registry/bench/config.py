@@ -124,6 +124,14 @@ class RunOptions:
     amp: Optional[bool] = option(None, "bfloat16 autocast for extraction (default: on for CUDA, off for CPU)",
                                  group=RUN, action=BooleanOptionalAction)
     compile: bool = option(False, "extract with torch.compile(model), compiled on one batch before timing", group=RUN)
+    runtime: Tuple[str, ...] = option(("torch",), "comma-separated CPU runtimes to run each model with, each one a row "
+                                      "of the table: torch (eager PyTorch, what the releases were measured with), "
+                                      "compile (torch.compile, channels_last), onnx (onnxruntime float32), onnx-int8 "
+                                      "(onnxruntime, the backbone's convolutions int8, calibrated on "
+                                      "--calibration-images database images); onnx and onnx-int8 need the 'onnx' "
+                                      "extra (default {default})", group=RUN, type=_names, metavar="LIST")
+    calibration_images: int = option(32, "onnx-int8: database images (evenly spaced) its activation ranges are "
+                                     "calibrated on (default {default})", group=RUN, type=_positive, metavar="N")
     latency_repeats: int = option(5, "timed batch-1 forward passes for the per-image latency (median; default "
                                   "{default})", group=RUN, type=_positive, metavar="N")
     seed: int = option(0, "seed of random weights, sampling and k-means (default {default})", group=RUN)
@@ -245,6 +253,11 @@ class RunConfig(RunOptions):
                             ("ef_search", self.ef_search), ("pca_dim", self.pca_dim), *refine),
                    AUTO: (("memory_budget", self.memory_budget),)}[self.index]
         return tuple((k, v) for k, v in options if v is not None)
+
+    @property
+    def runtimes(self) -> Tuple[str, ...]:
+        """The runtimes each model runs with (registry.RUNTIMES), one record per runtime."""
+        return tuple(self.runtime)
 
     @property
     def rerank_params(self) -> Optional[Tuple[int, int, float]]:

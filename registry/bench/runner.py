@@ -90,6 +90,7 @@ def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: 
         "input_size": "x".join(map(str, cfg.input_size)) if cfg.input_size else "each model's own",
         "embedded_default": cfg.embedded_default, "untrained": cfg.untrained,
         "batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "latency_repeats": cfg.latency_repeats,
+        "runtimes": list(cfg.runtimes), "calibration_images": cfg.calibration_images,
         "index": cfg.index, "index_options": dict(cfg.index_options),
         "pca_from": cfg.pca_from, "rerank": list(cfg.rerank_params or ()) or None,
         "init": cfg.init, "kmeans_images": cfg.kmeans_images, "kmeans_per_image": cfg.kmeans_per_image,
@@ -142,13 +143,15 @@ def run(cfg: RunConfig) -> List[Dict[str, Any]]:
     failures: List[Dict[str, str]] = []
     for ds in datasets:
         for spec in specs:
-            try:
-                records.append(evaluate(spec, ds, cfg, cfg.output_dir))
-            except Exception as err:  # noqa: BLE001  (one pair's failure must not cost the other pairs' results)
-                failures.append({"model": spec.label, "dataset": ds.name, "error": f"{type(err).__name__}: {err}"})
-                log(f"FAILED: {spec.label} on {ds.name}: {type(err).__name__}: {err} (continuing with the rest)")
-            paths = report.write_all(records, _meta(cfg, datasets, records, time.perf_counter() - start, failures),
-                                     cfg.output_dir)
+            for runtime in cfg.runtimes:
+                label = spec.label if runtime == "torch" else f"{spec.label} ({runtime})"
+                try:
+                    records.append(evaluate(spec, ds, cfg, cfg.output_dir, runtime))
+                except Exception as err:  # noqa: BLE001  (one pair's failure must not cost the other pairs' results)
+                    failures.append({"model": label, "dataset": ds.name, "error": f"{type(err).__name__}: {err}"})
+                    log(f"FAILED: {label} on {ds.name}: {type(err).__name__}: {err} (continuing with the rest)")
+                paths = report.write_all(records, _meta(cfg, datasets, records, time.perf_counter() - start,
+                                                        failures), cfg.output_dir)
     if records:
         plots.recall_curves(records, cfg.output_dir / "recall_at_n.png")
         plots.speed_vs_recall(records, cfg.output_dir / "speed_vs_recall.png")

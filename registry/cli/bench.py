@@ -85,6 +85,15 @@ def _device(parser: argparse.ArgumentParser, text: str) -> str:
 
 
 def _check(parser: argparse.ArgumentParser, a: RunOptions) -> None:
+    from ..runtimes.base import RUNTIMES
+
+    unknown = [r for r in a.runtime if r not in RUNTIMES]
+    if unknown:
+        parser.error(f"--runtime {','.join(unknown)}: unknown; choose from {', '.join(RUNTIMES)}")
+    if len(set(a.runtime)) != len(a.runtime):
+        parser.error(f"--runtime lists a runtime twice: {','.join(a.runtime)}")
+    if a.compile and a.runtime != ("torch",):
+        parser.error("--compile compiles the eager model; with --runtime use --runtime compile instead")
     if a.input_size is not None and not all(MIN_INPUT_SIDE <= side <= MAX_INPUT_SIDE for side in a.input_size):
         parser.error(f"--input-size {a.input_size[0]} {a.input_size[1]}: both sides must be >= {MIN_INPUT_SIDE} "
                      f"and <= {MAX_INPUT_SIDE} (valid: {MIN_INPUT_SIDE}..{MAX_INPUT_SIDE})")
@@ -121,7 +130,11 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> RunCon
     argv = list(sys.argv[1:] if argv is None else argv)
     a = RunOptions(**vars(parser.parse_args(argv)))
     _check(parser, a)
-    return RunConfig.from_options(replace(a, device=_device(parser, a.device)), argv, prog)
+    device = _device(parser, a.device)
+    if device.startswith("cuda") and a.runtime != ("torch",):
+        parser.error(f"--runtime {','.join(a.runtime)} runs on the CPU: add --device cpu, or on a GPU use the default "
+                     "runtime (torch) with --compile / --amp")
+    return RunConfig.from_options(replace(a, device=device), argv, prog)
 
 
 def fail(message: str, prog: str = PROG) -> NoReturn:

@@ -97,7 +97,8 @@ def _parse_meta(text: Optional[str], label: str) -> Dict[str, Any]:
 
 
 def build_onnx(model: nn.Module, quantize: Optional[str] = None, calibration: Any = None,
-               threads: Optional[int] = None, input_size=None, require_vnni: bool = True) -> OnnxRuntime:
+               threads: Optional[int] = None, input_size=None, require_vnni: bool = True,
+               int8_float_tail: int = 1) -> OnnxRuntime:
     """export_onnx into memory (float32, or int8 calibrated on `calibration`), then its runtime."""
     with tempfile.TemporaryDirectory(prefix="vpr-runtime-") as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", input_size=input_size, quantize=quantize,

@@ -87,7 +87,8 @@ def test_int8_stays_within_the_recorded_cosine_of_float32_at_batch_1_and_odd_siz
         assert cos.shape == (n,)
         assert float(cos.mean()) > INT8_MEAN_COS and float(cos.min()) > INT8_MIN_COS
     facts = rt.calibration
-    assert facts["num_images"] == 6 and facts["quantised_convs"] == 3 and facts["format"] == "QDQ"
+    assert facts["num_images"] == 6 and facts["format"] == "QDQ"
+    assert facts["quantised_convs"] == 2 and facts["float32_convs"] == 1  # the last one, the aggregator's input
     assert facts["cosine_to_float32_on_calibration"]["min"] > INT8_MIN_COS
 
 
@@ -99,7 +100,8 @@ def test_int8_quantises_the_backbone_convolutions_and_keeps_the_aggregator_float
     convs = [n for n in nodes if n.op_type == "Conv"]
     backbone = [n for n in convs if n.name.startswith("/backbone/")]
     others = [n for n in convs if not n.name.startswith("/backbone/")]  # NetVLAD's soft-assignment 1x1 conv
-    assert len(backbone) == 3 and all(set(n.input[:2]) <= dq_outputs for n in backbone)  # int8 input and weights
+    assert len(backbone) == 3 and all(set(n.input[:2]) <= dq_outputs for n in backbone[:2])  # int8 input, weights
+    assert backbone[2].input[1] not in dq_outputs  # the last one (whose output the aggregator reads) stays float32
     assert others and not any(set(n.input) & dq_outputs for n in others)
     assert not any(set(n.input) & dq_outputs for n in nodes if n.op_type in ("MatMul", "Gemm", "Softmax"))
 
@@ -206,3 +208,41 @@ def test_a_release_runs_under_onnx_and_int8_at_a_small_input():
     rt = registry.compile_for(model, "onnx-int8", calibration=images(4, 64, 96, seed=5), require_vnni=False)
     cos = cosines(rt.encode(x), expected)
     assert float(cos.min()) > 0.98  # real weights, random-noise input: measured 0.993 worst of 3 when written
+
+
+def _png_folder(folder, n: int):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(4)
+    for i in range(n):
+        Image.fromarray((torch.rand(60, 80, 3, generator=g) * 255).byte().numpy()).save(folder / f"{i}.png")
+    return folder
+
+
+def test_vpr_export_quantize_int8_writes_a_runtime_calibrated_on_a_folder(tmp_path, capsys):
+    from registry.cli.export import main
+
+    folder = _png_folder(tmp_path / "map", 5)
+    out = tmp_path / "gem_int8.onnx"
+    assert main(["gem_vgg16", str(out), "--input-size", "64", "64", "--quantize", "int8", "--calibration",
+                 str(folder), "--calibration-images", "3", "--allow-no-vnni"]) == 0
+    assert "int8: 12 convolutions quantised, calibrated on 3 images" in capsys.readouterr().out
+    rt = registry.load_runtime(out)
+    assert rt.kind == "onnx-int8" and rt.calibration["source"] == "3 image files from map"
+    assert rt.encode(images(2, 64, 64)).shape == (2, 512)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--quantize", "int8"], "--quantize int8 needs --calibration"),
+    (["--calibration", "x"], "--calibration is for --quantize int8"),
+    (["--quantize", "int8", "--calibration", "no_such_folder"], "neither an image file nor a folder"),
+])
+def test_vpr_export_refuses_incomplete_int8_options(argv, message, tmp_path, capsys, monkeypatch):
+    from registry.cli.export import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gem_vgg16", "m.onnx", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
