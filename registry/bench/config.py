@@ -141,7 +141,8 @@ class RunOptions:
                                         type=_int_list, metavar="LIST")
     index: str = option("flat", "faiss index: exact inner product ('flat'), IVF-PQ, HNSW, exact search on "
                         "PCA-reduced descriptors ('pca'), or 'auto': the one the measured map-size curve (README, "
-                        "'Large maps') says keeps recall for the database size, dimension and --memory-budget (the choice is printed and "
+                        "'Large maps') says keeps recall for the database size, dimension and --memory-budget (the "
+                        "choice is printed and "
                         "recorded in results.json); any other than flat also reports its loss against exact search "
                         "(default {default})", group=RETRIEVAL, choices=INDEX_KINDS + (AUTO,))
     memory_budget: Optional[int] = option(None, "--index auto: RAM the index may use, e.g. 8GB or 512MiB (default: "
