@@ -21,10 +21,11 @@ from ._registry import (
     resolve_name,
     split_tag,
 )
-from .errors import NonFiniteOutputError, NonFiniteValuesError, NotPublishedError
+from .errors import NonFiniteOutputError, NonFiniteValuesError, NotPublishedError, RuntimeUnavailableError
 from .export import export_onnx
 from .factory import build_vpr_model, create, model_info
 from .model import VPRModel
+from .runtimes import RUNTIMES, Runtime, compile_for, load_runtime
 from .whitening import PCAWhitening
 
 __all__ = [
@@ -36,8 +37,12 @@ __all__ = [
     "NonFiniteValuesError",
     "NotPublishedError",
     "PCAWhitening",
+    "RUNTIMES",
+    "Runtime",
+    "RuntimeUnavailableError",
     "VPRModel",
     "build_vpr_model",
+    "compile_for",
     "create",
     "export_onnx",
     "find_releases",
@@ -45,6 +50,7 @@ __all__ = [
     "list_aliases",
     "list_models",
     "load_plugins",
+    "load_runtime",
     "model_info",
     "register_aggregator",
     "register_backbone",

@@ -11,3 +11,7 @@ class NonFiniteValuesError(ValueError):
 
 class NonFiniteOutputError(FloatingPointError):
     """A model gave NaN or Inf descriptors for finite images (damaged weights, or an overflow)."""
+
+
+class RuntimeUnavailableError(RuntimeError):
+    """An inference runtime that cannot run on this machine (e.g. int8 on a CPU without int8 dot products)."""

@@ -21,7 +21,7 @@ import numbers
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -33,15 +33,18 @@ PathLike = Union[str, os.PathLike]
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "images", "descriptors"
 RTOL = 1e-4
-_INSTALL_HINT = "install the optional extra: pip install 'clusvpr-zoo[onnx]' (onnx and onnxruntime)"
+RUNTIME_META = "vpr_runtime"  # metadata property: JSON with what registry.load_runtime needs (runtime_meta)
+_INSTALL_HINT = ("install the optional extra: pip install 'clusvpr-zoo[onnx]' (onnx and onnxruntime), or use the "
+                 "eager PyTorch model (runtime='torch', --runtime torch)")
 _log = logging.getLogger(__name__)
 
 
-def _require(module: str):
+def _require(module: str, what: str = "ONNX export"):
+    """Import onnx / onnxruntime, or an ImportError naming the extra to install and the fallback runtime."""
     try:
         return __import__(module)
     except ImportError:
-        raise ImportError(f"ONNX export needs the {module} package: {_INSTALL_HINT}") from None
+        raise ImportError(f"{what} needs the {module} package, which is not installed: {_INSTALL_HINT}") from None
 
 
 def _check_size(model: nn.Module, height: int, width: int) -> None:
@@ -88,15 +91,32 @@ def export_onnx(
     input_size: Optional[Tuple[int, int]] = None,
     opset: int = OPSET,
     verify: bool = True,
+    quantize: Optional[str] = None,
+    calibration: Any = None,
+    require_vnni: bool = True,
 ) -> Path:
     """Write `model` as an ONNX graph with dynamic batch and spatial axes, traced at `input_size` (H, W).
 
     `input_size` defaults to the model's input_config size. With `verify` (the default), onnxruntime on CPU runs
-    the file at batch 1 and 2 and the result must match PyTorch within 1e-4 relative, else a RuntimeError. The
-    graph is written beside `path` and renamed into place once checked: any failure (a full disk, a graph that does
-    not match PyTorch) leaves no partial file and an earlier file at `path` unchanged.
+    the float32 graph at batch 1 and 2 and the result must match PyTorch within 1e-4 relative, else a RuntimeError.
+
+    `quantize="int8"` writes the int8 graph instead (`registry.quantize`: the backbone's convolutions statically
+    quantised, calibrated on `calibration` images, a tensor or image files; everything after the backbone float32).
+    Its metadata records the calibration and the cosine similarity of its descriptors to float32 on the calibration
+    images; a CPU without int8 dot products raises RuntimeUnavailableError unless `require_vnni=False`.
+    The graph is written beside `path` and renamed into place once checked: any failure (a full disk, a graph
+    that does not match PyTorch) leaves no partial file and an earlier file at `path` unchanged. The file
+    carries what `registry.load_runtime` needs to run it.
     """
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None (float32) or 'int8', got {quantize!r}")
     onnx = _require("onnx")
+    if quantize:
+        _require("onnxruntime")
+        from .quantize import calibration_batch, check_int8_cpu
+
+        check_int8_cpu(require=require_vnni)
+        calibration = (calibration_batch(calibration, model.input_config), calibration)
     h, w = _input_size(model, input_size)
     _check_size(model, h, w)
     path = Path(path)
@@ -105,35 +125,89 @@ def export_onnx(
     problem = unwritable(path.parent)
     if problem:  # before the (long) trace
         raise OSError(f"{path} cannot be written: {problem}; pass a path in a folder you can write to")
+    # traced, checked and finished in a file beside the target, renamed into place at the end: a failure at any
+    # step (a full disk, a graph that does not match PyTorch) leaves no partial file and an earlier file unchanged
+    with atomic_path(path) as tmp_path:
+        graph = _export_float32(onnx, model, tmp_path, h, w, opset, verify, label=str(path))
+        meta = runtime_meta(model, "onnx")
+        if quantize:
+            graph, meta = _quantized(onnx, model, graph, *calibration)
+        tmp_path.write_bytes(with_meta(onnx, graph, meta))
+    return path
+
+
+def runtime_meta(model: nn.Module, kind: str, calibration: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """What a saved runtime carries to be run again: its kind, the model's config, input config, descriptor dim, the
+    smallest input side it takes and, for int8, the calibration facts (the `vpr_runtime` metadata property)."""
+    backbone, aggregator = getattr(model, "backbone", None), getattr(model, "aggregator", None)
+    side = getattr(backbone, "stride", 1) * getattr(aggregator, "min_feature_size", 1)
+    return {"kind": kind, "config": dict(getattr(model, "config", {}) or {}),
+            "input_config": dict(getattr(model, "input_config", {}) or {}),
+            "descriptor_dim": int(model.descriptor_dim), "min_side": int(side), "calibration": calibration}
+
+
+def with_meta(onnx, graph: bytes, meta: Dict[str, Any]) -> bytes:
+    """`graph` with its `vpr_runtime` metadata property set to `meta` (JSON)."""
+    proto = onnx.load_from_string(graph)
+    kept = [p for p in proto.metadata_props if p.key != RUNTIME_META]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=RUNTIME_META, value=json.dumps(meta, sort_keys=True, default=str))
+    return proto.SerializeToString()
+
+
+def _quantized(onnx, model: nn.Module, graph: bytes, batch, given) -> Tuple[bytes, Dict[str, Any]]:
+    """The int8 graph and its metadata: calibration facts and the cosine similarity to float32 on those images."""
+    from .quantize import cosine_to_float32, describe_calibration, quantize_graph
+
+    int8, facts = quantize_graph(graph, batch)
+    ref = _run_graph(graph, batch)
+    facts["source"] = describe_calibration(given) or "a tensor of preprocessed images"
+    facts["cosine_to_float32_on_calibration"] = cosine_to_float32(ref, _run_graph(int8, batch))
+    _log.info("int8: %d convolutions quantised, calibrated on %d images; cosine to float32 %.4f mean, %.4f worst",
+              facts["quantised_convs"], facts["num_images"], facts["cosine_to_float32_on_calibration"]["mean"],
+              facts["cosine_to_float32_on_calibration"]["min"])
+    return int8, runtime_meta(model, "onnx-int8", facts)
+
+
+def _run_graph(graph: bytes, images: torch.Tensor, batch_size: int = 8):
+    import numpy as np
+
+    session = onnx_session(graph)
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + batch_size].numpy()})[0]
+                           for i in range(0, len(images), batch_size)])
+
+
+def _export_float32(onnx, model: nn.Module, path: Path, h: int, w: int, opset: int, verify: bool,
+                    label: Optional[str] = None) -> bytes:
+    """The float32 graph as bytes (written to `path` on the way), with export_onnx's metadata, checked (errors name
+    `label`, default `path`)."""
     was_training = model.training
     model.eval()
     param = next(model.parameters(), None)
     example = torch.randn(1, 3, h, w, device=param.device if param is not None else "cpu")
-    # written beside the target and renamed once verified: a failed export (a full disk, an error, a graph that
-    # does not match PyTorch) leaves no partial file and an earlier file at `path` unchanged
-    with atomic_path(path) as tmp:
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                # the TorchScript-based exporter is deprecated in favour of dynamo=True, which cannot export ClusVPR
-                # with dynamic axes (see the module docstring); its tracer warnings restate the shape checks
-                warnings.filterwarnings("ignore", category=DeprecationWarning)
-                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-                torch.onnx.export(
-                    model, (example,), str(tmp), dynamo=False, opset_version=opset,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}},
-                )
-        finally:
-            model.train(was_training)
-        graph = onnx.load(str(tmp))
-        for key, value in onnx_metadata(model).items():
-            graph.metadata_props.add(key=key, value=value)
-        onnx.checker.check_model(graph)
-        onnx.save(graph, str(tmp))
-        if verify:
-            err = verify_onnx(model, tmp, [(1, h, w), (2, h, w)], label=str(path))
-            _log.info("onnxruntime matches PyTorch: relative error %.2e", err)
-    return path
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # the TorchScript-based exporter is deprecated in favour of dynamo=True, which cannot export ClusVPR
+            # with dynamic axes (see the module docstring); its tracer warnings restate the shape checks
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}},
+            )
+    finally:
+        model.train(was_training)
+    graph = onnx.load(str(path))
+    for key, value in onnx_metadata(model).items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+    if verify:
+        err = verify_onnx(model, path, [(1, h, w), (2, h, w)], label=label)
+        _log.info("onnxruntime matches PyTorch: relative error %.2e", err)
+    return path.read_bytes()
 
 
 def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tuple[int, int]:
@@ -176,11 +250,13 @@ def verify_onnx(model: nn.Module, path: PathLike, shapes: Sequence[Tuple[int, in
     return worst
 
 
-def onnx_session(path: PathLike, threads: Optional[int] = None):
-    """An onnxruntime CPU InferenceSession (`threads` intra-op threads; default: onnxruntime's choice)."""
+def onnx_session(path: Union[PathLike, bytes], threads: Optional[int] = None):
+    """An onnxruntime CPU InferenceSession of a file or graph bytes (`threads` intra-op threads; default:
+    onnxruntime's choice)."""
     ort = _require("onnxruntime")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

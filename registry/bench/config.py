@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn, Optional, Sequence, Tuple
 
 from .._options import option
-from ..evaluation.index import INDEX_KINDS
+from ..evaluation.index import AUTO, INDEX_KINDS, REFINE_FROM, parse_bytes
 
 DEFAULT_MODELS = "clusvpr,netvlad,gem"
 DEFAULT_DATASETS = ("corridor", "nordland_test")  # both embedded in the package
@@ -29,6 +29,13 @@ def log(message: str) -> None:
     """The runner's progress messages go to stderr, so stdout carries only the Markdown table (the runner is run
     by the command line; library code below it logs through `logging` instead)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def _bytes(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise ArgumentTypeError(str(err)) from None
 
 
 def _positive(text: str) -> int:
@@ -124,10 +131,20 @@ class RunOptions:
                             action=BooleanOptionalAction)
     recall_ns: Tuple[int, ...] = option((1, 5, 10, 20), "N values of Recall@N (default {default})", group=RETRIEVAL,
                                         type=_int_list, metavar="LIST")
-    index: str = option("flat", "faiss index: exact inner product ('flat'), IVF-PQ, HNSW, or exact search on "
-                        "PCA-reduced descriptors ('pca'); any other than flat also reports its loss against exact "
-                        "search. benchmarks/RESULTS.md 'Cost as the map grows' says which for which map size "
-                        "(default {default})", group=RETRIEVAL, choices=INDEX_KINDS)
+    index: str = option("flat", "faiss index: exact inner product ('flat'), IVF-PQ, HNSW, exact search on "
+                        "PCA-reduced descriptors ('pca'), or 'auto': the one benchmarks/RESULTS.md section 10 says "
+                        "keeps recall for the database size, dimension and --memory-budget (the choice is printed and "
+                        "recorded in results.json); any other than flat also reports its loss against exact search "
+                        "(default {default})", group=RETRIEVAL, choices=INDEX_KINDS + (AUTO,))
+    memory_budget: Optional[int] = option(None, "--index auto: RAM the index may use, e.g. 8GB or 512MiB (default: "
+                                          "no limit)", group=RETRIEVAL, type=_bytes, metavar="SIZE")
+    refine: Optional[int] = option(None, "ivfpq / hnsw / pca: re-rank a shortlist of k*R candidates with exact "
+                                   "similarities, read from a float16 copy on disk (--refine-from) (default: none)",
+                                   group=RETRIEVAL, type=_positive, metavar="R")
+    refine_from: str = option("disk", "where --refine reads full-precision vectors: 'disk' (a float16 copy beside "
+                              "the index, RAM holds only the codes), 'fp16' or 'sq8' (an in-memory copy, faiss "
+                              "IndexRefine) (default {default})", group=RETRIEVAL, choices=REFINE_FROM)
+    opq: bool = option(False, "IVF-PQ: learn an OPQ rotation before product quantisation", group=RETRIEVAL)
     # the index parameters' defaults are registry.evaluation.IndexSpec's (tests/registry/cli/test_options.py checks it)
     pca_dim: Optional[int] = option(None, "'pca': dims kept (default 256), taken as --pca-from says; with ivfpq or "
                                     "hnsw, project to D dims first", group=RETRIEVAL, type=_positive,
@@ -160,8 +177,8 @@ class RunOptions:
                                         type=_path, metavar="DIR")
     save_descriptors: bool = option(False, "also write each model's query and database descriptors "
                                     "(descriptors/*.npz)", group=OUTPUTS)
-    store: Optional[Path] = option(None, "stream descriptors in chunks to resumable on-disk stores "
-                                  "DIR/<model>__<dataset>/{queries,database} (memory-mapped .npy): a killed run "
+    store: Optional[Path] = option(None, "write descriptors chunk by chunk to map stores (Lance datasets; pip install "
+                                  "'clusvpr-zoo[map]') DIR/<model>__<dataset>/{queries,database}: a killed run "
                                   "resumes there, and a store made by another model or input size is refused",
                                    group=OUTPUTS, type=_path, metavar="DIR")
     num_preds_to_save: int = option(0, "save prediction grids for N queries per model and dataset: each row the query "
@@ -220,11 +237,13 @@ class RunConfig(RunOptions):
     @property
     def index_options(self) -> Tuple[Tuple[str, int], ...]:
         """The options of the chosen index (registry.evaluation.IndexSpec fields) that were given or have defaults."""
-        options = {"flat": (), "pca": (("pca_dim", self.pca_dim),),
+        refine = (("refine", self.refine), ("refine_from", self.refine_from if self.refine else None))
+        options = {"flat": (), "pca": (("pca_dim", self.pca_dim), *refine),
                    "ivfpq": (("nlist", self.ivf_nlist), ("m", self.pq_m), ("nbits", self.pq_nbits),
-                             ("nprobe", self.nprobe), ("pca_dim", self.pca_dim)),
+                             ("nprobe", self.nprobe), ("pca_dim", self.pca_dim), ("opq", self.opq or None), *refine),
                    "hnsw": (("hnsw_m", self.hnsw_m), ("ef_construction", self.ef_construction),
-                            ("ef_search", self.ef_search), ("pca_dim", self.pca_dim))}[self.index]
+                            ("ef_search", self.ef_search), ("pca_dim", self.pca_dim), *refine),
+                   AUTO: (("memory_budget", self.memory_budget),)}[self.index]
         return tuple((k, v) for k, v in options if v is not None)
 
     @property

@@ -98,6 +98,12 @@ def _check(parser: argparse.ArgumentParser, a: RunOptions) -> None:
         parser.error(f"--pos-radius must be > 0 metres, got {a.pos_radius}")
     if a.output_dir is not None and Path(a.output_dir).exists() and not Path(a.output_dir).is_dir():
         parser.error(f"--output-dir: {a.output_dir} exists and is not a folder")
+    if a.memory_budget is not None and a.index != "auto":
+        parser.error(f"--memory-budget applies to --index auto, not --index {a.index}")
+    if (a.refine is not None or a.opq) and a.index not in ("ivfpq", "hnsw", "pca"):
+        parser.error(f"--refine / --opq do not apply to --index {a.index} (refine: ivfpq, hnsw, pca; opq: ivfpq)")
+    if a.opq and a.index != "ivfpq":
+        parser.error(f"--opq rotates before product quantisation: it applies to --index ivfpq, not {a.index}")
     problem = unwritable(Path(a.output_dir or "results").expanduser())
     if problem:
         parser.error(f"--output-dir {a.output_dir or 'results/'} cannot be written: {problem}; pass --output-dir "

@@ -11,14 +11,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
 from .. import h5io
-from .._atomic import file_mode, folder_mode, fsync_folder, write_failure
+from .._atomic import file_mode, folder_mode, fsync_folder, staging_dir, write_failure
 from .._files import sha256_file
 from ._card import render_model_card
 
@@ -177,7 +176,7 @@ def save_pretrained(
         raise NotADirectoryError(f"{target} exists and is not a directory: pass a directory path to save_pretrained")
     target.parent.mkdir(parents=True, exist_ok=True)
     facts = card_facts(model, training=training, evaluation=evaluation, recalls=recalls, release=release)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    stage = staging_dir(target)
     try:
         try:
             write_layout(model, stage, facts, model_card, dtype=dtype)
