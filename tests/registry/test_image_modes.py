@@ -98,3 +98,27 @@ def test_a_32_bit_image_with_values_beyond_16_bits_is_refused(tmp_path):
     with pytest.raises(ImageReadError, match=r"\(mode I\): a 32-bit integer image \(mode I\) with values in "
                                              r"70000\.\.70000: only 0\.\.65535"):
         open_rgb(tmp_path / "deep.tif")
+
+
+def test_a_16_bit_image_queried_on_a_place_index_is_scaled_like_its_8_bit_copy():
+    """PlaceIndex.query takes PIL images too: a 16-bit greyscale image finds what its 8-bit copy finds, with the
+    same similarities (it was clipped to 255 before)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import registry
+    from registry.evaluation import PlaceIndex
+
+    torch.manual_seed(0)
+    model = registry.create("gem_vgg16", input_size=(64, 64)).eval()
+    rng = np.random.default_rng(0)
+    index = PlaceIndex(model.descriptor_dim, model=model)
+    db = rng.standard_normal((20, model.descriptor_dim)).astype(np.float32)
+    index.add(db / np.linalg.norm(db, axis=1, keepdims=True), [f"place{i}" for i in range(20)])
+    values = rng.integers(0, 65536, (64, 64), dtype=np.uint16)
+    wide = Image.frombytes("I;16", (64, 64), values.astype("<u2").tobytes())
+    narrow = Image.fromarray(np.round(values / 257).astype(np.uint8), mode="L")
+    got, expected = index.query(wide, k=5), index.query(narrow, k=5)
+    assert [p for p, _ in got] == [p for p, _ in expected]
+    assert np.allclose([d for _, d in got], [d for _, d in expected], atol=1e-5)
