@@ -5,6 +5,7 @@ imports torch and huggingface_hub's client (`VPRModel` is a huggingface_hub `Mod
 """
 from . import aggregators as _aggregators  # noqa: F401  (registers the bundled aggregators)
 from . import backbones as _backbones  # noqa: F401  (registers the bundled backbones)
+from ._ranges import ArgRange
 from ._registry import (
     PUBLISHED_FILE,
     ModelEntry,
@@ -20,20 +21,28 @@ from ._registry import (
     resolve_name,
     split_tag,
 )
-from .errors import NotPublishedError
+from .errors import NonFiniteOutputError, NonFiniteValuesError, NotPublishedError, RuntimeUnavailableError
 from .export import export_onnx
 from .factory import build_vpr_model, create, model_info
 from .model import VPRModel
+from .runtimes import RUNTIMES, Runtime, compile_for, load_runtime
 from .whitening import PCAWhitening
 
 __all__ = [
     "PUBLISHED_FILE",
+    "ArgRange",
     "ModelEntry",
     "Release",
+    "NonFiniteOutputError",
+    "NonFiniteValuesError",
     "NotPublishedError",
     "PCAWhitening",
+    "RUNTIMES",
+    "Runtime",
+    "RuntimeUnavailableError",
     "VPRModel",
     "build_vpr_model",
+    "compile_for",
     "create",
     "export_onnx",
     "find_releases",
@@ -41,6 +50,7 @@ __all__ = [
     "list_aliases",
     "list_models",
     "load_plugins",
+    "load_runtime",
     "model_info",
     "register_aggregator",
     "register_backbone",

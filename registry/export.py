@@ -17,27 +17,34 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+from ._atomic import atomic_path
+from ._files import unwritable
 
 PathLike = Union[str, os.PathLike]
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "images", "descriptors"
 RTOL = 1e-4
-_INSTALL_HINT = "install the optional extra: pip install 'clusvpr-zoo[onnx]' (onnx and onnxruntime)"
+RUNTIME_META = "vpr_runtime"  # metadata property: JSON with what registry.load_runtime needs (runtime_meta)
+_INSTALL_HINT = ("install the optional extra: pip install 'clusvpr-zoo[onnx]' (onnx and onnxruntime), or use the "
+                 "eager PyTorch model (runtime='torch', --runtime torch)")
 _log = logging.getLogger(__name__)
 
 
-def _require(module: str):
+def _require(module: str, what: str = "ONNX export"):
+    """Import onnx / onnxruntime, or an ImportError naming the extra to install and the fallback runtime."""
     try:
         return __import__(module)
     except ImportError:
-        raise ImportError(f"ONNX export needs the {module} package: {_INSTALL_HINT}") from None
+        raise ImportError(f"{what} needs the {module} package, which is not installed: {_INSTALL_HINT}") from None
 
 
 def _check_size(model: nn.Module, height: int, width: int) -> None:
@@ -84,17 +91,100 @@ def export_onnx(
     input_size: Optional[Tuple[int, int]] = None,
     opset: int = OPSET,
     verify: bool = True,
+    quantize: Optional[str] = None,
+    calibration: Any = None,
+    require_vnni: bool = True,
+    int8_float_tail: int = 1,
 ) -> Path:
     """Write `model` as an ONNX graph with dynamic batch and spatial axes, traced at `input_size` (H, W).
 
     `input_size` defaults to the model's input_config size. With `verify` (the default), onnxruntime on CPU runs
-    the file at batch 1 and 2 and the result must match PyTorch within 1e-4 relative, else a RuntimeError.
+    the float32 graph at batch 1 and 2 and the result must match PyTorch within 1e-4 relative, else a RuntimeError.
+
+    `quantize="int8"` writes the int8 graph instead (`registry.quantize`: the backbone's convolutions statically
+    quantised, calibrated on `calibration` images, a tensor or image files; everything after the backbone float32,
+    and the backbone's last `int8_float_tail` convolutions too: by default the one whose output the aggregator reads,
+    which moved the released ClusVPR's Nordland R@1 from 26.25 to 29.5 against 31.25 in float32).
+    Its metadata records the calibration and the cosine similarity of its descriptors to float32 on the calibration
+    images; a CPU without int8 dot products raises RuntimeUnavailableError unless `require_vnni=False`.
+    The graph is written beside `path` and renamed into place once checked: any failure (a full disk, a graph
+    that does not match PyTorch) leaves no partial file and an earlier file at `path` unchanged. The file
+    carries what `registry.load_runtime` needs to run it.
     """
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None (float32) or 'int8', got {quantize!r}")
     onnx = _require("onnx")
-    h, w = (int(v) for v in (input_size or tuple(model.input_config["input_size"][1:])))
+    if quantize:
+        _require("onnxruntime")
+        from .quantize import calibration_batch, check_int8_cpu
+
+        check_int8_cpu(require=require_vnni)
+        calibration = (calibration_batch(calibration, model.input_config), calibration)
+    h, w = _input_size(model, input_size)
     _check_size(model, h, w)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: pass the path of the .onnx file to write")
+    problem = unwritable(path.parent)
+    if problem:  # before the (long) trace
+        raise OSError(f"{path} cannot be written: {problem}; pass a path in a folder you can write to")
+    # traced, checked and finished in a file beside the target, renamed into place at the end: a failure at any
+    # step (a full disk, a graph that does not match PyTorch) leaves no partial file and an earlier file unchanged
+    with atomic_path(path) as tmp_path:
+        graph = _export_float32(onnx, model, tmp_path, h, w, opset, verify, label=str(path))
+        meta = runtime_meta(model, "onnx")
+        if quantize:
+            graph, meta = _quantized(onnx, model, graph, *calibration, float_tail=int8_float_tail)
+        tmp_path.write_bytes(with_meta(onnx, graph, meta))
+    return path
+
+
+def runtime_meta(model: nn.Module, kind: str, calibration: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """What a saved runtime carries to be run again: its kind, the model's config, input config, descriptor dim, the
+    smallest input side it takes and, for int8, the calibration facts (the `vpr_runtime` metadata property)."""
+    backbone, aggregator = getattr(model, "backbone", None), getattr(model, "aggregator", None)
+    side = getattr(backbone, "stride", 1) * getattr(aggregator, "min_feature_size", 1)
+    return {"kind": kind, "config": dict(getattr(model, "config", {}) or {}),
+            "input_config": dict(getattr(model, "input_config", {}) or {}),
+            "descriptor_dim": int(model.descriptor_dim), "min_side": int(side), "calibration": calibration}
+
+
+def with_meta(onnx, graph: bytes, meta: Dict[str, Any]) -> bytes:
+    """`graph` with its `vpr_runtime` metadata property set to `meta` (JSON)."""
+    proto = onnx.load_from_string(graph)
+    kept = [p for p in proto.metadata_props if p.key != RUNTIME_META]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=RUNTIME_META, value=json.dumps(meta, sort_keys=True, default=str))
+    return proto.SerializeToString()
+
+
+def _quantized(onnx, model: nn.Module, graph: bytes, batch, given, float_tail: int) -> Tuple[bytes, Dict[str, Any]]:
+    """The int8 graph and its metadata: calibration facts and the cosine similarity to float32 on those images."""
+    from .quantize import cosine_to_float32, describe_calibration, quantize_graph
+
+    int8, facts = quantize_graph(graph, batch, float_tail=float_tail)
+    ref = _run_graph(graph, batch)
+    facts["source"] = describe_calibration(given) or "a tensor of preprocessed images"
+    facts["cosine_to_float32_on_calibration"] = cosine_to_float32(ref, _run_graph(int8, batch))
+    _log.info("int8: %d convolutions quantised, calibrated on %d images; cosine to float32 %.4f mean, %.4f worst",
+              facts["quantised_convs"], facts["num_images"], facts["cosine_to_float32_on_calibration"]["mean"],
+              facts["cosine_to_float32_on_calibration"]["min"])
+    return int8, runtime_meta(model, "onnx-int8", facts)
+
+
+def _run_graph(graph: bytes, images: torch.Tensor, batch_size: int = 8):
+    import numpy as np
+
+    session = onnx_session(graph)
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + batch_size].numpy()})[0]
+                           for i in range(0, len(images), batch_size)])
+
+
+def _export_float32(onnx, model: nn.Module, path: Path, h: int, w: int, opset: int, verify: bool,
+                    label: Optional[str] = None) -> bytes:
+    """The float32 graph as bytes (written to `path` on the way), with export_onnx's metadata, checked (errors name
+    `label`, default `path`)."""
     was_training = model.training
     model.eval()
     param = next(model.parameters(), None)
@@ -118,15 +208,33 @@ def export_onnx(
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
     if verify:
-        err = verify_onnx(model, path, [(1, h, w), (2, h, w)])
+        err = verify_onnx(model, path, [(1, h, w), (2, h, w)], label=label)
         _log.info("onnxruntime matches PyTorch: relative error %.2e", err)
-    return path
+    return path.read_bytes()
+
+
+def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tuple[int, int]:
+    """(H, W) to trace at: `input_size`, else the model's; ValueError with the valid range for anything else."""
+    from ._ranges import BUILDER_RANGES, min_side
+
+    size = input_size if input_size is not None else tuple(model.input_config["input_size"][1:])
+    backbone, aggregator = getattr(model, "backbone", None), getattr(model, "aggregator", None)
+    lo = min_side(backbone, aggregator) if backbone is not None else 1
+    hi = int(BUILDER_RANGES["input_size"].hi)
+    ok = (isinstance(size, (tuple, list)) and len(size) == 2
+          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and lo <= v <= hi for v in size))
+    if not ok:
+        raise ValueError(f"export_onnx: input_size must be (H, W) with H and W integers in {lo}..{hi} for "
+                         f"{getattr(model, 'name', type(model).__name__)}, got {input_size!r}")
+    return int(size[0]), int(size[1])
 
 
 def verify_onnx(model: nn.Module, path: PathLike, shapes: Sequence[Tuple[int, int, int]],
-                rtol: float = RTOL, seed: int = 0) -> float:
-    """Largest relative error of onnxruntime (CPU) against PyTorch over random inputs of (N, H, W) shapes."""
+                rtol: float = RTOL, seed: int = 0, label: Optional[str] = None) -> float:
+    """Largest relative error of onnxruntime (CPU) against PyTorch over random inputs of (N, H, W) shapes; `label`
+    names the file in errors (default: `path`)."""
     session = onnx_session(path)
+    label = label or str(path)
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     model_device = next(model.parameters()).device
@@ -136,20 +244,22 @@ def verify_onnx(model: nn.Module, path: PathLike, shapes: Sequence[Tuple[int, in
             expected = model.eval()(x.to(model_device)).float().cpu()
         got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
         if got.shape != expected.shape:
-            raise RuntimeError(f"{path}: onnxruntime gave shape {tuple(got.shape)} for input {(n, 3, h, w)}, "
+            raise RuntimeError(f"{label}: onnxruntime gave shape {tuple(got.shape)} for input {(n, 3, h, w)}, "
                                f"PyTorch {tuple(expected.shape)}")
         worst = max(worst, relative_error(got, expected))
     if worst > rtol:
-        raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by {worst:.2e} relative (allowed {rtol:.0e}); "
+        raise RuntimeError(f"{label}: onnxruntime differs from PyTorch by {worst:.2e} relative (allowed {rtol:.0e}); "
                            "the export is wrong: report it with the model name and input size")
     return worst
 
 
-def onnx_session(path: PathLike, threads: Optional[int] = None):
-    """An onnxruntime CPU InferenceSession (`threads` intra-op threads; default: onnxruntime's choice)."""
+def onnx_session(path: Union[PathLike, bytes], threads: Optional[int] = None):
+    """An onnxruntime CPU InferenceSession of a file or graph bytes (`threads` intra-op threads; default:
+    onnxruntime's choice)."""
     ort = _require("onnxruntime")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -124,6 +124,14 @@ class RunOptions:
     amp: Optional[bool] = option(None, "bfloat16 autocast for extraction (default: on for CUDA, off for CPU)",
                                  group=RUN, action=BooleanOptionalAction)
     compile: bool = option(False, "extract with torch.compile(model), compiled on one batch before timing", group=RUN)
+    runtime: Tuple[str, ...] = option(("torch",), "comma-separated CPU runtimes to run each model with, each one a row "
+                                      "of the table: torch (eager PyTorch, what the releases were measured with), "
+                                      "compile (torch.compile, channels_last), onnx (onnxruntime float32), onnx-int8 "
+                                      "(onnxruntime, the backbone's convolutions int8, calibrated on "
+                                      "--calibration-images database images); onnx and onnx-int8 need the 'onnx' "
+                                      "extra (default {default})", group=RUN, type=_names, metavar="LIST")
+    calibration_images: int = option(32, "onnx-int8: database images (evenly spaced) its activation ranges are "
+                                     "calibrated on (default {default})", group=RUN, type=_positive, metavar="N")
     latency_repeats: int = option(5, "timed batch-1 forward passes for the per-image latency (median; default "
                                   "{default})", group=RUN, type=_positive, metavar="N")
     seed: int = option(0, "seed of random weights, sampling and k-means (default {default})", group=RUN)
@@ -132,8 +140,9 @@ class RunOptions:
     recall_ns: Tuple[int, ...] = option((1, 5, 10, 20), "N values of Recall@N (default {default})", group=RETRIEVAL,
                                         type=_int_list, metavar="LIST")
     index: str = option("flat", "faiss index: exact inner product ('flat'), IVF-PQ, HNSW, exact search on "
-                        "PCA-reduced descriptors ('pca'), or 'auto': the one benchmarks/RESULTS.md section 10 says "
-                        "keeps recall for the database size, dimension and --memory-budget (the choice is printed and "
+                        "PCA-reduced descriptors ('pca'), or 'auto': the one the measured map-size curve (README, "
+                        "'Large maps') says keeps recall for the database size, dimension and --memory-budget (the "
+                        "choice is printed and "
                         "recorded in results.json); any other than flat also reports its loss against exact search "
                         "(default {default})", group=RETRIEVAL, choices=INDEX_KINDS + (AUTO,))
     memory_budget: Optional[int] = option(None, "--index auto: RAM the index may use, e.g. 8GB or 512MiB (default: "
@@ -145,7 +154,7 @@ class RunOptions:
                               "the index, RAM holds only the codes), 'fp16' or 'sq8' (an in-memory copy, faiss "
                               "IndexRefine) (default {default})", group=RETRIEVAL, choices=REFINE_FROM)
     opq: bool = option(False, "IVF-PQ: learn an OPQ rotation before product quantisation", group=RETRIEVAL)
-    # the index parameters' defaults are registry.evaluation.IndexSpec's (tests/test_cli_options.py checks it)
+    # the index parameters' defaults are registry.evaluation.IndexSpec's (tests/registry/cli/test_options.py checks it)
     pca_dim: Optional[int] = option(None, "'pca': dims kept (default 256), taken as --pca-from says; with ivfpq or "
                                     "hnsw, project to D dims first", group=RETRIEVAL, type=_positive,
                                     metavar="D")
@@ -245,6 +254,11 @@ class RunConfig(RunOptions):
                             ("ef_search", self.ef_search), ("pca_dim", self.pca_dim), *refine),
                    AUTO: (("memory_budget", self.memory_budget),)}[self.index]
         return tuple((k, v) for k, v in options if v is not None)
+
+    @property
+    def runtimes(self) -> Tuple[str, ...]:
+        """The runtimes each model runs with (registry.RUNTIMES), one record per runtime."""
+        return tuple(self.runtime)
 
     @property
     def rerank_params(self) -> Optional[Tuple[int, int, float]]:

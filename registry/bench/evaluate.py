@@ -8,7 +8,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from registry.datasets import VPRDataset
 from registry.datasets.images import open_rgb
@@ -27,6 +26,7 @@ from registry.evaluation import (
     search,
 )
 from registry.training.clusters import has_clusters
+from registry.whitening import enough_to_fit, has_components, whiten
 
 from . import attention, grids
 from .config import RunConfig, log
@@ -55,16 +55,9 @@ def _whitening_plan(model: torch.nn.Module, choice: str, num_db: int) -> Tuple[b
         return False, f"PCA {w.in_dim}->{w.out_dim} (pretrained)"
     if choice == "none":
         return False, "none (--whitening none)"
-    if num_db <= w.out_dim:
+    if not enough_to_fit(w, num_db):
         return False, f"none (too few images: {num_db} <= {w.out_dim} dims)"
     return True, f"PCA {w.in_dim}->{w.out_dim} fitted on {num_db} database descriptors"
-
-
-@torch.inference_mode()
-def _whiten(model: torch.nn.Module, descs: np.ndarray) -> np.ndarray:
-    """Apply the (now fitted) whitening to pre-whitening descriptors, as the model's forward would."""
-    x = torch.from_numpy(descs).to(model.whitening.mu.device)
-    return F.normalize(model.whitening(x), dim=-1).cpu().numpy()
 
 
 def _pca_dim(cfg: RunConfig) -> Optional[int]:
@@ -80,7 +73,7 @@ def _pca_from_whitening(model: torch.nn.Module, cfg: RunConfig, fit_now: bool) -
     if k is None or cfg.pca_from == "database":
         return None
     w = getattr(model, "whitening", None)
-    if w is not None and (w.fitted or fit_now) and k <= w.out_dim:
+    if has_components(w, k, fit_now):
         return int(k)
     if cfg.pca_from == "whitening":
         have = "no whitening" if w is None else (f"a {w.out_dim}-d whitening" if w.fitted or fit_now
@@ -164,13 +157,36 @@ def _kmeans_init(model: torch.nn.Module, ds: VPRDataset, cfg: RunConfig, out: Pa
     return init, True
 
 
-def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> Dict[str, Any]:
-    """Evaluate one model on one dataset and write its grids, heat maps and descriptors; returns its record."""
+def _runtime(model: torch.nn.Module, ds: VPRDataset, cfg: RunConfig, runtime: str):
+    """(the module or registry.Runtime extraction runs, its facts for the record). Built before timing, and run on one
+    batch of database images so compilation or onnxruntime's first-run planning is not timed as encoding; onnx-int8
+    is calibrated on --calibration-images database images spread evenly over the database."""
+    from registry.runtimes import compile_for
+
+    calibration = None
+    if runtime == "onnx-int8":
+        picked = np.linspace(0, ds.num_db - 1, min(cfg.calibration_images, ds.num_db)).round().astype(int)
+        calibration = [ds.db_images[i] for i in sorted(set(picked.tolist()))]
+    rt = compile_for(model, runtime, calibration=calibration)
+    extract_descriptors(rt, ds.db_images[: cfg.batch_size], batch_size=cfg.batch_size, progress=False)
+    facts = rt.facts()
+    if calibration is not None:
+        facts["calibration"]["images"] = f"{len(calibration)} database images of {ds.name}, evenly spaced"
+        cos = facts["calibration"]["cosine_to_float32_on_calibration"]
+        log(f"   int8: calibrated on {len(calibration)} database images; cosine to float32 on them "
+            f"{cos['mean']:.4f} mean, {cos['min']:.4f} worst")
+    return rt, facts
+
+
+def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path, runtime: str = "torch") -> Dict[str, Any]:
+    """Evaluate one model, run by `runtime` (registry.RUNTIMES; 'torch' is the model itself), on one dataset and write
+    its grids, heat maps and descriptors; returns its record."""
     model = build_model(spec, cfg.input_size, cfg.backbone_weights, cfg.seed).eval().to(cfg.device)
     _, h, w = model.input_config["input_size"]
-    log(f"== {spec.label} ({model.name}) on {ds.summary()} at {h}x{w}")
+    shown = "" if runtime == "torch" else f", runtime {runtime}"
+    log(f"== {spec.label} ({model.name}{shown}) on {ds.summary()} at {h}x{w}")
     init: Dict[str, Any] = {"method": "pretrained" if spec.pretrained else "none"}
-    stem = f"{safe_name(spec.label)}__{safe_name(ds.name)}"
+    stem = f"{safe_name(spec.label)}__{safe_name(ds.name)}" + ("" if runtime == "torch" else f"__{runtime}")
     centres = out_dir / "centroids" / f"{stem}.h5"
     clustered = not spec.pretrained and cfg.init == "kmeans" and has_clusters(model.aggregator)
     if clustered:
@@ -181,7 +197,11 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> 
     if pca_k is not None and not fit_now:  # keep the pretrained whitening's leading components from the start
         model.set_descriptor_dim(pca_k)
     amp = cfg.device.startswith("cuda") if cfg.amp is None else cfg.amp
-    net = _compiled(model, ds, cfg, amp) if cfg.compile else model
+    runtime_facts: Dict[str, Any] = {"runtime": runtime}
+    if runtime != "torch":
+        net, runtime_facts = _runtime(model, ds, cfg, runtime)
+    else:
+        net = _compiled(model, ds, cfg, amp) if cfg.compile else model
     with PeakMemory(torch.device(cfg.device)) as mem:
         start = time.perf_counter()
         extract_kwargs = dict(batch_size=cfg.batch_size, device=cfg.device, num_workers=cfg.num_workers, amp=amp,
@@ -197,7 +217,7 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> 
         model.whitening.fit(torch.from_numpy(db))
         if pca_k is not None:
             model.set_descriptor_dim(pca_k)
-        q, db = _whiten(model, q), _whiten(model, db)
+        q, db = whiten(model.whitening, q), whiten(model.whitening, db)
     pca = None
     if pca_k is not None:
         pca = f"the {pca_k} leading components of the model's whitening"
@@ -219,12 +239,12 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path) -> 
         "peak_memory_mib": mem.mib, "memory_measure": mem.kind, "weights": source, "trained": trained,
         "init": init, "whitening": whitening, "index": cfg.index, "pca": pca,
         "rerank": cfg.rerank,
-        "amp": amp, "compiled": cfg.compile,
+        "amp": amp, "compiled": cfg.compile, "runtime": runtime, "runtime_facts": runtime_facts,
         "files": ([str(centres.relative_to(out_dir))] if clustered else []) +
         _artefacts(model, stem, spec.label, ds, cfg, out_dir, q, db, pred),
     }
     log(f"   R@1 {record['recall'][min(cfg.recall_ns)]:.1f}  dim {record['descriptor_dim']}  "
-        f"{record['images_per_s']:.1f} img/s  weights: {source}")
+        f"{record['images_per_s']:.1f} img/s  {record['latency_ms']:.0f} ms/image at batch 1  weights: {source}")
     return record
 
 

@@ -6,6 +6,8 @@ from typing import Any, Dict, List, Sequence
 
 from registry._atomic import atomic_path
 
+from .report import label
+
 
 def _pyplot():
     import matplotlib
@@ -35,7 +37,7 @@ def recall_curves(records: Sequence[Dict[str, Any]], path: Path) -> Path:
     for ax, name in zip(axes[0], names):
         for r in (r for r in records if r["dataset"] == name):
             ns = sorted(int(n) for n in r["recall"])
-            ax.plot(ns, [r["recall"][n] for n in ns], marker="o", label=r["model"] + ("" if r["trained"] else " *"))
+            ax.plot(ns, [r["recall"][n] for n in ns], marker="o", label=label(r) + ("" if r["trained"] else " *"))
         ns = sorted({int(n) for r in records for n in r["recall"]})
         ax.set(title=name, xlabel="N", ylabel="Recall@N (%)", ylim=(0, 100), xscale="log", xticks=ns)
         ax.set_xticklabels([str(n) for n in ns])
@@ -58,7 +60,7 @@ def speed_vs_recall(records: Sequence[Dict[str, Any]], path: Path) -> Path:
         ax.scatter([r["images_per_s"] for r in rows], [r["recall"][min(r["recall"])] for r in rows],
                    marker=markers[i % len(markers)], label=name)
         for r in rows:
-            ax.annotate(r["model"], (r["images_per_s"], r["recall"][min(r["recall"])]), fontsize=7,
+            ax.annotate(label(r), (r["images_per_s"], r["recall"][min(r["recall"])]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
     n1 = min(records[0]["recall"])
     ax.set(xlabel="encoding throughput (images/s)", ylabel=f"Recall@{n1} (%)", ylim=(0, 100))

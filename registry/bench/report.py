@@ -1,6 +1,7 @@
 """results.json, results.csv and results.md (the Markdown table printed to stdout), all from the same records."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ from registry._atomic import atomic_path
 
 from .metrics import FLOPS_NOTE
 
-CSV_FIELDS = ("model", "architecture", "dataset", "input_size", "descriptor_dim", "params_m", "gflops",
+CSV_FIELDS = ("model", "runtime", "architecture", "dataset", "input_size", "descriptor_dim", "params_m", "gflops",
               "images_per_s", "latency_ms", "peak_memory_mib", "memory_measure", "weights", "trained", "whitening",
               "init", "index", "rerank", "amp", "compiled", "num_queries", "num_database", "extract_s")
 
@@ -20,6 +21,12 @@ def recall_ns(records: Sequence[Dict[str, Any]], meta: Optional[Dict[str, Any]] 
     if not records:
         return sorted(int(n) for n in (meta or {}).get("recall_ns", ()))
     return sorted(int(n) for n in records[0]["recall"])
+
+
+def label(record: Dict[str, Any]) -> str:
+    """The model's label, with its runtime unless it is the default (eager PyTorch): 'clusvpr (onnx-int8)'."""
+    runtime = record.get("runtime", "torch")
+    return record["model"] if runtime == "torch" else f"{record['model']} ({runtime})"
 
 
 def untrained(records: Sequence[Dict[str, Any]]) -> List[str]:
@@ -40,11 +47,12 @@ def warning_line(records: Sequence[Dict[str, Any]]) -> str:
 def table(records: Sequence[Dict[str, Any]], meta: Optional[Dict[str, Any]] = None) -> str:
     """The Markdown results table."""
     ns = recall_ns(records, meta)
-    head = (["Model", "Dataset", "Input"] + [f"R@{n}" for n in ns] +
+    head = (["Model", "Runtime", "Dataset", "Input"] + [f"R@{n}" for n in ns] +
             ["Dim", "Params (M)", "GFLOPs", "img/s", "Latency (ms)", "Peak mem (MiB)", "Whitening", "Weights"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in records:
-        cells = [r["model"], r["dataset"], r["input_size"]] + [f"{r['recall'][n]:.1f}" for n in ns] + [
+        cells = [r["model"], r.get("runtime", "torch"), r["dataset"], r["input_size"]] + [
+            f"{r['recall'][n]:.1f}" for n in ns] + [
             str(r["descriptor_dim"]), f"{r['params_m']:.2f}", f"{r['gflops']:.1f}", f"{r['images_per_s']:.1f}",
             f"{r['latency_ms']:.1f}", f"{r['peak_memory_mib']:.0f}", r["whitening"], r["weights"]]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
@@ -60,6 +68,7 @@ def notes(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> List[str]:
         f"resizing included, {meta['num_workers']} loader workers); latency: median of "
         f"{meta['latency_repeats']} batch-1 forward passes after a warm-up.",
         f"- Peak mem: {meta['memory_measure']} during extraction.",
+        *_runtime_note(records, meta),
         f"- Recall@N: {meta['index']} index" + (", k-reciprocal re-ranking" if meta["rerank"] else "") + ".",
     ]
     for ds in meta["datasets"]:
@@ -68,6 +77,18 @@ def notes(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> List[str]:
         out.append(f"- Dataset {ds['name']}: {ds['num_queries']} queries / {ds['num_database']} database images, "
                    f"{where}{credit}.")
     return out
+
+
+def _runtime_note(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> List[str]:
+    runtimes = list(dict.fromkeys(r.get("runtime", "torch") for r in records))
+    if runtimes in ([], ["torch"]):
+        return []
+    line = (f"- Runtime: {', '.join(runtimes)} (registry.compile_for; torch = eager PyTorch, the reference); "
+            "img/s and latency are each runtime's own")
+    if "onnx-int8" in runtimes:
+        line += (f"; onnx-int8 calibrated on {meta.get('calibration_images')} evenly spaced database images per "
+                 "dataset (results.json: runtime_facts.calibration, with its cosine to float32 on them)")
+    return [line + "."]
 
 
 def markdown(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> str:
@@ -94,23 +115,27 @@ def _jsonable(record: Dict[str, Any]) -> Dict[str, Any]:
 
 def csv_row(record: Dict[str, Any]) -> Dict[str, Any]:
     """A flat CSV row: the scalar fields and one R@N column per N."""
-    row = {k: record[k] for k in CSV_FIELDS}
+    row = {k: record.get(k, "torch") if k == "runtime" else record[k] for k in CSV_FIELDS}
     row["init"] = record["init"]["method"]
     row.update({f"R@{n}": v for n, v in sorted(record["recall"].items())})
     return row
 
 
 def write_all(records: Sequence[Dict[str, Any]], meta: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
-    """Write results.json, results.csv and results.md atomically; returns their paths."""
+    """Write results.json, results.csv and results.md atomically, as one set: all three are written beside their
+    targets first and renamed only when every write succeeded, so a failed write (a full disk) leaves all three
+    earlier files as they were. Returns their paths."""
     paths = {name: out_dir / f"results.{name}" for name in ("json", "csv", "md")}
-    with atomic_path(paths["json"]) as tmp:
-        tmp.write_text(json.dumps({"meta": meta, "results": [_jsonable(r) for r in records]}, indent=2) + "\n")
     rows = [csv_row(r) for r in records]
     fields = list(rows[0]) if rows else [*CSV_FIELDS, *(f"R@{n}" for n in recall_ns(records, meta))]
-    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    with atomic_path(paths["md"]) as tmp:
+    with contextlib.ExitStack() as staged:  # each staged just before its write; all renamed at the end (in reverse)
+        tmp = staged.enter_context(atomic_path(paths["json"]))
+        tmp.write_text(json.dumps({"meta": meta, "results": [_jsonable(r) for r in records]}, indent=2) + "\n")
+        tmp = staged.enter_context(atomic_path(paths["csv"]))
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp = staged.enter_context(atomic_path(paths["md"]))
         tmp.write_text(markdown(records, meta))
     return paths

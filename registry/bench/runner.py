@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+from .._files import unwritable
 from .config import RunConfig
 
 # the rest of the runner imports torch and the datasets: imported in run(), so --help and argument errors are quick
@@ -43,6 +44,8 @@ def _preflight(cfg: RunConfig) -> tuple:
         datasets = load_all(cfg.datasets, cfg.data_root, cfg.tolerance, cfg.pos_radius)
     except ValueError as err:
         cfg.fail(str(err))
+    if cfg.backbone_weights is not None:
+        _check_backbone_weights_apply(cfg, specs)
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         cfg.fail(f"--models lists a model twice: {','.join(labels)}")
@@ -87,6 +90,7 @@ def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: 
         "input_size": "x".join(map(str, cfg.input_size)) if cfg.input_size else "each model's own",
         "embedded_default": cfg.embedded_default, "untrained": cfg.untrained,
         "batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "latency_repeats": cfg.latency_repeats,
+        "runtimes": list(cfg.runtimes), "calibration_images": cfg.calibration_images,
         "index": cfg.index, "index_options": dict(cfg.index_options),
         "pca_from": cfg.pca_from, "rerank": list(cfg.rerank_params or ()) or None,
         "init": cfg.init, "kmeans_images": cfg.kmeans_images, "kmeans_per_image": cfg.kmeans_per_image,
@@ -99,6 +103,23 @@ def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: 
     }
 
 
+def _check_backbone_weights_apply(cfg: RunConfig, specs: list) -> None:
+    """--backbone-weights reaches only models built from the registry: refused when no model is (it would be
+    ignored), and the models that ignore it named when some are."""
+    from .evaluate import log
+
+    built = [s.label for s in specs if not s.pretrained]
+    loaded = [s.label for s in specs if s.pretrained]
+    if not built:
+        cfg.fail(f"--backbone-weights {cfg.backbone_weights} would be ignored: every model here loads trained weights "
+                 f"({', '.join(loaded)}: a release, a repository or a folder), and the backbone weights only reach "
+                 "models built from the registry. Add --untrained to build the registry models with these backbone "
+                 "weights, or drop --backbone-weights")
+    if loaded:
+        log(f"note: --backbone-weights {Path(cfg.backbone_weights).name} is used by {', '.join(built)} only; "
+            f"{', '.join(loaded)} load trained weights and ignore it")
+
+
 def run(cfg: RunConfig) -> List[Dict[str, Any]]:
     """Evaluate every model on every dataset; results.json/csv/md are rewritten after each pair, so a crash or a
     kill loses only the pair in progress. A failing pair is reported and the rest still run; returns the records,
@@ -107,6 +128,9 @@ def run(cfg: RunConfig) -> List[Dict[str, Any]]:
     from .evaluate import evaluate, log
 
     start = time.perf_counter()
+    problem = unwritable(cfg.store) if cfg.store is not None else None
+    if problem:  # before any model is built: else every pair would fail on its first chunk
+        cfg.fail(f"--store {cfg.store} cannot be written: {problem}; pass --store with a folder you can write to")
     specs, datasets = _preflight(cfg)
     if cfg.backbone_weights is None and any(not s.pretrained for s in specs):
         log("note: no --backbone-weights, so models built from the registry have RANDOM weights")
@@ -119,13 +143,15 @@ def run(cfg: RunConfig) -> List[Dict[str, Any]]:
     failures: List[Dict[str, str]] = []
     for ds in datasets:
         for spec in specs:
-            try:
-                records.append(evaluate(spec, ds, cfg, cfg.output_dir))
-            except Exception as err:  # noqa: BLE001  (one pair's failure must not cost the other pairs' results)
-                failures.append({"model": spec.label, "dataset": ds.name, "error": f"{type(err).__name__}: {err}"})
-                log(f"FAILED: {spec.label} on {ds.name}: {type(err).__name__}: {err} (continuing with the rest)")
-            paths = report.write_all(records, _meta(cfg, datasets, records, time.perf_counter() - start, failures),
-                                     cfg.output_dir)
+            for runtime in cfg.runtimes:
+                label = spec.label if runtime == "torch" else f"{spec.label} ({runtime})"
+                try:
+                    records.append(evaluate(spec, ds, cfg, cfg.output_dir, runtime))
+                except Exception as err:  # noqa: BLE001  (one pair's failure must not cost the other pairs' results)
+                    failures.append({"model": label, "dataset": ds.name, "error": f"{type(err).__name__}: {err}"})
+                    log(f"FAILED: {label} on {ds.name}: {type(err).__name__}: {err} (continuing with the rest)")
+                paths = report.write_all(records, _meta(cfg, datasets, records, time.perf_counter() - start,
+                                                        failures), cfg.output_dir)
     if records:
         plots.recall_curves(records, cfg.output_dir / "recall_at_n.png")
         plots.speed_vs_recall(records, cfg.output_dir / "speed_vs_recall.png")

@@ -18,9 +18,11 @@ from typing import NoReturn, Optional, Sequence
 
 from .._files import unwritable
 from .._options import add_dataclass_arguments
+from .._ranges import BUILDER_RANGES
 from ..bench.config import MIN_INPUT_SIDE, RunConfig, RunOptionError, RunOptions
 
 PROG = "vpr bench"
+MAX_INPUT_SIDE = int(BUILDER_RANGES["input_size"].hi)
 
 DESCRIPTION = """\
 Compare visual place recognition models on real datasets: Recall@N, descriptor size, parameters,
@@ -83,8 +85,18 @@ def _device(parser: argparse.ArgumentParser, text: str) -> str:
 
 
 def _check(parser: argparse.ArgumentParser, a: RunOptions) -> None:
-    if a.input_size is not None and min(a.input_size) < MIN_INPUT_SIDE:
-        parser.error(f"--input-size {a.input_size[0]} {a.input_size[1]}: both sides must be >= {MIN_INPUT_SIDE}")
+    from ..runtimes.base import RUNTIMES
+
+    unknown = [r for r in a.runtime if r not in RUNTIMES]
+    if unknown:
+        parser.error(f"--runtime {','.join(unknown)}: unknown; choose from {', '.join(RUNTIMES)}")
+    if len(set(a.runtime)) != len(a.runtime):
+        parser.error(f"--runtime lists a runtime twice: {','.join(a.runtime)}")
+    if a.compile and a.runtime != ("torch",):
+        parser.error("--compile compiles the eager model; with --runtime use --runtime compile instead")
+    if a.input_size is not None and not all(MIN_INPUT_SIDE <= side <= MAX_INPUT_SIDE for side in a.input_size):
+        parser.error(f"--input-size {a.input_size[0]} {a.input_size[1]}: both sides must be >= {MIN_INPUT_SIDE} "
+                     f"and <= {MAX_INPUT_SIDE} (valid: {MIN_INPUT_SIDE}..{MAX_INPUT_SIDE})")
     if a.backbone_weights is not None and not Path(a.backbone_weights).expanduser().is_file():
         parser.error(f"--backbone-weights: file not found: {a.backbone_weights}")
     if a.data_root is not None and not Path(a.data_root).expanduser().is_dir():
@@ -105,6 +117,11 @@ def _check(parser: argparse.ArgumentParser, a: RunOptions) -> None:
     if problem:
         parser.error(f"--output-dir {a.output_dir or 'results/'} cannot be written: {problem}; pass --output-dir "
                      "with a folder you can write to")
+    if a.store is not None and Path(a.store).expanduser().exists() and not Path(a.store).expanduser().is_dir():
+        parser.error(f"--store: {a.store} exists and is not a folder")
+    problem = unwritable(Path(a.store).expanduser()) if a.store is not None else None
+    if problem:
+        parser.error(f"--store {a.store} cannot be written: {problem}; pass --store with a folder you can write to")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> RunConfig:
@@ -113,7 +130,11 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> RunCon
     argv = list(sys.argv[1:] if argv is None else argv)
     a = RunOptions(**vars(parser.parse_args(argv)))
     _check(parser, a)
-    return RunConfig.from_options(replace(a, device=_device(parser, a.device)), argv, prog)
+    device = _device(parser, a.device)
+    if device.startswith("cuda") and a.runtime != ("torch",):
+        parser.error(f"--runtime {','.join(a.runtime)} runs on the CPU: add --device cpu, or on a GPU use the default "
+                     "runtime (torch) with --compile / --amp")
+    return RunConfig.from_options(replace(a, device=device), argv, prog)
 
 
 def fail(message: str, prog: str = PROG) -> NoReturn:

@@ -1,12 +1,15 @@
 """`vpr export`: export a registry model to ONNX (dynamic batch and image size), checked with onnxruntime.
 
     vpr export clusvpr_vgg16 clusvpr.onnx --input-size 480 640 --pretrained true
+    vpr export clusvpr_vgg16 clusvpr_int8.onnx --pretrained true --quantize int8 --calibration my_map_images/
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
+from .._files import unwritable
 from ..export import OPSET
 from ._console import console_logging
 
@@ -32,9 +35,37 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
                         help="keep this many leading whitening components (needs a fitted whitening)")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check against PyTorch")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="write the int8 graph: the backbone's convolutions statically quantised (QDQ), "
+                             "calibrated on --calibration images; aggregation and whitening stay float32")
+    parser.add_argument("--calibration", nargs="+", default=None, metavar="PATH",
+                        help="--quantize int8: real images from where the model will run (image files or folders "
+                             "of them); --calibration-images of them, evenly spaced, are used")
+    parser.add_argument("--calibration-images", type=int, default=32, metavar="N",
+                        help="--quantize int8: how many calibration images to use (default 32)")
+    parser.add_argument("--allow-no-vnni", action="store_true",
+                        help="--quantize int8 on a CPU without int8 dot-product instructions (slower than float32)")
     args = parser.parse_args(argv)
+    if args.input_size is not None and min(args.input_size) < 1:
+        parser.error(f"--input-size {args.input_size[0]} {args.input_size[1]}: both sides must be positive (the "
+                     "model's valid range is checked next)")
+    problem = unwritable(Path(args.output).expanduser().parent)
+    if problem:
+        parser.error(f"{args.output} cannot be written: {problem}; pass an output path in a folder you can write to")
+    if args.quantize and not args.calibration:
+        parser.error("--quantize int8 needs --calibration: image files or folders of real images (a few dozen from "
+                     "the deployment's data)")
+    if args.calibration and not args.quantize:
+        parser.error("--calibration is for --quantize int8")
+    if args.calibration_images < 1:
+        parser.error(f"--calibration-images must be >= 1, got {args.calibration_images}")
+    if args.quantize:
+        args.calibration = _calibration_files(parser, args.calibration, args.calibration_images)
     with console_logging():
-        return _export(args)
+        try:
+            return _export(args)
+        except ValueError as err:  # an input size or model argument outside its range: a bad option
+            parser.error(str(err))
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -47,9 +78,35 @@ def _export(args: argparse.Namespace) -> int:
         overrides["descriptor_dim"] = args.descriptor_dim
     model = create(args.model, pretrained=pretrained, **overrides)
     path = export_onnx(model, args.output, tuple(args.input_size) if args.input_size else None, args.opset,
-                       verify=not args.no_verify)
+                       verify=not args.no_verify, quantize=args.quantize, calibration=args.calibration,
+                       require_vnni=not args.allow_no_vnni)
     meta = onnx_metadata(model)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {meta['architecture']}, input {INPUT_NAME} "
           f"(N, 3, H, W) normalised with mean {meta['mean']} std {meta['std']}, output {OUTPUT_NAME} "
           f"(N, {meta['descriptor_dim']})")
+    if args.quantize:
+        from ..runtimes import load_runtime
+
+        facts = load_runtime(path).calibration
+        cos = facts["cosine_to_float32_on_calibration"]
+        print(f"int8: {facts['quantised_convs']} convolutions quantised, calibrated on {facts['num_images']} images; "
+              f"cosine similarity to float32 on them {cos['mean']:.4f} mean, {cos['min']:.4f} worst. Run it with "
+              f"registry.load_runtime('{path}').encode(images)")
     return 0
+
+
+def _calibration_files(parser: argparse.ArgumentParser, paths: Sequence[str], n: int) -> List[Path]:
+    """Image files given or found in the folders given (sorted), n of them evenly spaced."""
+    suffixes = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+    files: List[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in suffixes)
+        elif item.is_file():
+            files.append(item)
+        else:
+            parser.error(f"--calibration: {item} is neither an image file nor a folder")
+    if not files:
+        parser.error(f"--calibration: no images ({', '.join(suffixes)}) in {', '.join(paths)}")
+    step = max(1, len(files) // n)
+    return files[::step][:n]

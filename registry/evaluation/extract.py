@@ -15,6 +15,7 @@ from ..datasets.base import VPRDataset
 from ..datasets.images import ImageListDataset, image_size
 from ..model import encode_images
 from ..preprocess import RESIZE_POLICIES, Preprocess, target_size  # noqa: F401  (re-exported: they were defined here)
+from ..runtimes.base import Runtime
 
 PathLike = Union[str, os.PathLike]
 
@@ -31,7 +32,7 @@ def _size_groups(paths: Sequence[PathLike], pre: Preprocess) -> List[List[int]]:
 
 @torch.inference_mode()
 def extract_descriptors(
-    model: nn.Module,
+    model: Union[nn.Module, Runtime],
     images: Sequence[PathLike],
     batch_size: int = 32,
     device: Optional[Union[str, torch.device]] = None,
@@ -45,7 +46,8 @@ def extract_descriptors(
     """(N, D) float32 L2-normalised descriptors of image files, in input order.
 
     Preprocessing follows `model.input_config` unless `resize`/`longer_side` override it; on CUDA the
-    batches are channels_last and, unless `amp=False`, run under bfloat16 autocast.
+    batches are channels_last and, unless `amp=False`, run under bfloat16 autocast. `model` may be a
+    `registry.Runtime` (`registry.compile_for`): its `encode` runs each batch, on the CPU.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -55,8 +57,14 @@ def extract_descriptors(
     amp = device.type == "cuda" if amp is None else amp
     pre = Preprocess(model.input_config, resize, longer_side)
     data = ImageListDataset(images, pre)
-    was_training = model.training
-    model.eval().to(device)
+    if isinstance(model, Runtime):
+        encode, was_training = model.encode, None
+    else:
+        was_training = model.training
+        model.eval().to(device)
+
+        def encode(batch: torch.Tensor) -> torch.Tensor:
+            return encode_images(model, batch, device, amp)
     out: Optional[np.ndarray] = None
     try:
         with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
@@ -64,13 +72,14 @@ def extract_descriptors(
                 loader = DataLoader(Subset(data, group), batch_size=batch_size, num_workers=num_workers,
                                     pin_memory=device.type == "cuda")
                 for batch, idx in loader:
-                    desc_batch = encode_images(model, batch, device, amp).cpu().numpy()
+                    desc_batch = encode(batch).cpu().numpy()
                     if out is None:
                         out = np.empty((len(images), desc_batch.shape[1]), dtype=np.float32)
                     out[idx.numpy()] = desc_batch
                     bar.update(len(idx))
     finally:
-        model.train(was_training)
+        if was_training is not None:
+            model.train(was_training)
     return out
 
 

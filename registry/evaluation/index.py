@@ -504,7 +504,7 @@ class PlaceIndex:
         if isinstance(image, (str, os.PathLike)):
             image = open_rgb(image)
         if isinstance(image, Image.Image):
-            image = Preprocess(self.model.input_config)(image.convert("RGB"))
+            image = Preprocess(self.model.input_config)(image)  # 16-bit images scaled, not clipped
         device = next(self.model.parameters()).device
         with torch.inference_mode():
             was_training = self.model.training

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..distributed import DistContext
+from ..runtimes.base import Runtime
 from .extract import extract_descriptors
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,15 @@ def _lance():
 
 
 def model_config_hash(model: nn.Module, resize: Optional[str] = None, longer_side: Optional[int] = None) -> str:
-    """sha256 of what fixes a descriptor: the model's config, its input config (size, mean, std) and its weights."""
+    """sha256 of what fixes a descriptor: the model's config, its input config (size, mean, std) and its weights (a
+    `registry.Runtime`: its kind and fingerprint, e.g. the int8 graph)."""
     h = hashlib.sha256()
     facts = {"config": getattr(model, "config", None), "input_config": model.input_config,
              "resize": resize, "longer_side": longer_side}
     h.update(json.dumps(facts, sort_keys=True, default=str).encode())
+    if isinstance(model, Runtime):
+        h.update(model.kind.encode() + model.fingerprint())
+        return h.hexdigest()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())

@@ -126,16 +126,23 @@ class Snapshot:
                 "they cannot be checked: re-save the model with save_pretrained (or push_to_hub), which records one "
                 "for every file"
             )
-        if int(config.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
-            raise WrongModelError(f"{self.label} uses layout format {config['format_version']}, newer than this "
-                                  f"version of the zoo understands ({FORMAT_VERSION}): upgrade clusvpr-zoo")
+        version = config.get("format_version", FORMAT_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise WrongModelError(
+                f"config.json of {self.label}: format_version = {version!r} is not a layout format version (a "
+                f"whole number >= 1; this version of the zoo writes {FORMAT_VERSION}): the file was changed or "
+                "damaged; restore it, or re-save the model with save_pretrained"
+            )
+        if version > FORMAT_VERSION:
+            raise WrongModelError(f"{self.label} uses layout format {version}, newer than this version of the zoo "
+                                  f"understands ({FORMAT_VERSION}): upgrade clusvpr-zoo")
         return config
 
     def path(self, name: str) -> Path:
         """Local path of `name`, its sha256 checked against config.json (what huggingface_hub does not do: it
         trusts a cached file). A cached copy that does not match is downloaded again once (`force_download=True`);
-        a mismatch that persists is a CorruptedFileError naming the `hf cache` commands that remove it (the cache
-        is huggingface_hub's to manage; a user's own folder is never changed)."""
+        a mismatch that persists is a CorruptedFileError, and the bad copy is deleted with huggingface_hub's cache
+        API (a user's own folder is never changed)."""
         config = self.config(required=False)
         files = config.get("files") if isinstance(config, dict) else None
         if isinstance(files, dict) and name not in files:
@@ -183,8 +190,9 @@ class Snapshot:
         return self.local_files_only or _offline_mode(constants)
 
     def _give_up(self, path: Path) -> str:
-        """For a file that failed its check for good: what happened and how to remove the cached copy, for the
-        error message. A local folder is left as it is."""
+        """For a file that failed its check for good: delete the cached copy through huggingface_hub's cache API (a
+        re-download with force_download does not replace it: measured, tests/registry/hub/test_hub_remote.py), and
+        say what happened, for the error message. A local folder is left as it is."""
         if self.directory is not None:
             return "The folder was left as it is."
         if self._offline():
@@ -196,10 +204,7 @@ class Snapshot:
         else:
             why = ("It was downloaded again and still does not match, so the repository serves a file that "
                    "config.json was not saved with.")
-        commit = Path(path).parent.name
-        cache = f" --cache-dir {self.cache_dir}" if self.cache_dir else ""
-        return (f"{why} The cached copy is {path}; `hf cache verify {self.repo_id} --revision {commit}{cache}` checks "
-                f"the cache and `hf cache rm {commit}{cache}` removes that revision.")
+        return f"{why} {_delete_from_cache(self, Path(path))}"
 
     def _fetch(self, name: str, force: bool = False) -> Path:
         if self.directory is not None:
@@ -223,6 +228,25 @@ def _missing_hint(name: str) -> str:
     if name == "pca.h5":
         return "the model was saved without a fitted whitening (fit it with model.fit_whitening first)"
     return "save or push the model again to write the full layout"
+
+
+def _delete_from_cache(snap: Snapshot, path: Path) -> str:
+    """Delete one cached file of `snap` with huggingface_hub's cache management (`HFCacheInfo.delete_files`: the
+    snapshot entry, and its blob unless another cached file shares it); the sentence saying so."""
+    from huggingface_hub import constants, scan_cache_dir
+
+    commit, name = path.parent.name, path.name
+    try:
+        cache = scan_cache_dir(snap.cache_dir or constants.HF_HUB_CACHE)  # the cache hf_hub_download used
+        files = [f for repo in cache.repos if repo.repo_type == "model" and repo.repo_id == snap.repo_id
+                 for revision in repo.revisions if revision.commit_hash == commit
+                 for f in revision.files if f.file_name == name]
+        if not files:
+            return "It is not listed in the Hugging Face cache, so nothing was deleted there."
+        cache.delete_files(*files).execute()
+    except Exception as err:  # noqa: BLE001  (the error being raised matters more; say how to delete it by hand)
+        return f"Deleting it from the Hugging Face cache failed ({err}): delete it with `hf cache rm`."
+    return "The bad copy was deleted from the Hugging Face cache."
 
 
 def _download(snap: Snapshot, name: str, force: bool = False) -> str:

@@ -8,6 +8,7 @@ import json
 import numpy as np
 from runner_support import load_runner, tiny_models, write_aligned_dataset
 
+from registry.bench import PairsFailed
 from registry.bench import run as bench_run
 from registry.evaluation import INDEX_KINDS, load_descriptors, open_store
 
@@ -121,7 +122,6 @@ def test_pca_from_whitening_keeps_the_whitenings_leading_components(tmp_path):
 def test_pca_from_whitening_without_a_whitening_fails_the_pair_with_the_fix(tmp_path):
     import pytest
 
-    from registry.bench import PairsFailed
 
     data = write_aligned_dataset(tmp_path / "data", 12)
     with tiny_models(), pytest.raises(PairsFailed) as err:

@@ -28,6 +28,20 @@ def test_save_writes_the_layout_with_a_sha256_of_every_file(tiny, tmp_path):
         assert info == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_the_saved_folder_and_its_files_get_the_modes_the_umask_gives(tiny, tmp_path, mask):
+    import stat
+
+    model, _ = tiny
+    old = os.umask(mask)
+    try:
+        folder = hub.save_pretrained(model, tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o666 & ~mask}
+
+
 def test_config_is_timm_compatible_and_states_the_vpr_facts(tiny, tmp_path):
     model, _ = tiny
     config = json.loads((hub.save_pretrained(model, tmp_path / "m") / "config.json").read_text())
@@ -78,6 +92,24 @@ def test_failed_resave_keeps_the_previous_layout_intact(tiny, tmp_path, monkeypa
         hub.save_pretrained(model, folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+def test_a_resave_past_the_file_size_limit_names_the_folder_and_keeps_the_previous_layout(tmp_path):
+    from real_faults import write_under_limit
+
+    folder = registry.create("gem_vgg16", input_size=(64, 64)).save_pretrained(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = write_under_limit("""
+        import registry
+        model = registry.create("gem_vgg16", input_size=(64, 64))  # new random weights: a 59 MB model.safetensors
+    """, f"model.save_pretrained({str(folder)!r})", limit=1 << 20)
+    assert result["raised"] == "OSError" and result["errno"] == 27
+    assert result["message"].startswith(f"[Errno 27] could not save the model to {folder}: the file would exceed the "
+                                        "file-size limit (ulimit -f)")
+    assert result["message"].endswith(f"the earlier layout in {folder} is unchanged and no partial file is left")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+    registry.VPRModel.from_pretrained(folder)  # still loads, every sha256 matching
 
 
 def test_resave_removes_files_the_model_no_longer_has(tiny, tmp_path, tiny_model_name):

@@ -115,16 +115,16 @@ def test_pretrained_true_uses_the_pinned_default_repo(hub_server, tiny, tiny_mod
     assert torch.equal(outputs(registry.create(f"{tiny_model_name}.demo", pretrained=True), images), before)
 
 
-def test_a_changed_file_on_the_hub_is_refused_with_the_commands_that_remove_the_cached_copy(hub_server, tiny):
+def test_a_changed_file_on_the_hub_is_refused_and_not_kept(hub_server, tiny):
     model, _ = tiny
     _push(model)
     good = hub_server.file_bytes(REPO, "model.safetensors")
     hub_server.tamper(REPO, "model.safetensors", good[:-4] + b"\x00\x00\x00\x00")
-    removal = r"model.safetensors.*hf cache verify tester/.*hf cache rm [0-9a-f]{40}"
+    removal = r"model.safetensors.*deleted from the Hugging Face cache"
     with pytest.raises(hub.CorruptedFileError, match=removal):
         registry.VPRModel.from_pretrained(REPO)
     hub_server.tamper(REPO, "model.safetensors", good)  # once the Hub serves the right file again, loading works
-    registry.VPRModel.from_pretrained(REPO)  # (the bad cached copy fails its check and is downloaded again)
+    registry.VPRModel.from_pretrained(REPO)
 
 
 def test_a_changed_file_on_the_hub_is_downloaded_again_only_once(hub_server, tiny):
@@ -152,7 +152,7 @@ def test_corrupted_cache_file_is_detected_and_downloaded_again(hub_server, tiny,
     assert blob.read_bytes() == good and _gets(hub_server, "model.safetensors") == 2
 
 
-def test_a_corrupted_cached_file_offline_is_refused_and_downloaded_again_once_online(hub_server, tiny, tmp_path):
+def test_a_corrupted_cached_file_offline_is_refused_deleted_and_downloaded_once_online(hub_server, tiny, tmp_path):
     model, images = tiny
     _push(model)
     registry.VPRModel.from_pretrained(REPO)
@@ -160,9 +160,9 @@ def test_a_corrupted_cached_file_offline_is_refused_and_downloaded_again_once_on
     blob.write_bytes(blob.read_bytes()[:-1] + b"\x01")
     seen = hub_server.count()
     with pytest.raises(hub.CorruptedFileError, match="model.safetensors.*offline mode is on.*while online.*"
-                                                     "hf cache rm"):
+                                                     "deleted from the Hugging Face cache"):
         registry.VPRModel.from_pretrained(REPO, local_files_only=True)
-    assert hub_server.count() == seen
+    assert hub_server.count() == seen and not blob.exists()
     assert torch.equal(outputs(registry.VPRModel.from_pretrained(REPO), images), outputs(model, images))
 
 

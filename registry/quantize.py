@@ -1,0 +1,170 @@
+"""Static int8 quantisation of an exported graph with onnxruntime (QDQ), and whether this CPU has int8 dot products.
+
+Only the backbone is quantised: its convolutions (with the ReLU and max-pool nodes between them, so the int8 tensors
+flow from one convolution to the next), with per-channel int8 weights and uint8 activations whose ranges come from
+calibration images. Every other node (the input conversion, ClusVPR's CWT blocks with their KNN, OptLAD, NetVLAD's
+soft-assignment, GeM, every whitening) stays float32: they are a small share of the FLOPs and numerically fragile.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .errors import RuntimeUnavailableError
+
+PathLike = Union[str, os.PathLike]
+QUANTISED_OPS = ("Conv", "Relu", "MaxPool")
+QUANTISED_SCOPE = "/backbone/"  # node names of the TorchScript exporter follow the module path
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # x86; Arm: asimddp (dot product)
+CPUINFO = "/proc/cpuinfo"
+_log = logging.getLogger(__name__)
+
+
+def cpu_flags(cpuinfo: Optional[PathLike] = None) -> Optional[set]:
+    """The CPU's feature flags (Linux /proc/cpuinfo 'flags' or 'Features'), or None where they cannot be read."""
+    try:
+        text = Path(cpuinfo or CPUINFO).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return None
+
+
+def int8_support(cpuinfo: Optional[PathLike] = None) -> Tuple[Optional[bool], str]:
+    """(has int8 dot-product instructions?, what was found): True/False from the flags, None when unknown."""
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        return None, f"unknown ({cpuinfo or CPUINFO} not readable on {platform.machine()})"
+    found = sorted(flags & (set(INT8_FLAGS) | {"asimddp"}))
+    if found:
+        return True, ", ".join(found)
+    return False, "none of " + ", ".join(INT8_FLAGS + ("asimddp",))
+
+
+def check_int8_cpu(require: bool = True, cpuinfo: Optional[PathLike] = None) -> str:
+    """Raise RuntimeUnavailableError (or, with require=False, log a warning) on a CPU without int8 dot products."""
+    ok, found = int8_support(cpuinfo)
+    if ok is False:
+        message = (f"this CPU has no int8 dot-product instructions (AVX-512 VNNI / AVX-VNNI / AMX / Arm dot product; "
+                   f"found {found}): onnxruntime's int8 convolutions would be slower than float32 here. Use "
+                   "runtime='onnx' (float32 onnxruntime) or 'torch' (--runtime onnx / --runtime torch), or pass "
+                   "require_vnni=False to run int8 anyway")
+        if require:
+            raise RuntimeUnavailableError(message)
+        _log.warning(message)
+    return found
+
+
+def calibration_batch(calibration: Any, input_config: Dict[str, Any]) -> torch.Tensor:
+    """Calibration images as one (N, 3, H, W) float32 tensor: a tensor of preprocessed images as given, or image
+    files / PIL images preprocessed with the model's `input_config` (its transform())."""
+    if isinstance(calibration, torch.Tensor):
+        batch = calibration
+    else:
+        from PIL import Image
+
+        from .datasets.images import open_rgb
+        from .preprocess import Preprocess
+
+        pre = Preprocess(input_config)
+        items = list(calibration or [])
+        batch = torch.stack([pre(x if isinstance(x, Image.Image) else open_rgb(x)) for x in items]) if items else None
+    if batch is None or batch.ndim != 4 or batch.shape[0] == 0 or batch.shape[1] != 3:
+        shape = None if batch is None else tuple(batch.shape)
+        raise ValueError(f"int8 calibration needs real images: a (N, 3, H, W) tensor preprocessed like the model's "
+                         f"input, or a list of image files, N >= 1 (a few dozen from the deployment's data is "
+                         f"typical); got {shape or 'none'}")
+    return batch.detach().to("cpu", torch.float32).contiguous()
+
+
+def _backbone_nodes(graph) -> List[str]:
+    return [n.name for n in graph.graph.node if n.name.startswith(QUANTISED_SCOPE) and n.op_type in QUANTISED_OPS]
+
+
+METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+def quantize_graph(graph: bytes, calibration: torch.Tensor, batch_size: int = 8, method: str = "minmax",
+                   float_tail: int = 0) -> Tuple[bytes, Dict[str, Any]]:
+    """Static QDQ int8 quantisation of the backbone of a float32 graph written by export_onnx, its activation ranges
+    calibrated on `calibration` images by `method` (METHODS); the backbone's last `float_tail` convolutions (and the
+    ops after them) stay float32. Returns (int8 graph bytes, facts about what was quantised)."""
+    if method not in METHODS:
+        raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = [calibration[i:i + batch_size].numpy() for i in range(0, len(calibration), batch_size)]
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter({"images": b} for b in batches)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory(prefix="vpr-int8-") as tmp:
+        fp32, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        fp32.write_bytes(graph)
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        proto = onnx.load(str(pre))
+        nodes = _backbone_nodes(proto)
+        conv_names = [n.name for n in proto.graph.node if n.name in set(nodes) and n.op_type == "Conv"]
+        if not conv_names:
+            raise ValueError(f"the graph has no convolution under {QUANTISED_SCOPE}: int8 quantisation needs a model "
+                             "built by the registry (a backbone module named 'backbone')")
+        if not 0 <= float_tail < len(conv_names):
+            raise ValueError(f"float_tail must be within 0..{len(conv_names) - 1} (the backbone has "
+                             f"{len(conv_names)} convolutions), got {float_tail}")
+        if float_tail:
+            nodes = nodes[:nodes.index(conv_names[len(conv_names) - float_tail])]
+        convs = len(conv_names) - float_tail
+        quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(QUANTISED_OPS), nodes_to_quantize=nodes,
+                        calibrate_method=getattr(CalibrationMethod, METHODS[method]),
+                        calibration_providers=["CPUExecutionProvider"])
+        data = out.read_bytes()
+    float_ops = sorted({n.op_type for n in proto.graph.node if n.name not in set(nodes)})
+    facts = {"format": "QDQ", "weights": "int8 per channel", "activations": "uint8 per tensor",
+             "method": METHODS[method], "quantised_convs": convs, "float32_convs": float_tail,
+             "quantised_nodes": len(nodes),
+             "float32_op_types": float_ops, "num_images": int(len(calibration)),
+             "input_size": list(calibration.shape[2:])}
+    return data, facts
+
+
+def cosine_to_float32(reference: np.ndarray, got: np.ndarray) -> Dict[str, float]:
+    """Per-image cosine similarity of `got` to the float32 `reference` descriptors: mean and worst."""
+    ref = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
+    out = got / np.maximum(np.linalg.norm(got, axis=1, keepdims=True), 1e-12)
+    cos = (ref.astype(np.float64) * out).sum(1)
+    return {"mean": float(cos.mean()), "min": float(cos.min())}
+
+
+def describe_calibration(calibration: Any) -> Optional[str]:
+    """Where the calibration images came from (their folder and count), for the facts; None for a tensor."""
+    if isinstance(calibration, torch.Tensor) or not isinstance(calibration, Sequence):
+        return None
+    paths = [Path(p) for p in calibration if isinstance(p, (str, os.PathLike))]
+    if not paths:
+        return None
+    folders = sorted({p.parent.name for p in paths})
+    return f"{len(paths)} image files from {', '.join(folders[:4])}{' ...' if len(folders) > 4 else ''}"
