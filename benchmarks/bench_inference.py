@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 import registry
 from registry.bench.metrics import count_gflops
+from registry.bench.runner import cpu_model
 from registry.datasets import load_dataset
 from registry.datasets.images import open_rgb
 from registry.evaluation import Preprocess, recall_at_n
@@ -157,7 +158,8 @@ def exclusive(lock: str):
 
 
 def gemm_peaks(threads: Sequence[int], sizes: Sequence[int] = (2048, 4096), seconds: float = 2.0) -> Dict[str, Any]:
-    """Peak throughput of a large product (2 n^3 operations), best over n in `sizes`: float32 torch.mm (GFLOP/s), and
+    """Peak throughput of a large product (2 n^3 operations), best over n in `sizes`: float32 (GFLOP/s) as the best of
+    torch.mm and onnxruntime MatMul (MLAS; torch.mm's BLAS reaches less on this AMD CPU), and
     int8 (GOP/s) as the best of onnxruntime MatMulInteger (uint8 x constant int8 -> int32), QLinearMatMul and torch's
     quantized Linear (fbgemm), since the three int8 paths reach different fractions of the hardware."""
     import onnxruntime as ort
@@ -191,6 +193,14 @@ def gemm_peaks(threads: Sequence[int], sizes: Sequence[int] = (2048, 4096), seco
             found[f"torch quantized Linear {n}"] = _rate(lambda: qlin(qx), seconds) * 2 * n ** 3 / 1e9
             a, b = torch.randn(n, n), torch.randn(n, n)
             found[f"fp32 torch.mm {n}"] = _rate(lambda: torch.mm(a, b), seconds) * 2 * n ** 3 / 1e9
+            graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "fp32",
+                                      [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
+                                      [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+                                      initializer=[numpy_helper.from_array(b.numpy(), "b")])
+            proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            an = a.numpy()
+            found[f"fp32 ort MatMul {n}"] = _rate(lambda: sess.run(None, {"a": an}), seconds) * 2 * n ** 3 / 1e9
         fp32 = max(v for k, v in found.items() if k.startswith("fp32"))
         int8 = max(v for k, v in found.items() if not k.startswith("fp32"))
         out[str(t)] = {"fp32_gflops": fp32, "int8_gops": int8, "all": found}
@@ -312,7 +322,7 @@ def part_speed(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     calib_paths = calibration_files(Path(args.nordland_root))
     images = load_dataset("nordland_test").db_images[:16]
-    result: Dict[str, Any] = {"cpu": _cpu(), "torch": torch.__version__, "onnxruntime": _ort_version(),
+    result: Dict[str, Any] = {"cpu": cpu_model(), "torch": torch.__version__, "onnxruntime": _ort_version(),
                               "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
     with exclusive(args.lock):
         start = time.perf_counter()
@@ -346,13 +356,6 @@ def part_gemm(args) -> None:
         for key in ("fp32_gflops", "int8_gops"):
             best[key] = max(best[key], peaks[key])
     out.write_text(json.dumps(result, indent=1))
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def _ort_version() -> str:
@@ -478,7 +481,7 @@ def part_gpu(args) -> None:
 
 
 def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({_cpu()})"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_model()})"
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -489,7 +492,8 @@ def _speed_lines(speed: Dict[str, Any]) -> List[str]:
     lines = [f"CPU: {speed['cpu']}; torch {speed['torch']}, onnxruntime {speed['onnxruntime']}; {speed['date']}", "",
              "| peak GEMM (best of 2048^3, 4096^3) | " + " | ".join(f"{t} thread(s)" for t in peaks) + " |",
              "|---|" + "---|" * len(peaks),
-             "| float32 torch.mm (GFLOP/s) | " + " | ".join(f"{peaks[t]['fp32_gflops']:.0f}" for t in peaks) + " |",
+             "| float32: best of torch.mm, onnxruntime MatMul (GFLOP/s) | "
+             + " | ".join(f"{peaks[t]['fp32_gflops']:.0f}" for t in peaks) + " |",
              "| int8: best of MatMulInteger, QLinearMatMul, torch quantized Linear (GOP/s) | "
              + " | ".join(f"{peaks[t]['int8_gops']:.0f}" for t in peaks) + " |",
              "", "| model | input | runtime | threads | img/s b16 | x eager | batch-1 latency (ms) | x eager | "
