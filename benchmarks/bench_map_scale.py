@@ -79,6 +79,7 @@ def extract(work: Path) -> None:
             store = extract_to_store(model, images, work / f"{name}_{part}", chunk_size=256, batch_size=32,
                                      device="cpu", progress=True)
             print(f"{name} {part}: {store.descriptors.shape} in {time.perf_counter() - start:.0f} s", flush=True)
+            np.save(work / f"{name}_{part}.npy", np.asarray(store.descriptors))  # what the measurements read
 
 
 
@@ -109,11 +110,8 @@ def real_descriptors(work: Path, model: str, pca_dim):
     Queries and database are in the model's full descriptor space; `reduce` maps full-space rows to the series'
     space: the `pca_dim` leading components of a PCA whitening fitted on the real database (None: full space).
     """
-    from registry.evaluation import open_store
-
     _, _, pos = real_sets(DATA)
-    q = np.array(open_store(work / f"{model}_queries").descriptors)
-    db = np.array(open_store(work / f"{model}_database").descriptors)
+    q, db = (np.load(work / f"{model}_{part}.npy") for part in ("queries", "database"))
     positive_rows = np.unique(np.concatenate(pos))
     others = np.setdiff1d(np.arange(len(db)), positive_rows)
     order = np.concatenate([positive_rows, others])

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from registry import ArgRange
 from registry.aggregators import check_feature_map
 
 from .cwt import CWTNet
@@ -23,6 +24,11 @@ class ClusVPRAggregator(nn.Module):
 
     takes_feature_size = True
     min_feature_size = MIN_FEATURE_SIZE  # the CWT's neighbourhoods need a 2x2 map at least
+    arg_ranges = {  # checked before building (registry._ranges)
+        "num_clusters": ArgRange(1, 1024), "expansion": ArgRange(1, 16), "groups": ArgRange(1, 1024),
+        "cwt_depth": ArgRange(0, 32), "heads": ArgRange(1, 64), "knn_k": ArgRange(1, 256),
+        "dropout": ArgRange(0, 1, integer=False),
+    }
 
     def __init__(self, in_channels: int = 512, feature_size: Tuple[int, int] = (30, 40), num_clusters: int = 64,
                  expansion: int = 2, groups: int = 8, cwt_depth: int = 4, heads: int = 2, knn_k: int = 10,

@@ -5,6 +5,7 @@ imports torch and huggingface_hub's client (`VPRModel` is a huggingface_hub `Mod
 """
 from . import aggregators as _aggregators  # noqa: F401  (registers the bundled aggregators)
 from . import backbones as _backbones  # noqa: F401  (registers the bundled backbones)
+from ._ranges import ArgRange
 from ._registry import (
     PUBLISHED_FILE,
     ModelEntry,
@@ -20,7 +21,7 @@ from ._registry import (
     resolve_name,
     split_tag,
 )
-from .errors import NotPublishedError, RuntimeUnavailableError
+from .errors import NonFiniteOutputError, NonFiniteValuesError, NotPublishedError, RuntimeUnavailableError
 from .export import export_onnx
 from .factory import build_vpr_model, create, model_info
 from .model import VPRModel
@@ -29,8 +30,11 @@ from .whitening import PCAWhitening
 
 __all__ = [
     "PUBLISHED_FILE",
+    "ArgRange",
     "ModelEntry",
     "Release",
+    "NonFiniteOutputError",
+    "NonFiniteValuesError",
     "NotPublishedError",
     "PCAWhitening",
     "RUNTIMES",

@@ -5,9 +5,12 @@ from __future__ import annotations
 import inspect
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
+import torch
 from torch import nn
 
-from ._registry import ModelEntry, get_aggregator, get_entry, resolve_name
+from ._ranges import check_args, ranges_for
+from ._registry import ModelEntry, get_aggregator, get_backbone, get_entry, resolve_name
+from .errors import NonFiniteValuesError
 from .hub.errors import IncompatibleWeightsError, WrongModelError
 
 # arguments of a builder that say where weights come from, or that the registry fills in: not the architecture
@@ -48,10 +51,24 @@ def check_overrides(entry: ModelEntry, overrides: Mapping[str, Any], also: Itera
                         f"{', '.join(sorted(valid))} (and pretrained)")
 
 
+def check_ranges(entry: ModelEntry, args: Mapping[str, Any], where: str, fix: str) -> None:
+    """ValueError (WrongModelError for a config.json) naming an argument outside its documented range (the
+    builder's and the aggregator's `arg_ranges`, registry._ranges), before anything is allocated."""
+    try:
+        check_args(args, ranges_for(get_backbone(entry.backbone), get_aggregator(entry.aggregator)), where, fix)
+    except ValueError as err:
+        if where.startswith("config.json"):
+            raise WrongModelError(str(err)) from None
+        raise
+
+
 def build(entry: ModelEntry, overrides: Dict[str, Any]) -> nn.Module:
-    """Call the entry's builder with its defaults overridden; config.json records only the overrides."""
+    """Call the entry's builder with its defaults overridden (each argument checked against its documented range
+    first); config.json records only the overrides."""
     overrides = {k: v for k, v in overrides.items() if k != "pca"}
     args = {**entry.default_args, **overrides}
+    check_ranges(entry, {k: v for k, v in overrides.items() if k != "backbone_weights"}, f"{entry.name} argument",
+                 "Pass a value in that range")
     recorded = {k: v for k, v in overrides.items() if k != "backbone_weights"}
     return entry.builder(
         architecture=entry.name, backbone=entry.backbone, aggregator=entry.aggregator,
@@ -85,7 +102,11 @@ def rebuild(
                               "install or import the plugin that provides it") from None
     entry = get_entry(stored)
     overrides = dict(overrides or {})
-    args = {**config_model_args(config, entry.name, label), **overrides}
+    stored_args = config_model_args(config, entry.name, label)
+    check_ranges(entry, stored_args, f"config.json of {label}, model_args",
+                 "The file was changed or damaged (config.json carries no checksum): restore it, or re-save the "
+                 "model with save_pretrained")
+    args = {**stored_args, **overrides}
     check_overrides(entry, args)
     model = build(entry, args)
     if model_cls is not None and not isinstance(model, model_cls):
@@ -128,10 +149,25 @@ def load_weights(model: nn.Module, state: Mapping[str, Any], label: str, overrid
             f"model.safetensors of {label} does not fit {name}: missing {_head(missing)}, "
             f"unexpected {_head(unexpected)}; {hint}"
         )
+    check_finite(state, f"model.safetensors of {label}")
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as err:
         raise IncompatibleWeightsError(f"model.safetensors of {label} does not fit {name}: {err}; {hint}") from None
+
+
+def check_finite(state: Mapping[str, Any], what: str) -> None:
+    """NonFiniteValuesError naming `what` (the file) and its tensors that hold NaN or Inf (one isfinite pass per
+    floating-point tensor), so damaged weights never give NaN descriptors silently."""
+    bad = {key: int((~torch.isfinite(t)).sum()) for key, t in state.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())}
+    if bad:
+        listed = ", ".join(f"{key} ({n} of {state[key].numel()} values)" for key, n in list(bad.items())[:6])
+        raise NonFiniteValuesError(
+            f"{what} holds NaN or Inf values in {len(bad)} tensor(s): {listed}{', ...' if len(bad) > 6 else ''}: "
+            "the file is damaged or comes from a diverged training run (its sha256 cannot tell a file saved that "
+            "way); restore a good copy or re-save a model whose weights are finite"
+        )
 
 
 def _head(keys: list, n: int = 6) -> str:

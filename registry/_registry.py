@@ -34,7 +34,7 @@ class Release:
     trained_on: str = ""
 
     @property
-    def source(self) -> Union[str, Path]:
+    def location(self) -> Union[str, Path]:
         """What `registry.create(pretrained=...)` loads: the pinned repository, else the bundled folder."""
         if self.hub:
             return self.hub

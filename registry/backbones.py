@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Union
 import torch
 from torch import nn
 
+from ._build import check_finite
 from ._registry import register_backbone
 
 # timm's and torchvision's VGG16 `features` indices: conv5_3 is 28, its ReLU 29, the last pool 30.
@@ -49,6 +50,7 @@ def load_strict(module: nn.Module, state: Dict[str, torch.Tensor], source: str) 
     for k, v in state.items():
         if own[k].shape != v.shape:
             raise ValueError(f"weights in {source}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    check_finite(state, f"the backbone weights file {source}")
     module.load_state_dict(state, strict=True)
 
 

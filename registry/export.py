@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ._atomic import atomic_path
+from ._files import unwritable
 
 PathLike = Union[str, os.PathLike]
 OPSET = 17
@@ -106,7 +107,9 @@ def export_onnx(
     which moved the released ClusVPR's Nordland R@1 from 26.25 to 29.5 against 31.25 in float32).
     Its metadata records the calibration and the cosine similarity of its descriptors to float32 on the calibration
     images; a CPU without int8 dot products raises RuntimeUnavailableError unless `require_vnni=False`.
-    The file is written atomically and carries what `registry.load_runtime` needs to run it.
+    The graph is written beside `path` and renamed into place once checked: any failure (a full disk, a graph
+    that does not match PyTorch) leaves no partial file and an earlier file at `path` unchanged. The file
+    carries what `registry.load_runtime` needs to run it.
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None (float32) or 'int8', got {quantize!r}")
@@ -117,17 +120,22 @@ def export_onnx(
 
         check_int8_cpu(require=require_vnni)
         calibration = (calibration_batch(calibration, model.input_config), calibration)
-    h, w = (int(v) for v in (input_size or tuple(model.input_config["input_size"][1:])))
+    h, w = _input_size(model, input_size)
     _check_size(model, h, w)
     path = Path(path)
-    with tempfile.TemporaryDirectory(prefix="vpr-export-") as tmp:
-        graph = _export_float32(onnx, model, Path(tmp) / "model.onnx", h, w, opset, verify)
-    meta = runtime_meta(model, "onnx")
-    if quantize:
-        graph, meta = _quantized(onnx, model, graph, *calibration, float_tail=int8_float_tail)
-    graph = with_meta(onnx, graph, meta)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: pass the path of the .onnx file to write")
+    problem = unwritable(path.parent)
+    if problem:  # before the (long) trace
+        raise OSError(f"{path} cannot be written: {problem}; pass a path in a folder you can write to")
+    # traced, checked and finished in a file beside the target, renamed into place at the end: a failure at any
+    # step (a full disk, a graph that does not match PyTorch) leaves no partial file and an earlier file unchanged
     with atomic_path(path) as tmp_path:
-        tmp_path.write_bytes(graph)
+        graph = _export_float32(onnx, model, tmp_path, h, w, opset, verify, label=str(path))
+        meta = runtime_meta(model, "onnx")
+        if quantize:
+            graph, meta = _quantized(onnx, model, graph, *calibration, float_tail=int8_float_tail)
+        tmp_path.write_bytes(with_meta(onnx, graph, meta))
     return path
 
 
@@ -173,8 +181,10 @@ def _run_graph(graph: bytes, images: torch.Tensor, batch_size: int = 8):
                            for i in range(0, len(images), batch_size)])
 
 
-def _export_float32(onnx, model: nn.Module, path: Path, h: int, w: int, opset: int, verify: bool) -> bytes:
-    """The float32 graph as bytes (written to `path` on the way), with export_onnx's metadata, checked."""
+def _export_float32(onnx, model: nn.Module, path: Path, h: int, w: int, opset: int, verify: bool,
+                    label: Optional[str] = None) -> bytes:
+    """The float32 graph as bytes (written to `path` on the way), with export_onnx's metadata, checked (errors name
+    `label`, default `path`)."""
     was_training = model.training
     model.eval()
     param = next(model.parameters(), None)
@@ -198,15 +208,33 @@ def _export_float32(onnx, model: nn.Module, path: Path, h: int, w: int, opset: i
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
     if verify:
-        err = verify_onnx(model, path, [(1, h, w), (2, h, w)])
+        err = verify_onnx(model, path, [(1, h, w), (2, h, w)], label=label)
         _log.info("onnxruntime matches PyTorch: relative error %.2e", err)
     return path.read_bytes()
 
 
+def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tuple[int, int]:
+    """(H, W) to trace at: `input_size`, else the model's; ValueError with the valid range for anything else."""
+    from ._ranges import BUILDER_RANGES, min_side
+
+    size = input_size if input_size is not None else tuple(model.input_config["input_size"][1:])
+    backbone, aggregator = getattr(model, "backbone", None), getattr(model, "aggregator", None)
+    lo = min_side(backbone, aggregator) if backbone is not None else 1
+    hi = int(BUILDER_RANGES["input_size"].hi)
+    ok = (isinstance(size, (tuple, list)) and len(size) == 2
+          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and lo <= v <= hi for v in size))
+    if not ok:
+        raise ValueError(f"export_onnx: input_size must be (H, W) with H and W integers in {lo}..{hi} for "
+                         f"{getattr(model, 'name', type(model).__name__)}, got {input_size!r}")
+    return int(size[0]), int(size[1])
+
+
 def verify_onnx(model: nn.Module, path: PathLike, shapes: Sequence[Tuple[int, int, int]],
-                rtol: float = RTOL, seed: int = 0) -> float:
-    """Largest relative error of onnxruntime (CPU) against PyTorch over random inputs of (N, H, W) shapes."""
+                rtol: float = RTOL, seed: int = 0, label: Optional[str] = None) -> float:
+    """Largest relative error of onnxruntime (CPU) against PyTorch over random inputs of (N, H, W) shapes; `label`
+    names the file in errors (default: `path`)."""
     session = onnx_session(path)
+    label = label or str(path)
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     model_device = next(model.parameters()).device
@@ -216,11 +244,11 @@ def verify_onnx(model: nn.Module, path: PathLike, shapes: Sequence[Tuple[int, in
             expected = model.eval()(x.to(model_device)).float().cpu()
         got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
         if got.shape != expected.shape:
-            raise RuntimeError(f"{path}: onnxruntime gave shape {tuple(got.shape)} for input {(n, 3, h, w)}, "
+            raise RuntimeError(f"{label}: onnxruntime gave shape {tuple(got.shape)} for input {(n, 3, h, w)}, "
                                f"PyTorch {tuple(expected.shape)}")
         worst = max(worst, relative_error(got, expected))
     if worst > rtol:
-        raise RuntimeError(f"{path}: onnxruntime differs from PyTorch by {worst:.2e} relative (allowed {rtol:.0e}); "
+        raise RuntimeError(f"{label}: onnxruntime differs from PyTorch by {worst:.2e} relative (allowed {rtol:.0e}); "
                            "the export is wrong: report it with the model name and input size")
     return worst
 

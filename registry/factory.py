@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from . import _registry
 from ._build import architecture_args as architecture_args  # public here: docs/CONTRACTS.md, the timm plugin
-from ._build import build, check_overrides
+from ._build import build, check_finite, check_overrides
 from ._registry import ModelEntry, Release, find_releases, get_aggregator, get_backbone, register_model
 from .input_norm import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMS, resolve_input_norm
 from .model import VPRModel
@@ -102,7 +102,7 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
     release = None
     if pretrained is True:
         release = entry.release(tag)
-        pretrained = release.source
+        pretrained = release.location
     elif tag is not None and not pretrained:  # the release's architecture (input size, whitening), untrained
         overrides = {**release_model_args(entry.release(tag)), **overrides}
     if pretrained:
@@ -112,6 +112,7 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
                 raise ValueError(f"{entry.name!r} cannot load reference checkpoints; pass a Hub repo or directory")
             model = build(entry, overrides)
             entry.reference_loader(model, src, pca=overrides.get("pca"))
+            check_finite(model.state_dict(), f"the reference checkpoint {src}")
             return _with_descriptor_dim(model, descriptor_dim).eval()
         model = VPRModel.from_pretrained(src, architecture=entry.name, **hub_kwargs, **overrides)
         if release is not None and not release.hub:

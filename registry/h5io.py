@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ._atomic import atomic_path
+from .errors import NonFiniteValuesError
 
 PathLike = Union[str, os.PathLike]
 
@@ -23,7 +24,15 @@ def _read_datasets(path: PathLike, keys: Tuple[str, ...]) -> Tuple[np.ndarray, .
         missing = [k for k in keys if k not in f]
         if missing:
             raise KeyError(f"{path} lacks the datasets {missing} (has {sorted(f.keys())}); expected keys {list(keys)}")
-        return tuple(np.asarray(f[k][...]) for k in keys)
+        arrays = tuple(np.asarray(f[k][...]) for k in keys)
+    for key, array in zip(keys, arrays):
+        if np.issubdtype(array.dtype, np.number) and not np.isfinite(array).all():
+            raise NonFiniteValuesError(
+                f"{path} holds NaN or Inf values in its {key!r} dataset ({int((~np.isfinite(array)).sum())} of "
+                f"{array.size} values): the file is damaged or was written from a diverged run (a matching sha256 "
+                "cannot tell a file saved that way); restore a good copy or recompute it"
+            )
+    return arrays
 
 
 def write_datasets(path: PathLike, **arrays: np.ndarray) -> None:

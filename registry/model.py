@@ -12,7 +12,9 @@ from huggingface_hub import ModelHubMixin
 from torch import nn
 
 from . import _registry, hub
+from . import whitening as _whitening
 from ._build import load_weights, rebuild
+from .errors import NonFiniteOutputError
 from .preprocess import Preprocess
 from .whitening import PCAWhitening
 
@@ -37,6 +39,16 @@ def encode_images(net: nn.Module, images: torch.Tensor, device: Optional[torch.d
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     with ctx:
         desc = net(images)
+    finite = torch.isfinite(desc).all(dim=-1)
+    if not bool(finite.all()):  # the images are finite (VPRModel checks them): the model's arithmetic is not
+        rows = torch.nonzero(~finite).flatten().tolist()
+        name = getattr(net, "name", type(net).__name__)
+        raise NonFiniteOutputError(
+            f"{name} gave NaN or Inf descriptors for {len(rows)} of {len(desc)} finite images (rows "
+            f"{rows[:8]}{', ...' if len(rows) > 8 else ''}): its weights hold NaN/Inf or overflow"
+            + (" in bfloat16 autocast (try amp=False)" if amp else "")
+            + "; check them with torch.isfinite(p).all() for p in model.parameters(), or load good weights"
+        )
     return F.normalize(desc.float(), dim=-1)
 
 
@@ -167,53 +179,22 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
             self.to(memory_format=torch.channels_last)
         return torch.compile(self) if compile else self
 
-    @torch.no_grad()
     def set_whitening_dim(self, dim: Optional[int]) -> "VPRModel":
         """Keep the `dim` leading components of the fitted whitening, or drop it (`None`); config follows.
 
         The rebuilt model (`from_pretrained`, `save_pretrained`) gets `whitening_dim=dim`, so the choice persists.
         """
-        if self.whitening is None:
-            raise RuntimeError("this model has no whitening layer (built with whitening_dim=None)")
-        if dim is None:
-            self.whitening = None
-        else:
-            self.whitening = self.whitening.truncated(int(dim))
-        self.config.setdefault("model_args", {})["whitening_dim"] = None if dim is None else int(dim)
-        self.config["descriptor_dim"] = self.descriptor_dim
-        return self
+        return _whitening.set_whitening_dim(self, dim)
 
     def set_descriptor_dim(self, dim: int) -> "VPRModel":
         """Give `dim`-d descriptors: the `dim` leading components of the fitted whitening, or the aggregator's
         own descriptor (`aggregator.out_dim`: no whitening). Any other size raises a ValueError listing the valid
         ones. Like `set_whitening_dim`, the choice is recorded in config, so save/load keep it."""
-        if isinstance(dim, bool) or int(dim) != dim:
-            raise ValueError(f"descriptor_dim must be an integer, got {dim!r}")
-        dim = int(dim)
-        if dim == self.descriptor_dim:
-            return self
-        if self.whitening is None or not self.whitening.fitted:
-            raise ValueError(
-                f"{self.name} gives {self.descriptor_dim}-d descriptors only, not {dim}: it has no fitted PCA "
-                "whitening to pick components from. Load weights that include one (pretrained=...) or fit it "
-                "with model.fit_whitening(descriptors), or leave descriptor_dim unset"
-            )
-        top = self.whitening.out_dim
-        if dim == self.aggregator.out_dim:
-            return self.set_whitening_dim(None)
-        if not 1 <= dim <= top:
-            examples = ", ".join(str(d) for d in [d for d in (4096, 2048, 1024, 512, 256, 128) if d <= top] or [top])
-            raise ValueError(
-                f"{self.name} cannot give {dim}-d descriptors: valid sizes are 1..{top} (the leading components of "
-                f"its fitted {top}-d PCA whitening, e.g. {examples}) or {self.aggregator.out_dim} (no whitening)"
-            )
-        return self.set_whitening_dim(dim)
+        return _whitening.set_descriptor_dim(self, dim)
 
     def fit_whitening(self, descs) -> PCAWhitening:
         """Fit the whitening layer on un-whitened training descriptors (N, aggregator.out_dim)."""
-        if self.whitening is None:
-            raise RuntimeError("this model was built without a whitening layer (whitening_dim=None)")
-        return self.whitening.fit(descs)
+        return _whitening.fit_model_whitening(self, descs)
 
     def transform(self, train: bool = False):
         """PIL image -> normalised tensor matching `input_config` (with the recipe's colour jitter if train)."""
@@ -304,4 +285,3 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
         return hub.model_card(config, *args, citation=self.citation, **kwargs)
 
 
-hub.set_model_loader(VPRModel.from_pretrained)  # registry.hub.from_pretrained, kept for existing code

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._image_modes import to_rgb
+
 RESIZE_POLICIES = ("fixed", "longer_side")
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
@@ -22,7 +24,8 @@ def target_size(width: int, height: int, resize: str, input_hw: Tuple[int, int],
 
 
 class Preprocess:
-    """PIL image -> normalised float tensor (3, H, W), resized by the given policy."""
+    """PIL image (RGB, greyscale, 16-bit: registry._image_modes.to_rgb) -> normalised float tensor (3, H, W), resized
+    by the given policy."""
 
     def __init__(self, input_config: Dict[str, Any], resize: Optional[str] = None, longer_side: Optional[int] = None):
         _, h, w = input_config["input_size"]
@@ -43,6 +46,7 @@ class Preprocess:
         return target_size(width, height, self.resize, self.input_hw, self.longer_side)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = to_rgb(img)  # 16-bit images scaled to 8 bits, never clipped or wrapped
         h, w = self.size_of(*img.size)
         if (w, h) != img.size:
             img = img.resize((w, h), resample=self.resample)

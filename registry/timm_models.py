@@ -103,6 +103,11 @@ def _check_config_args(name: str, config_args: Optional[Dict[str, Any]]) -> None
         raise WrongModelError(f"the config.json timm read for {name} sets model_args {refused}, which are not "
                               f"architecture arguments (valid: {', '.join(architecture_args(name))}); a repository's "
                               "config may not name weights or files to load")
+    from ._build import check_ranges
+
+    check_ranges(get_entry(name), dict(config_args or {}), f"config.json (read by timm) of {name}, model_args",
+                 "The file was changed or damaged (config.json carries no checksum): restore it, or re-save the "
+                 "model with save_pretrained")
 
 
 def _make_entry(name: str):

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "RELIABILITY.md"
 CITED = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
 # what marks a test that tries a bad input or a fault
-MARKERS = ("pytest.raises(", "pytest.warns(", "SystemExit", "Killed")
+MARKERS = ("pytest.raises(", "pytest.warns(", "SystemExit", "Killed", "write_under_limit(")
 
 
 def _tests(path: Path) -> dict:

@@ -7,11 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._ranges import ArgRange
 from .checks import check_feature_map
 
 
 class GeM(nn.Module):
     """Generalised mean over all locations: (mean x^p)^(1/p), then L2-normalised."""
+
+    arg_ranges = {"p": ArgRange(0.1, 100, integer=False), "eps": ArgRange(1e-12, 1, integer=False)}
 
     def __init__(self, in_channels: int, p: float = 3.0, eps: float = 1e-6) -> None:
         super().__init__()

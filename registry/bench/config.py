@@ -1,11 +1,18 @@
-"""What one benchmark run needs, validated (RunConfig), and the runner's defaults; the command line
-(`vpr bench`, registry.cli.bench) parses its options into it, Python callers build it directly."""
+"""The runner's options, declared once (RunOptions: one field per option, its default and its --help text), and
+what one run needs (RunConfig: the options with their machine- and data-dependent defaults resolved). The command
+line (`vpr bench`, registry.cli.bench) generates its parser from RunOptions; Python callers build
+`RunConfig.from_options(RunOptions(...))`."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+import time
+from argparse import ArgumentTypeError, BooleanOptionalAction
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import NoReturn, Optional, Tuple
+from typing import NoReturn, Optional, Sequence, Tuple
+
+from .._options import option
+from ..evaluation.index import AUTO, INDEX_KINDS, REFINE_FROM, parse_bytes
 
 DEFAULT_MODELS = "clusvpr,netvlad,gem"
 DEFAULT_DATASETS = ("corridor", "nordland_test")  # both embedded in the package
@@ -24,52 +31,239 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything one run needs, validated."""
+def _bytes(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise ArgumentTypeError(str(err)) from None
 
-    models: Tuple[str, ...]
-    datasets: Tuple[str, ...]
-    embedded_default: bool
-    untrained: bool
-    data_root: Optional[str]
-    tolerance: Optional[int]
-    pos_radius: float
-    input_size: Optional[Tuple[int, int]]
-    batch_size: int
-    device: str
-    num_workers: int
-    recall_ns: Tuple[int, ...]
-    index: str
-    index_options: Tuple[Tuple[str, int], ...]
-    rerank: Optional[Tuple[int, int, float]]
-    backbone_weights: Optional[str]
-    init: str
-    kmeans_images: int
-    kmeans_per_image: int
-    whitening: str
-    save_descriptors: bool
-    num_preds_to_save: int
-    top_k: int
-    save_attention: int
-    output_dir: Path
-    seed: int
-    amp: Optional[bool]
-    compile: bool
-    latency_repeats: int
-    progress: bool
-    argv: Tuple[str, ...]
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _int_list(text: str) -> Tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise ArgumentTypeError(f"expected comma-separated integers such as 1,5,10,20, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise ArgumentTypeError(f"expected positive integers such as 1,5,10,20, got {text!r}")
+    return values
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _names(text: str) -> Tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise ArgumentTypeError("expected a comma-separated list with at least one entry")
+    return values
+
+
+WHAT, MODEL, RUN, RETRIEVAL, OUTPUTS = "what to evaluate", "model set-up", "how to run", "retrieval", "outputs"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The runner's command-line options as given, one field per option: its default and its --help text (the
+    parser is generated from these fields; parse_args checks them and derives the RunConfig)."""
+
+    models: Tuple[str, ...] = option(_names(DEFAULT_MODELS), "comma-separated models (default {default}); see "
+                                     "'models' below", group=WHAT, type=_names, metavar="LIST")
+    untrained: bool = option(False, "build registry names fresh instead of loading their released weights: random or "
+                             "--backbone-weights backbones, k-means centres (see --init); on the embedded data at "
+                             f"{EMBEDDED_INPUT_SIZE[0]}x{EMBEDDED_INPUT_SIZE[1]} unless --input-size is given",
+                             group=WHAT)
+    datasets: Optional[Tuple[str, ...]] = option(None, "comma-separated datasets (default: the embedded "
+                                                 f"{','.join(DEFAULT_DATASETS)})", group=WHAT, type=_names,
+                                                 metavar="LIST")
+    data_root: Optional[str] = option(None, "folder holding the datasets named by --datasets (default: the data "
+                                      "embedded in the package, then $VPR_DATA)", group=WHAT, metavar="DIR")
+    tolerance: Optional[int] = option(None, "aligned traversals: places within this many of the query's count as "
+                                      "positives (default: the dataset's, Nordland 1)", group=WHAT,
+                                      type=_non_negative, metavar="PLACES")
+    pos_radius: float = option(25.0, "UTM datasets: database images within this distance are positives (default "
+                               "{default})", group=WHAT, metavar="METRES")
+    input_size: Optional[Tuple[int, int]] = option(None, "evaluate at this input size instead of the model's own "
+                                                   "(480x640 for the VGG16 models); GFLOPs are counted at the "
+                                                   "evaluated size", group=MODEL, type=_positive, nargs=2,
+                                                   metavar=("H", "W"))
+    backbone_weights: Optional[str] = option(None, "local backbone weights (.safetensors or .pth, torchvision names) "
+                                             "for models built from the registry, e.g. "
+                                             "path/to/vgg16.safetensors; without it those models "
+                                             "have random backbones", group=MODEL, metavar="PATH")
+    init: str = option("kmeans", "untrained NetVLAD/ClusVPR aggregators: 'kmeans' sets the centres by k-means of the "
+                       "database's local descriptors with alpha initialisation (off-the-shelf, no training); 'none' "
+                       "keeps the random centres (default {default})", group=MODEL, choices=("kmeans", "none"))
+    kmeans_images: int = option(500, "database images sampled for k-means (default {default}, as NetVLAD's "
+                                "initialisation)", group=MODEL, type=_positive, metavar="N")
+    kmeans_per_image: int = option(100, "local descriptors sampled per image for k-means (default {default})",
+                                   group=MODEL, type=_positive, metavar="N")
+    whitening: str = option("fit", "a model whose PCA whitening is not fitted: 'fit' fits it on the database "
+                            "descriptors when there are more database images than output dims (else it is reported "
+                            "as 'none (too few images)'); 'none' never fits. A fitted whitening (pretrained models) "
+                            "is always used (default {default})", group=MODEL, choices=("fit", "none"))
+    device: str = option("auto", "'auto' (cuda when available, else cpu), cpu, cuda, cuda:N", group=RUN)
+    batch_size: int = option(16, "extraction batch size (default {default})", group=RUN, type=_positive,
+                             metavar="N")
+    num_workers: Optional[int] = option(None, "image-loading worker processes (default 4 on CUDA, 0 on CPU)",
+                                        group=RUN, type=_non_negative, metavar="N")
+    amp: Optional[bool] = option(None, "bfloat16 autocast for extraction (default: on for CUDA, off for CPU)",
+                                 group=RUN, action=BooleanOptionalAction)
+    compile: bool = option(False, "extract with torch.compile(model), compiled on one batch before timing", group=RUN)
+    runtime: Tuple[str, ...] = option(("torch",), "comma-separated CPU runtimes to run each model with, each one a row "
+                                      "of the table: torch (eager PyTorch, what the releases were measured with), "
+                                      "compile (torch.compile, channels_last), onnx (onnxruntime float32), onnx-int8 "
+                                      "(onnxruntime, the backbone's convolutions int8, calibrated on "
+                                      "--calibration-images database images); onnx and onnx-int8 need the 'onnx' "
+                                      "extra (default {default})", group=RUN, type=_names, metavar="LIST")
+    calibration_images: int = option(32, "onnx-int8: database images (evenly spaced) its activation ranges are "
+                                     "calibrated on (default {default})", group=RUN, type=_positive, metavar="N")
+    latency_repeats: int = option(5, "timed batch-1 forward passes for the per-image latency (median; default "
+                                  "{default})", group=RUN, type=_positive, metavar="N")
+    seed: int = option(0, "seed of random weights, sampling and k-means (default {default})", group=RUN)
+    progress: bool = option(True, "show progress bars (default {default})", group=RUN,
+                            action=BooleanOptionalAction)
+    recall_ns: Tuple[int, ...] = option((1, 5, 10, 20), "N values of Recall@N (default {default})", group=RETRIEVAL,
+                                        type=_int_list, metavar="LIST")
+    index: str = option("flat", "faiss index: exact inner product ('flat'), IVF-PQ, HNSW, exact search on "
+                        "PCA-reduced descriptors ('pca'), or 'auto': the one the measured map-size curve (README, "
+                        "'Large maps') says keeps recall for the database size, dimension and --memory-budget (the "
+                        "choice is printed and "
+                        "recorded in results.json); any other than flat also reports its loss against exact search "
+                        "(default {default})", group=RETRIEVAL, choices=INDEX_KINDS + (AUTO,))
+    memory_budget: Optional[int] = option(None, "--index auto: RAM the index may use, e.g. 8GB or 512MiB (default: "
+                                          "no limit)", group=RETRIEVAL, type=_bytes, metavar="SIZE")
+    refine: Optional[int] = option(None, "ivfpq / hnsw / pca: re-rank a shortlist of k*R candidates with exact "
+                                   "similarities, read from a float16 copy on disk (--refine-from) (default: none)",
+                                   group=RETRIEVAL, type=_positive, metavar="R")
+    refine_from: str = option("disk", "where --refine reads full-precision vectors: 'disk' (a float16 copy beside "
+                              "the index, RAM holds only the codes), 'fp16' or 'sq8' (an in-memory copy, faiss "
+                              "IndexRefine) (default {default})", group=RETRIEVAL, choices=REFINE_FROM)
+    opq: bool = option(False, "IVF-PQ: learn an OPQ rotation before product quantisation", group=RETRIEVAL)
+    # the index parameters' defaults are registry.evaluation.IndexSpec's (tests/registry/cli/test_options.py checks it)
+    pca_dim: Optional[int] = option(None, "'pca': dims kept (default 256), taken as --pca-from says; with ivfpq or "
+                                    "hnsw, project to D dims first", group=RETRIEVAL, type=_positive,
+                                    metavar="D")
+    pca_from: str = option("auto", "where the PCA step of --index pca (or --pca-dim) comes from: 'whitening' keeps "
+                           "the D leading components of the model's fitted whitening (as descriptor_dim=D does), "
+                           "'database' fits a PCA on the database descriptors, 'auto' the whitening when the model "
+                           "has one of >= D components, else the database (default {default})", group=RETRIEVAL,
+                           choices=("auto", "whitening", "database"))
+    ivf_nlist: Optional[int] = option(None, "IVF-PQ: inverted lists (default 4*sqrt(database size))",
+                                      group=RETRIEVAL, type=_positive, metavar="N")
+    pq_m: Optional[int] = option(None, "IVF-PQ: sub-quantisers, must divide the descriptor dim (default: the largest "
+                                 "divisor <= 64)", group=RETRIEVAL, type=_positive, metavar="M")
+    pq_nbits: int = option(8, "IVF-PQ: bits per code (default {default})", group=RETRIEVAL, type=_positive,
+                           metavar="B")
+    nprobe: int = option(16, "IVF-PQ: lists searched (default {default})", group=RETRIEVAL, type=_positive,
+                         metavar="N")
+    hnsw_m: int = option(32, "HNSW: links per node (default {default})", group=RETRIEVAL, type=_positive, metavar="M")
+    ef_construction: int = option(40, "HNSW: beam width while building (default {default})", group=RETRIEVAL,
+                                  type=_positive, metavar="EF")
+    ef_search: int = option(64, "HNSW: beam width while searching; higher is slower and closer to exact (default "
+                            "{default})", group=RETRIEVAL, type=_positive, metavar="EF")
+    rerank: bool = option(False, "re-rank each query's exact top-k shortlist by k-reciprocal encoding (Zhong et al. "
+                          "2017); the recall before re-ranking is kept in results.json", group=RETRIEVAL)
+    rerank_k1: int = option(20, "re-ranking k1 (default {default})", group=RETRIEVAL, type=_positive, metavar="K")
+    rerank_k2: int = option(6, "re-ranking k2 (default {default})", group=RETRIEVAL, type=_positive, metavar="K")
+    rerank_lambda: float = option(0.3, "re-ranking weight of the original distance, 0..1 (default {default})",
+                                  group=RETRIEVAL, metavar="L")
+    output_dir: Optional[Path] = option(None, "where results go (default results/<timestamp>)", group=OUTPUTS,
+                                        type=_path, metavar="DIR")
+    save_descriptors: bool = option(False, "also write each model's query and database descriptors "
+                                    "(descriptors/*.npz)", group=OUTPUTS)
+    store: Optional[Path] = option(None, "write descriptors chunk by chunk to map stores (Lance datasets; pip install "
+                                  "'clusvpr-zoo[map]') DIR/<model>__<dataset>/{queries,database}: a killed run "
+                                  "resumes there, and a store made by another model or input size is refused",
+                                   group=OUTPUTS, type=_path, metavar="DIR")
+    num_preds_to_save: int = option(0, "save prediction grids for N queries per model and dataset: each row the query "
+                                    "and its top-k, green border for a correct match, red otherwise (default "
+                                    "{default})", group=OUTPUTS, type=_non_negative, metavar="N")
+    top_k: int = option(5, "predictions per grid row (default {default})", group=OUTPUTS, type=_positive,
+                        metavar="K")
+    save_attention: int = option(0, "for N queries, save heat maps of where each model looks overlaid on the image "
+                                 "(ClusVPR: CWT cluster weights and OptLAD group attention; NetVLAD: assignment "
+                                 "confidence; GeM: activation energy) (default {default})", group=OUTPUTS,
+                                 type=_non_negative, metavar="N")
+
+
+
+@dataclass(frozen=True)
+class RunConfig(RunOptions):
+    """Everything one run needs: the options (RunOptions' fields, each declared once there) with every default that
+    depends on the machine or the data resolved (`from_options`), and how the run was started."""
+
+    embedded_default: bool = False  # --datasets not given: the embedded data
+    argv: Tuple[str, ...] = ()
     prog: str = "vpr bench"
-    store: Optional[Path] = None
-    pca_from: str = "auto"
-    runtimes: Tuple[str, ...] = ("torch",)  # registry.RUNTIMES; each model runs with each, one record per runtime
-    calibration_images: int = 32  # onnx-int8: database images its activation ranges are calibrated on
+
+    @classmethod
+    def from_options(cls, options: RunOptions, argv: Sequence[str] = (), prog: str = "vpr bench") -> "RunConfig":
+        """Resolve the 'auto' / None defaults: device (cuda when available), workers (4 on CUDA, 0 on CPU), the
+        embedded datasets, the untrained input size on them, results/<timestamp>, expanded paths."""
+        values = {f.name: getattr(options, f.name) for f in fields(RunOptions)}
+        device = values["device"]
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        embedded = values["datasets"] is None
+        input_size = values["input_size"]
+        values.update(
+            device=device,
+            num_workers=values["num_workers"] if values["num_workers"] is not None else
+            (4 if device.startswith("cuda") else 0),
+            datasets=DEFAULT_DATASETS if embedded else tuple(values["datasets"]),
+            input_size=tuple(input_size) if input_size else (EMBEDDED_INPUT_SIZE if embedded and values["untrained"]
+                                                             else None),
+            output_dir=Path(values["output_dir"] or Path("results") / time.strftime("%Y%m%d-%H%M%S")),
+            store=Path(values["store"]).expanduser() if values["store"] else None,
+            backbone_weights=str(Path(values["backbone_weights"]).expanduser()) if values["backbone_weights"]
+            else None,
+        )
+        return cls(**values, embedded_default=embedded, argv=tuple(argv), prog=prog)
 
     @property
     def command(self) -> str:
         """The command this run was started with, without its arguments (for results.json): the name the user
         typed, as the command line passed it (`prog`)."""
         return self.prog
+
+    @property
+    def index_options(self) -> Tuple[Tuple[str, int], ...]:
+        """The options of the chosen index (registry.evaluation.IndexSpec fields) that were given or have defaults."""
+        refine = (("refine", self.refine), ("refine_from", self.refine_from if self.refine else None))
+        options = {"flat": (), "pca": (("pca_dim", self.pca_dim), *refine),
+                   "ivfpq": (("nlist", self.ivf_nlist), ("m", self.pq_m), ("nbits", self.pq_nbits),
+                             ("nprobe", self.nprobe), ("pca_dim", self.pca_dim), ("opq", self.opq or None), *refine),
+                   "hnsw": (("hnsw_m", self.hnsw_m), ("ef_construction", self.ef_construction),
+                            ("ef_search", self.ef_search), ("pca_dim", self.pca_dim), *refine),
+                   AUTO: (("memory_budget", self.memory_budget),)}[self.index]
+        return tuple((k, v) for k, v in options if v is not None)
+
+    @property
+    def runtimes(self) -> Tuple[str, ...]:
+        """The runtimes each model runs with (registry.RUNTIMES), one record per runtime."""
+        return tuple(self.runtime)
+
+    @property
+    def rerank_params(self) -> Optional[Tuple[int, int, float]]:
+        """(k1, k2, lambda) of k-reciprocal re-ranking, None without --rerank."""
+        return (self.rerank_k1, self.rerank_k2, self.rerank_lambda) if self.rerank else None
 
     def fail(self, message: str) -> NoReturn:
         """A problem with the options found once the run started (a model that cannot load, a duplicate): raised

@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from registry.datasets import VPRDataset
 from registry.datasets.images import open_rgb
 from registry.evaluation import (
     DEFAULT_PCA_DIM,
     Preprocess,
+    choose_index,
     drop_ignored,
     extract_dataset,
     extract_dataset_to_store,
@@ -26,6 +26,7 @@ from registry.evaluation import (
     search,
 )
 from registry.training.clusters import has_clusters
+from registry.whitening import enough_to_fit, has_components, whiten
 
 from . import attention, grids
 from .config import RunConfig, log
@@ -54,16 +55,9 @@ def _whitening_plan(model: torch.nn.Module, choice: str, num_db: int) -> Tuple[b
         return False, f"PCA {w.in_dim}->{w.out_dim} (pretrained)"
     if choice == "none":
         return False, "none (--whitening none)"
-    if num_db <= w.out_dim:
+    if not enough_to_fit(w, num_db):
         return False, f"none (too few images: {num_db} <= {w.out_dim} dims)"
     return True, f"PCA {w.in_dim}->{w.out_dim} fitted on {num_db} database descriptors"
-
-
-@torch.inference_mode()
-def _whiten(model: torch.nn.Module, descs: np.ndarray) -> np.ndarray:
-    """Apply the (now fitted) whitening to pre-whitening descriptors, as the model's forward would."""
-    x = torch.from_numpy(descs).to(model.whitening.mu.device)
-    return F.normalize(model.whitening(x), dim=-1).cpu().numpy()
 
 
 def _pca_dim(cfg: RunConfig) -> Optional[int]:
@@ -79,7 +73,7 @@ def _pca_from_whitening(model: torch.nn.Module, cfg: RunConfig, fit_now: bool) -
     if k is None or cfg.pca_from == "database":
         return None
     w = getattr(model, "whitening", None)
-    if w is not None and (w.fitted or fit_now) and k <= w.out_dim:
+    if has_components(w, k, fit_now):
         return int(k)
     if cfg.pca_from == "whitening":
         have = "no whitening" if w is None else (f"a {w.out_dim}-d whitening" if w.fitted or fit_now
@@ -92,15 +86,15 @@ def _pca_from_whitening(model: torch.nn.Module, cfg: RunConfig, fit_now: bool) -
 
 def _without_pca(cfg: RunConfig) -> RunConfig:
     """The run's index with its PCA step removed (the descriptors are already reduced): 'pca' searches exactly."""
-    options = tuple((k, v) for k, v in cfg.index_options if k != "pca_dim")
-    return replace(cfg, index="flat" if cfg.index == "pca" else cfg.index, index_options=options)
+    exact = cfg.index == "pca"  # index_options derives from the fields: no pca_dim, no refine of an exact search
+    return replace(cfg, index="flat" if exact else cfg.index, pca_dim=None, refine=None if exact else cfg.refine)
 
 
 def _ranked(q: np.ndarray, db: np.ndarray, cfg: RunConfig, k: int, ignore) -> np.ndarray:
     """(Nq, k) database indices per query: the index's ranking, or k-reciprocal re-ranked with --rerank."""
     extra = max((len(i) for i in ignore), default=0) if ignore is not None else 0
-    if cfg.rerank is not None:
-        k1, k2, lam = cfg.rerank
+    if cfg.rerank:
+        k1, k2, lam = cfg.rerank_params
         pred = k_reciprocal_rerank(q, db, k1=k1, k2=k2, lambda_value=lam, top_k=k + extra)
     else:
         pred = search(q, db, k + extra, cfg.index, **dict(cfg.index_options))
@@ -116,7 +110,7 @@ def _retrieval(q: np.ndarray, db: np.ndarray, ds: VPRDataset, cfg: RunConfig) ->
     for key in ("exact_recall", "recall_loss"):
         if key in base:
             facts[key] = base[key]
-    if cfg.rerank is not None:
+    if cfg.rerank:
         facts["recall_before_rerank"] = base["recall"]
         facts["recall"] = recall_from_predictions(pred[:, : max(cfg.recall_ns)], ds.positives, cfg.recall_ns)["recall"]
     return facts, pred
@@ -214,21 +208,29 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path, run
                               progress=cfg.progress)
         if cfg.store is not None:
             q_store, db_store = extract_dataset_to_store(net, ds, cfg.store / stem, **extract_kwargs)
-            q, db = q_store.descriptors, db_store.descriptors
+            q, db = np.asarray(q_store.descriptors), db_store.descriptors  # the database stays in the store
         else:
             q, db = extract_dataset(net, ds, **extract_kwargs)
         seconds = time.perf_counter() - start
     if fit_now:
-        model.whitening.fit(torch.from_numpy(np.array(db)))  # a store is read-only
+        db = np.array(db)  # read from the store: the whitening is fitted on, and applied to, all of it
+        model.whitening.fit(torch.from_numpy(db))
         if pca_k is not None:
             model.set_descriptor_dim(pca_k)
-        q, db = _whiten(model, q), _whiten(model, db)
+        q, db = whiten(model.whitening, q), whiten(model.whitening, db)
     pca = None
     if pca_k is not None:
         pca = f"the {pca_k} leading components of the model's whitening"
     elif _pca_dim(cfg) is not None:
         pca = "PCA fitted on the database descriptors"
     facts, pred = _retrieval(q, db, ds, cfg if pca_k is None else _without_pca(cfg))
+    if cfg.index == "auto":  # the same choice the search made (IndexSpec("auto").resolved calls choose_index)
+        chosen = choose_index(len(db), int(q.shape[1]), cfg.memory_budget)
+        facts["index_choice"] = {"factory": chosen.factory(int(q.shape[1])), **asdict(chosen)}
+        budget = "no memory limit" if cfg.memory_budget is None else f"a budget of {cfg.memory_budget:,} bytes"
+        log(f"   --index auto: {facts['index_choice']['factory']}"
+            f"{f' + refine {chosen.refine} from {chosen.refine_from}' if chosen.refine else ''} for {len(db):,} "
+            f"{q.shape[1]}-d descriptors and {budget}")
     record: Dict[str, Any] = {
         "model": spec.label, "architecture": model.name, "dataset": ds.name,
         "num_queries": ds.num_queries, "num_database": ds.num_db, "input_size": f"{h}x{w}",
@@ -236,7 +238,7 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path, run
         "images_per_s": (ds.num_queries + ds.num_db) / seconds, "extract_s": seconds,
         "peak_memory_mib": mem.mib, "memory_measure": mem.kind, "weights": source, "trained": trained,
         "init": init, "whitening": whitening, "index": cfg.index, "pca": pca,
-        "rerank": cfg.rerank is not None,
+        "rerank": cfg.rerank,
         "amp": amp, "compiled": cfg.compile, "runtime": runtime, "runtime_facts": runtime_facts,
         "files": ([str(centres.relative_to(out_dir))] if clustered else []) +
         _artefacts(model, stem, spec.label, ds, cfg, out_dir, q, db, pred),

@@ -75,9 +75,7 @@ def _load(spec: ModelSpec) -> registry.VPRModel:
         return registry.create(f"{spec.name}.{spec.release}", pretrained=True)
     if spec.name is not None:
         return registry.create(spec.name, pretrained=spec.source)
-    from registry.hub import from_pretrained
-
-    return from_pretrained(spec.source)  # the architecture comes from the folder's or repo's config.json
+    return registry.VPRModel.from_pretrained(spec.source)  # the architecture comes from the folder's or repo's config
 
 
 def build_model(

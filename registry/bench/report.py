@@ -1,6 +1,7 @@
 """results.json, results.csv and results.md (the Markdown table printed to stdout), all from the same records."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -121,16 +122,20 @@ def csv_row(record: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def write_all(records: Sequence[Dict[str, Any]], meta: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
-    """Write results.json, results.csv and results.md atomically; returns their paths."""
+    """Write results.json, results.csv and results.md atomically, as one set: all three are written beside their
+    targets first and renamed only when every write succeeded, so a failed write (a full disk) leaves all three
+    earlier files as they were. Returns their paths."""
     paths = {name: out_dir / f"results.{name}" for name in ("json", "csv", "md")}
-    with atomic_path(paths["json"]) as tmp:
-        tmp.write_text(json.dumps({"meta": meta, "results": [_jsonable(r) for r in records]}, indent=2) + "\n")
     rows = [csv_row(r) for r in records]
     fields = list(rows[0]) if rows else [*CSV_FIELDS, *(f"R@{n}" for n in recall_ns(records, meta))]
-    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    with atomic_path(paths["md"]) as tmp:
+    with contextlib.ExitStack() as staged:  # each staged just before its write; all renamed at the end (in reverse)
+        tmp = staged.enter_context(atomic_path(paths["json"]))
+        tmp.write_text(json.dumps({"meta": meta, "results": [_jsonable(r) for r in records]}, indent=2) + "\n")
+        tmp = staged.enter_context(atomic_path(paths["csv"]))
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp = staged.enter_context(atomic_path(paths["md"]))
         tmp.write_text(markdown(records, meta))
     return paths

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+from .._files import unwritable
 from .config import RunConfig
 
 # the rest of the runner imports torch and the datasets: imported in run(), so --help and argument errors are quick
@@ -43,6 +44,8 @@ def _preflight(cfg: RunConfig) -> tuple:
         datasets = load_all(cfg.datasets, cfg.data_root, cfg.tolerance, cfg.pos_radius)
     except ValueError as err:
         cfg.fail(str(err))
+    if cfg.backbone_weights is not None:
+        _check_backbone_weights_apply(cfg, specs)
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         cfg.fail(f"--models lists a model twice: {','.join(labels)}")
@@ -89,7 +92,7 @@ def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: 
         "batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "latency_repeats": cfg.latency_repeats,
         "runtimes": list(cfg.runtimes), "calibration_images": cfg.calibration_images,
         "index": cfg.index, "index_options": dict(cfg.index_options),
-        "pca_from": cfg.pca_from, "rerank": list(cfg.rerank or ()) or None,
+        "pca_from": cfg.pca_from, "rerank": list(cfg.rerank_params or ()) or None,
         "init": cfg.init, "kmeans_images": cfg.kmeans_images, "kmeans_per_image": cfg.kmeans_per_image,
         "whitening": cfg.whitening, "backbone_weights": cfg.backbone_weights, "seed": cfg.seed,
         "flops_note": FLOPS_NOTE, "memory_measure": records[0]["memory_measure"] if records else None,
@@ -100,6 +103,23 @@ def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: 
     }
 
 
+def _check_backbone_weights_apply(cfg: RunConfig, specs: list) -> None:
+    """--backbone-weights reaches only models built from the registry: refused when no model is (it would be
+    ignored), and the models that ignore it named when some are."""
+    from .evaluate import log
+
+    built = [s.label for s in specs if not s.pretrained]
+    loaded = [s.label for s in specs if s.pretrained]
+    if not built:
+        cfg.fail(f"--backbone-weights {cfg.backbone_weights} would be ignored: every model here loads trained weights "
+                 f"({', '.join(loaded)}: a release, a repository or a folder), and the backbone weights only reach "
+                 "models built from the registry. Add --untrained to build the registry models with these backbone "
+                 "weights, or drop --backbone-weights")
+    if loaded:
+        log(f"note: --backbone-weights {Path(cfg.backbone_weights).name} is used by {', '.join(built)} only; "
+            f"{', '.join(loaded)} load trained weights and ignore it")
+
+
 def run(cfg: RunConfig) -> List[Dict[str, Any]]:
     """Evaluate every model on every dataset; results.json/csv/md are rewritten after each pair, so a crash or a
     kill loses only the pair in progress. A failing pair is reported and the rest still run; returns the records,
@@ -108,6 +128,9 @@ def run(cfg: RunConfig) -> List[Dict[str, Any]]:
     from .evaluate import evaluate, log
 
     start = time.perf_counter()
+    problem = unwritable(cfg.store) if cfg.store is not None else None
+    if problem:  # before any model is built: else every pair would fail on its first chunk
+        cfg.fail(f"--store {cfg.store} cannot be written: {problem}; pass --store with a folder you can write to")
     specs, datasets = _preflight(cfg)
     if cfg.backbone_weights is None and any(not s.pretrained for s in specs):
         log("note: no --backbone-weights, so models built from the registry have RANDOM weights")

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from .._files import unwritable
 from ..export import OPSET
 from ._console import console_logging
 
@@ -45,6 +46,12 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     parser.add_argument("--allow-no-vnni", action="store_true",
                         help="--quantize int8 on a CPU without int8 dot-product instructions (slower than float32)")
     args = parser.parse_args(argv)
+    if args.input_size is not None and min(args.input_size) < 1:
+        parser.error(f"--input-size {args.input_size[0]} {args.input_size[1]}: both sides must be positive (the "
+                     "model's valid range is checked next)")
+    problem = unwritable(Path(args.output).expanduser().parent)
+    if problem:
+        parser.error(f"{args.output} cannot be written: {problem}; pass an output path in a folder you can write to")
     if args.quantize and not args.calibration:
         parser.error("--quantize int8 needs --calibration: image files or folders of real images (a few dozen from "
                      "the deployment's data)")
@@ -55,7 +62,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     if args.quantize:
         args.calibration = _calibration_files(parser, args.calibration, args.calibration_images)
     with console_logging():
-        return _export(args)
+        try:
+            return _export(args)
+        except ValueError as err:  # an input size or model argument outside its range: a bad option
+            parser.error(str(err))
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .._files import unwritable
 from .._options import add_dataclass_arguments, field_default, option
 from ..training.config import SELECT_METRICS, TrainConfig, whitening_dim_arg
 
@@ -67,8 +68,12 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> List[Dict[st
     """Parse, extract each run's descriptors once, evaluate every size; prints the table, returns the rows."""
     from ._console import console_logging
 
-    a = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    a = parser.parse_args(argv)
     a.prog = prog
+    problem = unwritable(Path(a.out).expanduser().parent) if a.out else None
+    if problem:  # before any model is loaded or any descriptor extracted
+        parser.error(f"--out {a.out} cannot be written: {problem}; pass a path in a folder you can write to")
     with console_logging():
         return _main(a)
 

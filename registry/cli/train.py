@@ -125,7 +125,9 @@ def check_args(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.backbone_weights and a.backbone_weights != "imagenet" and not Path(a.backbone_weights).is_file():
         parser.error(f"--backbone-weights {a.backbone_weights}: file not found (or pass 'imagenet')")
     if a.input_size and min(a.input_size) < 16:
-        parser.error(f"--input-size {a.input_size} is too small (at least 16 x 16)")
+        parser.error(f"--input-size {a.input_size} is too small (at least 16 x 16; valid: 16..8192 per side)")
+    if a.input_size and max(a.input_size) > 8192:
+        parser.error(f"--input-size {a.input_size} is too large (valid: 16..8192 per side)")
     if a.threads is not None and a.threads < 1:
         parser.error("--threads must be >= 1")
 

@@ -8,23 +8,31 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .._image_modes import to_rgb
+
 
 class ImageReadError(OSError):
     """An image file is missing, truncated or not an image."""
 
 
 def open_rgb(path: Union[str, os.PathLike]) -> Image.Image:
-    """Open an image fully decoded as RGB, or raise ImageReadError naming the file."""
+    """Open an image fully decoded as 8-bit RGB (16-bit images scaled, not clipped: registry._image_modes.to_rgb),
+    or raise ImageReadError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image file not found: {path}; check the dataset root or re-download the dataset")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            img.load()
+            decoded = img
     except (OSError, ValueError, SyntaxError) as err:
         raise ImageReadError(
             f"cannot read image {path} ({err}); the file is corrupt or truncated: re-download it or remove it"
         ) from err
+    try:
+        return to_rgb(decoded)
+    except ValueError as err:
+        raise ImageReadError(f"cannot use image {path} (mode {decoded.mode}): {err}") from err
 
 
 def image_size(path: Union[str, os.PathLike]) -> Tuple[int, int]:

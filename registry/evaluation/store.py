@@ -1,34 +1,60 @@
-"""On-disk descriptor store: a memory-mapped .npy filled chunk by chunk, resumable, tied to one model and image list.
+"""The map store: one row per image (descriptor, image path, place id, optional coordinates) in a Lance dataset.
 
-Layout of a store folder: `meta.json` (model name, config hash, dim, chunk size, image-list hash), `images.txt`
-(one path a line), `descriptors.npy` (N x D float32, memory-mapped) and `chunks.npy` (one byte per chunk, set
-after that chunk's rows are flushed). A killed extraction leaves unset bytes, and the next run computes only
-those chunks; torchrun ranks each take every world_size-th chunk and write their own rows.
+Lance (https://lancedb.github.io/lance/) gives what a map needs from storage: every write is an atomic, versioned
+commit (a killed or failed write leaves the last commit as it was), concurrent writers are serialised by its commit
+protocol, rows are read back at random quickly (a PlaceIndex's shortlist), and distributed writers write data
+fragments that one commit joins. Extraction commits one chunk of rows at a time, so a rerun computes only the chunks
+not committed; the dataset's schema metadata records the model's config hash, the input size and the image list's
+hash, and a store of another model, input size or image list is refused. Under torchrun each rank writes the
+fragments of its chunks and rank 0 commits each round's fragments at once.
+
+Stores written by the earlier memory-mapped format (meta.json + descriptors.npy) are not converted: a store is
+cheap to rebuild; delete the folder and extract again.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
+import time
+import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._atomic import atomic_path
 from ..distributed import DistContext
 from ..runtimes.base import Runtime
 from .extract import extract_descriptors
 
+log = logging.getLogger(__name__)
+
 PathLike = Union[str, os.PathLike]
-FORMAT = 1
+FORMAT = 2
 DEFAULT_CHUNK = 1024
+_READ_CHUNK = 16384
+EXTRA = "pip install 'clusvpr-zoo[map]'"
 
 
 class StoreMismatchError(ValueError):
     """The store folder holds descriptors of another model, input size or image list."""
+
+
+class StoreChangedError(ValueError):
+    """The map store an index was built from has moved or changed since."""
+
+
+def _lance():
+    try:
+        import lance
+        import pyarrow as pa
+    except ImportError as err:
+        raise ImportError(f"the map store needs Lance (pylance) and pyarrow: {EXTRA}") from err
+    return lance, pa
 
 
 def model_config_hash(model: nn.Module, resize: Optional[str] = None, longer_side: Optional[int] = None) -> str:
@@ -56,18 +82,94 @@ def _input_size(model: nn.Module) -> str:
     return f"{h}x{w}"
 
 
-class DescriptorStore:
-    """An opened store: `descriptors` is a read-only memmap (N, D); `complete` once every chunk is written."""
+def _schema(dim: int, meta: Dict[str, Any]):
+    _, pa = _lance()
+    fields = [pa.field("row", pa.int64(), nullable=False), pa.field("image", pa.string()),
+              pa.field("place", pa.string()), pa.field("descriptor", pa.list_(pa.float32(), dim)),
+              pa.field("x", pa.float64()), pa.field("y", pa.float64())]
+    return pa.schema(fields, metadata={b"clusvpr_map": json.dumps(meta).encode()})
 
-    def __init__(self, folder: PathLike, mode: str = "r") -> None:
+
+def _as_os_error(err: BaseException, folder: Path, what: str) -> OSError:
+    code = getattr(err, "errno", None) or next((int(m) for m in re.findall(r"os error (\d+)", str(err))), None)
+    return OSError(code, f"could not {what} the map store {folder} ({str(err).splitlines()[0]}); its last commit is "
+                         "intact: free space (or fix the cause) and run again to resume")
+
+
+class _Rows:
+    """The store's descriptors as a read-only (N, D) array in image order, read through Lance on demand: slices and
+    integer arrays read only those rows; np.asarray reads everything."""
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, store: "MapStore") -> None:
+        self._store = store
+        self.shape = (len(store._offsets), store.dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, tuple):
+            rows, cols = key[0], key[1:]
+            return self[rows][(slice(None), *cols)]
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        positions = self._store._offsets[key]
+        return self._store._take(np.atleast_1d(positions))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.empty(self.shape, dtype=np.float32)
+        for s in range(0, len(self), _READ_CHUNK):
+            out[s : s + _READ_CHUNK] = self[s : s + _READ_CHUNK]
+        return out if dtype is None else out.astype(dtype)
+
+
+class MapStore:
+    """An opened map store at one version: `descriptors` (an (N, D) array-like in image order), `images`, `places`,
+    `coords`; `complete` once every image's row is committed. Read-only; extract_to_store writes."""
+
+    def __init__(self, folder: PathLike, version: Optional[int] = None) -> None:
+        lance, _ = _lance()
         self.folder = Path(folder)
-        meta_path = self.folder / "meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{self.folder} is not a descriptor store (no meta.json)")
-        self.meta: Dict[str, Any] = json.loads(meta_path.read_text())
-        self.images: List[str] = (self.folder / "images.txt").read_text().splitlines()
-        self.descriptors = np.load(self.folder / "descriptors.npy", mmap_mode=mode)
-        self._chunks = np.load(self.folder / "chunks.npy", mmap_mode=mode)
+        if (self.folder / "meta.json").is_file() and (self.folder / "descriptors.npy").exists():
+            raise StoreMismatchError(f"{self.folder} is a descriptor store of the earlier memory-mapped format; stores "
+                                     "are not converted: delete the folder and extract again (it is cheap to rebuild)")
+        if not (self.folder / "_versions").is_dir():
+            raise FileNotFoundError(f"{self.folder} is not a map store (no Lance dataset there)")
+        try:
+            self._ds = lance.dataset(str(self.folder), version=version)
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(f"{self.folder} is not a readable map store: {err}") from None
+        raw = (self._ds.schema.metadata or {}).get(b"clusvpr_map")
+        if raw is None:
+            raise StoreMismatchError(f"{self.folder} is a Lance dataset but not a map store (no clusvpr_map metadata)")
+        self.meta: Dict[str, Any] = json.loads(raw)
+        rows = self._ds.to_table(columns=["row"]).column("row").to_numpy()
+        count = int(self.meta["count"])
+        if len(rows) and (rows.min() < 0 or rows.max() >= count):
+            raise StoreMismatchError(f"{self.folder} holds row numbers outside 0..{count - 1}: not written by this "
+                                     "package; delete it and extract again")
+        first = np.full(count, -1, dtype=np.int64)
+        order = np.arange(len(rows))[::-1]  # a row committed twice (two writers of one model): keep the first
+        first[rows[order]] = order
+        self._done = first >= 0
+        self._offsets = first[self._done] if self.complete else first
+        self._columns: Dict[str, list] = {}
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def version(self) -> int:
+        return int(self._ds.version)
+
+    @property
+    def count(self) -> int:
+        """Images the store is for (rows once complete)."""
+        return int(self.meta["count"])
 
     @property
     def chunk_size(self) -> int:
@@ -75,69 +177,167 @@ class DescriptorStore:
 
     @property
     def num_chunks(self) -> int:
-        return len(self._chunks)
+        return -(-self.count // self.chunk_size)
 
     def missing_chunks(self) -> List[int]:
-        """Chunks not yet written (all of them in a fresh store)."""
-        return [int(i) for i in np.flatnonzero(np.asarray(self._chunks) == 0)]
+        """Chunks with a row not yet committed (all of them in a fresh store)."""
+        pad = np.ones(self.num_chunks * self.chunk_size, dtype=bool)
+        pad[: self.count] = self._done
+        return [int(c) for c in np.flatnonzero(~pad.reshape(-1, self.chunk_size).all(axis=1))]
 
     @property
     def complete(self) -> bool:
-        return not self.missing_chunks()
+        return bool(self._done.all())
 
-    def chunk_rows(self, chunk: int) -> slice:
-        return slice(chunk * self.chunk_size, min((chunk + 1) * self.chunk_size, len(self.images)))
+    def _need_complete(self) -> None:
+        if not self.complete:
+            raise ValueError(f"map store {self.folder} is incomplete ({int(self._done.sum())} of {self.count} rows): "
+                             "run the extraction again to finish it")
 
-    def write_chunk(self, chunk: int, rows: np.ndarray) -> None:
-        """Write one chunk's descriptors, flush them, then mark the chunk done (the order makes a kill harmless)."""
-        span = self.chunk_rows(chunk)
-        expected = (span.stop - span.start, self.descriptors.shape[1])
-        if rows.shape != expected:
-            raise ValueError(f"chunk {chunk} of {self.folder} needs descriptors of shape {expected}, got {rows.shape}")
-        self.descriptors[span] = rows
-        self.descriptors.flush()
-        self._chunks[chunk] = 1
-        self._chunks.flush()
+    def _take(self, positions: np.ndarray) -> np.ndarray:
+        if len(positions) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        got = self._ds.take(positions, columns=["descriptor"]).column("descriptor").combine_chunks()
+        return got.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.dim).astype(np.float32, copy=False)
+
+    def _column(self, name: str) -> list:
+        self._need_complete()
+        if name not in self._columns:
+            values = self._ds.to_table(columns=[name]).column(name).to_pylist()
+            self._columns[name] = [values[i] for i in self._offsets]
+        return self._columns[name]
+
+    @property
+    def descriptors(self) -> _Rows:
+        self._need_complete()
+        return _Rows(self)
+
+    @property
+    def images(self) -> List[str]:
+        return self._column("image")
+
+    @property
+    def places(self) -> List[str]:
+        """Place ids (the image paths where none were given)."""
+        return [p if p is not None else i for p, i in zip(self._column("place"), self.images)]
+
+    @property
+    def coords(self) -> Optional[np.ndarray]:
+        """(N, 2) coordinates, or None when none were given."""
+        if not self.meta.get("coords"):
+            return None
+        return np.stack([np.asarray(self._column("x"), dtype=np.float64), np.asarray(self._column("y"),
+                                                                                     dtype=np.float64)], axis=1)
+
+    def reference(self) -> Dict[str, Any]:
+        """What a PlaceIndex records of the store it was built from (checked by check_reference)."""
+        self._need_complete()
+        return {"path": str(self.folder.resolve()), "store_id": self.meta["store_id"], "version": self.version,
+                "rows": self.count, "config_hash": self.meta["config_hash"]}
 
     def check(self, images: Sequence[str], config_hash: str, what: str) -> None:
         """Refuse this store unless it was made for these images by a model with this config hash."""
         if self.meta.get("config_hash") != config_hash:
             raise StoreMismatchError(
-                f"descriptor store {self.folder} was made by {self.meta.get('model')} at input "
+                f"map store {self.folder} was made by {self.meta.get('model')} at input "
                 f"{self.meta.get('input_size')} (config hash {str(self.meta.get('config_hash'))[:12]}), not by {what} "
                 f"(config hash {config_hash[:12]}): its descriptors cannot be mixed with this model's; pass another "
                 "store folder or delete this one")
         if self.meta.get("images_sha256") != _images_hash(images):
             raise StoreMismatchError(
-                f"descriptor store {self.folder} holds {len(self.images)} other images than the {len(images)} asked "
-                f"for (first: {self.images[:1]} vs {list(images[:1])}): pass another store folder or delete this one")
-
-
-def create_store(folder: PathLike, images: Sequence[str], dim: int, config_hash: str, chunk_size: int = DEFAULT_CHUNK,
-                 **facts: Any) -> DescriptorStore:
-    """A new empty store for `images` (N x dim float32 on disk, nothing in RAM); meta.json is written last."""
-    folder = Path(folder)
-    if (folder / "meta.json").exists():
-        raise FileExistsError(f"{folder} already holds a descriptor store")
-    folder.mkdir(parents=True, exist_ok=True)
-    n = len(images)
-    np.lib.format.open_memmap(folder / "descriptors.npy", mode="w+", dtype=np.float32, shape=(n, dim)).flush()
-    np.save(folder / "chunks.npy", np.zeros(-(-n // chunk_size), dtype=np.uint8))
-    (folder / "images.txt").write_text("".join(f"{p}\n" for p in images))
-    meta = {"format": FORMAT, "count": n, "dim": dim, "chunk_size": chunk_size, "config_hash": config_hash,
-            "images_sha256": _images_hash(images), **facts}
-    with atomic_path(folder / "meta.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=1))
-    return DescriptorStore(folder, mode="r+")
+                f"map store {self.folder} holds {self.count} other images than the {len(images)} asked for: pass "
+                "another store folder or delete this one")
 
 
 def open_store(folder: PathLike, images: Optional[Sequence[str]] = None, config_hash: Optional[str] = None,
-               what: str = "this model") -> DescriptorStore:
-    """A store opened read-only, checked against `images` and `config_hash` when given."""
-    store = DescriptorStore(folder)
+               what: str = "this model") -> MapStore:
+    """A store opened read-only (its latest commit), checked against `images` and `config_hash` when given."""
+    store = MapStore(folder)
     if images is not None and config_hash is not None:
         store.check([str(p) for p in images], config_hash, what)
     return store
+
+
+def check_reference(ref: Dict[str, Any], moved_to: Optional[PathLike], index_folder: PathLike) -> Dict[str, Any]:
+    """The store a saved index was built from, still there and unchanged (or at `moved_to`, the same store at the
+    same version); StoreChangedError names what moved or changed. Returns the reference, with the new path."""
+    path = Path(moved_to) if moved_to is not None else Path(ref["path"])
+    if not path.exists():
+        raise StoreChangedError(f"the index in {index_folder} was built from the map store {ref['path']}, which is "
+                                "gone (moved or deleted): pass its new folder, PlaceIndex.load(..., store=FOLDER)")
+    try:
+        store = MapStore(path)
+    except (FileNotFoundError, StoreMismatchError) as err:
+        raise StoreChangedError(f"the index in {index_folder} was built from the map store {ref['path']}; {path} is "
+                                f"not that store: {err}") from None
+    if store.meta.get("store_id") != ref["store_id"]:
+        raise StoreChangedError(f"{path} is another map store (id {store.meta.get('store_id')}) than the one the index "
+                                f"in {index_folder} was built from ({ref['store_id']} at {ref['path']})")
+    if store.version != ref["version"]:
+        raise StoreChangedError(f"the map store {path} changed since the index in {index_folder} was built from it "
+                                f"(version {ref['version']}, now {store.version}): rebuild the index")
+    return {**ref, "path": str(path.resolve())}
+
+
+def _create(folder: Path, dim: int, count: int, meta: Dict[str, Any]) -> None:
+    """An empty store with its metadata (one commit); a concurrent creator wins or loses as a whole."""
+    lance, _ = _lance()
+    schema = _schema(dim, {**meta, "format": FORMAT, "count": count, "dim": dim, "store_id": uuid.uuid4().hex})
+    try:
+        lance.write_dataset(schema.empty_table(), str(folder), mode="create")
+    except OSError as err:
+        if "already exists" in str(err) or "onflict" in str(err):  # another writer created it first: its metadata
+            return  # is checked next
+        raise _as_os_error(err, folder, "create") from err
+
+
+def _committed(folder: Path) -> bool:
+    return (folder / "_versions").is_dir() and any((folder / "_versions").iterdir())
+
+
+def _open_when_committed(folder: Path, wait_s: float = 30.0) -> MapStore:
+    """The store, once its creating commit is visible (another process may be committing it right now)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return MapStore(folder)
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _write_fragments(folder: Path, dim: int, meta: Dict[str, Any], rows: np.ndarray, images: Sequence[str],
+                     descriptors: np.ndarray, places: Optional[Sequence[Any]], coords: Optional[np.ndarray]):
+    """Data files for these rows, not yet part of any version (commit them with _commit)."""
+    lance, pa = _lance()
+    from lance.fragment import write_fragments
+
+    n = len(rows)
+    table = pa.table({
+        "row": pa.array(rows, pa.int64()), "image": pa.array(list(images), pa.string()),
+        "place": pa.array([None if p is None else str(p) for p in places] if places is not None else [None] * n,
+                          pa.string()),
+        "descriptor": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(descriptors,
+                                                                                      np.float32).ravel()), dim),
+        "x": pa.array(coords[:, 0] if coords is not None else [None] * n, pa.float64()),
+        "y": pa.array(coords[:, 1] if coords is not None else [None] * n, pa.float64()),
+    }, schema=_schema(dim, meta))
+    try:
+        return write_fragments(table, str(folder), schema=table.schema)
+    except OSError as err:
+        raise _as_os_error(err, folder, "write to") from err
+
+
+def _commit(folder: Path, fragments: list) -> None:
+    lance, _ = _lance()
+    if not fragments:
+        return
+    try:
+        version = lance.dataset(str(folder)).version
+        lance.LanceDataset.commit(str(folder), lance.LanceOperation.Append(fragments), read_version=version)
+    except OSError as err:
+        raise _as_os_error(err, folder, "commit to") from err
 
 
 def extract_to_store(
@@ -149,36 +349,72 @@ def extract_to_store(
     resize: Optional[str] = None,
     longer_side: Optional[int] = None,
     progress: bool = True,
+    places: Optional[Sequence[Any]] = None,
+    coords: Optional[Any] = None,
     **extract_kwargs: Any,
-) -> DescriptorStore:
-    """Descriptors of `images` streamed into the store at `folder`, one chunk in memory at a time; resumes a killed run.
+) -> MapStore:
+    """Descriptors of `images` written to the map store at `folder` one committed chunk at a time (one chunk in
+    memory); a rerun resumes after the last commit. `places` (ids) and `coords` ((N, 2)) are stored with the rows.
 
-    A store made by another model, input size or image list is refused (StoreMismatchError). Under torchrun pass
-    `ctx` (registry.training.init_distributed()): rank r computes chunks r, r + world_size, ...
+    A store made by another model, input size or image list is refused (StoreMismatchError), also when two writers
+    start at once. A failed write (a full disk) raises an OSError naming the folder; what was committed stays. Under
+    torchrun pass `ctx` (registry.training.init_distributed()): rank r computes chunks r, r + world_size, ... and
+    writes their fragments; rank 0 commits each round's fragments in one commit.
     """
+    _lance()  # a missing engine is named before any work
     ctx = ctx or DistContext()
     images = [str(p) for p in images]
     if not images:
         raise ValueError("no images to extract descriptors from")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    for name, extra in (("places", places), ("coords", coords)):
+        if extra is not None and len(extra) != len(images):
+            raise ValueError(f"{len(extra)} {name} for {len(images)} images")
+    coords = None if coords is None else np.asarray(coords, dtype=np.float64).reshape(len(images), 2)
     config_hash = model_config_hash(model, resize, longer_side)
     name = getattr(model, "name", type(model).__name__)
     what = f"{name} at input {_input_size(model)}"
     folder = Path(folder)
-    if ctx.is_main and not (folder / "meta.json").exists():
+    if ctx.is_main and not _committed(folder):
         dim = int(getattr(model, "descriptor_dim", 0)) or _probe_dim(model, images[0], resize, longer_side)
-        create_store(folder, images, dim, config_hash, chunk_size, model=name, input_size=_input_size(model))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _create(folder, dim, len(images), {"model": name, "input_size": _input_size(model), "config_hash": config_hash,
+                                           "images_sha256": _images_hash(images), "chunk_size": chunk_size,
+                                           "coords": coords is not None})
     ctx.barrier()
-    store = DescriptorStore(folder, mode="r+")
+    store = _open_when_committed(folder)
     store.check(images, config_hash, what)
-    todo = [c for c in store.missing_chunks() if c % ctx.world_size == ctx.rank]
-    for n, chunk in enumerate(todo):
-        span = store.chunk_rows(chunk)
-        rows = extract_descriptors(model, images[span], resize=resize, longer_side=longer_side,
-                                   progress=progress and ctx.is_main,
-                                   desc=f"{folder.name} chunk {n + 1}/{len(todo)}", **extract_kwargs)
-        store.write_chunk(chunk, rows)
-    ctx.barrier()
-    return open_store(folder)
+    todo = store.missing_chunks()
+    mine = [c for i, c in enumerate(todo) if i % ctx.world_size == ctx.rank]
+    rounds = -(-len(todo) // ctx.world_size)
+    for n in range(rounds):
+        fragments = []
+        if n < len(mine):
+            chunk = mine[n]
+            span = slice(chunk * store.chunk_size, min((chunk + 1) * store.chunk_size, store.count))
+            rows = extract_descriptors(model, images[span], resize=resize, longer_side=longer_side,
+                                       progress=progress and ctx.is_main,
+                                       desc=f"{folder.name} chunk {n + 1}/{len(mine)}", **extract_kwargs)
+            fragments = _write_fragments(folder, store.dim, store.meta, np.arange(span.start, span.stop),
+                                         images[span], rows, None if places is None else places[span],
+                                         None if coords is None else coords[span])
+        if ctx.distributed:
+            fragments = _gather_fragments(ctx, fragments)
+        if ctx.is_main:
+            _commit(folder, fragments)
+        ctx.barrier()
+    return MapStore(folder)
+
+
+def _gather_fragments(ctx: DistContext, fragments: list) -> list:
+    """Every rank's fragment metadata on rank 0 (JSON through torch.distributed's object gather)."""
+    import torch.distributed as dist
+    from lance.fragment import FragmentMetadata
+
+    out: List[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, [json.dumps(f.to_json()) for f in fragments])
+    return [FragmentMetadata.from_json(f) for part in out for f in part]
 
 
 def _probe_dim(model: nn.Module, image: str, resize: Optional[str], longer_side: Optional[int]) -> int:
@@ -186,7 +422,8 @@ def _probe_dim(model: nn.Module, image: str, resize: Optional[str], longer_side:
         return int(extract_descriptors(model, [image], resize=resize, longer_side=longer_side, progress=False).shape[1])
 
 
-def extract_dataset_to_store(model: nn.Module, dataset: Any, folder: PathLike, **kwargs: Any):
+def extract_dataset_to_store(model: nn.Module, dataset: Any, folder: PathLike, **kwargs: Any) -> Tuple[MapStore,
+                                                                                                        MapStore]:
     """(query, database) stores under `folder`/queries and `folder`/database, like extract_dataset, resumable."""
     q_kwargs = dict(kwargs)
     if dataset.query_longer_side is not None:

@@ -8,7 +8,7 @@ centroids.h5, pca.h5 and README.md (a huggingface_hub ModelCard rendered from MO
 from .._files import sha256_file
 from ._card import model_card, render_model_card
 from ._layout import CARD_FACTS, LAYOUT_FILES, LIBRARY_NAME, build_config, card_facts, save_pretrained
-from ._load import from_pretrained, pull_centroids, pull_pca, read_state_dict, set_model_loader
+from ._load import pull_centroids, pull_pca, read_state_dict
 from ._push import push_to_hub
 from ._source import Snapshot, parse_source
 from .errors import (
@@ -21,7 +21,6 @@ from .errors import (
     NotPublishedError,
     RepoNotFoundError,
     RevisionNotFoundError,
-    TamperedFileError,
     WrongModelError,
 )
 
@@ -39,11 +38,9 @@ __all__ = [
     "RepoNotFoundError",
     "RevisionNotFoundError",
     "Snapshot",
-    "TamperedFileError",
     "WrongModelError",
     "build_config",
     "card_facts",
-    "from_pretrained",
     "model_card",
     "parse_source",
     "pull_centroids",
@@ -52,6 +49,5 @@ __all__ = [
     "read_state_dict",
     "render_model_card",
     "save_pretrained",
-    "set_model_loader",
     "sha256_file",
 ]

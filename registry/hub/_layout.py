@@ -9,14 +9,15 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
 from .. import h5io
+from .._atomic import file_mode, folder_mode, fsync_folder, staging_dir, write_failure
 from .._files import sha256_file
 from ._card import render_model_card
 
@@ -175,16 +176,40 @@ def save_pretrained(
         raise NotADirectoryError(f"{target} exists and is not a directory: pass a directory path to save_pretrained")
     target.parent.mkdir(parents=True, exist_ok=True)
     facts = card_facts(model, training=training, evaluation=evaluation, recalls=recalls, release=release)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    stage = staging_dir(target)
     try:
-        write_layout(model, stage, facts, model_card, dtype=dtype)
-        os.chmod(stage, 0o755)  # mkdtemp makes it private; the saved folder should read like any other
+        try:
+            write_layout(model, stage, facts, model_card, dtype=dtype)
+        except Exception as err:  # noqa: BLE001  (a write failure is reworded below; anything else re-raised)
+            raise _save_failure(err, target) from err
+        os.chmod(stage, folder_mode())  # mkdtemp makes it private: give it the user's umask, as mkdir would
         for path in stage.iterdir():
-            os.chmod(path, 0o644)
+            os.chmod(path, file_mode())
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_folder(stage)
         _install(stage, target)
+        fsync_folder(target)
+        fsync_folder(target.parent)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return target
+
+
+def _save_failure(err: Exception, target: Path) -> Exception:
+    """An OSError naming `target` and what was kept for a write that ran out of room (safetensors reports its I/O
+    errors as `... (os error 28)`); `err` itself for any other error."""
+    raw = err.__cause__ if getattr(err, "atomic_target", None) is not None else err  # atomic_path's rewording
+    code = getattr(raw, "errno", None)
+    if code is None:
+        found = re.search(r"os error (\d+)", str(raw))
+        code = int(found.group(1)) if found else None
+    why = write_failure(OSError(code, "")) if code is not None else None
+    if why is None:
+        return err
+    kept = f"the earlier layout in {target} is unchanged" if target.exists() else f"{target} was not created"
+    return OSError(code, f"could not save the model to {target}: {why} ({type(raw).__name__}: {raw}); {kept} and "
+                         "no partial file is left")
 
 
 def card_facts(model: torch.nn.Module, **given: Optional[Mapping[str, Any]]) -> Dict[str, Any]:

@@ -1,22 +1,21 @@
 """Pull: the verified weights of a layout as a state dict, and its centres or PCA alone.
 
-Rebuilding a model from config.json is the model layer's (`VPRModel.from_pretrained`); `from_pretrained` here
-forwards to the loader the model layer registers, so the Hub layer never imports it.
+Rebuilding a model from config.json is the model layer's (`registry.VPRModel.from_pretrained`): the Hub layer
+never imports it.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
 from .. import h5io
 from ..whitening import PCAWhitening
 from ._layout import CENTROIDS, PCA, WEIGHTS
-from ._source import Snapshot, SourceLike
+from ._source import ModelLocation, Snapshot
 
 _H5_SUFFIXES = (".h5", ".hdf5")
-_model_loader: Optional[Callable[..., Any]] = None
 
 
 def read_state_dict(snap: Snapshot) -> Dict[str, torch.Tensor]:
@@ -26,23 +25,7 @@ def read_state_dict(snap: Snapshot) -> Dict[str, torch.Tensor]:
     return load_file(str(snap.path(WEIGHTS)), device="cpu")
 
 
-def set_model_loader(loader: Callable[..., Any]) -> None:
-    """The function behind `from_pretrained`: `registry.model` registers `VPRModel.from_pretrained` when imported
-    (which `import registry.hub` always does first, through the `registry` package)."""
-    global _model_loader
-    _model_loader = loader
-
-
-def from_pretrained(src: SourceLike, **kwargs: Any) -> Any:
-    """`registry.VPRModel.from_pretrained(src, **kwargs)`, kept under this name for existing code: the model in a
-    folder or repository (`org/name`, `org/name@<commit or tag>`), every file sha256-checked."""
-    if _model_loader is None:
-        raise RuntimeError("no model loader is registered with registry.hub: import registry (registry.model "
-                           "registers VPRModel.from_pretrained), or call registry.VPRModel.from_pretrained")
-    return _model_loader(src, **kwargs)
-
-
-def pull_centroids(src: SourceLike, **hub_kwargs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+def pull_centroids(src: ModelLocation, **hub_kwargs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     """(centroids K x D, descriptors N x D) from a repo's or folder's centroids.h5, or from an .h5 file itself.
 
     Use them to start a fresh NetVLAD or OptLAD: `model.aggregator.init_from_clusters(*pull_centroids(src))`.
@@ -52,18 +35,18 @@ def pull_centroids(src: SourceLike, **hub_kwargs: Any) -> Tuple[torch.Tensor, to
     return h5io.load_centroids(_pull_file(src, CENTROIDS, hub_kwargs))
 
 
-def pull_pca(src: SourceLike, **hub_kwargs: Any) -> PCAWhitening:
+def pull_pca(src: ModelLocation, **hub_kwargs: Any) -> PCAWhitening:
     """The fitted PCAWhitening in a repo's or folder's pca.h5, or in an .h5 file itself (reference layout too)."""
     if _is_h5_file(src):
         return PCAWhitening.from_h5(src)
     return PCAWhitening.from_h5(_pull_file(src, PCA, hub_kwargs))
 
 
-def _is_h5_file(src: SourceLike) -> bool:
+def _is_h5_file(src: ModelLocation) -> bool:
     return str(src).lower().endswith(_H5_SUFFIXES) and os.path.isfile(src)
 
 
-def _pull_file(src: SourceLike, name: str, hub_kwargs: dict):
+def _pull_file(src: ModelLocation, name: str, hub_kwargs: dict):
     allowed = {"revision", "cache_dir", "local_files_only", "token", "endpoint", "force_download"}
     unknown = sorted(set(hub_kwargs) - allowed)
     if unknown:

@@ -1,7 +1,6 @@
 """Where a layout lives (a local folder or a Hub repo at one commit) and verified access to its files."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,11 +27,11 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _log = logging.getLogger(__name__)
 
-SourceLike = Union[str, os.PathLike]
+ModelLocation = Union[str, os.PathLike]  # a folder in the layout, or a Hub repository id `org/name[@rev]`
 
 
 def parse_source(
-    src: SourceLike, revision: Optional[str] = None
+    src: ModelLocation, revision: Optional[str] = None
 ) -> Tuple[Optional[Path], Optional[str], Optional[str]]:
     """(directory, repo_id, revision) for a local folder, `org/name` or `org/name@rev`."""
     if isinstance(src, os.PathLike) or Path(str(src)).expanduser().is_dir():
@@ -66,10 +65,10 @@ class Snapshot:
 
     def __init__(
         self,
-        src: SourceLike,
+        src: ModelLocation,
         *,
         revision: Optional[str] = None,
-        cache_dir: Optional[SourceLike] = None,
+        cache_dir: Optional[ModelLocation] = None,
         local_files_only: bool = False,
         token: Optional[Union[str, bool]] = None,
         endpoint: Optional[str] = None,
@@ -99,12 +98,13 @@ class Snapshot:
                     raise
                 self._config_missing = True
                 return None
-            path = self._check_cached_blob(path)
             try:
                 self._config = json.loads(Path(path).read_text(encoding="utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                cached = (f"; if the cached copy is damaged, check it with `hf cache verify {self.repo_id}` and load "
+                          "again with force_download=True") if self.directory is None else ""
                 raise WrongModelError(f"config.json of {self.label} is not valid JSON ({err}): it was not written "
-                                      "by save_pretrained / push_to_hub of this model zoo") from None
+                                      f"by save_pretrained / push_to_hub of this model zoo{cached}") from None
         if self._config is None and required:
             raise FileNotInRepoError(f"{self.label} has no config.json: it is not a model-zoo layout")
         return self._config
@@ -126,15 +126,23 @@ class Snapshot:
                 "they cannot be checked: re-save the model with save_pretrained (or push_to_hub), which records one "
                 "for every file"
             )
-        if int(config.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
-            raise WrongModelError(f"{self.label} uses layout format {config['format_version']}, newer than this "
-                                  f"version of the zoo understands ({FORMAT_VERSION}): upgrade clusvpr-zoo")
+        version = config.get("format_version", FORMAT_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise WrongModelError(
+                f"config.json of {self.label}: format_version = {version!r} is not a layout format version (a "
+                f"whole number >= 1; this version of the zoo writes {FORMAT_VERSION}): the file was changed or "
+                "damaged; restore it, or re-save the model with save_pretrained"
+            )
+        if version > FORMAT_VERSION:
+            raise WrongModelError(f"{self.label} uses layout format {version}, newer than this version of the zoo "
+                                  f"understands ({FORMAT_VERSION}): upgrade clusvpr-zoo")
         return config
 
     def path(self, name: str) -> Path:
-        """Local path of `name`, its sha256 checked against config.json. A cached copy that does not match is
-        downloaded again once (`force_download=True`); a mismatch that persists is a CorruptedFileError, and the
-        bad copy is deleted from the Hugging Face cache (a user's own folder is never changed)."""
+        """Local path of `name`, its sha256 checked against config.json (what huggingface_hub does not do: it
+        trusts a cached file). A cached copy that does not match is downloaded again once (`force_download=True`);
+        a mismatch that persists is a CorruptedFileError, and the bad copy is deleted with huggingface_hub's cache
+        API (a user's own folder is never changed)."""
         config = self.config(required=False)
         files = config.get("files") if isinstance(config, dict) else None
         if isinstance(files, dict) and name not in files:
@@ -163,23 +171,6 @@ class Snapshot:
             )
         return path
 
-    def _check_cached_blob(self, path: Path) -> Path:
-        """config.json has no recorded sha256: check a cached copy against its blob name (the Hub's ETag), and
-        download a copy that does not match again once. Returns the checked path."""
-        if self.directory is not None:
-            return path
-        actual, etag = _blob_digest(path)
-        if actual == etag:
-            return path
-        problem = f"the cached config.json of {self.label} does not match the checksum the Hub sent ({etag})"
-        if self._can_fetch_again():
-            path = self._fetch_again(CONFIG, problem)
-            actual, etag = _blob_digest(path)
-        if actual != etag:
-            raise CorruptedFileError(f"{problem}: a corrupted or mismatched file. {self._give_up(path)} Load it "
-                                     "again.")
-        return path
-
     def _can_fetch_again(self) -> bool:
         """Whether a cached copy that fails its check can be downloaded again: not for a local folder (never
         changed), not offline (nothing to download it from), not when it was just downloaded (force_download)."""
@@ -199,8 +190,9 @@ class Snapshot:
         return self.local_files_only or _offline_mode(constants)
 
     def _give_up(self, path: Path) -> str:
-        """For a file that failed its check for good: delete the cached copy (so the next load downloads it afresh)
-        and say what happened, for the error message. A local folder is left as it is."""
+        """For a file that failed its check for good: delete the cached copy through huggingface_hub's cache API (a
+        re-download with force_download does not replace it: measured, tests/registry/hub/test_hub_remote.py), and
+        say what happened, for the error message. A local folder is left as it is."""
         if self.directory is not None:
             return "The folder was left as it is."
         if self._offline():
@@ -253,21 +245,8 @@ def _delete_from_cache(snap: Snapshot, path: Path) -> str:
             return "It is not listed in the Hugging Face cache, so nothing was deleted there."
         cache.delete_files(*files).execute()
     except Exception as err:  # noqa: BLE001  (the error being raised matters more; say how to delete it by hand)
-        return f"Deleting it from the Hugging Face cache failed ({err}): delete it with `hf cache delete`."
+        return f"Deleting it from the Hugging Face cache failed ({err}): delete it with `hf cache rm`."
     return "The bad copy was deleted from the Hugging Face cache."
-
-
-def _blob_digest(path: Path) -> Tuple[Optional[str], Optional[str]]:
-    """(digest of the file, the blob name it is cached under): a cached file is stored under its ETag, the git blob
-    sha1 of a regular file or the sha256 of an LFS file. (None, None) when the name is not such a checksum (a copy
-    outside the cache's blob store, as on file systems without symbolic links)."""
-    blob = Path(path).resolve().name
-    if _COMMIT.match(blob):
-        data = Path(path).read_bytes()
-        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(), blob
-    if _SHA256.match(blob):
-        return sha256_file(path), blob
-    return None, None
 
 
 def _download(snap: Snapshot, name: str, force: bool = False) -> str:

@@ -36,7 +36,6 @@ class CorruptedFileError(HubError):
     """
 
 
-TamperedFileError = CorruptedFileError  # the earlier name, kept so existing code that catches it still works
 
 
 class WrongModelError(HubError, ValueError):
@@ -57,6 +56,5 @@ __all__ = [
     "NotPublishedError",
     "RepoNotFoundError",
     "RevisionNotFoundError",
-    "TamperedFileError",
     "WrongModelError",
 ]

@@ -1,14 +1,13 @@
 """Checkpoints written atomically (a crash or a full disk never destroys the last good one), read with weights_only."""
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Union
 
 import torch
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, write_failure
 
 PathLike = Union[str, os.PathLike]
 FORMAT = 1
@@ -18,13 +17,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or read."""
 
 
-# what torch's C++ writer says when a write stops short (a full disk or quota); it raises RuntimeError, not OSError
+# what torch's C++ writer says when a write stops short (a full disk, a quota, the file-size limit); it raises
+# RuntimeError, not OSError, so the cause cannot be told apart
 _SHORT_WRITE = ("unexpected pos", "file write failed", "iostream error")
 
 
-def _disk_full(err: BaseException) -> bool:
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+def _short_write(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(text in str(err) for text in _SHORT_WRITE)
 
 
@@ -35,15 +33,19 @@ def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:
         with atomic_path(path) as tmp:
             torch.save({"format": FORMAT, **state}, tmp)
     except (OSError, RuntimeError) as err:
-        if not isinstance(err, OSError) and not _disk_full(err):
+        if not isinstance(err, OSError) and not _short_write(err):
             raise
+        raw = err.__cause__ if getattr(err, "atomic_target", None) is not None else err  # atomic_path's rewording
         kept = (f"the last good {path.name} is kept unchanged" if path.is_file()
                 else f"no earlier {path.name} exists")
-        why = (f"the disk is full ({type(err).__name__}: {err})" if _disk_full(err)
-               else f"the write failed ({type(err).__name__}: {err})")
+        if _short_write(err):
+            why = ("torch's writer stopped short: a quota or the file-size limit (ulimit -f) was reached, or the disk "
+                   "is full")
+        else:
+            why = write_failure(err) or "the write failed"
         raise CheckpointError(
-            f"could not write checkpoint {path}: {why}; {kept}. Free space on that disk (or fix the folder), then "
-            "continue the run with the same command plus --resume"
+            f"could not write checkpoint {path}: {why} ({type(raw).__name__}: {raw}); {kept}. Free space on that "
+            "disk (or fix the folder, or raise the limit), then continue the run with the same command plus --resume"
         ) from err
 
 
@@ -59,5 +61,21 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
                               "delete it to start over, or restore a copy") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a training checkpoint of this version (format {FORMAT})")
+    bad = _non_finite(state)
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds NaN or Inf values in {len(bad)} tensor(s): {', '.join(bad[:6])}"
+            f"{', ...' if len(bad) > 6 else ''}: it is damaged (a run whose loss turns non-finite stops before "
+            "committing); restore a copy, or delete the run folder and start over without --resume"
+        )
     return state
+
+
+def _non_finite(obj: Any, where: str = "") -> List[str]:
+    """Where in a loaded checkpoint (`model/aggregator.centroids`, `optimizer/state/3/exp_avg`) floating-point
+    tensors hold NaN or Inf."""
+    if isinstance(obj, torch.Tensor):
+        return [where] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return [bad for key, value in items for bad in _non_finite(value, f"{where}/{key}" if where else str(key))]
 

@@ -21,6 +21,7 @@ from .._atomic import atomic_path
 from .._files import sha256_file
 from ..backbones import backbone_stages
 from ..distributed import DistContext, sharded_apply
+from ..errors import NonFiniteValuesError
 from .sources import CachedSource, ImageSource
 
 PathLike = Union[str, os.PathLike]
@@ -108,6 +109,11 @@ def cached_source(
         if path.is_file():
             feats = torch.from_numpy(np.load(path))
             if len(feats) == len(paths):
+                if not bool(torch.isfinite(feats).all()):
+                    raise NonFiniteValuesError(
+                        f"the feature cache {path} holds NaN or Inf values ({int((~torch.isfinite(feats)).sum())} "
+                        f"of {feats.numel()}): it is damaged; delete it and the next run computes it again"
+                    )
                 return CachedSource(feats, cut, num_workers)
     feats = encode_prefix(model, paths, cut, ctx, batch_size, desc, progress)
     if path is not None and ctx.is_main:
@@ -123,5 +129,6 @@ def _save(path: Path, array: np.ndarray) -> None:
             with open(tmp, "wb") as fh:
                 np.save(fh, array)
     except OSError as err:
-        raise OSError(err.errno, f"could not write the feature cache {path} ({err.strerror or err}); free disk "
-                                 "space or pass another --cache-features folder") from err
+        raw = err.__cause__ if getattr(err, "atomic_target", None) is not None else err  # atomic_path's rewording
+        raise OSError(err.errno, f"could not write the feature cache {path} ({getattr(raw, 'strerror', None) or raw});"
+                                 " free disk space or pass another --cache-features folder") from err

@@ -43,14 +43,13 @@ def sweep(run: str, datasets: Dict[str, Any], dims: Sequence[Optional[int]], val
 
     import registry
     from registry.evaluation.recall_table import descriptor_recalls
-
-    from .trainer import select_whitening
+    from registry.whitening import select_whitening, too_large
 
     model = registry.VPRModel.from_pretrained(run).eval()
     w = model.whitening
     if w is None or not w.fitted:
         raise ValueError(f"{run} has no fitted whitening: nothing to choose from")
-    bad = [d for d in dims if d is not None and d > w.out_dim]
+    bad = too_large(w, dims)
     if bad:
         raise ValueError(f"sizes {bad} exceed {run}'s {w.out_dim}-d whitening")
     raw = {name: raw_descriptors(model, ds, cache_dir, batch_size) for name, ds in datasets.items()}

@@ -1,81 +1,50 @@
-"""The generic trainer: mining per cache of queries, optimisation, validation, checkpoints, whitening, Hub layout.
+"""The generic trainer: `Trainer` composes the pieces of a run and is their public entry.
 
 Output folder: the Hub layout (config.json, model.safetensors, centroids.h5, pca.h5, README.md) once
 training ends, and `train/` with `checkpoint.pt` (last epoch), `best.pt` (best validation model) and
-`log.jsonl`. Random streams are derived from (seed, generation, epoch, rank), so a resumed run draws
-the same numbers as an uninterrupted one.
-
-One atomic write commits an epoch: `checkpoint.pt` holds the training state, the best model and the whole
-history. `best.pt` and `log.jsonl` are views of it, rewritten (atomically) after each commit and again on
-resume, so a kill between any two writes loses nothing and never mixes two epochs. Temporary files and
-staging folders a kill leaves behind are removed when a run starts or resumes.
+`log.jsonl`. The pieces, one job each: the epoch loop (`loop.py`: mining, optimisation, validation, the best model),
+the run's state, its files and resume (`state.py`), generations and the teacher (`generations.py`), and the finishing
+steps (`finish.py`: PCA whitening, its size, what the Hub layout records). This module holds the options, DDP, the
+optimiser and descriptors, and runs the pieces in order (`fit`).
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
-import json
 import logging
-import math
 import os
-import re
-import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .._atomic import atomic_path
 from ..datasets.base import VPRDataset
 from ..distributed import DistContext, sharded_apply
 from ..evaluation.recall_table import descriptor_recalls
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..whitening import enough_to_fit, too_large, whiten_tensor
+from . import finish
 from .clusters import attach_cluster_source, init_clusters, require_clusters
-from .config import RESUME_CRITICAL, TrainConfig
+from .config import TrainConfig
 from .feature_cache import cached_source
-from .mining import RerankConfig, TrainTuple, TupleMiner
+from .generations import Generations
+from .loop import EpochLoop, Step
+from .mining import RerankConfig, TupleMiner
 from .recipes import get_recipe, global_descriptors
-from .sources import ImageSource, Source, stack_items, tuple_loader
+from .sources import ImageSource, Source, stack_items
+from .state import CENTROIDS, RunFolder, TrainState
 
 _log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 Callback = Callable[["Trainer", Dict[str, Any]], None]
-CENTROIDS = "centroids.h5"
-CHECKPOINT, BEST, LOG, SUMMARY = "checkpoint.pt", "best.pt", "log.jsonl", "summary.json"
 
 
-def select_whitening(
-    whitening: nn.Module,
-    dims: Sequence[Optional[int]],
-    measure: Callable[[Optional[nn.Module]], Dict[str, Any]],
-    score: Callable[[Dict[str, Any]], float],
-) -> Tuple[List[Dict[str, Any]], int]:
-    """Choose a whitening size on validation: one row {"dim": dim, **measure(cut)} per candidate, where `cut` is the
-    fitted `whitening` truncated to its `dim` leading components (None for dim None: no whitening), and the index
-    of the row with the highest `score(row)`; ties go to the candidate listed first. The trainer's
-    `whitening_dims` and the whitening sweep (registry.training.sweep) both choose with it."""
-    rows = [{"dim": dim, **measure(None if dim is None else whitening.truncated(dim))} for dim in dims]
-    best = max(range(len(rows)), key=lambda i: (score(rows[i]), -i))
-    return rows, best
-
-
-class _Step(nn.Module):
-    """Model + recipe as one module, so DistributedDataParallel sees the whole loss computation."""
-
-    def __init__(self, model: nn.Module, recipe: Any, source: Source, cfg: TrainConfig) -> None:
-        super().__init__()
-        self.model = model
-        self.recipe, self.source, self.cfg = recipe, source, cfg
-        object.__setattr__(self, "teacher", None)  # frozen, not a submodule: DDP must not sync it
-
-    def forward(self, inputs: torch.Tensor, generation: int):
-        return self.recipe.loss(self.model, self.teacher, self.source, inputs, self.cfg, generation)
+def _in_state(name: str) -> property:
+    """A field of the Trainer's `TrainState`, read and written as an attribute of the Trainer."""
+    return property(lambda self: getattr(self.state, name), lambda self, value: setattr(self.state, name, value))
 
 
 class Trainer:
@@ -100,7 +69,8 @@ class Trainer:
         self.ctx.broadcast_module(self.model)
         self.train_set, self.val_set = train_set, val_set
         self.output = Path(output)
-        self.train_dir = self.output / "train"
+        self.folder = RunFolder(self.output)
+        self.train_dir = self.folder.train_dir
         self.progress = progress and self.ctx.is_main
         self.callbacks = list(callbacks)
         self.recipe = get_recipe(self.cfg.recipe, model)
@@ -124,15 +94,18 @@ class Trainer:
         self.val_source = self._source(val_set, cache_features, cache_dir, "validation features") \
             if val_set is not None else None
         self.amp = self.ctx.device.type == "cuda" if self.cfg.amp is None else bool(self.cfg.amp)
-        self.step = _Step(self.model, self.recipe, self.source, self.cfg)
+        self.step = Step(self.model, self.recipe, self.source, self.cfg)
         self.engine: nn.Module = self._wrap(self.step)
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
-        self.generation, self.epoch = 0, 0
-        self.best: Dict[str, Any] = {"score": -math.inf}
-        self.best_model: Optional[Dict[str, torch.Tensor]] = None  # CPU copy of the best weights so far
-        self.history: List[Dict[str, Any]] = []
+        self.state = TrainState()
+        self.generations = Generations(self.step, self.recipe, self.cfg)
+        self.loop = EpochLoop(self)
         self.whitening_selection: Optional[Dict[str, Any]] = None
+
+    # the run's progress lives in `state` (what a checkpoint restores); read and set here as before
+    generation, epoch = _in_state("generation"), _in_state("epoch")
+    best, best_model, history = _in_state("best"), _in_state("best_model"), _in_state("history")
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _source(self, dataset: VPRDataset, cached: bool, cache_dir: Optional[PathLike], desc: str) -> Source:
@@ -151,12 +124,12 @@ class Trainer:
                                  "with whitening_dim=N (N = the largest candidate)")
             if self.val_set is None:
                 raise ValueError("whitening_dims chooses the whitening size on validation: pass a validation set")
-            too_big = [d for d in dims if d is not None and d > whitening.out_dim]
+            too_big = too_large(whitening, dims)
             if too_big:
                 raise ValueError(f"whitening_dims {too_big} exceed the model's whitening_dim {whitening.out_dim}: "
                                  "build the model with whitening_dim = the largest candidate")
         n = min(self.cfg.pca_images, self.train_set.num_db + self.train_set.num_queries)
-        if whitening is not None and n <= whitening.out_dim:
+        if whitening is not None and not enough_to_fit(whitening, n):
             raise ValueError(
                 f"the model's {whitening.out_dim}-d PCA whitening needs more than {whitening.out_dim} training images, "
                 f"but {self.train_set.name} gives {n} (pca_images={self.cfg.pca_images}): pass a smaller whitening "
@@ -221,7 +194,7 @@ class Trainer:
             with self._autocast():
                 d = global_descriptors(model, source, x)
                 if whiten and getattr(model, "whitening", None) is not None:
-                    d = torch.nn.functional.normalize(model.whitening(d.float()), dim=-1)
+                    d = whiten_tensor(model.whitening, d.float())
             return d.float().cpu()
 
         try:
@@ -243,175 +216,49 @@ class Trainer:
         v = self.val_set
         return descriptor_recalls(d[v.num_db :], d[: v.num_db], v, self.cfg.recall_ns, digits=None)
 
-    # ---- one epoch ---------------------------------------------------------------------------------------
-    def _seed_epoch(self) -> np.random.Generator:
-        """Mining RNG (identical on every rank) and this rank's torch seed, both from (seed, generation, epoch)."""
-        base = [self.cfg.seed, self.generation, self.epoch]
-        torch.manual_seed(int(np.random.SeedSequence(base + [self.ctx.rank]).generate_state(1)[0]))
-        return np.random.default_rng(base)
-
-    def _mine(self, chunk: np.ndarray, rng: np.random.Generator) -> List[TrainTuple]:
-        pools = [self.miner.negative_pool(int(q), rng) for q in chunk]
-        db_ids = self.miner.needed_database(chunk, pools)
-        nd = self.train_set.num_db
-        q_desc = self.describe(self.source, [nd + int(q) for q in chunk], desc="mining: queries")
-        db_desc = self.describe(self.source, db_ids.tolist(), desc="mining: database")
-        return self.miner.mine(chunk, pools, q_desc, db_ids, db_desc, rng,
-                               difficult=self.recipe.uses_difficult(self.generation))
-
-    def _my_tuples(self, tuples: List[TrainTuple]) -> List[List[int]]:
-        """This rank's share as source item lists; every rank gets the same count (wrapping round)."""
-        nd = self.train_set.num_db
-        items = [[nd + t.query, t.positive, *t.negatives.tolist(), *t.difficult.tolist()] for t in tuples]
-        per_rank = math.ceil(len(items) / self.ctx.world_size)
-        return [items[(self.ctx.rank + self.ctx.world_size * i) % len(items)] for i in range(per_rank)]
-
-    def _optimise(self, tuples: List[TrainTuple], bar: tqdm) -> List[Dict[str, float]]:
-        self.model.train()
-        logs = []
-        for inputs in tuple_loader(self.source, self._my_tuples(tuples), self.cfg.batch_size):
-            inputs = inputs.to(self.ctx.device, non_blocking=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            with self._autocast():
-                loss, parts = self.engine(inputs, self.generation)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {float(loss)} at generation {self.generation}, epoch "
-                                         f"{self.epoch}: lower --lr (or check the data); the last checkpoint is kept")
-            loss.backward()
-            self.optimizer.step()
-            logs.append({"loss": float(loss.detach()), **parts})
-            bar.update(len(inputs) * self.ctx.world_size)
-            bar.set_postfix(loss=f"{np.mean([r['loss'] for r in logs]):.4f}")
-        return logs
-
+    # ---- the pieces ----------------------------------------------------------------------------------------
     def train_epoch(self) -> Dict[str, float]:
         """Mine and optimise over this epoch's queries; returns mean losses."""
-        rng = self._seed_epoch()
-        queries = rng.permutation(self.trainable)[: self.cfg.queries_per_epoch]
-        logs: List[Dict[str, float]] = []
-        with tqdm(total=len(queries), desc=f"gen {self.generation} epoch {self.epoch}", unit="tuple",
-                  disable=not self.progress) as bar:
-            for start in range(0, len(queries), self.cfg.cache_size):
-                tuples = self._mine(queries[start : start + self.cfg.cache_size], rng)
-                logs += self._optimise(tuples, bar)
-        return {k: self.ctx.all_reduce_mean(float(np.mean([r[k] for r in logs]))) for k in logs[0]}
+        return self.loop.train_epoch()
 
-    # ---- generations, checkpoints ------------------------------------------------------------------------
     def _start_generation(self) -> None:
         """Fresh optimiser; from generation 1 on, start from the best model so far, which is also the teacher."""
-        if self.generation > 0:
-            self.model.load_state_dict(self._best_weights())
-        teacher = None
-        if self.recipe.uses_teacher(self.generation):
-            teacher = copy.deepcopy(self.model).eval()
-            teacher.requires_grad_(False)
-        object.__setattr__(self.step, "teacher", teacher)
+        self.generations.start(self.generation, self.state.best_weights(self.model))
         self._new_optimizer()
 
-    def _state(self) -> Dict[str, Any]:
-        teacher = self.step.teacher
-        return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "generation": self.generation, "epoch": self.epoch,
-            "best": self.best, "best_model": self.best_model, "history": self.history,
-            "prev_negatives": torch.from_numpy(self.miner.prev_negatives),
-            "teacher": teacher.state_dict() if teacher is not None else None, "config": self.cfg.to_dict(),
-        }
-
-    def _best_weights(self) -> Dict[str, torch.Tensor]:
-        """The best model's weights (the current ones before any epoch was measured)."""
-        return self.best_model if self.best_model is not None else self.model.state_dict()
-
-    def _keep_best(self) -> None:
-        self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-
-    def _restore(self) -> None:
-        state = load_checkpoint(self.train_dir / CHECKPOINT)
-        # an option the checkpoint predates had its default value then
-        saved = {**TrainConfig().to_dict(), **state["config"]}
-        changed = [k for k in RESUME_CRITICAL if saved.get(k) != self.cfg.to_dict().get(k)]
-        if changed:
-            raise CheckpointError(
-                "the checkpoint was written with other options: " + ", ".join(
-                    f"{k}={saved.get(k)!r} (now {self.cfg.to_dict().get(k)!r})" for k in changed)
-                + "; resume with the original options, or start a new run in another --output folder")
-        self.model.load_state_dict(state["model"])
-        self.generation, self.epoch = int(state["generation"]), int(state["epoch"])
-        self.best, self.history = state["best"], list(state["history"])
-        self.best_model = state.get("best_model")
-        if self.best_model is None and (self.train_dir / BEST).is_file():  # a checkpoint of an earlier version
-            self.best_model = load_checkpoint(self.train_dir / BEST)["model"]
-        self.miner.prev_negatives = state["prev_negatives"].numpy().copy()
-        if state["teacher"] is not None:
-            teacher = copy.deepcopy(self.model)
-            teacher.load_state_dict(state["teacher"])
-            teacher.eval().requires_grad_(False)
-            object.__setattr__(self.step, "teacher", teacher)
-        self._new_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if (self.output / CENTROIDS).is_file():
-            attach_cluster_source(self.model.aggregator, self.output / CENTROIDS)
-
-    def _record_start(self) -> None:
-        """Validate the initial model as epoch 0, so training that only degrades it cannot win the selection.
-
-        Commits the epoch-0 state, so a run killed later always resumes from a checkpoint."""
-        recalls = self.validate()
-        if recalls:
-            self.best = {"score": recalls[self.cfg.select_by], "generation": 0, "epoch": 0, "recalls": recalls}
-            self._keep_best()
-            self.history.append({"generation": 0, "epoch": 0, **{f"val_{k}": v for k, v in recalls.items()},
-                                 "best": True})
-        self._commit()
-
-    def _end_epoch(self, losses: Dict[str, float], seconds: float) -> None:
-        self.scheduler.step()
-        recalls = self.validate()
-        self.epoch += 1
-        record = {"generation": self.generation, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
-                  **losses, **{f"val_{k}": v for k, v in recalls.items()}, "seconds": round(seconds, 1)}
-        score = recalls.get(self.cfg.select_by, -losses["loss"])
-        improved = score > self.best["score"]
-        if improved:
-            self.best = {"score": score, "generation": self.generation, "epoch": self.epoch, "recalls": recalls}
-            self._keep_best()
-        record["best"] = improved
-        self.history.append(record)
-        self._commit(best_changed=improved)
-        if self.ctx.is_main:
-            _log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        for cb in self.callbacks:
-            cb(self, record)
+    def _checkpoint(self) -> Dict[str, Any]:
+        return self.state.to_checkpoint(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                        prev_negatives=self.miner.prev_negatives,
+                                        teacher=self.generations.teacher_state(), config=self.cfg)
 
     def _commit(self, best_changed: bool = True) -> None:
         """Write checkpoint.pt (the one atomic commit of this epoch), then its views best.pt and log.jsonl."""
         if self.ctx.is_main:
-            save_checkpoint(self.train_dir / CHECKPOINT, self._state())
-            self._write_views(best_changed)
+            self.folder.commit(self._checkpoint(), self.state, best_changed)
         self.ctx.barrier()
 
-    def _write_views(self, best: bool = True) -> None:
-        """best.pt and log.jsonl as the committed checkpoint says (each written atomically, rank 0 only)."""
-        if best and self.best_model is not None:
-            save_checkpoint(self.train_dir / BEST, {"model": self.best_model, **self.best})
-        with atomic_path(self.train_dir / LOG) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8")
+    def _restore(self) -> None:
+        """Resume: the checkpoint's model, state, mining memory, teacher, optimiser and schedule, and the centres."""
+        saved = self.folder.read(self.cfg)
+        self.model.load_state_dict(saved["model"])
+        self.state = TrainState.from_checkpoint(saved)
+        self.miner.prev_negatives = saved["prev_negatives"].numpy().copy()
+        self.generations.restore_teacher(saved["teacher"])
+        self._new_optimizer()
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if (self.output / CENTROIDS).is_file():
+            attach_cluster_source(self.model.aggregator, self.output / CENTROIDS)
 
     def remove_stale_files(self) -> List[Path]:
         """Delete the temporary files and staging folders a killed run left (rank 0); returns what was removed."""
-        if not self.ctx.is_main:
-            return []
-        found = [p for folder in (self.train_dir, self.output) if folder.is_dir() for p in folder.glob(".*.tmp")]
-        if self.output.parent.is_dir():  # save_pretrained stages the layout beside the output folder (mkdtemp)
-            staged = re.compile(rf"\.{re.escape(self.output.name)}\.[a-z0-9_]{{8}}\.tmp")
-            found += [p for p in self.output.parent.glob(f".{self.output.name}.*.tmp") if staged.fullmatch(p.name)]
-        for path in found:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        return found
+        return self.folder.remove_stale_files() if self.ctx.is_main else []
+
+    def _on_epoch(self, record: Dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            _log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        for cb in self.callbacks:
+            cb(self, record)
 
     # ---- the run -----------------------------------------------------------------------------------------
     def fit(self, resume: bool = False, require_initialised_clusters: bool = True) -> Dict[str, Any]:
@@ -421,82 +268,50 @@ class Trainer:
             self._restore()
             self.remove_stale_files()
             if self.ctx.is_main:
-                self._write_views()  # a kill after the last commit may have left them one epoch behind
+                self.folder.write_views(self.state)  # a kill after the last commit may have left them one epoch behind
         else:
-            if (self.train_dir / CHECKPOINT).exists():
-                raise FileExistsError(f"{self.train_dir / CHECKPOINT} exists: pass --resume to continue that "
-                                      "run, or choose another --output folder")
+            self.folder.refuse_restart()
             if require_initialised_clusters:
                 require_clusters(self.model, self.model.config.get("architecture", "the model"))
             if self.ctx.is_main:
-                self.train_dir.mkdir(parents=True, exist_ok=True)
-                self.remove_stale_files()
-                for view in (BEST, LOG):  # left by a run killed before its first commit
-                    (self.train_dir / view).unlink(missing_ok=True)
+                self.folder.prepare()
             self.ctx.barrier()
             self._start_generation()
-            self._record_start()
-        while self.generation < self.cfg.generations:
-            if self.epoch >= self.cfg.epochs_of(self.generation):
-                self.generation, self.epoch = self.generation + 1, 0
-                if self.generation < self.cfg.generations:
-                    self._start_generation()
-                continue
-            t0 = time.time()
-            losses = self.train_epoch()
-            self._end_epoch(losses, time.time() - t0)
+            self.loop.record_start()
+        self.loop.run(self._on_epoch)
         return self._finish(time.time() - start)
 
     def _finish(self, seconds: float) -> Dict[str, Any]:
         """Best model, PCA-whitening fit, final validation, Hub layout (rank 0 writes; others return)."""
-        self.model.load_state_dict(self._best_weights())
-        if getattr(self.model, "whitening", None) is not None:
-            n = self.train_set.num_db + self.train_set.num_queries
-            rng = np.random.default_rng(self.cfg.seed)
-            pick = np.sort(rng.choice(n, size=min(self.cfg.pca_images, n), replace=False))
-            descs = self.describe(self.source, pick.tolist(), desc="PCA descriptors")
-            self.model.fit_whitening(torch.from_numpy(descs))
+        self.model.load_state_dict(self.state.best_weights(self.model))
+        finish.fit_pca(self.model, self.train_set.num_db + self.train_set.num_queries,
+                       lambda pick: self.describe(self.source, pick, desc="PCA descriptors"), self.cfg)
         # the selection measures every candidate on validation, the chosen one included
         final_val = self._select_whitening() if self.cfg.whitening_dims is not None else self.validate(whiten=True)
-        summary = {"best": self.best, "final_val": final_val, "train_seconds": round(seconds, 1),
-                   "history": self.history}
-        if self.whitening_selection is not None:
-            summary["whitening_selection"] = self.whitening_selection
+        summary = finish.summary_of(self.best, final_val, seconds, self.history, self.whitening_selection)
         if self.ctx.is_main:
-            self.model.save_pretrained(self.output, training=self.training_facts(), recalls=self._recall_facts(summary))
-            with atomic_path(self.train_dir / SUMMARY) as tmp:
-                tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            self.model.save_pretrained(self.output, training=self.training_facts(),
+                                       recalls=finish.recall_facts(self.val_set.name if self.val_set else None,
+                                                                   final_val))
+            self.folder.write_summary(summary)
         self.ctx.barrier()
         return summary
 
     def _select_whitening(self) -> Dict[str, float]:
         """Validation Recall@N of each candidate whitening size (leading components of the one fit, or none);
-        the model keeps the best by `select_by` (`select_whitening`). Same choice on every rank.
+        the model keeps the best by `select_by`. Same choice on every rank.
         Records the table in `whitening_selection`; returns the chosen candidate's recalls."""
         v = self.val_set
         raw = torch.from_numpy(self.describe(self.val_source, range(v.num_db + v.num_queries), desc="validation"))
-
-        @torch.no_grad()
-        def measure(cut: Optional[nn.Module]) -> Dict[str, float]:
-            return self._val_recalls((raw if cut is None else cut.to("cpu")(raw.float())).numpy())
-
-        rows, best = select_whitening(self.model.whitening, self.cfg.whitening_dims, measure,
-                                      lambda row: row[self.cfg.select_by])
-        chosen = rows[best]["dim"]
-        self.model.set_whitening_dim(chosen)
+        self.whitening_selection, recalls = finish.choose_whitening(self.model, raw, self._val_recalls,
+                                                                    self.cfg.whitening_dims, self.cfg.select_by)
         if self.ctx.is_main:
-            _log.info("whitening chosen on %s by %s: %s (%s)", v.name, self.cfg.select_by,
-                      chosen if chosen is not None else "none",
-                      ", ".join(f"{r['dim'] or 'none'}: {r[self.cfg.select_by]:.2f}" for r in rows))
-        self.whitening_selection = {"chosen": chosen, "by": self.cfg.select_by, "candidates": rows}
-        return {k: r for k, r in rows[best].items() if k != "dim"}
+            _log.info("whitening chosen on %s by %s: %s", v.name, self.cfg.select_by,
+                      finish.describe_choice(self.whitening_selection))
+        return recalls
 
     def training_facts(self) -> Dict[str, Any]:
         """What config.json and the model card record about this training."""
-        return {"datasets": [self.train_set.name], "validation": self.val_set.name if self.val_set else None,
-                "recipe": self.recipe.name, "best": {k: v for k, v in self.best.items() if k != "score"},
-                "options": self.cfg.to_dict(), "world_size": self.ctx.world_size,
-                **({"whitening_selection": self.whitening_selection} if self.whitening_selection else {})}
-
-    def _recall_facts(self, summary: Dict[str, Any]) -> Optional[Dict[str, Dict[str, float]]]:
-        return {self.val_set.name: summary["final_val"]} if self.val_set is not None and summary["final_val"] else None
+        return finish.training_facts(self.train_set.name, self.val_set.name if self.val_set else None,
+                                     self.recipe.name, self.best, self.cfg, self.ctx.world_size,
+                                     self.whitening_selection)

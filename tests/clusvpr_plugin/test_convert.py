@@ -80,3 +80,15 @@ def test_folded_pca_layer_is_recovered_exactly():
     b = -W @ pca.mu
     x = torch.randn(3, 12)
     assert torch.allclose(whitening_from_pca_layer(W[:, :, None, None], b)(x), pca(x), atol=1e-5)
+
+
+def test_nan_in_a_reference_checkpoint_is_refused_naming_the_file_and_the_tensor(tmp_path, reference_state):
+    _, state = reference_state
+    poisoned = dict(state)
+    poisoned["module.net_vlad.linear1.weight"] = state["module.net_vlad.linear1.weight"].clone()
+    poisoned["module.net_vlad.linear1.weight"][0, 0] = float("nan")
+    path = save_ckpt(tmp_path / "m.pth.tar", poisoned)
+    with pytest.raises(registry.NonFiniteValuesError,
+                       match=rf"the reference checkpoint {path} holds NaN or Inf values in 1 tensor\(s\): "
+                             r"aggregator.optlad.linear.weight \(1 of"):
+        registry.create("clusvpr_vgg16", pretrained=path)

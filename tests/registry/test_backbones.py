@@ -43,6 +43,17 @@ def test_weights_with_unexpected_keys_are_rejected(tmp_path):
         VGG16Backbone(weights=str(tmp_path / "w.safetensors"))
 
 
+def test_backbone_weights_holding_nan_are_refused_naming_the_file_and_the_tensor(tmp_path):
+    from registry import NonFiniteValuesError
+
+    state = VGG16Backbone().state_dict()
+    state["features.10.weight"][0, 0, 1, 1] = float("nan")
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(NonFiniteValuesError, match=rf"the backbone weights file {tmp_path / 'w.safetensors'} holds "
+                                                   r"NaN or Inf values in 1 tensor\(s\): features.10.weight \(1 of"):
+        VGG16Backbone(weights=str(tmp_path / "w.safetensors"))
+
+
 def test_missing_weights_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         VGG16Backbone(weights=str(tmp_path / "nope.safetensors"))

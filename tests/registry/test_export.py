@@ -1,5 +1,6 @@
 """registry.export_onnx: every registered model, dynamic batch and size, onnxruntime equal to PyTorch."""
 import json
+import re
 
 import pytest
 import torch
@@ -87,3 +88,61 @@ def test_missing_onnxruntime_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match=r"clusvpr-zoo\[onnx\]"):
         onnx_session(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("size", [(-5, 64), (0, 0), (8, 64), (64,), (64.5, 96), (64, 100000), "64x64"])
+def test_an_input_size_outside_the_valid_range_is_refused_with_the_range(tmp_path, size):
+    model = small_model("gem_vgg16")
+    with pytest.raises(ValueError, match=r"export_onnx: input_size must be \(H, W\) with H and W integers in "
+                                         r"16\.\.8192 for gem_vgg16, got "):
+        registry.export_onnx(model, tmp_path / "m.onnx", input_size=size)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_past_the_file_size_limit_fails_naming_the_file_and_keeps_the_earlier_graph(tmp_path):
+    from real_faults import write_under_limit
+
+    from registry._files import sha256_file
+
+    path = registry.export_onnx(small_model("gem_vgg16"), tmp_path / "m.onnx", verify=False)
+    earlier = sha256_file(path)
+    result = write_under_limit("""
+        import registry
+        model = registry.create("gem_vgg16", input_size=(64, 64))
+    """, f"registry.export_onnx(model, {str(path)!r}, verify=False)", limit=1 << 20)  # the graph is 59 MB
+    assert result["raised"] == "OSError" and result["errno"] == 27
+    assert result["message"].startswith(f"[Errno 27] could not write {path}: the file would exceed the file-size "
+                                         "limit (ulimit -f)")
+    assert result["message"].endswith("the earlier m.onnx is unchanged and no partial file is left")
+    assert sha256_file(path) == earlier and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    assert onnx_session(path).run(["descriptors"], {"images": torch.randn(1, 3, 80, 112).numpy()})[0].shape == (1, 512)
+
+
+def test_a_graph_that_fails_verification_does_not_replace_the_earlier_file(tmp_path, monkeypatch):
+    import registry.export as export
+
+    path = registry.export_onnx(small_model("gem_vgg16"), tmp_path / "m.onnx", verify=False)
+    earlier = path.read_bytes()
+    monkeypatch.setattr(export, "relative_error", lambda got, expected: 1.0)  # as if onnxruntime disagreed
+    with pytest.raises(RuntimeError, match=rf"{path}: onnxruntime differs from PyTorch by 1\.00e\+00 relative"):
+        registry.export_onnx(small_model("gem_vgg16"), path)
+    assert path.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--input-size", "-5", "64"], "--input-size -5 64: both sides must be positive"),
+    (["--input-size", "8", "64"], r"input_size must be \(H, W\) with H and W integers in 16..8192 for gem_vgg16"),
+])
+def test_cli_refuses_an_input_size_outside_the_range_with_exit_status_2(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["gem_vgg16", str(tmp_path / "gem.onnx"), *argv])
+    assert exc.value.code == 2 and re.search(message, capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_an_output_folder_it_cannot_write_before_building_the_model(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("in the way")
+    with pytest.raises(SystemExit) as exc:
+        main(["gem_vgg16", str(tmp_path / "a_file" / "gem.onnx")])
+    assert exc.value.code == 2
+    assert f"cannot be written: {tmp_path / 'a_file'} is a file" in capsys.readouterr().err

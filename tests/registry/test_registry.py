@@ -78,6 +78,16 @@ def test_recipes_come_from_their_own_entry_point_group():
     assert "clusvpr_plugin.pyramid" in {ep.value for ep in declared_entry_points(RECIPE_GROUP)}
 
 
+def _installed_plugin(root, module: str, entry: str) -> dict:
+    """Declare `module` (already written under `root`) as a distribution with a `vpr_registry.plugins` entry point,
+    as `pip install` would leave it; returns the environment that puts `root` on a child process's path."""
+    dist = root / f"{module}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{PLUGIN_GROUP}]\n{entry} = {module}\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+
 def test_a_third_party_plugin_needs_only_the_public_api(tmp_path):
     """A tiny plugin in its own distribution (a package and an entry point, as `pip install` would leave them):
     it registers a backbone, a model with a bundled release and a timm entry point through public names only, and
@@ -103,10 +113,7 @@ def test_a_third_party_plugin_needs_only_the_public_api(tmp_path):
         "    releases=find_releases(Path(__file__).parent / 'releases', 'tinyplug_gem')))\n"
         "register_timm_model('tinyplug_gem')\n"
     )
-    dist = tmp_path / "tiny_vpr_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-vpr-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[{PLUGIN_GROUP}]\ntiny = tiny_vpr_plugin\n")
+    env = _installed_plugin(tmp_path, "tiny_vpr_plugin", "tiny")
     code = (
         "import registry, timm, torch\n"
         "assert 'tinyplug_gem' in registry.list_models()\n"
@@ -114,7 +121,6 @@ def test_a_third_party_plugin_needs_only_the_public_api(tmp_path):
         "model.save_pretrained(r'%s')  # the plugin's release, bundled beside its code\n"
         "print(model(torch.rand(2, 3, 64, 64)).shape[1])\n"
     ) % (package / "releases" / "tinyplug_gem.demo")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == "8"
@@ -133,10 +139,7 @@ def test_a_third_party_plugin_needs_only_the_public_api(tmp_path):
 
 def test_an_import_error_inside_a_plugin_names_the_plugin_instead_of_unknown_model(tmp_path):
     (tmp_path / "broken_vpr_plugin.py").write_text("import a_module_that_is_not_installed\n")
-    dist = tmp_path / "broken_vpr_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-vpr-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[{PLUGIN_GROUP}]\nbroken = broken_vpr_plugin\n")
+    env = _installed_plugin(tmp_path, "broken_vpr_plugin", "broken")
     code = (
         "import registry\n"
         "for attempt in range(2):\n"
@@ -145,7 +148,6 @@ def test_an_import_error_inside_a_plugin_names_the_plugin_instead_of_unknown_mod
         "    except ImportError as err:\n"
         "        print(err)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
                          cwd=tmp_path)
     lines = out.stdout.splitlines()

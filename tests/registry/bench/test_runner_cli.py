@@ -56,7 +56,11 @@ BAD = [
     (["--models", "netvlad=./no/such/folder"], "neither an existing directory nor a Hub repository id"),
     (["--models", "nosuch=org/repo"], "unknown model 'nosuch'"),
     (["--datasets", "nosuchdataset"], "--datasets 'nosuchdataset'"),
-    (["--input-size", "16", "320"], "both sides must be >= 32"),
+    (["--input-size", "16", "320"], "both sides must be >= 32 and <= 8192 (valid: 32..8192)"),
+    (["--input-size", "240", "100000"], "--input-size 240 100000: both sides must be >= 32 and <= 8192"),
+    (["--input-size", "-5", "64"], "--input-size: must be >= 1, got -5"),
+    (["--input-size", "0", "64"], "--input-size: must be >= 1, got 0"),
+    (["--backbone-weights", str(REPO / "pyproject.toml")], "would be ignored: every model here loads trained weights"),
     (["--input-size", "240"], "--input-size: expected 2 arguments"),
     (["--recall-ns", "1,x"], "comma-separated integers"),
     (["--recall-ns", "0,5"], "positive integers"),
@@ -106,3 +110,68 @@ def test_a_mistyped_local_model_folder_is_not_taken_for_a_hub_repository(tmp_pat
         load_runner().main(["--models", "models/gem_typo", "--output-dir", str(tmp_path / "out")])
     assert exc.value.code == 2
     assert "'models/gem_typo' is not an existing directory (models/ exists here" in capsys.readouterr().err
+
+
+def test_options_are_declared_once_and_python_callers_resolve_them_like_the_command_line(tmp_path):
+    """RunConfig is RunOptions plus how the run started: no option is declared twice, and
+    RunConfig.from_options(RunOptions(...)) gives what the same command line gives."""
+    import dataclasses
+
+    from registry.bench import RunConfig, RunOptions
+
+    extra = {f.name for f in dataclasses.fields(RunConfig)} - {f.name for f in dataclasses.fields(RunOptions)}
+    assert extra == {"embedded_default", "argv", "prog"}
+    argv = ["--models", "gem", "--index", "hnsw", "--ef-search", "16", "--rerank", "--output-dir", str(tmp_path)]
+    parsed = load_runner().parse_args(argv)
+    built = RunConfig.from_options(RunOptions(models=("gem",), index="hnsw", ef_search=16, rerank=True,
+                                              output_dir=tmp_path), argv, "vpr bench")
+    assert built == parsed
+    assert built.index_options == (("hnsw_m", 32), ("ef_construction", 40), ("ef_search", 16))
+    assert built.rerank_params == (20, 6, 0.3) and built.datasets == ("corridor", "nordland_test")
+    assert built.device == "cpu" and built.num_workers == 0 and built.embedded_default
+
+
+def test_a_store_that_cannot_be_written_fails_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for store, expected in ((blocker / "stores", f"--store {blocker / 'stores'} cannot be written: {blocker} is a "
+                                                 "file, so no folder can be created inside it"),
+                            (blocker, f"--store: {blocker} exists and is not a folder")):
+        with pytest.raises(SystemExit) as exc:
+            load_runner().main(["--store", str(store), "--output-dir", str(tmp_path / "out")])
+        assert exc.value.code == 2
+        assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_backbone_weights_with_only_trained_models_are_refused_asking_for_untrained(tmp_path, capsys):
+    weights = tmp_path / "vgg16.safetensors"
+    weights.write_bytes(b"never read")
+    with pytest.raises(SystemExit) as exc:
+        load_runner().main(["--backbone-weights", str(weights), "--output-dir", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert (f"--backbone-weights {weights} would be ignored: every model here loads trained weights (clusvpr, "
+            "netvlad, gem: a release, a repository or a folder)") in err
+    assert "Add --untrained to build the registry models with these backbone weights" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_backbone_weights_with_built_and_loaded_models_name_the_ones_that_ignore_them(tmp_path, capsys):
+    from runner_support import tiny_models, write_aligned_dataset
+
+    import registry
+
+    data = write_aligned_dataset(tmp_path / "data", 6)
+    weights = tmp_path / "tiny.safetensors"
+    weights.write_bytes(b"the tiny test backbone takes no weights")
+    with tiny_models():
+        registry.create("runnertest_gem").save_pretrained(tmp_path / "saved")
+        status = load_runner().main(["--models", f"runnertest_gem,runnertest_gem={tmp_path / 'saved'}",
+                                     "--datasets",
+                                     f"aligned:{data}", "--backbone-weights", str(weights), "--output-dir",
+                                     str(tmp_path / "out"), "--no-progress", "--latency-repeats", "1",
+                                     "--recall-ns", "1"])
+    assert status == 0
+    assert (f"note: --backbone-weights tiny.safetensors is used by runnertest_gem only; runnertest_gem="
+            f"{tmp_path / 'saved'} load trained weights and ignore it") in capsys.readouterr().err

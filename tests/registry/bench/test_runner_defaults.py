@@ -8,12 +8,14 @@ import pytest
 from runner_support import load_runner, markdown_rows, read_outputs, tiny_models, write_aligned_dataset
 from shared_paths import VGG_WEIGHTS, need_shared
 
+from registry.bench import run as bench_run
+
 
 def _run(argv):
     """Run the runner in-process; (records, stdout)."""
     runner, stdout = load_runner(), io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        records = runner.run(runner.parse_args([*argv, "--no-progress", "--latency-repeats", "1"]))
+        records = bench_run(runner.parse_args([*argv, "--no-progress", "--latency-repeats", "1"]))
     return records, stdout.getvalue()
 
 

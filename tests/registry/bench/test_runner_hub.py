@@ -8,6 +8,7 @@ import pytest
 from runner_support import load_runner, tiny_models, write_aligned_dataset
 
 import registry
+from registry.bench import run as bench_run
 
 server = pytest.importorskip("hub.server", reason="the Hub tests' stand-in server (tests/registry/hub) is not "
                              "importable")
@@ -24,7 +25,7 @@ def test_a_pinned_hub_repo_is_evaluated_and_named_with_its_commit(tmp_path):
         argv = ["--models", f"tester/runner-gem@{commit}", "--datasets", f"aligned:{data}",
                 "--output-dir", str(tmp_path / "out"), "--no-progress", "--latency-repeats", "1"]
         with contextlib.redirect_stdout(stdout):
-            (record,) = runner.run(runner.parse_args(argv))
+            (record,) = bench_run(runner.parse_args(argv))
     assert record["architecture"] == "runnertest_gem"
     assert record["weights"] == f"hub: tester/runner-gem@{commit}" and record["trained"]
     assert "**Warning" not in stdout.getvalue()

@@ -5,15 +5,18 @@ import contextlib
 import io
 import json
 
+import numpy as np
 from runner_support import load_runner, tiny_models, write_aligned_dataset
 
+from registry.bench import PairsFailed
+from registry.bench import run as bench_run
 from registry.evaluation import INDEX_KINDS, load_descriptors, open_store
 
 
 def _run(argv):
     runner, stdout = load_runner(), io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        return runner.run(runner.parse_args([*argv, "--no-progress", "--latency-repeats", "1"]))
+        return bench_run(runner.parse_args([*argv, "--no-progress", "--latency-repeats", "1"]))
 
 
 def test_store_holds_the_descriptors_the_recall_was_computed_from_and_is_reused(tmp_path):
@@ -27,7 +30,7 @@ def test_store_holds_the_descriptors_the_recall_was_computed_from_and_is_reused(
     q, db = open_store(folder / "queries"), open_store(folder / "database")
     assert q.complete and db.complete and len(db.images) == first["num_database"]
     saved_q, saved_db = load_descriptors(tmp_path / "one" / first["files"][0])
-    assert (saved_q == q.descriptors).all() and (saved_db == db.descriptors).all()
+    assert (saved_q == np.asarray(q.descriptors)).all() and (saved_db == np.asarray(db.descriptors)).all()
     assert again["recall"] == first["recall"]
 
 
@@ -44,8 +47,44 @@ def test_hnsw_and_pca_indexes_report_their_loss_against_exact_search(tmp_path):
                                              else {"pca_dim": 8})
 
 
-def test_the_runner_offers_every_index_kind():
-    assert load_runner().INDEX_KINDS == INDEX_KINDS
+def test_the_runner_offers_every_index_kind_and_auto():
+    index = next(a for a in load_runner().build_parser()._actions if a.dest == "index")
+    assert tuple(index.choices) == INDEX_KINDS + ("auto",)
+
+
+def test_index_auto_prints_and_records_its_choice_and_refine_reports_its_loss(tmp_path, capsys):
+    """--index auto --memory-budget: the index choose_index gives for this database (20 images of 16-d: exact)
+    is printed and recorded in results.json; --refine on IVF-PQ runs and reports its loss against exact search."""
+    data = write_aligned_dataset(tmp_path / "data", 20)
+    common = ["--models", "runnertest_gem", "--datasets", f"aligned:{data}", "--whitening", "none", "--init", "none",
+              "--recall-ns", "1,3"]
+    with tiny_models():
+        auto = _run([*common, "--index", "auto", "--memory-budget", "8GB", "--output-dir", str(tmp_path / "auto")])[0]
+        refined = _run([*common, "--index", "ivfpq", "--ivf-nlist", "1", "--pq-m", "4", "--pq-nbits", "4",
+                        "--refine", "4", "--output-dir", str(tmp_path / "ivfpq")])[0]
+    saved = json.loads((tmp_path / "auto" / "results.json").read_text())
+    assert saved["meta"]["index_options"] == {"memory_budget": 8 * 10**9}
+    assert saved["results"][0]["index_choice"]["factory"] == "Flat" == auto["index_choice"]["factory"]
+    assert "--index auto: Flat for 20 " in capsys.readouterr().err
+    assert refined["recall_loss"][1] == 0.0  # 20 vectors: the 4x shortlist holds the exact neighbours
+    meta = json.loads((tmp_path / "ivfpq" / "results.json").read_text())["meta"]
+    assert meta["index_options"]["refine"] == 4 and meta["index_options"]["refine_from"] == "disk"
+
+
+def test_index_options_that_cannot_apply_exit_2_before_any_work(tmp_path, capsys):
+    runner = load_runner()
+    for argv, message in ((["--index", "flat", "--memory-budget", "8GB"], "--memory-budget applies to --index auto"),
+                          (["--index", "auto", "--memory-budget", "lots"], "is not a size"),
+                          (["--index", "flat", "--refine", "4"], "--refine / --opq do not apply to --index flat"),
+                          (["--index", "hnsw", "--opq"], "--opq rotates before product quantisation")):
+        try:
+            runner.parse_args([*argv, "--output-dir", str(tmp_path / "out")])
+        except SystemExit as exit:
+            assert exit.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_pca_from_whitening_keeps_the_whitenings_leading_components(tmp_path):
@@ -83,9 +122,9 @@ def test_pca_from_whitening_keeps_the_whitenings_leading_components(tmp_path):
 def test_pca_from_whitening_without_a_whitening_fails_the_pair_with_the_fix(tmp_path):
     import pytest
 
+
     data = write_aligned_dataset(tmp_path / "data", 12)
-    runner = load_runner()
-    with tiny_models(), pytest.raises(runner.PairsFailed) as err:
+    with tiny_models(), pytest.raises(PairsFailed) as err:
         _run(["--models", "runnertest_gem", "--datasets", f"aligned:{data}", "--init", "none", "--index", "pca",
               "--pca-dim", "4", "--pca-from", "whitening", "--output-dir", str(tmp_path / "out")])
     message = err.value.failures[0]["error"]

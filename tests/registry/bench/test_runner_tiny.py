@@ -20,6 +20,7 @@ from runner_support import (
 )
 
 import registry
+from registry.bench import run as bench_run
 
 PLACES = 12
 REGISTRY_MODELS = ("runnertest_netvlad", "runnertest_gem", "runnertest_clusvpr")
@@ -50,7 +51,7 @@ def tiny_run(tmp_path_factory):
         stdout = io.StringIO()
         with contextlib.redirect_stdout(stdout):
             runner = load_runner()
-            records = runner.run(runner.parse_args(argv))
+            records = bench_run(runner.parse_args(argv))
     return {"out": out, "records": records, "stdout": stdout.getvalue(), "models": models, "folder": folder}
 
 
@@ -77,11 +78,12 @@ def test_json_csv_and_markdown_hold_the_same_numbers(tiny_run):
     rows, table = outputs["json"]["results"], markdown_rows(outputs["md"])
     assert [r["model"] for r in rows] == [r["model"] for r in outputs["csv"]] == [t[0] for t in table]
     for row, csv_row, cells in zip(rows, outputs["csv"], table):
-        assert cells[1] == csv_row["dataset"] == row["dataset"]
+        assert cells[1] == csv_row["runtime"] == row["runtime"] == "torch"
+        assert cells[2] == csv_row["dataset"] == row["dataset"]
         for i, n in enumerate((1, 2, 5)):
             assert float(csv_row[f"R@{n}"]) == pytest.approx(row["recall"][str(n)])
-            assert cells[3 + i] == f"{row['recall'][str(n)]:.1f}"
-        assert int(csv_row["descriptor_dim"]) == row["descriptor_dim"] == int(cells[6])
+            assert cells[4 + i] == f"{row['recall'][str(n)]:.1f}"
+        assert int(csv_row["descriptor_dim"]) == row["descriptor_dim"] == int(cells[7])
         assert float(csv_row["gflops"]) == pytest.approx(row["gflops"])
         assert cells[-1] == csv_row["weights"] == row["weights"]
     assert outputs["md"].split("\n\n")[2] in tiny_run["stdout"]  # the table printed is the table written

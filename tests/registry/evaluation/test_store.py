@@ -1,4 +1,6 @@
-"""Descriptor store: streamed chunks equal in-memory extraction, a killed run resumes, a foreign store is refused."""
+"""The map store (a Lance dataset): streamed chunks equal in-memory extraction; a killed run and a run stopped by a
+full disk resume to the rows of an uninterrupted run; a foreign store, a second model writing at the same time, a
+moved or modified store behind an index are refused with errors that name them."""
 from __future__ import annotations
 
 import os
@@ -10,8 +12,17 @@ import numpy as np
 import pytest
 from tiny_encoder import TinyEncoder, write_images  # pytest puts this folder on the import path
 
-from registry.evaluation import StoreMismatchError, extract_descriptors, extract_to_store, open_store
+from registry.evaluation import (
+    IndexSpec,
+    PlaceIndex,
+    StoreChangedError,
+    StoreMismatchError,
+    extract_descriptors,
+    extract_to_store,
+    open_store,
+)
 
+lance = pytest.importorskip("lance")
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 
@@ -26,15 +37,23 @@ def images(tmp_path):
     return write_images(tmp_path / "images", 18)
 
 
-def test_store_round_trip_equals_in_memory_extraction(images, tmp_path):
+def _expected(images, seed: int = 0) -> np.ndarray:
+    return extract_descriptors(TinyEncoder(seed=seed), images, device="cpu", progress=False)
+
+
+def test_store_round_trip_equals_in_memory_extraction_with_places_and_coordinates(images, tmp_path):
     model = TinyEncoder()
+    places = [f"p{i // 2}" for i in range(len(images))]
+    coords = np.arange(2 * len(images), dtype=np.float64).reshape(-1, 2) * 1.5
     store = extract_to_store(model, images, tmp_path / "store", chunk_size=4, batch_size=3, device="cpu",
-                             progress=False)
-    expected = extract_descriptors(model, images, device="cpu", progress=False)
+                             progress=False, places=places, coords=coords)
     again = open_store(tmp_path / "store", images, store.meta["config_hash"])
-    assert again.complete and again.images == images and again.num_chunks == 5
-    assert isinstance(again.descriptors, np.memmap)
-    np.testing.assert_allclose(again.descriptors, expected, atol=1e-6)
+    assert again.complete and again.images == images and again.num_chunks == 5 and again.places == places
+    np.testing.assert_array_equal(again.coords, coords)
+    np.testing.assert_allclose(np.asarray(again.descriptors), _expected(images), atol=1e-6)
+    np.testing.assert_allclose(again.descriptors[[7, 2]], _expected(images)[[7, 2]], atol=1e-6)  # random rows
+    assert again.meta["model"] == "TinyEncoder" and again.meta["input_size"] == "16x24" and again.dim == 32
+    assert lance.dataset(str(tmp_path / "store")).count_rows() == 18
 
 
 def test_a_finished_store_is_reused_without_recomputing(images, tmp_path):
@@ -54,8 +73,80 @@ def test_a_killed_extraction_resumes_where_it_stopped(images, tmp_path):
     model = TinyEncoder()
     store = extract_to_store(model, images, store_dir, chunk_size=4, batch_size=2, device="cpu", progress=False)
     assert model.calls == 5  # chunks 2, 3 (two batches each) and 4 (two images): nothing done twice
-    np.testing.assert_allclose(store.descriptors, extract_descriptors(TinyEncoder(), images, device="cpu",
-                                                                      progress=False), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(store.descriptors), _expected(images), atol=1e-6)
+    assert store.images == images
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from tiny_encoder import TinyEncoder
+from registry.evaluation import extract_to_store
+images = sorted(str(p) for p in Path(sys.argv[1]).glob("*.png"))
+model = TinyEncoder()
+def fill_the_disk(module, inputs, output):  # after chunk 1 is computed, no file may grow past 1000 bytes
+    if module.calls == 5:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+model.register_forward_hook(fill_the_disk)
+try:
+    extract_to_store(model, images, sys.argv[2], chunk_size=4, batch_size=2, device="cpu", progress=False)
+except OSError as err:
+    print("OSError", err.errno, err)
+"""
+
+
+def test_a_real_write_failure_mid_extraction_names_the_folder_and_resumes_to_the_same_rows(images, tmp_path):
+    """RLIMIT_FSIZE in a subprocess (the kernel refuses the write, EFBIG) while chunk 1 is written: an OSError naming
+    the store, chunk 0 still committed, and the rerun ends with the rows of an uninterrupted run."""
+    store_dir = tmp_path / "store"
+    run = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path / "images"), str(store_dir)], env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("OSError 27") and f"the map store {store_dir}" in run.stdout, run.stdout
+    assert "its last commit is intact" in run.stdout
+    assert open_store(store_dir).missing_chunks() == [1, 2, 3, 4]
+    resumed = extract_to_store(TinyEncoder(), images, store_dir, chunk_size=4, batch_size=2, device="cpu",
+                               progress=False)
+    clean = extract_to_store(TinyEncoder(), images, tmp_path / "clean", chunk_size=4, batch_size=2, device="cpu",
+                             progress=False)
+    np.testing.assert_array_equal(np.asarray(resumed.descriptors), np.asarray(clean.descriptors))
+    assert resumed.images == clean.images == images
+
+
+TWO_WRITERS = """
+import sys, time
+from pathlib import Path
+from tiny_encoder import TinyEncoder
+from registry.evaluation import StoreMismatchError, extract_to_store
+images = sorted(str(p) for p in Path(sys.argv[1]).glob("*.png"))
+time.sleep(max(0.0, float(sys.argv[4]) - time.time()))  # both writers start together
+try:
+    extract_to_store(TinyEncoder(seed=int(sys.argv[3])), images, sys.argv[2], chunk_size=2, batch_size=2,
+                     device="cpu", progress=False)
+    print("wrote")
+except StoreMismatchError as err:
+    print("refused", err)
+"""
+
+
+def test_two_concurrent_writers_of_different_models_never_mix_rows(images, tmp_path):
+    import time
+
+    start = str(time.time() + 8)
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_WRITERS, str(tmp_path / "images"), str(tmp_path / "store"),
+                               str(seed), start], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for seed in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    results = [o.split()[0] for o, _ in outs]
+    assert sorted(results) == ["refused", "wrote"], outs
+    winner = results.index("wrote")
+    refused = outs[1 - winner][0]
+    assert "was made by TinyEncoder" in refused and "cannot be mixed" in refused
+    store = open_store(tmp_path / "store")
+    assert store.complete
+    np.testing.assert_allclose(np.asarray(store.descriptors), _expected(images, seed=winner), atol=1e-6)
 
 
 def test_a_store_of_another_model_is_refused(images, tmp_path):
@@ -76,12 +167,45 @@ def test_a_store_of_other_images_is_refused(images, tmp_path):
         extract_to_store(TinyEncoder(), images[1:], tmp_path / "store", device="cpu", progress=False)
 
 
+def test_a_store_of_the_earlier_memory_mapped_format_is_not_converted(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "meta.json").write_text("{}")
+    np.save(old / "descriptors.npy", np.zeros((2, 4), np.float32))
+    with pytest.raises(StoreMismatchError, match="earlier memory-mapped format; stores are not converted"):
+        open_store(old)
+
+
 def test_torchrun_ranks_fill_one_store_like_one_process(images, tmp_path):
+    """Two gloo ranks on the CPU: each writes the fragments of its chunks, rank 0 commits each round."""
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(HERE / "tiny_encoder.py"), str(tmp_path / "images"), str(tmp_path / "two")],
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     store = open_store(tmp_path / "two")
-    assert store.complete
-    np.testing.assert_allclose(store.descriptors, extract_descriptors(TinyEncoder(), images, device="cpu",
-                                                                      progress=False), atol=1e-6)
+    assert store.complete and store.images == images
+    np.testing.assert_allclose(np.asarray(store.descriptors), _expected(images), atol=1e-6)
+    versions = lance.dataset(str(tmp_path / "two")).versions()
+    assert len(versions) == 1 + 3  # the creation, then one commit per round of two chunks (5 chunks: 3 rounds)
+
+
+def test_an_index_refuses_a_store_that_moved_or_changed_after_indexing(images, tmp_path):
+    store = extract_to_store(TinyEncoder(), images, tmp_path / "store", chunk_size=4, device="cpu", progress=False)
+    index = PlaceIndex(store.dim, IndexSpec("hnsw", hnsw_m=4))
+    index.add(store)
+    assert index.places == images and index.store["version"] == store.version
+    index.save(tmp_path / "map")
+    os.rename(tmp_path / "store", tmp_path / "moved")
+    with pytest.raises(StoreChangedError, match=r"built from the map store .*store, which is gone \(moved or deleted"):
+        PlaceIndex.load(tmp_path / "map")
+    again = PlaceIndex.load(tmp_path / "map", store=tmp_path / "moved")
+    assert again.store["path"] == str((tmp_path / "moved").resolve())
+    lance.dataset(str(tmp_path / "moved")).delete("row = 3")  # a new commit: the rows the index holds changed
+    with pytest.raises(StoreChangedError, match=r"changed since the index .* was built from it \(version 6, now 7\)"):
+        PlaceIndex.load(tmp_path / "map", store=tmp_path / "moved")
+
+
+def test_without_lance_the_error_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "lance", None)
+    with pytest.raises(ImportError, match=r"pip install 'clusvpr-zoo\[map\]'"):
+        extract_to_store(TinyEncoder(), ["x.png"], tmp_path / "store", device="cpu", progress=False)

@@ -124,6 +124,22 @@ def test_timm_refuses_a_config_that_names_weights_to_load(tmp_path):
         timm.create_model(f"local-dir:{folder}")
 
 
+def test_timm_refuses_a_config_argument_outside_its_range_naming_the_config(tmp_path):
+    import json
+
+    import timm
+
+    model, _ = small("gem_vgg16")
+    folder = model.save_pretrained(tmp_path / "gem")
+    config = json.loads((folder / "config.json").read_text())
+    config["model_args"]["input_size"] = [-5, 64]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hub.WrongModelError, match=r"config.json \(read by timm\) of gem_vgg16, model_args: input_size "
+                                                  r"= \[-5, 64\] is outside its documented range: it must be 2 "
+                                                  r"integers in 16\.\.8192"):
+        timm.create_model(f"local-dir:{folder}")
+
+
 def test_a_pushed_imagenet_input_model_pulls_back_with_imagenet_input(hub_server):
     import timm
 

@@ -1,6 +1,7 @@
 """Cached frozen-layer features: equal to running the backbone on the images, reused, invalidated on change."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,3 +88,17 @@ def test_an_imagenet_input_model_caches_and_trains_on_its_native_features(tiny_s
         features = [s.features(m, stack_items(s, list(range(4)), train=False))
                     for s, m in zip(sources, (native, imagenet))]
     torch.testing.assert_close(features[1], features[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_feature_cache_holding_nan_is_refused_naming_the_file(tiny_sets, tmp_path):
+    train, _ = tiny_sets
+    model = registry.create("tiny_netvlad")
+    paths = train.db_images[:4]
+    cached_source(model, paths, tmp_path, DistContext())
+    (cache,) = tmp_path.glob("features-*.npy")
+    feats = np.load(cache)
+    feats.flat[7] = np.nan
+    np.save(cache, feats)
+    with pytest.raises(registry.NonFiniteValuesError, match=rf"the feature cache {cache} holds NaN or Inf values "
+                                                            r"\(1 of .*delete it and the next run computes it again"):
+        cached_source(model, paths, tmp_path, DistContext())

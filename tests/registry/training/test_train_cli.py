@@ -58,6 +58,8 @@ def test_the_trainer_is_a_module_of_the_installed_package_runnable_from_any_fold
     (["--resume"], "no checkpoint"),
     (["--clusters", "/nonexistent/centroids.h5"], "file not found"),
     (["--input-size", "8", "8"], "too small"),
+    (["--input-size", "-5", "64"], "too small (at least 16 x 16; valid: 16..8192 per side)"),
+    (["--input-size", "64", "100000"], "too large (valid: 16..8192 per side)"),
     (["--whitening-dims", "256", "abc"], "integer or 'none'"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys, extra, message):

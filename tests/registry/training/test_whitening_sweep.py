@@ -59,6 +59,20 @@ def test_a_size_beyond_the_whitening_is_refused(trained, tiny_roots):
         whitening_sweep.main([str(trained), "--val-set", f"aligned:{tiny_roots[1]}", "--dims", "16"])
 
 
+def test_an_out_file_that_cannot_be_written_fails_before_any_extraction(trained, tiny_roots, tmp_path, capsys,
+                                                                        monkeypatch):
+    import registry.training.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "sweep", lambda *a, **k: pytest.fail("extraction started"))
+    (tmp_path / "a_file").write_text("in the way")
+    with pytest.raises(SystemExit) as exc:
+        whitening_sweep.main([str(trained), "--val-set", f"aligned:{tiny_roots[1]}", "--dims", "4",
+                              "--out", str(tmp_path / "a_file" / "sweep.json")])
+    assert exc.value.code == 2
+    assert f"--out {tmp_path / 'a_file' / 'sweep.json'} cannot be written: {tmp_path / 'a_file'} is a file" in \
+        capsys.readouterr().err
+
+
 def test_plot_training_draws_every_run_and_names_a_missing_log(trained, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("plot_training", REPO / "benchmarks" / "plot_training.py")
     plot_training = importlib.util.module_from_spec(spec)

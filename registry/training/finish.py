@@ -1,0 +1,67 @@
+"""The finishing steps of a run: the PCA whitening fitted on the best model's training descriptors, its size chosen
+on validation, and what the Hub layout and summary.json record."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..whitening import fit_on_sample, select_whitening, set_whitening_dim
+from .config import TrainConfig
+
+
+def fit_pca(model: nn.Module, num_images: int, describe: Callable[[List[int]], np.ndarray], cfg: TrainConfig) -> bool:
+    """Fit `model`'s whitening (if it has one) on `describe(indices)`, the un-whitened descriptors of the
+    `cfg.pca_images` training images drawn from `cfg.seed` among `num_images`; whether it did."""
+    if getattr(model, "whitening", None) is None:
+        return False
+    fit_on_sample(model.whitening, num_images, lambda pick: describe(pick.tolist()), cfg.pca_images, cfg.seed)
+    return True
+
+
+def choose_whitening(model: nn.Module, raw: torch.Tensor, recalls: Callable[[np.ndarray], Dict[str, float]],
+                     dims: Sequence[Optional[int]], select_by: str) -> Tuple[Dict[str, Any], Dict[str, float]]:
+    """Recall@N (`recalls` of whitened descriptors) of each candidate size in `dims` (leading components of the
+    fitted whitening, or none) on un-whitened validation descriptors `raw`; `model` keeps the best by `select_by`
+    (`select_whitening`). Returns the selection ({"chosen", "by", "candidates"}) and the chosen size's recalls."""
+
+    @torch.no_grad()
+    def measure(cut: Optional[nn.Module]) -> Dict[str, float]:
+        return recalls((raw if cut is None else cut.to("cpu")(raw.float())).numpy())
+
+    rows, best = select_whitening(model.whitening, dims, measure, lambda row: row[select_by])
+    chosen = rows[best]["dim"]
+    set_whitening_dim(model, chosen)
+    return {"chosen": chosen, "by": select_by, "candidates": rows}, {k: r for k, r in rows[best].items() if k != "dim"}
+
+
+def describe_choice(selection: Dict[str, Any]) -> str:
+    """The choice and each candidate's score, for the log: "8 (8: 75.00, none: 66.67)"."""
+    by, chosen = selection["by"], selection["chosen"]
+    scores = ", ".join(f"{r['dim'] or 'none'}: {r[by]:.2f}" for r in selection["candidates"])
+    return f"{chosen if chosen is not None else 'none'} ({scores})"
+
+
+def summary_of(best: Dict[str, Any], final_val: Dict[str, float], seconds: float, history: List[Dict[str, Any]],
+               selection: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """summary.json: the best epoch, the final model's validation recalls, the time, the history (and the whitening
+    selection when there was one)."""
+    summary = {"best": best, "final_val": final_val, "train_seconds": round(seconds, 1), "history": history}
+    if selection is not None:
+        summary["whitening_selection"] = selection
+    return summary
+
+
+def training_facts(train_name: str, val_name: Optional[str], recipe: str, best: Dict[str, Any], cfg: TrainConfig,
+                   world_size: int, selection: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """What config.json and the model card record about a training."""
+    return {"datasets": [train_name], "validation": val_name, "recipe": recipe,
+            "best": {k: v for k, v in best.items() if k != "score"}, "options": cfg.to_dict(),
+            "world_size": world_size, **({"whitening_selection": selection} if selection else {})}
+
+
+def recall_facts(val_name: Optional[str], final_val: Dict[str, float]) -> Optional[Dict[str, Dict[str, float]]]:
+    """config.json's measured recalls: the final validation's, when there was one."""
+    return {val_name: final_val} if val_name is not None and final_val else None

@@ -1,0 +1,182 @@
+"""PlaceIndex files and inputs tried as a hostile or unlucky user would: bounded loads, consistency checks, NaN
+refused, errors that name expected and given, k beyond the map padded, saves that never destroy the earlier index."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from registry.evaluation import IndexSpec, PlaceIndex
+from registry.evaluation.index import IndexFileError, normalise
+
+faiss = pytest.importorskip("faiss")
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _env() -> dict:
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+
+
+def unit(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    return normalise(np.random.default_rng(seed).standard_normal((n, dim)))
+
+
+def saved(tmp_path: Path, kind: str = "flat", n: int = 50, **options) -> Path:
+    index = PlaceIndex(16, IndexSpec(kind, **options))
+    index.add(unit(n))
+    return index.save(tmp_path / kind)
+
+
+def test_a_faiss_file_declaring_more_codes_than_it_holds_fails_fast_with_small_memory(tmp_path):
+    """A 3 KB flat index whose header declares 2^31 floats (8.6 GB): refused, and the loading process never grows
+    past a few hundred MB (peak RSS measured in a fresh interpreter)."""
+    folder = saved(tmp_path, "flat", n=40)
+    data = bytearray((folder / "index.faiss").read_bytes())
+    assert data[:4] == b"IxFI" and struct.unpack_from("<Q", data, 37)[0] == 40 * 16  # the codes' declared size
+    struct.pack_into("<Q", data, 37, 2**31)
+    (folder / "index.faiss").write_bytes(bytes(data))
+    assert len(data) < 3000
+    script = ("import resource, sys\nfrom registry.evaluation import PlaceIndex\n"
+              "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "try:\n    PlaceIndex.load(sys.argv[1])\nexcept ValueError as err:\n    print('refused:', err)\n"
+              "print('grew_mb', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n")
+    run = subprocess.run([sys.executable, "-c", script, str(folder)], env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "refused:" in run.stdout and "declares more data than its" in run.stdout and "index.faiss" in run.stdout
+    grew = float(run.stdout.split("grew_mb")[1])
+    assert grew < 200, run.stdout  # the 8.6 GB were never allocated here
+
+
+def test_a_file_faiss_cannot_read_is_named(tmp_path):
+    folder = saved(tmp_path)
+    (folder / "index.faiss").write_bytes(b"XXXX" + bytes(200))
+    with pytest.raises(IndexFileError, match=r"index\.faiss is not a readable faiss index.*not recognized"):
+        PlaceIndex.load(folder)
+
+
+def test_places_json_must_describe_the_index_in_the_file(tmp_path):
+    folder = saved(tmp_path, "hnsw", hnsw_m=8)
+    meta = json.loads((folder / "places.json").read_text())
+
+    def load_with(**changes):
+        (folder / "places.json").write_text(json.dumps({**meta, **changes}))
+        return PlaceIndex.load(folder)
+
+    with pytest.raises(IndexFileError, match="holds 50 vectors but places.json lists 10 places"):
+        load_with(places=meta["places"][:10])
+    with pytest.raises(IndexFileError, match=r"holds a IndexHNSWFlat index, but places.json describes a 'ivfpq'"):
+        load_with(spec={**meta["spec"], "kind": "ivfpq"})
+    with pytest.raises(IndexFileError, match="ef_search must be >= 1, got -1"):
+        load_with(spec={**meta["spec"], "ef_search": -1})
+    with pytest.raises(IndexFileError, match=r"unknown spec fields \['efsearch'\]"):
+        load_with(spec={**meta["spec"], "efsearch": 5})
+    with pytest.raises(IndexFileError, match="holds 16-d vectors, places.json says dim 32"):
+        load_with(dim=32)
+    with pytest.raises(IndexFileError, match="format 'abc'"):
+        load_with(format="abc")
+    assert load_with().ntotal == 50
+
+
+def test_nan_or_inf_descriptors_are_refused_when_added_and_nothing_is_added():
+    index = PlaceIndex(16, IndexSpec("hnsw", hnsw_m=8))
+    index.add(unit(30))
+    bad = unit(20000, seed=1)
+    bad[17000, 3] = np.nan
+    bad[17001, 0] = np.inf
+    with pytest.raises(ValueError, match=r"descriptors hold NaN or Inf \(rows \[17000, 17001\]\); nothing was added"):
+        index.add(bad)
+    assert index.ntotal == 30 and len(index.places) == 30
+
+
+def test_nan_queries_wrong_dims_and_bad_k_are_value_errors_naming_expected_and_given():
+    index = PlaceIndex(16, IndexSpec("flat"))
+    index.add(unit(30))
+    q = unit(2, seed=3)
+    q[1, 5] = np.nan
+    with pytest.raises(ValueError, match=r"query descriptors hold NaN or Inf \(rows \[1\]\)"):
+        index.search(q, 3)
+    with pytest.raises(ValueError, match=r"queries must be 16-d \(this index's dim\), got shape \(1, 12\)"):
+        index.search(unit(1, dim=12), 3)
+    for k in (0, -2, 2.5):
+        with pytest.raises(ValueError, match=f"k must be an integer >= 1, got {k}"):
+            index.search(unit(1), k)
+    with pytest.raises(ValueError, match="PlaceIndex dim must be an integer >= 1, got 0"):
+        PlaceIndex(0)
+
+
+@pytest.mark.parametrize("kind,options", [("flat", {}), ("hnsw", {"hnsw_m": 8}),
+                                          ("ivfpq", {"nlist": 1, "m": 4, "nbits": 4, "refine": 4})])
+def test_k_larger_than_the_map_pads_with_minus_one_to_n_by_k(kind, options):
+    index = PlaceIndex(16, IndexSpec(kind, **options))
+    index.add(unit(20))
+    dists, ids = index.search(unit(3, seed=5), 25)
+    assert ids.shape == dists.shape == (3, 25)
+    assert np.all(ids[:, 20:] == -1) and np.all(np.isinf(dists[:, 20:]))
+    assert all(sorted(row[:20]) == list(range(20)) for row in ids)
+
+
+def test_a_saved_index_folder_gets_the_users_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        folder = saved(tmp_path)
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o750
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {"index.faiss": 0o640,
+                                                                              "places.json": 0o640}
+
+
+def test_save_never_replaces_a_folder_that_is_not_an_index(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
+    index = PlaceIndex(16)
+    index.add(unit(5))
+    with pytest.raises(FileExistsError, match="is not a PlaceIndex folder"):
+        index.save(tmp_path / "photos")
+    assert (tmp_path / "photos" / "a.jpg").read_bytes() == b"x"
+
+
+SAVE_UNDER_LIMIT = """
+import resource, signal, sys
+import numpy as np
+from registry.evaluation import IndexSpec, PlaceIndex
+from registry.evaluation.index import normalise
+folder = sys.argv[1]
+rng = np.random.default_rng(0)
+first = PlaceIndex(32, IndexSpec("ivfpq", nlist=4, m=8, nbits=4, refine=4))
+first.add(normalise(rng.standard_normal((300, 32))))
+first.save(folder)
+second = PlaceIndex(32, IndexSpec("ivfpq", nlist=4, m=8, nbits=4, refine=4))
+second.add(normalise(rng.standard_normal((20000, 32))))  # 1.3 MB of float16 vectors, more than the limit
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+try:
+    second.save(folder)
+except OSError as err:
+    print("OSError:", err)
+"""
+
+
+def test_a_real_write_failure_during_save_leaves_the_earlier_index_intact(tmp_path):
+    """RLIMIT_FSIZE makes the kernel refuse writes past 200 kB (EFBIG), as a full disk would: the save fails with an
+    OSError naming the folder, the earlier index loads and answers as before, and no temporary folder is left."""
+    folder = tmp_path / "map"
+    run = subprocess.run([sys.executable, "-c", SAVE_UNDER_LIMIT, str(folder)], env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "OSError:" in run.stdout and f"could not save the PlaceIndex to {folder}" in run.stdout
+    assert "the earlier index there, if any, is unchanged" in run.stdout
+    again = PlaceIndex.load(folder)
+    assert again.ntotal == 300 and again.disk_bytes() == 300 * 32 * 2
+    rng = np.random.default_rng(0)
+    first = normalise(rng.standard_normal((300, 32)))
+    assert np.array_equal(again.search(first[:5], 1)[1][:, 0], np.arange(5))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map"]

@@ -1,0 +1,93 @@
+"""registry.training.loop: the epoch's random streams, each rank's share, one epoch, the end-of-epoch bookkeeping."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tiny_vpr import small_config
+
+import registry
+from registry.training import Trainer
+from registry.training.checkpoint import load_checkpoint
+from registry.training.loop import epoch_rng, rank_share
+
+
+def test_the_mining_stream_is_the_same_on_every_rank_and_torchs_differs_per_rank():
+    draws = {}
+    for rank in (0, 1):
+        mining = epoch_rng(7, 1, 2, rank).permutation(50)
+        draws[rank] = (mining.tolist(), torch.rand(3))
+    assert draws[0][0] == draws[1][0] and not torch.equal(draws[0][1], draws[1][1])
+    again = epoch_rng(7, 1, 2, 1).permutation(50).tolist(), torch.rand(3)
+    assert again[0] == draws[1][0] and torch.equal(again[1], draws[1][1])  # a resumed epoch draws the same
+    assert epoch_rng(7, 1, 3, 0).permutation(50).tolist() != draws[0][0]  # the next epoch does not
+
+
+@pytest.mark.parametrize("n, world", [(7, 1), (7, 2), (8, 4), (5, 3), (2, 4)])
+def test_every_rank_gets_the_same_count_and_together_they_cover_every_item(n, world):
+    items = list(range(n))
+    shares = [rank_share(items, rank, world) for rank in range(world)]
+    assert {len(s) for s in shares} == {math.ceil(n / world)}
+    assert set().union(*shares) == set(items)
+    # round robin: item i goes to rank i % world; the short ranks wrap round to the start
+    for rank, share in enumerate(shares):
+        assert share == [items[(rank + world * i) % n] for i in range(len(share))]
+        assert share[: len(items[rank::world])] == items[rank::world]
+
+
+def _trainer(tiny_sets, tmp_path, val=False, **changes):
+    train, val_set = tiny_sets
+    trainer = Trainer(registry.create("tiny_gem"), train, tmp_path / "run", small_config(**changes),
+                      val_set=val_set if val else None, progress=False)
+    trainer.folder.prepare()
+    trainer._start_generation()
+    trainer.optimizer.step()  # no gradients yet: moves nothing, but the schedule may step after it
+    return trainer
+
+
+def test_the_end_of_an_epoch_keeps_the_best_and_commits_it(tiny_sets, tmp_path):
+    trainer = _trainer(tiny_sets, tmp_path)
+    trainer.loop.record_start()  # no validation set: nothing to record, but a checkpoint to resume from
+    assert trainer.history == [] and load_checkpoint(trainer.train_dir / "checkpoint.pt")["epoch"] == 0
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    first = trainer.loop.end_epoch({"loss": 0.5}, 1.26)
+    assert first == {"generation": 0, "epoch": 1, "lr": lr, "loss": 0.5, "seconds": 1.3, "best": True}
+    assert trainer.best == {"score": -0.5, "generation": 0, "epoch": 1, "recalls": {}}  # no validation: -loss
+    best_before = trainer.best_model
+    with torch.no_grad():
+        next(p for p in trainer.model.parameters() if p.requires_grad).add_(1.0)
+    assert not trainer.loop.end_epoch({"loss": 0.7}, 1.0)["best"]
+    assert trainer.best_model is best_before and trainer.epoch == 2
+    saved = load_checkpoint(trainer.train_dir / "checkpoint.pt")
+    assert saved["epoch"] == 2 and saved["history"] == trainer.history
+    assert load_checkpoint(trainer.train_dir / "best.pt")["epoch"] == 1
+
+
+def test_validation_decides_the_best_epoch_from_epoch_zero(tiny_sets, tmp_path):
+    trainer = _trainer(tiny_sets, tmp_path, val=True)
+    trainer.loop.record_start()
+    start = trainer.validate()
+    assert trainer.history == [{"generation": 0, "epoch": 0, **{f"val_{k}": v for k, v in start.items()},
+                                "best": True}]
+    record = trainer.loop.end_epoch({"loss": 0.1}, 1.0)  # the weights did not change: a tie, epoch 0 stays best
+    assert record["val_R@5"] == start["R@5"] and not record["best"] and trainer.best["epoch"] == 0
+
+
+def test_an_epoch_trains_every_chosen_query_and_returns_mean_losses(tiny_sets, tmp_path):
+    trainer = _trainer(tiny_sets, tmp_path, queries_per_epoch=6)
+    seen = []
+    engine = trainer.engine
+    trainer.engine = lambda inputs, generation: (seen.append(len(inputs)), engine(inputs, generation))[1]
+    before = [p.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
+    losses = trainer.train_epoch()
+    assert sum(seen) == 6 and set(losses) >= {"loss"} and math.isfinite(losses["loss"])
+    after = [p.detach() for p in trainer.model.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_a_loss_that_is_not_finite_stops_the_epoch_with_the_fix(tiny_sets, tmp_path):
+    trainer = _trainer(tiny_sets, tmp_path)
+    trainer.engine = lambda inputs, generation: (torch.tensor(float("nan")), {})
+    with pytest.raises(FloatingPointError, match="loss became nan at generation 0, epoch 0: lower --lr"):
+        trainer.train_epoch()
