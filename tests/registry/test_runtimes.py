@@ -21,7 +21,7 @@ pytest.importorskip("onnxruntime", reason="the runtime tests need the onnx extra
 INPUT = {"input_size": (3, 48, 64), "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 # int8 against float32 on these small random-weight models, per-image cosine similarity: measured 0.99999 mean and
 # 0.99998 worst (GeM), 0.9999996 / 0.9999994 (NetVLAD) at batch 1, 3 and 7 when written; the releases' figures on
-# real images are in benchmarks/RESULTS.md (section 10)
+# real images are in benchmarks/RESULTS.md (section 11)
 INT8_MEAN_COS, INT8_MIN_COS = 0.999, 0.998
 
 
