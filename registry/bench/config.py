@@ -256,11 +256,6 @@ class RunConfig(RunOptions):
         return tuple((k, v) for k, v in options if v is not None)
 
     @property
-    def runtimes(self) -> Tuple[str, ...]:
-        """The runtimes each model runs with (registry.RUNTIMES), one record per runtime."""
-        return tuple(self.runtime)
-
-    @property
     def rerank_params(self) -> Optional[Tuple[int, int, float]]:
         """(k1, k2, lambda) of k-reciprocal re-ranking, None without --rerank."""
         return (self.rerank_k1, self.rerank_k2, self.rerank_lambda) if self.rerank else None

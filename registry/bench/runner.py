@@ -90,7 +90,7 @@ def _meta(cfg: RunConfig, datasets, records: Sequence[Dict[str, Any]], seconds: 
         "input_size": "x".join(map(str, cfg.input_size)) if cfg.input_size else "each model's own",
         "embedded_default": cfg.embedded_default, "untrained": cfg.untrained,
         "batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "latency_repeats": cfg.latency_repeats,
-        "runtimes": list(cfg.runtimes), "calibration_images": cfg.calibration_images,
+        "runtimes": list(cfg.runtime), "calibration_images": cfg.calibration_images,
         "index": cfg.index, "index_options": dict(cfg.index_options),
         "pca_from": cfg.pca_from, "rerank": list(cfg.rerank_params or ()) or None,
         "init": cfg.init, "kmeans_images": cfg.kmeans_images, "kmeans_per_image": cfg.kmeans_per_image,
@@ -143,7 +143,7 @@ def run(cfg: RunConfig) -> List[Dict[str, Any]]:
     failures: List[Dict[str, str]] = []
     for ds in datasets:
         for spec in specs:
-            for runtime in cfg.runtimes:
+            for runtime in cfg.runtime:
                 label = spec.label if runtime == "torch" else f"{spec.label} ({runtime})"
                 try:
                     records.append(evaluate(spec, ds, cfg, cfg.output_dir, runtime))
