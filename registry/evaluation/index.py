@@ -225,8 +225,40 @@ def build_index(spec: IndexSpec, dim: int, train: Optional[np.ndarray] = None, n
                              f"needs >= {spec.min_train()} database vectors to train, got {got}: use index='flat' "
                              "or a smaller nbits / nlist")
         index.train(normalise(train))
+        keep_projection_only(index)
     _set_search_params(index, spec)
     return index
+
+
+def keep_projection_only(index) -> int:
+    """Replace each trained PCAMatrix in the index's transform chain by a faiss LinearTransform holding only the
+    projection it applies (A: d_out x d_in, b): a PCAMatrix also keeps and saves the full d_in x d_in eigenvector
+    matrix it was trained with (268 MB at 8192-d, for an 8 MB projection). Same outputs; returns how many were
+    replaced. The chain owns the new transform (index_factory's indexes own their fields)."""
+    outer = faiss.downcast_index(index)
+    base = faiss.downcast_index(outer.base_index) if isinstance(outer, faiss.IndexRefine) else outer
+    if not isinstance(base, faiss.IndexPreTransform) or not base.own_fields:
+        return 0
+    chain = [faiss.downcast_VectorTransform(base.chain.at(i)) for i in range(base.chain.size())]
+    slim = []
+    for vt in chain:
+        if isinstance(vt, faiss.PCAMatrix) and vt.is_trained:
+            lt = faiss.LinearTransform(vt.d_in, vt.d_out, True)
+            faiss.copy_array_to_vector(faiss.vector_to_array(vt.A), lt.A)
+            faiss.copy_array_to_vector(faiss.vector_to_array(vt.b), lt.b)
+            lt.is_orthonormal, lt.is_trained = vt.is_orthonormal, True
+            vt = lt
+        slim.append(vt)
+    replaced = [old for old, new in zip(chain, slim) if old is not new]
+    if not replaced:
+        return 0
+    base.chain.clear()
+    for vt in slim:
+        base.chain.push_back(vt)
+        vt.thisown = False  # owned by the chain from now on
+    for old in replaced:
+        old.thisown = True  # out of the chain: freed with its Python proxy
+    return len(replaced)
 
 
 def _innermost(index):
@@ -572,6 +604,7 @@ class PlaceIndex:
         out = cls(dim, spec, model=model)
         index = _read_index_bounded(index_path)
         _check_index(index, spec, dim, len(meta["places"]), index_path, meta.get("format", 1))
+        keep_projection_only(index)  # an index saved before PCAMatrix was slimmed loads slim
         out._index = index
         _set_search_params(out._index, spec)
         out.places = meta["places"]
