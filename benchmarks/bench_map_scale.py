@@ -62,7 +62,7 @@ def real_sets(data: Path):
 
 
 # ---------------------------------------------------------------------------------------------------- extraction
-def extract(work: Path) -> None:
+def extract(work: Path, models: Sequence[str] = MODELS) -> None:
     """Descriptors of the queries and the database by each released model, streamed to resumable stores."""
     import torch
 
@@ -71,7 +71,7 @@ def extract(work: Path) -> None:
 
     torch.set_num_threads(1)
     q, db, _ = real_sets(DATA)
-    for name in MODELS:
+    for name in models:
         model = registry.create(name, pretrained=True).eval()
         print(f"{name}: {model.config['source']}, input {model.input_config['input_size']}", flush=True)
         for part, images in (("queries", q), ("database", db)):
@@ -580,11 +580,12 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "map_scale",
                    help="table (JSON, Markdown) and plot (default benchmarks/map_scale)")
     p.add_argument("--series", nargs="*", default=(), help="measure only these series (default all)")
+    p.add_argument("--models", nargs="*", default=MODELS, help="extract only these models (default both)")
     p.add_argument("--sizes", type=int, nargs="*", default=SIZES, help="database sizes (default 10^3 .. 10^6)")
     a = p.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     if a.phase == "extract":
-        extract(a.work)
+        extract(a.work, a.models)
     elif a.phase == "measure":
         measure(a.work, a.out, a.series, a.sizes)
     elif a.phase == "reductions":
