@@ -59,17 +59,19 @@ def _configs(series: str, dim: int, n: int) -> List[Dict]:
         legacy_m = 64
         out = [flat, dict(name=f"IVF-PQ{legacy_m} inner product (section 9)", legacy_ip=True, m=legacy_m, nlist=nlist,
                           points=[(p, None) for p in (16, 64, 256)]),
-               _ivfpq("IVF-PQ64 L2, refine from disk", nlist, 64, REFINE_POINTS),
-               _ivfpq(f"PCA256 + IVF-PQ32 L2, refine from disk ({dim}-d)", nlist, 32, REFINE_POINTS + [(128, 16)],
-                      pca_dim=256, build_threads=2)]  # faiss's PCA of 10^4 x 8192 took 22 min on one thread
+               _ivfpq("IVF-PQ64 L2, refine from disk", nlist, 64, REFINE_POINTS)]
+        if dim <= 8192:  # faiss's PCAMatrix trains a d x d eigenvector matrix: 4.3 GB (and hours) at 32768-d
+            out.append(_ivfpq(f"PCA256 + IVF-PQ32 L2, refine from disk ({dim}-d)", nlist, 32,
+                              REFINE_POINTS + [(128, 16)], pca_dim=256,
+                              build_threads=2))  # faiss's PCA of 10^4 x 8192 took 22 min on one thread
         return out
     if n >= STREAM_EXACT:  # 10^7: the target index with the measured nlist and with 4x the lists (the knob)
         return [dict(name="flat", streamed=True, points=[(None, None)]),
                 _ivfpq(target, nlist, 32, [(64, 16), (128, 16), (256, 16), (128, 32)]),
                 _ivfpq("IVF4096-PQ32 L2, refine from disk", 4096, 32, [(64, 16), (128, 16), (256, 16), (512, 16)],
                        max_train=4096 * 39, build_threads=2)]
-    if PROJECTED in series and n == 10**5:  # the distribution check: exact search on both generators' maps
-        return [flat]
+    if PROJECTED in series and n == 10**5:  # ClusVPR: the distribution check (exact search on both generators' maps)
+        return [flat] + ([] if series.startswith("ClusVPR") else [_ivfpq(target, nlist, 32, REFINE_POINTS)])
     if n >= 10**6:
         out = [flat, _ivfpq(target, nlist, 32, REFINE_POINTS + [(64, 32), (128, 16), (128, 32)])]
         if series.startswith("ClusVPR"):
@@ -116,7 +118,7 @@ def _diagnose(index, db: np.ndarray, n: int) -> Dict:
     ivf = faiss.extract_index_ivf(index)
     sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
     ivf.make_direct_map()
-    ids = np.sort(np.random.default_rng(1).choice(n, 2000, replace=False))
+    ids = np.sort(np.random.default_rng(1).choice(n, min(n, 2000), replace=False))
     x = normalise(db[ids])
     err = np.linalg.norm(x - index.reconstruct_batch(ids), axis=1)
     centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
@@ -225,7 +227,8 @@ def measure_config(series: str, cfg: Dict, n: int, q: np.ndarray, pos, db, work:
     return rows
 
 
-def curve(work: Path, out: Path, sizes: Sequence[int] = (), series: Sequence[str] = ()) -> None:
+def curve(work: Path, out: Path, sizes: Sequence[int] = (), series: Sequence[str] = (),
+          indexes: Sequence[str] = ()) -> None:
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -248,6 +251,8 @@ def curve(work: Path, out: Path, sizes: Sequence[int] = (), series: Sequence[str
         q = q if reduce is None else reduce(q)
         for n in ns:
             for cfg in _configs(label, db.shape[1], n):
+                if indexes and cfg["name"] not in indexes:
+                    continue
                 done = {r["search"] for r in rows if (r["series"], r["n"], r["index"]) == (label, n, cfg["name"])}
                 if len(done) == len(cfg["points"]):
                     continue
@@ -420,6 +425,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--sizes", type=int, nargs="*", default=())
     p.add_argument("--series", nargs="*", default=())
+    p.add_argument("--indexes", nargs="*", default=(), help="only these index names (default all of the size)")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     if a.phase == "reads":
@@ -427,7 +433,7 @@ def main(argv=None) -> None:
     elif a.phase == "anomaly":
         anomaly(a.work, a.out)
     elif a.phase == "curve":
-        curve(a.work, a.out, a.sizes, a.series)
+        curve(a.work, a.out, a.sizes, a.series, a.indexes)
     else:
         write_report(json.loads((a.out / "map_curve.json").read_text()), a.out)
 
