@@ -219,7 +219,10 @@ def measure_config(series: str, cfg: Dict, n: int, q: np.ndarray, pos, db, work:
                      "latency_ms_median": statistics.median(lat) if lat else np.nan,
                      "latency_ms_p99": float(np.percentile(lat, 99)) if lat else np.nan,
                      "recall_1": recall[1], "recall_5": recall[5], "recall_10": recall[10],
-                     "row_peak_rss_mb": peak / 2**20, "row_rss_start_mb": rss_start / 2**20, **diag})
+                     "row_peak_rss_mb": peak / 2**20, "row_rss_start_mb": rss_start / 2**20,
+                     # now (not peak): anonymous memory and mapped file pages (a disk refine's vectors.f16)
+                     "rss_anon_mb": scale._status_bytes("RssAnon") / 2**20,
+                     "rss_file_mb": scale._status_bytes("RssFile") / 2**20, **diag})
         print(f"{series:20s} n={n:>8,} {cfg['name']:48s} {label:22s} RAM {ram / n:8.1f} B/img  build {build_s:6.1f} s"
               f"  {rows[-1]['latency_ms_median']:7.2f} ms  R@1 {recall[1]:5.1f} R@5 {recall[5]:5.1f}  peak RSS "
               f"{peak / 2**20:,.0f} MB (+{(peak - rss_start) / 2**20:,.0f})", flush=True)
@@ -279,6 +282,8 @@ def write_report(rows: Sequence[Dict], out: Path) -> None:
             "-" if ex is None else " / ".join(f"{ex[f'recall_{k}'] - r[f'recall_{k}']:+.1f}" for k in (1, 5, 10)))
         if "row_peak_rss_mb" in r:
             rss = f"{r['row_peak_rss_mb']:,.0f} (+{r['row_peak_rss_mb'] - r['row_rss_start_mb']:,.0f})"
+            if "rss_anon_mb" in r:
+                rss += f"; after: anon {r['rss_anon_mb']:,.0f}, file {r['rss_file_mb']:,.0f}"
         else:
             rss = f"process {r['process_peak_rss_mb']:,.0f}" if "process_peak_rss_mb" in r else "-"
         threads = r.get("build_threads", 1)
