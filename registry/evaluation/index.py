@@ -142,26 +142,28 @@ class IndexSpec:
 
 # from benchmarks/RESULTS.md section 10 (one thread): a flat scan of 10^4 x 256 takes ~0.2 ms and of 10^5 x 256 5-12 ms;
 # IVF-PQ with 32 codes per 256 dims, nprobe 128 and a 16x shortlist re-ranked from disk keeps R@1 within 0.5 of exact
-# at 10^5 (nprobe 64 and 256 both within 0.2), at 10^6 (exact R@1 in 6.3 ms) and at 10^7 (exact R@1, but 36 ms with
-# 1024 lists: more lists are the latency knob there, not measured), in 40-53 B of RAM per image; 8192-d through a
+# at 10^5 (nprobe 64 and 256 both within 0.2), at 10^6 with 1024 lists (exact R@1 in 6.3 ms) and at 10^7 with 4096
+# lists (-0.4 in 7.7 ms; 1024 lists kept exact R@1 but took 36 ms), in 40-53 B of RAM per image; 8192-d through a
 # 256-d PCA keeps the projection only (137 B per image at 10^5, R@1 within 0.2 of exact at nprobe 128)
 AUTO_FLAT_WORK = 1e7  # largest n * dim searched exactly
 AUTO_FLAT_MIN = 1000  # below this, exact (IVF-PQ needs 256 training vectors per codebook)
 AUTO_NLIST_CAP = 1024  # as measured up to 10^6 images
+AUTO_NLIST_LARGE, AUTO_LARGE_MAP = 4096, 2 * 10**6  # beyond ~10^6 images: the lists measured at 10^7
 AUTO_PQ_M, AUTO_NPROBE, AUTO_REFINE = 32, 128, 16
 
 
 def choose_index(n: int, dim: int, memory_budget: Optional[int] = None) -> IndexSpec:
     """The index benchmarks/RESULTS.md section 10 says keeps recall for `n` vectors of `dim` dims in `memory_budget`
     bytes of RAM (None: no limit): exact search while a scan stays within a few ms (n * dim <= AUTO_FLAT_WORK) and
-    the vectors fit; beyond, IVF-PQ (PCA to 256 dims first above 1024 dims) whose k * 16 shortlist is re-ranked
-    from float16 vectors on disk: RAM holds the codes and ids, m + 8 bytes per image."""
+    the vectors fit; beyond, IVF-PQ (PCA to 256 dims first above 1024 dims; 1024 lists, 4096 beyond 2 * 10^6
+    images) whose k * 16 shortlist is re-ranked from float16 vectors on disk: RAM holds the codes and ids, m + 8
+    bytes per image."""
     budget = float("inf") if memory_budget is None else memory_budget
     if (n * dim <= AUTO_FLAT_WORK or n < AUTO_FLAT_MIN) and 4 * n * dim <= budget:
         return IndexSpec("flat")
     d = DEFAULT_PCA_DIM if dim > 1024 else dim
     m = max(v for v in range(1, min(AUTO_PQ_M, max(1, d // 4)) + 1) if d % v == 0)
-    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39, AUTO_NLIST_CAP))
+    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39, AUTO_NLIST_LARGE if n > AUTO_LARGE_MAP else AUTO_NLIST_CAP))
     spec = IndexSpec("ivfpq", pca_dim=d if d < dim else None, nlist=nlist, m=m, nbits=8, nprobe=AUTO_NPROBE,
                      refine=AUTO_REFINE, refine_from="disk")
     codes = n * (m + 8) + 4 * d * (nlist + 256) + (4 * d * dim if d < dim else 0)
