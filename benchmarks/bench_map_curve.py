@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -33,44 +32,66 @@ OUT = Path(__file__).resolve().parent / "map_scale"
 NLIST_CAP = 1024  # as section 9 (4 sqrt(N) capped), so the rows compare
 LATENCY_QUERIES = 100
 K = 10
-# (series, model, PCA dim of the series or None, sizes)
-SERIES = (("ClusVPR whitened-256", "clusvpr_vgg16", 256, (10**5, 10**6)),
-          ("ClusVPR 8192", "clusvpr_vgg16", None, (10**5,)))
+PROJECTED = ", projected distractors"  # series whose distractors are drawn in the whitened space
+# (series, model, PCA dim of the series or None, sizes, generator: 'full' (section 9's) or 'projected')
+SERIES = (("ClusVPR whitened-256", "clusvpr_vgg16", 256, (10**3, 10**4, 10**5, 10**6), "full"),
+          ("ClusVPR 8192", "clusvpr_vgg16", None, (10**5,), "full"),
+          ("ClusVPR whitened-256" + PROJECTED, "clusvpr_vgg16", 256, (10**5, 10**6, 10**7), "projected"),
+          ("NetVLAD whitened-256" + PROJECTED, "netvlad_vgg16", 256, (10**5, 10**6), "projected"),
+          ("NetVLAD 32768", "netvlad_vgg16", None, (10**4,), "full"))
+REFINE_POINTS = [(p, r) for p in (16, 64, 256) for r in (None, 4, 16)]
+STREAM_EXACT = 10**7  # from this size exact search streams the map from disk (recall only; no flat index held)
 
 
-def _configs(dim: int, n: int) -> List[Dict]:
+def _ivfpq(name: str, nlist: int, m: int, points, max_train=None, build_threads=1, **spec) -> Dict:
+    return dict(name=name, spec=dict(kind="ivfpq", nlist=nlist, m=m, refine=16, **spec), points=points,
+                max_train=max_train, build_threads=build_threads)
+
+
+def _configs(series: str, dim: int, n: int) -> List[Dict]:
     """Index builds for one series and size: (name, IndexSpec options, search points [(nprobe/ef, refine)])."""
     nlist = scale._nlist(n)
-    probes = [(p, r) for p in (16, 64, 256) for r in (None, 4, 16)]
-    out = [dict(name="flat", spec=dict(kind="flat"), points=[(None, None)])]
-    hnsw = [dict(name=f"HNSW efC{c}", spec=dict(kind="hnsw", ef_construction=c), points=[(e, None) for e in
-                                                                                          (64, 256, 1024)])
-            for c in ((40, 200) if n <= 10**5 else (40,))]
-    if dim <= 1024 and n > 10**5:  # 10^6: the target row only (time); OPQ, m=64 and HNSW as measured at 10^5
-        out.append(dict(name="IVF-PQ32 L2, refine from disk", spec=dict(kind="ivfpq", nlist=nlist, m=32, refine=16),
-                        points=probes + [(64, 32), (128, 16), (128, 32)]))
-    elif dim <= 1024:
-        out += [dict(name="IVF-PQ32 inner product (section 9)", legacy_ip=True, m=32, nlist=nlist,
-                     points=[(p, None) for p in (16, 64, 256)]),
-                dict(name="IVF-PQ32 L2, refine from disk", spec=dict(kind="ivfpq", nlist=nlist, m=32, refine=16),
-                     points=probes),
-                dict(name="IVF-PQ64 L2, refine from disk", spec=dict(kind="ivfpq", nlist=nlist, m=64, refine=16),
-                     points=probes),
-                dict(name="OPQ + IVF-PQ32 L2, refine from disk",
-                     spec=dict(kind="ivfpq", nlist=nlist, m=32, opq=True, refine=16), points=probes)]
-        if n <= 10**5:
-            out.append(dict(name="IVF-PQ32 L2, refine from RAM fp16",
-                            spec=dict(kind="ivfpq", nlist=nlist, m=32, refine=16, refine_from="fp16"),
-                            points=[(64, 4), (64, 16)]))
-        out += hnsw  # last: the slowest builds, reference rows (section 9 has HNSW with inner product)
-    else:
-        out += [dict(name="IVF-PQ64 inner product (section 9)", legacy_ip=True, m=64, nlist=nlist,
-                     points=[(p, None) for p in (16, 64, 256)]),
-                dict(name="IVF-PQ64 L2, refine from disk", spec=dict(kind="ivfpq", nlist=nlist, m=64, refine=16),
-                     points=probes),
-                dict(name="PCA256 + IVF-PQ32 L2, refine from disk (8192-d)",
-                     spec=dict(kind="ivfpq", pca_dim=256, nlist=nlist, m=32, refine=16), points=probes)]
-    return out
+    flat = dict(name="flat", spec=dict(kind="flat"), points=[(None, None)])
+    hnsw = {c: dict(name=f"HNSW efC{c}", spec=dict(kind="hnsw", ef_construction=c),
+                    points=[(e, None) for e in (64, 256, 1024)]) for c in (40, 200)}
+    target = "IVF-PQ32 L2, refine from disk"
+    if dim > 1024:
+        legacy_m = 64
+        out = [flat, dict(name=f"IVF-PQ{legacy_m} inner product (section 9)", legacy_ip=True, m=legacy_m, nlist=nlist,
+                          points=[(p, None) for p in (16, 64, 256)]),
+               _ivfpq("IVF-PQ64 L2, refine from disk", nlist, 64, REFINE_POINTS)]
+        if dim <= 8192:  # faiss's PCAMatrix trains a d x d eigenvector matrix: 4.3 GB (and hours) at 32768-d
+            out.append(_ivfpq(f"PCA256 + IVF-PQ32 L2, refine from disk ({dim}-d)", nlist, 32,
+                              REFINE_POINTS + [(128, 16)], pca_dim=256,
+                              build_threads=2))  # faiss's PCA of 10^4 x 8192 took 22 min on one thread
+        return out
+    if n >= STREAM_EXACT:  # 10^7: the target index with the measured nlist and with 4x the lists (the knob)
+        return [dict(name="flat", streamed=True, points=[(None, None)]),
+                _ivfpq(target, nlist, 32, [(64, 16), (128, 16), (256, 16), (128, 32)]),
+                _ivfpq("IVF4096-PQ32 L2, refine from disk", 4096, 32, [(64, 16), (128, 16), (256, 16), (512, 16)],
+                       max_train=4096 * 39, build_threads=2)]
+    if PROJECTED in series and n == 10**5:  # ClusVPR: the distribution check (exact search on both generators' maps)
+        return [flat] + ([] if series.startswith("ClusVPR") else [_ivfpq(target, nlist, 32, REFINE_POINTS)])
+    if n >= 10**6:
+        out = [flat, _ivfpq(target, nlist, 32, REFINE_POINTS + [(64, 32), (128, 16), (128, 32)])]
+        if series.startswith("ClusVPR"):
+            out += [_ivfpq("IVF-PQ64 L2, refine from disk", nlist, 64, [(64, 4), (64, 16), (128, 4), (128, 16)]),
+                    _ivfpq("OPQ + IVF-PQ32 L2, refine from disk", nlist, 32, [(64, 16), (128, 16)], opq=True),
+                    _ivfpq("IVF-PQ32 L2, refine from RAM fp16", nlist, 32, [(64, 16), (128, 16)],
+                           refine_from="fp16"),
+                    _ivfpq("IVF-PQ32 L2, refine from RAM sq8", nlist, 32, [(64, 16), (128, 16)], refine_from="sq8"),
+                    hnsw[40], hnsw[200]]
+        return out
+    out = [flat, dict(name="IVF-PQ32 inner product (section 9)", legacy_ip=True, m=32, nlist=nlist,
+                      points=[(p, None) for p in (16, 64, 256)]),
+           _ivfpq(target, nlist, 32, REFINE_POINTS)]
+    if n >= 10**5:
+        out += [_ivfpq("IVF-PQ64 L2, refine from disk", nlist, 64, REFINE_POINTS),
+                _ivfpq("OPQ + IVF-PQ32 L2, refine from disk", nlist, 32, REFINE_POINTS, opq=True),
+                dict(name="IVF-PQ32 L2, refine from RAM fp16",
+                     spec=dict(kind="ivfpq", nlist=nlist, m=32, refine=16, refine_from="fp16"),
+                     points=[(64, 4), (64, 16)])]
+    return out + [hnsw[40], hnsw[200]]  # last: the slowest builds, reference rows
 
 
 def _legacy_ip(db: np.ndarray, n: int, nlist: int, m: int, max_train: int):
@@ -97,7 +118,7 @@ def _diagnose(index, db: np.ndarray, n: int) -> Dict:
     ivf = faiss.extract_index_ivf(index)
     sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
     ivf.make_direct_map()
-    ids = np.sort(np.random.default_rng(1).choice(n, 2000, replace=False))
+    ids = np.sort(np.random.default_rng(1).choice(n, min(n, 2000), replace=False))
     x = normalise(db[ids])
     err = np.linalg.norm(x - index.reconstruct_batch(ids), axis=1)
     centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
@@ -125,15 +146,41 @@ def _search_fn(index, kind: str, value, refine):
     return lambda q, k: index.search(q, k)[1]
 
 
-def measure_config(series: str, cfg: Dict, n: int, q: np.ndarray, pos, db: np.ndarray, work: Path,
-                   done: set) -> List[Dict]:
+def exact_streamed(q: np.ndarray, db, n: int, k: int, chunk: int = 1 << 18) -> np.ndarray:
+    """Exact top-k ids of unit queries over the first n rows of `db`, read in chunks (one pass, nothing held)."""
+    import faiss
+    from tqdm import tqdm
+
+    from registry.evaluation.index import normalise
+
+    qn = normalise(q)
+    best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(q), k), -1, dtype=np.int64)
+    for s in tqdm(range(0, n, chunk), desc=f"exact search over {n:,} rows"):
+        sims, ids = faiss.knn(qn, normalise(db[s : min(s + chunk, n)]), k, metric=faiss.METRIC_INNER_PRODUCT)
+        all_s, all_i = np.concatenate([best_s, sims], 1), np.concatenate([best_i, ids + s], 1)
+        top = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
+    return best_i
+
+
+def measure_config(series: str, cfg: Dict, n: int, q: np.ndarray, pos, db, work: Path, done: set) -> List[Dict]:
+    """Build one index of the first n rows and measure it at each of its search points not in `done`. Peak RSS is
+    this index's own: VmHWM is reset before the build (the row records it and the RSS at that moment)."""
+    import faiss
+
     from registry.evaluation import IndexSpec, PlaceIndex, recall_from_predictions
     from registry.evaluation.index import index_bytes
 
     dim = db.shape[1]
-    max_train = scale.MAX_TRAIN[dim < 4096]
+    max_train = cfg.get("max_train") or scale.MAX_TRAIN[dim < 4096]
+    rss_start = scale.rss_reset()
+    faiss.omp_set_num_threads(cfg.get("build_threads", 1))
     start = time.perf_counter()
-    if cfg.get("legacy_ip"):
+    if cfg.get("streamed"):
+        index, kind, factory, ram, disk = None, "streamed", "exact scan of the map file (no index held)", np.nan, 0
+        pred_exact = exact_streamed(q, db, n, K)
+    elif cfg.get("legacy_ip"):
         index, kind = _legacy_ip(db, n, cfg["nlist"], cfg["m"], max_train), "legacy"
         factory, ram, disk = f"IVF{cfg['nlist']},PQ{cfg['m']}x8 (inner product)", index_bytes(index), 0
     else:
@@ -144,47 +191,71 @@ def measure_config(series: str, cfg: Dict, n: int, q: np.ndarray, pos, db: np.nd
         kind, factory = index.spec.kind, index.spec.factory(dim)
         ram, disk = index.memory_bytes(), index.disk_bytes()
     build_s = time.perf_counter() - start
-    diag = _diagnose(index if kind == "legacy" else index.faiss_index, db, n) if kind in ("legacy", "ivfpq") else {}
+    faiss.omp_set_num_threads(1)
+    diag = {}
+    if kind in ("legacy", "ivfpq") and n <= 10**6:
+        diag = _diagnose(index if kind == "legacy" else index.faiss_index, db, n)
     rows = []
     for value, refine in cfg["points"]:
         label = ", ".join(x for x in ((f"{'ef_search' if kind == 'hnsw' else 'nprobe'}={value}" if value else ""),
                                       (f"refine={refine}" if refine else "")) if x)
         if label in done:
             continue
-        search = _search_fn(index, kind, value, refine)
-        pred = search(q, K)
         lat = []
-        for i in np.linspace(0, len(q) - 1, LATENCY_QUERIES).round().astype(int):
-            t = time.perf_counter()
-            search(q[i : i + 1], K)
-            lat.append(1000 * (time.perf_counter() - t))
+        if kind == "streamed":
+            pred = pred_exact
+        else:
+            search = _search_fn(index, kind, value, refine)
+            pred = search(q, K)
+            for i in np.linspace(0, len(q) - 1, LATENCY_QUERIES).round().astype(int):
+                t = time.perf_counter()
+                search(q[i : i + 1], K)
+                lat.append(1000 * (time.perf_counter() - t))
         recall = recall_from_predictions(pred, pos, (1, 5, 10))["recall"]
+        peak = scale.rss_peak()
         rows.append({"series": series, "dim": dim, "n": n, "index": cfg["name"], "factory": factory, "search": label,
                      "ram_bytes": ram, "ram_per_image": ram / n, "disk_per_image": disk / n, "build_s": build_s,
-                     "latency_ms_median": statistics.median(lat), "latency_ms_p99": float(np.percentile(lat, 99)),
+                     "build_threads": cfg.get("build_threads", 1),
+                     "latency_ms_median": statistics.median(lat) if lat else np.nan,
+                     "latency_ms_p99": float(np.percentile(lat, 99)) if lat else np.nan,
                      "recall_1": recall[1], "recall_5": recall[5], "recall_10": recall[10],
-                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **diag})
+                     "row_peak_rss_mb": peak / 2**20, "row_rss_start_mb": rss_start / 2**20,
+                     # now (not peak): anonymous memory and mapped file pages (a disk refine's vectors.f16)
+                     "rss_anon_mb": scale._status_bytes("RssAnon") / 2**20,
+                     "rss_file_mb": scale._status_bytes("RssFile") / 2**20, **diag})
         print(f"{series:20s} n={n:>8,} {cfg['name']:48s} {label:22s} RAM {ram / n:8.1f} B/img  build {build_s:6.1f} s"
-              f"  {rows[-1]['latency_ms_median']:7.2f} ms  R@1 {recall[1]:5.1f} R@5 {recall[5]:5.1f}", flush=True)
+              f"  {rows[-1]['latency_ms_median']:7.2f} ms  R@1 {recall[1]:5.1f} R@5 {recall[5]:5.1f}  peak RSS "
+              f"{peak / 2**20:,.0f} MB (+{(peak - rss_start) / 2**20:,.0f})", flush=True)
+    del index
     return rows
 
 
-def curve(work: Path, out: Path, sizes: Sequence[int] = (), series: Sequence[str] = ()) -> None:
+def curve(work: Path, out: Path, sizes: Sequence[int] = (), series: Sequence[str] = (),
+          indexes: Sequence[str] = ()) -> None:
     import faiss
 
     faiss.omp_set_num_threads(1)
     table = out / "map_curve.json"
     rows: List[Dict] = json.loads(table.read_text()) if table.exists() else []
-    for label, model, pca_dim, ns in SERIES:
+    for label, model, pca_dim, s_all, generator in SERIES:
         if series and label not in series:
             continue
+        ns = [n for n in s_all if not sizes or n in sizes]
+        if not ns:
+            continue
         q, pos, real, n_pos, reduce = scale.real_descriptors(work, model, pca_dim)
-        db = scale.database_file(work, label, real, n_pos, max(ns), reduce)
+        if generator == "projected":  # one file of the series' largest size; every smaller map is a prefix
+            n_file = max(s_all)
+            path = scale.projected_database_file(work, label, real, n_pos, n_file, reduce.whitening)
+        else:  # section 9's generator, 26 min per 10^6 reduced rows: the file of max(requested, 10^5) rows
+            n_file = max(max(ns), min(10**5, max(s_all)))
+            path = Path(scale.database_file(work, label, real, n_pos, n_file, reduce).filename)
+        db = scale.RowFile(path)
         q = q if reduce is None else reduce(q)
         for n in ns:
-            if sizes and n not in sizes:
-                continue
-            for cfg in _configs(db.shape[1], n):
+            for cfg in _configs(label, db.shape[1], n):
+                if indexes and cfg["name"] not in indexes:
+                    continue
                 done = {r["search"] for r in rows if (r["series"], r["n"], r["index"]) == (label, n, cfg["name"])}
                 if len(done) == len(cfg["points"]):
                     continue
@@ -197,18 +268,30 @@ def _exact(row: Dict, rows: Sequence[Dict]) -> Optional[Dict]:
     return next((r for r in rows if (r["series"], r["n"], r["index"]) == (row["series"], row["n"], "flat")), None)
 
 
+def _num(x, fmt: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
+
+
 def write_report(rows: Sequence[Dict], out: Path) -> None:
     lines = ["| series | images | index | faiss | search | RAM B/image | disk B/image | build s | query ms median | "
-             "p99 | R@1 | R@5 | R@10 | loss R@1 / R@5 / R@10 |", "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|"
-             "---:|---:|---|"]
+             "p99 | R@1 | R@5 | R@10 | loss R@1 / R@5 / R@10 | peak RSS MB (+ over the row's start) |",
+             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         ex = _exact(r, rows)
         loss = "(exact)" if r["index"] == "flat" else (
             "-" if ex is None else " / ".join(f"{ex[f'recall_{k}'] - r[f'recall_{k}']:+.1f}" for k in (1, 5, 10)))
+        if "row_peak_rss_mb" in r:
+            rss = f"{r['row_peak_rss_mb']:,.0f} (+{r['row_peak_rss_mb'] - r['row_rss_start_mb']:,.0f})"
+            if "rss_anon_mb" in r:
+                rss += f"; after: anon {r['rss_anon_mb']:,.0f}, file {r['rss_file_mb']:,.0f}"
+        else:
+            rss = f"process {r['process_peak_rss_mb']:,.0f}" if "process_peak_rss_mb" in r else "-"
+        threads = r.get("build_threads", 1)
+        build = _num(r["build_s"], ".1f") + (f" ({threads} threads)" if threads > 1 else "")
         lines.append(f"| {r['series']} | {r['n']:,} | {r['index']} | {r['factory']} | {r['search']} | "
-                     f"{r['ram_per_image']:,.0f} | {r['disk_per_image']:,.0f} | {r['build_s']:.1f} | "
-                     f"{r['latency_ms_median']:.2f} | {r['latency_ms_p99']:.2f} | {r['recall_1']:.1f} | "
-                     f"{r['recall_5']:.1f} | {r['recall_10']:.1f} | {loss} |")
+                     f"{_num(r['ram_per_image'], ',.0f')} | {r['disk_per_image']:,.0f} | {build} | "
+                     f"{_num(r['latency_ms_median'], '.2f')} | {_num(r['latency_ms_p99'], '.2f')} | "
+                     f"{r['recall_1']:.1f} | {r['recall_5']:.1f} | {r['recall_10']:.1f} | {loss} | {rss} |")
     diag = [r for r in rows if "imbalance_factor" in r]
     lines += ["", "| series | images | index | largest list (share of the map) | imbalance factor | empty lists | "
               "median PQ error of a stored vector | centroid norm median / max |",
@@ -222,38 +305,47 @@ def write_report(rows: Sequence[Dict], out: Path) -> None:
 
 
 def _plot(rows: Sequence[Dict], path: Path) -> None:
+    """One row of panels per series: Recall@1 lost against exact search (same map) against batch-1 latency and
+    against RAM per image; colour: index family, marker: map size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["series"], r["n"]) for r in rows}, key=lambda s: (s[0], s[1]))
-    fig, axes = plt.subplots(2, len(panels), figsize=(5.2 * len(panels), 9), squeeze=False)
-    for col, (series, n) in enumerate(panels):
-        sub = [r for r in rows if (r["series"], r["n"]) == (series, n)]
-        exact = _exact(sub[0], rows)
-        for i, name in enumerate(dict.fromkeys(r["index"] for r in sub)):
-            pts = [r for r in sub if r["index"] == name]
-            style = dict(color=f"C{i % 10}", marker="os^vD<>p"[i % 8], ls="", label=name)
-            axes[0, col].plot([r["latency_ms_median"] for r in pts], [r["recall_1"] for r in pts], **style)
-            axes[1, col].plot([r["ram_per_image"] for r in pts], [r["recall_1"] for r in pts], **style)
-        for row, (ax, xl) in enumerate(((axes[0, col], "query ms, median (1 thread, batch 1)"),
-                                        (axes[1, col], "RAM bytes per image (index)"))):
-            if exact is not None:
-                ax.axhline(exact["recall_1"], color="k", lw=0.8)
-                ax.axhline(exact["recall_1"] - 0.5, color="k", lw=0.5, ls=":")
-            if row == 0:
-                ax.axvline(10, color="r", lw=0.5, ls=":")
-            else:
-                ax.axvline(200, color="r", lw=0.5, ls=":")
+    series = list(dict.fromkeys(r["series"] for r in rows))
+    families = list(dict.fromkeys(r["index"] for r in rows if r["index"] != "flat"))
+    sizes = sorted({r["n"] for r in rows})
+    markers = dict(zip(sizes, "v^os*DP"))
+    fig, axes = plt.subplots(len(series), 2, figsize=(15, 4.2 * len(series)), squeeze=False)
+    for row, name in enumerate(series):
+        sub = [r for r in rows if r["series"] == name and r["index"] != "flat"]
+        for r in sub:
+            ex = _exact(r, rows)
+            if ex is None:
+                continue
+            loss = ex["recall_1"] - r["recall_1"]
+            style = dict(color=f"C{families.index(r['index']) % 10}", marker=markers[r["n"]], ls="", ms=5)
+            axes[row, 0].plot(r["latency_ms_median"], loss, **style)
+            axes[row, 1].plot(r["ram_per_image"], loss, **style)
+        for col, (xl, limit) in enumerate((("query ms, median (1 thread, batch 1)", 10),
+                                           ("RAM bytes per image (index in memory)", 200))):
+            ax = axes[row, col]
+            ax.axhline(0, color="k", lw=0.8)
+            ax.axhline(0.5, color="k", lw=0.5, ls=":")
+            ax.axvline(limit, color="r", lw=0.5, ls=":")
             ax.set_xscale("log")
+            ax.set_ylim(-8, 26)  # below 0: the approximate ranking put more positives first than exact search
             ax.set_xlabel(xl)
-            ax.set_ylabel("Recall@1 (%)")
-            ax.set_title(f"{series}, {n:,} images (line: exact; dotted: exact - 0.5)", fontsize=9)
+            ax.set_ylabel("R@1 lost against exact (points)")
+            ax.set_title(f"{name} (dotted: the 0.5-point target, red: {limit} {'ms' if col == 0 else 'B'})", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
-        axes[0, col].legend(fontsize=6, loc="lower right")
+        names = list(dict.fromkeys(r["index"] for r in sub))
+        handles = [plt.Line2D([], [], color=f"C{families.index(f) % 10}", marker="o", ls="", label=f) for f in names]
+        handles += [plt.Line2D([], [], color="grey", marker=markers[n], ls="", label=f"{n:,} images")
+                    for n in sorted({r["n"] for r in sub})]
+        axes[row, 1].legend(handles=handles, fontsize=6, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -338,6 +430,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--sizes", type=int, nargs="*", default=())
     p.add_argument("--series", nargs="*", default=())
+    p.add_argument("--indexes", nargs="*", default=(), help="only these index names (default all of the size)")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     if a.phase == "reads":
@@ -345,7 +438,7 @@ def main(argv=None) -> None:
     elif a.phase == "anomaly":
         anomaly(a.work, a.out)
     elif a.phase == "curve":
-        curve(a.work, a.out, a.sizes, a.series)
+        curve(a.work, a.out, a.sizes, a.series, a.indexes)
     else:
         write_report(json.loads((a.out / "map_curve.json").read_text()), a.out)
 

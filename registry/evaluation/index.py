@@ -142,24 +142,28 @@ class IndexSpec:
 
 # from benchmarks/RESULTS.md section 10 (one thread): a flat scan of 10^4 x 256 takes ~0.2 ms and of 10^5 x 256 5-12 ms;
 # IVF-PQ with 32 codes per 256 dims, nprobe 128 and a 16x shortlist re-ranked from disk keeps R@1 within 0.5 of exact
-# at 10^5 (nprobe 64 and 256 both within 0.2) and at 10^6 (exact R@1 in 6.3 ms), in 41-53 B of RAM per image
+# at 10^5 (nprobe 64 and 256 both within 0.2), at 10^6 with 1024 lists (exact R@1 in 6.3 ms) and at 10^7 with 4096
+# lists (-0.4 in 7.7 ms; 1024 lists kept exact R@1 but took 36 ms), in 40-53 B of RAM per image; 8192-d through a
+# 256-d PCA keeps the projection only (137 B per image at 10^5, R@1 within 0.2 of exact at nprobe 128)
 AUTO_FLAT_WORK = 1e7  # largest n * dim searched exactly
 AUTO_FLAT_MIN = 1000  # below this, exact (IVF-PQ needs 256 training vectors per codebook)
 AUTO_NLIST_CAP = 1024  # as measured up to 10^6 images
+AUTO_NLIST_LARGE, AUTO_LARGE_MAP = 4096, 2 * 10**6  # beyond ~10^6 images: the lists measured at 10^7
 AUTO_PQ_M, AUTO_NPROBE, AUTO_REFINE = 32, 128, 16
 
 
 def choose_index(n: int, dim: int, memory_budget: Optional[int] = None) -> IndexSpec:
     """The index benchmarks/RESULTS.md section 10 says keeps recall for `n` vectors of `dim` dims in `memory_budget`
     bytes of RAM (None: no limit): exact search while a scan stays within a few ms (n * dim <= AUTO_FLAT_WORK) and
-    the vectors fit; beyond, IVF-PQ (PCA to 256 dims first above 1024 dims) whose k * 16 shortlist is re-ranked
-    from float16 vectors on disk: RAM holds the codes and ids, m + 8 bytes per image."""
+    the vectors fit; beyond, IVF-PQ (PCA to 256 dims first above 1024 dims; 1024 lists, 4096 beyond 2 * 10^6
+    images) whose k * 16 shortlist is re-ranked from float16 vectors on disk: RAM holds the codes and ids, m + 8
+    bytes per image."""
     budget = float("inf") if memory_budget is None else memory_budget
     if (n * dim <= AUTO_FLAT_WORK or n < AUTO_FLAT_MIN) and 4 * n * dim <= budget:
         return IndexSpec("flat")
     d = DEFAULT_PCA_DIM if dim > 1024 else dim
     m = max(v for v in range(1, min(AUTO_PQ_M, max(1, d // 4)) + 1) if d % v == 0)
-    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39, AUTO_NLIST_CAP))
+    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39, AUTO_NLIST_LARGE if n > AUTO_LARGE_MAP else AUTO_NLIST_CAP))
     spec = IndexSpec("ivfpq", pca_dim=d if d < dim else None, nlist=nlist, m=m, nbits=8, nprobe=AUTO_NPROBE,
                      refine=AUTO_REFINE, refine_from="disk")
     codes = n * (m + 8) + 4 * d * (nlist + 256) + (4 * d * dim if d < dim else 0)
@@ -225,8 +229,40 @@ def build_index(spec: IndexSpec, dim: int, train: Optional[np.ndarray] = None, n
                              f"needs >= {spec.min_train()} database vectors to train, got {got}: use index='flat' "
                              "or a smaller nbits / nlist")
         index.train(normalise(train))
+        keep_projection_only(index)
     _set_search_params(index, spec)
     return index
+
+
+def keep_projection_only(index) -> int:
+    """Replace each trained PCAMatrix in the index's transform chain by a faiss LinearTransform holding only the
+    projection it applies (A: d_out x d_in, b): a PCAMatrix also keeps and saves the full d_in x d_in eigenvector
+    matrix it was trained with (268 MB at 8192-d, for an 8 MB projection). Same outputs; returns how many were
+    replaced. The chain owns the new transform (index_factory's indexes own their fields)."""
+    outer = faiss.downcast_index(index)
+    base = faiss.downcast_index(outer.base_index) if isinstance(outer, faiss.IndexRefine) else outer
+    if not isinstance(base, faiss.IndexPreTransform) or not base.own_fields:
+        return 0
+    chain = [faiss.downcast_VectorTransform(base.chain.at(i)) for i in range(base.chain.size())]
+    slim = []
+    for vt in chain:
+        if isinstance(vt, faiss.PCAMatrix) and vt.is_trained:
+            lt = faiss.LinearTransform(vt.d_in, vt.d_out, True)
+            faiss.copy_array_to_vector(faiss.vector_to_array(vt.A), lt.A)
+            faiss.copy_array_to_vector(faiss.vector_to_array(vt.b), lt.b)
+            lt.is_orthonormal, lt.is_trained = vt.is_orthonormal, True
+            vt = lt
+        slim.append(vt)
+    replaced = [old for old, new in zip(chain, slim) if old is not new]
+    if not replaced:
+        return 0
+    base.chain.clear()
+    for vt in slim:
+        base.chain.push_back(vt)
+        vt.thisown = False  # owned by the chain from now on
+    for old in replaced:
+        old.thisown = True  # out of the chain: freed with its Python proxy
+    return len(replaced)
 
 
 def _innermost(index):
@@ -572,6 +608,7 @@ class PlaceIndex:
         out = cls(dim, spec, model=model)
         index = _read_index_bounded(index_path)
         _check_index(index, spec, dim, len(meta["places"]), index_path, meta.get("format", 1))
+        keep_projection_only(index)  # an index saved before PCAMatrix was slimmed loads slim
         out._index = index
         _set_search_params(out._index, spec)
         out.places = meta["places"]

@@ -8,7 +8,7 @@ import pytest
 from tiny_encoder import TinyEncoder, write_images  # pytest puts this folder on the import path
 
 from registry.evaluation import IndexSpec, PlaceIndex, extract_descriptors, extract_to_store, recall_at_n, search
-from registry.evaluation.index import build_index, normalise
+from registry.evaluation.index import build_index, index_bytes, keep_projection_only, normalise
 
 faiss = pytest.importorskip("faiss")
 
@@ -93,6 +93,52 @@ def test_pca_is_lossless_when_the_data_fits_its_dimensions():
     q, db = clustered(rank=16)
     pred = search(q, db, 5, "pca", pca_dim=16)
     assert agreement(pred, search(q, db, 5, "flat"), 1) >= 0.95  # centring + re-normalising may swap near ties
+
+
+def low_rank(n_db: int = 2000, n_q: int = 40, dim: int = 512, rank: int = 24, seed: int = 0):
+    """Unit vectors in a `rank`-d subspace of `dim` dims with distinct spreads per direction (a clear PCA)."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((dim, rank)))[0] * np.linspace(3.0, 1.0, rank)
+    return normalise(rng.standard_normal((n_q, rank)) @ basis.T), normalise(rng.standard_normal((n_db, rank)) @ basis.T)
+
+
+@pytest.mark.parametrize("factory, metric", [("PCA32,L2norm,Flat", "METRIC_INNER_PRODUCT"),
+                                             ("PCA32,L2norm,IVF8,PQ8x4", "METRIC_L2")])
+def test_a_trained_pca_keeps_only_its_projection_and_searches_the_same(factory, metric):
+    q, db = low_rank()
+    dim = db.shape[1]
+    index = faiss.index_factory(dim, factory, getattr(faiss, metric))
+    index.train(db)
+    index.add(db)
+    dist_before, ids_before = index.search(q, 10)
+    bytes_before = index_bytes(index)
+    assert keep_projection_only(index) == 1
+    kept = faiss.downcast_VectorTransform(index.chain.at(0))
+    assert type(kept) is faiss.LinearTransform and kept.A.size() == 32 * dim and kept.b.size() == 32
+    dist_after, ids_after = index.search(q, 10)
+    np.testing.assert_array_equal(ids_after, ids_before)
+    np.testing.assert_array_equal(dist_after, dist_before)
+    # what went: the d x d eigenvector matrix, the d eigenvalues and the d-dim mean (and their few header bytes)
+    assert 0 <= bytes_before - index_bytes(index) - 4 * (dim * dim + 2 * dim) < 64
+    assert keep_projection_only(index) == 0  # nothing left to slim
+
+
+def test_a_pca_index_saves_only_its_projection_and_ranks_like_brute_force_pca(tmp_path):
+    q, db = low_rank()
+    n, dim, d = len(db), db.shape[1], 32
+    index = PlaceIndex(dim, IndexSpec("pca", pca_dim=d))
+    index.add(db)
+    x = db.astype(np.float64)  # brute force: float64 PCA of the database, projections re-normalised
+    mu = x.mean(0)
+    proj = np.linalg.eigh((x - mu).T @ (x - mu))[1][:, ::-1][:, :d]
+    unit = lambda v: (v - mu) @ proj / np.linalg.norm((v - mu) @ proj, axis=1, keepdims=True)  # noqa: E731
+    exact = np.argsort(-(unit(q.astype(np.float64)) @ unit(x).T), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(index.search(q, 10)[1], exact)
+    loaded = PlaceIndex.load(index.save(tmp_path / "map"))
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], exact)
+    size = (tmp_path / "map" / "index.faiss").stat().st_size
+    held = 4 * (d * dim + d) + 4 * d * n  # the projection (A, b) and the projected vectors
+    assert held <= size < held + 1024, (size, held)
 
 
 def test_pca_reduced_recall_loss_is_reported_and_small():

@@ -126,7 +126,8 @@ def test_refine_does_not_apply_to_exact_search_and_opq_only_to_ivfpq():
     (100_000, 256, 8 * 10**9, "IVF1024,PQ32x8"),                  # 10^5 x 256: a scan takes 5-12 ms
     (100_000, 8192, 8 * 10**9, "PCA256,L2norm,IVF1024,PQ32x8"),   # 8192-d: PCA to 256 first, refine from 8192-d
     (10**6, 256, 8 * 10**9, "IVF1024,PQ32x8"),                    # the section 10 target row
-    (10**7, 256, 8 * 10**9, "IVF1024,PQ32x8"),
+    (2 * 10**6, 256, 8 * 10**9, "IVF1024,PQ32x8"),
+    (10**7, 256, 8 * 10**9, "IVF4096,PQ32x8"),                    # 10^7: 4096 lists (1024 took 36 ms a query)
 ])
 def test_auto_picks_the_documented_index_for_given_sizes(n, dim, budget, expected):
     spec = IndexSpec("auto", memory_budget=budget).resolved(n, dim)
