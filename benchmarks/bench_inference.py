@@ -3,7 +3,9 @@
     python benchmarks/bench_inference.py --part recall --out bench_out     # Recall@1/5/10 per runtime (untimed)
     python benchmarks/bench_inference.py --part speed --out bench_out      # images/s, latency, GEMM peaks, profile
     python benchmarks/bench_inference.py --part report --out bench_out     # markdown tables + the plot
-    python benchmarks/bench_inference.py --part sensitivity --out bench_out --models clusvpr_vgg16.nordland
+
+int8's choices (calibration, which convolutions stay float32) are measured on the validation places by
+benchmarks/bench_int8_levers.py.
 
 Runtimes: `registry.compile_for(model, runtime)` for torch (eager float32, the reference), compile (torch.compile,
 channels_last), onnx (onnxruntime float32) and onnx-int8 (the backbone's convolutions static int8, calibrated on 32
@@ -30,7 +32,6 @@ import fcntl
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -364,41 +365,6 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-# --------------------------------------------------------------------------------------------- sensitivity
-def part_sensitivity(args) -> None:
-    """Which int8 choices cost recall: for each VARIANT method:float_tail (calibration method, number of the
-    backbone's last convolutions kept float32), the cosine of each Nordland test image's descriptor to eager float32
-    and Recall@1/5/10, from the same 32 calibration images (--part recall's eager descriptors, from its cache)."""
-    from registry.export import export_onnx, onnx_session
-    from registry.quantize import quantize_graph
-
-    out = Path(args.out)
-    calib_paths = calibration_files(Path(args.nordland_root))
-    ds = load_dataset("nordland_test")
-    results = json.loads((out / "sensitivity.json").read_text()) if (out / "sensitivity.json").exists() else {}
-    torch.set_num_threads(args.threads)
-    for release in args.models:
-        cached = np.load(out / "cache" / f"{release}__torch__nordland_test.npz")
-        ref = np.concatenate([cached["q"], cached["db"]])
-        model = registry.create(release, pretrained=True).eval()
-        calib = load_images(calib_paths, model.input_config)
-        x = load_images(list(ds.q_images) + list(ds.db_images), model.input_config)
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32 = export_onnx(model, Path(tmp) / "m.onnx", verify=False).read_bytes()
-        for variant in args.variants:
-            method, tail = variant.split(":")
-            graph, _ = quantize_graph(fp32, calib, method=method, float_tail=int(tail))
-            sess = onnx_session(graph, threads=args.threads)
-            got = np.concatenate([sess.run(None, {"images": x[i:i + 16].numpy()})[0] for i in range(0, len(x), 16)])
-            cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
-            r = recall_at_n(got[:ds.num_queries], got[ds.num_queries:], ds.positives, NS)["recall"]
-            results[f"{release}/{variant}"] = {"model": release, "method": method, "float_tail": int(tail),
-                                               "cosine": {"mean": float(cos.mean()), "min": float(cos.min())},
-                                               "nordland_test": {str(n): float(r[n]) for n in NS}}
-            log(f"{release} {variant}: cosine {cos.mean():.4f} / {cos.min():.4f}, R@1/5/10 {r[1]} {r[5]} {r[10]}")
-            (out / "sensitivity.json").write_text(json.dumps(results, indent=1))
-
-
 # ------------------------------------------------------------------------------------------------------- gpu
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -538,14 +504,6 @@ def part_report(args) -> None:
             recalls = [" / ".join(f"{row[d][n]:.2f}" for n in ("1", "5", "10")) for d in DATASETS]
             lines.append(f"| {row['model'].split('.')[0]} | {row['runtime']} | {' | '.join(recalls)} | {similarity} "
                          f"| {row.get('build_s', '-')} |")
-    sensitivity = out / "sensitivity.json"
-    if sensitivity.exists():
-        lines += ["", "| model | calibration | last convs kept float32 | cosine to eager (mean / worst) | "
-                  "Nordland R@1 / R@5 / R@10 |", "|---|---|---|---|---|"]
-        for row in json.loads(sensitivity.read_text()).values():
-            lines.append(f"| {row['model'].split('.')[0]} | {row['method']} | {row['float_tail']} | "
-                         f"{row['cosine']['mean']:.4f} / {row['cosine']['min']:.4f} | "
-                         + " / ".join(f"{row['nordland_test'][n]:.2f}" for n in ("1", "5", "10")) + " |")
     text = "\n".join(lines)
     (out / "report.md").write_text(text + "\n")
     print(text)
@@ -590,7 +548,7 @@ def _plot(rows, recall, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=("recall", "speed", "report", "gpu", "sensitivity", "gemm"), required=True)
+    p.add_argument("--part", choices=("recall", "speed", "report", "gpu", "gemm"), required=True)
     p.add_argument("--out", required=True, help="folder for recall.json, speed.json, report.md, the plot, the cache")
     p.add_argument("--models", default=",".join(RELEASES), type=lambda s: s.split(","))
     p.add_argument("--runtimes", default=",".join(registry.RUNTIMES), type=lambda s: s.split(","))
@@ -608,13 +566,11 @@ def main() -> None:
     p.add_argument("--lock", default=LOCK)
     p.add_argument("--device", default="cuda", help="--part gpu: the device (default %(default)s)")
     p.add_argument("--batch", type=int, default=16, help="--part gpu: batch size (default %(default)s)")
-    p.add_argument("--variants", default="minmax:0,percentile:0,minmax:1,minmax:3,percentile:3",
-                   type=lambda s: s.split(","), help="--part sensitivity: METHOD:FLOAT_TAIL list (default %(default)s)")
     p.add_argument("--nordland-root", default=str(SHARED_NORDLAND),
                    help="Nordland folder with summer/ and winter/ (calibration images from places 1..1600)")
     args = p.parse_args()
     parts = {"recall": part_recall, "speed": part_speed, "report": part_report, "gpu": part_gpu,
-             "sensitivity": part_sensitivity, "gemm": part_gemm}
+             "gemm": part_gemm}
     parts[args.part](args)
 
 

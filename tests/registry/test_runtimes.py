@@ -106,6 +106,29 @@ def test_int8_quantises_the_backbone_convolutions_and_keeps_the_aggregator_float
     assert not any(set(n.input) & dq_outputs for n in nodes if n.op_type in ("MatMul", "Gemm", "Softmax"))
 
 
+def test_int8_keeps_the_chosen_backbone_convolutions_float32():
+    onnx = pytest.importorskip("onnx")
+    model = tiny_model("gem")
+    rt = registry.compile_for(model, "onnx-int8", calibration=images(4), require_vnni=False, int8_float_convs=(0, -1))
+    nodes = onnx.load_from_string(rt.graph).graph.node
+    dq_outputs = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    backbone = [n for n in nodes if n.op_type == "Conv" and n.name.startswith("/backbone/")]
+    assert [n.input[1] in dq_outputs for n in backbone] == [False, True, False]  # int8 weights: the middle one only
+    facts = rt.calibration
+    assert facts["float32_conv_indices"] == [0, 2] and facts["quantised_convs"] == 1
+    assert facts["float32_conv_names"] == [backbone[0].name, backbone[2].name]
+    x = images(3, seed=11)
+    assert float(cosines(rt.encode(x), model.encode(x)).min()) > INT8_MIN_COS
+
+
+@pytest.mark.parametrize("float_convs, message", [((3,), r"within -3\.\.2"), ((0, 1, -1), "nothing to quantise"),
+                                                  (("last",), r"within -3\.\.2")])
+def test_bad_float32_convolution_choices_name_the_valid_range(float_convs, message):
+    with pytest.raises(ValueError, match=message):
+        registry.compile_for(tiny_model("gem"), "onnx-int8", calibration=images(2), require_vnni=False,
+                             int8_float_convs=float_convs)
+
+
 def test_an_int8_runtime_saves_and_loads_with_its_config_and_calibration(tmp_path):
     model = tiny_model("gem")
     rt = registry.compile_for(model, "onnx-int8", calibration=images(4), require_vnni=False)
