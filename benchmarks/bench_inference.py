@@ -51,6 +51,7 @@ RELEASES = ("clusvpr_vgg16.nordland", "netvlad_vgg16.nordland", "gem_vgg16.nordl
 DATASETS = ("nordland_test", "corridor")
 NS = (1, 5, 10)
 LOCK = "/tmp/vpr-bench.lock"
+CALIBRATION_IMAGES = 32
 SHARED_NORDLAND = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nordland"
 
 
@@ -58,7 +59,7 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def calibration_files(root: Path, n: int = 32) -> List[Path]:
+def calibration_files(root: Path, n: int = CALIBRATION_IMAGES) -> List[Path]:
     """n Nordland training images (places 1..1600), half summer half winter, spread evenly over the places."""
     places = np.linspace(1, 1600, n // 2).round().astype(int)
     files = [root / season / f"images-{10 * p:05d}.png" for season in ("summer", "winter") for p in places]
@@ -90,10 +91,14 @@ def encode_all(rt, x: torch.Tensor, batch: int = 16) -> np.ndarray:
 
 
 def build(model, runtime: str, calibration: Optional[torch.Tensor], threads: int):
+    """The runtime `runtime`; 'onnx-int8:I:J...' is onnx-int8 with the backbone's convolutions I, J... kept float32
+    (int8_float_convs; plain 'onnx-int8' is the library's default)."""
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    rt = registry.compile_for(model, runtime, calibration=calibration if runtime == "onnx-int8" else None,
-                              threads=threads)
+    kind, *floats = runtime.split(":")
+    extra = {"int8_float_convs": tuple(int(i) for i in floats)} if floats else {}
+    rt = registry.compile_for(model, kind, calibration=calibration if kind == "onnx-int8" else None,
+                              threads=threads, **extra)
     return rt, time.perf_counter() - start
 
 
@@ -102,8 +107,10 @@ def part_recall(args) -> None:
     out = Path(args.out)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    datasets = {name: load_dataset(name) for name in DATASETS}
-    calib_paths = calibration_files(Path(args.nordland_root))
+    root = Path(args.nordland_root)
+    datasets = {name: load_dataset(name, data_root=root.parent) if name == "nordland_val" else load_dataset(name)
+                for name in args.datasets}
+    calib_paths = calibration_files(root, args.calibration_images)
     results = json.loads((out / "recall.json").read_text()) if (out / "recall.json").exists() else {}
     for release in args.models:
         model = registry.create(release, pretrained=True).eval()
@@ -139,8 +146,9 @@ def part_recall(args) -> None:
                     cos = (F.normalize(torch.from_numpy(both).double(), dim=-1)
                            * F.normalize(torch.from_numpy(ref[ds_name]).double(), dim=-1)).sum(-1)
                     row[f"{ds_name}_cosine"] = {"mean": float(cos.mean()), "min": float(cos.min())}
-            results[key] = row
-            log(f"{key}: " + ", ".join(f"{d} R@1 {row[d]['1']:.2f}" for d in DATASETS))
+            old = results.get(key, {})
+            results[key] = {**old, **row}  # rows of other datasets (an earlier --datasets) are kept
+            log(f"{key}: " + ", ".join(f"{d} R@1 {row[d]['1']:.2f}" for d in args.datasets))
             (out / "recall.json").write_text(json.dumps(results, indent=1))
             del rt
 
@@ -321,7 +329,7 @@ def profile(release: str, size, calib_paths, images, folder: Path, top: int = 8)
 def part_speed(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    calib_paths = calibration_files(Path(args.nordland_root))
+    calib_paths = calibration_files(Path(args.nordland_root), args.calibration_images)
     images = load_dataset("nordland_test").db_images[:16]
     result: Dict[str, Any] = {"cpu": cpu_model(), "torch": torch.__version__, "onnxruntime": _ort_version(),
                               "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
@@ -470,7 +478,7 @@ def _speed_lines(speed: Dict[str, Any]) -> List[str]:
         b16, b1 = idx.get(key + (16,)), idx.get(key + (1,))
         e16, e1 = idx.get(key[:2] + ("torch", key[3], 16)), idx.get(key[:2] + ("torch", key[3], 1))
         any_row = b16 or b1
-        peak = peaks[str(key[3])]["int8_gops" if key[2] == "onnx-int8" else "fp32_gflops"]
+        peak = peaks[str(key[3])]["int8_gops" if key[2].startswith("onnx-int8") else "fp32_gflops"]
         cells = [
             f"{b16['images_per_s']:.2f}" if b16 else "-",
             f"{b16['images_per_s'] / e16['images_per_s']:.2f}" if b16 and e16 else "-",
@@ -560,6 +568,11 @@ def main() -> None:
                                                                         for v in s.split(",")])
     p.add_argument("--threads-list", default="1,2", type=lambda s: [int(v) for v in s.split(",")])
     p.add_argument("--threads", type=int, default=2, help="threads of the recall part (default %(default)s)")
+    p.add_argument("--datasets", default=",".join(DATASETS), type=lambda s: s.split(","),
+                   help="--part recall: datasets (default %(default)s; nordland_val: the validation places "
+                        "1601..2000 under --nordland-root)")
+    p.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES,
+                   help="onnx-int8: Nordland training images it is calibrated on (default %(default)s)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds at the small size (default 3)")
     p.add_argument("--seconds", type=float, default=1.5, help="timed seconds per runtime and round, small size")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)

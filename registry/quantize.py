@@ -91,6 +91,7 @@ METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 # the backbone's convolutions kept float32 by default (indices into its convolutions, negative from the end): the
 # last one (-1), whose output the aggregator reads; chosen on the Nordland validation places (benchmarks/RESULTS.md)
 DEFAULT_FLOAT_CONVS: Tuple[int, ...] = (-1,)
+DEFAULT_CALIBRATION_IMAGES = 32  # how many calibration images the command lines take by default
 
 
 def float_conv_indices(float_convs: Sequence[int], count: int) -> List[int]:

@@ -249,16 +249,18 @@ def test_vpr_export_quantize_int8_writes_a_runtime_calibrated_on_a_folder(tmp_pa
     folder = _png_folder(tmp_path / "map", 5)
     out = tmp_path / "gem_int8.onnx"
     assert main(["gem_vgg16", str(out), "--input-size", "64", "64", "--quantize", "int8", "--calibration",
-                 str(folder), "--calibration-images", "3", "--allow-no-vnni"]) == 0
-    assert "int8: 12 convolutions quantised, calibrated on 3 images" in capsys.readouterr().out
+                 str(folder), "--calibration-images", "3", "--allow-no-vnni", "--int8-float-convs", "0", "-1"]) == 0
+    assert "int8: 11 convolutions quantised (float32: 0, 12), MinMax ranges from 3 images" in capsys.readouterr().out
     rt = registry.load_runtime(out)
     assert rt.kind == "onnx-int8" and rt.calibration["source"] == "3 image files from map"
+    assert rt.calibration["float32_conv_indices"] == [0, 12]  # VGG16's first and last of 13
     assert rt.encode(images(2, 64, 64)).shape == (2, 512)
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--quantize", "int8"], "--quantize int8 needs --calibration"),
     (["--calibration", "x"], "--calibration is for --quantize int8"),
+    (["--int8-float-convs", "0"], "--int8-float-convs is for --quantize int8"),
     (["--quantize", "int8", "--calibration", "no_such_folder"], "neither an image file nor a folder"),
 ])
 def test_vpr_export_refuses_incomplete_int8_options(argv, message, tmp_path, capsys, monkeypatch):
