@@ -134,12 +134,22 @@ class Levers:
             got = np.concatenate([sess.run(None, {"images": x[i:i + 16].numpy()})[0] for i in range(0, len(x), 16)])
             cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
             r = recall_at_n(got[:ds.num_queries], got[ds.num_queries:], ds.positives, NS)["recall"]
+            hit, hit_ref = top1_hits(got, ds), top1_hits(ref, ds)
             row[name] = {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
-                         "recall": [float(r[n]) for n in NS], "float32": [float(r_ref[n]) for n in NS]}
+                         "recall": [float(r[n]) for n in NS], "float32": [float(r_ref[n]) for n in NS],
+                         "gained": int((hit & ~hit_ref).sum()), "lost": int((~hit & hit_ref).sum())}
             log(f"{v.get('name')}: {name} cosine {cos.mean():.4f} / {cos.min():.4f}, R@1/5/10 {r[1]:.2f} / {r[5]:.2f} "
-                f"/ {r[10]:.2f} ({r[1] - r_ref[1]:+.2f} R@1)")
+                f"/ {r[10]:.2f} ({r[1] - r_ref[1]:+.2f} R@1: {row[name]['gained']} queries gained, "
+                f"{row[name]['lost']} lost)")
         row["seconds"] = round(time.perf_counter() - start)
         return row
+
+
+def top1_hits(desc: np.ndarray, ds) -> np.ndarray:
+    """Whether each query's nearest database descriptor (inner product) is one of its positives."""
+    q, db = desc[:ds.num_queries], desc[ds.num_queries:]
+    top = (q @ db.T).argmax(1)
+    return np.array([t in set(np.asarray(p).tolist()) for t, p in zip(top, ds.positives)])
 
 
 def method_of(v: Dict[str, Any]):
@@ -156,8 +166,8 @@ def log(message: str) -> None:
 def report(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     splits = [s for s in ("val", "test", "corridor") if any(s in r for r in rows)]
-    print("| variant | " + " | ".join(f"{s}: cosine (mean / worst) | {s}: R@1 / R@5 / R@10 (R@1 change)"
-                                        for s in splits) + " |")
+    print("| variant | " + " | ".join(f"{s}: cosine (mean / worst) | {s}: R@1 / R@5 / R@10 (R@1 change, "
+                                        "queries gained / lost)" for s in splits) + " |")
     print("|---|" + "---|---|" * len(splits))
     for r in rows:
         cells = []
@@ -166,8 +176,9 @@ def report(path: Path) -> None:
                 cells += ["-", "-"]
                 continue
             d = r[s]
-            cells += [f"{d['cos_mean']:.4f} / {d['cos_min']:.4f}",
-                      " / ".join(f"{x:.2f}" for x in d["recall"]) + f" ({d['recall'][0] - d['float32'][0]:+.2f})"]
+            flips = f", +{d['gained']} -{d['lost']}" if "gained" in d else ""
+            change = f" ({d['recall'][0] - d['float32'][0]:+.2f}{flips})"
+            cells += [f"{d['cos_mean']:.4f} / {d['cos_min']:.4f}", " / ".join(f"{x:.2f}" for x in d["recall"]) + change]
         print(f"| {r['name']} | " + " | ".join(cells) + " |")
 
 
