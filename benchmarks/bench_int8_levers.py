@@ -12,7 +12,7 @@ symmetric, moving_average, averaging_constant, num_bins, num_quantized_bins); bs
 8: the moving average moves once per batch); float (the backbone's convolutions kept float32, indices, negative
 from the end; default [-1]); q (quantize_static extra_options: ActivationSymmetric, WeightSymmetric, QuantizeBias
 ...); act (u8 | s8 activations); reduce_range; per_channel; splits (default ["val"]; also "test", "corridor").
-The node selection is the library's (registry.quantize._kept_nodes), the rest is onnxruntime's quantize_static with
+The node selection is the library's (registry.quantize.kept_nodes), the rest is onnxruntime's quantize_static with
 the calibration ranges cached per (n, method, calib, bs), so a variant that only changes the float32 convolutions
 re-uses them. Each variant appends one JSON line to OUT/levers.jsonl: the cosine of each image's descriptor to
 eager float32 (mean / worst) and Recall@1/5/10 per split. Run it under `flock /tmp/vpr-bench.lock` (2 threads).
@@ -35,7 +35,7 @@ from registry.datasets import load_dataset
 from registry.datasets.images import open_rgb
 from registry.evaluation import Preprocess, recall_at_n
 from registry.export import export_onnx, onnx_session
-from registry.quantize import QUANTISED_OPS, _kept_nodes
+from registry.quantize import QUANTISED_OPS, kept_nodes
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NS = (1, 5, 10)
@@ -118,7 +118,7 @@ class Levers:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         start = time.perf_counter()
-        nodes, convs, floats = _kept_nodes(onnx.load(str(self.pre_path)), v.get("float", [-1]))
+        nodes, convs, floats = kept_nodes(onnx.load(str(self.pre_path)), v.get("float", [-1]))
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "q.onnx"
             quantize_static(str(self.pre_path), str(out), None, quant_format=QuantFormat.QDQ,

@@ -162,9 +162,9 @@ def with_meta(onnx, graph: bytes, meta: Dict[str, Any]) -> bytes:
 def _quantized(onnx, model: nn.Module, graph: bytes, batch, given,
                float_convs: Optional[Sequence[int]]) -> Tuple[bytes, Dict[str, Any]]:
     """The int8 graph and its metadata: calibration facts and the cosine similarity to float32 on those images."""
-    from .quantize import DEFAULT_FLOAT_CONVS, cosine_to_float32, describe_calibration, quantize_graph
+    from .quantize import cosine_to_float32, describe_calibration, quantize_graph
 
-    int8, facts = quantize_graph(graph, batch, float_convs=DEFAULT_FLOAT_CONVS if float_convs is None else float_convs)
+    int8, facts = quantize_graph(graph, batch, float_convs=float_convs)
     ref = _run_graph(graph, batch)
     facts["source"] = describe_calibration(given) or "a tensor of preprocessed images"
     facts["cosine_to_float32_on_calibration"] = cosine_to_float32(ref, _run_graph(int8, batch))

@@ -111,7 +111,13 @@ def float_conv_indices(float_convs: Sequence[int], count: int) -> List[int]:
     return sorted(picked)
 
 
-def _kept_nodes(graph, float_convs: Sequence[int]) -> Tuple[List[str], List[str], List[int]]:
+def default_float_convs(count: int) -> Tuple[int, ...]:
+    """DEFAULT_FLOAT_CONVS for a backbone of `count` convolutions; a backbone too small for it (every convolution
+    would stay float32) keeps only its last one float32."""
+    return DEFAULT_FLOAT_CONVS if len({i % count for i in DEFAULT_FLOAT_CONVS}) < count else (-1,)
+
+
+def kept_nodes(graph, float_convs: Optional[Sequence[int]]) -> Tuple[List[str], List[str], List[int]]:
     """(the backbone nodes to quantise, the backbone's convolution names, the float32 convolution indices): a float32
     convolution keeps its output float32 up to the next convolution (its ReLU / max-pool are not quantised)."""
     nodes = [n for n in graph.graph.node if n.name.startswith(QUANTISED_SCOPE) and n.op_type in QUANTISED_OPS]
@@ -119,6 +125,8 @@ def _kept_nodes(graph, float_convs: Sequence[int]) -> Tuple[List[str], List[str]
     if not conv_names:
         raise ValueError(f"the graph has no convolution under {QUANTISED_SCOPE}: int8 quantisation needs a model "
                          "built by the registry (a backbone module named 'backbone')")
+    if float_convs is None:
+        float_convs = default_float_convs(len(conv_names))
     floats = float_conv_indices(float_convs, len(conv_names))
     kept, conv, is_float = [], -1, False
     for n in nodes:
@@ -131,10 +139,11 @@ def _kept_nodes(graph, float_convs: Sequence[int]) -> Tuple[List[str], List[str]
 
 
 def quantize_graph(graph: bytes, calibration: torch.Tensor, batch_size: int = 8, method: str = "minmax",
-                   float_convs: Sequence[int] = DEFAULT_FLOAT_CONVS) -> Tuple[bytes, Dict[str, Any]]:
+                   float_convs: Optional[Sequence[int]] = None) -> Tuple[bytes, Dict[str, Any]]:
     """Static QDQ int8 quantisation of the backbone of a float32 graph written by export_onnx, its activation ranges
     calibrated on `calibration` images by `method` (METHODS); the backbone's convolutions `float_convs` (indices,
-    negative from the end; each with its ReLU / max-pool) and every op after the backbone stay float32.
+    negative from the end; each with its ReLU / max-pool; default default_float_convs) and every op after the
+    backbone stay float32.
     Returns (int8 graph bytes, facts about what was quantised)."""
     if method not in METHODS:
         raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -162,7 +171,7 @@ def quantize_graph(graph: bytes, calibration: torch.Tensor, batch_size: int = 8,
         fp32.write_bytes(graph)
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         proto = onnx.load(str(pre))
-        nodes, conv_names, floats = _kept_nodes(proto, float_convs)
+        nodes, conv_names, floats = kept_nodes(proto, float_convs)
         quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(QUANTISED_OPS), nodes_to_quantize=nodes,

@@ -161,12 +161,9 @@ def _runtime(model: torch.nn.Module, ds: VPRDataset, cfg: RunConfig, runtime: st
     """(the module or registry.Runtime extraction runs, its facts for the record). Built before timing, and run on one
     batch of database images so compilation or onnxruntime's first-run planning is not timed as encoding; onnx-int8
     is calibrated on --calibration-images database images spread evenly over the database."""
-    from registry.runtimes import compile_for
+    from registry.runtimes import compile_for, evenly_spaced
 
-    calibration = None
-    if runtime == "onnx-int8":
-        picked = np.linspace(0, ds.num_db - 1, min(cfg.calibration_images, ds.num_db)).round().astype(int)
-        calibration = [ds.db_images[i] for i in sorted(set(picked.tolist()))]
+    calibration = evenly_spaced(ds.db_images, cfg.calibration_images) if runtime == "onnx-int8" else None
     rt = compile_for(model, runtime, calibration=calibration)
     extract_descriptors(rt, ds.db_images[: cfg.batch_size], batch_size=cfg.batch_size, progress=False)
     facts = rt.facts()

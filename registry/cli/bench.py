@@ -85,13 +85,11 @@ def _device(parser: argparse.ArgumentParser, text: str) -> str:
 
 
 def _check(parser: argparse.ArgumentParser, a: RunOptions) -> None:
-    from ..runtimes.base import RUNTIMES
+    from ..runtimes.base import runtime_list_problem
 
-    unknown = [r for r in a.runtime if r not in RUNTIMES]
-    if unknown:
-        parser.error(f"--runtime {','.join(unknown)}: unknown; choose from {', '.join(RUNTIMES)}")
-    if len(set(a.runtime)) != len(a.runtime):
-        parser.error(f"--runtime lists a runtime twice: {','.join(a.runtime)}")
+    problem = runtime_list_problem(a.runtime)
+    if problem:
+        parser.error(f"--runtime {problem}")
     if a.compile and a.runtime != ("torch",):
         parser.error("--compile compiles the eager model; with --runtime use --runtime compile instead")
     if a.input_size is not None and not all(MIN_INPUT_SIDE <= side <= MAX_INPUT_SIDE for side in a.input_size):

@@ -49,6 +49,13 @@ def _pair(text: str) -> tuple:
         return key, value
 
 
+def _names(text: str) -> Tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma-separated list with at least one entry")
+    return values
+
+
 _RERANK = (field_default(TrainConfig, "rerank_k1"), field_default(TrainConfig, "rerank_k2"),
            field_default(TrainConfig, "rerank_lambda"))
 
@@ -78,6 +85,14 @@ class TrainCommand:
     val_set: str = option("nordland_val", "validation dataset, or 'none' (default {default})", group=DATA)
     test_set: List[str] = option(help="evaluate the final model on this dataset (from images); repeatable",
                                  default_factory=list, group=DATA, action="append", metavar="SPEC")
+    runtime: Tuple[str, ...] = option(("torch",), "comma-separated CPU runtimes the final evaluation (validation and "
+                                      "each --test-set) also runs the trained model with: compile, onnx, onnx-int8 "
+                                      "(int8 calibrated on --calibration-images training images); torch, eager "
+                                      "PyTorch, always runs: config.json records its recalls; summary.json's "
+                                      "'runtimes' the others (default {default})", group=DATA, type=_names,
+                                      metavar="LIST")
+    calibration_images: int = option(32, "onnx-int8: training database images (evenly spaced) its activation ranges "
+                                     "are calibrated on (default {default})", group=DATA, type=int, metavar="N")
     data_root: Optional[str] = option(None, "folder that holds the known datasets", group=DATA)
     tolerance: Optional[int] = option(None, "aligned traversals: places that count as the same place", group=DATA)
     generations: Optional[int] = option(None, f"generations (default: {RECIPE_GENERATIONS} with a recipe that has "
@@ -130,6 +145,24 @@ def check_args(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         parser.error(f"--input-size {a.input_size} is too large (valid: 16..8192 per side)")
     if a.threads is not None and a.threads < 1:
         parser.error("--threads must be >= 1")
+    _check_runtimes(parser, a)
+
+
+def _check_runtimes(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """--runtime: known names, once each, and what they need installed, before any training."""
+    from ..runtimes import check_available
+    from ..runtimes.base import runtime_list_problem
+
+    problem = runtime_list_problem(a.runtime)
+    if problem:
+        parser.error(f"--runtime {problem}")
+    if a.calibration_images < 1:
+        parser.error(f"--calibration-images must be >= 1, got {a.calibration_images}")
+    for runtime in a.runtime:
+        try:
+            check_available(runtime)
+        except (ImportError, RuntimeError) as err:
+            parser.error(f"--runtime {runtime}: {err}")
 
 
 def model_overrides(a: argparse.Namespace) -> Dict[str, Any]:
@@ -212,7 +245,16 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
     summary = trainer.fit(resume=a.resume, require_initialised_clusters=not a.pretrained)
     if not ctx.is_main:
         return None
-    summary["test"] = recall_table(model, test_sets, a.eval_batch_size, ctx.device)
+    summary["test"] = recall_table(model, test_sets, a.eval_batch_size, ctx.device, progress=not a.no_progress)
+    others = [r for r in a.runtime if r != "torch"]
+    if others:  # the deployed ways of running it, on the same sets; torch's rows are final_val and test
+        from ..runtimes import evenly_spaced
+        from ..training.finish import runtime_recalls
+
+        sets = ([trainer.val_set] if trainer.val_set is not None else []) + list(test_sets)
+        calibration = evenly_spaced(trainer.train_set.db_images, a.calibration_images)
+        summary["runtimes"] = runtime_recalls(model, others, sets, calibration, a.eval_batch_size,
+                                             progress=not a.no_progress)
     summary["wall_seconds"] = round(time.time() - start, 1)  # clusters, training, whitening, test evaluation
     val = trainer.val_set
     recalls = {**({val.name: summary["final_val"]} if val else {}), **summary["test"]} or None
@@ -223,7 +265,10 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     if a.push_to_hub:
         summary["hub_commit"] = model.push_to_hub(a.push_to_hub, training=trainer.training_facts(), recalls=recalls)
-    print(json.dumps({k: summary.get(k) for k in ("best", "final_val", "test", "wall_seconds", "hub_commit")}))
+    shown = {k: summary.get(k) for k in ("best", "final_val", "test", "wall_seconds", "hub_commit")}
+    if "runtimes" in summary:
+        shown["runtimes"] = {r: v["recalls"] for r, v in summary["runtimes"].items()}
+    print(json.dumps(shown))
     return summary
 
 

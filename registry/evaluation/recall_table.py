@@ -23,12 +23,13 @@ def descriptor_recalls(q: np.ndarray, db: np.ndarray, dataset, ns: Sequence[int]
 
 
 def recall_table(model, datasets: Sequence, batch_size: int = 32, device="cpu",
-                 ns: Sequence[int] = REPORTED_NS) -> Dict[str, Dict[str, float]]:
-    """`{dataset name: recall row}` of `model` on each dataset, from its image files (exact search)."""
+                 ns: Sequence[int] = REPORTED_NS, progress: bool = True) -> Dict[str, Dict[str, float]]:
+    """`{dataset name: recall row}` of `model` (or a `registry.Runtime`) on each dataset, from its image files (exact
+    search)."""
     from .extract import extract_dataset
 
     out = {}
     for ds in datasets:
-        q, db = extract_dataset(model, ds, batch_size=batch_size, device=device)
+        q, db = extract_dataset(model, ds, batch_size=batch_size, device=device, progress=progress)
         out[ds.name] = descriptor_recalls(q, db, ds, ns)
     return out

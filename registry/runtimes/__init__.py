@@ -14,15 +14,42 @@
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
+import numpy as np
 from torch import nn
 
 from .base import RUNTIMES, Runtime
 from .eager import CompiledRuntime, TorchRuntime
 from .onnx import OnnxRuntime, build_onnx, load_runtime
 
-__all__ = ["RUNTIMES", "Runtime", "TorchRuntime", "CompiledRuntime", "OnnxRuntime", "compile_for", "load_runtime"]
+__all__ = ["RUNTIMES", "Runtime", "TorchRuntime", "CompiledRuntime", "OnnxRuntime", "compile_for", "load_runtime",
+           "check_available", "evenly_spaced"]
+
+
+def check_available(runtime: str) -> None:
+    """Raise what `compile_for(model, runtime)` would raise for a missing piece, without building anything: an
+    ImportError naming the extra (onnx, onnx-int8 without onnxruntime) or RuntimeUnavailableError (onnx-int8 on a CPU
+    without int8 dot products). Command lines call it before hours of work, not after."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if runtime in ("onnx", "onnx-int8"):
+        from ..export import _require
+
+        _require("onnx", f"runtime {runtime!r}")
+        _require("onnxruntime", f"runtime {runtime!r}")
+    if runtime == "onnx-int8":
+        from ..quantize import check_int8_cpu
+
+        check_int8_cpu(require=True)
+
+
+def evenly_spaced(items: Sequence[Any], n: int) -> List[Any]:
+    """Up to `n` items spread evenly over `items`, first and last included (int8 calibration images)."""
+    if n < 1:
+        raise ValueError(f"need at least one calibration image, got n={n}")
+    picked = np.linspace(0, len(items) - 1, min(n, len(items))).round().astype(int)
+    return [items[i] for i in sorted(set(picked.tolist()))]
 
 
 def compile_for(model: nn.Module, runtime: str = "torch", *, calibration: Any = None, threads: Optional[int] = None,

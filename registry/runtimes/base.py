@@ -1,11 +1,21 @@
 """The runtime contract: `encode(images) -> (N, D)` float32 L2-normalised descriptors, like `VPRModel.encode`."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
 RUNTIMES = ("torch", "compile", "onnx", "onnx-int8")
+
+
+def runtime_list_problem(names) -> Optional[str]:
+    """What is wrong with a list of runtime names given on a command line (None: nothing), for `--runtime`."""
+    unknown = [r for r in names if r not in RUNTIMES]
+    if unknown:
+        return f"{','.join(unknown)}: unknown; choose from {', '.join(RUNTIMES)}"
+    if len(set(names)) != len(names):
+        return f"lists a runtime twice: {','.join(names)}"
+    return None
 
 
 def check_images(images: torch.Tensor, side: int = 1) -> None:

@@ -1,7 +1,10 @@
 """The finishing steps of a run: the PCA whitening fitted on the best model's training descriptors, its size chosen
-on validation, and what the Hub layout and summary.json record."""
+on validation, the final evaluation under other inference runtimes, and what the Hub layout and summary.json
+record."""
 from __future__ import annotations
 
+import copy
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -65,3 +68,25 @@ def training_facts(train_name: str, val_name: Optional[str], recipe: str, best: 
 def recall_facts(val_name: Optional[str], final_val: Dict[str, float]) -> Optional[Dict[str, Dict[str, float]]]:
     """config.json's measured recalls: the final validation's, when there was one."""
     return {val_name: final_val} if val_name is not None and final_val else None
+
+
+def runtime_recalls(model: nn.Module, runtimes: Sequence[str], datasets: Sequence, calibration: Sequence,
+                    batch_size: int = 32, progress: bool = True) -> Dict[str, Dict[str, Any]]:
+    """The final model run by each of `runtimes` (registry.RUNTIMES other than 'torch') on `datasets`, as a user
+    deploying it would: `{runtime: {"recalls": {dataset: recall row}, "facts": the runtime's facts (int8: its
+    calibration), "images_per_s": encoding speed, decoding included}}`. A CPU copy of `model` is compiled (the runtimes
+    run on the CPU; `model` itself is not touched); onnx-int8 is calibrated on `calibration` (image files: training
+    images, never the evaluated ones)."""
+    from ..evaluation.recall_table import recall_table
+    from ..runtimes import compile_for
+
+    cpu = copy.deepcopy(model).cpu().eval()
+    out: Dict[str, Dict[str, Any]] = {}
+    for runtime in runtimes:
+        rt = compile_for(cpu, runtime, calibration=list(calibration) if runtime == "onnx-int8" else None)
+        start = time.perf_counter()
+        recalls = recall_table(rt, datasets, batch_size, "cpu", progress=progress)
+        seconds = time.perf_counter() - start
+        images = sum(ds.num_queries + ds.num_db for ds in datasets)
+        out[runtime] = {"recalls": recalls, "facts": rt.facts(), "images_per_s": round(images / seconds, 2)}
+    return out

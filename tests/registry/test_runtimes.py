@@ -123,6 +123,18 @@ def test_int8_keeps_the_chosen_backbone_convolutions_float32():
     assert float(cosines(rt.encode(x), model.encode(x)).min()) > INT8_MIN_COS
 
 
+def test_a_backbone_too_small_for_the_default_keeps_only_its_last_convolution_float32():
+    from registry.quantize import DEFAULT_FLOAT_CONVS, default_float_convs
+
+    assert default_float_convs(13) == DEFAULT_FLOAT_CONVS == (0, -1) and default_float_convs(2) == (-1,)
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Conv2d(8, 16, 3, padding=1))
+    backbone.out_channels, backbone.stride = 16, 4
+    model = registry.VPRModel(backbone, GeM(16), input_config=INPUT, config={"architecture": "two_convs"}).eval()
+    rt = registry.compile_for(model, "onnx-int8", calibration=images(4), require_vnni=False)
+    assert rt.calibration["float32_conv_indices"] == [1] and rt.calibration["quantised_convs"] == 1
+
+
 @pytest.mark.parametrize("float_convs, message", [((3,), r"within -3\.\.2"), ((0, 1, -1), "nothing to quantise"),
                                                   (("last",), r"within -3\.\.2")])
 def test_bad_float32_convolution_choices_name_the_valid_range(float_convs, message):

@@ -62,6 +62,9 @@ def test_the_trainer_is_a_module_of_the_installed_package_runnable_from_any_fold
     (["--input-size", "-5", "64"], "too small (at least 16 x 16; valid: 16..8192 per side)"),
     (["--input-size", "64", "100000"], "too large (valid: 16..8192 per side)"),
     (["--whitening-dims", "256", "abc"], "integer or 'none'"),
+    (["--runtime", "tensorrt"], "--runtime tensorrt: unknown; choose from torch, compile, onnx, onnx-int8"),
+    (["--runtime", "onnx,onnx"], "--runtime lists a runtime twice: onnx,onnx"),
+    (["--runtime", "onnx-int8", "--calibration-images", "0"], "--calibration-images must be >= 1, got 0"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -157,3 +160,35 @@ def test_a_read_only_output_folder_fails_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_cli.main(["--model", "netvlad", "--output", str(locked / "run")])
     assert "no permission to write" in capsys.readouterr().err
+
+
+def test_runtime_without_onnxruntime_fails_before_training_naming_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["--model", "netvlad", "--output", str(tmp_path / "o"), "--runtime", "torch,onnx-int8"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and not (tmp_path / "o").exists()
+    assert "--runtime onnx-int8" in err and "pip install 'clusvpr-zoo[onnx]'" in err and "--runtime torch" in err
+
+
+def test_the_final_evaluation_runs_each_runtime_on_validation_and_test_sets(tiny_roots, tmp_path):
+    pytest.importorskip("onnxruntime", reason="--runtime onnx needs the onnx extra: pip install -e '.[onnx]'")
+    out = tmp_path / "run"
+    summary = train_cli.main(_args(tiny_roots, out, "--epochs", "1", "--test-set", f"aligned:{tiny_roots[0]}",
+                                   "--runtime", "torch,onnx,onnx-int8", "--calibration-images", "4"))
+    runs = summary["runtimes"]
+    assert sorted(runs) == ["onnx", "onnx-int8"]  # torch's rows are final_val and test, as before
+    val_name, test_name = list(runs["onnx"]["recalls"])
+    assert (val_name, test_name) == ("val", "train")
+    assert runs["onnx"]["recalls"][test_name] == summary["test"][test_name]  # float32 onnxruntime = eager
+    assert runs["onnx"]["recalls"][val_name] == summary["final_val"]
+    int8 = runs["onnx-int8"]
+    assert set(int8["recalls"]) == {val_name, test_name}
+    assert all(0 <= v <= 100 for row in int8["recalls"].values() for v in row.values())
+    calibration = int8["facts"]["calibration"]
+    assert calibration["num_images"] == 4 and calibration["cosine_to_float32_on_calibration"]["min"] > 0.9
+    assert all(r["images_per_s"] > 0 for r in runs.values())
+    saved = json.loads((out / "train" / "summary.json").read_text())
+    assert saved["runtimes"]["onnx-int8"]["recalls"] == int8["recalls"]
+    config = json.loads((out / "config.json").read_text())
+    assert "onnx-int8" not in json.dumps(config.get("recalls", {}))  # the release records eager PyTorch's recalls
