@@ -3,7 +3,9 @@
     python benchmarks/bench_inference.py --part recall --out bench_out     # Recall@1/5/10 per runtime (untimed)
     python benchmarks/bench_inference.py --part speed --out bench_out      # images/s, latency, GEMM peaks, profile
     python benchmarks/bench_inference.py --part report --out bench_out     # markdown tables + the plot
-    python benchmarks/bench_inference.py --part sensitivity --out bench_out --models clusvpr_vgg16.nordland
+
+int8's choices (calibration, which convolutions stay float32) are measured on the validation places by
+benchmarks/bench_int8_levers.py.
 
 Runtimes: `registry.compile_for(model, runtime)` for torch (eager float32, the reference), compile (torch.compile,
 channels_last), onnx (onnxruntime float32) and onnx-int8 (the backbone's convolutions static int8, calibrated on 32
@@ -30,7 +32,6 @@ import fcntl
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -50,6 +51,7 @@ RELEASES = ("clusvpr_vgg16.nordland", "netvlad_vgg16.nordland", "gem_vgg16.nordl
 DATASETS = ("nordland_test", "corridor")
 NS = (1, 5, 10)
 LOCK = "/tmp/vpr-bench.lock"
+CALIBRATION_IMAGES = 32
 SHARED_NORDLAND = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nordland"
 
 
@@ -57,7 +59,7 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def calibration_files(root: Path, n: int = 32) -> List[Path]:
+def calibration_files(root: Path, n: int = CALIBRATION_IMAGES) -> List[Path]:
     """n Nordland training images (places 1..1600), half summer half winter, spread evenly over the places."""
     places = np.linspace(1, 1600, n // 2).round().astype(int)
     files = [root / season / f"images-{10 * p:05d}.png" for season in ("summer", "winter") for p in places]
@@ -89,10 +91,14 @@ def encode_all(rt, x: torch.Tensor, batch: int = 16) -> np.ndarray:
 
 
 def build(model, runtime: str, calibration: Optional[torch.Tensor], threads: int):
+    """The runtime `runtime`; 'onnx-int8:I:J...' is onnx-int8 with the backbone's convolutions I, J... kept float32
+    (int8_float_convs; plain 'onnx-int8' is the library's default)."""
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    rt = registry.compile_for(model, runtime, calibration=calibration if runtime == "onnx-int8" else None,
-                              threads=threads)
+    kind, *floats = runtime.split(":")
+    extra = {"int8_float_convs": tuple(int(i) for i in floats)} if floats else {}
+    rt = registry.compile_for(model, kind, calibration=calibration if kind == "onnx-int8" else None,
+                              threads=threads, **extra)
     return rt, time.perf_counter() - start
 
 
@@ -101,8 +107,10 @@ def part_recall(args) -> None:
     out = Path(args.out)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    datasets = {name: load_dataset(name) for name in DATASETS}
-    calib_paths = calibration_files(Path(args.nordland_root))
+    root = Path(args.nordland_root)
+    datasets = {name: load_dataset(name, data_root=root.parent) if name == "nordland_val" else load_dataset(name)
+                for name in args.datasets}
+    calib_paths = calibration_files(root, args.calibration_images)
     results = json.loads((out / "recall.json").read_text()) if (out / "recall.json").exists() else {}
     for release in args.models:
         model = registry.create(release, pretrained=True).eval()
@@ -138,8 +146,9 @@ def part_recall(args) -> None:
                     cos = (F.normalize(torch.from_numpy(both).double(), dim=-1)
                            * F.normalize(torch.from_numpy(ref[ds_name]).double(), dim=-1)).sum(-1)
                     row[f"{ds_name}_cosine"] = {"mean": float(cos.mean()), "min": float(cos.min())}
-            results[key] = row
-            log(f"{key}: " + ", ".join(f"{d} R@1 {row[d]['1']:.2f}" for d in DATASETS))
+            old = results.get(key, {})
+            results[key] = {**old, **row}  # rows of other datasets (an earlier --datasets) are kept
+            log(f"{key}: " + ", ".join(f"{d} R@1 {row[d]['1']:.2f}" for d in args.datasets))
             (out / "recall.json").write_text(json.dumps(results, indent=1))
             del rt
 
@@ -320,7 +329,7 @@ def profile(release: str, size, calib_paths, images, folder: Path, top: int = 8)
 def part_speed(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    calib_paths = calibration_files(Path(args.nordland_root))
+    calib_paths = calibration_files(Path(args.nordland_root), args.calibration_images)
     images = load_dataset("nordland_test").db_images[:16]
     result: Dict[str, Any] = {"cpu": cpu_model(), "torch": torch.__version__, "onnxruntime": _ort_version(),
                               "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
@@ -362,41 +371,6 @@ def _ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
-
-
-# --------------------------------------------------------------------------------------------- sensitivity
-def part_sensitivity(args) -> None:
-    """Which int8 choices cost recall: for each VARIANT method:float_tail (calibration method, number of the
-    backbone's last convolutions kept float32), the cosine of each Nordland test image's descriptor to eager float32
-    and Recall@1/5/10, from the same 32 calibration images (--part recall's eager descriptors, from its cache)."""
-    from registry.export import export_onnx, onnx_session
-    from registry.quantize import quantize_graph
-
-    out = Path(args.out)
-    calib_paths = calibration_files(Path(args.nordland_root))
-    ds = load_dataset("nordland_test")
-    results = json.loads((out / "sensitivity.json").read_text()) if (out / "sensitivity.json").exists() else {}
-    torch.set_num_threads(args.threads)
-    for release in args.models:
-        cached = np.load(out / "cache" / f"{release}__torch__nordland_test.npz")
-        ref = np.concatenate([cached["q"], cached["db"]])
-        model = registry.create(release, pretrained=True).eval()
-        calib = load_images(calib_paths, model.input_config)
-        x = load_images(list(ds.q_images) + list(ds.db_images), model.input_config)
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32 = export_onnx(model, Path(tmp) / "m.onnx", verify=False).read_bytes()
-        for variant in args.variants:
-            method, tail = variant.split(":")
-            graph, _ = quantize_graph(fp32, calib, method=method, float_tail=int(tail))
-            sess = onnx_session(graph, threads=args.threads)
-            got = np.concatenate([sess.run(None, {"images": x[i:i + 16].numpy()})[0] for i in range(0, len(x), 16)])
-            cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
-            r = recall_at_n(got[:ds.num_queries], got[ds.num_queries:], ds.positives, NS)["recall"]
-            results[f"{release}/{variant}"] = {"model": release, "method": method, "float_tail": int(tail),
-                                               "cosine": {"mean": float(cos.mean()), "min": float(cos.min())},
-                                               "nordland_test": {str(n): float(r[n]) for n in NS}}
-            log(f"{release} {variant}: cosine {cos.mean():.4f} / {cos.min():.4f}, R@1/5/10 {r[1]} {r[5]} {r[10]}")
-            (out / "sensitivity.json").write_text(json.dumps(results, indent=1))
 
 
 # ------------------------------------------------------------------------------------------------------- gpu
@@ -504,7 +478,7 @@ def _speed_lines(speed: Dict[str, Any]) -> List[str]:
         b16, b1 = idx.get(key + (16,)), idx.get(key + (1,))
         e16, e1 = idx.get(key[:2] + ("torch", key[3], 16)), idx.get(key[:2] + ("torch", key[3], 1))
         any_row = b16 or b1
-        peak = peaks[str(key[3])]["int8_gops" if key[2] == "onnx-int8" else "fp32_gflops"]
+        peak = peaks[str(key[3])]["int8_gops" if key[2].startswith("onnx-int8") else "fp32_gflops"]
         cells = [
             f"{b16['images_per_s']:.2f}" if b16 else "-",
             f"{b16['images_per_s'] / e16['images_per_s']:.2f}" if b16 and e16 else "-",
@@ -538,14 +512,6 @@ def part_report(args) -> None:
             recalls = [" / ".join(f"{row[d][n]:.2f}" for n in ("1", "5", "10")) for d in DATASETS]
             lines.append(f"| {row['model'].split('.')[0]} | {row['runtime']} | {' | '.join(recalls)} | {similarity} "
                          f"| {row.get('build_s', '-')} |")
-    sensitivity = out / "sensitivity.json"
-    if sensitivity.exists():
-        lines += ["", "| model | calibration | last convs kept float32 | cosine to eager (mean / worst) | "
-                  "Nordland R@1 / R@5 / R@10 |", "|---|---|---|---|---|"]
-        for row in json.loads(sensitivity.read_text()).values():
-            lines.append(f"| {row['model'].split('.')[0]} | {row['method']} | {row['float_tail']} | "
-                         f"{row['cosine']['mean']:.4f} / {row['cosine']['min']:.4f} | "
-                         + " / ".join(f"{row['nordland_test'][n]:.2f}" for n in ("1", "5", "10")) + " |")
     text = "\n".join(lines)
     (out / "report.md").write_text(text + "\n")
     print(text)
@@ -590,7 +556,7 @@ def _plot(rows, recall, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=("recall", "speed", "report", "gpu", "sensitivity", "gemm"), required=True)
+    p.add_argument("--part", choices=("recall", "speed", "report", "gpu", "gemm"), required=True)
     p.add_argument("--out", required=True, help="folder for recall.json, speed.json, report.md, the plot, the cache")
     p.add_argument("--models", default=",".join(RELEASES), type=lambda s: s.split(","))
     p.add_argument("--runtimes", default=",".join(registry.RUNTIMES), type=lambda s: s.split(","))
@@ -602,19 +568,22 @@ def main() -> None:
                                                                         for v in s.split(",")])
     p.add_argument("--threads-list", default="1,2", type=lambda s: [int(v) for v in s.split(",")])
     p.add_argument("--threads", type=int, default=2, help="threads of the recall part (default %(default)s)")
+    p.add_argument("--datasets", default=",".join(DATASETS), type=lambda s: s.split(","),
+                   help="--part recall: datasets (default %(default)s; nordland_val: the validation places "
+                        "1601..2000 under --nordland-root)")
+    p.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES,
+                   help="onnx-int8: Nordland training images it is calibrated on (default %(default)s)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds at the small size (default 3)")
     p.add_argument("--seconds", type=float, default=1.5, help="timed seconds per runtime and round, small size")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--lock", default=LOCK)
     p.add_argument("--device", default="cuda", help="--part gpu: the device (default %(default)s)")
     p.add_argument("--batch", type=int, default=16, help="--part gpu: batch size (default %(default)s)")
-    p.add_argument("--variants", default="minmax:0,percentile:0,minmax:1,minmax:3,percentile:3",
-                   type=lambda s: s.split(","), help="--part sensitivity: METHOD:FLOAT_TAIL list (default %(default)s)")
     p.add_argument("--nordland-root", default=str(SHARED_NORDLAND),
                    help="Nordland folder with summer/ and winter/ (calibration images from places 1..1600)")
     args = p.parse_args()
     parts = {"recall": part_recall, "speed": part_speed, "report": part_report, "gpu": part_gpu,
-             "sensitivity": part_sensitivity, "gemm": part_gemm}
+             "gemm": part_gemm}
     parts[args.part](args)
 
 

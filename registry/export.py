@@ -94,7 +94,7 @@ def export_onnx(
     quantize: Optional[str] = None,
     calibration: Any = None,
     require_vnni: bool = True,
-    int8_float_tail: int = 1,
+    int8_float_convs: Optional[Sequence[int]] = None,
 ) -> Path:
     """Write `model` as an ONNX graph with dynamic batch and spatial axes, traced at `input_size` (H, W).
 
@@ -103,8 +103,8 @@ def export_onnx(
 
     `quantize="int8"` writes the int8 graph instead (`registry.quantize`: the backbone's convolutions statically
     quantised, calibrated on `calibration` images, a tensor or image files; everything after the backbone float32,
-    and the backbone's last `int8_float_tail` convolutions too: by default the one whose output the aggregator reads,
-    which moved the released ClusVPR's Nordland R@1 from 26.25 to 29.5 against 31.25 in float32).
+    and the backbone's convolutions `int8_float_convs` too (indices, negative from the end; default
+    `registry.quantize.DEFAULT_FLOAT_CONVS`, chosen on the Nordland validation places: benchmarks/RESULTS.md).
     Its metadata records the calibration and the cosine similarity of its descriptors to float32 on the calibration
     images; a CPU without int8 dot products raises RuntimeUnavailableError unless `require_vnni=False`.
     The graph is written beside `path` and renamed into place once checked: any failure (a full disk, a graph
@@ -134,7 +134,7 @@ def export_onnx(
         graph = _export_float32(onnx, model, tmp_path, h, w, opset, verify, label=str(path))
         meta = runtime_meta(model, "onnx")
         if quantize:
-            graph, meta = _quantized(onnx, model, graph, *calibration, float_tail=int8_float_tail)
+            graph, meta = _quantized(onnx, model, graph, *calibration, float_convs=int8_float_convs)
         tmp_path.write_bytes(with_meta(onnx, graph, meta))
     return path
 
@@ -159,11 +159,12 @@ def with_meta(onnx, graph: bytes, meta: Dict[str, Any]) -> bytes:
     return proto.SerializeToString()
 
 
-def _quantized(onnx, model: nn.Module, graph: bytes, batch, given, float_tail: int) -> Tuple[bytes, Dict[str, Any]]:
+def _quantized(onnx, model: nn.Module, graph: bytes, batch, given,
+               float_convs: Optional[Sequence[int]]) -> Tuple[bytes, Dict[str, Any]]:
     """The int8 graph and its metadata: calibration facts and the cosine similarity to float32 on those images."""
     from .quantize import cosine_to_float32, describe_calibration, quantize_graph
 
-    int8, facts = quantize_graph(graph, batch, float_tail=float_tail)
+    int8, facts = quantize_graph(graph, batch, float_convs=float_convs)
     ref = _run_graph(graph, batch)
     facts["source"] = describe_calibration(given) or "a tensor of preprocessed images"
     facts["cosine_to_float32_on_calibration"] = cosine_to_float32(ref, _run_graph(int8, batch))

@@ -87,18 +87,64 @@ def calibration_batch(calibration: Any, input_config: Dict[str, Any]) -> torch.T
     return batch.detach().to("cpu", torch.float32).contiguous()
 
 
-def _backbone_nodes(graph) -> List[str]:
-    return [n.name for n in graph.graph.node if n.name.startswith(QUANTISED_SCOPE) and n.op_type in QUANTISED_OPS]
-
-
 METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+# the backbone's convolutions kept float32 by default (indices into its convolutions, negative from the end): the
+# first one (0, which reads the normalised image: 8-bit rounding of that input was the largest single-layer error,
+# for 0.6% of VGG16's FLOPs) and the last one (-1, whose output the aggregator reads); chosen on the Nordland
+# validation places by benchmarks/bench_int8_levers.py (benchmarks/RESULTS.md section 11)
+DEFAULT_FLOAT_CONVS: Tuple[int, ...] = (0, -1)
+DEFAULT_CALIBRATION_IMAGES = 32  # how many calibration images the command lines take by default
+
+
+def float_conv_indices(float_convs: Sequence[int], count: int) -> List[int]:
+    """`float_convs` (indices into the backbone's `count` convolutions, negative from the end) as sorted indices
+    0..count-1; ValueError naming the valid range for one outside it or for all of them float32."""
+    picked = set()
+    for i in float_convs:
+        if not isinstance(i, (int, np.integer)) or not -count <= int(i) < count:
+            raise ValueError(f"float32 convolutions are indices within {-count}..{count - 1} (the backbone has "
+                             f"{count} convolutions; -1 is the last), got {i!r}")
+        picked.add(int(i) % count)
+    if len(picked) == count:
+        raise ValueError(f"every one of the backbone's {count} convolutions would stay float32: nothing to quantise "
+                         "(use runtime 'onnx' for float32)")
+    return sorted(picked)
+
+
+def default_float_convs(count: int) -> Tuple[int, ...]:
+    """DEFAULT_FLOAT_CONVS for a backbone of `count` convolutions; a backbone too small for it (every convolution
+    would stay float32) keeps only its last one float32."""
+    return DEFAULT_FLOAT_CONVS if len({i % count for i in DEFAULT_FLOAT_CONVS}) < count else (-1,)
+
+
+def kept_nodes(graph, float_convs: Optional[Sequence[int]]) -> Tuple[List[str], List[str], List[int]]:
+    """(the backbone nodes to quantise, the backbone's convolution names, the float32 convolution indices): a float32
+    convolution keeps its output float32 up to the next convolution (its ReLU / max-pool are not quantised)."""
+    nodes = [n for n in graph.graph.node if n.name.startswith(QUANTISED_SCOPE) and n.op_type in QUANTISED_OPS]
+    conv_names = [n.name for n in nodes if n.op_type == "Conv"]
+    if not conv_names:
+        raise ValueError(f"the graph has no convolution under {QUANTISED_SCOPE}: int8 quantisation needs a model "
+                         "built by the registry (a backbone module named 'backbone')")
+    if float_convs is None:
+        float_convs = default_float_convs(len(conv_names))
+    floats = float_conv_indices(float_convs, len(conv_names))
+    kept, conv, is_float = [], -1, False
+    for n in nodes:
+        if n.op_type == "Conv":
+            conv += 1
+            is_float = conv in floats
+        if not is_float:
+            kept.append(n.name)
+    return kept, conv_names, floats
 
 
 def quantize_graph(graph: bytes, calibration: torch.Tensor, batch_size: int = 8, method: str = "minmax",
-                   float_tail: int = 0) -> Tuple[bytes, Dict[str, Any]]:
+                   float_convs: Optional[Sequence[int]] = None) -> Tuple[bytes, Dict[str, Any]]:
     """Static QDQ int8 quantisation of the backbone of a float32 graph written by export_onnx, its activation ranges
-    calibrated on `calibration` images by `method` (METHODS); the backbone's last `float_tail` convolutions (and the
-    ops after them) stay float32. Returns (int8 graph bytes, facts about what was quantised)."""
+    calibrated on `calibration` images by `method` (METHODS); the backbone's convolutions `float_convs` (indices,
+    negative from the end; each with its ReLU / max-pool; default default_float_convs) and every op after the
+    backbone stay float32.
+    Returns (int8 graph bytes, facts about what was quantised)."""
     if method not in METHODS:
         raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
     import onnx
@@ -125,17 +171,7 @@ def quantize_graph(graph: bytes, calibration: torch.Tensor, batch_size: int = 8,
         fp32.write_bytes(graph)
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         proto = onnx.load(str(pre))
-        nodes = _backbone_nodes(proto)
-        conv_names = [n.name for n in proto.graph.node if n.name in set(nodes) and n.op_type == "Conv"]
-        if not conv_names:
-            raise ValueError(f"the graph has no convolution under {QUANTISED_SCOPE}: int8 quantisation needs a model "
-                             "built by the registry (a backbone module named 'backbone')")
-        if not 0 <= float_tail < len(conv_names):
-            raise ValueError(f"float_tail must be within 0..{len(conv_names) - 1} (the backbone has "
-                             f"{len(conv_names)} convolutions), got {float_tail}")
-        if float_tail:
-            nodes = nodes[:nodes.index(conv_names[len(conv_names) - float_tail])]
-        convs = len(conv_names) - float_tail
+        nodes, conv_names, floats = kept_nodes(proto, float_convs)
         quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(QUANTISED_OPS), nodes_to_quantize=nodes,
@@ -144,8 +180,9 @@ def quantize_graph(graph: bytes, calibration: torch.Tensor, batch_size: int = 8,
         data = out.read_bytes()
     float_ops = sorted({n.op_type for n in proto.graph.node if n.name not in set(nodes)})
     facts = {"format": "QDQ", "weights": "int8 per channel", "activations": "uint8 per tensor",
-             "method": METHODS[method], "quantised_convs": convs, "float32_convs": float_tail,
-             "quantised_nodes": len(nodes),
+             "method": METHODS[method], "quantised_convs": len(conv_names) - len(floats),
+             "float32_convs": len(floats), "float32_conv_indices": floats,
+             "float32_conv_names": [conv_names[i] for i in floats], "quantised_nodes": len(nodes),
              "float32_op_types": float_ops, "num_images": int(len(calibration)),
              "input_size": list(calibration.shape[2:])}
     return data, facts

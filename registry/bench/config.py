@@ -13,6 +13,7 @@ from typing import NoReturn, Optional, Sequence, Tuple
 
 from .._options import option
 from ..evaluation.index import AUTO, INDEX_KINDS, REFINE_FROM, parse_bytes
+from ..quantize import DEFAULT_CALIBRATION_IMAGES
 
 DEFAULT_MODELS = "clusvpr,netvlad,gem"
 DEFAULT_DATASETS = ("corridor", "nordland_test")  # both embedded in the package
@@ -130,7 +131,8 @@ class RunOptions:
                                       "(onnxruntime, the backbone's convolutions int8, calibrated on "
                                       "--calibration-images database images); onnx and onnx-int8 need the 'onnx' "
                                       "extra (default {default})", group=RUN, type=_names, metavar="LIST")
-    calibration_images: int = option(32, "onnx-int8: database images (evenly spaced) its activation ranges are "
+    calibration_images: int = option(DEFAULT_CALIBRATION_IMAGES, "onnx-int8: database images (evenly spaced) its "
+                                     "activation ranges are "
                                      "calibrated on (default {default})", group=RUN, type=_positive, metavar="N")
     latency_repeats: int = option(5, "timed batch-1 forward passes for the per-image latency (median; default "
                                   "{default})", group=RUN, type=_positive, metavar="N")

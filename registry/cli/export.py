@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .._files import unwritable
 from ..export import OPSET
+from ..quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_FLOAT_CONVS
 from ._console import console_logging
 
 PROG = "vpr export"
@@ -41,8 +42,13 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     parser.add_argument("--calibration", nargs="+", default=None, metavar="PATH",
                         help="--quantize int8: real images from where the model will run (image files or folders "
                              "of them); --calibration-images of them, evenly spaced, are used")
-    parser.add_argument("--calibration-images", type=int, default=32, metavar="N",
-                        help="--quantize int8: how many calibration images to use (default 32)")
+    parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+                        help=f"--quantize int8: how many calibration images to use (default "
+                             f"{DEFAULT_CALIBRATION_IMAGES})")
+    parser.add_argument("--int8-float-convs", type=int, nargs="+", default=None, metavar="I",
+                        help=f"--quantize int8: the backbone's convolutions kept float32, indices (-1: the last; "
+                             f"default {' '.join(map(str, DEFAULT_FLOAT_CONVS))}, chosen on Nordland validation "
+                             "places)")
     parser.add_argument("--allow-no-vnni", action="store_true",
                         help="--quantize int8 on a CPU without int8 dot-product instructions (slower than float32)")
     args = parser.parse_args(argv)
@@ -57,6 +63,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
                      "the deployment's data)")
     if args.calibration and not args.quantize:
         parser.error("--calibration is for --quantize int8")
+    if args.int8_float_convs is not None and not args.quantize:
+        parser.error("--int8-float-convs is for --quantize int8")
     if args.calibration_images < 1:
         parser.error(f"--calibration-images must be >= 1, got {args.calibration_images}")
     if args.quantize:
@@ -79,7 +87,7 @@ def _export(args: argparse.Namespace) -> int:
     model = create(args.model, pretrained=pretrained, **overrides)
     path = export_onnx(model, args.output, tuple(args.input_size) if args.input_size else None, args.opset,
                        verify=not args.no_verify, quantize=args.quantize, calibration=args.calibration,
-                       require_vnni=not args.allow_no_vnni)
+                       require_vnni=not args.allow_no_vnni, int8_float_convs=args.int8_float_convs)
     meta = onnx_metadata(model)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {meta['architecture']}, input {INPUT_NAME} "
           f"(N, 3, H, W) normalised with mean {meta['mean']} std {meta['std']}, output {OUTPUT_NAME} "
@@ -89,7 +97,9 @@ def _export(args: argparse.Namespace) -> int:
 
         facts = load_runtime(path).calibration
         cos = facts["cosine_to_float32_on_calibration"]
-        print(f"int8: {facts['quantised_convs']} convolutions quantised, calibrated on {facts['num_images']} images; "
+        print(f"int8: {facts['quantised_convs']} convolutions quantised (float32: "
+              f"{', '.join(map(str, facts['float32_conv_indices'])) or 'none'}), {facts['method']} ranges from "
+              f"{facts['num_images']} images; "
               f"cosine similarity to float32 on them {cos['mean']:.4f} mean, {cos['min']:.4f} worst. Run it with "
               f"registry.load_runtime('{path}').encode(images)")
     return 0

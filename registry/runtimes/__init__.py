@@ -54,14 +54,15 @@ def evenly_spaced(items: Sequence[Any], n: int) -> List[Any]:
 
 def compile_for(model: nn.Module, runtime: str = "torch", *, calibration: Any = None, threads: Optional[int] = None,
                 input_size: Optional[Tuple[int, int]] = None, require_vnni: bool = True,
-                int8_float_tail: int = 1) -> Runtime:
+                int8_float_convs: Optional[Sequence[int]] = None) -> Runtime:
     """A `Runtime` running `model` (any registry model, releases included) one of the ways in RUNTIMES.
 
     onnx / onnx-int8: the graph is traced at `input_size` (default the model's) and takes any size later; `threads`
     onnxruntime intra-op threads (default torch.get_num_threads()). onnx-int8 needs `calibration`: real images, as
     image files or a preprocessed (N, 3, H, W) tensor (a few dozen from the deployment's data); it raises
-    RuntimeUnavailableError on a CPU without int8 dot products unless `require_vnni=False`; the backbone's last
-    `int8_float_tail` convolutions stay float32 (default 1: the one the aggregator reads). Missing onnxruntime
+    RuntimeUnavailableError on a CPU without int8 dot products unless `require_vnni=False`; the backbone's
+    convolutions `int8_float_convs` (indices, negative from the end) stay float32 (default
+    registry.quantize.DEFAULT_FLOAT_CONVS, chosen on the Nordland validation places). Missing onnxruntime
     raises ImportError naming the extra to install.
     """
     if runtime not in RUNTIMES:
@@ -76,4 +77,4 @@ def compile_for(model: nn.Module, runtime: str = "torch", *, calibration: Any = 
         raise ValueError("runtime 'onnx-int8' needs calibration images: compile_for(model, 'onnx-int8', "
                          "calibration=[image files] or a preprocessed (N, 3, H, W) tensor)")
     return build_onnx(model, "int8" if runtime == "onnx-int8" else None, calibration, threads, input_size,
-                      require_vnni, int8_float_tail)
+                      require_vnni, int8_float_convs)

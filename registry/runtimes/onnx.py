@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -98,11 +98,11 @@ def _parse_meta(text: Optional[str], label: str) -> Dict[str, Any]:
 
 def build_onnx(model: nn.Module, quantize: Optional[str] = None, calibration: Any = None,
                threads: Optional[int] = None, input_size=None, require_vnni: bool = True,
-               int8_float_tail: int = 1) -> OnnxRuntime:
+               int8_float_convs: Optional[Sequence[int]] = None) -> OnnxRuntime:
     """export_onnx into memory (float32, or int8 calibrated on `calibration`), then its runtime."""
     with tempfile.TemporaryDirectory(prefix="vpr-runtime-") as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", input_size=input_size, quantize=quantize,
-                           calibration=calibration, require_vnni=require_vnni)
+                           calibration=calibration, require_vnni=require_vnni, int8_float_convs=int8_float_convs)
         return OnnxRuntime(path.read_bytes(), threads=threads)
 
 

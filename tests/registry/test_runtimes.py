@@ -88,7 +88,8 @@ def test_int8_stays_within_the_recorded_cosine_of_float32_at_batch_1_and_odd_siz
         assert float(cos.mean()) > INT8_MEAN_COS and float(cos.min()) > INT8_MIN_COS
     facts = rt.calibration
     assert facts["num_images"] == 6 and facts["format"] == "QDQ"
-    assert facts["quantised_convs"] == 2 and facts["float32_convs"] == 1  # the last one, the aggregator's input
+    assert facts["quantised_convs"] == 1 and facts["float32_convs"] == 2  # the first (image input) and the last
+    assert facts["float32_conv_indices"] == [0, 2]  # (the aggregator's input): DEFAULT_FLOAT_CONVS
     assert facts["cosine_to_float32_on_calibration"]["min"] > INT8_MIN_COS
 
 
@@ -100,10 +101,46 @@ def test_int8_quantises_the_backbone_convolutions_and_keeps_the_aggregator_float
     convs = [n for n in nodes if n.op_type == "Conv"]
     backbone = [n for n in convs if n.name.startswith("/backbone/")]
     others = [n for n in convs if not n.name.startswith("/backbone/")]  # NetVLAD's soft-assignment 1x1 conv
-    assert len(backbone) == 3 and all(set(n.input[:2]) <= dq_outputs for n in backbone[:2])  # int8 input, weights
-    assert backbone[2].input[1] not in dq_outputs  # the last one (whose output the aggregator reads) stays float32
+    assert len(backbone) == 3 and set(backbone[1].input[:2]) <= dq_outputs  # int8 input and weights
+    # the first (it reads the image) and the last (whose output the aggregator reads) stay float32
+    assert backbone[0].input[1] not in dq_outputs and backbone[2].input[1] not in dq_outputs
     assert others and not any(set(n.input) & dq_outputs for n in others)
     assert not any(set(n.input) & dq_outputs for n in nodes if n.op_type in ("MatMul", "Gemm", "Softmax"))
+
+
+def test_int8_keeps_the_chosen_backbone_convolutions_float32():
+    onnx = pytest.importorskip("onnx")
+    model = tiny_model("gem")
+    rt = registry.compile_for(model, "onnx-int8", calibration=images(4), require_vnni=False, int8_float_convs=(-2,))
+    nodes = onnx.load_from_string(rt.graph).graph.node
+    dq_outputs = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    backbone = [n for n in nodes if n.op_type == "Conv" and n.name.startswith("/backbone/")]
+    assert [n.input[1] in dq_outputs for n in backbone] == [True, False, True]  # int8 weights: all but the middle
+    facts = rt.calibration
+    assert facts["float32_conv_indices"] == [1] and facts["quantised_convs"] == 2
+    assert facts["float32_conv_names"] == [backbone[1].name]
+    x = images(3, seed=11)
+    assert float(cosines(rt.encode(x), model.encode(x)).min()) > INT8_MIN_COS
+
+
+def test_a_backbone_too_small_for_the_default_keeps_only_its_last_convolution_float32():
+    from registry.quantize import DEFAULT_FLOAT_CONVS, default_float_convs
+
+    assert default_float_convs(13) == DEFAULT_FLOAT_CONVS == (0, -1) and default_float_convs(2) == (-1,)
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Conv2d(8, 16, 3, padding=1))
+    backbone.out_channels, backbone.stride = 16, 4
+    model = registry.VPRModel(backbone, GeM(16), input_config=INPUT, config={"architecture": "two_convs"}).eval()
+    rt = registry.compile_for(model, "onnx-int8", calibration=images(4), require_vnni=False)
+    assert rt.calibration["float32_conv_indices"] == [1] and rt.calibration["quantised_convs"] == 1
+
+
+@pytest.mark.parametrize("float_convs, message", [((3,), r"within -3\.\.2"), ((0, 1, -1), "nothing to quantise"),
+                                                  (("last",), r"within -3\.\.2")])
+def test_bad_float32_convolution_choices_name_the_valid_range(float_convs, message):
+    with pytest.raises(ValueError, match=message):
+        registry.compile_for(tiny_model("gem"), "onnx-int8", calibration=images(2), require_vnni=False,
+                             int8_float_convs=float_convs)
 
 
 def test_an_int8_runtime_saves_and_loads_with_its_config_and_calibration(tmp_path):
@@ -226,16 +263,18 @@ def test_vpr_export_quantize_int8_writes_a_runtime_calibrated_on_a_folder(tmp_pa
     folder = _png_folder(tmp_path / "map", 5)
     out = tmp_path / "gem_int8.onnx"
     assert main(["gem_vgg16", str(out), "--input-size", "64", "64", "--quantize", "int8", "--calibration",
-                 str(folder), "--calibration-images", "3", "--allow-no-vnni"]) == 0
-    assert "int8: 12 convolutions quantised, calibrated on 3 images" in capsys.readouterr().out
+                 str(folder), "--calibration-images", "3", "--allow-no-vnni", "--int8-float-convs", "-1"]) == 0
+    assert "int8: 12 convolutions quantised (float32: 12), MinMax ranges from 3 images" in capsys.readouterr().out
     rt = registry.load_runtime(out)
     assert rt.kind == "onnx-int8" and rt.calibration["source"] == "3 image files from map"
+    assert rt.calibration["float32_conv_indices"] == [12]  # VGG16's last of 13 only, as asked (default: 0 and 12)
     assert rt.encode(images(2, 64, 64)).shape == (2, 512)
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--quantize", "int8"], "--quantize int8 needs --calibration"),
     (["--calibration", "x"], "--calibration is for --quantize int8"),
+    (["--int8-float-convs", "0"], "--int8-float-convs is for --quantize int8"),
     (["--quantize", "int8", "--calibration", "no_such_folder"], "neither an image file nor a folder"),
 ])
 def test_vpr_export_refuses_incomplete_int8_options(argv, message, tmp_path, capsys, monkeypatch):
