@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .._files import unwritable
 from .._options import add_dataclass_arguments, field_default, option, option_fields
+from ..quantize import DEFAULT_CALIBRATION_IMAGES
 from ..training.config import CLUSTERS, DATA, MODEL, RECIPE_GENERATIONS, RUN, SCHEDULE, TrainConfig
 
 PROG = "vpr train"
@@ -91,8 +92,9 @@ class TrainCommand:
                                       "PyTorch, always runs: config.json records its recalls; summary.json's "
                                       "'runtimes' the others (default {default})", group=DATA, type=_names,
                                       metavar="LIST")
-    calibration_images: int = option(32, "onnx-int8: training database images (evenly spaced) its activation ranges "
-                                     "are calibrated on (default {default})", group=DATA, type=int, metavar="N")
+    calibration_images: int = option(DEFAULT_CALIBRATION_IMAGES, "onnx-int8: training database images (evenly "
+                                     "spaced) its activation ranges are calibrated on (default {default})",
+                                     group=DATA, type=int, metavar="N")
     data_root: Optional[str] = option(None, "folder that holds the known datasets", group=DATA)
     tolerance: Optional[int] = option(None, "aligned traversals: places that count as the same place", group=DATA)
     generations: Optional[int] = option(None, f"generations (default: {RECIPE_GENERATIONS} with a recipe that has "
