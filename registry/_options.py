@@ -16,6 +16,15 @@ import dataclasses
 import typing
 from typing import Any, Dict, Iterator, List, Tuple, Union
 
+
+def comma_list(text: str) -> Tuple[str, ...]:
+    """argparse type of a comma-separated option (`--models a,b`): its non-empty entries, stripped."""
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma-separated list with at least one entry")
+    return values
+
+
 # metadata keys handed to argparse as they are
 _ARGPARSE_KEYS = ("type", "choices", "metavar", "nargs", "action", "const", "required")
 

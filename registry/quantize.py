@@ -178,7 +178,8 @@ def quantize_graph(graph: bytes, calibration: torch.Tensor, batch_size: int = 8,
                         calibrate_method=getattr(CalibrationMethod, METHODS[method]),
                         calibration_providers=["CPUExecutionProvider"])
         data = out.read_bytes()
-    float_ops = sorted({n.op_type for n in proto.graph.node if n.name not in set(nodes)})
+    quantised = set(nodes)
+    float_ops = sorted({n.op_type for n in proto.graph.node if n.name not in quantised})
     facts = {"format": "QDQ", "weights": "int8 per channel", "activations": "uint8 per tensor",
              "method": METHODS[method], "quantised_convs": len(conv_names) - len(floats),
              "float32_convs": len(floats), "float32_conv_indices": floats,

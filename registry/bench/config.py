@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence, Tuple
 
-from .._options import option
+from .._options import comma_list, option
 from ..evaluation.index import AUTO, INDEX_KINDS, REFINE_FROM, parse_bytes
 from ..quantize import DEFAULT_CALIBRATION_IMAGES
 
@@ -67,13 +67,6 @@ def _path(text: str) -> Path:
     return Path(text).expanduser()
 
 
-def _names(text: str) -> Tuple[str, ...]:
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not values:
-        raise ArgumentTypeError("expected a comma-separated list with at least one entry")
-    return values
-
-
 WHAT, MODEL, RUN, RETRIEVAL, OUTPUTS = "what to evaluate", "model set-up", "how to run", "retrieval", "outputs"
 
 
@@ -82,14 +75,14 @@ class RunOptions:
     """The runner's command-line options as given, one field per option: its default and its --help text (the
     parser is generated from these fields; parse_args checks them and derives the RunConfig)."""
 
-    models: Tuple[str, ...] = option(_names(DEFAULT_MODELS), "comma-separated models (default {default}); see "
-                                     "'models' below", group=WHAT, type=_names, metavar="LIST")
+    models: Tuple[str, ...] = option(comma_list(DEFAULT_MODELS), "comma-separated models (default {default}); see "
+                                     "'models' below", group=WHAT, type=comma_list, metavar="LIST")
     untrained: bool = option(False, "build registry names fresh instead of loading their released weights: random or "
                              "--backbone-weights backbones, k-means centres (see --init); on the embedded data at "
                              f"{EMBEDDED_INPUT_SIZE[0]}x{EMBEDDED_INPUT_SIZE[1]} unless --input-size is given",
                              group=WHAT)
     datasets: Optional[Tuple[str, ...]] = option(None, "comma-separated datasets (default: the embedded "
-                                                 f"{','.join(DEFAULT_DATASETS)})", group=WHAT, type=_names,
+                                                 f"{','.join(DEFAULT_DATASETS)})", group=WHAT, type=comma_list,
                                                  metavar="LIST")
     data_root: Optional[str] = option(None, "folder holding the datasets named by --datasets (default: the data "
                                       "embedded in the package, then $VPR_DATA)", group=WHAT, metavar="DIR")
@@ -130,7 +123,7 @@ class RunOptions:
                                       "compile (torch.compile, channels_last), onnx (onnxruntime float32), onnx-int8 "
                                       "(onnxruntime, the backbone's convolutions int8, calibrated on "
                                       "--calibration-images database images); onnx and onnx-int8 need the 'onnx' "
-                                      "extra (default {default})", group=RUN, type=_names, metavar="LIST")
+                                      "extra (default {default})", group=RUN, type=comma_list, metavar="LIST")
     calibration_images: int = option(DEFAULT_CALIBRATION_IMAGES, "onnx-int8: database images (evenly spaced) its "
                                      "activation ranges are "
                                      "calibrated on (default {default})", group=RUN, type=_positive, metavar="N")

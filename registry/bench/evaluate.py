@@ -41,9 +41,9 @@ def safe_name(text: str) -> str:
 
 def pick_queries(num_queries: int, n: int) -> List[int]:
     """`n` query indices spread evenly over the query set (the same ones for grids and heat maps)."""
-    if n <= 0:
-        return []
-    return sorted({int(i) for i in np.linspace(0, num_queries - 1, min(n, num_queries)).round()})
+    from registry.runtimes import evenly_spaced
+
+    return evenly_spaced(range(num_queries), n) if n > 0 else []
 
 
 def _whitening_plan(model: torch.nn.Module, choice: str, num_db: int) -> Tuple[bool, str]:

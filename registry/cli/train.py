@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .._files import unwritable
-from .._options import add_dataclass_arguments, field_default, option, option_fields
+from .._options import add_dataclass_arguments, comma_list, field_default, option, option_fields
 from ..quantize import DEFAULT_CALIBRATION_IMAGES
 from ..training.config import CLUSTERS, DATA, MODEL, RECIPE_GENERATIONS, RUN, SCHEDULE, TrainConfig
 
@@ -48,13 +48,6 @@ def _pair(text: str) -> tuple:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
-
-
-def _names(text: str) -> Tuple[str, ...]:
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not values:
-        raise argparse.ArgumentTypeError("expected a comma-separated list with at least one entry")
-    return values
 
 
 _RERANK = (field_default(TrainConfig, "rerank_k1"), field_default(TrainConfig, "rerank_k2"),
@@ -90,7 +83,7 @@ class TrainCommand:
                                       "each --test-set) also runs the trained model with: compile, onnx, onnx-int8 "
                                       "(int8 calibrated on --calibration-images training images); torch, eager "
                                       "PyTorch, always runs: config.json records its recalls; summary.json's "
-                                      "'runtimes' the others (default {default})", group=DATA, type=_names,
+                                      "'runtimes' the others (default {default})", group=DATA, type=comma_list,
                                       metavar="LIST")
     calibration_images: int = option(DEFAULT_CALIBRATION_IMAGES, "onnx-int8: training database images (evenly "
                                      "spaced) its activation ranges are calibrated on (default {default})",

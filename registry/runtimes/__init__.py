@@ -45,9 +45,10 @@ def check_available(runtime: str) -> None:
 
 
 def evenly_spaced(items: Sequence[Any], n: int) -> List[Any]:
-    """Up to `n` items spread evenly over `items`, first and last included (int8 calibration images)."""
+    """Up to `n` items spread evenly over `items`, first and last included (int8 calibration images, the queries the
+    runner draws)."""
     if n < 1:
-        raise ValueError(f"need at least one calibration image, got n={n}")
+        raise ValueError(f"need at least one item to pick, got n={n}")
     picked = np.linspace(0, len(items) - 1, min(n, len(items))).round().astype(int)
     return [items[i] for i in sorted(set(picked.tolist()))]
 

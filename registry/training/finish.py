@@ -81,12 +81,12 @@ def runtime_recalls(model: nn.Module, runtimes: Sequence[str], datasets: Sequenc
     from ..runtimes import compile_for
 
     cpu = copy.deepcopy(model).cpu().eval()
+    images = sum(ds.num_queries + ds.num_db for ds in datasets)
     out: Dict[str, Dict[str, Any]] = {}
     for runtime in runtimes:
         rt = compile_for(cpu, runtime, calibration=list(calibration) if runtime == "onnx-int8" else None)
         start = time.perf_counter()
         recalls = recall_table(rt, datasets, batch_size, "cpu", progress=progress)
         seconds = time.perf_counter() - start
-        images = sum(ds.num_queries + ds.num_db for ds in datasets)
         out[runtime] = {"recalls": recalls, "facts": rt.facts(), "images_per_s": round(images / seconds, 2)}
     return out
