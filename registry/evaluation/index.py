@@ -27,6 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .._atomic import folder_mode
+
 try:
     import faiss
 except ImportError:  # exact search falls back to torch in recall.search; the other kinds need faiss
@@ -364,12 +366,6 @@ class _VectorFile:
         return np.asarray(self._map[ids], dtype=np.float32)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -563,7 +559,7 @@ class PlaceIndex:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
         try:
-            os.chmod(tmp, 0o777 & ~_umask())
+            os.chmod(tmp, folder_mode())
             try:
                 faiss.write_index(self._index, str(tmp / "index.faiss"))
             except RuntimeError as err:  # faiss reports a failed fwrite as a RuntimeError
