@@ -14,6 +14,8 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .mining import TrainTuple
+from .place_batch import train_place_epoch
+from .recipes import global_descriptors
 from .sources import Source, tuple_loader
 
 
@@ -27,6 +29,8 @@ class Step(nn.Module):
         object.__setattr__(self, "teacher", None)  # frozen, not a submodule: DDP must not sync it
 
     def forward(self, inputs: torch.Tensor, generation: int):
+        if self.cfg.batching == "places":  # the loss needs the whole batch's pairs: descriptors out of DDP
+            return global_descriptors(self.model, self.source, inputs)
         return self.recipe.loss(self.model, self.teacher, self.source, inputs, self.cfg, generation)
 
 
@@ -73,6 +77,8 @@ class EpochLoop:
         """Mine and optimise over this epoch's queries; returns mean losses."""
         t = self.t
         rng = epoch_rng(t.cfg.seed, t.state.generation, t.state.epoch, t.ctx.rank)
+        if t.cfg.batching == "places":
+            return self._place_epoch()
         queries = rng.permutation(t.trainable)[: t.cfg.queries_per_epoch]
         logs: List[Dict[str, float]] = []
         with tqdm(total=len(queries), desc=f"gen {t.state.generation} epoch {t.state.epoch}", unit="tuple",
@@ -81,6 +87,14 @@ class EpochLoop:
                 tuples = self._mine(queries[start : start + t.cfg.cache_size], rng)
                 logs += self._optimise(tuples, bar)
         return {k: t.ctx.all_reduce_mean(float(np.mean([r[k] for r in logs]))) for k in logs[0]}
+
+    def _place_epoch(self) -> Dict[str, float]:
+        t, gen, epoch = self.t, self.t.state.generation, self.t.state.epoch
+        with tqdm(total=len(t.place_sampler), desc=f"gen {gen} epoch {epoch}", unit="batch",
+                  disable=not t.progress) as bar:
+            logs = train_place_epoch(t.model, t.source, t.place_sampler, t.place_loss, t.optimizer,
+                                     lambda x: t.engine(x, gen), gen, epoch, t.ctx.device, t._autocast, bar)
+        return {"loss": t.ctx.all_reduce_mean(float(np.mean([r["loss"] for r in logs])))}
 
     def _mine(self, chunk: np.ndarray, rng: np.random.Generator) -> List[TrainTuple]:
         t = self.t

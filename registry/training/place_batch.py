@@ -9,7 +9,7 @@ same scene and must not count as negatives of each other).
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -71,8 +71,9 @@ class PlaceBatchSampler:
         usable = len(batches) - len(batches) % self.world_size
         return batches[self.rank:usable:self.world_size]
 
-    def batches(self, epoch: int) -> List[np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch])
+    def batches(self, epoch: int, generation: int = 0) -> List[np.ndarray]:
+        """This rank's batches of (generation, epoch): the same for the same seed, whatever ran before."""
+        rng = np.random.default_rng([self.seed, generation, epoch])
         out = []
         for places in self._place_batches(rng):
             picks = []
@@ -105,3 +106,29 @@ def multi_similarity_loss(alpha: float = MS_ALPHA, beta: float = MS_BETA, base: 
         return loss_fn(descriptors, labels, miner(descriptors, labels))
 
     return loss
+
+
+def train_place_epoch(model: Any, source: Any, sampler: PlaceBatchSampler, loss_fn: Callable, optimizer: Any,
+                      describe: Callable, generation: int, epoch: int, device: torch.device, autocast: Callable,
+                      progress: Optional[Any] = None) -> List[Dict[str, float]]:
+    """One epoch of place batches: `describe(inputs)` gives the batch's L2-normalised descriptors (through DDP
+    when distributed), `loss_fn(descriptors, labels)` the loss; returns each step's losses."""
+    from .sources import stack_items
+
+    model.train()
+    logs: List[Dict[str, float]] = []
+    for batch in sampler.batches(epoch, generation):
+        inputs = stack_items(source, batch.tolist(), train=True).to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_fn(describe(inputs).float(), sampler.labels_of(batch))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {float(loss)} at generation {generation}, epoch {epoch}: "
+                                     "lower --lr (or check the data); the last checkpoint is kept")
+        loss.backward()
+        optimizer.step()
+        logs.append({"loss": float(loss.detach())})
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{np.mean([r['loss'] for r in logs]):.4f}")
+    return logs

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..datasets.base import VPRDataset
+from ..datasets.places import DEFAULT_PLACE_RADIUS_M, places_from_dataset
 from ..distributed import DistContext, sharded_apply
 from ..evaluation.recall_table import descriptor_recalls
 from ..whitening import enough_to_fit, too_large, whiten_tensor
@@ -32,6 +33,7 @@ from .feature_cache import cached_source
 from .generations import Generations
 from .loop import EpochLoop, Step
 from .mining import RerankConfig, TupleMiner
+from .place_batch import PlaceBatchSampler, multi_similarity_loss
 from .recipes import get_recipe, global_descriptors
 from .sources import ImageSource, Source, stack_items
 from .state import CENTROIDS, RunFolder, TrainState
@@ -89,6 +91,7 @@ class Trainer:
             raise ValueError(f"{train_set.name}: no query has both a positive and {self.cfg.neg_num} negatives; check "
                              "the radii (--pos-radius/--neg-radius) and the dataset's coordinates")
         self._check_whitening()
+        self.place_sampler, self.place_loss = self._place_batches(train_set)
         cache_dir = cache_dir if cache_dir is not None else (self.output / "feature_cache" if cache_features else None)
         self.source = self._source(train_set, cache_features, cache_dir, "training features")
         self.val_source = self._source(val_set, cache_features, cache_dir, "validation features") \
@@ -114,6 +117,22 @@ class Trainer:
             return cached_source(self.model, paths, cache_dir, self.ctx, self.cfg.eval_batch_size,
                                  self.cfg.num_workers, desc=f"{dataset.name} {desc}", progress=self.progress)
         return ImageSource(paths, self.model.input_config, self.cfg.jitter, self.cfg.num_workers)
+
+    def _place_batches(self, train_set: VPRDataset):
+        """The sampler and loss of --batching places (None, None for tuples). Places come from the training set's
+        images in the source's order (database, then queries)."""
+        if self.cfg.batching != "places":
+            return None, None
+        if self.cfg.generations > 1:
+            raise ValueError("--batching places trains one generation for now: pass --generations 1")
+        places = places_from_dataset(train_set, self.cfg.pos_radius or DEFAULT_PLACE_RADIUS_M)
+        exclusion = self.cfg.neg_radius if self.cfg.neg_radius is not None else train_set.train_neg_radius
+        sampler = PlaceBatchSampler(places.labels, self.cfg.places_per_batch, self.cfg.images_per_place,
+                                    self.cfg.seed, self.cfg.short_places, places.place_coords, exclusion,
+                                    self.ctx.rank, self.ctx.world_size)
+        _log.info("%s; %d batches of %d x %d per epoch", places.summary(), len(sampler), self.cfg.places_per_batch,
+                  self.cfg.images_per_place)
+        return sampler, multi_similarity_loss()
 
     def _check_whitening(self) -> None:
         whitening = getattr(self.model, "whitening", None)

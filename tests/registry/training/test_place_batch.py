@@ -102,3 +102,57 @@ def test_multi_similarity_loss_falls_when_places_separate():
     loose = torch.nn.functional.normalize(centres[y] + 2.0 * noise, dim=1)
     loss = multi_similarity_loss()
     assert loss(tight, y).item() < loss(loose, y).item()
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_after(n):
+    def callback(trainer, record):
+        if sum("loss" in r for r in trainer.history) == n:
+            raise _Killed(n)
+    return callback
+
+
+def _place_trainer(sets, out, callbacks=(), epochs=3):
+    from tiny_vpr import small_config
+
+    import registry
+    from registry.training import Trainer
+
+    torch.manual_seed(0)
+    cfg = small_config(epochs=epochs, batching="places", loss="multi_similarity", places_per_batch=4,
+                       images_per_place=2)
+    return Trainer(registry.create("tiny_gem", train_layers="all"), sets[0], out, cfg, val_set=sets[0],
+                   progress=False, callbacks=callbacks)
+
+
+def test_place_batch_training_raises_recall_and_resumes_to_the_same_model(tiny_sets, tmp_path):
+    pytest.importorskip("pytorch_metric_learning")
+    whole = _place_trainer(tiny_sets, tmp_path / "whole")
+    start = whole.validate()["R@1"]
+    expected = whole.fit()
+    assert [r["epoch"] for r in expected["history"]] == [0, 1, 2, 3]
+    assert expected["best"]["recalls"]["R@1"] > start
+
+    with pytest.raises(_Killed):
+        _place_trainer(tiny_sets, tmp_path / "killed", [_kill_after(1)]).fit()
+    resumed = _place_trainer(tiny_sets, tmp_path / "killed").fit(resume=True)
+    for a, b in zip(expected["history"], resumed["history"]):
+        assert a.get("loss", 0.0) == pytest.approx(b.get("loss", 0.0), rel=1e-5)
+        assert a["val_R@5"] == b["val_R@5"]
+
+
+def test_place_batch_options_are_checked(tiny_sets, tmp_path):
+    import registry
+    from registry.training import TrainConfig, Trainer
+
+    with pytest.raises(ValueError, match="multi_similarity"):
+        TrainConfig(batching="places")
+    with pytest.raises(ValueError, match="--batching tuples trains with loss"):
+        TrainConfig(loss="multi_similarity")
+    with pytest.raises(ValueError, match="--generations 1"):
+        Trainer(registry.create("tiny_gem"), tiny_sets[0], tmp_path / "x",
+                TrainConfig(batching="places", loss="multi_similarity", generations=2, recipe="global"),
+                progress=False)
