@@ -129,7 +129,9 @@ def test_aligned_traversals_become_places_with_k_equal_traversals(tmp_path):
     for i in range(1, 6):
         _img(tmp_path / "summer" / f"images-{i:05d}.png")
         _img(tmp_path / "winter" / f"images-{i:05d}.png")
-    ps = places_from_dataset(load_aligned(tmp_path, "winter", "summer", 1, (2, 5)))
+    aligned = load_aligned(tmp_path, "winter", "summer", 1, (2, 5))
+    assert aligned.route_ordered  # an aligned traversal is a route: sequence matching may use it
+    ps = places_from_dataset(aligned)
     assert ps.num_places == 4 and ps.images_per_place().tolist() == [2, 2, 2, 2]
     assert ps.coord_unit == "place" and ps.place_coords[:, 0].tolist() == [0, 1, 2, 3]
     for p in range(4):
