@@ -53,6 +53,7 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 _ADD_CHUNK = 16384
+MAX_TRAIN = 100_000  # training sample of IVF-PQ / PCA / SQ8
 
 
 class PlaceIndex:
@@ -92,14 +93,15 @@ class PlaceIndex:
         """Bytes of the float16 copy a disk refine reads from (0 for other indexes)."""
         return 0 if self._vectors is None else self._vectors.count * self.dim * 2
 
-    def train(self, descriptors: np.ndarray, max_train: int = 100_000, seed: int = 0) -> None:
+    def train(self, descriptors: np.ndarray, max_train: int = MAX_TRAIN, seed: int = 0) -> None:
         """Train IVF-PQ / PCA on (a sample of) these descriptors; flat and HNSW need no training."""
         n = len(descriptors)
         self.spec = self.spec.resolved(n, self.dim)
         sample = None
         if self.spec.needs_training:  # flat and HNSW read nothing here (a store stays on disk)
             pick = np.sort(np.random.default_rng(seed).choice(n, min(n, max_train), replace=False))
-            sample = np.asarray(descriptors[pick])
+            whole = len(pick) == n and type(descriptors) is np.ndarray  # every row, in order: no copy
+            sample = descriptors if whole else np.asarray(descriptors[pick])
             _check_finite(sample, "training descriptors")
         self._index = build_index(self.spec, self.dim, sample, n_hint=n)
         if self.spec.refine and self.spec.refine_from == "disk":
@@ -125,8 +127,10 @@ class PlaceIndex:
         return self
 
     def add(self, descriptors: Any, places: Optional[Sequence[Any]] = None) -> None:
-        """Append descriptors (an array, a memmap or a map store, read in chunks) and their place ids (default: the
-        store's places, else row ids). NaN or Inf rows are refused before anything is added."""
+        """Append descriptors (an array, a memmap or a map store) and their place ids (default: the store's places,
+        else row ids). NaN or Inf rows are refused before anything is added. A store or memmap is read once when
+        its rows fit one chunk or are all sampled to train the index anyway, else in chunks: a finiteness pass,
+        then the adding pass."""
         store = None
         if hasattr(descriptors, "reference") and hasattr(descriptors, "descriptors"):  # a MapStore
             store, descriptors = descriptors, descriptors.descriptors
@@ -135,6 +139,7 @@ class PlaceIndex:
             raise ValueError(f"PlaceIndex of dim {self.dim} got descriptors of shape {tuple(descriptors.shape)}")
         if places is not None and len(places) != len(descriptors):
             raise ValueError(f"{len(places)} place ids for {len(descriptors)} descriptors")
+        descriptors = self._read_once(descriptors)
         for s in range(0, len(descriptors), _ADD_CHUNK):
             _check_finite(np.asarray(descriptors[s : s + _ADD_CHUNK]), "descriptors", offset=s)
         if store is not None:
@@ -152,6 +157,16 @@ class PlaceIndex:
             if self._vectors is not None:
                 self._vectors.append(rows)
         self.places.extend(range(start, start + len(descriptors)) if places is None else map(_place_id, places))
+
+    def _read_once(self, descriptors: Any) -> Any:
+        """An on-disk source (a store's rows, a memmap) as one in-memory array when holding it costs no more than
+        the add holds anyway (one chunk, or a training sample that is every row); else the source itself."""
+        if type(descriptors) is np.ndarray:
+            return descriptors
+        n = len(descriptors)
+        if n <= _ADD_CHUNK or (self._index is None and self.spec.needs_training and n <= MAX_TRAIN):
+            return np.asarray(descriptors)
+        return descriptors
 
     def search(self, descriptors: np.ndarray, k: int, similarity: bool = False) -> Tuple[np.ndarray, np.ndarray]:
         """(distances, row ids), each (Nq, k), nearest first; -1 ids (distance inf) pad when the map holds fewer
