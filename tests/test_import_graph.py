@@ -1,14 +1,18 @@
-"""The packages have no import cycle and the Hub layer imports no model code (docs/ARCHITECTURE.md): checked on
-the source, every import statement (inside functions too), and by importing every module in a fresh interpreter."""
+"""The packages have no import cycle, the Hub layer imports no model code, and the imports follow the layers that
+docs/ARCHITECTURE.md draws (its `layers` block): checked on the source, every import statement (inside functions
+too), and by importing every module in a fresh interpreter."""
 from __future__ import annotations
 
 import ast
+import fnmatch
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Dict, List, NamedTuple, Set
 
 REPO = Path(__file__).resolve().parents[1]
+ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
 PACKAGES = ("registry", "clusvpr_plugin")
 # none are left: keep it empty
 KNOWN_CYCLES: List[Set[str]] = []
@@ -137,3 +141,111 @@ def test_nothing_in_the_library_imports_a_command_module():
               if not _is_command_module(m)}
     assert {m: deps for m, deps in upward.items() if deps} == {}
     assert any(_is_command_module(m) for m in graph)  # the check sees the command modules
+
+
+class Layer(NamedTuple):
+    name: str
+    patterns: List[str]
+    imports: List[str]
+
+
+def _parse_layers(text: str) -> List[Layer]:
+    """The fenced `layers` block: `name: pattern ... -> layer ...`, an entry per unindented line, indented lines
+    continuing it; `#` starts a comment. In the order written (top layer first)."""
+    block = re.search(r"^```layers\n(.*?)^```", text, re.S | re.M)
+    assert block, "docs/ARCHITECTURE.md has no ```layers block"
+    entries: List[str] = []
+    for line in block.group(1).splitlines():
+        line = line.split("#", 1)[0].rstrip()
+        if not line:
+            continue
+        if line[0].isspace():
+            assert entries, f"a continuation line before any layer: {line!r}"
+            entries[-1] += " " + line.strip()
+        else:
+            entries.append(line)
+    layers = []
+    for entry in entries:
+        head, arrow, imports = entry.partition("->")
+        name, colon, patterns = head.partition(":")
+        assert colon and arrow and name.strip() and patterns.split(), f"not `name: patterns -> layers`: {entry!r}"
+        layers.append(Layer(name.strip(), patterns.split(), imports.split()))
+    return layers
+
+
+def _layer_disagreements(graph: Dict[str, Set[str]], layers: List[Layer]) -> Dict[str, List[str]]:
+    """Everything on which the drawn layers and the import graph disagree, by kind; all lists empty when they match."""
+    names = [layer.name for layer in layers]
+    problems: Dict[str, List[str]] = {k: [] for k in (
+        "duplicate layer", "unknown layer", "arrow up or to itself", "pattern matches no module", "module in no layer",
+        "module in two layers", "import not drawn", "arrow no import uses")}
+    problems["duplicate layer"] = sorted({n for n in names if names.count(n) > 1})
+    position = {layer.name: i for i, layer in enumerate(layers)}
+    for layer in layers:
+        for target in layer.imports:
+            if target not in position:
+                problems["unknown layer"].append(f"{layer.name} -> {target}")
+            elif position[target] <= position[layer.name]:
+                problems["arrow up or to itself"].append(f"{layer.name} -> {target}")
+        problems["pattern matches no module"] += [f"{layer.name}: {p}" for p in layer.patterns
+                                                  if not fnmatch.filter(graph, p)]
+    home: Dict[str, str] = {}
+    for module in sorted(graph):
+        owners = [layer.name for layer in layers if any(fnmatch.fnmatchcase(module, p) for p in layer.patterns)]
+        if not owners:
+            problems["module in no layer"].append(module)
+        elif len(owners) > 1:
+            problems["module in two layers"].append(f"{module}: {', '.join(owners)}")
+        else:
+            home[module] = owners[0]
+    allowed = {layer.name: set(layer.imports) for layer in layers}
+    used: Set[tuple] = set()
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if module not in home or target not in home or home[module] == home[target]:
+                continue
+            arrow = (home[module], home[target])
+            used.add(arrow)
+            if arrow[1] not in allowed[arrow[0]]:
+                problems["import not drawn"].append(f"{module} ({arrow[0]}) imports {target} ({arrow[1]})")
+    problems["arrow no import uses"] = [f"{layer.name} -> {t}" for layer in layers for t in layer.imports
+                                        if t in position and (layer.name, t) not in used]
+    return problems
+
+
+def test_the_layer_check_finds_every_kind_of_disagreement():
+    text = ("```layers\n"
+            "top:    pkg.cli pkg.cli.*   # the commands\n"
+            "        -> low\n"
+            "low:    pkg.core\n"
+            "        -> ghost\n"
+            "spare:  pkg.gone\n"
+            "        -> top\n"
+            "```\n")
+    layers = _parse_layers("intro\n" + text)
+    assert layers == [Layer("top", ["pkg.cli", "pkg.cli.*"], ["low"]), Layer("low", ["pkg.core"], ["ghost"]),
+                      Layer("spare", ["pkg.gone"], ["top"])]
+    graph = {"pkg.cli": {"pkg.cli.run"}, "pkg.cli.run": {"pkg.core", "pkg.extra"}, "pkg.core": set(),
+             "pkg.extra": set()}
+    found = _layer_disagreements(graph, layers)
+    assert found["unknown layer"] == ["low -> ghost"]
+    assert found["arrow up or to itself"] == ["spare -> top"]
+    assert found["pattern matches no module"] == ["spare: pkg.gone"]
+    assert found["module in no layer"] == ["pkg.extra"]
+    assert found["import not drawn"] == [] and found["arrow no import uses"] == ["spare -> top"]
+    graph["pkg.core"] = {"pkg.cli.run"}  # an import up the list, which no arrow draws
+    found = _layer_disagreements(graph, layers)
+    assert found["import not drawn"] == ["pkg.core (low) imports pkg.cli.run (top)"]
+    twice = _layer_disagreements(graph, layers + [Layer("again", ["pkg.*"], [])])
+    assert "pkg.core: low, again" in twice["module in two layers"] and twice["duplicate layer"] == []
+    assert _layer_disagreements(graph, layers + [Layer("top", ["pkg.x"], [])])["duplicate layer"] == ["top"]
+
+
+def test_the_drawn_layers_match_the_import_graph():
+    """docs/ARCHITECTURE.md's `layers` block is the import graph: every module in one layer, every import between
+    two layers drawn as an arrow down the list, and every arrow used."""
+    layers = _parse_layers(ARCHITECTURE.read_text(encoding="utf-8"))
+    found = _layer_disagreements(_import_graph(top_level_only=False), layers)
+    assert {kind: items for kind, items in found.items() if items} == {}, (
+        "docs/ARCHITECTURE.md's layers block and the imports disagree: move the module's pattern to its layer, draw "
+        "the arrow (down the list only), remove an arrow no import uses, or change the import")

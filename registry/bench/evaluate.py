@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -14,16 +14,10 @@ from registry.datasets.images import open_rgb
 from registry.evaluation import (
     DEFAULT_PCA_DIM,
     Preprocess,
-    choose_index,
-    drop_ignored,
     extract_dataset,
     extract_dataset_to_store,
     extract_descriptors,
-    k_reciprocal_rerank,
-    recall_at_n,
-    recall_from_predictions,
     save_descriptors,
-    search,
 )
 from registry.training.clusters import has_clusters
 from registry.whitening import enough_to_fit, has_components, whiten
@@ -31,7 +25,8 @@ from registry.whitening import enough_to_fit, has_components, whiten
 from . import attention, grids
 from .config import RunConfig, log
 from .metrics import PeakMemory, count_gflops, count_parameters, latency_ms
-from .models import ModelSpec, build_model, weights_source
+from .models import Models, ModelSpec, build_model, weights_source
+from .retrieval import retrieval
 
 
 def safe_name(text: str) -> str:
@@ -88,32 +83,6 @@ def _without_pca(cfg: RunConfig) -> RunConfig:
     """The run's index with its PCA step removed (the descriptors are already reduced): 'pca' searches exactly."""
     exact = cfg.index == "pca"  # index_options derives from the fields: no pca_dim, no refine of an exact search
     return replace(cfg, index="flat" if exact else cfg.index, pca_dim=None, refine=None if exact else cfg.refine)
-
-
-def _ranked(q: np.ndarray, db: np.ndarray, cfg: RunConfig, k: int, ignore) -> np.ndarray:
-    """(Nq, k) database indices per query: the index's ranking, or k-reciprocal re-ranked with --rerank."""
-    extra = max((len(i) for i in ignore), default=0) if ignore is not None else 0
-    if cfg.rerank:
-        k1, k2, lam = cfg.rerank_params
-        pred = k_reciprocal_rerank(q, db, k1=k1, k2=k2, lambda_value=lam, top_k=k + extra)
-    else:
-        pred = search(q, db, k + extra, cfg.index, **dict(cfg.index_options))
-    return drop_ignored(pred, ignore, k)
-
-
-def _retrieval(q: np.ndarray, db: np.ndarray, ds: VPRDataset, cfg: RunConfig) -> Tuple[Dict[str, Any], np.ndarray]:
-    """(recall facts, top predictions for grids)."""
-    base = recall_at_n(q, db, ds.positives, cfg.recall_ns, cfg.index, ds.ignore, **dict(cfg.index_options))
-    k = max(max(cfg.recall_ns), cfg.top_k)
-    pred = _ranked(q, db, cfg, k, ds.ignore) if (cfg.rerank or cfg.num_preds_to_save) else np.empty((0, k), np.int64)
-    facts: Dict[str, Any] = {"recall": base["recall"], "num_scored_queries": base["num_queries"]}
-    for key in ("exact_recall", "recall_loss"):
-        if key in base:
-            facts[key] = base[key]
-    if cfg.rerank:
-        facts["recall_before_rerank"] = base["recall"]
-        facts["recall"] = recall_from_predictions(pred[:, : max(cfg.recall_ns)], ds.positives, cfg.recall_ns)["recall"]
-    return facts, pred
 
 
 def _costs(model: torch.nn.Module, net: torch.nn.Module, ds: VPRDataset, cfg: RunConfig, amp: bool) -> Dict[str, Any]:
@@ -175,10 +144,14 @@ def _runtime(model: torch.nn.Module, ds: VPRDataset, cfg: RunConfig, runtime: st
     return rt, facts
 
 
-def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path, runtime: str = "torch") -> Dict[str, Any]:
+def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path, runtime: str = "torch",
+             models: Optional[Models] = None) -> Dict[str, Any]:
     """Evaluate one model, run by `runtime` (registry.RUNTIMES; 'torch' is the model itself), on one dataset and write
-    its grids, heat maps and descriptors; returns its record."""
-    model = build_model(spec, cfg.input_size, cfg.backbone_weights, cfg.seed).eval().to(cfg.device)
+    its grids, heat maps and descriptors; returns its record. `models`: the run's models, built or loaded once (a
+    copy is evaluated); without it the model is built here."""
+    model = models.get(spec) if models is not None else build_model(spec, cfg.input_size, cfg.backbone_weights,
+                                                                     cfg.seed)
+    model = model.eval().to(cfg.device)
     _, h, w = model.input_config["input_size"]
     shown = "" if runtime == "torch" else f", runtime {runtime}"
     log(f"== {spec.label} ({model.name}{shown}) on {ds.summary()} at {h}x{w}")
@@ -199,42 +172,17 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path, run
         net, runtime_facts = _runtime(model, ds, cfg, runtime)
     else:
         net = _compiled(model, ds, cfg, amp) if cfg.compile else model
-    with PeakMemory(torch.device(cfg.device)) as mem:
-        start = time.perf_counter()
-        extract_kwargs = dict(batch_size=cfg.batch_size, device=cfg.device, num_workers=cfg.num_workers, amp=amp,
-                              progress=cfg.progress)
-        if cfg.store is not None:
-            q_store, db_store = extract_dataset_to_store(net, ds, cfg.store / stem, **extract_kwargs)
-            q, db = np.asarray(q_store.descriptors), db_store.descriptors  # the database stays in the store
-        else:
-            q, db = extract_dataset(net, ds, **extract_kwargs)
-        seconds = time.perf_counter() - start
+    q, db, seconds, mem = _extract(net, ds, cfg, cfg.store / stem if cfg.store is not None else None, amp)
     if fit_now:
-        db = np.array(db)  # read from the store: the whitening is fitted on, and applied to, all of it
-        model.whitening.fit(torch.from_numpy(db))
-        if pca_k is not None:
-            model.set_descriptor_dim(pca_k)
-        q, db = whiten(model.whitening, q), whiten(model.whitening, db)
-    pca = None
-    if pca_k is not None:
-        pca = f"the {pca_k} leading components of the model's whitening"
-    elif _pca_dim(cfg) is not None:
-        pca = "PCA fitted on the database descriptors"
-    facts, pred = _retrieval(q, db, ds, cfg if pca_k is None else _without_pca(cfg))
-    if cfg.index == "auto":  # the same choice the search made (IndexSpec("auto").resolved calls choose_index)
-        chosen = choose_index(len(db), int(q.shape[1]), cfg.memory_budget)
-        facts["index_choice"] = {"factory": chosen.factory(int(q.shape[1])), **asdict(chosen)}
-        budget = "no memory limit" if cfg.memory_budget is None else f"a budget of {cfg.memory_budget:,} bytes"
-        log(f"   --index auto: {facts['index_choice']['factory']}"
-            f"{f' + refine {chosen.refine} from {chosen.refine_from}' if chosen.refine else ''} for {len(db):,} "
-            f"{q.shape[1]}-d descriptors and {budget}")
+        q, db = _fit_whitening(model, q, db, pca_k)
+    facts, pred = retrieval(q, db, ds, cfg if pca_k is None else _without_pca(cfg))
     record: Dict[str, Any] = {
         "model": spec.label, "architecture": model.name, "dataset": ds.name,
         "num_queries": ds.num_queries, "num_database": ds.num_db, "input_size": f"{h}x{w}",
         **facts, "descriptor_dim": int(q.shape[1]), **_costs(model, net, ds, cfg, amp),
         "images_per_s": (ds.num_queries + ds.num_db) / seconds, "extract_s": seconds,
         "peak_memory_mib": mem.mib, "memory_measure": mem.kind, "weights": source, "trained": trained,
-        "init": init, "whitening": whitening, "index": cfg.index, "pca": pca,
+        "init": init, "whitening": whitening, "index": cfg.index, "pca": _pca_note(cfg, pca_k),
         "rerank": cfg.rerank,
         "amp": amp, "compiled": cfg.compile, "runtime": runtime, "runtime_facts": runtime_facts,
         "files": ([str(centres.relative_to(out_dir))] if clustered else []) +
@@ -243,6 +191,39 @@ def evaluate(spec: ModelSpec, ds: VPRDataset, cfg: RunConfig, out_dir: Path, run
     log(f"   R@1 {record['recall'][min(cfg.recall_ns)]:.1f}  dim {record['descriptor_dim']}  "
         f"{record['images_per_s']:.1f} img/s  {record['latency_ms']:.0f} ms/image at batch 1  weights: {source}")
     return record
+
+
+def _extract(net, ds: VPRDataset, cfg: RunConfig, store: Optional[Path], amp: bool):
+    """(query descriptors, database descriptors, seconds, PeakMemory) of the timed extraction; with a `store` folder
+    the database stays in its map store (read through it on demand)."""
+    with PeakMemory(torch.device(cfg.device)) as mem:
+        start = time.perf_counter()
+        extract_kwargs = dict(batch_size=cfg.batch_size, device=cfg.device, num_workers=cfg.num_workers, amp=amp,
+                              progress=cfg.progress)
+        if store is not None:
+            q_store, db_store = extract_dataset_to_store(net, ds, store, **extract_kwargs)
+            q, db = np.asarray(q_store.descriptors), db_store.descriptors
+        else:
+            q, db = extract_dataset(net, ds, **extract_kwargs)
+        seconds = time.perf_counter() - start
+    return q, db, seconds, mem
+
+
+def _fit_whitening(model: torch.nn.Module, q: np.ndarray, db, pca_k: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """The model's whitening fitted on all the database descriptors (read from a store: all of them), then applied
+    to both sets; with --pca-from whitening it keeps its `pca_k` leading components."""
+    db = np.array(db)
+    model.whitening.fit(torch.from_numpy(db))
+    if pca_k is not None:
+        model.set_descriptor_dim(pca_k)
+    return whiten(model.whitening, q), whiten(model.whitening, db)
+
+
+def _pca_note(cfg: RunConfig, pca_k: Optional[int]) -> Optional[str]:
+    """Where the index's PCA step comes from, for the record (None: it has none)."""
+    if pca_k is not None:
+        return f"the {pca_k} leading components of the model's whitening"
+    return "PCA fitted on the database descriptors" if _pca_dim(cfg) is not None else None
 
 
 def _artefacts(model, stem: str, label: str, ds: VPRDataset, cfg: RunConfig, out_dir: Path, q: np.ndarray,

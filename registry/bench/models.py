@@ -1,6 +1,7 @@
 """--models entries -> models: registry names and aliases, Hub repos, local folders, NAME=SOURCE; provenance."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -116,3 +117,27 @@ def weights_source(spec: ModelSpec, model: registry.VPRModel, backbone_weights: 
     if backbone_weights is None:
         return f"random init{centres} (untrained)" if clustered else "random init", False
     return f"off-the-shelf: {Path(backbone_weights).name}{centres} (untrained aggregator)", False
+
+
+class Models:
+    """The run's models, each built or loaded once (`get` builds it on first use; the runner loads the pretrained
+    ones before any evaluation): every (model, dataset) evaluation gets its own copy, with the random state the
+    build left, since an evaluation changes its model (centres, whitening, sizes, device)."""
+
+    def __init__(self, input_size: Optional[Tuple[int, int]], backbone_weights: Optional[str], seed: int) -> None:
+        self.input_size, self.backbone_weights, self.seed = input_size, backbone_weights, seed
+        self._built: Dict[str, Tuple[registry.VPRModel, torch.Tensor]] = {}
+
+    def load(self, spec: ModelSpec) -> None:
+        """Build or load `spec`'s model now (a failure raises here), unless it already is."""
+        if spec.label not in self._built:
+            model = build_model(spec, self.input_size, self.backbone_weights, self.seed)
+            self._built[spec.label] = model, torch.get_rng_state()
+
+    def get(self, spec: ModelSpec) -> registry.VPRModel:
+        """A copy of `spec`'s model, the random generators as a fresh build leaves them."""
+        self.load(spec)
+        model, state = self._built[spec.label]
+        torch.manual_seed(self.seed)  # every device's generator, as build_model seeds them
+        torch.set_rng_state(state)
+        return copy.deepcopy(model)

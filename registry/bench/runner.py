@@ -35,9 +35,10 @@ def cpu_model() -> str:
 
 
 def _preflight(cfg: RunConfig) -> tuple:
-    """Resolve every model and load every dataset (and every pretrained model once) before any evaluation."""
+    """Resolve every model and load every dataset and every pretrained model (once: the evaluations copy it) before
+    any evaluation; (model specs, datasets, the run's Models)."""
     from .data import load_all
-    from .models import build_model, parse_model
+    from .models import Models, parse_model
 
     try:
         specs = [parse_model(token, cfg.untrained) for token in cfg.models]
@@ -57,12 +58,13 @@ def _preflight(cfg: RunConfig) -> tuple:
             cfg.fail(f"--models {seen[key]!r} and {spec.label!r} are the same model"
                  f"{f' ({spec.name})' if spec.name and not spec.source else ''}: list it once")
         seen[key] = spec.label
+    models = Models(cfg.input_size, cfg.backbone_weights, cfg.seed)
     for spec in (s for s in specs if s.pretrained):
         try:
-            build_model(spec, cfg.input_size, None, cfg.seed)
+            models.load(spec)
         except Exception as err:  # any loading failure is reported before the long part starts
             cfg.fail(f"--models {spec.label!r} cannot be loaded: {type(err).__name__}: {err}")
-    return specs, datasets
+    return specs, datasets, models
 
 
 class PairsFailed(RuntimeError):
@@ -131,7 +133,7 @@ def run(cfg: RunConfig) -> List[Dict[str, Any]]:
     problem = unwritable(cfg.store) if cfg.store is not None else None
     if problem:  # before any model is built: else every pair would fail on its first chunk
         cfg.fail(f"--store {cfg.store} cannot be written: {problem}; pass --store with a folder you can write to")
-    specs, datasets = _preflight(cfg)
+    specs, datasets, models = _preflight(cfg)
     if cfg.backbone_weights is None and any(not s.pretrained for s in specs):
         log("note: no --backbone-weights, so models built from the registry have RANDOM weights")
     try:
@@ -146,7 +148,7 @@ def run(cfg: RunConfig) -> List[Dict[str, Any]]:
             for runtime in cfg.runtime:
                 label = spec.label if runtime == "torch" else f"{spec.label} ({runtime})"
                 try:
-                    records.append(evaluate(spec, ds, cfg, cfg.output_dir, runtime))
+                    records.append(evaluate(spec, ds, cfg, cfg.output_dir, runtime, models=models))
                 except Exception as err:  # noqa: BLE001  (one pair's failure must not cost the other pairs' results)
                     failures.append({"model": label, "dataset": ds.name, "error": f"{type(err).__name__}: {err}"})
                     log(f"FAILED: {label} on {ds.name}: {type(err).__name__}: {err} (continuing with the rest)")

@@ -6,15 +6,8 @@ from .index import DEFAULT_PCA_DIM, INDEX_KINDS, IndexFileError, IndexSpec, Plac
 from .pca import fit_whitening_if_needed, needs_whitening_fit
 from .recall import DEFAULT_NS, drop_ignored, recall_at_n, recall_from_predictions, search
 from .rerank import k_reciprocal_rerank
-from .store import (
-                    MapStore,
-                    StoreChangedError,
-                    StoreMismatchError,
-                    extract_dataset_to_store,
-                    extract_to_store,
-                    model_config_hash,
-                    open_store,
-)
+from .store import MapStore, StoreChangedError, StoreMismatchError, open_store
+from .store_extract import extract_dataset_to_store, extract_to_store, model_config_hash
 
 __all__ = [
     "DEFAULT_PCA_DIM",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..datasets.base import VPRDataset
 from ..datasets.images import ImageListDataset, image_size
 from ..model import encode_images
-from ..preprocess import RESIZE_POLICIES, Preprocess, target_size  # noqa: F401  (re-exported: they were defined here)
+from ..preprocess import RESIZE_POLICIES, Preprocess, target_size  # noqa: F401  (re-exported: registry.evaluation.extract names them too)
 from ..runtimes.base import Runtime
 
 PathLike = Union[str, os.PathLike]
@@ -28,6 +28,23 @@ def _size_groups(paths: Sequence[PathLike], pre: Preprocess) -> List[List[int]]:
     for i, path in enumerate(paths):
         groups.setdefault(pre.size_of(*image_size(path)), []).append(i)
     return list(groups.values())
+
+
+def encoder(model: Union[nn.Module, Runtime], device: Optional[torch.device] = None,
+            amp: Optional[bool] = None) -> Tuple[Callable[[torch.Tensor], torch.Tensor], Optional[bool]]:
+    """(the function that turns a preprocessed batch into L2-normalised descriptors, the module's training flag to
+    restore, None for a Runtime): a `registry.Runtime`'s `encode`, else `encode_images` (its non-finite check
+    included) on the module, put in eval mode on `device` (default: where it is)."""
+    if isinstance(model, Runtime):
+        return model.encode, None
+    was_training = model.training
+    model.eval()
+    if device is not None:
+        model.to(device)
+
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        return encode_images(model, batch, device, amp)
+    return encode, was_training
 
 
 @torch.inference_mode()
@@ -57,14 +74,7 @@ def extract_descriptors(
     amp = device.type == "cuda" if amp is None else amp
     pre = Preprocess(model.input_config, resize, longer_side)
     data = ImageListDataset(images, pre)
-    if isinstance(model, Runtime):
-        encode, was_training = model.encode, None
-    else:
-        was_training = model.training
-        model.eval().to(device)
-
-        def encode(batch: torch.Tensor) -> torch.Tensor:
-            return encode_images(model, batch, device, amp)
+    encode, was_training = encoder(model, device, amp)
     out: Optional[np.ndarray] = None
     try:
         with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:

@@ -51,7 +51,6 @@ def search(q: np.ndarray, db: np.ndarray, k: int, index: str = "flat", **index_o
         return _torch_search(normalise(q), normalise(db), k)
     if index != "flat":  # trained on a fixed sample, filled a chunk at a time (a store's memmap stays on disk)
         place = PlaceIndex(db.shape[1], spec)
-        place.train(db)
         place.add(db)
         return place.search(q, k)[1]
     idx = _flat_index(db.shape[1])

@@ -3,12 +3,12 @@
 Lance (https://lancedb.github.io/lance/) gives what a map needs from storage: every write is an atomic, versioned
 commit (a killed or failed write leaves the last commit as it was), concurrent writers are serialised by its commit
 protocol, rows are read back at random quickly (a PlaceIndex's shortlist), and distributed writers write data
-fragments that one commit joins. Extraction commits one chunk of rows at a time, so a rerun computes only the chunks
-not committed; the dataset's schema metadata records the model's config hash, the input size and the image list's
-hash, and a store of another model, input size or image list is refused. Under torchrun each rank writes the
-fragments of its chunks and rank 0 commits each round's fragments at once.
+fragments that one commit joins. The dataset's schema metadata records the model's config hash, the input size, the
+image list's hash and the type of the place ids (ints come back as ints, anything else as strings). This module
+reads stores and writes their commits; store_extract fills them (one committed chunk at a time, resumable, under
+torchrun too).
 
-Stores written by the earlier memory-mapped format (meta.json + descriptors.npy) are not converted: a store is
+A folder of meta.json + descriptors.npy (a memory-mapped descriptor store) is refused, not converted: a store is
 cheap to rebuild; delete the folder and extract again.
 """
 from __future__ import annotations
@@ -21,15 +21,9 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
-import torch
-from torch import nn
-
-from ..distributed import DistContext
-from ..runtimes.base import Runtime
-from .extract import extract_descriptors
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +32,7 @@ FORMAT = 2
 DEFAULT_CHUNK = 1024
 _READ_CHUNK = 16384
 EXTRA = "pip install 'clusvpr-zoo[map]'"
+INT_PLACES = "int"  # meta["place_type"] of a store whose place ids are integers
 
 
 class StoreMismatchError(ValueError):
@@ -57,29 +52,8 @@ def _lance():
     return lance, pa
 
 
-def model_config_hash(model: nn.Module, resize: Optional[str] = None, longer_side: Optional[int] = None) -> str:
-    """sha256 of what fixes a descriptor: the model's config, its input config (size, mean, std) and its weights (a
-    `registry.Runtime`: its kind and fingerprint, e.g. the int8 graph)."""
-    h = hashlib.sha256()
-    facts = {"config": getattr(model, "config", None), "input_config": model.input_config,
-             "resize": resize, "longer_side": longer_side}
-    h.update(json.dumps(facts, sort_keys=True, default=str).encode())
-    if isinstance(model, Runtime):
-        h.update(model.kind.encode() + model.fingerprint())
-        return h.hexdigest()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _images_hash(images: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(images).encode()).hexdigest()
-
-
-def _input_size(model: nn.Module) -> str:
-    _, h, w = model.input_config["input_size"]
-    return f"{h}x{w}"
 
 
 def _schema(dim: int, meta: Dict[str, Any]):
@@ -217,8 +191,11 @@ class MapStore:
         return self._column("image")
 
     @property
-    def places(self) -> List[str]:
-        """Place ids (the image paths where none were given)."""
+    def places(self) -> List[Any]:
+        """Place ids (the image paths where none were given): ints when they were given as integers, else strings
+        (a store written without a recorded place type gives strings)."""
+        if self.meta.get("place_type") == INT_PLACES:
+            return [int(p) if p is not None else i for p, i in zip(self._column("place"), self.images)]
         return [p if p is not None else i for p, i in zip(self._column("place"), self.images)]
 
     @property
@@ -338,97 +315,3 @@ def _commit(folder: Path, fragments: list) -> None:
         lance.LanceDataset.commit(str(folder), lance.LanceOperation.Append(fragments), read_version=version)
     except OSError as err:
         raise _as_os_error(err, folder, "commit to") from err
-
-
-def extract_to_store(
-    model: nn.Module,
-    images: Sequence[PathLike],
-    folder: PathLike,
-    chunk_size: int = DEFAULT_CHUNK,
-    ctx: Optional[Any] = None,
-    resize: Optional[str] = None,
-    longer_side: Optional[int] = None,
-    progress: bool = True,
-    places: Optional[Sequence[Any]] = None,
-    coords: Optional[Any] = None,
-    **extract_kwargs: Any,
-) -> MapStore:
-    """Descriptors of `images` written to the map store at `folder` one committed chunk at a time (one chunk in
-    memory); a rerun resumes after the last commit. `places` (ids) and `coords` ((N, 2)) are stored with the rows.
-
-    A store made by another model, input size or image list is refused (StoreMismatchError), also when two writers
-    start at once. A failed write (a full disk) raises an OSError naming the folder; what was committed stays. Under
-    torchrun pass `ctx` (registry.training.init_distributed()): rank r computes chunks r, r + world_size, ... and
-    writes their fragments; rank 0 commits each round's fragments in one commit.
-    """
-    _lance()  # a missing engine is named before any work
-    ctx = ctx or DistContext()
-    images = [str(p) for p in images]
-    if not images:
-        raise ValueError("no images to extract descriptors from")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    for name, extra in (("places", places), ("coords", coords)):
-        if extra is not None and len(extra) != len(images):
-            raise ValueError(f"{len(extra)} {name} for {len(images)} images")
-    coords = None if coords is None else np.asarray(coords, dtype=np.float64).reshape(len(images), 2)
-    config_hash = model_config_hash(model, resize, longer_side)
-    name = getattr(model, "name", type(model).__name__)
-    what = f"{name} at input {_input_size(model)}"
-    folder = Path(folder)
-    if ctx.is_main and not _committed(folder):
-        dim = int(getattr(model, "descriptor_dim", 0)) or _probe_dim(model, images[0], resize, longer_side)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        _create(folder, dim, len(images), {"model": name, "input_size": _input_size(model), "config_hash": config_hash,
-                                           "images_sha256": _images_hash(images), "chunk_size": chunk_size,
-                                           "coords": coords is not None})
-    ctx.barrier()
-    store = _open_when_committed(folder)
-    store.check(images, config_hash, what)
-    todo = store.missing_chunks()
-    mine = [c for i, c in enumerate(todo) if i % ctx.world_size == ctx.rank]
-    rounds = -(-len(todo) // ctx.world_size)
-    for n in range(rounds):
-        fragments = []
-        if n < len(mine):
-            chunk = mine[n]
-            span = slice(chunk * store.chunk_size, min((chunk + 1) * store.chunk_size, store.count))
-            rows = extract_descriptors(model, images[span], resize=resize, longer_side=longer_side,
-                                       progress=progress and ctx.is_main,
-                                       desc=f"{folder.name} chunk {n + 1}/{len(mine)}", **extract_kwargs)
-            fragments = _write_fragments(folder, store.dim, store.meta, np.arange(span.start, span.stop),
-                                         images[span], rows, None if places is None else places[span],
-                                         None if coords is None else coords[span])
-        if ctx.distributed:
-            fragments = _gather_fragments(ctx, fragments)
-        if ctx.is_main:
-            _commit(folder, fragments)
-        ctx.barrier()
-    return MapStore(folder)
-
-
-def _gather_fragments(ctx: DistContext, fragments: list) -> list:
-    """Every rank's fragment metadata on rank 0 (JSON through torch.distributed's object gather)."""
-    import torch.distributed as dist
-    from lance.fragment import FragmentMetadata
-
-    out: List[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, [json.dumps(f.to_json()) for f in fragments])
-    return [FragmentMetadata.from_json(f) for part in out for f in part]
-
-
-def _probe_dim(model: nn.Module, image: str, resize: Optional[str], longer_side: Optional[int]) -> int:
-    with torch.inference_mode():
-        return int(extract_descriptors(model, [image], resize=resize, longer_side=longer_side, progress=False).shape[1])
-
-
-def extract_dataset_to_store(model: nn.Module, dataset: Any, folder: PathLike, **kwargs: Any) -> Tuple[MapStore,
-                                                                                                        MapStore]:
-    """(query, database) stores under `folder`/queries and `folder`/database, like extract_dataset, resumable."""
-    q_kwargs = dict(kwargs)
-    if dataset.query_longer_side is not None:
-        q_kwargs.update(resize="longer_side", longer_side=dataset.query_longer_side)
-    folder = Path(folder)
-    db = extract_to_store(model, dataset.db_images, folder / "database", **kwargs)
-    q = extract_to_store(model, dataset.q_images, folder / "queries", **q_kwargs)
-    return q, db

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tiny_encoder import TinyEncoder, write_images  # pytest puts this folder on the import path
 
 from registry.evaluation import IndexSpec, PlaceIndex, extract_descriptors, extract_to_store, recall_at_n, search
@@ -209,3 +210,17 @@ def test_query_without_a_model_or_descriptors_says_what_is_missing(map_and_model
     index.add(db)
     with pytest.raises(ValueError, match="needs the model"):
         index.query(images[0])
+
+
+def test_query_encodes_through_the_models_encode_step_which_refuses_non_finite_descriptors(map_and_model):
+    from registry.errors import NonFiniteOutputError
+
+    images, model, db = map_and_model
+    index = PlaceIndex(db.shape[1], IndexSpec("flat"), model=model)
+    index.add(db)
+    model.train()
+    assert index.query(images[4], k=1)[0][0] == 4 and model.training  # evaluated in eval mode, its mode restored
+    with torch.no_grad():
+        model.conv.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteOutputError, match="NaN or Inf descriptors"):
+        index.query(images[4], k=1)

@@ -209,3 +209,21 @@ def test_without_lance_the_error_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "lance", None)
     with pytest.raises(ImportError, match=r"pip install 'clusvpr-zoo\[map\]'"):
         extract_to_store(TinyEncoder(), ["x.png"], tmp_path / "store", device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("places", [list(range(100, 118)), list(np.arange(100, 118)), [f"{i:03d}" for i in range(18)]],
+                         ids=["int", "numpy-int", "digit-strings"])
+def test_place_ids_keep_their_type_through_the_store_the_index_its_query_and_save_load(images, tmp_path, places):
+    model = TinyEncoder()
+    store = extract_to_store(model, images, tmp_path / "store", chunk_size=4, device="cpu", progress=False,
+                             places=places)
+    plain = [int(p) if isinstance(p, np.integer) else p for p in places]
+    assert store.places == plain and [type(p) for p in store.places] == [type(p) for p in plain]
+    index = PlaceIndex(store.dim, IndexSpec("flat"), model=model)
+    index.add(store)
+    top = index.query(images[7], k=3)
+    assert top[0][0] == plain[7] and type(top[0][0]) is type(plain[7])
+    index.save(tmp_path / "index")
+    again = PlaceIndex.load(tmp_path / "index", model=TinyEncoder())
+    assert again.places == plain and [type(p) for p in again.places] == [type(p) for p in plain]
+    assert again.query(images[7], k=3) == top

@@ -1,0 +1,224 @@
+"""A saved PlaceIndex folder: index.faiss and places.json (and, for a disk refine, vectors.f16), written as a whole
+through registry._atomic's staging folder and read back checked before and after faiss reads the index."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from .._atomic import folder_mode, fsync_folder, staging_dir
+from .faiss_build import _innermost, keep_projection_only
+from .index_spec import AUTO, IndexSpec
+
+try:
+    import faiss
+except ImportError:  # saving and loading an index needs faiss
+    faiss = None
+
+log = logging.getLogger(__name__)
+
+FORMAT = 2  # places.json format: 2 adds the metric change (L2 for ivfpq / hnsw), refine and the disk vectors
+META, INDEX = "places.json", "index.faiss"
+
+
+class IndexFileError(ValueError):
+    """A saved PlaceIndex folder that cannot be trusted: malformed, inconsistent, or another index than it says."""
+
+
+def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tuple[str, Path]] = None) -> None:
+    """Write index.faiss, places.json (`meta` with the format and the spec as a dict) and `vectors` ((file name,
+    source path) copied in) to `folder` as a whole: staged beside it, fsynced, then renamed over it, so a failed save
+    leaves the earlier index there intact. The folder gets the user's umask."""
+    if folder.exists() and not (folder / META).is_file() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} exists and is not a PlaceIndex folder (no {META}): pick a new or "
+                              "empty folder; it is replaced as a whole")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = staging_dir(folder)
+    try:
+        os.chmod(stage, folder_mode())
+        try:
+            faiss.write_index(index, str(stage / INDEX))
+        except RuntimeError as err:  # faiss reports a failed fwrite as a RuntimeError
+            raise OSError(f"faiss could not write {INDEX}: {str(err).splitlines()[0]}") from None
+        if vectors is not None:
+            shutil.copyfile(vectors[1], stage / vectors[0])
+        (stage / META).write_text(json.dumps({"format": FORMAT, **meta, "spec": asdict(meta["spec"])}))
+        for path in stage.iterdir():
+            _fsync(path)
+        _fsync(stage)
+        _swap_in(stage, folder)
+    except OSError as err:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise OSError(err.errno, f"could not save the PlaceIndex to {folder} ({err}); the earlier index there, if "
+                                 "any, is unchanged") from err
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def read_folder(folder: Path) -> Tuple[Dict[str, Any], Any]:
+    """(places.json checked, with `spec` an IndexSpec; the faiss index checked against it) of a saved folder."""
+    meta_path, index_path = folder / META, folder / INDEX
+    for path in (meta_path, index_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a saved PlaceIndex: {path.name} is missing")
+    meta = _read_meta(meta_path)
+    index = _read_index_bounded(index_path)
+    _check_index(index, meta["spec"], meta["dim"], len(meta["places"]), index_path, meta.get("format", 1))
+    keep_projection_only(index)  # an index saved with a full PCAMatrix loads slim
+    return meta, index
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_in(stage: Path, folder: Path) -> None:
+    """Rename `stage` to `folder`; an existing folder is moved aside first and removed only once the new one is in."""
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+        os.rename(folder, old / "index")
+        try:
+            os.rename(stage, folder)
+        except BaseException:
+            os.rename(old / "index", folder)
+            raise
+        finally:
+            if folder.exists():
+                shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(stage, folder)
+    fsync_folder(folder.parent)
+
+
+def _read_meta(path: Path) -> Dict[str, Any]:
+    """places.json parsed and checked: its fields, their types and the spec's ranges."""
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise IndexFileError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict) or not isinstance(meta.get("places"), list):
+        raise IndexFileError(f"{path} is not a PlaceIndex description: it needs 'dim', 'spec' and 'places'")
+    fmt = meta.get("format", 1)
+    if not isinstance(fmt, int) or not 1 <= fmt <= FORMAT:
+        raise IndexFileError(f"{path} has format {fmt!r}; this version reads formats 1..{FORMAT}: upgrade the package")
+    dim = meta.get("dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise IndexFileError(f"{path}: dim must be an integer >= 1, got {dim!r}")
+    known = {f.name for f in fields(IndexSpec)}
+    unknown = sorted(set(meta["spec"]) - known)
+    if unknown:
+        raise IndexFileError(f"{path}: unknown spec fields {unknown}; valid: {sorted(known)}")
+    try:
+        meta["spec"] = IndexSpec(**meta["spec"])
+    except (TypeError, ValueError) as err:
+        raise IndexFileError(f"{path}: {err}") from None
+    if meta["spec"].kind == AUTO:
+        raise IndexFileError(f"{path}: a saved index records the kind 'auto' chose, not 'auto'")
+    return meta
+
+
+def _vm_size() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmSize in /proc/self/status")
+
+
+def _read_index_bounded(path: Path):
+    """faiss.read_index, after a trial read in a forked child whose address space is capped at what the file's
+    length can hold: a file that declares more codes than it has (a hostile or corrupt header) fails there, before
+    this process allocates anything. faiss's own errors come back with the file named."""
+    size = path.stat().st_size
+    try:
+        import resource
+    except ImportError:  # no fork / rlimit (Windows): faiss's own checks only
+        resource = None
+    if resource is not None and hasattr(os, "fork") and os.path.exists("/proc/self/status"):
+        _trial_read(path, size, resource)
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as err:
+        raise IndexFileError(f"{path} is not a readable faiss index: {_faiss_reason(err)}") from None
+
+
+def _faiss_reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    reason = next((line for line in text if "Error" in line or "not recognized" in line or "error" in line), "")
+    return (reason or (text[0] if text else type(err).__name__)).strip()
+
+
+def _trial_read(path: Path, size: int, resource) -> None:
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fork of a threaded process (torch, Lance): the child only reads a file
+        pid = os.fork()
+    if pid == 0:  # child: cap the address space, read, report, exit without running any parent cleanup
+        code, message = 0, b""
+        try:
+            os.close(read_fd)
+            limit = _vm_size() + 2 * size + (256 << 20)
+            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            if hard == resource.RLIM_INFINITY or limit < hard:
+                resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+            faiss.read_index(str(path))
+        except MemoryError:
+            code = 3
+        except BaseException as err:  # noqa: BLE001  (reported to the parent)
+            code, message = 4, _faiss_reason(err).encode()[-2000:]
+        try:
+            os.write(write_fd, message)
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as fh:
+        message = fh.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 3 or (code == 4 and "bad_alloc" in message):
+        raise IndexFileError(f"{path} declares more data than its {size:,} bytes can hold (a corrupt or hostile "
+                             "header): refused before reading")
+    if code == 4:
+        raise IndexFileError(f"{path} is not a readable faiss index: {message}")
+    if code != 0:
+        log.warning("trial read of %s ended with status %s; reading it directly", path, code)
+
+
+_KIND_CLASS = {"flat": "IndexFlat", "pca": "IndexFlat", "hnsw": "IndexHNSW", "ivfpq": "IndexIVFPQ"}
+
+
+def _check_index(index, spec: IndexSpec, dim: int, n_places: int, path: Path, fmt: int) -> None:
+    """The index in the file is the one places.json describes: kind, PCA, refine, metric, dim and size."""
+    inner = _innermost(index)
+    expected = getattr(faiss, _KIND_CLASS[spec.kind])
+    if not isinstance(inner, expected):
+        raise IndexFileError(f"{path} holds a {type(inner).__name__} index, but places.json describes a "
+                             f"{spec.kind!r} index ({_KIND_CLASS[spec.kind]}): the two files are from different saves")
+    outer = faiss.downcast_index(index)
+    refined = isinstance(outer, faiss.IndexRefine)
+    if refined != bool(spec.refine and spec.refine_from != "disk"):
+        raise IndexFileError(f"{path} {'has' if refined else 'has no'} in-memory refine, places.json says refine="
+                             f"{spec.refine}, refine_from={spec.refine_from!r}: the two files are from different saves")
+    base = faiss.downcast_index(outer.base_index) if refined else outer
+    has_pca = isinstance(base, faiss.IndexPreTransform)
+    if has_pca != bool(spec.pca_dim and spec.pca_dim < dim):
+        raise IndexFileError(f"{path} {'has' if has_pca else 'has no'} PCA, places.json says pca_dim={spec.pca_dim}")
+    if index.d != dim:
+        raise IndexFileError(f"{path} holds {index.d}-d vectors, places.json says dim {dim}")
+    if index.ntotal != n_places:
+        raise IndexFileError(f"{path} holds {index.ntotal} vectors but places.json lists {n_places} places: the "
+                             "two files are from different saves")
+    if fmt >= 2 and index.metric_type != spec.metric:
+        raise IndexFileError(f"{path} searches with faiss metric {index.metric_type}, {spec.kind!r} needs "
+                             f"{spec.metric}: the two files are from different saves")

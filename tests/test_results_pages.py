@@ -1,0 +1,106 @@
+"""The measured results stay readable and complete: benchmarks/RESULTS.md is a short page of headline tables that
+links one page per experiment under benchmarks/results/; every link resolves; every figure of the recorded figure
+set (tests/data/results_figures.txt) is still printed somewhere in those pages or in the tables the map scripts
+wrote; and the map-scale page's tables are the rows its script rendered."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Set
+
+from shared_paths import REPO
+
+BENCH = REPO / "benchmarks"
+INDEX = BENCH / "RESULTS.md"
+PAGES = BENCH / "results"
+FIGURES = REPO / "tests" / "data" / "results_figures.txt"
+MAX_INDEX_BYTES = 25_000
+
+# a decimal figure (31.25, 3.3e-06, 2.81x) or a comma-grouped integer (1,296); not part of a version (2.14.1) or
+# of a name (PQ32x8, conv5_3)
+FIGURE = re.compile(r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+)(?:e[-+]?\d+)?(?:x(?!\w))?(?!\w|\.\d|,\d)")
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+PAGE_LINK = re.compile(r"\]\((results/[\w.-]+\.md)\)")
+# "section N" of a results file, as prose outside the results pages may say it; the pages have names now
+SECTION_REFERENCE = re.compile(r"RESULTS(?:\.md)?`?\)?,? \(?sections? \d", re.I)
+
+
+def figures(text: str) -> Set[str]:
+    return set(FIGURE.findall(text))
+
+
+def _table_rows(text: str) -> List[str]:
+    return [line for line in text.splitlines() if line.startswith("|") and not line.startswith("|---")]
+
+
+def _pages() -> List[Path]:
+    return sorted(PAGES.glob("*.md"))
+
+
+def test_the_figure_pattern_takes_figures_and_leaves_versions_and_names():
+    text = ("R@1 31.25 (12.00 / 27.50), 2.81x at 480x640, 1,296 B, 3.3e-6 and 6.44e+08; torch 2.14.1, "
+            "IVF1024,PQ32x8, conv5_3, 10^6, lr 3e-5, 0.9 points. 1.15-1.32x")
+    assert figures(text) == {"31.25", "12.00", "27.50", "2.81x", "1,296", "3.3e-6", "6.44e+08", "0.9", "1.15",
+                             "1.32x"}
+
+
+def test_the_index_is_short():
+    size = INDEX.stat().st_size
+    assert size <= MAX_INDEX_BYTES, (
+        f"benchmarks/RESULTS.md is {size} bytes (at most {MAX_INDEX_BYTES}): move the experiment's text and tables to "
+        f"its page under benchmarks/results/ and keep one line linking it")
+
+
+def test_the_index_links_every_experiment_page_and_each_page_links_back():
+    linked = PAGE_LINK.findall(INDEX.read_text(encoding="utf-8"))
+    pages = [p.relative_to(BENCH).as_posix() for p in _pages()]
+    assert pages, "benchmarks/results/ holds no page"
+    assert sorted(set(linked)) == pages, "RESULTS.md links every page of benchmarks/results/, and only those"
+    for page in _pages():
+        assert "](../RESULTS.md)" in page.read_text(encoding="utf-8"), f"{page.name} does not link RESULTS.md"
+
+
+def test_every_relative_link_and_image_of_the_results_pages_resolves():
+    broken = []
+    for doc in [INDEX, *_pages()]:
+        for target in LINK.findall(doc.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = (doc.parent / target.split("#", 1)[0]).resolve()
+            if not path.is_file():
+                broken.append(f"{doc.relative_to(REPO)} -> {target}")
+    assert broken == []
+
+
+def test_every_recorded_figure_is_still_printed():
+    recorded = {line.strip() for line in FIGURES.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith("#")}
+    assert {"31.25", "2.81x", "1,296", "3.3e-6"} <= recorded and len(recorded) > 1000  # the set is the real one
+    docs = [INDEX, *_pages(), *sorted((BENCH / "map_scale").glob("*.md"))]
+    printed = set().union(*(figures(d.read_text(encoding="utf-8")) for d in docs))
+    lost = sorted(recorded - printed)
+    assert lost == [], (
+        f"{len(lost)} figures of {FIGURES.relative_to(REPO)} appear in no results page: {lost[:40]}; put them back, "
+        "or remove a figure from that file when a new measurement replaced it on purpose")
+
+
+def test_the_map_scale_page_prints_the_tables_its_script_rendered():
+    page = (PAGES / "map-scale.md").read_text(encoding="utf-8")
+    for rendered in ("map_scale.md", "reductions.md"):
+        rows = _table_rows((BENCH / "map_scale" / rendered).read_text(encoding="utf-8"))
+        assert rows and [r for r in rows if r not in page] == [], f"map-scale.md differs from map_scale/{rendered}"
+
+
+def test_pages_built_from_a_script_json_name_the_command_that_wrote_it():
+    for name, output in (("map-scale.md", "map_scale.json"), ("map-curve.md", "map_curve.json"),
+                         ("inference-runtimes.md", "int8_levers.jsonl")):
+        text = (PAGES / name).read_text(encoding="utf-8")
+        script = {"map_scale.json": "bench_map_scale.py", "map_curve.json": "bench_map_curve.py",
+                  "int8_levers.jsonl": "bench_int8_levers.py"}[output]
+        assert output in text and f"python benchmarks/{script}" in text, f"{name}: which command wrote {output}?"
+
+
+def test_the_docs_point_at_pages_not_at_numbered_sections():
+    docs = [REPO / "README.md", REPO / "registry" / "data" / "MODEL_CARD.md", *sorted((REPO / "docs").glob("*.md"))]
+    stale = {str(d.relative_to(REPO)): SECTION_REFERENCE.findall(d.read_text(encoding="utf-8")) for d in docs}
+    assert {d: refs for d, refs in stale.items() if refs} == {}
