@@ -22,7 +22,7 @@ from typing import Deque, Optional, Sequence, Tuple
 import numpy as np
 
 DEFAULT_VELOCITIES = (0.8, 0.9, 1.0, 1.1, 1.2)  # SeqSLAM: 0.8 to 1.2 in steps of 0.1
-DEFAULT_WINDOW = 10  # SeqSLAM's contrast-enhancement window (map images)
+DEFAULT_WINDOW = 200  # map images; chosen on validation places among 5..200 (SeqSLAM used 10 on its data)
 MAX_LENGTH = 1000
 _STD_FLOOR = 1e-6
 
