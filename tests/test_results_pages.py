@@ -1,13 +1,18 @@
 """The measured results stay readable and complete: benchmarks/RESULTS.md is a short page of headline tables that
 links one page per experiment under benchmarks/results/; every link resolves; every figure of the recorded figure
 set (tests/data/results_figures.txt) is still printed somewhere in those pages or in the tables the map scripts
-wrote; and the map-scale page's tables are the rows its script rendered."""
+wrote; the map-scale page's tables are the rows its script rendered; and the tables benchmarks/render_results.py
+renders from the benchmarks' JSON are the ones the pages print."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
+import sys
 from pathlib import Path
 from typing import List, Set
 
+import pytest
 from shared_paths import REPO
 
 BENCH = REPO / "benchmarks"
@@ -15,6 +20,10 @@ INDEX = BENCH / "RESULTS.md"
 PAGES = BENCH / "results"
 FIGURES = REPO / "tests" / "data" / "results_figures.txt"
 MAX_INDEX_BYTES = 25_000
+# recorded figures that a hand-made table printed rounded further than its JSON; the table rendered from the JSON
+# prints the JSON's digits instead, so the recorded figure counts as printed where its more precise value is
+# (map-curve.md, NetVLAD 32768-d at 10^4: "3.6 / 4.6 / 6.5" ms at nprobe 16 / 64 / 256 became one row per nprobe)
+MORE_PRECISE = {"4.6": "4.58"}
 
 # a decimal figure (31.25, 3.3e-06, 2.81x) or a comma-grouped integer (1,296); not part of a version (2.14.1) or
 # of a name (PQ32x8, conv5_3)
@@ -78,6 +87,11 @@ def test_every_recorded_figure_is_still_printed():
     assert {"31.25", "2.81x", "1,296", "3.3e-6"} <= recorded and len(recorded) > 1000  # the set is the real one
     docs = [INDEX, *_pages(), *sorted((BENCH / "map_scale").glob("*.md"))]
     printed = set().union(*(figures(d.read_text(encoding="utf-8")) for d in docs))
+    for rounded, precise in MORE_PRECISE.items():
+        decimals = len(rounded.split(".")[1])
+        assert f"{float(precise):.{decimals}f}" == rounded and len(precise) > len(rounded), (rounded, precise)
+        if precise in printed:
+            printed.add(rounded)
     lost = sorted(recorded - printed)
     assert lost == [], (
         f"{len(lost)} figures of {FIGURES.relative_to(REPO)} appear in no results page: {lost[:40]}; put them back, "
@@ -104,3 +118,73 @@ def test_the_docs_point_at_pages_not_at_numbered_sections():
     docs = [REPO / "README.md", REPO / "registry" / "data" / "MODEL_CARD.md", *sorted((REPO / "docs").glob("*.md"))]
     stale = {str(d.relative_to(REPO)): SECTION_REFERENCE.findall(d.read_text(encoding="utf-8")) for d in docs}
     assert {d: refs for d, refs in stale.items() if refs} == {}
+
+
+def _renderer():
+    """benchmarks/render_results.py, loaded from its file once (its dataclasses need it in sys.modules)."""
+    if "render_results" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("render_results", BENCH / "render_results.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["render_results"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["render_results"]
+
+
+def test_every_rendered_table_of_the_pages_is_what_its_json_renders():
+    assert _renderer().stale_pages(write=False) == [], (
+        "a results page differs from the tables its JSON renders: run python benchmarks/render_results.py")
+
+
+def _cells(line: str) -> List[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_the_rendered_map_curve_rows_hold_the_json_values():
+    # read back from the page, independently of the renderer: each row's numbers match the JSON row of its key
+    rows = json.loads((BENCH / "map_scale" / "map_curve.json").read_text(encoding="utf-8"))
+    by_key = {(r["series"], r["n"], r["index"], r["search"]): r for r in rows}
+    page = (PAGES / "map-curve.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"<!-- table: (map_curve/[\w.-]+) -->\n(.*?)<!-- /table -->", page, re.S)
+    assert len(blocks) == 6
+    checked = 0
+    for name, body in blocks:
+        head, *lines = _table_rows(body)
+        cols = _cells(head)
+        series = None if "series" in cols else {
+            "map_curve/1e6-projected": "ClusVPR whitened-256, projected distractors",
+            "map_curve/1e7-1024-lists": "ClusVPR whitened-256, projected distractors",
+            "map_curve/1e7-4096-lists": "ClusVPR whitened-256, projected distractors",
+            "map_curve/netvlad-whitened": "NetVLAD whitened-256, projected distractors",
+            "map_curve/netvlad-32768": "NetVLAD 32768"}[name]
+        for line in lines:
+            cell = dict(zip(cols, _cells(line)))
+            r = by_key[(cell.get("series", series), int(cell["images"].replace(",", "")), cell["index"],
+                        cell["search"])]
+            assert abs(float(cell["R@1"]) - r["recall_1"]) <= 0.05 + 1e-9
+            if cell["query ms median"] != "-":
+                assert abs(float(cell["query ms median"]) - r["latency_ms_median"]) <= 0.005 + 1e-9
+            if cell["RAM B/image"] != "-":
+                assert abs(float(cell["RAM B/image"].replace(",", "")) - r["ram_per_image"]) <= 0.5 + 1e-9
+            flat = by_key[(r["series"], r["n"], "flat", "")]
+            if r["index"] != "flat":
+                losses = [float(x) for x in cell["loss R@1 / R@5 / R@10"].split(" / ")]
+                want = [flat[f"recall_{k}"] - r[f"recall_{k}"] for k in (1, 5, 10)]
+                assert all(abs(a - b) <= 0.05 + 1e-9 for a, b in zip(losses, want)), (name, line)
+            checked += 1
+    assert checked >= 60
+
+
+def test_the_check_finds_a_changed_figure_and_a_missing_marker(tmp_path, monkeypatch):
+    render = _renderer()
+    page = (PAGES / "map-curve.md").read_text(encoding="utf-8")
+    assert "| 13.3 | (exact) |" in page
+    monkeypatch.setattr(render, "PAGES", tmp_path)
+    (tmp_path / "map-curve.md").write_text(page.replace("| 13.3 | (exact) |", "| 13.4 | (exact) |", 1),
+                                           encoding="utf-8")
+    assert render.main(["--check"]) == 1
+    assert render.main([]) == 0 and (tmp_path / "map-curve.md").read_text(encoding="utf-8") == page
+    assert render.main(["--check"]) == 0
+    (tmp_path / "map-curve.md").write_text(page.replace("<!-- table: map_curve/1e5 -->", "", 1), encoding="utf-8")
+    with pytest.raises(render.RenderError, match="map_curve/1e5"):
+        render.stale_pages(write=False)
+    assert render.main(["--check"]) == 2

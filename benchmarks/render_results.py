@@ -1,0 +1,222 @@
+"""Render the results pages' tables from the JSON files the benchmark scripts wrote.
+
+  python benchmarks/render_results.py            # rewrite every table between its markers
+  python benchmarks/render_results.py --check    # exit 1 when a page differs from what its JSON renders
+
+A rendered table sits in its page between `<!-- table: NAME -->` and `<!-- /table -->`; TABLES below names, for
+each NAME, the page, the JSON file and the rows (selected by key, in the order given). The columns and their
+rounding are fixed per table kind and stated in the caption line the renderer writes above the table, so the same
+JSON always gives the same bytes. Pure Python: no numpy, no models.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+BENCH = Path(__file__).resolve().parent
+PAGES = BENCH / "results"
+MAP_CURVE = BENCH / "map_scale" / "map_curve.json"
+
+MARKER = re.compile(r"<!-- table: (?P<name>[\w/.-]+) -->\n(?P<body>.*?)<!-- /table -->", re.S)
+
+# a row of map_curve.json is named by (series, images, index, search); search None takes every row of that index
+RowKey = Tuple[str, int, str, Optional[str]]
+
+W256 = "ClusVPR whitened-256"
+C8192 = "ClusVPR 8192"
+PROJ = "ClusVPR whitened-256, projected distractors"
+NV256 = "NetVLAD whitened-256, projected distractors"
+NV32K = "NetVLAD 32768"
+PCA_KEPT = "PCA256 (faiss PCAMatrix: keeps its 8192 x 8192 eigenvectors) + IVF-PQ32 L2, refine from disk"
+PCA_PROJ = "PCA256 + IVF-PQ32 L2, refine from disk (8192-d)"
+
+
+@dataclass(frozen=True)
+class MapCurveTable:
+    """Rows of map_curve.json, one table line each; with_series adds the series as the first column."""
+    page: str
+    rows: Tuple[RowKey, ...]
+    with_series: bool = False
+
+
+TABLES: Dict[str, MapCurveTable] = {
+    "map_curve/1e5": MapCurveTable("map-curve.md", with_series=True, rows=(
+        (W256, 100_000, "flat", ""),
+        (W256, 100_000, "IVF-PQ32 inner product (section 9)", "nprobe=64"),
+        (W256, 100_000, "IVF-PQ32 L2, refine from disk", "nprobe=64"),
+        (W256, 100_000, "IVF-PQ32 L2, refine from disk", "nprobe=64, refine=16"),
+        (W256, 100_000, "IVF-PQ64 L2, refine from disk", "nprobe=64, refine=4"),
+        (W256, 100_000, "OPQ + IVF-PQ32 L2, refine from disk", "nprobe=64, refine=16"),
+        (W256, 100_000, "IVF-PQ32 L2, refine from RAM fp16", "nprobe=64, refine=16"),
+        (W256, 100_000, "HNSW efC40", "ef_search=1024"),
+        (W256, 100_000, "HNSW efC200", "ef_search=256"),
+        (C8192, 100_000, "flat", ""),
+        (C8192, 100_000, "IVF-PQ64 inner product (section 9)", "nprobe=64"),
+        (C8192, 100_000, "IVF-PQ64 L2, refine from disk", "nprobe=64, refine=16"),
+        (C8192, 100_000, PCA_KEPT, "nprobe=64, refine=16"),
+        (C8192, 100_000, PCA_PROJ, "nprobe=64, refine=16"),
+        (C8192, 100_000, PCA_PROJ, "nprobe=128, refine=16"),
+        (C8192, 100_000, PCA_PROJ, "nprobe=256, refine=16"),
+    )),
+    "map_curve/1e6-projected": MapCurveTable("map-curve.md", rows=tuple(
+        (PROJ, 1_000_000, index, None) for index in (
+            "flat", "IVF-PQ32 L2, refine from disk", "IVF-PQ64 L2, refine from disk",
+            "OPQ + IVF-PQ32 L2, refine from disk", "IVF-PQ32 L2, refine from RAM fp16",
+            "IVF-PQ32 L2, refine from RAM sq8", "HNSW efC40", "HNSW efC200"))),
+    "map_curve/1e7-1024-lists": MapCurveTable("map-curve.md", rows=(
+        (PROJ, 10_000_000, "flat", None), (PROJ, 10_000_000, "IVF-PQ32 L2, refine from disk", None))),
+    "map_curve/1e7-4096-lists": MapCurveTable("map-curve.md", rows=(
+        (PROJ, 10_000_000, "IVF4096-PQ32 L2, refine from disk", None),)),
+    "map_curve/netvlad-whitened": MapCurveTable("map-curve.md", rows=(
+        (NV256, 100_000, "flat", ""),
+        (NV256, 100_000, "IVF-PQ32 L2, refine from disk", "nprobe=64"),
+        (NV256, 100_000, "IVF-PQ32 L2, refine from disk", "nprobe=16, refine=16"),
+        (NV256, 100_000, "IVF-PQ32 L2, refine from disk", "nprobe=256, refine=16"),
+        (NV256, 1_000_000, "flat", ""),
+        (NV256, 1_000_000, "IVF-PQ32 L2, refine from disk", "nprobe=64, refine=16"),
+        (NV256, 1_000_000, "IVF-PQ32 L2, refine from disk", "nprobe=128, refine=16"),
+        (NV256, 1_000_000, "IVF-PQ32 L2, refine from disk", "nprobe=256, refine=16"),
+    )),
+    "map_curve/netvlad-32768": MapCurveTable("map-curve.md", rows=tuple(
+        (NV32K, 10_000, index, None) for index in (
+            "flat", "IVF-PQ64 inner product (section 9)", "IVF-PQ64 L2, refine from disk"))),
+}
+
+MAP_CURVE_CAPTION = (
+    "*Rendered by `python benchmarks/render_results.py` from `benchmarks/map_scale/map_curve.json` (written by "
+    "`python benchmarks/bench_map_curve.py curve`). Rounding: bytes per image and peak RSS to the unit, build "
+    "time to the second, latencies to 0.01 ms, recalls and losses to 0.1 point; loss = exact search's recall on "
+    "the same map minus the row's; \"-\": not measured.*")
+
+
+class RenderError(ValueError):
+    """A page or a JSON file does not fit the renderer: the message names the file and what to fix."""
+
+
+def _num(x, fmt: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _select(rows: Sequence[Dict], key: RowKey, source: Path) -> List[Dict]:
+    series, n, index, search = key
+    hits = [r for r in rows if (r["series"], r["n"], r["index"]) == (series, n, index)
+            and (search is None or r["search"] == search)]
+    if not hits:
+        raise RenderError(f"{source}: no row for series {series!r}, {n} images, index {index!r}, search {search!r}; "
+                          "fix the key in render_results.TABLES or rerun the benchmark that writes the row")
+    return hits
+
+
+def _exact(row: Dict, rows: Sequence[Dict]) -> Optional[Dict]:
+    return next((r for r in rows if (r["series"], r["n"], r["index"]) == (row["series"], row["n"], "flat")), None)
+
+
+def _map_curve_line(r: Dict, rows: Sequence[Dict], with_series: bool) -> str:
+    exact = _exact(r, rows)
+    if r["index"] == "flat":
+        loss = "(exact)"
+    elif exact is None:
+        loss = "-"
+    else:
+        loss = " / ".join(f"{exact[f'recall_{k}'] - r[f'recall_{k}']:+.1f}" for k in (1, 5, 10))
+    if "row_peak_rss_mb" in r:
+        rss = f"{r['row_peak_rss_mb']:,.0f} (+{r['row_peak_rss_mb'] - r['row_rss_start_mb']:,.0f})"
+    elif "process_peak_rss_mb" in r:
+        rss = f"process {r['process_peak_rss_mb']:,.0f}"
+    else:
+        rss = "-"
+    cells = [r["series"]] if with_series else []
+    cells += [f"{r['n']:,}", r["index"], r["factory"], r["search"], _num(r["ram_per_image"], ",.0f"),
+              _num(r["disk_per_image"], ",.0f"), _num(r["build_s"], ",.0f"), _num(r["latency_ms_median"], ".2f"),
+              _num(r["latency_ms_p99"], ".2f"), f"{r['recall_1']:.1f}", loss, rss]
+    return "| " + " | ".join(cells) + " |"
+
+
+def render_map_curve(table: MapCurveTable, rows: Sequence[Dict], source: Path = MAP_CURVE) -> str:
+    head = (["series"] if table.with_series else []) + [
+        "images", "index", "faiss", "search", "RAM B/image", "disk B/image", "build s", "query ms median", "p99", "R@1",
+        "loss R@1 / R@5 / R@10", "peak RSS MB (+ over the build's start)"]
+    align = (["---"] if table.with_series else []) + ["---:", "---", "---", "---"] + ["---:"] * 6 + ["---", "---"]
+    lines = [MAP_CURVE_CAPTION, "", "| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    for key in table.rows:
+        lines += [_map_curve_line(r, rows, table.with_series) for r in _select(rows, key, source)]
+    return "\n".join(lines) + "\n"
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RenderError(f"{path} is missing: the tables of the results pages are rendered from it") from None
+    except json.JSONDecodeError as e:
+        raise RenderError(f"{path} is not valid JSON ({e}); rewrite it with the script that made it") from None
+
+
+def render_all() -> Dict[str, str]:
+    """Table name -> the Markdown its JSON renders (caption, blank line, table)."""
+    curve = _load_json(MAP_CURVE)
+    return {name: render_map_curve(table, curve) for name, table in TABLES.items()}
+
+
+def fill_page(text: str, rendered: Dict[str, str], page: str) -> str:
+    """The page with every marked table replaced by its rendering; every table of TABLES on this page must be
+    marked, and every marker must name a table."""
+    seen = []
+
+    def replace(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in rendered:
+            raise RenderError(f"{page}: marker 'table: {name}' names no table of render_results.TABLES")
+        seen.append(name)
+        return f"<!-- table: {name} -->\n{rendered[name]}<!-- /table -->"
+
+    out = MARKER.sub(replace, text)
+    wanted = [n for n, t in TABLES.items() if t.page == page]
+    missing = sorted(set(wanted) - set(seen))
+    if missing:
+        raise RenderError(f"{page}: no '<!-- table: NAME -->' ... '<!-- /table -->' block for {missing}; add them")
+    if len(seen) != len(set(seen)):
+        raise RenderError(f"{page}: a table is marked twice: {sorted(seen)}")
+    return out
+
+
+def stale_pages(write: bool) -> List[str]:
+    """The pages whose marked tables differ from their JSON's rendering (rewritten when write is true)."""
+    rendered = render_all()
+    stale = []
+    for page in sorted({t.page for t in TABLES.values()}):
+        path = PAGES / page
+        text = path.read_text(encoding="utf-8")
+        new = fill_page(text, rendered, page)
+        if new != text:
+            stale.append(page)
+            if write:
+                path.write_text(new, encoding="utf-8")
+    return stale
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 when a page is out of date")
+    a = ap.parse_args(argv)
+    try:
+        stale = stale_pages(write=not a.check)
+    except RenderError as e:
+        print(f"render_results: {e}", file=sys.stderr)
+        return 2
+    if a.check and stale:
+        print(f"render_results: out of date: {', '.join(stale)}; run python benchmarks/render_results.py",
+              file=sys.stderr)
+        return 1
+    print(f"rewrote {', '.join(stale)}" if stale else "every rendered table is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
