@@ -115,7 +115,9 @@ def test_pages_built_from_a_script_json_name_the_command_that_wrote_it():
 
 
 def test_the_docs_point_at_pages_not_at_numbered_sections():
-    docs = [REPO / "README.md", REPO / "registry" / "data" / "MODEL_CARD.md", *sorted((REPO / "docs").glob("*.md"))]
+    docs = [REPO / "README.md", REPO / "registry" / "data" / "MODEL_CARD.md", *sorted((REPO / "docs").glob("*.md")),
+            *sorted(BENCH.glob("*.sh")), BENCH / "int8_levers.jsonl", BENCH / "bench_map_curve.py",
+            BENCH / "bench_map_scale.py"]
     stale = {str(d.relative_to(REPO)): SECTION_REFERENCE.findall(d.read_text(encoding="utf-8")) for d in docs}
     assert {d: refs for d, refs in stale.items() if refs} == {}
 
