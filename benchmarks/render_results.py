@@ -4,9 +4,10 @@
   python benchmarks/render_results.py --check    # exit 1 when a page differs from what its JSON renders
 
 A rendered table sits in its page between `<!-- table: NAME -->` and `<!-- /table -->`; TABLES below names, for
-each NAME, the page, the JSON file and the rows (selected by key, in the order given). The columns and their
-rounding are fixed per table kind and stated in the caption line the renderer writes above the table, so the same
-JSON always gives the same bytes. Pure Python: no numpy, no models.
+each NAME, the page and its source: rows of map_curve.json (selected by key, in the order given), or a table that
+a benchmark script rendered into a Markdown file from its own JSON, copied as it is. The columns and their rounding
+are fixed per table kind and stated in the caption line the renderer writes above the table, so the same source
+always gives the same bytes. Pure Python: no numpy, no models.
 """
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 BENCH = Path(__file__).resolve().parent
 PAGES = BENCH / "results"
 MAP_CURVE = BENCH / "map_scale" / "map_curve.json"
+MAP_SCALE_MD = BENCH / "map_scale" / "map_scale.md"
 
 MARKER = re.compile(r"<!-- table: (?P<name>[\w/.-]+) -->\n(?P<body>.*?)<!-- /table -->", re.S)
 
@@ -45,7 +47,16 @@ class MapCurveTable:
     with_series: bool = False
 
 
-TABLES: Dict[str, MapCurveTable] = {
+@dataclass(frozen=True)
+class ScriptTable:
+    """The table number `number` (from 0) of a Markdown file a benchmark script rendered, copied as it is."""
+    page: str
+    source: Path
+    number: int
+    caption: str
+
+
+TABLES: Dict[str, Union[MapCurveTable, ScriptTable]] = {
     "map_curve/1e5": MapCurveTable("map-curve.md", with_series=True, rows=(
         (W256, 100_000, "flat", ""),
         (W256, 100_000, "IVF-PQ32 inner product (section 9)", "nprobe=64"),
@@ -86,6 +97,20 @@ TABLES: Dict[str, MapCurveTable] = {
     "map_curve/netvlad-32768": MapCurveTable("map-curve.md", rows=tuple(
         (NV32K, 10_000, index, None) for index in (
             "flat", "IVF-PQ64 inner product (section 9)", "IVF-PQ64 L2, refine from disk"))),
+    "map_scale/measured": ScriptTable("map-scale.md", MAP_SCALE_MD, 0, (
+        "*Copied by `python benchmarks/render_results.py` from `benchmarks/map_scale/map_scale.md`, which `python "
+        "benchmarks/bench_map_scale.py measure` (or `report`) renders from `benchmarks/map_scale/map_scale.json`. "
+        "Rounding (the script's): index size to 0.1 GB (0.1 MB below 0.1 GB), bytes per image to the unit, build "
+        "time and latencies to 0.01 s / ms, recalls and losses to 0.1 point.*")),
+    "map_scale/fit": ScriptTable("map-scale.md", MAP_SCALE_MD, 1, (
+        "*Copied by `python benchmarks/render_results.py` from `benchmarks/map_scale/map_scale.md`, computed by "
+        "`python benchmarks/bench_map_scale.py report` from the largest measured row of each index in "
+        "`benchmarks/map_scale/map_scale.json`. Rounding (the script's): bytes per image to the unit, sizes to 0.1 "
+        "GB (0.1 MB below 0.1 GB), the largest map to 3 significant digits.*")),
+    "map_scale/reductions": ScriptTable("map-scale.md", BENCH / "map_scale" / "reductions.md", 0, (
+        "*Copied by `python benchmarks/render_results.py` from `benchmarks/map_scale/reductions.md`, which `python "
+        "benchmarks/bench_map_scale.py reductions` writes directly (no JSON). Rounding (the script's): recalls to "
+        "0.1 point.*")),
 }
 
 MAP_CURVE_CAPTION = (
@@ -158,10 +183,34 @@ def _load_json(path: Path):
         raise RenderError(f"{path} is not valid JSON ({e}); rewrite it with the script that made it") from None
 
 
+def markdown_tables(text: str) -> List[List[str]]:
+    """The tables of a Markdown text, each as its lines (runs of lines starting with '|')."""
+    tables, current = [], []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables + ([current] if current else [])
+
+
+def render_script_table(table: ScriptTable) -> str:
+    try:
+        found = markdown_tables(table.source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RenderError(f"{table.source} is missing: rerun the benchmark script that writes it") from None
+    if table.number >= len(found):
+        raise RenderError(f"{table.source} holds {len(found)} tables, not table {table.number}: rerun the script "
+                          "that writes it or fix the number in render_results.TABLES")
+    return "\n".join([table.caption, "", *found[table.number]]) + "\n"
+
+
 def render_all() -> Dict[str, str]:
-    """Table name -> the Markdown its JSON renders (caption, blank line, table)."""
+    """Table name -> the Markdown its source renders (caption, blank line, table)."""
     curve = _load_json(MAP_CURVE)
-    return {name: render_map_curve(table, curve) for name, table in TABLES.items()}
+    return {name: render_map_curve(table, curve) if isinstance(table, MapCurveTable) else render_script_table(table)
+            for name, table in TABLES.items()}
 
 
 def fill_page(text: str, rendered: Dict[str, str], page: str) -> str:

@@ -181,6 +181,8 @@ def test_the_check_finds_a_changed_figure_and_a_missing_marker(tmp_path, monkeyp
     page = (PAGES / "map-curve.md").read_text(encoding="utf-8")
     assert "| 13.3 | (exact) |" in page
     monkeypatch.setattr(render, "PAGES", tmp_path)
+    for other in _pages():
+        (tmp_path / other.name).write_text(other.read_text(encoding="utf-8"), encoding="utf-8")
     (tmp_path / "map-curve.md").write_text(page.replace("| 13.3 | (exact) |", "| 13.4 | (exact) |", 1),
                                            encoding="utf-8")
     assert render.main(["--check"]) == 1
