@@ -192,3 +192,14 @@ def test_the_check_finds_a_changed_figure_and_a_missing_marker(tmp_path, monkeyp
     with pytest.raises(render.RenderError, match="map_curve/1e5"):
         render.stale_pages(write=False)
     assert render.main(["--check"]) == 2
+
+
+def test_a_page_with_tables_not_rendered_from_json_says_they_were_recorded_by_hand():
+    unsaid = []
+    for page in _pages():
+        text = page.read_text(encoding="utf-8")
+        outside = re.sub(r"<!-- table: [\w/.-]+ -->\n.*?<!-- /table -->", "", text, flags=re.S)
+        has_table = any(line.startswith("|---") for line in outside.splitlines())  # a header's rule line
+        if has_table and "recorded by hand" not in " ".join(outside.lower().split()):
+            unsaid.append(page.name)
+    assert unsaid == [], f"{unsaid}: say which runs these tables were recorded by hand from, or render them"
