@@ -4,8 +4,9 @@
   python benchmarks/render_results.py --check    # exit 1 when a page differs from what its JSON renders
 
 A rendered table sits in its page between `<!-- table: NAME -->` and `<!-- /table -->`; TABLES below names, for
-each NAME, the page and its source: rows of map_curve.json (selected by key, in the order given), or a table that
-a benchmark script rendered into a Markdown file from its own JSON, copied as it is. The columns and their rounding
+each NAME, the page and its source: rows of map_curve.json (selected by key, in the order given), a table that a
+benchmark script rendered into a Markdown file from its own JSON (copied as it is), or the recalls stored in the
+releases' config.json. The columns and their rounding
 are fixed per table kind and stated in the caption line the renderer writes above the table, so the same source
 always gives the same bytes. Pure Python: no numpy, no models.
 """
@@ -56,7 +57,20 @@ class ScriptTable:
     caption: str
 
 
-TABLES: Dict[str, Union[MapCurveTable, ScriptTable]] = {
+@dataclass(frozen=True)
+class ReleaseTable:
+    """One line per release folder, from its config.json: the recalls `vpr release build` stored."""
+    page: str
+    releases: Tuple[Path, ...]
+
+
+REPO = BENCH.parent
+RELEASES = (REPO / "clusvpr_plugin" / "releases" / "clusvpr_vgg16.nordland",
+            REPO / "registry" / "releases" / "netvlad_vgg16.nordland",
+            REPO / "registry" / "releases" / "gem_vgg16.nordland")
+
+TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
+    "releases/recalls": ReleaseTable("releases.md", RELEASES),
     "map_curve/1e5": MapCurveTable("map-curve.md", with_series=True, rows=(
         (W256, 100_000, "flat", ""),
         (W256, 100_000, "IVF-PQ32 inner product (section 9)", "nprobe=64"),
@@ -118,6 +132,12 @@ MAP_CURVE_CAPTION = (
     "`python benchmarks/bench_map_curve.py curve`). Rounding: bytes per image and peak RSS to the unit, build "
     "time to the second, latencies to 0.01 ms, recalls and losses to 0.1 point; loss = exact search's recall on "
     "the same map minus the row's; \"-\": not measured.*")
+
+
+RELEASE_CAPTION = (
+    "*Rendered by `python benchmarks/render_results.py` from each release's `config.json` (`recalls`: the released "
+    "float16 copy loaded as float32; `release.fp32_recalls`: the trained float32 model; both written by `vpr "
+    "release build`). Rounding: recalls to 0.01 point, as stored.*")
 
 
 class RenderError(ValueError):
@@ -206,11 +226,43 @@ def render_script_table(table: ScriptTable) -> str:
     return "\n".join([table.caption, "", *found[table.number]]) + "\n"
 
 
+def _recalls(table: Dict, path: Path, split: str) -> str:
+    try:
+        row = table[split]
+        return " / ".join(f"{row[f'R@{k}']:.2f}" for k in (1, 5, 10))
+    except (KeyError, TypeError):
+        raise RenderError(f"{path}: no R@1 / R@5 / R@10 for {split!r}; rebuild the release with vpr release build") \
+            from None
+
+
+def render_releases(table: ReleaseTable) -> str:
+    lines = [RELEASE_CAPTION, "",
+             "| model | release | run | validation R@1 / R@5 / R@10 | Nordland test fp32 | Nordland test released | "
+             "Corridor fp32 | Corridor released |", "|---|---|---|---|---|---|---|---|"]
+    for folder in table.releases:
+        path = folder / "config.json"
+        cfg = _load_json(path)
+        release = cfg.get("release", {})
+        fp32 = release.get("fp32_recalls", {})
+        lines.append(f"| {cfg['architecture']} | {release.get('name', '-')} | {release.get('run', '-')} | "
+                     f"{_recalls(cfg['recalls'], path, 'nordland_val')} | "
+                     f"{_recalls(fp32, path, 'nordland_test')} | {_recalls(cfg['recalls'], path, 'nordland_test')} | "
+                     f"{_recalls(fp32, path, 'corridor')} | {_recalls(cfg['recalls'], path, 'corridor')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _render(table, curve: Sequence[Dict]) -> str:
+    if isinstance(table, MapCurveTable):
+        return render_map_curve(table, curve)
+    if isinstance(table, ScriptTable):
+        return render_script_table(table)
+    return render_releases(table)
+
+
 def render_all() -> Dict[str, str]:
     """Table name -> the Markdown its source renders (caption, blank line, table)."""
     curve = _load_json(MAP_CURVE)
-    return {name: render_map_curve(table, curve) if isinstance(table, MapCurveTable) else render_script_table(table)
-            for name, table in TABLES.items()}
+    return {name: _render(table, curve) for name, table in TABLES.items()}
 
 
 def fill_page(text: str, rendered: Dict[str, str], page: str) -> str:

@@ -203,3 +203,29 @@ def test_a_page_with_tables_not_rendered_from_json_says_they_were_recorded_by_ha
         if has_table and "recorded by hand" not in " ".join(outside.lower().split()):
             unsaid.append(page.name)
     assert unsaid == [], f"{unsaid}: say which runs these tables were recorded by hand from, or render them"
+
+
+def test_the_releases_recalls_are_the_config_json_ones_in_both_tables():
+    text = (PAGES / "releases.md").read_text(encoding="utf-8")
+    rendered = re.search(r"<!-- table: releases/recalls -->\n(.*?)<!-- /table -->", text, re.S).group(1)
+    head, *rows = _table_rows(rendered)
+    by_model = {_cells(r)[0]: dict(zip(_cells(head), _cells(r))) for r in rows}
+    assert sorted(by_model) == ["clusvpr_vgg16", "gem_vgg16", "netvlad_vgg16"]
+    hand = {}
+    for row in _table_rows(text.replace(rendered, "")):
+        cells = _cells(row)
+        if cells[0] in by_model and len(cells) == 9:
+            hand[cells[0]] = cells[3:8]
+    assert sorted(hand) == sorted(by_model)
+    for folder in (REPO / "clusvpr_plugin" / "releases", REPO / "registry" / "releases"):
+        for config in sorted(folder.glob("*/config.json")):
+            cfg = json.loads(config.read_text(encoding="utf-8"))
+            fp32, released = cfg["release"]["fp32_recalls"], cfg["recalls"]
+            want = [released["nordland_val"], fp32["nordland_test"], released["nordland_test"], fp32["corridor"],
+                    released["corridor"]]
+            row = by_model[cfg["architecture"]]
+            got = [row[c] for c in ("validation R@1 / R@5 / R@10", "Nordland test fp32", "Nordland test released",
+                                    "Corridor fp32", "Corridor released")]
+            for cell, split in zip(got, want):
+                assert [float(x) for x in cell.split(" / ")] == [split["R@1"], split["R@5"], split["R@10"]]
+            assert got == hand[cfg["architecture"]], f"releases.md: the two tables disagree on {cfg['architecture']}"
