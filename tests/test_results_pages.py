@@ -211,12 +211,13 @@ def test_the_releases_recalls_are_the_config_json_ones_in_both_tables():
     head, *rows = _table_rows(rendered)
     by_model = {_cells(r)[0]: dict(zip(_cells(head), _cells(r))) for r in rows}
     assert sorted(by_model) == ["clusvpr_vgg16", "gem_vgg16", "netvlad_vgg16"]
-    hand = {}
-    for row in _table_rows(text.replace(rendered, "")):
-        cells = _cells(row)
-        if cells[0] in by_model and len(cells) == 9:
-            hand[cells[0]] = cells[3:8]
-    assert sorted(hand) == sorted(by_model)
+    hand, headline = {}, {}
+    for table, rows_text in ((hand, text.replace(rendered, "")), (headline, INDEX.read_text(encoding="utf-8"))):
+        for row in _table_rows(rows_text):
+            cells = _cells(row)
+            if cells[0] in by_model and len(cells) == 9:
+                table[cells[0]] = cells[3:8]
+    assert sorted(hand) == sorted(headline) == sorted(by_model)
     for folder in (REPO / "clusvpr_plugin" / "releases", REPO / "registry" / "releases"):
         for config in sorted(folder.glob("*/config.json")):
             cfg = json.loads(config.read_text(encoding="utf-8"))
@@ -229,3 +230,4 @@ def test_the_releases_recalls_are_the_config_json_ones_in_both_tables():
             for cell, split in zip(got, want):
                 assert [float(x) for x in cell.split(" / ")] == [split["R@1"], split["R@5"], split["R@10"]]
             assert got == hand[cfg["architecture"]], f"releases.md: the two tables disagree on {cfg['architecture']}"
+            assert got == headline[cfg["architecture"]], f"RESULTS.md's releases table: {cfg['architecture']}"
