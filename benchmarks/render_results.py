@@ -6,9 +6,8 @@
 A rendered table sits in its page between `<!-- table: NAME -->` and `<!-- /table -->`; TABLES below names, for
 each NAME, the page and its source: rows of map_curve.json (selected by key, in the order given), a table that a
 benchmark script rendered into a Markdown file from its own JSON (copied as it is), or the recalls stored in the
-releases' config.json. The columns and their rounding
-are fixed per table kind and stated in the caption line the renderer writes above the table, so the same source
-always gives the same bytes. Pure Python: no numpy, no models.
+releases' config.json. The columns and their rounding are fixed per table kind and stated in the caption line the
+renderer writes above the table, so the same source always gives the same bytes. Pure Python: no numpy, no models.
 """
 from __future__ import annotations
 
@@ -131,7 +130,8 @@ MAP_CURVE_CAPTION = (
     "*Rendered by `python benchmarks/render_results.py` from `benchmarks/map_scale/map_curve.json` (written by "
     "`python benchmarks/bench_map_curve.py curve`). Rounding: bytes per image and peak RSS to the unit, build "
     "time to the second, latencies to 0.01 ms, recalls and losses to 0.1 point; loss = exact search's recall on "
-    "the same map minus the row's; \"-\": not measured.*")
+    "the same map minus the row's; \"process N\": only the process's cumulative peak was recorded; \"-\": not "
+    "measured.*")
 
 
 RELEASE_CAPTION = (
