@@ -37,7 +37,7 @@ KINDS = ("onnx", "onnx-int8")
 OP_DOMAINS = ("", "ai.onnx", "com.microsoft")  # the standard ONNX ops and onnxruntime's (int8 QDQ uses both)
 MAX_STATIC_ELEMENTS = 1 << 26  # 64 Mi values (256 MB of float32): no tensor of a registry model comes near it
 MAX_INPUT_PIXELS = 4096 * 4096  # input_size H x W a runtime file may ask images to be resized to
-MAX_DESCRIPTOR_DIM = int(BUILDER_RANGES["whitening_dim"].hi)
+MAX_DESCRIPTOR_DIM = 1 << 21  # an unwhitened NetVLAD of 1024 clusters (num_clusters' most) over 2048 channels
 REEXPORT = "re-export the model with `vpr export` (registry.export_onnx) or save it again with a runtime's save()"
 
 
