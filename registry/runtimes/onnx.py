@@ -208,13 +208,17 @@ def _tensors(graph):
 
 def check_graph(proto, label: str, descriptor_dim: int) -> None:
     """RuntimeFileError naming `label` unless the graph is one a runtime file can be: no external data, only the
-    standard and onnxruntime op domains, `images` (N, 3, H, W) in and `descriptors` (N, descriptor_dim) out, and no
-    statically known shape (ConstantOfShape, Expand, Resize sizes) of more than MAX_STATIC_ELEMENTS values."""
+    standard and onnxruntime op domains and no local functions, `images` (N, 3, H, W) in and `descriptors` of rank 2
+    out (of width descriptor_dim where the graph states it), and no statically known shape (ConstantOfShape, Expand,
+    Resize sizes) of more than MAX_STATIC_ELEMENTS values."""
     from onnx import TensorProto, numpy_helper
 
     def refuse(problem: str) -> None:
         raise RuntimeFileError(f"{label} {problem}; {REEXPORT}")
 
+    if len(proto.functions):
+        refuse(f"defines {len(proto.functions)} local function(s) ({quote([f.name for f in proto.functions])}): a "
+               "runtime file uses ONNX's and onnxruntime's ops only")
     for graph in _subgraphs(proto.graph):
         for where, t in _tensors(graph):
             if t.data_location == TensorProto.EXTERNAL or len(t.external_data):

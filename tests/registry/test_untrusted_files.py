@@ -124,6 +124,21 @@ def test_a_node_of_a_custom_op_domain_is_refused_naming_the_file_and_the_fix(run
         registry.load_runtime(path)
 
 
+def test_a_graph_defining_a_local_function_is_refused(runtime_file, tmp_path):
+    def add_function(proto):
+        body = [helper.make_node("Identity", ["x"], ["y"])]
+        proto.functions.append(helper.make_function("local.fns", "Pass", ["x"], ["y"], body,
+                                                    [helper.make_opsetid("", 17)]))
+        out = proto.graph.output[0].name
+        proto.graph.node[-1].output[0] = "raw"
+        proto.graph.node.append(helper.make_node("Pass", ["raw"], [out], name="pass", domain="local.fns"))
+        proto.opset_import.append(helper.make_opsetid("local.fns", 1))
+
+    path = _edited(runtime_file, tmp_path / "function.onnx", add_function)
+    with pytest.raises(RuntimeFileError, match=r"function.onnx defines 1 local function\(s\) \(\['Pass'\]\)"):
+        registry.load_runtime(path)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "text", "empty graph"])
 def test_a_broken_onnx_file_is_one_runtime_error_naming_the_file_and_the_fix(runtime_file, tmp_path, damage):
     path = tmp_path / f"{damage.replace(' ', '_')}.onnx"
@@ -351,6 +366,17 @@ def test_a_small_h5_declaring_huge_centroids_is_refused_from_its_shape_before_re
     outcome = run_capped(lambda: tuple(t.shape for t in h5io.load_centroids(path)), 512 * MIB)
     assert outcome[:2] == ("raised", "ValueError"), outcome
     assert "centroids.h5: 'centroids' declares shape (20000, 20000) (400,000,000 values), more than" in outcome[2]
+
+
+def test_a_small_pca_h5_declaring_a_huge_projection_is_refused_from_its_shape(tmp_path):
+    path = tmp_path / "pca.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("U", shape=(20000, 20000), dtype="f8", chunks=(1000, 1000), compression="gzip")
+        for key in ("lams", "mu", "Utmu"):
+            f.create_dataset(key, data=np.ones(20000, np.float32))
+    outcome = run_capped(lambda: [a.shape for a in h5io.read_pca(path)], 512 * MIB)  # 3.2 GB if U were read
+    assert outcome[:2] == ("raised", "ValueError"), outcome
+    assert "pca.h5: 'U' declares shape (20000, 20000) (400,000,000 values)" in outcome[2]
 
 
 @pytest.mark.parametrize("centroids, descriptors, message", [
