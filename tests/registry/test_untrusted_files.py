@@ -112,12 +112,17 @@ def test_an_initializer_with_external_data_is_refused_before_onnxruntime_reads_t
         registry.load_runtime(path)
 
 
+def _through(proto, op: str, domain: str) -> None:
+    """The graph's descriptors passed through one node of `op` in `domain` (named after the op, lower case)."""
+    out = proto.graph.output[0].name
+    proto.graph.node[-1].output[0] = "raw"
+    proto.graph.node.append(helper.make_node(op, ["raw"], [out], name=op.lower(), domain=domain))
+    proto.opset_import.append(helper.make_opsetid(domain, 1))
+
+
 def test_a_node_of_a_custom_op_domain_is_refused_naming_the_file_and_the_fix(runtime_file, tmp_path):
     def add_custom(proto):
-        out = proto.graph.output[0].name
-        proto.graph.node[-1].output[0] = "raw"
-        proto.graph.node.append(helper.make_node("Leak", ["raw"], [out], name="leak", domain="evil.ops"))
-        proto.opset_import.append(helper.make_opsetid("evil.ops", 1))
+        _through(proto, "Leak", "evil.ops")
 
     path = _edited(runtime_file, tmp_path / "custom.onnx", add_custom)
     with pytest.raises(RuntimeFileError, match=r"custom.onnx has node 'leak' of op 'Leak' in domain 'evil.ops'"):
@@ -129,10 +134,7 @@ def test_a_graph_defining_a_local_function_is_refused(runtime_file, tmp_path):
         body = [helper.make_node("Identity", ["x"], ["y"])]
         proto.functions.append(helper.make_function("local.fns", "Pass", ["x"], ["y"], body,
                                                     [helper.make_opsetid("", 17)]))
-        out = proto.graph.output[0].name
-        proto.graph.node[-1].output[0] = "raw"
-        proto.graph.node.append(helper.make_node("Pass", ["raw"], [out], name="pass", domain="local.fns"))
-        proto.opset_import.append(helper.make_opsetid("local.fns", 1))
+        _through(proto, "Pass", "local.fns")
 
     path = _edited(runtime_file, tmp_path / "function.onnx", add_function)
     with pytest.raises(RuntimeFileError, match=r"function.onnx defines 1 local function\(s\) \(\['Pass'\]\)"):
