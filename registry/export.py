@@ -247,8 +247,10 @@ def verify_onnx(model: nn.Module, path: PathLike, shapes: Sequence[Tuple[int, in
         if got.shape != expected.shape:
             raise RuntimeError(f"{label}: onnxruntime gave shape {tuple(got.shape)} for input {(n, 3, h, w)}, "
                                f"PyTorch {tuple(expected.shape)}")
-        worst = max(worst, relative_error(got, expected))
-    if worst > rtol:
+        err = relative_error(got, expected)
+        if err != err or err > worst:  # a NaN error is kept (max(0.0, nan) would give 0.0)
+            worst = err
+    if not worst <= rtol:
         raise RuntimeError(f"{label}: onnxruntime differs from PyTorch by {worst:.2e} relative (allowed {rtol:.0e}); "
                            "the export is wrong: report it with the model name and input size")
     return worst

@@ -11,9 +11,11 @@ from typing import Any, Dict, Tuple
 import torch
 
 from .. import h5io
+from .._jsonio import check_safetensors_header
 from ..whitening import PCAWhitening
 from ._layout import CENTROIDS, PCA, WEIGHTS
 from ._source import ModelLocation, Snapshot
+from .errors import IncompatibleWeightsError
 
 _H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -22,7 +24,9 @@ def read_state_dict(snap: Snapshot) -> Dict[str, torch.Tensor]:
     """model.safetensors of `snap`, sha256-checked, as CPU tensors (safetensors never unpickles code)."""
     from safetensors.torch import load_file
 
-    return load_file(str(snap.path(WEIGHTS)), device="cpu")
+    path = snap.path(WEIGHTS)
+    check_safetensors_header(path, error=IncompatibleWeightsError)  # named error, not a bare SafetensorError
+    return load_file(str(path), device="cpu")
 
 
 def pull_centroids(src: ModelLocation, **hub_kwargs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
