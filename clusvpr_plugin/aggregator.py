@@ -53,6 +53,10 @@ class ClusVPRAggregator(nn.Module):
     def cluster_source(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         return self.optlad.cluster_source
 
+    @cluster_source.setter
+    def cluster_source(self, source: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.optlad.cluster_source = source
+
     def init_from_clusters(self, centroids: torch.Tensor, descriptors: torch.Tensor) -> float:
         """Alpha initialisation of OptLAD from centres in its grouped space."""
         return self.optlad.init_from_clusters(centroids, descriptors)

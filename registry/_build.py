@@ -156,6 +156,22 @@ def load_weights(model: nn.Module, state: Mapping[str, Any], label: str, overrid
         raise IncompatibleWeightsError(f"model.safetensors of {label} does not fit {name}: {err}; {hint}") from None
 
 
+def attach_cluster_source(model: nn.Module, source: Tuple[torch.Tensor, torch.Tensor], label: str) -> None:
+    """Give the loaded model's aggregator the (centroids, descriptors) of its layout's centroids.h5, so that saving
+    it again writes the same file; WrongModelError when the aggregator keeps no such centres or their shape differs."""
+    aggregator = getattr(model, "aggregator", None)
+    expected = getattr(aggregator, "centroids", None)
+    name = getattr(model, "name", type(model).__name__)
+    if not hasattr(aggregator, "cluster_source") or expected is None:
+        raise WrongModelError(f"centroids.h5 of {label} holds cluster centres, but the aggregator of {name} keeps "
+                              "none: remove the file and its entry in config.json, or load the model it was saved from")
+    if tuple(source[0].shape) != tuple(expected.shape):
+        raise WrongModelError(f"centroids.h5 of {label} holds centres of shape {tuple(source[0].shape)}, but {name} "
+                              f"has {tuple(expected.shape)}: the file belongs to another model; restore the layout's "
+                              "own copy or re-save the model with save_pretrained")
+    aggregator.cluster_source = source
+
+
 def check_finite(state: Mapping[str, Any], what: str) -> None:
     """NonFiniteValuesError naming `what` (the file) and its tensors that hold NaN or Inf (one isfinite pass per
     floating-point tensor), so damaged weights never give NaN descriptors silently."""

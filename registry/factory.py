@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from . import _registry
+from . import _registry, hub
 from ._build import architecture_args as architecture_args  # public here: docs/CONTRACTS.md, the timm plugin
 from ._build import build, check_finite, check_overrides
 from ._registry import ModelEntry, Release, find_releases, get_aggregator, get_backbone, register_model
@@ -19,7 +19,6 @@ from .whitening import PCAWhitening
 VGG_MATCONVNET_MEAN = (0.485, 0.458, 0.408)
 VGG_MATCONVNET_STD = (1 / 255, 1 / 255, 1 / 255)
 DEFAULT_INPUT_SIZE = (480, 640)
-_HUB_KWARGS = ("cache_dir", "local_files_only", "token", "endpoint", "revision")
 _REFERENCE_SUFFIXES = (".pth", ".tar", ".pt")
 
 
@@ -97,8 +96,8 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
     base, tag = _registry.split_tag(name)
     entry = _registry.get_entry(base)
     descriptor_dim = overrides.pop("descriptor_dim", None)
-    check_overrides(entry, overrides, also=_HUB_KWARGS)
-    hub_kwargs = {k: overrides.pop(k) for k in _HUB_KWARGS if k in overrides}
+    check_overrides(entry, overrides, also=hub.HUB_KWARGS)
+    hub_kwargs = {k: overrides.pop(k) for k in hub.HUB_KWARGS if k in overrides}
     release = None
     if pretrained is True:
         release = entry.release(tag)

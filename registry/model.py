@@ -13,7 +13,7 @@ from torch import nn
 
 from . import _registry, hub
 from . import whitening as _whitening
-from ._build import load_weights, rebuild
+from ._build import attach_cluster_source, load_weights, rebuild
 from .errors import NonFiniteOutputError
 from .preprocess import Preprocess
 from .whitening import PCAWhitening
@@ -271,6 +271,9 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
         config = snap.zoo_config()
         model = rebuild(config, snap.label, architecture=architecture, model_cls=cls, overrides=model_kwargs)
         load_weights(model, hub.read_state_dict(snap), snap.label, overridden=bool(model_kwargs))
+        clusters = hub.read_cluster_source(snap)
+        if clusters is not None:
+            attach_cluster_source(model, clusters, snap.label)
         for key in hub.CARD_FACTS:
             if key in config:
                 model.config[key] = config[key]

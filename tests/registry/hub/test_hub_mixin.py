@@ -68,3 +68,29 @@ def test_from_pretrained_on_a_class_the_config_does_not_build_is_refused_before_
     with pytest.raises(hub.WrongModelError, match="'hubtest_tiny_netvlad' model, which its registered builder "
                                                   "makes as a VPRModel, not a Unbuilt"):
         Unbuilt.from_pretrained(folder)
+
+
+def _digests(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_load_then_save_keeps_every_file_of_the_layout(tiny, tmp_path):
+    model, _ = tiny
+    first = model.save_pretrained(tmp_path / "first")
+    again = registry.VPRModel.from_pretrained(first).save_pretrained(tmp_path / "again")
+    assert sorted(_digests(first)) == ["README.md", "centroids.h5", "config.json", "model.safetensors", "pca.h5"]
+    assert _digests(again) == _digests(first)
+    created = registry.create(model.name, pretrained=str(first)).save_pretrained(tmp_path / "created")
+    assert _digests(created) == _digests(first)
+
+
+@pytest.mark.parametrize("name", ["netvlad_vgg16.nordland", "clusvpr_vgg16.nordland"])
+def test_a_released_model_saved_again_keeps_its_centroids_file(name, tmp_path):
+    from registry import _registry
+
+    base, tag = _registry.split_tag(name)
+    folder = _registry.get_entry(base).release(tag).folder
+    saved = registry.create(name, pretrained=True).save_pretrained(tmp_path / "again", dtype="float16")
+    assert (saved / "centroids.h5").read_bytes() == (folder / "centroids.h5").read_bytes()
