@@ -13,7 +13,7 @@ from torch import nn
 
 from . import _registry, hub
 from . import whitening as _whitening
-from ._build import attach_cluster_source, load_weights, rebuild
+from ._build import load_pretrained
 from .errors import NonFiniteOutputError
 from .preprocess import Preprocess
 from .whitening import PCAWhitening
@@ -264,23 +264,13 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
         **model_kwargs: Any,
     ) -> "VPRModel":
         """ModelHubMixin's hook: the Hub layer resolves and verifies the files, the registry builder that
-        config.json names rebuilds the model, and model.safetensors loads strictly."""
+        config.json names rebuilds the model, and model.safetensors loads strictly (registry._build.load_pretrained,
+        the load `registry.create(name, pretrained=...)` runs too)."""
+        entry = None if architecture is None else _registry.get_entry(architecture)
         descriptor_dim = model_kwargs.pop("descriptor_dim", None)
         snap = hub.Snapshot(model_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                             token=token, endpoint=endpoint, force_download=force_download)
-        config = snap.zoo_config()
-        model = rebuild(config, snap.label, architecture=architecture, model_cls=cls, overrides=model_kwargs)
-        load_weights(model, hub.read_state_dict(snap), snap.label, overridden=bool(model_kwargs))
-        clusters = hub.read_cluster_source(snap)
-        if clusters is not None:
-            attach_cluster_source(model, clusters, snap.label)
-        for key in hub.CARD_FACTS:
-            if key in config:
-                model.config[key] = config[key]
-        model.config["source"] = snap.label  # where the weights came from: a folder or org/name@<commit>
-        if descriptor_dim is not None:
-            model.set_descriptor_dim(descriptor_dim)
-        return model.eval()
+        return load_pretrained(snap, entry=entry, model_cls=cls, overrides=model_kwargs, descriptor_dim=descriptor_dim)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> "ModelCard":
         """The card save_pretrained writes as README.md, from this model's config and facts."""
