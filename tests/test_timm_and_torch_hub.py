@@ -65,7 +65,11 @@ def test_torch_hub_lists_only_model_entry_points():
     # torch.hub.list reads GitHub; this applies its rule (public callables of hubconf) to the local file
     module = torch.hub._import_module("hubconf", str(REPO / "hubconf.py"))
     public = sorted(f for f in dir(module) if callable(getattr(module, f)) and not f.startswith("_"))
-    assert public == sorted(MODELS)
+    assert public == sorted(MODELS) == registry.list_models()
+
+
+def test_every_registered_model_is_a_timm_model():
+    assert set(registry.list_models()) <= set(timm.list_models())
 
 
 def test_timm_pretrained_cfg_follows_imagenet_input():
