@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 from . import _registry, hub
 from ._build import architecture_args as architecture_args  # public here: docs/CONTRACTS.md, the timm plugin
 from ._build import build, check_finite, check_overrides, finish, load_pretrained
+from ._ranges import min_side
 from ._registry import ModelEntry, Release, find_releases, get_aggregator, get_backbone, register_model
 from .input_norm import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMS, resolve_input_norm
 from .model import VPRModel
@@ -119,6 +120,13 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
                            descriptor_dim=descriptor_dim)
 
 
+def min_input_side(name: str) -> int:
+    """The smallest image side model `name` takes, read from its entry without building it: the stride of its
+    backbone times the smallest feature map its aggregator declares (`min_feature_size`, 1 when it declares none)."""
+    entry = _registry.get_entry(name)
+    return min_side(get_backbone(entry.backbone), get_aggregator(entry.aggregator))
+
+
 def release_model_args(release: Release) -> Dict[str, Any]:
     """The architecture arguments recorded in a bundled release's config.json (empty for a Hub-only release)."""
     if release.folder is None:
@@ -148,6 +156,7 @@ def model_info(name: str) -> Dict[str, Any]:
         "descriptor_dim": entry.descriptor_dim,
         "whitening_dim": args.get("whitening_dim"),
         "input_size": (3, h, w),
+        "min_input_side": min_side(get_backbone(entry.backbone), get_aggregator(entry.aggregator)),
         "mean": tuple(args.get("mean", VGG_MATCONVNET_MEAN)),
         "std": tuple(args.get("std", VGG_MATCONVNET_STD)),
         "input_norms": INPUT_NORMS,

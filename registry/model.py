@@ -14,6 +14,7 @@ from torch import nn
 from . import _registry, hub
 from . import whitening as _whitening
 from ._build import load_pretrained
+from ._ranges import min_side
 from .errors import NonFiniteOutputError
 from .preprocess import Preprocess
 from .whitening import PCAWhitening
@@ -109,6 +110,12 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
         """timm-style description of the local feature tap."""
         return [dict(num_chs=self.backbone.out_channels, reduction=self.backbone.stride, module="backbone")]
 
+    @property
+    def min_input_side(self) -> int:
+        """The smallest image side the model takes: its backbone's stride times the smallest feature map its
+        aggregator needs (the aggregator's `min_feature_size`, 1 when it declares none)."""
+        return min_side(self.backbone, self.aggregator)
+
     def _check_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor):
             raise ValueError(f"expected a torch.Tensor batch of images, got {type(images).__name__}")
@@ -122,7 +129,7 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
                 f"expected floating-point images, got dtype {images.dtype}; apply model.transform() "
                 "(scales to float and normalises with the model's mean/std)"
             )
-        side = getattr(self.backbone, "stride", 1) * getattr(self.aggregator, "min_feature_size", 1)
+        side = self.min_input_side
         if images.shape[0] and min(images.shape[2:]) < side:
             raise ValueError(
                 f"images of {images.shape[2]}x{images.shape[3]} are too small for {self.name}: expected (N, 3, H, W) "
