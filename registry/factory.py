@@ -156,7 +156,6 @@ def model_info(name: str) -> Dict[str, Any]:
         "descriptor_dim": entry.descriptor_dim,
         "whitening_dim": args.get("whitening_dim"),
         "input_size": (3, h, w),
-        "min_input_side": min_side(get_backbone(entry.backbone), get_aggregator(entry.aggregator)),
         "mean": tuple(args.get("mean", VGG_MATCONVNET_MEAN)),
         "std": tuple(args.get("std", VGG_MATCONVNET_STD)),
         "input_norms": INPUT_NORMS,
