@@ -1,5 +1,6 @@
-"""Building a registered model: the arguments that shape it, one call of its builder with them, and the rebuild of
-saved weights (a config.json and a state dict, read and verified by the Hub layer) with strict loading."""
+"""Building a registered model: the arguments that shape it, one call of its builder with them, and the one load
+path of saved weights (`load_pretrained`: a config.json and a state dict, read and verified by the Hub layer, the
+same build, strict loading), which `registry.create(name, pretrained=...)` and `VPRModel.from_pretrained` share."""
 from __future__ import annotations
 
 import functools

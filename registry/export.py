@@ -6,8 +6,10 @@ The graph takes `images` (N, 3, H, W) float32, normalised as the model's input_c
 for a model built with input_norm='imagenet'), and gives `descriptors` (N, D), L2-normalised. The batch axis and
 the spatial size are dynamic for every registered model: NetVLAD and GeM pool over any map; ClusVPR's graph
 resamples OptLAD's learned GeM exponent map to the input's map (as the PyTorch model does; at the learned size
-the resampling is the identity), and its exact KNN is an ONNX TopK over k+1 = 11 tokens, so a ClusVPR graph
-needs a conv5 map whose 2x2-pooled grid has at least k tokens (e.g. 6x8 for 96x128 input; 480x640 gives 15x20).
+the resampling is the identity), and its exact KNN is an ONNX TopK over k+1 = 11 tokens. An aggregator whose
+graph would be wrong at sizes other than the traced one says so through its `export_size_problem(feature_size)`
+hook, and the export is refused (ClusVPR's needs a conv5 map whose 2x2-pooled grid plus its class token holds k+1
+tokens: e.g. 6x8 for 96x128 input; 480x640 gives 15x20).
 
 The exporter is torch's TorchScript-based one (`dynamo=False`, opset 17): with torch 2.14 it exports every model
 here with dynamic batch and spatial axes; the torch.export-based exporter (`dynamo=True`) specialises ClusVPR's
