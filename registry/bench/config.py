@@ -19,7 +19,7 @@ DEFAULT_MODELS = "clusvpr,netvlad,gem"
 DEFAULT_DATASETS = ("corridor", "nordland_test")  # both embedded in the package
 # untrained models on the embedded data: the Corridor's own resolution (160x120) keeps the run a few minutes
 EMBEDDED_INPUT_SIZE = (120, 160)
-MIN_INPUT_SIDE = 32  # two conv5 cells at stride 16 (ClusVPR's CWT needs a 2x2 map)
+MIN_INPUT_SIDE = 16  # one conv5 cell at stride 16; each model checks its own (registry.factory.min_input_side)
 
 
 class RunOptionError(ValueError):

@@ -28,6 +28,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _log = logging.getLogger(__name__)
 
 ModelLocation = Union[str, os.PathLike]  # a folder in the layout, or a Hub repository id `org/name[@rev]`
+# the keyword arguments of Snapshot (and so of every load from the Hub): which version, which cache, which login
+HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "endpoint", "force_download")
 
 
 def parse_source(
