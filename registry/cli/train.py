@@ -222,13 +222,14 @@ def setup(a: argparse.Namespace):
 
 
 def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]:
-    """Initialise clusters, train, evaluate on the test sets, optionally push; returns the summary on rank 0."""
+    """Initialise clusters, train and finish (test sets, other runtimes, the Hub layout and summary.json, written by
+    the trainer), optionally push; returns the summary on rank 0."""
     from .._atomic import atomic_path
-    from ..evaluation.recall_table import recall_table
     from ..training import load_clusters
+    from ..training.finish import FinalEvaluation
 
     model, ctx = trainer.model, trainer.ctx
-    start = time.time()
+    start = time.time()  # the summary's wall time: clusters, training, whitening, test evaluation
     if not a.resume and not a.pretrained:
         if a.clusters:
             load_clusters(model, a.clusters)
@@ -237,29 +238,14 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
                     shutil.copyfile(a.clusters, tmp)
         else:
             trainer.init_clusters()
-    summary = trainer.fit(resume=a.resume, require_initialised_clusters=not a.pretrained)
+    final = FinalEvaluation(test_sets, a.runtime, a.calibration_images,
+                            command=" ".join([getattr(a, "prog", PROG)] + list(a.argv)), started=start)
+    summary = trainer.fit(resume=a.resume, require_initialised_clusters=not a.pretrained, final=final)
     if not ctx.is_main:
         return None
-    summary["test"] = recall_table(model, test_sets, a.eval_batch_size, ctx.device, progress=not a.no_progress)
-    others = [r for r in a.runtime if r != "torch"]
-    if others:  # the deployed ways of running it, on the same sets; torch's rows are final_val and test
-        from ..runtimes import evenly_spaced
-        from ..training.finish import runtime_recalls
-
-        sets = ([trainer.val_set] if trainer.val_set is not None else []) + list(test_sets)
-        calibration = evenly_spaced(trainer.train_set.db_images, a.calibration_images)
-        summary["runtimes"] = runtime_recalls(model, others, sets, calibration, a.eval_batch_size,
-                                             progress=not a.no_progress)
-    summary["wall_seconds"] = round(time.time() - start, 1)  # clusters, training, whitening, test evaluation
-    val = trainer.val_set
-    recalls = {**({val.name: summary["final_val"]} if val else {}), **summary["test"]} or None
-    if summary["test"]:
-        model.save_pretrained(a.output, training=trainer.training_facts(), recalls=recalls)
-    summary["command"] = " ".join([getattr(a, "prog", PROG)] + list(a.argv))
-    with atomic_path(Path(a.output) / "train" / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     if a.push_to_hub:
-        summary["hub_commit"] = model.push_to_hub(a.push_to_hub, training=trainer.training_facts(), recalls=recalls)
+        summary["hub_commit"] = model.push_to_hub(a.push_to_hub, training=trainer.training_facts(),
+                                                  recalls=trainer.recall_facts(summary))
     shown = {k: summary.get(k) for k in ("best", "final_val", "test", "wall_seconds", "hub_commit")}
     if "runtimes" in summary:
         shown["runtimes"] = {r: v["recalls"] for r, v in summary["runtimes"].items()}

@@ -261,8 +261,10 @@ class Trainer:
             cb(self, record)
 
     # ---- the run -----------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False, require_initialised_clusters: bool = True) -> Dict[str, Any]:
-        """Train every generation and epoch, then load the best model, fit whitening and write the Hub layout."""
+    def fit(self, resume: bool = False, require_initialised_clusters: bool = True,
+            final: Optional[finish.FinalEvaluation] = None) -> Dict[str, Any]:
+        """Train every generation and epoch, then load the best model, fit whitening, run the `final` evaluation
+        (test sets, other runtimes) and write the Hub layout and summary.json, once each."""
         start = time.time()
         if resume:
             self._restore()
@@ -279,23 +281,34 @@ class Trainer:
             self._start_generation()
             self.loop.record_start()
         self.loop.run(self._on_epoch)
-        return self._finish(time.time() - start)
+        return self._finish(start, final)
 
-    def _finish(self, seconds: float) -> Dict[str, Any]:
-        """Best model, PCA-whitening fit, final validation, Hub layout (rank 0 writes; others return)."""
+    def _finish(self, start: float, final: Optional[finish.FinalEvaluation]) -> Dict[str, Any]:
+        """Best model, PCA-whitening fit, final validation (every rank); then rank 0 alone runs the `final`
+        evaluation and writes the Hub layout and summary.json, while the other ranks return."""
+        seconds = time.time() - start
         self.model.load_state_dict(self.state.best_weights(self.model))
         finish.fit_pca(self.model, self.train_set.num_db + self.train_set.num_queries,
                        lambda pick: self.describe(self.source, pick, desc="PCA descriptors"), self.cfg)
         # the selection measures every candidate on validation, the chosen one included
         final_val = self._select_whitening() if self.cfg.whitening_dims is not None else self.validate(whiten=True)
         summary = finish.summary_of(self.best, final_val, seconds, self.history, self.whitening_selection)
-        if self.ctx.is_main:
-            self.model.save_pretrained(self.output, training=self.training_facts(),
-                                       recalls=finish.recall_facts(self.val_set.name if self.val_set else None,
-                                                                   final_val))
-            self.folder.write_summary(summary)
         self.ctx.barrier()
+        if not self.ctx.is_main:
+            return summary
+        if final is not None:
+            summary.update(final.measure(self.model, self.train_set, self.val_set, self.cfg.eval_batch_size,
+                                         self.ctx.device, self.progress))
+            summary["wall_seconds"] = round(time.time() - (start if final.started is None else final.started), 1)
+            summary["command"] = final.command
+        self.model.save_pretrained(self.output, training=self.training_facts(), recalls=self.recall_facts(summary))
+        self.folder.write_summary(summary)
         return summary
+
+    def recall_facts(self, summary: Dict[str, Any]) -> Optional[Dict[str, Dict[str, float]]]:
+        """What config.json records as measured of the final model in `summary` (its validation and test rows)."""
+        return finish.recall_facts(self.val_set.name if self.val_set else None, summary["final_val"],
+                                   summary.get("test"))
 
     def _select_whitening(self) -> Dict[str, float]:
         """Validation Recall@N of each candidate whitening size (leading components of the one fit, or none);

@@ -192,3 +192,38 @@ def test_the_final_evaluation_runs_each_runtime_on_validation_and_test_sets(tiny
     assert saved["runtimes"]["onnx-int8"]["recalls"] == int8["recalls"]
     config = json.loads((out / "config.json").read_text())
     assert "onnx-int8" not in json.dumps(config.get("recalls", {}))  # the release records eager PyTorch's recalls
+
+
+def test_the_run_is_finished_once_the_layout_and_the_summary_written_once_each(tiny_roots, tmp_path, monkeypatch):
+    import registry
+    from registry.evaluation.recall_table import recall_table
+    from registry.training.state import RunFolder
+
+    calls = {"save_pretrained": 0, "summary": 0}
+    save, write = registry.VPRModel.save_pretrained, RunFolder.write_summary
+
+    def counted_save(self, *args, **kwargs):
+        calls["save_pretrained"] += 1
+        return save(self, *args, **kwargs)
+
+    def counted_write(self, summary):
+        calls["summary"] += 1
+        return write(self, summary)
+
+    monkeypatch.setattr(registry.VPRModel, "save_pretrained", counted_save)
+    monkeypatch.setattr(RunFolder, "write_summary", counted_write)
+    out = tmp_path / "run"
+    argv = _args(tiny_roots, out, "--epochs", "1", "--test-set", f"aligned:{tiny_roots[0]}")
+    train_cli.main(argv)
+    assert calls == {"save_pretrained": 1, "summary": 1}
+    saved = json.loads((out / "train" / "summary.json").read_text())
+    assert list(saved) == ["best", "final_val", "train_seconds", "history", "test", "wall_seconds", "command"]
+    assert saved["command"] == " ".join(["vpr train", *argv]) and saved["wall_seconds"] >= saved["train_seconds"]
+    # the recorded recalls are those of the written model, measured again here from its files
+    from registry.datasets import load_dataset
+
+    model = registry.VPRModel.from_pretrained(str(out))
+    test = load_dataset(f"aligned:{tiny_roots[0]}")
+    assert recall_table(model, [test], progress=False) == saved["test"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["recalls"] == {"val": saved["final_val"], **saved["test"]}
