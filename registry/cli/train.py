@@ -24,9 +24,24 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .._files import unwritable
-from .._options import add_dataclass_arguments, comma_list, field_default, option, option_fields
+from .._options import (
+    UsageError,
+    add_dataclass_arguments,
+    calibration_images_option,
+    check_data_root,
+    check_input_size,
+    comma_list,
+    data_root_option,
+    device_option,
+    field_default,
+    input_size_option,
+    option,
+    option_fields,
+    resolve_device,
+)
 from ..quantize import DEFAULT_CALIBRATION_IMAGES
 from ..training.config import CLUSTERS, DATA, MODEL, RECIPE_GENERATIONS, RUN, SCHEDULE, TrainConfig
+from ._command import parser, run_command
 
 PROG = "vpr train"
 EPILOG = """\
@@ -64,8 +79,8 @@ class TrainCommand:
     model_arg: List[Tuple[str, Any]] = option(help="registry override, JSON value (e.g. whitening_dim=1024, "
                                               "num_clusters=32, whitening_dim=null)", default_factory=list,
                                               group=MODEL, type=_pair, action="append", metavar="KEY=VALUE")
-    input_size: Optional[Tuple[int, int]] = option(None, "training and test input size", group=MODEL, type=int,
-                                                   nargs=2, metavar=("H", "W"))
+    input_size: Optional[Tuple[int, int]] = input_size_option("training and test input size (within the model's "
+                                                              "range)", group=MODEL)
     backbone_weights: Optional[str] = option(None, "local backbone weights file (.safetensors/.pth) or 'imagenet'",
                                              group=MODEL)
     train_layers: Optional[str] = option(None, "trainable backbone layers: conv5 (VGG16, default) | layer3 "
@@ -85,10 +100,10 @@ class TrainCommand:
                                       "PyTorch, always runs: config.json records its recalls; summary.json's "
                                       "'runtimes' the others (default {default})", group=DATA, type=comma_list,
                                       metavar="LIST")
-    calibration_images: int = option(DEFAULT_CALIBRATION_IMAGES, "onnx-int8: training database images (evenly "
-                                     "spaced) its activation ranges are calibrated on (default {default})",
-                                     group=DATA, type=int, metavar="N")
-    data_root: Optional[str] = option(None, "folder that holds the known datasets", group=DATA)
+    calibration_images: int = calibration_images_option(DEFAULT_CALIBRATION_IMAGES, "onnx-int8: training database "
+                                                        "images (evenly spaced) its activation ranges are calibrated "
+                                                        "on (default {default})", group=DATA)
+    data_root: Optional[str] = data_root_option("folder that holds the known datasets", group=DATA)
     tolerance: Optional[int] = option(None, "aligned traversals: places that count as the same place", group=DATA)
     generations: Optional[int] = option(None, f"generations (default: {RECIPE_GENERATIONS} with a recipe that has "
                                         "generations, ClusVPR's pyramid; 1 with the global recipe)", group=SCHEDULE)
@@ -103,7 +118,7 @@ class TrainCommand:
     cache_features: Optional[str] = option(None, "cache the frozen backbone layers' outputs (in DIR, default "
                                            "OUTPUT/feature_cache)", group=RUN, nargs="?", const="", metavar="DIR")
     init_seed: Optional[int] = option(None, "seed of the model's random initialisation (default: --seed)", group=RUN)
-    device: str = option("auto", "auto | cpu | cuda | cuda:N (default {default})", group=RUN)
+    device: str = device_option(group=RUN)
     threads: Optional[int] = option(None, "CPU threads per process (default: cores / processes)", group=RUN)
     push_to_hub: Optional[str] = option(None, "upload the trained model to this Hub repository", group=RUN,
                                         metavar="REPO_ID")
@@ -112,52 +127,66 @@ class TrainCommand:
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The command line, generated from TrainCommand and TrainConfig; every option documented."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(prog, __doc__, EPILOG)
     add_dataclass_arguments(p, TrainCommand, TrainConfig)
     return p
 
 
-def check_args(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    """Cheap checks before anything heavy is imported."""
+def check_args(a: argparse.Namespace) -> None:
+    """Cheap checks before any data or weights are read (UsageError naming the option)."""
     out = Path(a.output).expanduser()
     if out.exists() and not out.is_dir():
-        parser.error(f"--output {out} exists and is not a folder")
+        raise UsageError(f"--output {out} exists and is not a folder")
     problem = unwritable(out)
     if problem:
-        parser.error(f"--output {out} cannot be written: {problem}; choose a folder you can write to")
+        raise UsageError(f"--output {out} cannot be written: {problem}; choose a folder you can write to")
     if a.resume and not (out / "train" / "checkpoint.pt").is_file():
-        parser.error(f"--resume: no checkpoint at {out / 'train' / 'checkpoint.pt'}; start without --resume")
+        raise UsageError(f"--resume: no checkpoint at {out / 'train' / 'checkpoint.pt'}; start without --resume")
     if not a.resume and (out / "train" / "checkpoint.pt").exists():
-        parser.error(f"{out} already holds a run: pass --resume to continue it, or choose another --output")
+        raise UsageError(f"{out} already holds a run: pass --resume to continue it, or choose another --output")
     if a.clusters and not Path(a.clusters).is_file():
-        parser.error(f"--clusters {a.clusters}: file not found")
+        raise UsageError(f"--clusters {a.clusters}: file not found")
     if a.backbone_weights and a.backbone_weights != "imagenet" and not Path(a.backbone_weights).is_file():
-        parser.error(f"--backbone-weights {a.backbone_weights}: file not found (or pass 'imagenet')")
-    if a.input_size and min(a.input_size) < 16:
-        parser.error(f"--input-size {a.input_size} is too small (at least 16 x 16; valid: 16..8192 per side)")
-    if a.input_size and max(a.input_size) > 8192:
-        parser.error(f"--input-size {a.input_size} is too large (valid: 16..8192 per side)")
+        raise UsageError(f"--backbone-weights {a.backbone_weights}: file not found (or pass 'imagenet')")
     if a.threads is not None and a.threads < 1:
-        parser.error("--threads must be >= 1")
-    _check_runtimes(parser, a)
+        raise UsageError("--threads must be >= 1")
+    check_data_root(a.data_root)
+    resolve_device(a.device)
+    _check_input_size(a)
+    _check_runtimes(a)
 
 
-def _check_runtimes(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+def _check_input_size(a: argparse.Namespace) -> None:
+    """--input-size within the range of the model asked for (its backbone's stride times the smallest feature map
+    its aggregator takes, up to the builder's limit)."""
+    if a.input_size is None:
+        return
+    from .._ranges import ranges_for
+    from .._registry import get_aggregator, get_backbone, get_entry, resolve_name
+
+    for module in a.plugin:
+        importlib.import_module(module)
+    try:
+        entry = get_entry(resolve_name(a.model))
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None
+    side = ranges_for(get_backbone(entry.backbone), get_aggregator(entry.aggregator))["input_size"]
+    check_input_size(a.input_size, side, entry.name)
+
+
+def _check_runtimes(a: argparse.Namespace) -> None:
     """--runtime: known names, once each, and what they need installed, before any training."""
     from ..runtimes import check_available
     from ..runtimes.base import runtime_list_problem
 
     problem = runtime_list_problem(a.runtime)
     if problem:
-        parser.error(f"--runtime {problem}")
-    if a.calibration_images < 1:
-        parser.error(f"--calibration-images must be >= 1, got {a.calibration_images}")
+        raise UsageError(f"--runtime {problem}")
     for runtime in a.runtime:
         try:
             check_available(runtime)
         except (ImportError, RuntimeError) as err:
-            parser.error(f"--runtime {runtime}: {err}")
+            raise UsageError(f"--runtime {runtime}: {err}") from None
 
 
 def model_overrides(a: argparse.Namespace) -> Dict[str, Any]:
@@ -253,42 +282,50 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
     return summary
 
 
-def main(argv: Optional[List[str]] = None, prog: str = PROG) -> Optional[Dict[str, Any]]:
-    """Parse, check, set up (errors exit with status 2 and one line), then train. `prog` is the command as the user
-    typed it: messages and summary.json name it."""
-    from ._console import console_logging
-
-    with console_logging():
-        return _main(argv, prog)
+def _write_failed(err: BaseException, output: str) -> str:
+    """Writing the final model or the summary failed (a full disk, a folder made read-only): what to do."""
+    full = " (the disk is full)" if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else ""
+    return (f"could not write to {output}{full}: {err}. The last checkpoint is kept: free space (or fix the folder), "
+            "then run the same command with --resume")
 
 
-def _main(argv: Optional[List[str]], prog: str) -> Optional[Dict[str, Any]]:
+def main(argv: Optional[List[str]] = None, prog: str = PROG) -> int:
+    """Parse, check, set up (a bad option or input: exit status 2 and one line), then train (a checkpoint, image or
+    write failure: status 1, the message says what was kept). `prog` is the command as the user typed it: messages
+    and summary.json name it."""
     from registry.datasets import ImageReadError
 
-    from ..training import CheckpointError, shutdown
+    from ..training import CheckpointError
 
-    parser = build_parser(prog)
     argv = list(sys.argv[1:] if argv is None else argv)
-    a = parser.parse_args(argv)
-    a.prog, a.argv = prog, argv
-    check_args(parser, a)
+    output = {"dir": "the output folder"}
+
+    def body() -> int:
+        a = build_parser(prog).parse_args(argv)
+        a.prog, a.argv = prog, argv
+        output["dir"] = a.output
+        check_args(a)
+        from ._console import console_logging
+
+        with console_logging():
+            run(a)
+        return 0
+
+    return run_command(prog, body, {CheckpointError: None, ImageReadError: None,
+                                    OSError: lambda err: _write_failed(err, output["dir"])})
+
+
+def run(a: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """Set up and train the run the checked arguments describe; the summary on rank 0 (None on the others)."""
+    from ..training import shutdown
+
     trainer = None
     try:
         try:
             trainer, test_sets = setup(a)
         except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError) as err:
-            print(f"{prog}: error: {err.args[0] if err.args else err}", file=sys.stderr)
-            sys.exit(2)
-        try:
-            return train(a, trainer, test_sets)
-        except (CheckpointError, ImageReadError) as err:  # the message says what was kept and what to do
-            print(f"{prog}: error: {err}", file=sys.stderr)
-            sys.exit(1)
-        except OSError as err:  # writing the final model or the summary (a full disk, a folder made read-only)
-            full = " (the disk is full)" if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-            print(f"{prog}: error: could not write to {a.output}{full}: {err}. The last checkpoint is kept: free "
-                  "space (or fix the folder), then run the same command with --resume", file=sys.stderr)
-            sys.exit(1)
+            raise UsageError(err.args[0] if err.args else str(err)) from None
+        return train(a, trainer, test_sets)
     finally:
         if trainer is not None:
             shutdown(trainer.ctx, trainer)
