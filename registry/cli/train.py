@@ -16,7 +16,6 @@ import errno
 import importlib
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -253,7 +252,6 @@ def setup(a: argparse.Namespace):
 def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]:
     """Initialise clusters, train and finish (test sets, other runtimes, the Hub layout and summary.json, written by
     the trainer), optionally push; returns the summary on rank 0."""
-    from .._atomic import atomic_path
     from ..training import load_clusters
     from ..training.finish import FinalEvaluation
 
@@ -263,8 +261,7 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
         if a.clusters:
             load_clusters(model, a.clusters)
             if ctx.is_main:
-                with atomic_path(Path(a.output) / "centroids.h5") as tmp:
-                    shutil.copyfile(a.clusters, tmp)
+                trainer.folder.copy_centroids(a.clusters)
         else:
             trainer.init_clusters()
     final = FinalEvaluation(test_sets, a.runtime, a.calibration_images,

@@ -30,11 +30,12 @@ from .clusters import attach_cluster_source, init_clusters, require_clusters
 from .config import TrainConfig
 from .feature_cache import cached_source
 from .generations import Generations
-from .loop import EpochLoop, Step
+from .loop import EpochLoop, Step, TupleEpoch
 from .mining import RerankConfig, TupleMiner
+from .optim import Optimisation
 from .recipes import get_recipe, global_descriptors
 from .sources import ImageSource, Source, stack_items
-from .state import CENTROIDS, RunFolder, TrainState
+from .state import RunFolder, TrainState
 
 _log = logging.getLogger(__name__)
 
@@ -96,16 +97,29 @@ class Trainer:
         self.amp = self.ctx.device.type == "cuda" if self.cfg.amp is None else bool(self.cfg.amp)
         self.step = Step(self.model, self.recipe, self.source, self.cfg)
         self.engine: nn.Module = self._wrap(self.step)
-        self.optimizer: Optional[torch.optim.Optimizer] = None
-        self.scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+        self.optim = Optimisation(self.model, self.cfg)
         self.state = TrainState()
         self.generations = Generations(self.step, self.recipe, self.cfg)
-        self.loop = EpochLoop(self)
+        epoch = TupleEpoch(model=self.model, miner=self.miner, queries=self.trainable, source=self.source,
+                           num_db=train_set.num_db, describe=self.describe,
+                           forward=lambda inputs, generation: self.engine(inputs, generation),
+                           uses_difficult=self.recipe.uses_difficult, cfg=self.cfg, ctx=self.ctx,
+                           autocast=self._autocast, progress=self.progress)
+        self.loop = EpochLoop(model=self.model, state=self.state, generations=self.generations, optim=self.optim,
+                              epoch=epoch, validate=self.validate, commit=self._commit, select_by=self.cfg.select_by)
         self.whitening_selection: Optional[Dict[str, Any]] = None
 
-    # the run's progress lives in `state` (what a checkpoint restores); read and set here as before
+    # the run's progress lives in `state` (what a checkpoint restores), read and set as attributes of the Trainer
     generation, epoch = _in_state("generation"), _in_state("epoch")
     best, best_model, history = _in_state("best"), _in_state("best_model"), _in_state("history")
+
+    @property
+    def optimizer(self) -> Optional[torch.optim.Optimizer]:
+        return self.optim.optimizer
+
+    @property
+    def scheduler(self) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+        return self.optim.scheduler
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _source(self, dataset: VPRDataset, cached: bool, cache_dir: Optional[PathLike], desc: str) -> Source:
@@ -158,25 +172,9 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
-    def _new_optimizer(self) -> None:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the model has no trainable parameters: check --train-layers")
-        if self.cfg.aggregator_lr_mult != 1.0:  # two groups: the backbone at lr, the aggregator at lr x mult
-            head = {id(p) for p in self.model.aggregator.parameters()}
-            groups = [{"params": [p for p in params if id(p) not in head]},
-                      {"params": [p for p in params if id(p) in head], "lr": self.cfg.lr * self.cfg.aggregator_lr_mult}]
-            params = [g for g in groups if g["params"]]
-        if self.cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                             weight_decay=self.cfg.weight_decay)
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, self.cfg.lr_step, self.cfg.lr_gamma)
-
     def init_clusters(self, path: Optional[PathLike] = None) -> Optional[float]:
         """k-means on the training database's local descriptors; writes output/centroids.h5; returns alpha."""
-        return init_clusters(self.model, self.source, path or self.output / CENTROIDS,
+        return init_clusters(self.model, self.source, path or self.folder.centroids,
                              indices=range(self.train_set.num_db), num_descriptors=self.cfg.cluster_descriptors,
                              per_image=self.cfg.cluster_per_image, seed=self.cfg.seed_of_clusters(), ctx=self.ctx)
 
@@ -221,11 +219,6 @@ class Trainer:
         """Mine and optimise over this epoch's queries; returns mean losses."""
         return self.loop.train_epoch()
 
-    def _start_generation(self) -> None:
-        """Fresh optimiser; from generation 1 on, start from the best model so far, which is also the teacher."""
-        self.generations.start(self.generation, self.state.best_weights(self.model))
-        self._new_optimizer()
-
     def _checkpoint(self) -> Dict[str, Any]:
         return self.state.to_checkpoint(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                         prev_negatives=self.miner.prev_negatives,
@@ -241,14 +234,12 @@ class Trainer:
         """Resume: the checkpoint's model, state, mining memory, teacher, optimiser and schedule, and the centres."""
         saved = self.folder.read(self.cfg)
         self.model.load_state_dict(saved["model"])
-        self.state = TrainState.from_checkpoint(saved)
+        self.state.restore(saved)
         self.miner.prev_negatives = saved["prev_negatives"].numpy().copy()
         self.generations.restore_teacher(saved["teacher"])
-        self._new_optimizer()
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        if (self.output / CENTROIDS).is_file():
-            attach_cluster_source(self.model.aggregator, self.output / CENTROIDS)
+        self.optim.restore(saved["optimizer"], saved["scheduler"])
+        if self.folder.centroids.is_file():
+            attach_cluster_source(self.model.aggregator, self.folder.centroids)
 
     def remove_stale_files(self) -> List[Path]:
         """Delete the temporary files and staging folders a killed run left (rank 0); returns what was removed."""
@@ -278,7 +269,7 @@ class Trainer:
             if self.ctx.is_main:
                 self.folder.prepare()
             self.ctx.barrier()
-            self._start_generation()
+            self.loop.start_generation()
             self.loop.record_start()
         self.loop.run(self._on_epoch)
         return self._finish(start, final)
@@ -301,7 +292,7 @@ class Trainer:
                                          self.ctx.device, self.progress))
             summary["wall_seconds"] = round(time.time() - (start if final.started is None else final.started), 1)
             summary["command"] = final.command
-        self.model.save_pretrained(self.output, training=self.training_facts(), recalls=self.recall_facts(summary))
+        self.folder.write_layout(self.model, training=self.training_facts(), recalls=self.recall_facts(summary))
         self.folder.write_summary(summary)
         return summary
 
