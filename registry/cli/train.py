@@ -22,22 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from .. import _options as opt
 from .._files import unwritable
-from .._options import (
-    UsageError,
-    add_dataclass_arguments,
-    calibration_images_option,
-    check_data_root,
-    check_input_size,
-    comma_list,
-    data_root_option,
-    device_option,
-    field_default,
-    input_size_option,
-    option,
-    option_fields,
-    resolve_device,
-)
+from .._options import UsageError, add_dataclass_arguments, comma_list, field_default, option, option_fields
 from ..quantize import DEFAULT_CALIBRATION_IMAGES
 from ..training.config import CLUSTERS, DATA, MODEL, RECIPE_GENERATIONS, RUN, SCHEDULE, TrainConfig
 from ._command import parser, run_command
@@ -78,7 +65,7 @@ class TrainCommand:
     model_arg: List[Tuple[str, Any]] = option(help="registry override, JSON value (e.g. whitening_dim=1024, "
                                               "num_clusters=32, whitening_dim=null)", default_factory=list,
                                               group=MODEL, type=_pair, action="append", metavar="KEY=VALUE")
-    input_size: Optional[Tuple[int, int]] = input_size_option("training and test input size (within the model's "
+    input_size: Optional[Tuple[int, int]] = opt.input_size_option("training and test input size (within the model's "
                                                               "range)", group=MODEL)
     backbone_weights: Optional[str] = option(None, "local backbone weights file (.safetensors/.pth) or 'imagenet'",
                                              group=MODEL)
@@ -99,10 +86,10 @@ class TrainCommand:
                                       "PyTorch, always runs: config.json records its recalls; summary.json's "
                                       "'runtimes' the others (default {default})", group=DATA, type=comma_list,
                                       metavar="LIST")
-    calibration_images: int = calibration_images_option(DEFAULT_CALIBRATION_IMAGES, "onnx-int8: training database "
+    calibration_images: int = opt.calibration_images_option(DEFAULT_CALIBRATION_IMAGES, "onnx-int8: training database "
                                                         "images (evenly spaced) its activation ranges are calibrated "
                                                         "on (default {default})", group=DATA)
-    data_root: Optional[str] = data_root_option("folder that holds the known datasets", group=DATA)
+    data_root: Optional[str] = opt.data_root_option("folder that holds the known datasets", group=DATA)
     tolerance: Optional[int] = option(None, "aligned traversals: places that count as the same place", group=DATA)
     generations: Optional[int] = option(None, f"generations (default: {RECIPE_GENERATIONS} with a recipe that has "
                                         "generations, ClusVPR's pyramid; 1 with the global recipe)", group=SCHEDULE)
@@ -117,7 +104,7 @@ class TrainCommand:
     cache_features: Optional[str] = option(None, "cache the frozen backbone layers' outputs (in DIR, default "
                                            "OUTPUT/feature_cache)", group=RUN, nargs="?", const="", metavar="DIR")
     init_seed: Optional[int] = option(None, "seed of the model's random initialisation (default: --seed)", group=RUN)
-    device: str = device_option(group=RUN)
+    device: str = opt.device_option(group=RUN)
     threads: Optional[int] = option(None, "CPU threads per process (default: cores / processes)", group=RUN)
     push_to_hub: Optional[str] = option(None, "upload the trained model to this Hub repository", group=RUN,
                                         metavar="REPO_ID")
@@ -149,8 +136,8 @@ def check_args(a: argparse.Namespace) -> None:
         raise UsageError(f"--backbone-weights {a.backbone_weights}: file not found (or pass 'imagenet')")
     if a.threads is not None and a.threads < 1:
         raise UsageError("--threads must be >= 1")
-    check_data_root(a.data_root)
-    resolve_device(a.device)
+    opt.check_data_root(a.data_root)
+    opt.resolve_device(a.device)
     _check_input_size(a)
     _check_runtimes(a)
 
@@ -170,7 +157,7 @@ def _check_input_size(a: argparse.Namespace) -> None:
     except KeyError as err:
         raise UsageError(err.args[0]) from None
     side = ranges_for(get_backbone(entry.backbone), get_aggregator(entry.aggregator))["input_size"]
-    check_input_size(a.input_size, side, entry.name)
+    opt.check_input_size(a.input_size, side, entry.name)
 
 
 def _check_runtimes(a: argparse.Namespace) -> None:
