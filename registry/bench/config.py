@@ -1,7 +1,7 @@
 """The runner's options, declared once (RunOptions: one field per option, its default and its --help text), and
 what one run needs (RunConfig: the options with their machine- and data-dependent defaults resolved). The command
 line (`vpr bench`, registry.cli.bench) generates its parser from RunOptions; Python callers build
-`RunConfig.from_options(RunOptions(...))`."""
+`RunConfig.from_options(RunOptions(...))`, which checks every option first (UsageError naming it)."""
 from __future__ import annotations
 
 import sys
@@ -135,7 +135,7 @@ WHAT, MODEL, RUN, RETRIEVAL, OUTPUTS = "what to evaluate", "model set-up", "how 
 @dataclass(frozen=True)
 class RunOptions:
     """The runner's command-line options as given, one field per option: its default and its --help text (the
-    parser is generated from these fields; parse_args checks them and derives the RunConfig)."""
+    parser is generated from these fields; RunConfig.from_options checks them and derives the RunConfig)."""
 
     models: Tuple[str, ...] = option(comma_list(DEFAULT_MODELS), "comma-separated models (default {default}); see "
                                      "'models' below", group=WHAT, type=comma_list, metavar="LIST")

@@ -1,11 +1,13 @@
 """The generic trainer: `Trainer` composes the pieces of a run and is their public entry.
 
-Output folder: the Hub layout (config.json, model.safetensors, centroids.h5, pca.h5, README.md) once
-training ends, and `train/` with `checkpoint.pt` (last epoch), `best.pt` (best validation model) and
-`log.jsonl`. The pieces, one job each: the epoch loop (`loop.py`: mining, optimisation, validation, the best model),
-the run's state, its files and resume (`state.py`), generations and the teacher (`generations.py`), and the finishing
-steps (`finish.py`: PCA whitening, its size, what the Hub layout records). This module holds the options, DDP, the
-optimiser and descriptors, and runs the pieces in order (`fit`).
+Output folder (`state.RunFolder` owns every file of it): the Hub layout (config.json, model.safetensors,
+centroids.h5, pca.h5, README.md) once training ends, and `train/` with `checkpoint.pt` (last epoch), `best.pt` (best
+validation model), `log.jsonl` and `summary.json`. The pieces, one job each, each given what it uses: the epoch loop
+(`loop.py`: `EpochLoop` over the run's state, validation, the best model, the commit; `TupleEpoch`, the tuple recipe's
+mining and optimiser step), the optimiser and its schedule (`optim.py`), the run's state, its files and resume
+(`state.py`), generations and the teacher (`generations.py`), and the finishing steps (`finish.py`: PCA whitening,
+its size, the test sets and other runtimes, what the Hub layout records). This module holds the options, DDP and
+descriptors, builds the pieces and runs them in order (`fit`).
 """
 from __future__ import annotations
 
