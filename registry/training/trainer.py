@@ -1,11 +1,13 @@
 """The generic trainer: `Trainer` composes the pieces of a run and is their public entry.
 
-Output folder: the Hub layout (config.json, model.safetensors, centroids.h5, pca.h5, README.md) once
-training ends, and `train/` with `checkpoint.pt` (last epoch), `best.pt` (best validation model) and
-`log.jsonl`. The pieces, one job each: the epoch loop (`loop.py`: mining, optimisation, validation, the best model),
-the run's state, its files and resume (`state.py`), generations and the teacher (`generations.py`), and the finishing
-steps (`finish.py`: PCA whitening, its size, what the Hub layout records). This module holds the options, DDP, the
-optimiser and descriptors, and runs the pieces in order (`fit`).
+Output folder (`state.RunFolder` owns every file of it): the Hub layout (config.json, model.safetensors,
+centroids.h5, pca.h5, README.md) once training ends, and `train/` with `checkpoint.pt` (last epoch), `best.pt` (best
+validation model), `log.jsonl` and `summary.json`. The pieces, one job each, each given what it uses: the epoch loop
+(`loop.py`: `EpochLoop` over the run's state, validation, the best model, the commit; `TupleEpoch`, the tuple recipe's
+mining and optimiser step), the optimiser and its schedule (`optim.py`), the run's state, its files and resume
+(`state.py`), generations and the teacher (`generations.py`), and the finishing steps (`finish.py`: PCA whitening,
+its size, the test sets and other runtimes, what the Hub layout records). This module holds the options, DDP and
+descriptors, builds the pieces and runs them in order (`fit`).
 """
 from __future__ import annotations
 
@@ -30,11 +32,12 @@ from .clusters import attach_cluster_source, init_clusters, require_clusters
 from .config import TrainConfig
 from .feature_cache import cached_source
 from .generations import Generations
-from .loop import EpochLoop, Step
+from .loop import EpochLoop, Step, TupleEpoch
 from .mining import RerankConfig, TupleMiner
+from .optim import Optimisation
 from .recipes import get_recipe, global_descriptors
 from .sources import ImageSource, Source, stack_items
-from .state import CENTROIDS, RunFolder, TrainState
+from .state import RunFolder, TrainState
 
 _log = logging.getLogger(__name__)
 
@@ -96,16 +99,29 @@ class Trainer:
         self.amp = self.ctx.device.type == "cuda" if self.cfg.amp is None else bool(self.cfg.amp)
         self.step = Step(self.model, self.recipe, self.source, self.cfg)
         self.engine: nn.Module = self._wrap(self.step)
-        self.optimizer: Optional[torch.optim.Optimizer] = None
-        self.scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+        self.optim = Optimisation(self.model, self.cfg)
         self.state = TrainState()
         self.generations = Generations(self.step, self.recipe, self.cfg)
-        self.loop = EpochLoop(self)
+        epoch = TupleEpoch(model=self.model, miner=self.miner, queries=self.trainable, source=self.source,
+                           num_db=train_set.num_db, describe=self.describe,
+                           forward=lambda inputs, generation: self.engine(inputs, generation),
+                           uses_difficult=self.recipe.uses_difficult, cfg=self.cfg, ctx=self.ctx,
+                           autocast=self._autocast, progress=self.progress)
+        self.loop = EpochLoop(model=self.model, state=self.state, generations=self.generations, optim=self.optim,
+                              epoch=epoch, validate=self.validate, commit=self._commit, select_by=self.cfg.select_by)
         self.whitening_selection: Optional[Dict[str, Any]] = None
 
-    # the run's progress lives in `state` (what a checkpoint restores); read and set here as before
+    # the run's progress lives in `state` (what a checkpoint restores), read and set as attributes of the Trainer
     generation, epoch = _in_state("generation"), _in_state("epoch")
     best, best_model, history = _in_state("best"), _in_state("best_model"), _in_state("history")
+
+    @property
+    def optimizer(self) -> Optional[torch.optim.Optimizer]:
+        return self.optim.optimizer
+
+    @property
+    def scheduler(self) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+        return self.optim.scheduler
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _source(self, dataset: VPRDataset, cached: bool, cache_dir: Optional[PathLike], desc: str) -> Source:
@@ -158,25 +174,9 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
-    def _new_optimizer(self) -> None:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the model has no trainable parameters: check --train-layers")
-        if self.cfg.aggregator_lr_mult != 1.0:  # two groups: the backbone at lr, the aggregator at lr x mult
-            head = {id(p) for p in self.model.aggregator.parameters()}
-            groups = [{"params": [p for p in params if id(p) not in head]},
-                      {"params": [p for p in params if id(p) in head], "lr": self.cfg.lr * self.cfg.aggregator_lr_mult}]
-            params = [g for g in groups if g["params"]]
-        if self.cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                             weight_decay=self.cfg.weight_decay)
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, self.cfg.lr_step, self.cfg.lr_gamma)
-
     def init_clusters(self, path: Optional[PathLike] = None) -> Optional[float]:
         """k-means on the training database's local descriptors; writes output/centroids.h5; returns alpha."""
-        return init_clusters(self.model, self.source, path or self.output / CENTROIDS,
+        return init_clusters(self.model, self.source, path or self.folder.centroids,
                              indices=range(self.train_set.num_db), num_descriptors=self.cfg.cluster_descriptors,
                              per_image=self.cfg.cluster_per_image, seed=self.cfg.seed_of_clusters(), ctx=self.ctx)
 
@@ -221,11 +221,6 @@ class Trainer:
         """Mine and optimise over this epoch's queries; returns mean losses."""
         return self.loop.train_epoch()
 
-    def _start_generation(self) -> None:
-        """Fresh optimiser; from generation 1 on, start from the best model so far, which is also the teacher."""
-        self.generations.start(self.generation, self.state.best_weights(self.model))
-        self._new_optimizer()
-
     def _checkpoint(self) -> Dict[str, Any]:
         return self.state.to_checkpoint(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                         prev_negatives=self.miner.prev_negatives,
@@ -241,14 +236,12 @@ class Trainer:
         """Resume: the checkpoint's model, state, mining memory, teacher, optimiser and schedule, and the centres."""
         saved = self.folder.read(self.cfg)
         self.model.load_state_dict(saved["model"])
-        self.state = TrainState.from_checkpoint(saved)
+        self.state.restore(saved)
         self.miner.prev_negatives = saved["prev_negatives"].numpy().copy()
         self.generations.restore_teacher(saved["teacher"])
-        self._new_optimizer()
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        if (self.output / CENTROIDS).is_file():
-            attach_cluster_source(self.model.aggregator, self.output / CENTROIDS)
+        self.optim.restore(saved["optimizer"], saved["scheduler"])
+        if self.folder.centroids.is_file():
+            attach_cluster_source(self.model.aggregator, self.folder.centroids)
 
     def remove_stale_files(self) -> List[Path]:
         """Delete the temporary files and staging folders a killed run left (rank 0); returns what was removed."""
@@ -261,8 +254,10 @@ class Trainer:
             cb(self, record)
 
     # ---- the run -----------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False, require_initialised_clusters: bool = True) -> Dict[str, Any]:
-        """Train every generation and epoch, then load the best model, fit whitening and write the Hub layout."""
+    def fit(self, resume: bool = False, require_initialised_clusters: bool = True,
+            final: Optional[finish.FinalEvaluation] = None) -> Dict[str, Any]:
+        """Train every generation and epoch, then load the best model, fit whitening, run the `final` evaluation
+        (test sets, other runtimes) and write the Hub layout and summary.json, once each."""
         start = time.time()
         if resume:
             self._restore()
@@ -276,26 +271,37 @@ class Trainer:
             if self.ctx.is_main:
                 self.folder.prepare()
             self.ctx.barrier()
-            self._start_generation()
+            self.loop.start_generation()
             self.loop.record_start()
         self.loop.run(self._on_epoch)
-        return self._finish(time.time() - start)
+        return self._finish(start, final)
 
-    def _finish(self, seconds: float) -> Dict[str, Any]:
-        """Best model, PCA-whitening fit, final validation, Hub layout (rank 0 writes; others return)."""
+    def _finish(self, start: float, final: Optional[finish.FinalEvaluation]) -> Dict[str, Any]:
+        """Best model, PCA-whitening fit, final validation (every rank); then rank 0 alone runs the `final`
+        evaluation and writes the Hub layout and summary.json, while the other ranks return."""
+        seconds = time.time() - start
         self.model.load_state_dict(self.state.best_weights(self.model))
         finish.fit_pca(self.model, self.train_set.num_db + self.train_set.num_queries,
                        lambda pick: self.describe(self.source, pick, desc="PCA descriptors"), self.cfg)
         # the selection measures every candidate on validation, the chosen one included
         final_val = self._select_whitening() if self.cfg.whitening_dims is not None else self.validate(whiten=True)
         summary = finish.summary_of(self.best, final_val, seconds, self.history, self.whitening_selection)
-        if self.ctx.is_main:
-            self.model.save_pretrained(self.output, training=self.training_facts(),
-                                       recalls=finish.recall_facts(self.val_set.name if self.val_set else None,
-                                                                   final_val))
-            self.folder.write_summary(summary)
         self.ctx.barrier()
+        if not self.ctx.is_main:
+            return summary
+        if final is not None:
+            summary.update(final.measure(self.model, self.train_set, self.val_set, self.cfg.eval_batch_size,
+                                         self.ctx.device, self.progress))
+            summary["wall_seconds"] = round(time.time() - (start if final.started is None else final.started), 1)
+            summary["command"] = final.command
+        self.folder.write_layout(self.model, training=self.training_facts(), recalls=self.recall_facts(summary))
+        self.folder.write_summary(summary)
         return summary
+
+    def recall_facts(self, summary: Dict[str, Any]) -> Optional[Dict[str, Dict[str, float]]]:
+        """What config.json records as measured of the final model in `summary` (its validation and test rows)."""
+        return finish.recall_facts(self.val_set.name if self.val_set else None, summary["final_val"],
+                                   summary.get("test"))
 
     def _select_whitening(self) -> Dict[str, float]:
         """Validation Recall@N of each candidate whitening size (leading components of the one fit, or none);

@@ -130,21 +130,18 @@ def test_a_graph_that_fails_verification_does_not_replace_the_earlier_file(tmp_p
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--input-size", "-5", "64"], "--input-size -5 64: both sides must be positive"),
+    (["--input-size", "-5", "64"], "--input-size: must be >= 1, got -5"),
     (["--input-size", "8", "64"], r"input_size must be \(H, W\) with H and W integers in 16..8192 for gem_vgg16"),
 ])
 def test_cli_refuses_an_input_size_outside_the_range_with_exit_status_2(tmp_path, capsys, argv, message):
-    with pytest.raises(SystemExit) as exc:
-        main(["gem_vgg16", str(tmp_path / "gem.onnx"), *argv])
-    assert exc.value.code == 2 and re.search(message, capsys.readouterr().err)
+    assert main(["gem_vgg16", str(tmp_path / "gem.onnx"), *argv]) == 2
+    assert re.search(message, capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_refuses_an_output_folder_it_cannot_write_before_building_the_model(tmp_path, capsys):
     (tmp_path / "a_file").write_text("in the way")
-    with pytest.raises(SystemExit) as exc:
-        main(["gem_vgg16", str(tmp_path / "a_file" / "gem.onnx")])
-    assert exc.value.code == 2
+    assert main(["gem_vgg16", str(tmp_path / "a_file" / "gem.onnx")]) == 2
     assert f"cannot be written: {tmp_path / 'a_file'} is a file" in capsys.readouterr().err
 
 
