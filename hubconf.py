@@ -1,7 +1,8 @@
 """torch.hub entry points: `torch.hub.load(repo_or_dir, 'clusvpr_vgg16', pretrained=False)`.
 
-Valid models: clusvpr_vgg16, netvlad_vgg16, gem_vgg16, gem_resnet50. `pretrained` takes False, True (the
-model's default Hub repo at its pinned revision), `org/name[@rev]`, or a local directory in the Hub layout.
+One entry point per registered model (`registry.list_models()`). `pretrained` takes False, True (the model's
+default release: its Hub repo at the pinned revision, else the copy bundled in the package), `org/name[@rev]`, or
+a local directory in the Hub layout.
 `input_norm="imagenet"`: the model takes RGB normalised with ImageNet's mean/std (what VPR-methods-evaluation and
 similar runners feed) and converts it exactly to its own convention. `descriptor_dim=k`: the k leading components
 of a fitted PCA whitening (e.g. 4096, 1024, 512, 256); other sizes raise a ValueError listing the valid ones.
@@ -12,25 +13,15 @@ import registry as _registry
 dependencies = ["torch", "timm", "safetensors", "huggingface_hub", "h5py"]
 
 
-def _entry(name: str, pretrained, overrides: dict):
-    return _registry.create(name, pretrained=pretrained, **overrides)
+def _entry_point(name: str):
+    def entry(pretrained=False, **overrides):
+        return _registry.create(name, pretrained=pretrained, **overrides)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = (f"{_registry.get_entry(name).description}. `pretrained`: False, True, 'org/name[@rev]' or a "
+                     "folder; overrides: the model's arguments (input_size, backbone_weights, ...).")
+    return entry
 
 
-def clusvpr_vgg16(pretrained=False, **overrides):
-    """ClusVPR on VGG16 (CWT stack + OptLAD, 4096-d once whitened). Overrides: backbone_weights, input_size, ..."""
-    return _entry("clusvpr_vgg16", pretrained, overrides)
-
-
-def netvlad_vgg16(pretrained=False, **overrides):
-    """NetVLAD (64 clusters) on VGG16 conv5_3, 4096-d once whitened."""
-    return _entry("netvlad_vgg16", pretrained, overrides)
-
-
-def gem_vgg16(pretrained=False, **overrides):
-    """GeM pooling on VGG16 conv5_3, 512-d."""
-    return _entry("gem_vgg16", pretrained, overrides)
-
-
-def gem_resnet50(pretrained=False, **overrides):
-    """GeM pooling on ResNet-50 layer3, 1024-d."""
-    return _entry("gem_resnet50", pretrained, overrides)
+for _name in _registry.list_models():
+    globals()[_name] = _entry_point(_name)

@@ -1,5 +1,5 @@
-"""Indexes that keep their recall as the map grows (RESULTS.md section 10): IVF-PQ searched with L2 on unit vectors,
-with and without OPQ, re-ranked from float16 vectors on disk or in RAM, against exact search and HNSW.
+"""Indexes that keep their recall as the map grows (benchmarks/results/map-curve.md): IVF-PQ searched with L2 on
+unit vectors, with and without OPQ, re-ranked from float16 vectors on disk or in RAM, against exact search and HNSW.
 
   python benchmarks/bench_map_scale.py extract --work W    # real descriptors (section 9's, cached once)
   python benchmarks/bench_map_curve.py reads --work W      # random row reads: Lance take against a float16 memmap

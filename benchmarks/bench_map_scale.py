@@ -14,8 +14,8 @@ the Corridor queries; the database is the whole Nordland summer traversal (place
 reference images. The reduced series keep the 256 leading components of a PCA whitening fitted on the map's real
 database descriptors (registry.whitening.PCAWhitening, as the runner's --whitening fit; these releases ship none).
 Distractors: each is a random convex mix of two real database descriptors of *other* places
-(never a query's positive) plus Gaussian noise, re-normalised; see RESULTS.md "Cost as the map grows" for what
-that flatters.
+(never a query's positive) plus Gaussian noise, re-normalised; see benchmarks/results/map-scale.md for
+what that flatters.
 Everything runs on one thread (OMP_NUM_THREADS=1).
 """
 from __future__ import annotations

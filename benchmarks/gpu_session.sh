@@ -5,8 +5,9 @@
 # VGG16 alone), and the inference paths of the three releases side by side (bench_inference.py --part gpu:
 # fp32, bf16 autocast and fp16 weights channels_last, compiled bf16, onnxruntime's CUDA provider when
 # installed; images/s and cosine to fp32 in one table, gpu.md). Writes logs and JSON under ${OUT:-gpu_out};
-# copy the numbers into benchmarks/RESULTS.md. `GPU_SESSION_DEVICE=cpu bash benchmarks/gpu_session.sh`
-# runs the inference-paths part alone on the CPU at a small size (a check of the script, no GPU numbers).
+# copy the numbers into benchmarks/results/gpu.md and the GPU table of benchmarks/RESULTS.md.
+# `GPU_SESSION_DEVICE=cpu bash benchmarks/gpu_session.sh` runs the inference-paths part alone on the CPU at a
+# small size (a check of the script, no GPU numbers).
 set -uo pipefail
 out="${OUT:-gpu_out}"; mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

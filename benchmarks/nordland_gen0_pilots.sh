@@ -1,5 +1,5 @@
 #!/bin/bash
-# Generation-0 pilots of benchmarks/RESULTS.md section 6: ClusVPR for 3 epochs x 400 queries on Nordland, no
+# Generation-0 pilots of benchmarks/results/seed-spread.md: ClusVPR for 3 epochs x 400 queries on Nordland, no
 # whitening, validation only (about 5 minutes each with two sharing 2 cores), to compare what the random streams and
 # the start / learning rates do before spending a full run.
 # usage: bash benchmarks/nordland_gen0_pilots.sh TAG SEED INIT_SEED CLUSTER_SEED [more train.py options]

@@ -1,7 +1,8 @@
 #!/bin/bash
-# Nordland runs of benchmarks/RESULTS.md section 5: twice the budget of section 4 (4800 tuples = 12 epochs x 400 queries),
-# whitening size chosen on validation. usage: bash benchmarks/nordland_runs.sh NAME SEED (names below)
-# clusvpr_id: ClusVPR with identity-started CWT blocks, conv5 at lr 1e-5 and the aggregator at 3e-5 (section 6);
+# Nordland runs of benchmarks/results/nordland-twice-budget.md: twice the budget of nordland-one-budget.md
+# (4800 tuples = 12 epochs x 400 queries), whitening size chosen on validation.
+# usage: bash benchmarks/nordland_runs.sh NAME SEED (names below)
+# clusvpr_id: ClusVPR with identity-started CWT blocks, conv5 at lr 1e-5 and the aggregator at 3e-5 (seed-spread.md);
 # netvlad_split, gem_split: the baselines with the same split rates (conv5 1e-5, aggregator 3e-5)
 set -e
 cd "$(dirname "$0")/.."

@@ -1,10 +1,10 @@
 #!/bin/bash
-# Retrain the released models from scratch with the recorded commands (benchmarks/RESULTS.md section 7).
+# Retrain the released models from scratch with the recorded commands (benchmarks/results/releases.md).
 #   bash benchmarks/release.sh train NAME     one training run (names below), writes runs/release_NAME (+ .log)
 #   bash benchmarks/release.sh all            the three release runs, two at a time (about 2.5 hours on a 2-core CPU),
 #                                             then the bundle step
 #   bash benchmarks/release.sh bundle         pick each model's run on validation and write the release folders
-# Needs ../shared (Nordland, the VGG16 conv weights). Section 6's options (nordland_recipe.sh: 96x192, cached
+# Needs ../shared (Nordland, the VGG16 conv weights). seed-spread.md's options (nordland_recipe.sh: 96x192, cached
 # conv1..conv4, Adam, SARE-ind, 1 hard negative, selection by validation R@5) with twice its budget: 9600 tuples
 # (24 epochs x 400 queries) for every model.
 set -e
@@ -12,12 +12,13 @@ cd "$(dirname "$0")/.."
 source benchmarks/nordland_recipe.sh
 common=("${nordland_recipe[@]}" --test-set nordland_test --test-set corridor)
 white=(--model-arg whitening_dim=1024 --whitening-dims 1024 512 256 none)
-# ClusVPR: identity-started CWT, conv5 at 1e-5 and the aggregator at 3e-5 (section 6), 4 generations x 6 epochs
+# ClusVPR: identity-started CWT, conv5 at 1e-5 and the aggregator at 3e-5 (seed-spread.md), 4 generations x 6 epochs
 clusvpr=(--model clusvpr "${white[@]}" --generations 4 --gen0-epochs 6 --epochs 6
          --model-arg cwt_init=identity --lr 1e-5 --aggregator-lr-mult 3)
-# NetVLAD: one rate 3e-5 for conv5 and the aggregator (its best in sections 4-6), 24 epochs
+# NetVLAD: one rate 3e-5 for conv5 and the aggregator (its best in nordland-one-budget.md,
+# nordland-twice-budget.md and seed-spread.md), 24 epochs
 netvlad=(--model netvlad "${white[@]}" --epochs 24)
-# GeM: split rates (its best in section 6) and a PCA whitening chosen on validation, 24 epochs
+# GeM: split rates (its best in seed-spread.md) and a PCA whitening chosen on validation, 24 epochs
 gem=(--model gem --model-arg whitening_dim=512 --whitening-dims 512 256 none --epochs 24 --lr 1e-5
      --aggregator-lr-mult 3)
 

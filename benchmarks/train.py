@@ -13,4 +13,4 @@ import sys
 from registry.cli.train import main
 
 if __name__ == "__main__":
-    main(prog=f"python {sys.argv[0]}")
+    sys.exit(main(prog=f"python {sys.argv[0]}"))

@@ -36,7 +36,7 @@ class ClusVPRAggregator(nn.Module):
         super().__init__()
         if cwt_init not in CWT_INITS:
             raise ValueError(f"cwt_init must be one of {CWT_INITS}, got {cwt_init!r}")
-        self.in_channels = int(in_channels)
+        self.in_channels, self.knn_k = int(in_channels), int(knn_k)
         self.cwt = nn.Sequential(*(CWTNet(in_channels, heads, 2.0, dropout, knn_k, knn_backend)
                                    for _ in range(cwt_depth)))
         if cwt_init == "identity":
@@ -53,9 +53,25 @@ class ClusVPRAggregator(nn.Module):
     def cluster_source(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         return self.optlad.cluster_source
 
+    @cluster_source.setter
+    def cluster_source(self, source: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.optlad.cluster_source = source
+
     def init_from_clusters(self, centroids: torch.Tensor, descriptors: torch.Tensor) -> float:
         """Alpha initialisation of OptLAD from centres in its grouped space."""
         return self.optlad.init_from_clusters(centroids, descriptors)
+
+    def export_size_problem(self, feature_size: Tuple[int, int]) -> Optional[str]:
+        """Why an ONNX graph traced on a `feature_size` (H, W) map would be wrong at other sizes, or None (the
+        export hook registry.export_onnx calls): the exact KNN exports as a TopK over k+1 tokens fixed at trace
+        time, so the CWT's 2x2-pooled grid plus its class token must hold at least k+1 tokens."""
+        h, w = feature_size
+        tokens = -(-h // 2) * -(-w // 2) + 1
+        if not len(self.cwt) or tokens >= self.knn_k + 1:
+            return None
+        return (f"its {h}x{w} feature map gives {tokens} CWT tokens, fewer than the KNN's k+1 = {self.knn_k + 1}: "
+                f"the exported TopK would be fixed at {tokens} neighbours and be wrong at larger sizes. Export at a "
+                "larger input_size (at least 96x128 on VGG16)")
 
     def refine(self, x: torch.Tensor) -> torch.Tensor:
         """The CWT stack alone: (N, C, H, W) -> (N, C, H, W)."""

@@ -14,7 +14,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple, Union
+
+from ._ranges import ArgRange
+
+
+class UsageError(ValueError):
+    """An option value a command or a config refuses (the message names the option, the value and the fix): the
+    commands print `PROG: error: MESSAGE` and exit with status 2."""
 
 
 def comma_list(text: str) -> Tuple[str, ...]:
@@ -143,3 +151,67 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, *classes: type,
             flags, kwargs = argument_kwargs(f, hints.get(f.name))
             target.add_argument(*flags, **kwargs)
     return groups
+
+
+# ---- options several commands take: each declared once here, with its one check --------------------------------------
+def positive_int(text: str) -> int:
+    """argparse type of a count: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def device_option(help: str = "auto | cpu | cuda | cuda:N (default {default})", group: Union[str, None] = None):
+    """--device: 'auto' (cuda when available, else cpu), cpu, cuda or cuda:N; checked by `resolve_device`."""
+    return option("auto", help, group=group)
+
+
+def data_root_option(help: str, group: Union[str, None] = None):
+    """--data-root: the folder holding the known datasets; checked by `check_data_root`."""
+    return option(None, help, group=group, metavar="DIR")
+
+
+def input_size_option(help: str, group: Union[str, None] = None):
+    """--input-size H W: two sides >= 1 (argparse); the model's own range is checked by `check_input_size`."""
+    return option(None, help, group=group, type=positive_int, nargs=2, metavar=("H", "W"))
+
+
+def calibration_images_option(default: int, help: str, group: Union[str, None] = None):
+    """--calibration-images N: how many calibration images onnx-int8 uses, >= 1 (argparse)."""
+    return option(default, help, group=group, type=positive_int, metavar="N")
+
+
+def resolve_device(text: str) -> str:
+    """The device --device names ('auto': cuda when available, else cpu); UsageError for one that does not exist
+    here."""
+    import torch
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"--device: {text!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {text}: only cpu and cuda are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text}: CUDA is not available on this machine; use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return str(dev)
+
+
+def check_data_root(path: Union[str, None]) -> None:
+    """UsageError unless --data-root (when given) is a folder."""
+    if path is not None and not Path(path).expanduser().is_dir():
+        raise UsageError(f"--data-root: folder not found: {path}")
+
+
+def check_input_size(size: Union[Tuple[int, int], None], side: ArgRange, of: str) -> None:
+    """UsageError unless both sides of --input-size (when given) lie in `side`, the input-size range of the model(s)
+    `of` names (registry._ranges.ranges_for)."""
+    if size is not None and not side.accepts(tuple(size)):
+        lo, hi = int(side.lo), int(side.hi)
+        raise UsageError(f"--input-size {size[0]} {size[1]}: both sides must be >= {lo} and <= {hi} (valid: "
+                         f"{lo}..{hi}); that is the range of {of}")

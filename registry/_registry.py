@@ -206,21 +206,29 @@ def resolve_name(name: str) -> str:
     return name
 
 
-def split_tag(name: str) -> Tuple[str, Optional[str]]:
-    """`'clusvpr_vgg16.nordland'` -> `('clusvpr_vgg16', 'nordland')` (aliases resolved, the tag checked);
-    a name without a tag gives `(name, None)`."""
+def lookup(name: str) -> Tuple[ModelEntry, Optional[str]]:
+    """The entry and release tag of a model name: `'clusvpr_vgg16.nordland'` -> (clusvpr_vgg16's entry,
+    `'nordland'`), aliases resolved and the tag checked (KeyError naming the released tags); a name without a tag
+    gives (entry, None). The name is resolved once."""
     load_plugins()
     base, dot, tag = name.rpartition(".")
     if not dot or _ALIASES.get(name, name) in _MODELS:
-        return resolve_name(name), None
-    canonical = resolve_name(base)
-    _MODELS[canonical].release(tag)  # KeyError naming the released tags
-    return canonical, tag
+        return _MODELS[resolve_name(name)], None
+    entry = _MODELS[resolve_name(base)]
+    entry.release(tag)  # KeyError naming the released tags
+    return entry, tag
+
+
+def split_tag(name: str) -> Tuple[str, Optional[str]]:
+    """`'clusvpr_vgg16.nordland'` -> `('clusvpr_vgg16', 'nordland')` (aliases resolved, the tag checked);
+    a name without a tag gives `(name, None)`."""
+    entry, tag = lookup(name)
+    return entry.name, tag
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for a model name or alias (a `.tag` suffix is accepted and checked)."""
-    return _MODELS[split_tag(name)[0]]
+    return lookup(name)[0]
 
 
 def citation(architecture: str, aggregator: str) -> str:

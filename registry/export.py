@@ -6,8 +6,10 @@ The graph takes `images` (N, 3, H, W) float32, normalised as the model's input_c
 for a model built with input_norm='imagenet'), and gives `descriptors` (N, D), L2-normalised. The batch axis and
 the spatial size are dynamic for every registered model: NetVLAD and GeM pool over any map; ClusVPR's graph
 resamples OptLAD's learned GeM exponent map to the input's map (as the PyTorch model does; at the learned size
-the resampling is the identity), and its exact KNN is an ONNX TopK over k+1 = 11 tokens, so a ClusVPR graph
-needs a conv5 map whose 2x2-pooled grid has at least k tokens (e.g. 6x8 for 96x128 input; 480x640 gives 15x20).
+the resampling is the identity), and its exact KNN is an ONNX TopK over k+1 = 11 tokens. An aggregator whose
+graph would be wrong at sizes other than the traced one says so through its `export_size_problem(feature_size)`
+hook, and the export is refused (ClusVPR's needs a conv5 map whose 2x2-pooled grid plus its class token holds k+1
+tokens: e.g. 6x8 for 96x128 input; 480x640 gives 15x20).
 
 The exporter is torch's TorchScript-based one (`dynamo=False`, opset 17): with torch 2.14 it exports every model
 here with dynamic batch and spatial axes; the torch.export-based exporter (`dynamo=True`) specialises ClusVPR's
@@ -48,18 +50,15 @@ def _require(module: str, what: str = "ONNX export"):
 
 
 def _check_size(model: nn.Module, height: int, width: int) -> None:
-    """A ClusVPR-style KNN is exported with k+1 neighbours: the traced token count must reach that."""
-    stride = getattr(getattr(model, "backbone", None), "stride", 16)
-    ks = [m.k for m in model.modules() if hasattr(m, "k") and hasattr(m, "knn_backend")]
-    if not ks:
+    """The aggregator's own check of the size a graph is traced at: its `export_size_problem(feature_size)` hook
+    returns why a graph traced on that feature map would be wrong at other sizes, or None (no hook: any size)."""
+    hook = getattr(getattr(model, "aggregator", None), "export_size_problem", None)
+    if hook is None:
         return
-    tokens = -(-(height // stride) // 2) * -(-(width // stride) // 2) + 1  # pooled grid + class token
-    if tokens < max(ks) + 1:
-        raise ValueError(
-            f"input {height}x{width} gives {tokens} CWT tokens, fewer than the KNN's k+1 = {max(ks) + 1}: the exported "
-            f"TopK would be fixed at {tokens} neighbours and be wrong at larger sizes. Export at a larger input_size "
-            "(at least 96x128)"
-        )
+    stride = getattr(getattr(model, "backbone", None), "stride", 16)
+    problem = hook((height // stride, width // stride))
+    if problem:
+        raise ValueError(f"export_onnx at input {height}x{width} (stride {stride}): {problem}")
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -142,8 +141,7 @@ def export_onnx(
 def runtime_meta(model: nn.Module, kind: str, calibration: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """What a saved runtime carries to be run again: its kind, the model's config, input config, descriptor dim, the
     smallest input side it takes and, for int8, the calibration facts (the `vpr_runtime` metadata property)."""
-    backbone, aggregator = getattr(model, "backbone", None), getattr(model, "aggregator", None)
-    side = getattr(backbone, "stride", 1) * getattr(aggregator, "min_feature_size", 1)
+    side = getattr(model, "min_input_side", 1)
     return {"kind": kind, "config": dict(getattr(model, "config", {}) or {}),
             "input_config": dict(getattr(model, "input_config", {}) or {}),
             "descriptor_dim": int(model.descriptor_dim), "min_side": int(side), "calibration": calibration}
@@ -216,11 +214,10 @@ def _export_float32(onnx, model: nn.Module, path: Path, h: int, w: int, opset: i
 
 def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tuple[int, int]:
     """(H, W) to trace at: `input_size`, else the model's; ValueError with the valid range for anything else."""
-    from ._ranges import BUILDER_RANGES, min_side
+    from ._ranges import BUILDER_RANGES
 
     size = input_size if input_size is not None else tuple(model.input_config["input_size"][1:])
-    backbone, aggregator = getattr(model, "backbone", None), getattr(model, "aggregator", None)
-    lo = min_side(backbone, aggregator) if backbone is not None else 1
+    lo = int(getattr(model, "min_input_side", 1))
     hi = int(BUILDER_RANGES["input_size"].hi)
     ok = (isinstance(size, (tuple, list)) and len(size) == 2
           and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and lo <= v <= hi for v in size))
@@ -247,8 +244,10 @@ def verify_onnx(model: nn.Module, path: PathLike, shapes: Sequence[Tuple[int, in
         if got.shape != expected.shape:
             raise RuntimeError(f"{label}: onnxruntime gave shape {tuple(got.shape)} for input {(n, 3, h, w)}, "
                                f"PyTorch {tuple(expected.shape)}")
-        worst = max(worst, relative_error(got, expected))
-    if worst > rtol:
+        err = relative_error(got, expected)
+        if err != err or err > worst:  # a NaN error is kept (max(0.0, nan) would give 0.0)
+            worst = err
+    if not worst <= rtol:
         raise RuntimeError(f"{label}: onnxruntime differs from PyTorch by {worst:.2e} relative (allowed {rtol:.0e}); "
                            "the export is wrong: report it with the model name and input size")
     return worst

@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from . import _registry
+from . import _registry, hub
 from ._build import architecture_args as architecture_args  # public here: docs/CONTRACTS.md, the timm plugin
-from ._build import build, check_finite, check_overrides
+from ._build import build, check_finite, check_overrides, finish, load_pretrained
+from ._ranges import min_side
 from ._registry import ModelEntry, Release, find_releases, get_aggregator, get_backbone, register_model
 from .input_norm import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMS, resolve_input_norm
 from .model import VPRModel
@@ -19,7 +20,6 @@ from .whitening import PCAWhitening
 VGG_MATCONVNET_MEAN = (0.485, 0.458, 0.408)
 VGG_MATCONVNET_STD = (1 / 255, 1 / 255, 1 / 255)
 DEFAULT_INPUT_SIZE = (480, 640)
-_HUB_KWARGS = ("cache_dir", "local_files_only", "token", "endpoint", "revision")
 _REFERENCE_SUFFIXES = (".pth", ".tar", ".pt")
 
 
@@ -89,41 +89,42 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
 
     `name` may carry a release tag (`clusvpr_vgg16.nordland`); `pretrained` = True (the tag's release, else the
     model's default release: its pinned Hub repository when published, else the copy bundled in the package), a
-    Hub repo `org/name[@rev]`, a local directory in the Hub layout, or a reference checkpoint.
+    Hub repo `org/name[@rev]`, a local directory in the Hub layout, or a reference checkpoint. The Hub keywords
+    (`revision`, `cache_dir`, `local_files_only`, `token`, `endpoint`, `force_download`) apply to a repository.
 
     `input_norm="imagenet"` makes the model take ImageNet-normalised input (see registry.input_norm);
     `descriptor_dim=k` keeps the k leading components of a fitted whitening (VPRModel.set_descriptor_dim).
     """
-    base, tag = _registry.split_tag(name)
-    entry = _registry.get_entry(base)
+    entry, tag = _registry.lookup(name)
     descriptor_dim = overrides.pop("descriptor_dim", None)
-    check_overrides(entry, overrides, also=_HUB_KWARGS)
-    hub_kwargs = {k: overrides.pop(k) for k in _HUB_KWARGS if k in overrides}
-    release = None
+    check_overrides(entry, overrides, also=hub.HUB_KWARGS)
+    hub_kwargs = {k: overrides.pop(k) for k in hub.HUB_KWARGS if k in overrides}
     if pretrained is True:
         release = entry.release(tag)
-        pretrained = release.location
-    elif tag is not None and not pretrained:  # the release's architecture (input size, whitening), untrained
-        overrides = {**release_model_args(entry.release(tag)), **overrides}
-    if pretrained:
-        src = str(pretrained)
-        if src.endswith(_REFERENCE_SUFFIXES) and Path(src).is_file():
-            if entry.reference_loader is None:
-                raise ValueError(f"{entry.name!r} cannot load reference checkpoints; pass a Hub repo or directory")
-            model = build(entry, overrides)
-            entry.reference_loader(model, src, pca=overrides.get("pca"))
-            check_finite(model.state_dict(), f"the reference checkpoint {src}")
-            return _with_descriptor_dim(model, descriptor_dim).eval()
-        model = VPRModel.from_pretrained(src, architecture=entry.name, **hub_kwargs, **overrides)
-        if release is not None and not release.hub:
-            model.config["source"] = f"bundled:{entry.name}.{release.tag}"
-        return _with_descriptor_dim(model, descriptor_dim).eval()
-    return _with_descriptor_dim(build(entry, overrides), descriptor_dim).eval()
+        snap = hub.Snapshot(release.location, **hub_kwargs)
+        source = None if release.hub else f"bundled:{entry.name}.{release.tag}"
+        return load_pretrained(snap, entry=entry, model_cls=VPRModel, overrides=overrides,
+                               descriptor_dim=descriptor_dim, source=source)
+    if not pretrained:  # with a tag: the release's architecture (input size, whitening), untrained
+        args = {**release_model_args(entry.release(tag)), **overrides} if tag is not None else overrides
+        return finish(build(entry, args), descriptor_dim)
+    src = str(pretrained)
+    if src.endswith(_REFERENCE_SUFFIXES) and Path(src).is_file():
+        if entry.reference_loader is None:
+            raise ValueError(f"{entry.name!r} cannot load reference checkpoints; pass a Hub repo or directory")
+        model = build(entry, overrides)
+        entry.reference_loader(model, src, pca=overrides.get("pca"))
+        check_finite(model.state_dict(), f"the reference checkpoint {src}")
+        return finish(model, descriptor_dim)
+    return load_pretrained(hub.Snapshot(src, **hub_kwargs), entry=entry, model_cls=VPRModel, overrides=overrides,
+                           descriptor_dim=descriptor_dim)
 
 
-def _with_descriptor_dim(model: VPRModel, descriptor_dim: Optional[int]) -> VPRModel:
-    """`descriptor_dim=` at load time: the leading whitening components (VPRModel.set_descriptor_dim)."""
-    return model if descriptor_dim is None else model.set_descriptor_dim(descriptor_dim)
+def min_input_side(name: str) -> int:
+    """The smallest image side model `name` takes, read from its entry without building it: the stride of its
+    backbone times the smallest feature map its aggregator declares (`min_feature_size`, 1 when it declares none)."""
+    entry = _registry.get_entry(name)
+    return min_side(get_backbone(entry.backbone), get_aggregator(entry.aggregator))
 
 
 def release_model_args(release: Release) -> Dict[str, Any]:

@@ -13,7 +13,8 @@ from torch import nn
 
 from . import _registry, hub
 from . import whitening as _whitening
-from ._build import load_weights, rebuild
+from ._build import load_pretrained
+from ._ranges import min_side
 from .errors import NonFiniteOutputError
 from .preprocess import Preprocess
 from .whitening import PCAWhitening
@@ -109,6 +110,12 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
         """timm-style description of the local feature tap."""
         return [dict(num_chs=self.backbone.out_channels, reduction=self.backbone.stride, module="backbone")]
 
+    @property
+    def min_input_side(self) -> int:
+        """The smallest image side the model takes: its backbone's stride times the smallest feature map its
+        aggregator needs (the aggregator's `min_feature_size`, 1 when it declares none)."""
+        return min_side(self.backbone, self.aggregator)
+
     def _check_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor):
             raise ValueError(f"expected a torch.Tensor batch of images, got {type(images).__name__}")
@@ -122,7 +129,7 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
                 f"expected floating-point images, got dtype {images.dtype}; apply model.transform() "
                 "(scales to float and normalises with the model's mean/std)"
             )
-        side = getattr(self.backbone, "stride", 1) * getattr(self.aggregator, "min_feature_size", 1)
+        side = self.min_input_side
         if images.shape[0] and min(images.shape[2:]) < side:
             raise ValueError(
                 f"images of {images.shape[2]}x{images.shape[3]} are too small for {self.name}: expected (N, 3, H, W) "
@@ -264,20 +271,13 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
         **model_kwargs: Any,
     ) -> "VPRModel":
         """ModelHubMixin's hook: the Hub layer resolves and verifies the files, the registry builder that
-        config.json names rebuilds the model, and model.safetensors loads strictly."""
+        config.json names rebuilds the model, and model.safetensors loads strictly (registry._build.load_pretrained,
+        the load `registry.create(name, pretrained=...)` runs too)."""
+        entry = None if architecture is None else _registry.get_entry(architecture)
         descriptor_dim = model_kwargs.pop("descriptor_dim", None)
         snap = hub.Snapshot(model_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                             token=token, endpoint=endpoint, force_download=force_download)
-        config = snap.zoo_config()
-        model = rebuild(config, snap.label, architecture=architecture, model_cls=cls, overrides=model_kwargs)
-        load_weights(model, hub.read_state_dict(snap), snap.label, overridden=bool(model_kwargs))
-        for key in hub.CARD_FACTS:
-            if key in config:
-                model.config[key] = config[key]
-        model.config["source"] = snap.label  # where the weights came from: a folder or org/name@<commit>
-        if descriptor_dim is not None:
-            model.set_descriptor_dim(descriptor_dim)
-        return model.eval()
+        return load_pretrained(snap, entry=entry, model_cls=cls, overrides=model_kwargs, descriptor_dim=descriptor_dim)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> "ModelCard":
         """The card save_pretrained writes as README.md, from this model's config and facts."""

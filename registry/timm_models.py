@@ -1,8 +1,9 @@
 """timm entry points: `timm.create_model('netvlad_vgg16')` builds through the registry.
 
-Importing this module registers the core's models (NetVLAD and GeM); a plugin registers its own with
-`register_timm_model(name)` (ClusVPR's plugin does, for `clusvpr_vgg16`). Each registered name gets one timm
-pretrained cfg per released tag (`netvlad_vgg16.nordland`), the default tag first.
+Importing this module makes every model in the registry a timm model (`registry.list_models()`, plugins
+included); a plugin that registers a model later adds it with `register_timm_model(name)` (ClusVPR's plugin
+does, for `clusvpr_vgg16`). Each registered name gets one timm pretrained cfg per released tag
+(`netvlad_vgg16.nordland`), the default tag first.
 """
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from typing import Any, Dict, Optional, Union
 
 from timm.models import generate_default_cfgs, register_model
 
-from ._registry import get_entry
+from ._registry import get_entry, list_models
 from .factory import create, model_info, release_model_args
 
-CORE_MODELS = ("netvlad_vgg16", "gem_vgg16", "gem_resnet50")
 # timm looks a registered entry point's pretrained cfgs up in its module's `default_cfgs`
 default_cfgs: Dict[str, Any] = {}
 # timm's generic keyword arguments: accepted only at the value a descriptor model honours, otherwise refused
@@ -150,5 +150,5 @@ def register_timm_model(name: str) -> None:
     globals()[name] = register_model(_make_entry(name))
 
 
-for _name in CORE_MODELS:
+for _name in list_models():
     register_timm_model(_name)

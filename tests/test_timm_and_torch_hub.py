@@ -1,4 +1,9 @@
 """timm.create_model and torch.hub entry points build the registry's models."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
@@ -61,11 +66,19 @@ def test_torch_hub_load_from_a_local_checkout():
     assert isinstance(model, VPRModel) and model.descriptor_dim == 8192
 
 
-def test_torch_hub_lists_only_model_entry_points():
-    # torch.hub.list reads GitHub; this applies its rule (public callables of hubconf) to the local file
-    module = torch.hub._import_module("hubconf", str(REPO / "hubconf.py"))
-    public = sorted(f for f in dir(module) if callable(getattr(module, f)) and not f.startswith("_"))
-    assert public == sorted(MODELS)
+def test_torch_hub_and_timm_list_every_registered_model_and_only_those():
+    # torch.hub.list reads GitHub; this applies its rule (public callables of hubconf) to the local file, in a fresh
+    # process (other tests register models of their own)
+    code = ("import json, torch.hub, timm, registry, registry.timm_models\n"
+            f"module = torch.hub._import_module('hubconf', {str(REPO / 'hubconf.py')!r})\n"
+            "public = sorted(f for f in dir(module) if callable(getattr(module, f)) and not f.startswith('_'))\n"
+            "print(json.dumps([public, registry.list_models(), sorted(set(registry.list_models()) - "
+            "set(timm.list_models()))]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    public, registered, not_in_timm = json.loads(out.stdout.splitlines()[-1])
+    assert public == registered == sorted(MODELS) and not_in_timm == []
 
 
 def test_timm_pretrained_cfg_follows_imagenet_input():

@@ -1,7 +1,7 @@
 """The runner's options, declared once (RunOptions: one field per option, its default and its --help text), and
 what one run needs (RunConfig: the options with their machine- and data-dependent defaults resolved). The command
 line (`vpr bench`, registry.cli.bench) generates its parser from RunOptions; Python callers build
-`RunConfig.from_options(RunOptions(...))`."""
+`RunConfig.from_options(RunOptions(...))`, which checks every option first (UsageError naming it)."""
 from __future__ import annotations
 
 import sys
@@ -11,7 +11,21 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence, Tuple
 
-from .._options import comma_list, option
+from .._files import unwritable
+from .._options import (
+    UsageError,
+    calibration_images_option,
+    check_data_root,
+    check_input_size,
+    comma_list,
+    data_root_option,
+    device_option,
+    input_size_option,
+    option,
+    positive_int,
+    resolve_device,
+)
+from .._ranges import BUILDER_RANGES, ArgRange
 from ..evaluation.index import AUTO, INDEX_KINDS, REFINE_FROM, parse_bytes
 from ..quantize import DEFAULT_CALIBRATION_IMAGES
 
@@ -19,10 +33,11 @@ DEFAULT_MODELS = "clusvpr,netvlad,gem"
 DEFAULT_DATASETS = ("corridor", "nordland_test")  # both embedded in the package
 # untrained models on the embedded data: the Corridor's own resolution (160x120) keeps the run a few minutes
 EMBEDDED_INPUT_SIZE = (120, 160)
-MIN_INPUT_SIDE = 32  # two conv5 cells at stride 16 (ClusVPR's CWT needs a 2x2 map)
+MIN_INPUT_SIDE = 16  # one conv5 cell at stride 16; each model checks its own (registry.factory.min_input_side)
+INPUT_SIDES = ArgRange(MIN_INPUT_SIDE, BUILDER_RANGES["input_size"].hi, length=2)  # --input-size of the run
 
 
-class RunOptionError(ValueError):
+class RunOptionError(UsageError):
     """An option of the run that turned out unusable once the run started (the message names it and the fix)."""
 
 
@@ -39,11 +54,7 @@ def _bytes(text: str) -> int:
         raise ArgumentTypeError(str(err)) from None
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_positive = positive_int
 
 
 def _non_negative(text: str) -> int:
@@ -67,13 +78,78 @@ def _path(text: str) -> Path:
     return Path(text).expanduser()
 
 
+def _check_index(a: "RunOptions") -> None:
+    if a.memory_budget is not None and a.index != "auto":
+        raise UsageError(f"--memory-budget applies to --index auto, not --index {a.index}")
+    if (a.refine is not None or a.opq) and a.index not in ("ivfpq", "hnsw", "pca"):
+        raise UsageError(f"--refine / --opq do not apply to --index {a.index} (refine: ivfpq, hnsw, pca; opq: ivfpq)")
+    if a.opq and a.index != "ivfpq":
+        raise UsageError(f"--opq rotates before product quantisation: it applies to --index ivfpq, not {a.index}")
+
+
+def _check_folders(a: "RunOptions") -> None:
+    if a.backbone_weights is not None and not Path(a.backbone_weights).expanduser().is_file():
+        raise UsageError(f"--backbone-weights: file not found: {a.backbone_weights}")
+    check_data_root(a.data_root)
+    if a.output_dir is not None and Path(a.output_dir).exists() and not Path(a.output_dir).is_dir():
+        raise UsageError(f"--output-dir: {a.output_dir} exists and is not a folder")
+    problem = unwritable(Path(a.output_dir or "results").expanduser())
+    if problem:
+        raise UsageError(f"--output-dir {a.output_dir or 'results/'} cannot be written: {problem}; pass --output-dir "
+                         "with a folder you can write to")
+    store = Path(a.store).expanduser() if a.store is not None else None
+    if store is not None and store.exists() and not store.is_dir():
+        raise UsageError(f"--store: {a.store} exists and is not a folder")
+    problem = unwritable(store) if store is not None else None
+    if problem:
+        raise UsageError(f"--store {a.store} cannot be written: {problem}; pass --store with a folder you can write to")
+
+
+def _input_sides(models: Sequence[str]) -> ArgRange:
+    """--input-size's range for `models`: from the largest smallest side among the registered names there (a folder
+    or Hub repository is checked when it is loaded)."""
+    from ..factory import min_input_side
+
+    sides = [MIN_INPUT_SIDE]
+    for name in models:
+        try:
+            sides.append(min_input_side(name))
+        except (KeyError, ValueError):
+            continue
+    return ArgRange(max(sides), INPUT_SIDES.hi, length=2)
+
+
+def check_options(a: "RunOptions") -> str:
+    """UsageError naming the first option of `a` that cannot work (the message says the fix); the device it names
+    (resolved)."""
+    from ..runtimes.base import runtime_list_problem
+
+    problem = runtime_list_problem(a.runtime)
+    if problem:
+        raise UsageError(f"--runtime {problem}")
+    if a.compile and a.runtime != ("torch",):
+        raise UsageError("--compile compiles the eager model; with --runtime use --runtime compile instead")
+    check_input_size(a.input_size, _input_sides(a.models), "the benchmarked models")
+    if not 0.0 <= a.rerank_lambda <= 1.0:
+        raise UsageError(f"--rerank-lambda must be within 0..1, got {a.rerank_lambda}")
+    if a.pos_radius <= 0:
+        raise UsageError(f"--pos-radius must be > 0 metres, got {a.pos_radius}")
+    _check_folders(a)
+    _check_index(a)
+    device = resolve_device(a.device)
+    if device.startswith("cuda") and a.runtime != ("torch",):
+        raise UsageError(f"--runtime {','.join(a.runtime)} runs on the CPU: add --device cpu, or on a GPU use the "
+                         "default runtime (torch) with --compile / --amp")
+    return device
+
+
 WHAT, MODEL, RUN, RETRIEVAL, OUTPUTS = "what to evaluate", "model set-up", "how to run", "retrieval", "outputs"
 
 
 @dataclass(frozen=True)
 class RunOptions:
     """The runner's command-line options as given, one field per option: its default and its --help text (the
-    parser is generated from these fields; parse_args checks them and derives the RunConfig)."""
+    parser is generated from these fields; RunConfig.from_options checks them and derives the RunConfig)."""
 
     models: Tuple[str, ...] = option(comma_list(DEFAULT_MODELS), "comma-separated models (default {default}); see "
                                      "'models' below", group=WHAT, type=comma_list, metavar="LIST")
@@ -84,17 +160,16 @@ class RunOptions:
     datasets: Optional[Tuple[str, ...]] = option(None, "comma-separated datasets (default: the embedded "
                                                  f"{','.join(DEFAULT_DATASETS)})", group=WHAT, type=comma_list,
                                                  metavar="LIST")
-    data_root: Optional[str] = option(None, "folder holding the datasets named by --datasets (default: the data "
-                                      "embedded in the package, then $VPR_DATA)", group=WHAT, metavar="DIR")
+    data_root: Optional[str] = data_root_option("folder holding the datasets named by --datasets (default: the data "
+                                                "embedded in the package, then $VPR_DATA)", group=WHAT)
     tolerance: Optional[int] = option(None, "aligned traversals: places within this many of the query's count as "
                                       "positives (default: the dataset's, Nordland 1)", group=WHAT,
                                       type=_non_negative, metavar="PLACES")
     pos_radius: float = option(25.0, "UTM datasets: database images within this distance are positives (default "
                                "{default})", group=WHAT, metavar="METRES")
-    input_size: Optional[Tuple[int, int]] = option(None, "evaluate at this input size instead of the model's own "
-                                                   "(480x640 for the VGG16 models); GFLOPs are counted at the "
-                                                   "evaluated size", group=MODEL, type=_positive, nargs=2,
-                                                   metavar=("H", "W"))
+    input_size: Optional[Tuple[int, int]] = input_size_option("evaluate at this input size instead of the model's "
+                                                              "own (480x640 for the VGG16 models); GFLOPs are "
+                                                              "counted at the evaluated size", group=MODEL)
     backbone_weights: Optional[str] = option(None, "local backbone weights (.safetensors or .pth, torchvision names) "
                                              "for models built from the registry, e.g. "
                                              "path/to/vgg16.safetensors; without it those models "
@@ -110,7 +185,7 @@ class RunOptions:
                             "descriptors when there are more database images than output dims (else it is reported "
                             "as 'none (too few images)'); 'none' never fits. A fitted whitening (pretrained models) "
                             "is always used (default {default})", group=MODEL, choices=("fit", "none"))
-    device: str = option("auto", "'auto' (cuda when available, else cpu), cpu, cuda, cuda:N", group=RUN)
+    device: str = device_option("'auto' (cuda when available, else cpu), cpu, cuda, cuda:N", group=RUN)
     batch_size: int = option(16, "extraction batch size (default {default})", group=RUN, type=_positive,
                              metavar="N")
     num_workers: Optional[int] = option(None, "image-loading worker processes (default 4 on CUDA, 0 on CPU)",
@@ -124,9 +199,9 @@ class RunOptions:
                                       "(onnxruntime, the backbone's convolutions int8, calibrated on "
                                       "--calibration-images database images); onnx and onnx-int8 need the 'onnx' "
                                       "extra (default {default})", group=RUN, type=comma_list, metavar="LIST")
-    calibration_images: int = option(DEFAULT_CALIBRATION_IMAGES, "onnx-int8: database images (evenly spaced) its "
-                                     "activation ranges are "
-                                     "calibrated on (default {default})", group=RUN, type=_positive, metavar="N")
+    calibration_images: int = calibration_images_option(DEFAULT_CALIBRATION_IMAGES, "onnx-int8: database images "
+                                                        "(evenly spaced) its activation ranges are calibrated on "
+                                                        "(default {default})", group=RUN)
     latency_repeats: int = option(5, "timed batch-1 forward passes for the per-image latency (median; default "
                                   "{default})", group=RUN, type=_positive, metavar="N")
     seed: int = option(0, "seed of random weights, sampling and k-means (default {default})", group=RUN)
@@ -209,13 +284,10 @@ class RunConfig(RunOptions):
     @classmethod
     def from_options(cls, options: RunOptions, argv: Sequence[str] = (), prog: str = "vpr bench") -> "RunConfig":
         """Resolve the 'auto' / None defaults: device (cuda when available), workers (4 on CUDA, 0 on CPU), the
-        embedded datasets, the untrained input size on them, results/<timestamp>, expanded paths."""
+        embedded datasets, the untrained input size on them, results/<timestamp>, expanded paths. An option that
+        cannot work raises UsageError first (`check_options`), for the command line and Python callers alike."""
+        device = check_options(options)
         values = {f.name: getattr(options, f.name) for f in fields(RunOptions)}
-        device = values["device"]
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         embedded = values["datasets"] is None
         input_size = values["input_size"]
         values.update(

@@ -34,7 +34,7 @@ def _usage() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
-    """Run `prog <command> ...`; returns the exit status (argument errors exit with status 2, as argparse does)."""
+    """Run `prog <command> ...`; returns the exit status (each command's: 2 for a bad option)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(_usage())
@@ -48,8 +48,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
         sys.stderr.write(f"{prog}: error: unknown command {name!r}{hint} (commands: {', '.join(COMMANDS)})\n")
         return 2
     module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
-    status = module.main(rest, prog=f"{prog} {name}")
-    return status if isinstance(status, int) else 0
+    return module.main(rest, prog=f"{prog} {name}")
 
 
 def console_main() -> int:

@@ -6,74 +6,90 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .._files import unwritable
+from .._options import UsageError, add_dataclass_arguments, calibration_images_option, input_size_option, option
 from ..export import OPSET
 from ..quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_FLOAT_CONVS
+from ._command import parser, run_command
 from ._console import console_logging
 
 PROG = "vpr export"
 
 
-def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
-    """Export, verify, print what was written (exit status 0)."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Export a registry model to ONNX (dynamic batch and image size), checked with onnxruntime.",
-    )
-    parser.add_argument("model", help="registry name or alias (clusvpr_vgg16, netvlad_vgg16, gem_vgg16, gem_resnet50)")
-    parser.add_argument("output", help="the .onnx file to write")
-    parser.add_argument("--pretrained", default=None,
-                        help="weights: 'true' (the model's release), org/name[@rev], a folder in the Hub layout, or "
-                             "a reference .pth.tar; default: random weights")
-    parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None,
-                        help="size to trace and verify at (default: the model's input size); the graph takes any size")
-    parser.add_argument("--input-norm", choices=("native", "imagenet"), default="native",
-                        help="input convention of the graph: the model's own, or ImageNet mean/std (default native)")
-    parser.add_argument("--descriptor-dim", type=int, default=None,
-                        help="keep this many leading whitening components (needs a fitted whitening)")
-    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
-    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check against PyTorch")
-    parser.add_argument("--quantize", choices=("int8",), default=None,
-                        help="write the int8 graph: the backbone's convolutions statically quantised (QDQ), "
-                             "calibrated on --calibration images; aggregation and whitening stay float32")
-    parser.add_argument("--calibration", nargs="+", default=None, metavar="PATH",
-                        help="--quantize int8: real images from where the model will run (image files or folders "
-                             "of them); --calibration-images of them, evenly spaced, are used")
-    parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
-                        help=f"--quantize int8: how many calibration images to use (default "
-                             f"{DEFAULT_CALIBRATION_IMAGES})")
-    parser.add_argument("--int8-float-convs", type=int, nargs="+", default=None, metavar="I",
-                        help=f"--quantize int8: the backbone's convolutions kept float32, indices (-1: the last; "
-                             f"default {' '.join(map(str, DEFAULT_FLOAT_CONVS))}, chosen on Nordland validation "
-                             "places)")
-    parser.add_argument("--allow-no-vnni", action="store_true",
-                        help="--quantize int8 on a CPU without int8 dot-product instructions (slower than float32)")
-    args = parser.parse_args(argv)
-    if args.input_size is not None and min(args.input_size) < 1:
-        parser.error(f"--input-size {args.input_size[0]} {args.input_size[1]}: both sides must be positive (the "
-                     "model's valid range is checked next)")
-    problem = unwritable(Path(args.output).expanduser().parent)
+@dataclass
+class ExportOptions:
+    """`vpr export`'s options."""
+
+    model: Optional[str] = option(None, "registry name or alias (clusvpr_vgg16, netvlad_vgg16, gem_vgg16, "
+                                  "gem_resnet50)", flag="model")
+    output: Optional[str] = option(None, "the .onnx file to write", flag="output")
+    pretrained: Optional[str] = option(None, "weights: 'true' (the model's release), org/name[@rev], a folder in the "
+                                       "Hub layout, or a reference .pth.tar; default: random weights")
+    input_size: Optional[Tuple[int, int]] = input_size_option("size to trace and verify at (default: the model's "
+                                                              "input size; the model's range is checked); the graph "
+                                                              "takes any size")
+    input_norm: str = option("native", "input convention of the graph: the model's own, or ImageNet mean/std "
+                             "(default {default})", choices=("native", "imagenet"))
+    descriptor_dim: Optional[int] = option(None, "keep this many leading whitening components (needs a fitted "
+                                           "whitening)", type=int)
+    opset: int = option(OPSET, "ONNX opset (default {default})")
+    no_verify: bool = option(False, "skip the onnxruntime check against PyTorch")
+    quantize: Optional[str] = option(None, "write the int8 graph: the backbone's convolutions statically quantised "
+                                     "(QDQ), calibrated on --calibration images; aggregation and whitening stay "
+                                     "float32", choices=("int8",))
+    calibration: Optional[List[str]] = option(None, "--quantize int8: real images from where the model will run "
+                                              "(image files or folders of them); --calibration-images of them, "
+                                              "evenly spaced, are used", nargs="+", metavar="PATH")
+    calibration_images: int = calibration_images_option(DEFAULT_CALIBRATION_IMAGES, "--quantize int8: how many "
+                                                        "calibration images to use (default {default})")
+    int8_float_convs: Optional[List[int]] = option(None, "--quantize int8: the backbone's convolutions kept float32, "
+                                                   "indices (-1: the last; default "
+                                                   f"{' '.join(map(str, DEFAULT_FLOAT_CONVS))}, chosen on Nordland "
+                                                   "validation places)", type=int, nargs="+", metavar="I")
+    allow_no_vnni: bool = option(False, "--quantize int8 on a CPU without int8 dot-product instructions (slower "
+                                 "than float32)")
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """`vpr export`'s command line, generated from ExportOptions."""
+    p = parser(prog, "Export a registry model to ONNX (dynamic batch and image size), checked with onnxruntime.")
+    add_dataclass_arguments(p, ExportOptions)
+    return p
+
+
+def check(a: argparse.Namespace) -> None:
+    """UsageError for an output that cannot be written or incomplete int8 options; the calibration files found."""
+    problem = unwritable(Path(a.output).expanduser().parent)
     if problem:
-        parser.error(f"{args.output} cannot be written: {problem}; pass an output path in a folder you can write to")
-    if args.quantize and not args.calibration:
-        parser.error("--quantize int8 needs --calibration: image files or folders of real images (a few dozen from "
-                     "the deployment's data)")
-    if args.calibration and not args.quantize:
-        parser.error("--calibration is for --quantize int8")
-    if args.int8_float_convs is not None and not args.quantize:
-        parser.error("--int8-float-convs is for --quantize int8")
-    if args.calibration_images < 1:
-        parser.error(f"--calibration-images must be >= 1, got {args.calibration_images}")
-    if args.quantize:
-        args.calibration = _calibration_files(parser, args.calibration, args.calibration_images)
-    with console_logging():
-        try:
-            return _export(args)
-        except ValueError as err:  # an input size or model argument outside its range: a bad option
-            parser.error(str(err))
+        raise UsageError(f"{a.output} cannot be written: {problem}; pass an output path in a folder you can write to")
+    if a.quantize and not a.calibration:
+        raise UsageError("--quantize int8 needs --calibration: image files or folders of real images (a few dozen "
+                         "from the deployment's data)")
+    if a.calibration and not a.quantize:
+        raise UsageError("--calibration is for --quantize int8")
+    if a.int8_float_convs is not None and not a.quantize:
+        raise UsageError("--int8-float-convs is for --quantize int8")
+    if a.quantize:
+        a.calibration = _calibration_files(a.calibration, a.calibration_images)
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    """Export, verify, print what was written (exit status 0; 2 for a bad option, the model's input-size range and
+    model arguments included)."""
+    def body() -> int:
+        args = build_parser(prog).parse_args(argv)
+        check(args)
+        with console_logging():
+            try:
+                return _export(args)
+            except ValueError as err:  # an input size or model argument outside its range: a bad option
+                raise UsageError(str(err)) from None
+
+    return run_command(prog, body)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -105,7 +121,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_files(parser: argparse.ArgumentParser, paths: Sequence[str], n: int) -> List[Path]:
+def _calibration_files(paths: Sequence[str], n: int) -> List[Path]:
     """Image files given or found in the folders given (sorted), n of them evenly spaced."""
     suffixes = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
     files: List[Path] = []
@@ -115,8 +131,8 @@ def _calibration_files(parser: argparse.ArgumentParser, paths: Sequence[str], n:
         elif item.is_file():
             files.append(item)
         else:
-            parser.error(f"--calibration: {item} is neither an image file nor a folder")
+            raise UsageError(f"--calibration: {item} is neither an image file nor a folder")
     if not files:
-        parser.error(f"--calibration: no images ({', '.join(suffixes)}) in {', '.join(paths)}")
+        raise UsageError(f"--calibration: no images ({', '.join(suffixes)}) in {', '.join(paths)}")
     step = max(1, len(files) // n)
     return files[::step][:n]

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .._files import unwritable
-from .._options import add_dataclass_arguments, field_default, option
+from .._options import UsageError, add_dataclass_arguments, check_data_root, data_root_option, field_default, option
 from ..training.config import SELECT_METRICS, TrainConfig, whitening_dim_arg
+from ._command import parser, run_command
 
 PROG = "vpr whitening-sweep"
 
@@ -41,7 +42,7 @@ class SweepOptions:
     select_by: str = option(field_default(TrainConfig, "select_by"), "validation metric the size is chosen by, as "
                             "the trainer's --select-by (default {default})", choices=SELECT_METRICS)
     cache_features: Optional[str] = option(None, "cached frozen backbone features (as in training)", metavar="DIR")
-    data_root: Optional[str] = option(None, "folder that holds the known datasets")
+    data_root: Optional[str] = data_root_option("folder that holds the known datasets")
     batch_size: int = option(field_default(TrainConfig, "eval_batch_size"), "descriptor batch (default {default})")
     threads: Optional[int] = option(None, "CPU threads")
     out: Optional[str] = option(None, "write the rows as JSON here (atomically)")
@@ -49,7 +50,7 @@ class SweepOptions:
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The sweep's command line, generated from SweepOptions; every option documented."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(prog, __doc__)
     add_dataclass_arguments(p, SweepOptions)
     return p
 
@@ -64,21 +65,27 @@ def table(rows: List[Dict[str, Any]], names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> List[Dict[str, Any]]:
-    """Parse, extract each run's descriptors once, evaluate every size; prints the table, returns the rows."""
-    from ._console import console_logging
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    """Parse, extract each run's descriptors once, evaluate every size; prints the table (exit status 0; 1 when a
+    size does not fit a run's whitening, 2 for a bad option)."""
+    def body() -> int:
+        a = build_parser(prog).parse_args(argv)
+        problem = unwritable(Path(a.out).expanduser().parent) if a.out else None
+        if problem:  # before any model is loaded or any descriptor extracted
+            raise UsageError(f"--out {a.out} cannot be written: {problem}; pass a path in a folder you can write to")
+        check_data_root(a.data_root)
+        from ._console import console_logging
 
-    parser = build_parser(prog)
-    a = parser.parse_args(argv)
-    a.prog = prog
-    problem = unwritable(Path(a.out).expanduser().parent) if a.out else None
-    if problem:  # before any model is loaded or any descriptor extracted
-        parser.error(f"--out {a.out} cannot be written: {problem}; pass a path in a folder you can write to")
-    with console_logging():
-        return _main(a)
+        with console_logging():
+            rows, names = sweep_rows(a)
+        print(table(rows, names))
+        return 0
+
+    return run_command(prog, body, {ValueError: None})
 
 
-def _main(a: argparse.Namespace) -> List[Dict[str, Any]]:
+def sweep_rows(a: argparse.Namespace) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """Every row of the sweep (one per run and size; written to --out when given) and the datasets' names."""
     import torch
 
     from .._atomic import atomic_path
@@ -90,13 +97,9 @@ def _main(a: argparse.Namespace) -> List[Dict[str, Any]]:
     kw = {"data_root": a.data_root} if a.data_root else {}
     val = load_dataset(a.val_set, **kw)
     datasets = {val.name: val, **{ds.name: ds for ds in (load_dataset(s, **kw) for s in a.test_set)}}
-    try:
-        rows = [row for run in a.runs for row in sweep(run, datasets, a.dims, val.name, a.select_by,
-                                                         a.cache_features, a.batch_size)]
-    except ValueError as err:
-        raise SystemExit(f"{a.prog}: error: {err}") from None
-    print(table(rows, list(datasets)))
+    rows = [row for run in a.runs for row in sweep(run, datasets, a.dims, val.name, a.select_by,
+                                                     a.cache_features, a.batch_size)]
     if a.out:
         with atomic_path(a.out) as tmp:
             Path(tmp).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    return rows
+    return rows, list(datasets)

@@ -16,17 +16,18 @@ import errno
 import importlib
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from .. import _options as opt
 from .._files import unwritable
-from .._options import add_dataclass_arguments, comma_list, field_default, option, option_fields
+from .._options import UsageError, add_dataclass_arguments, comma_list, field_default, option, option_fields
 from ..quantize import DEFAULT_CALIBRATION_IMAGES
 from ..training.config import CLUSTERS, DATA, MODEL, RECIPE_GENERATIONS, RUN, SCHEDULE, TrainConfig
+from ._command import parser, run_command
 
 PROG = "vpr train"
 EPILOG = """\
@@ -64,8 +65,8 @@ class TrainCommand:
     model_arg: List[Tuple[str, Any]] = option(help="registry override, JSON value (e.g. whitening_dim=1024, "
                                               "num_clusters=32, whitening_dim=null)", default_factory=list,
                                               group=MODEL, type=_pair, action="append", metavar="KEY=VALUE")
-    input_size: Optional[Tuple[int, int]] = option(None, "training and test input size", group=MODEL, type=int,
-                                                   nargs=2, metavar=("H", "W"))
+    input_size: Optional[Tuple[int, int]] = opt.input_size_option("training and test input size (within the model's "
+                                                              "range)", group=MODEL)
     backbone_weights: Optional[str] = option(None, "local backbone weights file (.safetensors/.pth) or 'imagenet'",
                                              group=MODEL)
     train_layers: Optional[str] = option(None, "trainable backbone layers: conv5 (VGG16, default) | layer3 "
@@ -85,10 +86,10 @@ class TrainCommand:
                                       "PyTorch, always runs: config.json records its recalls; summary.json's "
                                       "'runtimes' the others (default {default})", group=DATA, type=comma_list,
                                       metavar="LIST")
-    calibration_images: int = option(DEFAULT_CALIBRATION_IMAGES, "onnx-int8: training database images (evenly "
-                                     "spaced) its activation ranges are calibrated on (default {default})",
-                                     group=DATA, type=int, metavar="N")
-    data_root: Optional[str] = option(None, "folder that holds the known datasets", group=DATA)
+    calibration_images: int = opt.calibration_images_option(DEFAULT_CALIBRATION_IMAGES, "onnx-int8: training database "
+                                                        "images (evenly spaced) its activation ranges are calibrated "
+                                                        "on (default {default})", group=DATA)
+    data_root: Optional[str] = opt.data_root_option("folder that holds the known datasets", group=DATA)
     tolerance: Optional[int] = option(None, "aligned traversals: places that count as the same place", group=DATA)
     generations: Optional[int] = option(None, f"generations (default: {RECIPE_GENERATIONS} with a recipe that has "
                                         "generations, ClusVPR's pyramid; 1 with the global recipe)", group=SCHEDULE)
@@ -103,7 +104,7 @@ class TrainCommand:
     cache_features: Optional[str] = option(None, "cache the frozen backbone layers' outputs (in DIR, default "
                                            "OUTPUT/feature_cache)", group=RUN, nargs="?", const="", metavar="DIR")
     init_seed: Optional[int] = option(None, "seed of the model's random initialisation (default: --seed)", group=RUN)
-    device: str = option("auto", "auto | cpu | cuda | cuda:N (default {default})", group=RUN)
+    device: str = opt.device_option(group=RUN)
     threads: Optional[int] = option(None, "CPU threads per process (default: cores / processes)", group=RUN)
     push_to_hub: Optional[str] = option(None, "upload the trained model to this Hub repository", group=RUN,
                                         metavar="REPO_ID")
@@ -112,52 +113,66 @@ class TrainCommand:
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The command line, generated from TrainCommand and TrainConfig; every option documented."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(prog, __doc__, EPILOG)
     add_dataclass_arguments(p, TrainCommand, TrainConfig)
     return p
 
 
-def check_args(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    """Cheap checks before anything heavy is imported."""
+def check_args(a: argparse.Namespace) -> None:
+    """Cheap checks before any data or weights are read (UsageError naming the option)."""
     out = Path(a.output).expanduser()
     if out.exists() and not out.is_dir():
-        parser.error(f"--output {out} exists and is not a folder")
+        raise UsageError(f"--output {out} exists and is not a folder")
     problem = unwritable(out)
     if problem:
-        parser.error(f"--output {out} cannot be written: {problem}; choose a folder you can write to")
+        raise UsageError(f"--output {out} cannot be written: {problem}; choose a folder you can write to")
     if a.resume and not (out / "train" / "checkpoint.pt").is_file():
-        parser.error(f"--resume: no checkpoint at {out / 'train' / 'checkpoint.pt'}; start without --resume")
+        raise UsageError(f"--resume: no checkpoint at {out / 'train' / 'checkpoint.pt'}; start without --resume")
     if not a.resume and (out / "train" / "checkpoint.pt").exists():
-        parser.error(f"{out} already holds a run: pass --resume to continue it, or choose another --output")
+        raise UsageError(f"{out} already holds a run: pass --resume to continue it, or choose another --output")
     if a.clusters and not Path(a.clusters).is_file():
-        parser.error(f"--clusters {a.clusters}: file not found")
+        raise UsageError(f"--clusters {a.clusters}: file not found")
     if a.backbone_weights and a.backbone_weights != "imagenet" and not Path(a.backbone_weights).is_file():
-        parser.error(f"--backbone-weights {a.backbone_weights}: file not found (or pass 'imagenet')")
-    if a.input_size and min(a.input_size) < 16:
-        parser.error(f"--input-size {a.input_size} is too small (at least 16 x 16; valid: 16..8192 per side)")
-    if a.input_size and max(a.input_size) > 8192:
-        parser.error(f"--input-size {a.input_size} is too large (valid: 16..8192 per side)")
+        raise UsageError(f"--backbone-weights {a.backbone_weights}: file not found (or pass 'imagenet')")
     if a.threads is not None and a.threads < 1:
-        parser.error("--threads must be >= 1")
-    _check_runtimes(parser, a)
+        raise UsageError("--threads must be >= 1")
+    opt.check_data_root(a.data_root)
+    opt.resolve_device(a.device)
+    _check_input_size(a)
+    _check_runtimes(a)
 
 
-def _check_runtimes(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+def _check_input_size(a: argparse.Namespace) -> None:
+    """--input-size within the range of the model asked for (its backbone's stride times the smallest feature map
+    its aggregator takes, up to the builder's limit)."""
+    if a.input_size is None:
+        return
+    from .._ranges import ranges_for
+    from .._registry import get_aggregator, get_backbone, get_entry, resolve_name
+
+    for module in a.plugin:
+        importlib.import_module(module)
+    try:
+        entry = get_entry(resolve_name(a.model))
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None
+    side = ranges_for(get_backbone(entry.backbone), get_aggregator(entry.aggregator))["input_size"]
+    opt.check_input_size(a.input_size, side, entry.name)
+
+
+def _check_runtimes(a: argparse.Namespace) -> None:
     """--runtime: known names, once each, and what they need installed, before any training."""
     from ..runtimes import check_available
     from ..runtimes.base import runtime_list_problem
 
     problem = runtime_list_problem(a.runtime)
     if problem:
-        parser.error(f"--runtime {problem}")
-    if a.calibration_images < 1:
-        parser.error(f"--calibration-images must be >= 1, got {a.calibration_images}")
+        raise UsageError(f"--runtime {problem}")
     for runtime in a.runtime:
         try:
             check_available(runtime)
         except (ImportError, RuntimeError) as err:
-            parser.error(f"--runtime {runtime}: {err}")
+            raise UsageError(f"--runtime {runtime}: {err}") from None
 
 
 def model_overrides(a: argparse.Namespace) -> Dict[str, Any]:
@@ -222,44 +237,28 @@ def setup(a: argparse.Namespace):
 
 
 def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]:
-    """Initialise clusters, train, evaluate on the test sets, optionally push; returns the summary on rank 0."""
-    from .._atomic import atomic_path
-    from ..evaluation.recall_table import recall_table
+    """Initialise clusters, train and finish (test sets, other runtimes, the Hub layout and summary.json, written by
+    the trainer), optionally push; returns the summary on rank 0."""
     from ..training import load_clusters
+    from ..training.finish import FinalEvaluation
 
     model, ctx = trainer.model, trainer.ctx
-    start = time.time()
+    start = time.time()  # the summary's wall time: clusters, training, whitening, test evaluation
     if not a.resume and not a.pretrained:
         if a.clusters:
             load_clusters(model, a.clusters)
             if ctx.is_main:
-                with atomic_path(Path(a.output) / "centroids.h5") as tmp:
-                    shutil.copyfile(a.clusters, tmp)
+                trainer.folder.copy_centroids(a.clusters)
         else:
             trainer.init_clusters()
-    summary = trainer.fit(resume=a.resume, require_initialised_clusters=not a.pretrained)
+    final = FinalEvaluation(test_sets, a.runtime, a.calibration_images,
+                            command=" ".join([getattr(a, "prog", PROG)] + list(a.argv)), started=start)
+    summary = trainer.fit(resume=a.resume, require_initialised_clusters=not a.pretrained, final=final)
     if not ctx.is_main:
         return None
-    summary["test"] = recall_table(model, test_sets, a.eval_batch_size, ctx.device, progress=not a.no_progress)
-    others = [r for r in a.runtime if r != "torch"]
-    if others:  # the deployed ways of running it, on the same sets; torch's rows are final_val and test
-        from ..runtimes import evenly_spaced
-        from ..training.finish import runtime_recalls
-
-        sets = ([trainer.val_set] if trainer.val_set is not None else []) + list(test_sets)
-        calibration = evenly_spaced(trainer.train_set.db_images, a.calibration_images)
-        summary["runtimes"] = runtime_recalls(model, others, sets, calibration, a.eval_batch_size,
-                                             progress=not a.no_progress)
-    summary["wall_seconds"] = round(time.time() - start, 1)  # clusters, training, whitening, test evaluation
-    val = trainer.val_set
-    recalls = {**({val.name: summary["final_val"]} if val else {}), **summary["test"]} or None
-    if summary["test"]:
-        model.save_pretrained(a.output, training=trainer.training_facts(), recalls=recalls)
-    summary["command"] = " ".join([getattr(a, "prog", PROG)] + list(a.argv))
-    with atomic_path(Path(a.output) / "train" / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     if a.push_to_hub:
-        summary["hub_commit"] = model.push_to_hub(a.push_to_hub, training=trainer.training_facts(), recalls=recalls)
+        summary["hub_commit"] = model.push_to_hub(a.push_to_hub, training=trainer.training_facts(),
+                                                  recalls=trainer.recall_facts(summary))
     shown = {k: summary.get(k) for k in ("best", "final_val", "test", "wall_seconds", "hub_commit")}
     if "runtimes" in summary:
         shown["runtimes"] = {r: v["recalls"] for r, v in summary["runtimes"].items()}
@@ -267,42 +266,50 @@ def train(a: argparse.Namespace, trainer, test_sets) -> Optional[Dict[str, Any]]
     return summary
 
 
-def main(argv: Optional[List[str]] = None, prog: str = PROG) -> Optional[Dict[str, Any]]:
-    """Parse, check, set up (errors exit with status 2 and one line), then train. `prog` is the command as the user
-    typed it: messages and summary.json name it."""
-    from ._console import console_logging
-
-    with console_logging():
-        return _main(argv, prog)
+def _write_failed(err: BaseException, output: str) -> str:
+    """Writing the final model or the summary failed (a full disk, a folder made read-only): what to do."""
+    full = " (the disk is full)" if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else ""
+    return (f"could not write to {output}{full}: {err}. The last checkpoint is kept: free space (or fix the folder), "
+            "then run the same command with --resume")
 
 
-def _main(argv: Optional[List[str]], prog: str) -> Optional[Dict[str, Any]]:
+def main(argv: Optional[List[str]] = None, prog: str = PROG) -> int:
+    """Parse, check, set up (a bad option or input: exit status 2 and one line), then train (a checkpoint, image or
+    write failure: status 1, the message says what was kept). `prog` is the command as the user typed it: messages
+    and summary.json name it."""
     from registry.datasets import ImageReadError
 
-    from ..training import CheckpointError, shutdown
+    from ..training import CheckpointError
 
-    parser = build_parser(prog)
     argv = list(sys.argv[1:] if argv is None else argv)
-    a = parser.parse_args(argv)
-    a.prog, a.argv = prog, argv
-    check_args(parser, a)
+    output = {"dir": "the output folder"}
+
+    def body() -> int:
+        a = build_parser(prog).parse_args(argv)
+        a.prog, a.argv = prog, argv
+        output["dir"] = a.output
+        check_args(a)
+        from ._console import console_logging
+
+        with console_logging():
+            run(a)
+        return 0
+
+    return run_command(prog, body, {CheckpointError: None, ImageReadError: None,
+                                    OSError: lambda err: _write_failed(err, output["dir"])})
+
+
+def run(a: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """Set up and train the run the checked arguments describe; the summary on rank 0 (None on the others)."""
+    from ..training import shutdown
+
     trainer = None
     try:
         try:
             trainer, test_sets = setup(a)
         except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError) as err:
-            print(f"{prog}: error: {err.args[0] if err.args else err}", file=sys.stderr)
-            sys.exit(2)
-        try:
-            return train(a, trainer, test_sets)
-        except (CheckpointError, ImageReadError) as err:  # the message says what was kept and what to do
-            print(f"{prog}: error: {err}", file=sys.stderr)
-            sys.exit(1)
-        except OSError as err:  # writing the final model or the summary (a full disk, a folder made read-only)
-            full = " (the disk is full)" if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-            print(f"{prog}: error: could not write to {a.output}{full}: {err}. The last checkpoint is kept: free "
-                  "space (or fix the folder), then run the same command with --resume", file=sys.stderr)
-            sys.exit(1)
+            raise UsageError(err.args[0] if err.args else str(err)) from None
+        return train(a, trainer, test_sets)
     finally:
         if trainer is not None:
             shutdown(trainer.ctx, trainer)

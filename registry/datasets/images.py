@@ -10,21 +10,49 @@ from torch.utils.data import Dataset
 
 from .._image_modes import to_rgb
 
+MAX_PIXELS = 64_000_000  # the most pixels (width x height) an image may have to be decoded; VPR_MAX_IMAGE_PIXELS
+# overrides it (a 16-bit 64 MP image decodes to 128 MB, then 192 MB as RGB; Pillow's own limit is 179 MP)
+MAX_PIXELS_ENV = "VPR_MAX_IMAGE_PIXELS"
+
 
 class ImageReadError(OSError):
-    """An image file is missing, truncated or not an image."""
+    """An image file is missing, truncated, not an image, or larger than the pixel budget (max_pixels())."""
+
+
+def max_pixels() -> int:
+    """The pixel budget of `open_rgb`: $VPR_MAX_IMAGE_PIXELS if set (a positive integer), else MAX_PIXELS."""
+    text = os.environ.get(MAX_PIXELS_ENV)
+    if text is None:
+        return MAX_PIXELS
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"{MAX_PIXELS_ENV}={text[:40]!r} is not a positive whole number of pixels (default "
+                         f"{MAX_PIXELS:,})")
+    return int(text)
 
 
 def open_rgb(path: Union[str, os.PathLike]) -> Image.Image:
     """Open an image fully decoded as 8-bit RGB (16-bit images scaled, not clipped: registry._image_modes.to_rgb),
-    or raise ImageReadError naming the file."""
+    or raise ImageReadError naming the file. Its size is read from the header first: an image of more than
+    max_pixels() pixels is refused before it is decoded."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image file not found: {path}; check the dataset root or re-download the dataset")
+    budget = max_pixels()
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > budget:
+                raise ImageReadError(
+                    f"image {path} is {width}x{height} = {width * height:,} pixels, more than the {budget:,} an image "
+                    f"may have (registry.datasets.images.MAX_PIXELS); shrink it, or raise the budget with "
+                    f"{MAX_PIXELS_ENV}=N if the machine has the memory")
             img.load()
             decoded = img
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(f"cannot read image {path} ({err}): Pillow refuses it as a decompression bomb; shrink "
+                             "it or remove it") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise ImageReadError(
             f"cannot read image {path} ({err}); the file is corrupt or truncated: re-download it or remove it"
@@ -43,6 +71,9 @@ def image_size(path: Union[str, os.PathLike]) -> Tuple[int, int]:
             return img.size
     except FileNotFoundError as err:
         raise ImageReadError(f"image file not found: {path}; check the dataset root or re-download it") from err
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(f"cannot read image {path} ({err}): Pillow refuses it as a decompression bomb; shrink "
+                             "it or remove it") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise ImageReadError(
             f"cannot read image {path} ({err}); the file is corrupt: re-download or remove it"

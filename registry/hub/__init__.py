@@ -8,9 +8,9 @@ centroids.h5, pca.h5 and README.md (a huggingface_hub ModelCard rendered from MO
 from .._files import sha256_file
 from ._card import model_card, render_model_card
 from ._layout import CARD_FACTS, LAYOUT_FILES, LIBRARY_NAME, build_config, card_facts, save_pretrained
-from ._load import pull_centroids, pull_pca, read_state_dict
+from ._load import pull_centroids, pull_pca, read_cluster_source, read_state_dict
 from ._push import push_to_hub
-from ._source import Snapshot, parse_source
+from ._source import HUB_KWARGS, Snapshot, parse_source
 from .errors import (
     CorruptedFileError,
     FileNotInRepoError,
@@ -28,6 +28,7 @@ __all__ = [
     "CARD_FACTS",
     "CorruptedFileError",
     "FileNotInRepoError",
+    "HUB_KWARGS",
     "HubError",
     "HubOfflineError",
     "IncompatibleWeightsError",
@@ -46,6 +47,7 @@ __all__ = [
     "pull_centroids",
     "pull_pca",
     "push_to_hub",
+    "read_cluster_source",
     "read_state_dict",
     "render_model_card",
     "save_pretrained",

@@ -6,14 +6,16 @@ never imports it.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from .. import h5io
+from .._jsonio import check_safetensors_header
 from ..whitening import PCAWhitening
 from ._layout import CENTROIDS, PCA, WEIGHTS
-from ._source import ModelLocation, Snapshot
+from ._source import HUB_KWARGS, ModelLocation, Snapshot
+from .errors import IncompatibleWeightsError
 
 _H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -22,7 +24,15 @@ def read_state_dict(snap: Snapshot) -> Dict[str, torch.Tensor]:
     """model.safetensors of `snap`, sha256-checked, as CPU tensors (safetensors never unpickles code)."""
     from safetensors.torch import load_file
 
-    return load_file(str(snap.path(WEIGHTS)), device="cpu")
+    path = snap.path(WEIGHTS)
+    check_safetensors_header(path, error=IncompatibleWeightsError)  # named error, not a bare SafetensorError
+    return load_file(str(path), device="cpu")
+
+
+def read_cluster_source(snap: Snapshot) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(centroids, descriptors) of `snap`'s centroids.h5, sha256-checked; None when config.json lists none."""
+    files = snap.zoo_config().get("files") or {}
+    return h5io.load_centroids(snap.path(CENTROIDS)) if CENTROIDS in files else None
 
 
 def pull_centroids(src: ModelLocation, **hub_kwargs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -47,8 +57,7 @@ def _is_h5_file(src: ModelLocation) -> bool:
 
 
 def _pull_file(src: ModelLocation, name: str, hub_kwargs: dict):
-    allowed = {"revision", "cache_dir", "local_files_only", "token", "endpoint", "force_download"}
-    unknown = sorted(set(hub_kwargs) - allowed)
+    unknown = sorted(set(hub_kwargs) - set(HUB_KWARGS))
     if unknown:
-        raise TypeError(f"unexpected arguments {unknown}; pull functions take {sorted(allowed)}")
+        raise TypeError(f"unexpected arguments {unknown}; pull functions take {sorted(HUB_KWARGS)}")
     return Snapshot(src, **hub_kwargs).path(name)

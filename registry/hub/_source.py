@@ -1,7 +1,6 @@
 """Where a layout lives (a local folder or a Hub repo at one commit) and verified access to its files."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from .._files import sha256_file
+from .._jsonio import read_json
 from ._layout import CONFIG, FORMAT_VERSION
 from .errors import (
     CorruptedFileError,
@@ -28,6 +28,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _log = logging.getLogger(__name__)
 
 ModelLocation = Union[str, os.PathLike]  # a folder in the layout, or a Hub repository id `org/name[@rev]`
+# the keyword arguments of Snapshot (and so of every load from the Hub): which version, which cache, which login
+HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "endpoint", "force_download")
 
 
 def parse_source(
@@ -98,13 +100,11 @@ class Snapshot:
                     raise
                 self._config_missing = True
                 return None
-            try:
-                self._config = json.loads(Path(path).read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                cached = (f"; if the cached copy is damaged, check it with `hf cache verify {self.repo_id}` and load "
-                          "again with force_download=True") if self.directory is None else ""
-                raise WrongModelError(f"config.json of {self.label} is not valid JSON ({err}): it was not written "
-                                      f"by save_pretrained / push_to_hub of this model zoo{cached}") from None
+            cached = (f"; if the cached copy is damaged, check it with `hf cache verify {self.repo_id}` and load "
+                      "again with force_download=True") if self.directory is None else ""
+            self._config = read_json(path, f"config.json of {self.label}", error=WrongModelError,
+                                     fix="it was not written by save_pretrained / push_to_hub of this model "
+                                     f"zoo{cached}")
         if self._config is None and required:
             raise FileNotInRepoError(f"{self.label} has no config.json: it is not a model-zoo layout")
         return self._config

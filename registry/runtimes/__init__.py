@@ -21,10 +21,10 @@ from torch import nn
 
 from .base import RUNTIMES, Runtime
 from .eager import CompiledRuntime, TorchRuntime
-from .onnx import OnnxRuntime, build_onnx, load_runtime
+from .onnx import OnnxRuntime, RuntimeFileError, build_onnx, load_runtime
 
 __all__ = ["RUNTIMES", "Runtime", "TorchRuntime", "CompiledRuntime", "OnnxRuntime", "compile_for", "load_runtime",
-           "check_available", "evenly_spaced"]
+           "check_available", "evenly_spaced", "RuntimeFileError"]
 
 
 def check_available(runtime: str) -> None:

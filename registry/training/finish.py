@@ -1,16 +1,18 @@
 """The finishing steps of a run: the PCA whitening fitted on the best model's training descriptors, its size chosen
-on validation, the final evaluation under other inference runtimes, and what the Hub layout and summary.json
-record."""
+on validation, the final evaluation on test sets and under other inference runtimes (`FinalEvaluation`), and what
+the Hub layout and summary.json record."""
 from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..quantize import DEFAULT_CALIBRATION_IMAGES
 from ..whitening import fit_on_sample, select_whitening, set_whitening_dim
 from .config import TrainConfig
 
@@ -65,9 +67,40 @@ def training_facts(train_name: str, val_name: Optional[str], recipe: str, best: 
             "world_size": world_size, **({"whitening_selection": selection} if selection else {})}
 
 
-def recall_facts(val_name: Optional[str], final_val: Dict[str, float]) -> Optional[Dict[str, Dict[str, float]]]:
-    """config.json's measured recalls: the final validation's, when there was one."""
-    return {val_name: final_val} if val_name is not None and final_val else None
+def recall_facts(val_name: Optional[str], final_val: Dict[str, float],
+                 test: Optional[Dict[str, Dict[str, float]]] = None) -> Optional[Dict[str, Dict[str, float]]]:
+    """config.json's measured recalls: the final validation's, when there was one, and each test set's."""
+    recalls = {val_name: final_val} if val_name is not None and final_val else {}
+    return {**recalls, **(test or {})} or None
+
+
+@dataclass(frozen=True)
+class FinalEvaluation:
+    """What a run measures once the final model is chosen, beyond validation, and how summary.json names the run:
+    Recall@N of eager PyTorch on `test_sets`; with `runtimes` other than torch, each of them on validation and the
+    test sets (onnx-int8 calibrated on `calibration_images` evenly spaced training database images); the `command`
+    that started the run and the wall time since `started` (`time.time()`; None: since `fit` began)."""
+
+    test_sets: Sequence[Any] = ()
+    runtimes: Sequence[str] = ("torch",)
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    command: str = ""
+    started: Optional[float] = None
+
+    def measure(self, model: nn.Module, train_set: Any, val_set: Any, batch_size: int, device: Any,
+                progress: bool) -> Dict[str, Any]:
+        """summary.json's "test" entry (and "runtimes" when a runtime other than torch is asked for)."""
+        from ..evaluation.recall_table import recall_table
+        from ..runtimes import evenly_spaced
+
+        out: Dict[str, Any] = {"test": recall_table(model, list(self.test_sets), batch_size, device,
+                                                    progress=progress)}
+        others = [r for r in self.runtimes if r != "torch"]
+        if others:  # the deployed ways of running it, on the same sets; torch's rows are final_val and test
+            sets = ([val_set] if val_set is not None else []) + list(self.test_sets)
+            calibration = evenly_spaced(train_set.db_images, self.calibration_images)
+            out["runtimes"] = runtime_recalls(model, others, sets, calibration, batch_size, progress=progress)
+        return out
 
 
 def runtime_recalls(model: nn.Module, runtimes: Sequence[str], datasets: Sequence, calibration: Sequence,

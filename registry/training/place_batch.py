@@ -108,27 +108,43 @@ def multi_similarity_loss(alpha: float = MS_ALPHA, beta: float = MS_BETA, base: 
     return loss
 
 
-def train_place_epoch(model: Any, source: Any, sampler: PlaceBatchSampler, loss_fn: Callable, optimizer: Any,
-                      describe: Callable, generation: int, epoch: int, device: torch.device, autocast: Callable,
-                      progress: Optional[Any] = None) -> List[Dict[str, float]]:
-    """One epoch of place batches: `describe(inputs)` gives the batch's L2-normalised descriptors (through DDP
-    when distributed), `loss_fn(descriptors, labels)` the loss; returns each step's losses."""
-    from .sources import stack_items
+class PlaceEpoch:
+    """The place-batch recipe's part of an epoch (beside the tuple recipe's `TupleEpoch`): this rank's P x K batches
+    of the epoch, each one optimiser step on the multi-similarity loss of its descriptors. `describe(inputs,
+    generation)` gives a batch's L2-normalised descriptors (through DistributedDataParallel when distributed)."""
 
-    model.train()
-    logs: List[Dict[str, float]] = []
-    for batch in sampler.batches(epoch, generation):
-        inputs = stack_items(source, batch.tolist(), train=True).to(device, non_blocking=True)
+    def __init__(self, *, model: Any, sampler: PlaceBatchSampler, source: Any, describe: Callable,
+                 loss: Callable, seed: int, ctx: Any, autocast: Callable, progress: bool) -> None:
+        self.model, self.sampler, self.source, self.describe, self.loss = model, sampler, source, describe, loss
+        self.seed, self.ctx, self.autocast, self.progress = seed, ctx, autocast, progress
+
+    def run(self, generation: int, epoch: int, optimizer: Any) -> Dict[str, float]:
+        """Optimise over this epoch's batches; the mean loss (averaged over ranks)."""
+        from tqdm.auto import tqdm
+
+        from .loop import epoch_rng
+        from .sources import stack_items
+
+        epoch_rng(self.seed, generation, epoch, self.ctx.rank)  # this rank's torch stream (dropout)
+        self.model.train()
+        losses: List[float] = []
+        batches = self.sampler.batches(epoch, generation)
+        with tqdm(total=len(batches), desc=f"gen {generation} epoch {epoch}", unit="batch",
+                  disable=not self.progress) as bar:
+            for batch in batches:
+                inputs = stack_items(self.source, batch.tolist(), train=True).to(self.ctx.device, non_blocking=True)
+                losses.append(self.step(inputs, self.sampler.labels_of(batch), generation, epoch, optimizer))
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        return {"loss": self.ctx.all_reduce_mean(float(np.mean(losses)))}
+
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor, generation: int, epoch: int, optimizer: Any) -> float:
         optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            loss = loss_fn(describe(inputs).float(), sampler.labels_of(batch))
+        with self.autocast():
+            loss = self.loss(self.describe(inputs, generation).float(), labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {float(loss)} at generation {generation}, epoch {epoch}: "
                                      "lower --lr (or check the data); the last checkpoint is kept")
         loss.backward()
         optimizer.step()
-        logs.append({"loss": float(loss.detach())})
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{np.mean([r['loss'] for r in logs]):.4f}")
-    return logs
+        return float(loss.detach())

@@ -70,6 +70,12 @@ class TrainState:
         return cls(int(state["generation"]), int(state["epoch"]), state["best"], state.get("best_model"),
                    list(state["history"]))
 
+    def restore(self, checkpoint: Dict[str, Any]) -> None:
+        """Take a checkpoint's progress, in place (the epoch loop holds this object)."""
+        saved = TrainState.from_checkpoint(checkpoint)
+        self.generation, self.epoch, self.best = saved.generation, saved.epoch, saved.best
+        self.best_model, self.history = saved.best_model, saved.history
+
 
 def check_options(saved: Dict[str, Any], cfg: TrainConfig) -> None:
     """Refuse to resume a checkpoint written with other values of the options a resumed run must keep
@@ -85,12 +91,23 @@ def check_options(saved: Dict[str, Any], cfg: TrainConfig) -> None:
 
 
 class RunFolder:
-    """The files of a run in `output`: train/checkpoint.pt and its views, train/summary.json, and the temporary files
-    a killed run left. Only rank 0 writes (the caller decides)."""
+    """Every file of a run in `output`: the Hub layout (`write_layout`) and its k-means centres (`centroids`), and
+    in train/ checkpoint.pt and its views best.pt and log.jsonl, and summary.json; also the temporary files a killed
+    run left. Only rank 0 writes (the caller decides)."""
 
     def __init__(self, output: PathLike) -> None:
         self.output = Path(output)
         self.train_dir = self.output / "train"
+        self.centroids = self.output / CENTROIDS
+
+    def copy_centroids(self, source: PathLike) -> None:
+        """The run's centroids.h5, copied (atomically) from a given file."""
+        with atomic_path(self.centroids) as tmp:
+            shutil.copyfile(source, tmp)
+
+    def write_layout(self, model: nn.Module, **facts: Any) -> Path:
+        """The final model as the Hub layout in `output` (`model.save_pretrained(output, **facts)`)."""
+        return model.save_pretrained(self.output, **facts)
 
     def read(self, cfg: TrainConfig) -> Dict[str, Any]:
         """The checkpoint to resume, checked against `cfg` (`check_options`); its `best_model` from best.pt when it

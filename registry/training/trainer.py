@@ -1,11 +1,13 @@
 """The generic trainer: `Trainer` composes the pieces of a run and is their public entry.
 
-Output folder: the Hub layout (config.json, model.safetensors, centroids.h5, pca.h5, README.md) once
-training ends, and `train/` with `checkpoint.pt` (last epoch), `best.pt` (best validation model) and
-`log.jsonl`. The pieces, one job each: the epoch loop (`loop.py`: mining, optimisation, validation, the best model),
-the run's state, its files and resume (`state.py`), generations and the teacher (`generations.py`), and the finishing
-steps (`finish.py`: PCA whitening, its size, what the Hub layout records). This module holds the options, DDP, the
-optimiser and descriptors, and runs the pieces in order (`fit`).
+Output folder (`state.RunFolder` owns every file of it): the Hub layout (config.json, model.safetensors,
+centroids.h5, pca.h5, README.md) once training ends, and `train/` with `checkpoint.pt` (last epoch), `best.pt` (best
+validation model), `log.jsonl` and `summary.json`. The pieces, one job each, each given what it uses: the epoch loop
+(`loop.py`: `EpochLoop` over the run's state, validation, the best model, the commit; `TupleEpoch`, the tuple recipe's
+mining and optimiser step), the optimiser and its schedule (`optim.py`), the run's state, its files and resume
+(`state.py`), generations and the teacher (`generations.py`), and the finishing steps (`finish.py`: PCA whitening,
+its size, the test sets and other runtimes, what the Hub layout records). This module holds the options, DDP and
+descriptors, builds the pieces and runs them in order (`fit`).
 """
 from __future__ import annotations
 
@@ -31,12 +33,13 @@ from .clusters import attach_cluster_source, init_clusters, require_clusters
 from .config import TrainConfig
 from .feature_cache import cached_source
 from .generations import Generations
-from .loop import EpochLoop, Step
+from .loop import EpochLoop, Step, TupleEpoch
 from .mining import RerankConfig, TupleMiner
-from .place_batch import PlaceBatchSampler, multi_similarity_loss
+from .optim import Optimisation
+from .place_batch import PlaceBatchSampler, PlaceEpoch, multi_similarity_loss
 from .recipes import get_recipe, global_descriptors
 from .sources import ImageSource, Source, stack_items
-from .state import CENTROIDS, RunFolder, TrainState
+from .state import RunFolder, TrainState
 
 _log = logging.getLogger(__name__)
 
@@ -91,7 +94,6 @@ class Trainer:
             raise ValueError(f"{train_set.name}: no query has both a positive and {self.cfg.neg_num} negatives; check "
                              "the radii (--pos-radius/--neg-radius) and the dataset's coordinates")
         self._check_whitening()
-        self.place_sampler, self.place_loss = self._place_batches(train_set)
         cache_dir = cache_dir if cache_dir is not None else (self.output / "feature_cache" if cache_features else None)
         self.source = self._source(train_set, cache_features, cache_dir, "training features")
         self.val_source = self._source(val_set, cache_features, cache_dir, "validation features") \
@@ -99,30 +101,30 @@ class Trainer:
         self.amp = self.ctx.device.type == "cuda" if self.cfg.amp is None else bool(self.cfg.amp)
         self.step = Step(self.model, self.recipe, self.source, self.cfg)
         self.engine: nn.Module = self._wrap(self.step)
-        self.optimizer: Optional[torch.optim.Optimizer] = None
-        self.scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+        self.optim = Optimisation(self.model, self.cfg)
         self.state = TrainState()
         self.generations = Generations(self.step, self.recipe, self.cfg)
-        self.loop = EpochLoop(self)
+        epoch = self._epoch(train_set)
+        self.loop = EpochLoop(model=self.model, state=self.state, generations=self.generations, optim=self.optim,
+                              epoch=epoch, validate=self.validate, commit=self._commit, select_by=self.cfg.select_by)
         self.whitening_selection: Optional[Dict[str, Any]] = None
 
-    # the run's progress lives in `state` (what a checkpoint restores); read and set here as before
-    generation, epoch = _in_state("generation"), _in_state("epoch")
-    best, best_model, history = _in_state("best"), _in_state("best_model"), _in_state("history")
-
-    # ---- setup -------------------------------------------------------------------------------------------
-    def _source(self, dataset: VPRDataset, cached: bool, cache_dir: Optional[PathLike], desc: str) -> Source:
-        paths = list(dataset.db_images) + list(dataset.q_images)
-        if cached:
-            return cached_source(self.model, paths, cache_dir, self.ctx, self.cfg.eval_batch_size,
-                                 self.cfg.num_workers, desc=f"{dataset.name} {desc}", progress=self.progress)
-        return ImageSource(paths, self.model.input_config, self.cfg.jitter, self.cfg.num_workers)
+    def _epoch(self, train_set: VPRDataset) -> Any:
+        """The recipe's part of an epoch: place batches with --batching places, else mined tuples."""
+        if self.cfg.batching == "places":
+            sampler, loss = self._place_batches(train_set)
+            return PlaceEpoch(model=self.model, sampler=sampler, source=self.source, describe=self.engine,
+                              loss=loss, seed=self.cfg.seed, ctx=self.ctx, autocast=self._autocast,
+                              progress=self.progress)
+        return TupleEpoch(model=self.model, miner=self.miner, queries=self.trainable, source=self.source,
+                          num_db=train_set.num_db, describe=self.describe,
+                          forward=lambda inputs, generation: self.engine(inputs, generation),
+                          uses_difficult=self.recipe.uses_difficult, cfg=self.cfg, ctx=self.ctx,
+                          autocast=self._autocast, progress=self.progress)
 
     def _place_batches(self, train_set: VPRDataset):
-        """The sampler and loss of --batching places (None, None for tuples). Places come from the training set's
-        images in the source's order (database, then queries)."""
-        if self.cfg.batching != "places":
-            return None, None
+        """The sampler and loss of --batching places. Places come from the training set's images in the source's
+        order (database, then queries); places within the negative radius of each other never share a batch."""
         if self.cfg.generations > 1:
             raise ValueError("--batching places trains one generation for now: pass --generations 1")
         places = places_from_dataset(train_set, self.cfg.pos_radius or DEFAULT_PLACE_RADIUS_M)
@@ -133,6 +135,26 @@ class Trainer:
         _log.info("%s; %d batches of %d x %d per epoch", places.summary(), len(sampler), self.cfg.places_per_batch,
                   self.cfg.images_per_place)
         return sampler, multi_similarity_loss()
+
+    # the run's progress lives in `state` (what a checkpoint restores), read and set as attributes of the Trainer
+    generation, epoch = _in_state("generation"), _in_state("epoch")
+    best, best_model, history = _in_state("best"), _in_state("best_model"), _in_state("history")
+
+    @property
+    def optimizer(self) -> Optional[torch.optim.Optimizer]:
+        return self.optim.optimizer
+
+    @property
+    def scheduler(self) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+        return self.optim.scheduler
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def _source(self, dataset: VPRDataset, cached: bool, cache_dir: Optional[PathLike], desc: str) -> Source:
+        paths = list(dataset.db_images) + list(dataset.q_images)
+        if cached:
+            return cached_source(self.model, paths, cache_dir, self.ctx, self.cfg.eval_batch_size,
+                                 self.cfg.num_workers, desc=f"{dataset.name} {desc}", progress=self.progress)
+        return ImageSource(paths, self.model.input_config, self.cfg.jitter, self.cfg.num_workers)
 
     def _check_whitening(self) -> None:
         whitening = getattr(self.model, "whitening", None)
@@ -177,25 +199,9 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
-    def _new_optimizer(self) -> None:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the model has no trainable parameters: check --train-layers")
-        if self.cfg.aggregator_lr_mult != 1.0:  # two groups: the backbone at lr, the aggregator at lr x mult
-            head = {id(p) for p in self.model.aggregator.parameters()}
-            groups = [{"params": [p for p in params if id(p) not in head]},
-                      {"params": [p for p in params if id(p) in head], "lr": self.cfg.lr * self.cfg.aggregator_lr_mult}]
-            params = [g for g in groups if g["params"]]
-        if self.cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                             weight_decay=self.cfg.weight_decay)
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, self.cfg.lr_step, self.cfg.lr_gamma)
-
     def init_clusters(self, path: Optional[PathLike] = None) -> Optional[float]:
         """k-means on the training database's local descriptors; writes output/centroids.h5; returns alpha."""
-        return init_clusters(self.model, self.source, path or self.output / CENTROIDS,
+        return init_clusters(self.model, self.source, path or self.folder.centroids,
                              indices=range(self.train_set.num_db), num_descriptors=self.cfg.cluster_descriptors,
                              per_image=self.cfg.cluster_per_image, seed=self.cfg.seed_of_clusters(), ctx=self.ctx)
 
@@ -240,11 +246,6 @@ class Trainer:
         """Mine and optimise over this epoch's queries; returns mean losses."""
         return self.loop.train_epoch()
 
-    def _start_generation(self) -> None:
-        """Fresh optimiser; from generation 1 on, start from the best model so far, which is also the teacher."""
-        self.generations.start(self.generation, self.state.best_weights(self.model))
-        self._new_optimizer()
-
     def _checkpoint(self) -> Dict[str, Any]:
         return self.state.to_checkpoint(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                         prev_negatives=self.miner.prev_negatives,
@@ -260,14 +261,12 @@ class Trainer:
         """Resume: the checkpoint's model, state, mining memory, teacher, optimiser and schedule, and the centres."""
         saved = self.folder.read(self.cfg)
         self.model.load_state_dict(saved["model"])
-        self.state = TrainState.from_checkpoint(saved)
+        self.state.restore(saved)
         self.miner.prev_negatives = saved["prev_negatives"].numpy().copy()
         self.generations.restore_teacher(saved["teacher"])
-        self._new_optimizer()
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        if (self.output / CENTROIDS).is_file():
-            attach_cluster_source(self.model.aggregator, self.output / CENTROIDS)
+        self.optim.restore(saved["optimizer"], saved["scheduler"])
+        if self.folder.centroids.is_file():
+            attach_cluster_source(self.model.aggregator, self.folder.centroids)
 
     def remove_stale_files(self) -> List[Path]:
         """Delete the temporary files and staging folders a killed run left (rank 0); returns what was removed."""
@@ -280,8 +279,10 @@ class Trainer:
             cb(self, record)
 
     # ---- the run -----------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False, require_initialised_clusters: bool = True) -> Dict[str, Any]:
-        """Train every generation and epoch, then load the best model, fit whitening and write the Hub layout."""
+    def fit(self, resume: bool = False, require_initialised_clusters: bool = True,
+            final: Optional[finish.FinalEvaluation] = None) -> Dict[str, Any]:
+        """Train every generation and epoch, then load the best model, fit whitening, run the `final` evaluation
+        (test sets, other runtimes) and write the Hub layout and summary.json, once each."""
         start = time.time()
         if resume:
             self._restore()
@@ -295,26 +296,37 @@ class Trainer:
             if self.ctx.is_main:
                 self.folder.prepare()
             self.ctx.barrier()
-            self._start_generation()
+            self.loop.start_generation()
             self.loop.record_start()
         self.loop.run(self._on_epoch)
-        return self._finish(time.time() - start)
+        return self._finish(start, final)
 
-    def _finish(self, seconds: float) -> Dict[str, Any]:
-        """Best model, PCA-whitening fit, final validation, Hub layout (rank 0 writes; others return)."""
+    def _finish(self, start: float, final: Optional[finish.FinalEvaluation]) -> Dict[str, Any]:
+        """Best model, PCA-whitening fit, final validation (every rank); then rank 0 alone runs the `final`
+        evaluation and writes the Hub layout and summary.json, while the other ranks return."""
+        seconds = time.time() - start
         self.model.load_state_dict(self.state.best_weights(self.model))
         finish.fit_pca(self.model, self.train_set.num_db + self.train_set.num_queries,
                        lambda pick: self.describe(self.source, pick, desc="PCA descriptors"), self.cfg)
         # the selection measures every candidate on validation, the chosen one included
         final_val = self._select_whitening() if self.cfg.whitening_dims is not None else self.validate(whiten=True)
         summary = finish.summary_of(self.best, final_val, seconds, self.history, self.whitening_selection)
-        if self.ctx.is_main:
-            self.model.save_pretrained(self.output, training=self.training_facts(),
-                                       recalls=finish.recall_facts(self.val_set.name if self.val_set else None,
-                                                                   final_val))
-            self.folder.write_summary(summary)
         self.ctx.barrier()
+        if not self.ctx.is_main:
+            return summary
+        if final is not None:
+            summary.update(final.measure(self.model, self.train_set, self.val_set, self.cfg.eval_batch_size,
+                                         self.ctx.device, self.progress))
+            summary["wall_seconds"] = round(time.time() - (start if final.started is None else final.started), 1)
+            summary["command"] = final.command
+        self.folder.write_layout(self.model, training=self.training_facts(), recalls=self.recall_facts(summary))
+        self.folder.write_summary(summary)
         return summary
+
+    def recall_facts(self, summary: Dict[str, Any]) -> Optional[Dict[str, Dict[str, float]]]:
+        """What config.json records as measured of the final model in `summary` (its validation and test rows)."""
+        return finish.recall_facts(self.val_set.name if self.val_set else None, summary["final_val"],
+                                   summary.get("test"))
 
     def _select_whitening(self) -> Dict[str, float]:
         """Validation Recall@N of each candidate whitening size (leading components of the one fit, or none);

@@ -130,19 +130,37 @@ def test_a_graph_that_fails_verification_does_not_replace_the_earlier_file(tmp_p
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--input-size", "-5", "64"], "--input-size -5 64: both sides must be positive"),
+    (["--input-size", "-5", "64"], "--input-size: must be >= 1, got -5"),
     (["--input-size", "8", "64"], r"input_size must be \(H, W\) with H and W integers in 16..8192 for gem_vgg16"),
 ])
 def test_cli_refuses_an_input_size_outside_the_range_with_exit_status_2(tmp_path, capsys, argv, message):
-    with pytest.raises(SystemExit) as exc:
-        main(["gem_vgg16", str(tmp_path / "gem.onnx"), *argv])
-    assert exc.value.code == 2 and re.search(message, capsys.readouterr().err)
+    assert main(["gem_vgg16", str(tmp_path / "gem.onnx"), *argv]) == 2
+    assert re.search(message, capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_refuses_an_output_folder_it_cannot_write_before_building_the_model(tmp_path, capsys):
     (tmp_path / "a_file").write_text("in the way")
-    with pytest.raises(SystemExit) as exc:
-        main(["gem_vgg16", str(tmp_path / "a_file" / "gem.onnx")])
-    assert exc.value.code == 2
+    assert main(["gem_vgg16", str(tmp_path / "a_file" / "gem.onnx")]) == 2
     assert f"cannot be written: {tmp_path / 'a_file'} is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("feature_size", [(1, 1), (4, 4), (5, 5), (4, 6), (5, 7), (6, 8), (15, 20)])
+def test_clusvpr_export_hook_counts_the_cwt_tokens_its_knn_needs(feature_size):
+    aggregator = registry.create("clusvpr_vgg16", num_clusters=4, whitening_dim=None, input_size=(96, 128)).aggregator
+    pooled = F.avg_pool2d(torch.zeros(1, 1, *feature_size), 2, ceil_mode=True)  # the CWT's token grid
+    tokens = pooled.numel() + 1  # and its class token
+    problem = aggregator.export_size_problem(feature_size)
+    assert (problem is None) == (tokens >= 11)
+    if problem is not None:
+        assert f"gives {tokens} CWT tokens" in problem
+    shallow = registry.create("clusvpr_vgg16", num_clusters=4, whitening_dim=None, cwt_depth=0,
+                              input_size=(96, 128)).aggregator
+    assert shallow.export_size_problem(feature_size) is None  # no CWT block, no KNN
+
+
+def test_a_model_whose_aggregator_has_no_export_hook_exports_at_its_smallest_size(tmp_path):
+    model = registry.create("gem_vgg16", input_size=(16, 16))
+    assert not hasattr(model.aggregator, "export_size_problem") and model.min_input_side == 16
+    registry.export_onnx(model, tmp_path / "m.onnx", input_size=(16, 16))
+    assert json.loads(onnx.load(str(tmp_path / "m.onnx")).metadata_props[-1].value)["min_side"] == 16

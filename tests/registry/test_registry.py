@@ -154,3 +154,27 @@ def test_an_import_error_inside_a_plugin_names_the_plugin_instead_of_unknown_mod
     assert len(lines) == 2 and lines[0] == lines[1]  # every lookup says so, not only the first
     assert lines[0].startswith("VPR plugin 'broken' (broken_vpr_plugin, entry point group 'vpr_registry.plugins') "
                                "could not be imported: No module named 'a_module_that_is_not_installed'")
+
+
+def test_each_model_has_its_own_minimum_input_side_read_from_its_entry():
+    from registry.factory import min_input_side
+
+    sides = {"gem_vgg16": 16, "gem_resnet50": 16, "netvlad_vgg16": 16, "clusvpr_vgg16": 32}
+    for name, side in sides.items():
+        assert min_input_side(name) == side
+    small = {"num_clusters": 4, "whitening_dim": None}
+    assert registry.create("clusvpr_vgg16", **small, input_size=(32, 32)).min_input_side == 32
+    with pytest.raises(ValueError, match="input_size"):
+        registry.create("clusvpr_vgg16", **small, input_size=(16, 320))
+
+
+def test_a_core_model_gets_its_own_minimum_without_the_plugin():
+    code = ("import sys, registry\n"
+            "registry._registry._plugins_loaded = True  # as if no plugin were installed\n"
+            "from registry.bench.config import MIN_INPUT_SIDE\n"
+            "from registry.factory import min_input_side\n"
+            "print(min_input_side('gem'), min_input_side('netvlad'), MIN_INPUT_SIDE, 'clusvpr_plugin' in sys.modules,"
+            " 'clusvpr_vgg16' in registry.list_models())\n")
+    printed = subprocess.check_output([sys.executable, "-c", code], text=True, cwd=REPO,
+                                      env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert printed.split() == ["16", "16", "16", "False", "False"]

@@ -56,7 +56,8 @@ BAD = [
     (["--models", "netvlad=./no/such/folder"], "neither an existing directory nor a Hub repository id"),
     (["--models", "nosuch=org/repo"], "unknown model 'nosuch'"),
     (["--datasets", "nosuchdataset"], "--datasets 'nosuchdataset'"),
-    (["--input-size", "16", "320"], "both sides must be >= 32 and <= 8192 (valid: 32..8192)"),
+    (["--models", "gem", "--input-size", "8", "320"], "both sides must be >= 16 and <= 8192 (valid: 16..8192)"),
+    (["--input-size", "16", "320"], "both sides must be >= 32 and <= 8192 (valid: 32..8192)"),  # ClusVPR's own
     (["--input-size", "240", "100000"], "--input-size 240 100000: both sides must be >= 32 and <= 8192"),
     (["--input-size", "-5", "64"], "--input-size: must be >= 1, got -5"),
     (["--input-size", "0", "64"], "--input-size: must be >= 1, got 0"),
@@ -77,12 +78,27 @@ BAD = [
 @pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_arguments_exit_2_with_a_one_line_reason_before_any_work(argv, message, tmp_path, capsys):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        load_runner().main([*argv, "--output-dir", str(out)])
-    assert exc.value.code == 2
+    assert load_runner().main([*argv, "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and "vpr bench: error:" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,message", [b for b in BAD if b[0][0] not in ("--models", "--datasets")
+                                           and "invalid choice" not in b[1] and "expected" not in b[1]
+                                           and "must be >= 1" not in b[1] and "integers" not in b[1]
+                                           and "would be ignored" not in b[1]])
+def test_python_callers_of_run_config_get_the_command_lines_errors(argv, message, tmp_path, capsys):
+    """The checks live in RunConfig.from_options: a Python caller gets the UsageError the command line reports."""
+    from registry._options import UsageError
+    from registry.bench import RunConfig, RunOptions
+
+    parsed = load_runner().build_parser().parse_args([*argv, "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(UsageError) as caught:
+        RunConfig.from_options(RunOptions(**vars(parsed)))
+    assert message in str(caught.value)
+    assert load_runner().main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
+    assert f"vpr bench: error: {caught.value}" in capsys.readouterr().err
 
 
 def test_cuda_request_without_cuda_is_refused(capsys, monkeypatch):
@@ -97,18 +113,14 @@ def test_cuda_request_without_cuda_is_refused(capsys, monkeypatch):
 def test_an_output_dir_that_cannot_be_created_fails_before_any_work(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(SystemExit) as exc:
-        load_runner().main(["--output-dir", str(blocker / "out")])
-    assert exc.value.code == 2
+    assert load_runner().main(["--output-dir", str(blocker / "out")]) == 2
     assert f"cannot be written: {blocker} is a file, so no folder can be created" in capsys.readouterr().err
 
 
 def test_a_mistyped_local_model_folder_is_not_taken_for_a_hub_repository(tmp_path, monkeypatch, capsys):
     (tmp_path / "models" / "gem_trained").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        load_runner().main(["--models", "models/gem_typo", "--output-dir", str(tmp_path / "out")])
-    assert exc.value.code == 2
+    assert load_runner().main(["--models", "models/gem_typo", "--output-dir", str(tmp_path / "out")]) == 2
     assert "'models/gem_typo' is not an existing directory (models/ exists here" in capsys.readouterr().err
 
 
@@ -137,9 +149,7 @@ def test_a_store_that_cannot_be_written_fails_before_any_work(tmp_path, capsys):
     for store, expected in ((blocker / "stores", f"--store {blocker / 'stores'} cannot be written: {blocker} is a "
                                                  "file, so no folder can be created inside it"),
                             (blocker, f"--store: {blocker} exists and is not a folder")):
-        with pytest.raises(SystemExit) as exc:
-            load_runner().main(["--store", str(store), "--output-dir", str(tmp_path / "out")])
-        assert exc.value.code == 2
+        assert load_runner().main(["--store", str(store), "--output-dir", str(tmp_path / "out")]) == 2
         assert expected in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -147,9 +157,7 @@ def test_a_store_that_cannot_be_written_fails_before_any_work(tmp_path, capsys):
 def test_backbone_weights_with_only_trained_models_are_refused_asking_for_untrained(tmp_path, capsys):
     weights = tmp_path / "vgg16.safetensors"
     weights.write_bytes(b"never read")
-    with pytest.raises(SystemExit) as exc:
-        load_runner().main(["--backbone-weights", str(weights), "--output-dir", str(tmp_path / "out")])
-    assert exc.value.code == 2
+    assert load_runner().main(["--backbone-weights", str(weights), "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert (f"--backbone-weights {weights} would be ignored: every model here loads trained weights (clusvpr, "
             "netvlad, gem: a release, a repository or a folder)") in err

@@ -68,3 +68,59 @@ def test_from_pretrained_on_a_class_the_config_does_not_build_is_refused_before_
     with pytest.raises(hub.WrongModelError, match="'hubtest_tiny_netvlad' model, which its registered builder "
                                                   "makes as a VPRModel, not a Unbuilt"):
         Unbuilt.from_pretrained(folder)
+
+
+def _digests(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_load_then_save_keeps_every_file_of_the_layout(tiny, tmp_path):
+    model, _ = tiny
+    first = model.save_pretrained(tmp_path / "first")
+    again = registry.VPRModel.from_pretrained(first).save_pretrained(tmp_path / "again")
+    assert sorted(_digests(first)) == ["README.md", "centroids.h5", "config.json", "model.safetensors", "pca.h5"]
+    assert _digests(again) == _digests(first)
+    created = registry.create(model.name, pretrained=str(first)).save_pretrained(tmp_path / "created")
+    assert _digests(created) == _digests(first)
+
+
+@pytest.mark.parametrize("name", ["netvlad_vgg16.nordland", "clusvpr_vgg16.nordland"])
+def test_a_released_model_saved_again_keeps_its_centroids_file(name, tmp_path):
+    from registry import _registry
+
+    base, tag = _registry.split_tag(name)
+    folder = _registry.get_entry(base).release(tag).folder
+    saved = registry.create(name, pretrained=True).save_pretrained(tmp_path / "again", dtype="float16")
+    assert (saved / "centroids.h5").read_bytes() == (folder / "centroids.h5").read_bytes()
+
+
+def test_create_resolves_the_name_once_and_builds_once(tiny, tmp_path, monkeypatch):
+    from registry import _registry
+
+    model, images = tiny
+    folder = model.save_pretrained(tmp_path / "m")
+    entry = _registry.get_entry(model.name)
+    monkeypatch.setattr(entry, "releases", {"demo": registry.Release("demo", folder)})
+    calls = {"resolve": 0, "build": 0}
+    resolve, builder = _registry.resolve_name, entry.builder
+
+    def counting_resolve(name):
+        calls["resolve"] += 1
+        return resolve(name)
+
+    @functools.wraps(builder)
+    def counting_builder(**kwargs):
+        calls["build"] += 1
+        return builder(**kwargs)
+
+    monkeypatch.setattr(_registry, "resolve_name", counting_resolve)
+    monkeypatch.setattr(entry, "builder", counting_builder)
+    for pretrained, name, source in ((str(folder), model.name, str(folder)),
+                                     (True, f"{model.name}.demo", f"bundled:{model.name}.demo")):
+        calls.update(resolve=0, build=0)
+        loaded = registry.create(name, pretrained=pretrained)
+        assert calls == {"resolve": 1, "build": 1}
+        assert loaded.config["source"] == source
+        assert torch.equal(outputs(loaded, images), outputs(model, images))

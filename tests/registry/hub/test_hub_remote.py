@@ -349,3 +349,12 @@ def test_push_to_a_bare_name_lands_in_the_users_namespace(hub_server, tiny):
 def test_two_different_revisions_for_one_source_are_refused():
     with pytest.raises(ValueError, match="give one"):
         registry.VPRModel.from_pretrained("tester/tiny@v1", revision="v2")
+
+
+def test_registry_create_takes_force_download(hub_server, tiny, tiny_model_name):
+    model, images = tiny
+    _push(model)
+    registry.create(tiny_model_name, pretrained=REPO)
+    loaded = registry.create(tiny_model_name, pretrained=REPO, force_download=True)
+    assert torch.equal(outputs(loaded, images), outputs(model, images))
+    assert _gets(hub_server, "model.safetensors") == 2 and _gets(hub_server, "config.json") == 2

@@ -62,6 +62,10 @@ def test_publish_round_trip_records_a_pin_that_pretrained_true_then_prefers(
     assert all(stored[k].dtype == t.dtype and torch.equal(stored[k], t) for k, t in bundled_file.items())
 
 
-def test_publish_refuses_an_unknown_release(publish_module, demo_release):
-    with pytest.raises(SystemExit, match="no bundled release named"):
-        publish_module.publish("tester", names=["nonexistent_vgg16.demo"], token=TOKEN)
+def test_publish_refuses_an_unknown_release(publish_module, demo_release, capsys):
+    from registry.training.release import ReleaseError, publish
+
+    with pytest.raises(ReleaseError, match="no bundled release named"):
+        publish("tester", names=["nonexistent_vgg16.demo"], token=TOKEN)
+    assert publish_module.main(["publish", "--namespace", "tester", "--releases", "nonexistent_vgg16.demo"]) == 1
+    assert "vpr release: error: no bundled release named ['nonexistent_vgg16.demo']" in capsys.readouterr().err

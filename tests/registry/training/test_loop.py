@@ -41,7 +41,7 @@ def _trainer(tiny_sets, tmp_path, val=False, **changes):
     trainer = Trainer(registry.create("tiny_gem"), train, tmp_path / "run", small_config(**changes),
                       val_set=val_set if val else None, progress=False)
     trainer.folder.prepare()
-    trainer._start_generation()
+    trainer.loop.start_generation()
     trainer.optimizer.step()  # no gradients yet: moves nothing, but the schedule may step after it
     return trainer
 

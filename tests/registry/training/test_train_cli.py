@@ -58,27 +58,26 @@ def test_the_trainer_is_a_module_of_the_installed_package_runnable_from_any_fold
 @pytest.mark.parametrize("extra, message", [
     (["--resume"], "no checkpoint"),
     (["--clusters", "/nonexistent/centroids.h5"], "file not found"),
-    (["--input-size", "8", "8"], "too small"),
-    (["--input-size", "-5", "64"], "too small (at least 16 x 16; valid: 16..8192 per side)"),
-    (["--input-size", "64", "100000"], "too large (valid: 16..8192 per side)"),
+    (["--input-size", "8", "8"], "--input-size 8 8: both sides must be >= 16 and <= 8192 (valid: 16..8192); that is "
+                                 "the range of netvlad_vgg16"),
+    (["--input-size", "-5", "64"], "--input-size: must be >= 1, got -5"),
+    (["--input-size", "64", "100000"], "--input-size 64 100000: both sides must be >= 16 and <= 8192"),
     (["--whitening-dims", "256", "abc"], "integer or 'none'"),
     (["--runtime", "tensorrt"], "--runtime tensorrt: unknown; choose from torch, compile, onnx, onnx-int8"),
     (["--runtime", "onnx,onnx"], "--runtime lists a runtime twice: onnx,onnx"),
-    (["--runtime", "onnx-int8", "--calibration-images", "0"], "--calibration-images must be >= 1, got 0"),
+    (["--runtime", "onnx-int8", "--calibration-images", "0"], "--calibration-images: must be >= 1, got 0"),
+    (["--device", "tpu"], "--device: 'tpu' is not a device; use auto, cpu, cuda or cuda:N"),
+    (["--data-root", "/no/such/root"], "--data-root: folder not found: /no/such/root"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys, extra, message):
-    with pytest.raises(SystemExit) as exit_info:
-        train_cli.main(["--model", "netvlad", "--output", str(tmp_path / "o"), *extra])
-    assert exit_info.value.code == 2
+    assert train_cli.main(["--model", "netvlad", "--output", str(tmp_path / "o"), *extra]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_bad_values_fail_with_the_option_named(tiny_roots, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        train_cli.main(_args(tiny_roots, tmp_path / "o", "--lr", "-1"))
+    assert train_cli.main(_args(tiny_roots, tmp_path / "o", "--lr", "-1")) == 2
     assert "lr > 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        train_cli.main(_args(tiny_roots, tmp_path / "o2", "--model", "tiny_netvlda"))
+    assert train_cli.main(_args(tiny_roots, tmp_path / "o2", "--model", "tiny_netvlda")) == 2
     assert "tiny_netvlad" in capsys.readouterr().err  # the closest valid name
 
 
@@ -105,12 +104,12 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tiny_roots, tmp_pa
 
 def test_resume_from_the_command_line(tiny_roots, tmp_path, capsys):
     out = tmp_path / "run"
-    first = train_cli.main(_args(tiny_roots, out, "--epochs", "1"))
-    again = train_cli.main(_args(tiny_roots, out, "--epochs", "1", "--resume"))  # finished: nothing to redo
+    assert train_cli.main(_args(tiny_roots, out, "--epochs", "1")) == 0
+    first = json.loads((out / "train" / "summary.json").read_text())
+    assert train_cli.main(_args(tiny_roots, out, "--epochs", "1", "--resume")) == 0  # finished: nothing to redo
+    again = json.loads((out / "train" / "summary.json").read_text())
     assert again["history"] == first["history"] and again["best"] == first["best"]
-    with pytest.raises(SystemExit) as exit_info:
-        train_cli.main(_args(tiny_roots, out, "--epochs", "2", "--resume"))
-    assert exit_info.value.code == 1
+    assert train_cli.main(_args(tiny_roots, out, "--epochs", "2", "--resume")) == 1
     assert "epochs=1 (now 2)" in capsys.readouterr().err
 
 
@@ -147,9 +146,7 @@ def test_init_and_cluster_seeds_split_from_the_training_seed(tiny_roots, tmp_pat
 def test_an_output_folder_that_cannot_be_created_fails_before_any_work(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(SystemExit) as exit_info:
-        train_cli.main(["--model", "netvlad", "--output", str(blocker / "run")])
-    assert exit_info.value.code == 2
+    assert train_cli.main(["--model", "netvlad", "--output", str(blocker / "run")]) == 2
     assert f"--output {blocker / 'run'} cannot be written: {blocker} is a file" in capsys.readouterr().err
 
 
@@ -157,25 +154,24 @@ def test_an_output_folder_that_cannot_be_created_fails_before_any_work(tmp_path,
 def test_a_read_only_output_folder_fails_before_any_work(tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
-    with pytest.raises(SystemExit):
-        train_cli.main(["--model", "netvlad", "--output", str(locked / "run")])
+    assert train_cli.main(["--model", "netvlad", "--output", str(locked / "run")]) == 2
     assert "no permission to write" in capsys.readouterr().err
 
 
 def test_runtime_without_onnxruntime_fails_before_training_naming_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
-    with pytest.raises(SystemExit) as exit_info:
-        train_cli.main(["--model", "netvlad", "--output", str(tmp_path / "o"), "--runtime", "torch,onnx-int8"])
+    status = train_cli.main(["--model", "netvlad", "--output", str(tmp_path / "o"), "--runtime", "torch,onnx-int8"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and not (tmp_path / "o").exists()
+    assert status == 2 and not (tmp_path / "o").exists()
     assert "--runtime onnx-int8" in err and "pip install 'clusvpr-zoo[onnx]'" in err and "--runtime torch" in err
 
 
 def test_the_final_evaluation_runs_each_runtime_on_validation_and_test_sets(tiny_roots, tmp_path):
     pytest.importorskip("onnxruntime", reason="--runtime onnx needs the onnx extra: pip install -e '.[onnx]'")
     out = tmp_path / "run"
-    summary = train_cli.main(_args(tiny_roots, out, "--epochs", "1", "--test-set", f"aligned:{tiny_roots[0]}",
-                                   "--runtime", "torch,onnx,onnx-int8", "--calibration-images", "4"))
+    assert train_cli.main(_args(tiny_roots, out, "--epochs", "1", "--test-set", f"aligned:{tiny_roots[0]}",
+                                "--runtime", "torch,onnx,onnx-int8", "--calibration-images", "4")) == 0
+    summary = json.loads((out / "train" / "summary.json").read_text())
     runs = summary["runtimes"]
     assert sorted(runs) == ["onnx", "onnx-int8"]  # torch's rows are final_val and test, as before
     val_name, test_name = list(runs["onnx"]["recalls"])
@@ -192,3 +188,38 @@ def test_the_final_evaluation_runs_each_runtime_on_validation_and_test_sets(tiny
     assert saved["runtimes"]["onnx-int8"]["recalls"] == int8["recalls"]
     config = json.loads((out / "config.json").read_text())
     assert "onnx-int8" not in json.dumps(config.get("recalls", {}))  # the release records eager PyTorch's recalls
+
+
+def test_the_run_is_finished_once_the_layout_and_the_summary_written_once_each(tiny_roots, tmp_path, monkeypatch):
+    import registry
+    from registry.evaluation.recall_table import recall_table
+    from registry.training.state import RunFolder
+
+    calls = {"save_pretrained": 0, "summary": 0}
+    save, write = registry.VPRModel.save_pretrained, RunFolder.write_summary
+
+    def counted_save(self, *args, **kwargs):
+        calls["save_pretrained"] += 1
+        return save(self, *args, **kwargs)
+
+    def counted_write(self, summary):
+        calls["summary"] += 1
+        return write(self, summary)
+
+    monkeypatch.setattr(registry.VPRModel, "save_pretrained", counted_save)
+    monkeypatch.setattr(RunFolder, "write_summary", counted_write)
+    out = tmp_path / "run"
+    argv = _args(tiny_roots, out, "--epochs", "1", "--test-set", f"aligned:{tiny_roots[0]}")
+    assert train_cli.main(argv) == 0
+    assert calls == {"save_pretrained": 1, "summary": 1}
+    saved = json.loads((out / "train" / "summary.json").read_text())
+    assert list(saved) == ["best", "final_val", "train_seconds", "history", "test", "wall_seconds", "command"]
+    assert saved["command"] == " ".join(["vpr train", *argv]) and saved["wall_seconds"] >= saved["train_seconds"]
+    # the recorded recalls are those of the written model, measured again here from its files
+    from registry.datasets import load_dataset
+
+    model = registry.VPRModel.from_pretrained(str(out))
+    test = load_dataset(f"aligned:{tiny_roots[0]}")
+    assert recall_table(model, [test], progress=False) == saved["test"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["recalls"] == {"val": saved["final_val"], **saved["test"]}

@@ -174,7 +174,7 @@ def test_the_aggregator_learns_at_its_own_rate(tiny_sets, tmp_path, mult):
     train, _ = tiny_sets
     model = registry.create("tiny_netvlad", train_layers="all")
     trainer = Trainer(model, train, tmp_path / "run", small_config(lr=1e-3, aggregator_lr_mult=mult), progress=False)
-    trainer._new_optimizer()
+    trainer.optim.renew()
     assert len(trainer.optimizer.param_groups) == (1 if mult == 1.0 else 2)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     for p in model.parameters():
