@@ -2,7 +2,7 @@
 embedded Nordland test places and the Corridor), Recall@N of single frames and of sequences of L frames, and the
 extra time per query of the sequence score on maps of 10^3 to 10^5 images.
 
-    python benchmarks/bench_sequence.py --out benchmarks/results/sequence.json
+    python benchmarks/bench_sequence.py --out benchmarks/sequence/sequence.json
 
 Writes the JSON, a Markdown table beside it (.md) and a plot (.png).
 """
@@ -104,7 +104,7 @@ def main() -> None:
     p.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
     p.add_argument("--map-sizes", nargs="+", type=int, default=[1000, 10_000, 100_000])
     p.add_argument("--repeats", type=int, default=200)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/sequence.json"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/sequence/sequence.json"))
     args = p.parse_args()
     result = {"lengths": args.lengths, "datasets": args.datasets, "velocities": list(SequenceSpec().velocities),
               "window": SequenceSpec().window, "threads": os.environ.get("OMP_NUM_THREADS"),
