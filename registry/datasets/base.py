@@ -101,8 +101,8 @@ def neighbours_within(
     db_groups: Optional[np.ndarray] = None,
 ) -> List[np.ndarray]:
     """Per query, the sorted database indices at Euclidean distance <= radius (same group only)."""
-    q_coords = np.asarray(q_coords, dtype=np.float64).reshape(len(q_coords), -1)
     db_coords = np.asarray(db_coords, dtype=np.float64).reshape(len(db_coords), -1)
+    q_coords = np.asarray(q_coords, dtype=np.float64).reshape(len(q_coords), db_coords.shape[1])
     out: List[np.ndarray] = [np.empty(0, np.int64)] * len(q_coords)
     if q_groups is None or db_groups is None:
         q_groups, db_groups = np.zeros(len(q_coords), int), np.zeros(len(db_coords), int)

@@ -63,6 +63,15 @@ class PlaceSet:
     def images_per_place(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.num_places)
 
+    def as_dataset(self) -> VPRDataset:
+        """The images as a training VPRDataset for place batches: every image a database row whose coordinate is
+        its place label (`coord_unit='place'`, no queries), so `places_from_dataset` gives these places back. No
+        two labels count as near each other (a negative radius of half a label)."""
+        coords = self.labels.astype(np.float64)[:, None]
+        return VPRDataset(self.name, self.images[0].parent if self.images else Path("."), list(self.images), [], [],
+                          db_coords=coords, q_coords=np.empty((0, 1)), coord_unit="place", train_pos_radius=0.0,
+                          train_neg_radius=0.5)
+
     def summary(self) -> str:
         counts = self.images_per_place()
         return (f"{self.name}: {len(self.images)} images of {self.num_places} places "
@@ -122,7 +131,8 @@ def places_from_dataset(vpr: VPRDataset, radius: float = DEFAULT_PLACE_RADIUS_M)
         raise ValueError(f"{vpr.name} has no coordinates or aligned places, so its images cannot be grouped into "
                          "places; train on an aligned traversal, a dataset with UTM coordinates, gsv_cities:DIR "
                          "or images_csv:FILE")
-    coords = np.concatenate([vpr.db_coords, vpr.q_coords]).reshape(len(images), -1)
+    db_coords = np.reshape(vpr.db_coords, (len(vpr.db_images), -1))
+    coords = np.concatenate([db_coords, np.reshape(vpr.q_coords, (len(vpr.q_images), db_coords.shape[1]))])
     if vpr.coord_unit == "place":
         labels = np.rint(coords[:, 0]).astype(np.int64)
         place_coords = np.arange(int(labels.max()) + 1, dtype=np.float64)[:, None]

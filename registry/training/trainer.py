@@ -90,7 +90,7 @@ class Trainer:
             neg_pool=self.cfg.neg_pool, pos_num=self.cfg.pos_num, pos_pool=self.cfg.pos_pool,
             rerank=RerankConfig(self.cfg.rerank_k1, self.cfg.rerank_k2, self.cfg.rerank_lambda))
         self.trainable = self.miner.trainable_queries()
-        if len(self.trainable) == 0:
+        if len(self.trainable) == 0 and self.cfg.batching != "places":
             raise ValueError(f"{train_set.name}: no query has both a positive and {self.cfg.neg_num} negatives; check "
                              "the radii (--pos-radius/--neg-radius) and the dataset's coordinates")
         self._check_whitening()
