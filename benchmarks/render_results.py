@@ -110,6 +110,17 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
     "map_curve/netvlad-32768": MapCurveTable("map-curve.md", rows=tuple(
         (NV32K, 10_000, index, None) for index in (
             "flat", "IVF-PQ64 inner product (section 9)", "IVF-PQ64 L2, refine from disk"))),
+    "sequence/window": ScriptTable("sequence.md", BENCH / "sequence" / "window_sweep.md", 0, (
+        "*Copied by `python benchmarks/render_results.py` from `benchmarks/sequence/window_sweep.md`, which `python "
+        "benchmarks/sequence_window_sweep.py --data-root ../shared/data --out benchmarks/sequence/window_sweep.json` "
+        "renders from that JSON. Rounding: recalls to 0.01 point.*")),
+    "sequence/recall": ScriptTable("sequence.md", BENCH / "sequence" / "sequence.md", 0, (
+        "*Copied by `python benchmarks/render_results.py` from `benchmarks/sequence/sequence.md`, which `python "
+        "benchmarks/bench_sequence.py --out benchmarks/sequence/sequence.json` renders from that JSON. Rounding: "
+        "recalls to 0.01 point.*")),
+    "sequence/cost": ScriptTable("sequence.md", BENCH / "sequence" / "sequence.md", 1, (
+        "*Copied by `python benchmarks/render_results.py` from `benchmarks/sequence/sequence.md` (the same run). "
+        "Rounding: milliseconds to 0.001.*")),
     "map_scale/measured": ScriptTable("map-scale.md", MAP_SCALE_MD, 0, (
         "*Copied by `python benchmarks/render_results.py` from `benchmarks/map_scale/map_scale.md`, which `python "
         "benchmarks/bench_map_scale.py measure` (or `report`) renders from `benchmarks/map_scale/map_scale.json`. "

@@ -209,6 +209,10 @@ class RunOptions:
                             action=BooleanOptionalAction)
     recall_ns: Tuple[int, ...] = option((1, 5, 10, 20), "N values of Recall@N (default {default})", group=RETRIEVAL,
                                         type=_int_list, metavar="LIST")
+    sequence: Tuple[int, ...] = option((), "also score sequences of these lengths L (frames, comma-separated, e.g. "
+                                       "5,10,20; SeqSLAM-style over exact distances) on datasets whose queries follow "
+                                       "a route in order (aligned traversals, the Corridor)", group=RETRIEVAL,
+                                       type=_int_list, metavar="LIST")
     index: str = option("flat", "faiss index: exact inner product ('flat'), IVF-PQ, HNSW, exact search on "
                         "PCA-reduced descriptors ('pca'), or 'auto': the one the measured map-size curve (README, "
                         "'Large maps') says keeps recall for the database size, dimension and --memory-budget (the "

@@ -59,6 +59,23 @@ def table(records: Sequence[Dict[str, Any]], meta: Optional[Dict[str, Any]] = No
     return "\n".join(lines)
 
 
+def sequence_table(records: Sequence[Dict[str, Any]], meta: Optional[Dict[str, Any]] = None) -> str:
+    """Single frames beside sequences of each length L (records with sequence recalls only); empty without any."""
+    rows = [r for r in records if r.get("sequence_recall")]
+    if not rows:
+        return ""
+    ns, lengths = recall_ns(records, meta), sorted({int(n) for r in rows for n in r["sequence_recall"]})
+    fmt = lambda rec: " / ".join(f"{rec[n]:.1f}" for n in ns)  # noqa: E731
+    head = ["Model", "Runtime", "Dataset", f"single R@{'/'.join(map(str, ns))}"] + [
+        f"L={n} R@{'/'.join(map(str, ns))} (ms/query)" for n in lengths]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        cells = [r["model"], r.get("runtime", "torch"), r["dataset"], fmt(r["recall"])] + [
+            f"{fmt(r['sequence_recall'][n])} ({r['sequence_ms_per_query'][n]:.2f})" for n in lengths]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def notes(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> List[str]:
     """The lines under the table: how each column was measured, the datasets and their credits."""
     out = [
@@ -94,6 +111,10 @@ def _runtime_note(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> Li
 def markdown(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> str:
     """results.md: command, table, warning, notes."""
     parts = [f"# VPR benchmark ({meta['date']})", "", f"`{meta['command']}`", "", table(records, meta), ""]
+    seq = sequence_table(records, meta)
+    if seq:
+        parts += ["Sequence matching (the last L frames of the route, SeqSLAM-style; ms/query: what it adds):", "",
+                  seq, ""]
     failed = meta.get("failed") or []
     if failed:
         parts += [f"**Failed: {len(failed)} (model, dataset) pair(s); their rows are missing:**", ""]
@@ -107,9 +128,11 @@ def markdown(records: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> str:
 
 def _jsonable(record: Dict[str, Any]) -> Dict[str, Any]:
     out = dict(record)
-    for key in ("recall", "recall_before_rerank", "exact_recall", "recall_loss"):
+    for key in ("recall", "recall_before_rerank", "exact_recall", "recall_loss", "sequence_ms_per_query"):
         if key in out:
             out[key] = {str(n): v for n, v in out[key].items()}
+    if "sequence_recall" in out:
+        out["sequence_recall"] = {str(n): {str(m): v for m, v in r.items()} for n, r in out["sequence_recall"].items()}
     return out
 
 

@@ -3,6 +3,7 @@ searched, its ranking scored (recall_from_predictions); an exact search beside i
 search is reported (any --index but flat), and k-reciprocal re-ranking with --rerank."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Any, Callable, Dict, Tuple
 
@@ -17,6 +18,7 @@ from registry.evaluation import (
     recall_from_predictions,
     search,
 )
+from registry.evaluation.sequence import SequenceSpec, sequence_rankings
 
 from .config import RunConfig, log
 
@@ -53,6 +55,23 @@ def _spec_facts(cfg: RunConfig, spec: IndexSpec, dim: int, n: int, memory: int) 
     return facts
 
 
+def sequence_facts(q: np.ndarray, db: Any, ds: VPRDataset, lengths, ns) -> Dict[str, Any]:
+    """Recall@N of sequences of each length L over exact distances, and the sequence score's milliseconds per query
+    (what it adds to the single-frame search); a dataset whose queries are not in route order is skipped, saying
+    so."""
+    if not ds.route_ordered:
+        log(f"   --sequence: {ds.name}'s queries are not known to follow a route in order; sequences not scored")
+        return {"sequence_skipped": "queries not in route order"}
+    db = np.asarray(db[:] if not isinstance(db, np.ndarray) else db, dtype=np.float32)
+    recalls, ms = {}, {}
+    for length in lengths:
+        t0 = time.perf_counter()
+        ranked = sequence_rankings(q, db, max(ns), SequenceSpec(int(length)))
+        ms[int(length)] = 1e3 * (time.perf_counter() - t0) / max(len(q), 1)
+        recalls[int(length)] = recall_from_predictions(ranked, ds.positives, ns)["recall"]
+    return {"sequence_recall": recalls, "sequence_ms_per_query": ms}
+
+
 def retrieval(q: np.ndarray, db: Any, ds: VPRDataset, cfg: RunConfig) -> Tuple[Dict[str, Any], np.ndarray]:
     """(recall facts, the top max(recall_ns, top_k) predictions per query for the grids: empty unless --rerank or
     --num-preds-to-save asks for them)."""
@@ -70,6 +89,8 @@ def retrieval(q: np.ndarray, db: Any, ds: VPRDataset, cfg: RunConfig) -> Tuple[D
         exact = ranked if same else drop_ignored(search(q, db, k + extra, "flat"), ds.ignore, k)
         facts["exact_recall"] = recall_from_predictions(exact, ds.positives, ns)["recall"]
         facts["recall_loss"] = {n: facts["exact_recall"][n] - base["recall"][n] for n in facts["exact_recall"]}
+    if cfg.sequence:
+        facts.update(sequence_facts(q, db, ds, cfg.sequence, ns))
     top = max(k, cfg.top_k)
     if cfg.rerank:
         k1, k2, lam = cfg.rerank_params

@@ -158,6 +158,9 @@ def run(cfg: RunConfig) -> List[Dict[str, Any]]:
         plots.recall_curves(records, cfg.output_dir / "recall_at_n.png")
         plots.speed_vs_recall(records, cfg.output_dir / "speed_vs_recall.png")
         print(report.table(records))
+        seq = report.sequence_table(records)
+        if seq:
+            print("\nSequence matching (the last L frames of the route):\n" + seq)
     warn = report.warning_line(records)
     if warn:
         print("\n" + warn)

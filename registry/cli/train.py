@@ -77,6 +77,8 @@ class TrainCommand:
                                default_factory=list, group=MODEL, action="append", metavar="MODULE")
     train_set: str = option("nordland_train", "training dataset: known name, folder or layout:path (default "
                             "{default} = places 1..1600)", group=DATA)
+    cities: Tuple[str, ...] = option((), "GSV-Cities: comma-separated cities to train on (default: every "
+                                     "Dataframes/<city>.csv)", group=DATA, type=comma_list, metavar="LIST")
     val_set: str = option("nordland_val", "validation dataset, or 'none' (default {default})", group=DATA)
     test_set: List[str] = option(help="evaluate the final model on this dataset (from images); repeatable",
                                  default_factory=list, group=DATA, action="append", metavar="SPEC")
@@ -196,10 +198,26 @@ def train_config(a: argparse.Namespace, generations: int, extra: Dict[str, Any])
                        rerank_lambda=a.rerank[2], extra=extra)
 
 
+def _train_set(a: "TrainCommand"):
+    """The training set: a dataset, or place-labelled images (gsv_cities:DIR, images_csv:FILE) for --batching
+    places."""
+    from registry.datasets import load_dataset
+    from registry.datasets.places import PLACE_LAYOUTS, load_place_set
+
+    if a.train_set.partition(":")[0] in PLACE_LAYOUTS:
+        if a.batching != "places":
+            raise UsageError(f"--train-set {a.train_set} holds places, not queries and a database: add --batching "
+                             "places --loss multi_similarity")
+        return load_place_set(a.train_set, a.data_root, a.cities or None).as_dataset()
+    if a.cities:
+        raise UsageError("--cities picks GSV-Cities cities: give --train-set gsv_cities:DIR")
+    return load_dataset(a.train_set, a.data_root, a.tolerance)
+
+
 def _load_sets(a: argparse.Namespace):
     from registry.datasets import load_dataset
 
-    train = load_dataset(a.train_set, a.data_root, a.tolerance)
+    train = _train_set(a)
     val = None if a.val_set.lower() == "none" else load_dataset(a.val_set, a.data_root, a.tolerance)
     tests = [load_dataset(s, a.data_root, a.tolerance) for s in a.test_set]
     return train, val, tests

@@ -67,4 +67,5 @@ def load_aligned(
         coord_unit="place",
         train_pos_radius=float(tolerance),
         train_neg_radius=NEG_RADIUS_FACTOR * tolerance,
+        route_ordered=True,
     )

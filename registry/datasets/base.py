@@ -20,6 +20,8 @@ class VPRDataset:
     aligned traversal (`coord_unit='place'`); they are compared only within one group (an MSLS city,
     a UTM zone). `ignore[i]` lists database images never to be retrieved for query i (TokyoTM: the
     query's own capture), and `query_longer_side` is the query resize of the protocol (Tokyo 24/7: 640).
+    `route_ordered` says that queries and database each follow one route in order (aligned traversals, the
+    Corridor), which sequence matching needs.
     """
 
     name: str
@@ -34,6 +36,7 @@ class VPRDataset:
     q_groups: Optional[np.ndarray] = None
     ignore: Optional[List[np.ndarray]] = None
     query_longer_side: Optional[int] = None
+    route_ordered: bool = False
     train_pos_radius: float = 10.0
     train_neg_radius: float = 25.0
     _near_cache: Dict[float, List[np.ndarray]] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -98,8 +101,8 @@ def neighbours_within(
     db_groups: Optional[np.ndarray] = None,
 ) -> List[np.ndarray]:
     """Per query, the sorted database indices at Euclidean distance <= radius (same group only)."""
-    q_coords = np.asarray(q_coords, dtype=np.float64).reshape(len(q_coords), -1)
     db_coords = np.asarray(db_coords, dtype=np.float64).reshape(len(db_coords), -1)
+    q_coords = np.asarray(q_coords, dtype=np.float64).reshape(len(q_coords), db_coords.shape[1])
     out: List[np.ndarray] = [np.empty(0, np.int64)] * len(q_coords)
     if q_groups is None or db_groups is None:
         q_groups, db_groups = np.zeros(len(q_coords), int), np.zeros(len(db_coords), int)

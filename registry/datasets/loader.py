@@ -48,12 +48,18 @@ def _nordland(name: str) -> Builder:
     return build
 
 
+def _route(dataset: VPRDataset) -> VPRDataset:
+    """A dataset whose queries and database follow one route in file order (the Corridor: one walk each way)."""
+    dataset.route_ordered = True
+    return dataset
+
+
 def _known() -> Dict[str, Tuple[Tuple[str, ...], Builder]]:
     """name -> (folder names tried under each data root, builder)."""
     pitts_dirs = ("pittsburgh", "Pittsburgh", "pitts", "pitts250k", "pitts30k", "Pittsburgh250k")
     msls_dirs = ("msls", "MSLS", "mapillary_sls")
     table: Dict[str, Tuple[Tuple[str, ...], Builder]] = {
-        "corridor": (("corridor",), lambda root, tol, rad: load_vprbench(root, name="corridor")),
+        "corridor": (("corridor",), lambda root, tol, rad: _route(load_vprbench(root, name="corridor"))),
         "gardens_point": (
             ("gardens_point_sample", "gardens_point"),
             lambda root, tol, rad: load_aligned(root, "query", "ref", _tol(tol, 0), name="gardens_point"),

@@ -16,6 +16,8 @@ from .losses import HARD_LOSSES, TRIPLET_MARGIN
 from .mining import RerankConfig
 
 OPTIMIZERS = ("sgd", "adam")
+BATCHINGS = ("tuples", "places")
+PLACE_LOSSES = ("multi_similarity",)
 SELECT_METRICS = ("R@1", "R@5", "R@10")
 # SFRS/ClusVPR recipe (spec section 5)
 RECIPE_TEMPERATURES = (0.06, 0.06, 0.05, 0.04)
@@ -60,7 +62,17 @@ class TrainConfig:
     weight_decay: float = option(1e-3, "weight decay (default {default})", group=SCHEDULE)
     lr_step: int = option(5, "StepLR period in epochs (default {default})", group=SCHEDULE)
     lr_gamma: float = option(0.5, "StepLR factor (default {default}; 1 = constant)", group=SCHEDULE)
-    loss: str = option("sare_ind", "hard loss (default {default})", group=SCHEDULE, choices=tuple(HARD_LOSSES))
+    loss: str = option("sare_ind", "loss: a hard loss of tuples, or multi_similarity with --batching places (default "
+                       "{default})", group=SCHEDULE, choices=tuple(HARD_LOSSES) + PLACE_LOSSES)
+    batching: str = option("tuples", "tuples: a query, a positive and mined hard negatives; places: P places x K "
+                           "images each, every pair in the batch (default {default})",
+                           group=SCHEDULE, choices=BATCHINGS)
+    places_per_batch: int = option(32, "places per batch with --batching places (default {default})", group=SCHEDULE)
+    images_per_place: int = option(4, "images of each place per batch with --batching places (default {default})",
+                                   group=SCHEDULE)
+    short_places: str = option("replace", "places with fewer than --images-per-place images: drawn with replacement "
+                               "or skipped (default {default}; places of one image are always skipped)",
+                               group=SCHEDULE, choices=("replace", "skip"))
     margin: float = option(TRIPLET_MARGIN, "triplet margin (default sqrt(0.1) = {default})", group=SCHEDULE)
     temperatures: Tuple[float, ...] = option(RECIPE_TEMPERATURES, "first: hard loss and student; then the teacher's "
                                              "per generation (default {default})", group=SCHEDULE, type=float,
@@ -141,8 +153,7 @@ class TrainConfig:
             raise ValueError(f"pos_num and num_workers must be >= 0, got {self.pos_num}, {self.num_workers}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.loss not in HARD_LOSSES:
-            raise ValueError(f"loss must be one of {sorted(HARD_LOSSES)}, got {self.loss!r}")
+        self._validate_batching()
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 < self.lr_gamma <= 1:
             raise ValueError(f"need lr > 0, weight_decay >= 0, 0 <= momentum < 1, 0 < lr_gamma <= 1; got lr={self.lr}, "
                              f"weight_decay={self.weight_decay}, momentum={self.momentum}, lr_gamma={self.lr_gamma}")
@@ -172,6 +183,16 @@ class TrainConfig:
         if self.pos_radius is not None and self.neg_radius is not None and self.neg_radius < self.pos_radius:
             raise ValueError(f"neg_radius ({self.neg_radius}) must be >= pos_radius ({self.pos_radius})")
 
+    def _validate_batching(self) -> None:
+        if self.batching not in BATCHINGS:
+            raise ValueError(f"batching must be one of {BATCHINGS}, got {self.batching!r}")
+        losses = PLACE_LOSSES if self.batching == "places" else tuple(sorted(HARD_LOSSES))
+        if self.loss not in losses:
+            raise ValueError(f"--batching {self.batching} trains with loss {' or '.join(losses)}, got {self.loss!r}")
+        if self.places_per_batch < 2 or self.images_per_place < 2:
+            raise ValueError(f"places_per_batch and images_per_place must be >= 2 (negatives and a positive pair), "
+                             f"got {self.places_per_batch}, {self.images_per_place}")
+
     def to_dict(self) -> Dict[str, Any]:
         """Plain dict (lists for tuples), for checkpoints and config.json."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
@@ -189,6 +210,7 @@ class TrainConfig:
 # options that must match when a run is resumed (the rest, e.g. num_workers, may change)
 RESUME_CRITICAL = ("generations", "epochs", "gen0_epochs", "queries_per_epoch", "optimizer", "lr", "aggregator_lr_mult",
                    "momentum", "weight_decay", "lr_step", "lr_gamma", "loss", "margin", "temperatures", "soft_weight",
-                   "recipe", "batch_size", "neg_num", "neg_pool", "pos_num", "pos_pool", "cache_size", "pos_radius",
-                   "neg_radius", "rerank_k1", "rerank_k2", "rerank_lambda", "jitter", "select_by", "seed",
+                   "recipe", "batching", "places_per_batch", "images_per_place", "short_places", "batch_size",
+                   "neg_num", "neg_pool", "pos_num", "pos_pool", "cache_size", "pos_radius", "neg_radius",
+                   "rerank_k1", "rerank_k2", "rerank_lambda", "jitter", "select_by", "seed",
                    "cluster_seed", "extra")

@@ -19,6 +19,7 @@ from .config import TrainConfig
 from .generations import Generations
 from .mining import TrainTuple, TupleMiner
 from .optim import Optimisation
+from .recipes import global_descriptors
 from .sources import Source, tuple_loader
 from .state import TrainState
 
@@ -38,6 +39,8 @@ class Step(nn.Module):
         object.__setattr__(self, "teacher", None)  # frozen, not a submodule: DDP must not sync it
 
     def forward(self, inputs: torch.Tensor, generation: int):
+        if self.cfg.batching == "places":  # the loss needs every pair of the batch: its descriptors leave DDP
+            return global_descriptors(self.model, self.source, inputs)
         return self.recipe.loss(self.model, self.teacher, self.source, inputs, self.cfg, generation)
 
 
@@ -119,7 +122,7 @@ class EpochLoop:
     far, the teacher, a fresh optimiser)."""
 
     def __init__(self, *, model: nn.Module, state: TrainState, generations: Generations, optim: Optimisation,
-                 epoch: TupleEpoch, validate: Callable[[], Dict[str, float]], commit: Callable[[bool], None],
+                 epoch: Any, validate: Callable[[], Dict[str, float]], commit: Callable[[bool], None],
                  select_by: str) -> None:
         self.model, self.state, self.generations, self.optim, self.epoch = model, state, generations, optim, epoch
         self.validate, self.commit, self.select_by = validate, commit, select_by

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..datasets.base import VPRDataset
+from ..datasets.places import DEFAULT_PLACE_RADIUS_M, places_from_dataset
 from ..distributed import DistContext, sharded_apply
 from ..evaluation.recall_table import descriptor_recalls
 from ..whitening import enough_to_fit, too_large, whiten_tensor
@@ -35,6 +36,7 @@ from .generations import Generations
 from .loop import EpochLoop, Step, TupleEpoch
 from .mining import RerankConfig, TupleMiner
 from .optim import Optimisation
+from .place_batch import PlaceBatchSampler, PlaceEpoch, multi_similarity_loss
 from .recipes import get_recipe, global_descriptors
 from .sources import ImageSource, Source, stack_items
 from .state import RunFolder, TrainState
@@ -88,7 +90,7 @@ class Trainer:
             neg_pool=self.cfg.neg_pool, pos_num=self.cfg.pos_num, pos_pool=self.cfg.pos_pool,
             rerank=RerankConfig(self.cfg.rerank_k1, self.cfg.rerank_k2, self.cfg.rerank_lambda))
         self.trainable = self.miner.trainable_queries()
-        if len(self.trainable) == 0:
+        if len(self.trainable) == 0 and self.cfg.batching != "places":
             raise ValueError(f"{train_set.name}: no query has both a positive and {self.cfg.neg_num} negatives; check "
                              "the radii (--pos-radius/--neg-radius) and the dataset's coordinates")
         self._check_whitening()
@@ -102,14 +104,37 @@ class Trainer:
         self.optim = Optimisation(self.model, self.cfg)
         self.state = TrainState()
         self.generations = Generations(self.step, self.recipe, self.cfg)
-        epoch = TupleEpoch(model=self.model, miner=self.miner, queries=self.trainable, source=self.source,
-                           num_db=train_set.num_db, describe=self.describe,
-                           forward=lambda inputs, generation: self.engine(inputs, generation),
-                           uses_difficult=self.recipe.uses_difficult, cfg=self.cfg, ctx=self.ctx,
-                           autocast=self._autocast, progress=self.progress)
+        epoch = self._epoch(train_set)
         self.loop = EpochLoop(model=self.model, state=self.state, generations=self.generations, optim=self.optim,
                               epoch=epoch, validate=self.validate, commit=self._commit, select_by=self.cfg.select_by)
         self.whitening_selection: Optional[Dict[str, Any]] = None
+
+    def _epoch(self, train_set: VPRDataset) -> Any:
+        """The recipe's part of an epoch: place batches with --batching places, else mined tuples."""
+        if self.cfg.batching == "places":
+            sampler, loss = self._place_batches(train_set)
+            return PlaceEpoch(model=self.model, sampler=sampler, source=self.source, describe=self.engine,
+                              loss=loss, seed=self.cfg.seed, ctx=self.ctx, autocast=self._autocast,
+                              progress=self.progress)
+        return TupleEpoch(model=self.model, miner=self.miner, queries=self.trainable, source=self.source,
+                          num_db=train_set.num_db, describe=self.describe,
+                          forward=lambda inputs, generation: self.engine(inputs, generation),
+                          uses_difficult=self.recipe.uses_difficult, cfg=self.cfg, ctx=self.ctx,
+                          autocast=self._autocast, progress=self.progress)
+
+    def _place_batches(self, train_set: VPRDataset):
+        """The sampler and loss of --batching places. Places come from the training set's images in the source's
+        order (database, then queries); places within the negative radius of each other never share a batch."""
+        if self.cfg.generations > 1:
+            raise ValueError("--batching places trains one generation for now: pass --generations 1")
+        places = places_from_dataset(train_set, self.cfg.pos_radius or DEFAULT_PLACE_RADIUS_M)
+        exclusion = self.cfg.neg_radius if self.cfg.neg_radius is not None else train_set.train_neg_radius
+        sampler = PlaceBatchSampler(places.labels, self.cfg.places_per_batch, self.cfg.images_per_place,
+                                    self.cfg.seed, self.cfg.short_places, places.place_coords, exclusion,
+                                    self.ctx.rank, self.ctx.world_size)
+        _log.info("%s; %d batches of %d x %d per epoch", places.summary(), len(sampler), self.cfg.places_per_batch,
+                  self.cfg.images_per_place)
+        return sampler, multi_similarity_loss()
 
     # the run's progress lives in `state` (what a checkpoint restores), read and set as attributes of the Trainer
     generation, epoch = _in_state("generation"), _in_state("epoch")

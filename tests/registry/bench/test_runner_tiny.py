@@ -153,3 +153,36 @@ def test_prediction_grid_borders_are_green_for_positives_and_red_otherwise(tiny_
                         c * (tile_w + grids.GAP) + 1]
             expected = grids.GREEN if top[qi, c - 1] == qi else grids.RED
             assert tuple(pixel) == expected
+
+
+def test_sequence_recalls_are_those_of_the_saved_descriptors_and_reported(tmp_path):
+    from registry.evaluation.recall import recall_from_predictions
+    from registry.evaluation.sequence import SequenceSpec, sequence_rankings
+
+    data = write_aligned_dataset(tmp_path / "data", PLACES)
+    out = tmp_path / "out"
+    argv = ["--models", "runnertest_gem", "--datasets", f"aligned:{data}", "--output-dir", str(out),
+            "--save-descriptors", "--recall-ns", "1,2", "--sequence", "1,3", "--no-progress",
+            "--latency-repeats", "1", "--kmeans-per-image", "16"]
+    stdout = io.StringIO()
+    with tiny_models(), contextlib.redirect_stdout(stdout):
+        bench_run(load_runner().parse_args(argv))
+    outputs = read_outputs(out)
+    row = outputs["json"]["results"][0]
+    with np.load(out / next(f for f in row["files"] if f.endswith(".npz"))) as d:
+        q, db = d["queries"], d["database"]
+    positives = [np.array([i]) for i in range(PLACES)]
+    for length in (1, 3):
+        expected = recall_from_predictions(sequence_rankings(q, db, 2, SequenceSpec(length)), positives, (1, 2))
+        assert row["sequence_recall"][str(length)] == {str(n): v for n, v in expected["recall"].items()}
+        assert row["sequence_ms_per_query"][str(length)] > 0
+    assert "Sequence matching" in outputs["md"] and "L=3 R@1/2" in stdout.getvalue()
+
+
+def test_sequences_are_skipped_on_a_dataset_not_in_route_order():
+    from registry.bench.retrieval import sequence_facts
+    from registry.datasets import VPRDataset
+
+    ds = VPRDataset("shuffled", Path("."), [Path("a")], [Path("b")], [np.array([0])])
+    assert sequence_facts(np.ones((1, 2), np.float32), np.ones((1, 2), np.float32), ds, (5,), (1,)) == {
+        "sequence_skipped": "queries not in route order"}

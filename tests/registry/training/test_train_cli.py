@@ -223,3 +223,25 @@ def test_the_run_is_finished_once_the_layout_and_the_summary_written_once_each(t
     assert recall_table(model, [test], progress=False) == saved["test"]
     config = json.loads((out / "config.json").read_text())
     assert config["recalls"] == {"val": saved["final_val"], **saved["test"]}
+
+
+def _photos_csv(train_root: Path, path: Path) -> Path:
+    """A CSV of one's own photos in the `image,place` form: the traversal's images, placed by file name."""
+    rows = ["image,place"] + [f"{img.relative_to(path.parent).as_posix()},{img.stem}"
+                              for sub in ("database", "queries") for img in sorted((train_root / sub).iterdir())]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_training_on_a_csv_of_ones_own_photos_with_place_batches(tiny_roots, tmp_path, capsys):
+    pytest.importorskip("pytorch_metric_learning")
+    csv_file = _photos_csv(tiny_roots[0], tiny_roots[0].parent / "photos.csv")
+    out = tmp_path / "o"
+    argv = _args(tiny_roots, out, "--train-set", f"images_csv:{csv_file}", "--batching", "places", "--loss",
+                 "multi_similarity", "--places-per-batch", "4", "--images-per-place", "2", "--epochs", "1")
+    assert train_cli.main(argv) == 0
+    summary = json.loads((out / "train" / "summary.json").read_text())
+    assert [r["epoch"] for r in summary["history"]] == [0, 1]
+    assert (out / "model.safetensors").is_file()
+    assert train_cli.main(_args(tiny_roots, tmp_path / "o2", "--train-set", f"images_csv:{csv_file}")) == 2
+    assert "--batching places" in capsys.readouterr().err
