@@ -202,13 +202,14 @@ def _train_set(a: "TrainCommand"):
     """The training set: a dataset, or place-labelled images (gsv_cities:DIR, images_csv:FILE) for --batching
     places."""
     from registry.datasets import load_dataset
-    from registry.datasets.places import PLACE_LAYOUTS, load_place_set
+    from registry.datasets.places import DEFAULT_PLACE_RADIUS_M, PLACE_LAYOUTS, load_place_set
 
     if a.train_set.partition(":")[0] in PLACE_LAYOUTS:
         if a.batching != "places":
             raise UsageError(f"--train-set {a.train_set} holds places, not queries and a database: add --batching "
                              "places --loss multi_similarity")
-        return load_place_set(a.train_set, a.data_root, a.cities or None).as_dataset()
+        radius = a.pos_radius if a.pos_radius else DEFAULT_PLACE_RADIUS_M
+        return load_place_set(a.train_set, a.data_root, a.cities or None, radius).as_dataset()
     if a.cities:
         raise UsageError("--cities picks GSV-Cities cities: give --train-set gsv_cities:DIR")
     return load_dataset(a.train_set, a.data_root, a.tolerance)
