@@ -28,7 +28,16 @@ from .model import VPRModel
 from .runtimes import RUNTIMES, Runtime, compile_for, load_runtime
 from .whitening import PCAWhitening
 
+# The modules a plugin may import (models, aggregators, recipes); anything else of the core, and every `_private`
+# name, may change without notice. The bundled ClusVPR plugin keeps to it like a third-party plugin would.
+PLUGIN_SURFACE = frozenset({
+    "registry", "registry.model", "registry.factory", "registry.timm_models", "registry.aggregators",
+    "registry.aggregators.netvlad", "registry.whitening", "registry.training", "registry.training.config",
+    "registry.training.losses", "registry.training.recipes", "registry.training.sources",
+})
+
 __all__ = [
+    "PLUGIN_SURFACE",
     "PUBLISHED_FILE",
     "ArgRange",
     "ModelEntry",

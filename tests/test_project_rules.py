@@ -70,6 +70,32 @@ def test_the_clusvpr_plugin_uses_only_the_public_api_of_the_core_like_a_third_pa
     assert _private_uses(["clusvpr_plugin"], "registry") == {}
 
 
+def _modules_imported_from(folder: Path, prefix: str) -> dict:
+    """module name -> the files under `folder` that import it, for every import of `prefix` modules."""
+    found: dict = {}
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            for name in names:
+                if name == prefix or name.startswith(prefix + "."):
+                    found.setdefault(name, set()).add(path.name)
+    return found
+
+
+def test_the_plugin_imports_only_the_declared_plugin_surface():
+    import importlib
+
+    import registry
+
+    used = _modules_imported_from(REPO / "clusvpr_plugin", "registry")
+    assert used, "the plugin imports the core"
+    outside = {m: sorted(files) for m, files in used.items() if m not in registry.PLUGIN_SURFACE}
+    assert outside == {}, "import only registry.PLUGIN_SURFACE from a plugin, or declare the module there"
+    for module in registry.PLUGIN_SURFACE:  # every declared module exists and imports
+        importlib.import_module(module)
+
+
 def test_wheels_are_ignored_and_the_stray_one_is_gone():
     assert not (REPO / "pyflakes-4.1.0-py2.py3-none-any.whl").exists()
     assert "*.whl" in (REPO / ".gitignore").read_text().split()
