@@ -1,4 +1,4 @@
-"""The clustering-based weighted transformer (CWT) and the CWTNet block stack of ClusVPR (spec section 2)."""
+"""The clustering-based weighted transformer (CWT) and the CWTNet block stack of ClusVPR."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""OptLAD aggregation (spec section 3): grouped, attention-weighted VLAD in matrix-product form."""
+"""OptLAD aggregation: grouped, attention-weighted VLAD in matrix-product form."""
 from __future__ import annotations
 
 from typing import Optional, Tuple

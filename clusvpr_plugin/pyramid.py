@@ -1,4 +1,4 @@
-"""ClusVPR's training recipe (spec section 5): the 21-region pyramid and self-supervised region similarities.
+"""ClusVPR's training recipe: the 21-region pyramid and self-supervised region similarities.
 
 Regions of one image, cut from the CWT-refined feature map as a 3 x 4 grid of cells (row-major 0..11):
 global (all 12), 2 large halves, 6 medium 2 x 2 blocks, 12 small cells. Each is intra- and L2-normalised,

@@ -103,7 +103,7 @@ def export_onnx(
     `quantize="int8"` writes the int8 graph instead (`registry.quantize`: the backbone's convolutions statically
     quantised, calibrated on `calibration` images, a tensor or image files; everything after the backbone float32,
     and the backbone's convolutions `int8_float_convs` too (indices, negative from the end; default
-    `registry.quantize.DEFAULT_FLOAT_CONVS`, chosen on the Nordland validation places: benchmarks/RESULTS.md).
+    `registry.quantize.DEFAULT_FLOAT_CONVS`, chosen on the Nordland validation places).
     Its metadata records the calibration and the cosine similarity of its descriptors to float32 on the calibration
     images; a CPU without int8 dot products raises RuntimeUnavailableError unless `require_vnni=False`.
     The graph is written beside `path` and renamed into place once checked: any failure (a full disk, a graph

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from . import _registry, hub
-from ._build import architecture_args as architecture_args  # public here: docs/CONTRACTS.md, the timm plugin
+from ._build import architecture_args as architecture_args  # public here: the timm plugin imports it
 from ._build import build, check_finite, check_overrides, finish, load_pretrained
 from ._ranges import min_side
 from ._registry import ModelEntry, Release, find_releases, get_aggregator, get_backbone, register_model

@@ -58,8 +58,10 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
 
     A huggingface_hub `ModelHubMixin`: `save_pretrained`, `push_to_hub` and `from_pretrained` (with its hooks
     `_save_pretrained` and `_from_pretrained`) write and read this zoo's own layout (config.json with the sha256
-    of every file, model.safetensors, centroids.h5, pca.h5, README.md); docs/ARCHITECTURE.md lists where they
-    differ from the mixin's defaults, and why.
+    of every file, model.safetensors, centroids.h5, pca.h5, README.md). Where the mixin's defaults do not fit, the
+    public methods differ: `save_pretrained` returns the folder and writes it atomically, deriving config.json from
+    the model (no `config=`); `push_to_hub` returns the commit hash; `from_pretrained` builds the model with the
+    registry builder config.json names and loads the weights strictly.
     """
 
     def __init__(

@@ -91,7 +91,7 @@ METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 # the backbone's convolutions kept float32 by default (indices into its convolutions, negative from the end): the
 # first one (0, which reads the normalised image: 8-bit rounding of that input was the largest single-layer error,
 # for 0.6% of VGG16's FLOPs) and the last one (-1, whose output the aggregator reads); chosen on the Nordland
-# validation places by benchmarks/bench_int8_levers.py (benchmarks/RESULTS.md section 11)
+# validation places (Recall@N and the cosine of each int8 descriptor to float32's, calibrated on training places)
 DEFAULT_FLOAT_CONVS: Tuple[int, ...] = (0, -1)
 DEFAULT_CALIBRATION_IMAGES = 32  # how many calibration images the command lines take by default
 

@@ -228,7 +228,7 @@ class RunOptions:
                               "the index, RAM holds only the codes), 'fp16' or 'sq8' (an in-memory copy, faiss "
                               "IndexRefine) (default {default})", group=RETRIEVAL, choices=REFINE_FROM)
     opq: bool = option(False, "IVF-PQ: learn an OPQ rotation before product quantisation", group=RETRIEVAL)
-    # the index parameters' defaults are registry.evaluation.IndexSpec's (tests/registry/cli/test_options.py checks it)
+    # the index parameters' defaults are registry.evaluation.IndexSpec's
     pca_dim: Optional[int] = option(None, "'pca': dims kept (default 256), taken as --pca-from says; with ivfpq or "
                                     "hnsw, project to D dims first", group=RETRIEVAL, type=_positive,
                                     metavar="D")

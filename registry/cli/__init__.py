@@ -7,7 +7,7 @@
     vpr release            build bundled releases / publish them         (registry.cli.release)
 
 `python -m registry.cli ...` is the same command (torchrun: `torchrun ... -m registry.cli train ...`). This layer
-sits on top: it imports the library, and nothing in the library imports it (tests/test_import_graph.py).
+sits on top: it imports the library, and nothing in the library imports it.
 """
 from __future__ import annotations
 

@@ -4,8 +4,6 @@ immutable registry.bench.RunConfig (bad input fails fast, exit status 2); `main`
     vpr bench                    # the released clusvpr, netvlad, gem on the embedded Corridor + Nordland test
     vpr bench --untrained --backbone-weights path/to/vgg16.safetensors
     vpr bench --models clusvpr,org/name@<commit>,./my_dir --datasets pitts30k_test --data-root /data
-
-`python benchmarks/run.py` in a clone of the repository is the same command.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 Face Hub (`publish`).
 
     vpr release build --tag nordland --runs runs/release_clusvpr_seed0 runs/release_netvlad_seed0 \\
-        --data-root path/to/datasets --reference-dir tests/release_reference
+        --data-root path/to/datasets --reference-dir path/to/reference
     vpr release publish --namespace ORG              # push, pull back, compare; print the pins to record
     vpr release publish --namespace ORG --record     # also write them to the packages' published.json
 

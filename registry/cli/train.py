@@ -6,8 +6,7 @@
     vpr train ... --resume                                                     # continue a killed run
 
 The output folder is a Hub layout once training ends: registry.create(name, pretrained=DIR) and
-`vpr bench --models DIR` load it; DIR/train/ holds checkpoints and log.jsonl. `python benchmarks/train.py` in a
-clone of the repository is the same command.
+`vpr bench --models DIR` load it; DIR/train/ holds checkpoints and log.jsonl.
 """
 from __future__ import annotations
 

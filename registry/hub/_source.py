@@ -191,7 +191,7 @@ class Snapshot:
 
     def _give_up(self, path: Path) -> str:
         """For a file that failed its check for good: delete the cached copy through huggingface_hub's cache API (a
-        re-download with force_download does not replace it: measured, tests/registry/hub/test_hub_remote.py), and
+        re-download with force_download does not replace it, as measured with the real huggingface_hub client), and
         say what happened, for the error message. A local folder is left as it is."""
         if self.directory is not None:
             return "The folder was left as it is."

@@ -1,4 +1,4 @@
-"""Cluster initialisation (spec section 4): local descriptors of training images -> faiss k-means -> alpha init.
+"""Cluster initialisation: local descriptors of training images -> faiss k-means -> alpha init.
 
 Descriptors are sampled in the space the aggregator's assignment sees (`aggregator.local_descriptors`:
 normalised conv5_3 for NetVLAD, OptLAD's grouped 128-d space for ClusVPR) and written with the centres

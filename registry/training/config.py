@@ -19,7 +19,7 @@ OPTIMIZERS = ("sgd", "adam")
 BATCHINGS = ("tuples", "places")
 PLACE_LOSSES = ("multi_similarity",)
 SELECT_METRICS = ("R@1", "R@5", "R@10")
-# SFRS/ClusVPR recipe (spec section 5)
+# SFRS/ClusVPR recipe: the hard loss's and student's temperature, then the teacher's per generation
 RECIPE_TEMPERATURES = (0.06, 0.06, 0.05, 0.04)
 RECIPE_JITTER = TRAIN_JITTER  # the model's own recipe jitter, one definition
 RECIPE_GENERATIONS = 4  # generations of a recipe with a teacher (ClusVPR's pyramid); the command line's default
@@ -42,7 +42,7 @@ def whitening_dim_arg(text: str) -> Optional[int]:
 
 @dataclass
 class TrainConfig:
-    """Options of one run; defaults are the ClusVPR recipe (spec section 5) except for the number of generations.
+    """Options of one run; defaults are the ClusVPR recipe except for the number of generations.
 
     Fields declared with `option` are the trainer's command-line options (default and --help text); the others
     (generations, whose command-line default depends on the recipe; the re-ranking triple, one --rerank option;

@@ -79,7 +79,7 @@ class TrainState:
 
 def check_options(saved: Dict[str, Any], cfg: TrainConfig) -> None:
     """Refuse to resume a checkpoint written with other values of the options a resumed run must keep
-    (`RESUME_CRITICAL`); an option the checkpoint predates had its default value then."""
+    (`RESUME_CRITICAL`); an option the checkpoint does not record counts as having its default value."""
     saved = {**TrainConfig().to_dict(), **saved}
     now = cfg.to_dict()
     changed = [k for k in RESUME_CRITICAL if saved.get(k) != now.get(k)]
@@ -110,11 +110,11 @@ class RunFolder:
         return model.save_pretrained(self.output, **facts)
 
     def read(self, cfg: TrainConfig) -> Dict[str, Any]:
-        """The checkpoint to resume, checked against `cfg` (`check_options`); its `best_model` from best.pt when it
-        predates holding one."""
+        """The checkpoint to resume, checked against `cfg` (`check_options`); its `best_model` from best.pt when the
+        checkpoint holds none."""
         state = load_checkpoint(self.train_dir / CHECKPOINT)
         check_options(state["config"], cfg)
-        if state.get("best_model") is None and (self.train_dir / BEST).is_file():  # a checkpoint of an earlier version
+        if state.get("best_model") is None and (self.train_dir / BEST).is_file():  # a checkpoint without its best model
             state["best_model"] = load_checkpoint(self.train_dir / BEST)["model"]
         return state
 
