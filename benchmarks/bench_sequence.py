@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _outputs import save_figure, write_outputs
 
 import registry
 from registry.datasets import load_dataset
@@ -91,10 +92,7 @@ def plot(result: dict, path: Path) -> None:
             xs = [1] + [n for n in result["lengths"] if n > 1]
             ax.plot(xs, ys, marker="o", label=row["model"].split("_")[0])
         ax.set(title=ds, xlabel="sequence length L (frames)", ylabel="R@1 (%)", ylim=(0, 100))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, np.atleast_1d(axes), path)
 
 
 def main() -> None:
@@ -109,11 +107,7 @@ def main() -> None:
     result = {"lengths": args.lengths, "datasets": args.datasets, "velocities": list(SequenceSpec().velocities),
               "window": SequenceSpec().window, "threads": os.environ.get("OMP_NUM_THREADS"),
               "recalls": recalls(args), "costs": costs(args)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    plot(result, args.out.with_suffix(".png"))
-    print(markdown(result))
+    write_outputs(result, args.out, markdown, plot)
 
 
 if __name__ == "__main__":
