@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 2  # places.json format: 2 adds the metric change (L2 for ivfpq / hnsw), refine and the disk vectors
 META, INDEX = "places.json", "index.faiss"
+_META_LIMIT = 1 << 30  # places.json read at most this far when deciding whether a folder is a saved index
 
 
 class IndexFileError(ValueError):
@@ -35,9 +36,7 @@ def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tu
     """Write index.faiss, places.json (`meta` with the format and the spec as a dict) and `vectors` ((file name,
     source path) copied in) to `folder` as a whole: staged beside it, fsynced, then renamed over it, so a failed save
     leaves the earlier index there intact. The folder gets the user's umask."""
-    if folder.exists() and not (folder / META).is_file() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder} exists and is not a PlaceIndex folder (no {META}): pick a new or "
-                              "empty folder; it is replaced as a whole")
+    _check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     stage = staging_dir(folder)
     try:
@@ -60,6 +59,42 @@ def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tu
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+SAVED_FILES = (META, INDEX, "vectors.f16")  # everything a saved folder may hold
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Refuse (FileExistsError) to replace `folder` unless it is absent, empty, or a saved PlaceIndex: only the files
+    a save writes (plain files, no folders or links), places.json of a known format and index.faiss among them. A
+    folder that merely holds a file named places.json is the user's, and nothing in it is touched."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder: pick a new or empty folder for the PlaceIndex")
+    entries = list(folder.iterdir())
+    if not entries:
+        return
+    names = {p.name for p in entries}
+    foreign = sorted(p.name for p in entries if p.name not in SAVED_FILES or p.is_symlink() or not p.is_file())
+    problem = None
+    if foreign:
+        problem = f"it holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}, which a save never writes"
+    elif not {META, INDEX} <= names:
+        problem = f"it has no {INDEX if META in names else META}"
+    else:
+        try:
+            with open(folder / META, "rb") as fh:
+                meta = json.loads(fh.read(_META_LIMIT))
+        except (OSError, ValueError, RecursionError):
+            meta = None
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        if not (isinstance(fmt, int) and not isinstance(fmt, bool) and 1 <= fmt <= FORMAT
+                and isinstance(meta.get("spec"), dict) and isinstance(meta.get("places"), list)):
+            problem = f"its {META} is not a PlaceIndex description of formats 1..{FORMAT}"
+    if problem:
+        raise FileExistsError(f"{folder} exists and is not a saved PlaceIndex folder ({problem}): nothing was "
+                              "deleted; pick a new or empty folder, since a save replaces its folder as a whole")
 
 
 def read_folder(folder: Path) -> Tuple[Dict[str, Any], Any]:

@@ -139,9 +139,45 @@ def test_save_never_replaces_a_folder_that_is_not_an_index(tmp_path):
     (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
     index = PlaceIndex(16)
     index.add(unit(5))
-    with pytest.raises(FileExistsError, match="is not a PlaceIndex folder"):
+    with pytest.raises(FileExistsError, match="is not a saved PlaceIndex folder"):
         index.save(tmp_path / "photos")
     assert (tmp_path / "photos" / "a.jpg").read_bytes() == b"x"
+
+
+def _tree(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("extra", ["images", "notes", "json", "no-faiss", "fake-faiss"])
+def test_save_never_replaces_a_folder_that_only_holds_a_file_named_places_json(tmp_path, extra):
+    """A user's folder with a places.json of their own (plus images/, notes, or index.faiss and JSON that is not an
+    index description): FileExistsError, every file left byte for byte; a real saved index is still replaced."""
+    folder = tmp_path / "mine"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "0001.jpg").write_bytes(b"\xff\xd8 a photo")
+    (folder / "places.json").write_text('{"format": 2, "spec": {}, "places": []}')
+    if extra == "notes":
+        (folder / "images" / "0001.jpg").unlink()
+        (folder / "images").rmdir()
+        (folder / "notes.txt").write_text("survey of 2026-11-03")
+    elif extra in ("json", "fake-faiss"):
+        (folder / "images" / "0001.jpg").unlink()
+        (folder / "images").rmdir()
+        (folder / "places.json").write_text('{"my": "places", "format": 2}')
+        (folder / "index.faiss").write_bytes(b"my own file")
+    elif extra == "no-faiss":
+        (folder / "images" / "0001.jpg").unlink()
+        (folder / "images").rmdir()
+    before = _tree(folder)
+    index = PlaceIndex(16)
+    index.add(unit(5))
+    with pytest.raises(FileExistsError, match=r"is not a saved PlaceIndex folder .*nothing was deleted"):
+        index.save(folder)
+    assert _tree(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging folder left
+    real = saved(tmp_path, "hnsw", n=30)
+    index.save(real)  # an index folder is replaced as a whole
+    assert PlaceIndex.load(real).ntotal == 5
 
 
 SAVE_UNDER_LIMIT = """
