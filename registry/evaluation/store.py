@@ -209,8 +209,12 @@ class MapStore:
     def reference(self) -> Dict[str, Any]:
         """What a PlaceIndex records of the store it was built from (checked by check_reference)."""
         self._need_complete()
-        return {"path": str(self.folder.resolve()), "store_id": self.meta["store_id"], "version": self.version,
-                "rows": self.count, "config_hash": self.meta["config_hash"]}
+        out = {"path": str(self.folder.resolve()), "store_id": self.meta["store_id"], "version": self.version,
+               "rows": self.count, "config_hash": self.meta["config_hash"], "model": self.meta.get("model")}
+        for key in ("resize", "longer_side"):  # what the config hash was computed with (PlaceIndex checks models)
+            if self.meta.get(key) is not None:
+                out[key] = self.meta[key]
+        return out
 
     def check(self, images: Sequence[str], config_hash: str, what: str) -> None:
         """Refuse this store unless it was made for these images by a model with this config hash."""

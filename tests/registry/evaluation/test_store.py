@@ -227,3 +227,35 @@ def test_place_ids_keep_their_type_through_the_store_the_index_its_query_and_sav
     again = PlaceIndex.load(tmp_path / "index", model=TinyEncoder())
     assert again.places == plain and [type(p) for p in again.places] == [type(p) for p in plain]
     assert again.query(images[7], k=3) == top
+
+
+def test_an_index_refuses_a_model_other_than_the_one_that_made_its_store(images, tmp_path):
+    """A store of model A added to PlaceIndex(..., model=B), and an index of A's store loaded with model=B:
+    StoreMismatchError naming both config hashes (queries would be compared with another model's descriptors)."""
+    a, b = TinyEncoder(seed=0), TinyEncoder(seed=1)
+    store = extract_to_store(a, images, tmp_path / "store", chunk_size=8, device="cpu", progress=False)
+    from registry.evaluation.store_extract import model_config_hash
+
+    want, got = store.meta["config_hash"][:12], model_config_hash(b)[:12]
+    wrong = PlaceIndex(store.dim, IndexSpec("flat"), model=b)
+    with pytest.raises(StoreMismatchError, match=rf"config hash {want}.*TinyEncoder \(config hash {got}\)"):
+        wrong.add(store)
+    assert wrong.ntotal == 0 and wrong.store is None
+    right = PlaceIndex(store.dim, IndexSpec("flat"), model=a)
+    right.add(store)
+    assert right.query(images[5], k=1)[0][0] == images[5]
+    right.save(tmp_path / "map")
+    with pytest.raises(StoreMismatchError, match=rf"the index in .*map .*config hash {want}.*config hash {got}"):
+        PlaceIndex.load(tmp_path / "map", model=b)
+    again = PlaceIndex.load(tmp_path / "map", model=TinyEncoder(seed=0))
+    assert again.query(images[5], k=1)[0][0] == images[5]
+    assert PlaceIndex.load(tmp_path / "map").ntotal == len(images)  # no model: nothing to compare
+
+
+def test_a_store_extracted_with_longer_side_resizing_accepts_its_own_model(images, tmp_path):
+    model = TinyEncoder()
+    store = extract_to_store(model, images, tmp_path / "store", chunk_size=8, device="cpu", progress=False,
+                             resize="longer_side", longer_side=20)
+    index = PlaceIndex(store.dim, IndexSpec("flat"), model=model)
+    index.add(store)
+    assert index.ntotal == len(images) and index.store["longer_side"] == 20
