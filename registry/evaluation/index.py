@@ -273,7 +273,7 @@ class PlaceIndex:
         IndexFileError says which. An index built from a map store checks that store is where and as it was
         (`store`: its folder now, if it moved); StoreChangedError names what moved or changed."""
         folder = Path(folder)
-        meta, index = read_folder(folder)
+        meta, index = read_folder(folder, verify)
         spec = meta["spec"]
         out = cls(meta["dim"], spec, model=model)
         out._index = index

@@ -2,6 +2,7 @@
 through registry._atomic's staging folder and read back checked before and after faiss reads the index."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tu
             raise OSError(f"faiss could not write {INDEX}: {str(err).splitlines()[0]}") from None
         if vectors is not None:
             shutil.copyfile(vectors[1], stage / vectors[0])
+        meta = {**meta, "index_sha256": _sha256(stage / INDEX)}
         (stage / META).write_text(json.dumps({"format": FORMAT, **meta, "spec": asdict(meta["spec"])}))
         for path in stage.iterdir():
             _fsync(path)
@@ -97,13 +99,28 @@ def _check_replaceable(folder: Path) -> None:
                               "deleted; pick a new or empty folder, since a save replaces its folder as a whole")
 
 
-def read_folder(folder: Path) -> Tuple[Dict[str, Any], Any]:
-    """(places.json checked, with `spec` an IndexSpec; the faiss index checked against it) of a saved folder."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_folder(folder: Path, verify: bool = True) -> Tuple[Dict[str, Any], Any]:
+    """(places.json checked, with `spec` an IndexSpec; the faiss index checked against it) of a saved folder.
+    `verify`: index.faiss is checked against the sha256 places.json records (saves that record one)."""
     meta_path, index_path = folder / META, folder / INDEX
     for path in (meta_path, index_path):
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not a saved PlaceIndex: {path.name} is missing")
     meta = _read_meta(meta_path)
+    want = meta.get("index_sha256")
+    if want is not None and not (isinstance(want, str) and len(want) == 64):
+        raise IndexFileError(f"{meta_path}: index_sha256 must be a 64-character hex string, got {want!r}")
+    if verify and want is not None and _sha256(index_path) != want:
+        raise IndexFileError(f"{index_path} does not match the sha256 in {META}: it was modified or damaged after "
+                             "saving; save the index again from its descriptors or map store")
     index = _read_index_bounded(index_path)
     _check_index(index, meta["spec"], meta["dim"], len(meta["places"]), index_path, meta.get("format", 1))
     keep_projection_only(index)  # an index saved with a full PCAMatrix loads slim
@@ -257,3 +274,48 @@ def _check_index(index, spec: IndexSpec, dim: int, n_places: int, path: Path, fm
     if fmt >= 2 and index.metric_type != spec.metric:
         raise IndexFileError(f"{path} searches with faiss metric {index.metric_type}, {spec.kind!r} needs "
                              f"{spec.metric}: the two files are from different saves")
+    if spec.kind == "ivfpq":
+        _check_ivf(faiss.extract_index_ivf(inner), spec, path)
+    elif spec.kind == "hnsw":
+        links = int(inner.hnsw.nb_neighbors(1))
+        if links != spec.hnsw_m:
+            raise IndexFileError(f"{path} is an HNSW graph of {links} links per node, places.json says hnsw_m="
+                                 f"{spec.hnsw_m}: the two files are from different saves")
+        _check_ids(faiss.vector_to_array(inner.hnsw.neighbors), index.ntotal, path, "HNSW neighbour")
+
+
+def _check_ids(ids, ntotal: int, path: Path, what: str) -> None:
+    """Every id in `ids` is a row of the index (-1: an empty slot, where `what` allows it)."""
+    import numpy as np
+
+    ids = np.asarray(ids)
+    low = -1 if what == "HNSW neighbour" else 0
+    if len(ids) and (ids.min() < low or ids.max() >= ntotal):
+        bad = ids[(ids < low) | (ids >= ntotal)][:3].tolist()
+        raise IndexFileError(f"{path} holds {what} ids outside 0..{ntotal - 1} (e.g. {bad}): the file is damaged or "
+                             "was not written by this package; save the index again")
+
+
+def _check_ivf(ivf, spec: IndexSpec, path: Path) -> None:
+    """An IVF-PQ file against places.json (nlist, m, nbits: the nprobe searched is capped at nlist) and its lists'
+    ids against ntotal."""
+    ivf = faiss.downcast_index(ivf)
+    pq = ivf.pq
+    for name, have in (("nlist", int(ivf.nlist)), ("m", int(pq.M)), ("nbits", int(pq.nbits))):
+        if getattr(spec, name) is not None and getattr(spec, name) != have:
+            raise IndexFileError(f"{path} is an IVF-PQ index with {name}={have}, places.json says {name}="
+                                 f"{getattr(spec, name)}: the two files are from different saves (or places.json "
+                                 "was edited); save the index again")
+    import numpy as np
+
+    invlists = ivf.invlists
+    total = 0
+    for list_no in range(ivf.nlist):
+        size = int(invlists.list_size(list_no))
+        total += size
+        if size:
+            ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)
+            _check_ids(np.array(ids, copy=True), ivf.ntotal, path, "IVF list")
+    if total != ivf.ntotal:
+        raise IndexFileError(f"{path}: its IVF lists hold {total} entries for {ivf.ntotal} vectors: the file is "
+                             "damaged; save the index again")
