@@ -83,7 +83,7 @@ def test_places_json_must_describe_the_index_in_the_file(tmp_path):
         load_with(places=meta["places"][:10])
     with pytest.raises(IndexFileError, match=r"holds a IndexHNSWFlat index, but places.json describes a 'ivfpq'"):
         load_with(spec={**meta["spec"], "kind": "ivfpq"})
-    with pytest.raises(IndexFileError, match="ef_search must be >= 1, got -1"):
+    with pytest.raises(IndexFileError, match=r"ef_search must be in 1\.\.65536, got -1"):
         load_with(spec={**meta["spec"], "ef_search": -1})
     with pytest.raises(IndexFileError, match=r"unknown spec fields \['efsearch'\]"):
         load_with(spec={**meta["spec"], "efsearch": 5})
@@ -282,3 +282,24 @@ def test_a_nan_row_in_vectors_f16_with_a_recomputed_sha256_is_refused(tmp_path):
     (folder / "places.json").write_text(json.dumps(meta))
     with pytest.raises(IndexFileError, match=r"vectors\.f16 holds NaN or Inf values"):
         PlaceIndex.load(folder)
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("ef_search", 2_000_000_000, "1..65536"), ("refine", 10**9, "1..1024"), ("nprobe", 10**9, "1..1048576"),
+    ("hnsw_m", 3_000_000_000, "2..512"), ("hnsw_m", 50_000_000, "2..512"), ("ef_construction", 10**8, "1..65536")])
+def test_search_parameters_beyond_their_range_are_refused_before_allocating(tmp_path, field, value, allowed):
+    """From the caller (IndexSpec, set_search_params) and from places.json: ValueError / IndexFileError with the
+    valid range, before faiss sizes a beam or link table from it (--ef-search 2e9 reached 16.5 GB)."""
+    kind = "ivfpq" if field == "nprobe" else "hnsw"
+    with pytest.raises(ValueError, match=rf"IndexSpec {field} must be in {allowed}, got {value}"):
+        IndexSpec(kind, **{field: value})
+    folder = saved(tmp_path, "hnsw", n=30, hnsw_m=8, refine=2) if kind == "hnsw" else _ivfpq(tmp_path)
+    index = PlaceIndex.load(folder)
+    if field in ("ef_search", "refine", "nprobe"):
+        with pytest.raises(ValueError, match=rf"{field} must be in {allowed}"):
+            index.set_search_params(**{field: value})
+    meta = json.loads((folder / "places.json").read_text())
+    (folder / "places.json").write_text(json.dumps({**meta, "spec": {**meta["spec"], field: value}}))
+    with pytest.raises(IndexFileError, match=rf"places\.json: IndexSpec {field} must be in {allowed}"):
+        PlaceIndex.load(folder)
+    assert IndexSpec("hnsw", ef_search=1024, hnsw_m=64, refine=32).ef_search == 1024  # documented settings
