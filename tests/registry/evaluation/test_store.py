@@ -259,3 +259,25 @@ def test_a_store_extracted_with_longer_side_resizing_accepts_its_own_model(image
     index = PlaceIndex(store.dim, IndexSpec("flat"), model=model)
     index.add(store)
     assert index.ntotal == len(images) and index.store["longer_side"] == 20
+
+
+def _with_meta(folder: Path, **changes) -> None:
+    """The store's schema metadata rewritten as a new Lance commit (a crafted store of real bytes)."""
+    import json
+
+    ds = lance.dataset(str(folder))
+    meta = json.loads(ds.schema.metadata[b"clusvpr_map"])
+    ds.replace_schema_metadata({"clusvpr_map": json.dumps({**meta, **changes})})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"dim": 16}, r"metadata dim 16 but its descriptor column holds 32-d rows"),
+    ({"chunk_size": 0}, r"metadata chunk_size must be an integer >= 1, got 0"),
+    ({"count": "x"}, r"metadata count must be an integer >= 1, got 'x'"),
+])
+def test_store_metadata_is_checked_against_its_schema_before_anything_is_sized(images, tmp_path, changes, message):
+    """metadata dim 16 over 32-d lists built an index of 2x the rows; chunk_size 0 divided by zero."""
+    extract_to_store(TinyEncoder(), images, tmp_path / "store", chunk_size=8, device="cpu", progress=False)
+    _with_meta(tmp_path / "store", **changes)
+    with pytest.raises(StoreMismatchError, match=message + r".*delete the store folder and extract again"):
+        open_store(tmp_path / "store")
