@@ -145,7 +145,9 @@ class PlaceIndex:
         if store is not None:
             if self.ntotal:
                 raise ValueError("a PlaceIndex refers to one map store: add the store to an empty index")
-            self.store = store.reference()
+            reference = store.reference()
+            _check_model_made(self.model, reference, f"map store {store.folder}")
+            self.store = reference
         if self._index is None:
             self.train(descriptors)
         if self._vectors is not None:
@@ -271,7 +273,7 @@ class PlaceIndex:
         IndexFileError says which. An index built from a map store checks that store is where and as it was
         (`store`: its folder now, if it moved); StoreChangedError names what moved or changed."""
         folder = Path(folder)
-        meta, index = read_folder(folder)
+        meta, index = read_folder(folder, verify)
         spec = meta["spec"]
         out = cls(meta["dim"], spec, model=model)
         out._index = index
@@ -291,7 +293,26 @@ class PlaceIndex:
                 raise IndexFileError(f"{folder / 'places.json'} records no map store: store= applies to indexes "
                                      "built from one")
             out.store = check_reference(out.store, store, folder)
+            _check_model_made(model, out.store, f"the index in {folder} (map store {out.store.get('path')})")
         return out
+
+
+def _check_model_made(model: Optional[Any], ref: Dict[str, Any], what: str) -> None:
+    """Refuse (StoreMismatchError) a model other than the one whose descriptors `ref` (a map store's reference)
+    records: its config hash (config, input config, weights, and the resize the store was extracted with)."""
+    if model is None or not isinstance(ref, dict) or not isinstance(ref.get("config_hash"), str):
+        return
+    from .store import StoreMismatchError
+    from .store_extract import model_config_hash
+
+    got = model_config_hash(model, ref.get("resize"), ref.get("longer_side"))
+    if got != ref["config_hash"]:
+        name = getattr(model, "name", type(model).__name__)
+        raise StoreMismatchError(
+            f"{what} holds descriptors of a model with config hash {ref['config_hash'][:12]}"
+            f"{' (' + str(ref['model']) + ')' if ref.get('model') else ''}, not of the model given, {name} (config "
+            f"hash {got[:12]}): its queries would be compared with another model's descriptors; pass the model the "
+            "store was extracted with, or extract a store with this one")
 
 
 def _check_finite(x: np.ndarray, what: str, offset: int = 0) -> None:

@@ -2,6 +2,7 @@
 through registry._atomic's staging folder and read back checked before and after faiss reads the index."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 2  # places.json format: 2 adds the metric change (L2 for ivfpq / hnsw), refine and the disk vectors
 META, INDEX = "places.json", "index.faiss"
+_META_LIMIT = 1 << 30  # places.json read at most this far when deciding whether a folder is a saved index
 
 
 class IndexFileError(ValueError):
@@ -35,9 +37,7 @@ def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tu
     """Write index.faiss, places.json (`meta` with the format and the spec as a dict) and `vectors` ((file name,
     source path) copied in) to `folder` as a whole: staged beside it, fsynced, then renamed over it, so a failed save
     leaves the earlier index there intact. The folder gets the user's umask."""
-    if folder.exists() and not (folder / META).is_file() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder} exists and is not a PlaceIndex folder (no {META}): pick a new or "
-                              "empty folder; it is replaced as a whole")
+    _check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     stage = staging_dir(folder)
     try:
@@ -48,6 +48,7 @@ def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tu
             raise OSError(f"faiss could not write {INDEX}: {str(err).splitlines()[0]}") from None
         if vectors is not None:
             shutil.copyfile(vectors[1], stage / vectors[0])
+        meta = {**meta, "index_sha256": _sha256(stage / INDEX)}
         (stage / META).write_text(json.dumps({"format": FORMAT, **meta, "spec": asdict(meta["spec"])}))
         for path in stage.iterdir():
             _fsync(path)
@@ -62,13 +63,64 @@ def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tu
         raise
 
 
-def read_folder(folder: Path) -> Tuple[Dict[str, Any], Any]:
-    """(places.json checked, with `spec` an IndexSpec; the faiss index checked against it) of a saved folder."""
+SAVED_FILES = (META, INDEX, "vectors.f16")  # everything a saved folder may hold
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Refuse (FileExistsError) to replace `folder` unless it is absent, empty, or a saved PlaceIndex: only the files
+    a save writes (plain files, no folders or links), places.json of a known format and index.faiss among them. A
+    folder that merely holds a file named places.json is the user's, and nothing in it is touched."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder: pick a new or empty folder for the PlaceIndex")
+    entries = list(folder.iterdir())
+    if not entries:
+        return
+    names = {p.name for p in entries}
+    foreign = sorted(p.name for p in entries if p.name not in SAVED_FILES or p.is_symlink() or not p.is_file())
+    problem = None
+    if foreign:
+        problem = f"it holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}, which a save never writes"
+    elif not {META, INDEX} <= names:
+        problem = f"it has no {INDEX if META in names else META}"
+    else:
+        try:
+            with open(folder / META, "rb") as fh:
+                meta = json.loads(fh.read(_META_LIMIT))
+        except (OSError, ValueError, RecursionError):
+            meta = None
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        if not (isinstance(fmt, int) and not isinstance(fmt, bool) and 1 <= fmt <= FORMAT
+                and isinstance(meta.get("spec"), dict) and isinstance(meta.get("places"), list)):
+            problem = f"its {META} is not a PlaceIndex description of formats 1..{FORMAT}"
+    if problem:
+        raise FileExistsError(f"{folder} exists and is not a saved PlaceIndex folder ({problem}): nothing was "
+                              "deleted; pick a new or empty folder, since a save replaces its folder as a whole")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_folder(folder: Path, verify: bool = True) -> Tuple[Dict[str, Any], Any]:
+    """(places.json checked, with `spec` an IndexSpec; the faiss index checked against it) of a saved folder.
+    `verify`: index.faiss is checked against the sha256 places.json records (saves that record one)."""
     meta_path, index_path = folder / META, folder / INDEX
     for path in (meta_path, index_path):
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not a saved PlaceIndex: {path.name} is missing")
     meta = _read_meta(meta_path)
+    want = meta.get("index_sha256")
+    if want is not None and not (isinstance(want, str) and len(want) == 64):
+        raise IndexFileError(f"{meta_path}: index_sha256 must be a 64-character hex string, got {want!r}")
+    if verify and want is not None and _sha256(index_path) != want:
+        raise IndexFileError(f"{index_path} does not match the sha256 in {META}: it was modified or damaged after "
+                             "saving; save the index again from its descriptors or map store")
     index = _read_index_bounded(index_path)
     _check_index(index, meta["spec"], meta["dim"], len(meta["places"]), index_path, meta.get("format", 1))
     keep_projection_only(index)  # an index saved with a full PCAMatrix loads slim
@@ -222,3 +274,48 @@ def _check_index(index, spec: IndexSpec, dim: int, n_places: int, path: Path, fm
     if fmt >= 2 and index.metric_type != spec.metric:
         raise IndexFileError(f"{path} searches with faiss metric {index.metric_type}, {spec.kind!r} needs "
                              f"{spec.metric}: the two files are from different saves")
+    if spec.kind == "ivfpq":
+        _check_ivf(faiss.extract_index_ivf(inner), spec, path)
+    elif spec.kind == "hnsw":
+        links = int(inner.hnsw.nb_neighbors(1))
+        if links != spec.hnsw_m:
+            raise IndexFileError(f"{path} is an HNSW graph of {links} links per node, places.json says hnsw_m="
+                                 f"{spec.hnsw_m}: the two files are from different saves")
+        _check_ids(faiss.vector_to_array(inner.hnsw.neighbors), index.ntotal, path, "HNSW neighbour")
+
+
+def _check_ids(ids, ntotal: int, path: Path, what: str) -> None:
+    """Every id in `ids` is a row of the index (-1: an empty slot, where `what` allows it)."""
+    import numpy as np
+
+    ids = np.asarray(ids)
+    low = -1 if what == "HNSW neighbour" else 0
+    if len(ids) and (ids.min() < low or ids.max() >= ntotal):
+        bad = ids[(ids < low) | (ids >= ntotal)][:3].tolist()
+        raise IndexFileError(f"{path} holds {what} ids outside 0..{ntotal - 1} (e.g. {bad}): the file is damaged or "
+                             "was not written by this package; save the index again")
+
+
+def _check_ivf(ivf, spec: IndexSpec, path: Path) -> None:
+    """An IVF-PQ file against places.json (nlist, m, nbits: the nprobe searched is capped at nlist) and its lists'
+    ids against ntotal."""
+    ivf = faiss.downcast_index(ivf)
+    pq = ivf.pq
+    for name, have in (("nlist", int(ivf.nlist)), ("m", int(pq.M)), ("nbits", int(pq.nbits))):
+        if getattr(spec, name) is not None and getattr(spec, name) != have:
+            raise IndexFileError(f"{path} is an IVF-PQ index with {name}={have}, places.json says {name}="
+                                 f"{getattr(spec, name)}: the two files are from different saves (or places.json "
+                                 "was edited); save the index again")
+    import numpy as np
+
+    invlists = ivf.invlists
+    total = 0
+    for list_no in range(ivf.nlist):
+        size = int(invlists.list_size(list_no))
+        total += size
+        if size:
+            ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)
+            _check_ids(np.array(ids, copy=True), ivf.ntotal, path, "IVF list")
+    if total != ivf.ntotal:
+        raise IndexFileError(f"{path}: its IVF lists hold {total} entries for {ivf.ntotal} vectors: the file is "
+                             "damaged; save the index again")

@@ -17,6 +17,10 @@ INDEX_KINDS = ("flat", "ivfpq", "hnsw", "pca")
 AUTO = "auto"  # IndexSpec("auto"): chosen from the map size, the dimension and a memory budget (choose_index)
 REFINE_FROM = ("disk", "fp16", "sq8")
 DEFAULT_PCA_DIM = 256
+# upper bounds of the search and graph parameters, checked before faiss allocates anything (an ef_search of 2e9
+# allocates its beam per query; an hnsw_m of 3e9 its link table per node). They cover every documented setting
+# (efSearch up to 1024, refine up to 32, nlist 4096 and nprobe up to nlist) with room to spare.
+MAX_EF, MAX_REFINE, MAX_HNSW_M, MAX_NLIST = 65536, 1024, 512, 1 << 20
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,9 @@ class IndexSpec:
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS + (AUTO,):
             raise ValueError(f"index must be one of {', '.join(INDEX_KINDS + (AUTO,))}, got {self.kind!r}")
-        bounds = {"nbits": (1, 16), "nprobe": (1, None), "hnsw_m": (2, None), "ef_construction": (1, None),
-                  "ef_search": (1, None), "pca_dim": (1, None), "nlist": (1, None), "m": (1, None),
-                  "refine": (1, None), "memory_budget": (1, None)}
+        bounds = {"nbits": (1, 16), "nprobe": (1, MAX_NLIST), "hnsw_m": (2, MAX_HNSW_M),
+                  "ef_construction": (1, MAX_EF), "ef_search": (1, MAX_EF), "pca_dim": (1, None),
+                  "nlist": (1, MAX_NLIST), "m": (1, None), "refine": (1, MAX_REFINE), "memory_budget": (1, None)}
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             if value is None:

@@ -119,7 +119,11 @@ class MapStore:
         raw = (self._ds.schema.metadata or {}).get(b"clusvpr_map")
         if raw is None:
             raise StoreMismatchError(f"{self.folder} is a Lance dataset but not a map store (no clusvpr_map metadata)")
-        self.meta: Dict[str, Any] = json.loads(raw)
+        try:
+            self.meta: Dict[str, Any] = json.loads(raw)
+        except (ValueError, RecursionError):
+            self.meta = None
+        self._check_meta()
         rows = self._ds.to_table(columns=["row"]).column("row").to_numpy()
         count = int(self.meta["count"])
         if len(rows) and (rows.min() < 0 or rows.max() >= count):
@@ -131,6 +135,23 @@ class MapStore:
         self._done = first >= 0
         self._offsets = first[self._done] if self.complete else first
         self._columns: Dict[str, list] = {}
+
+    def _check_meta(self) -> None:
+        """The clusvpr_map metadata's fields (types, ranges) and its dim against the schema's descriptor width, before
+        anything is sized from them."""
+        meta, fix = self.meta, "delete the store folder and extract again (it is cheap to rebuild)"
+        if not isinstance(meta, dict):
+            raise StoreMismatchError(f"{self.folder}: its clusvpr_map metadata is not a JSON object: {fix}")
+        for name, low in (("count", 1), ("dim", 1), ("chunk_size", 1)):
+            value = meta.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise StoreMismatchError(f"{self.folder}: metadata {name} must be an integer >= {low}, got "
+                                         f"{repr(value)[:40]}: {fix}")
+        field = self._ds.schema.field("descriptor") if "descriptor" in self._ds.schema.names else None
+        width = getattr(field.type, "list_size", None) if field is not None else None
+        if width != meta["dim"]:
+            raise StoreMismatchError(f"{self.folder}: metadata dim {meta['dim']} but its descriptor column holds "
+                                     f"{width}-d rows: {fix}")
 
     @property
     def dim(self) -> int:
@@ -209,8 +230,12 @@ class MapStore:
     def reference(self) -> Dict[str, Any]:
         """What a PlaceIndex records of the store it was built from (checked by check_reference)."""
         self._need_complete()
-        return {"path": str(self.folder.resolve()), "store_id": self.meta["store_id"], "version": self.version,
-                "rows": self.count, "config_hash": self.meta["config_hash"]}
+        out = {"path": str(self.folder.resolve()), "store_id": self.meta["store_id"], "version": self.version,
+               "rows": self.count, "config_hash": self.meta["config_hash"], "model": self.meta.get("model")}
+        for key in ("resize", "longer_side"):  # what the config hash was computed with (PlaceIndex checks models)
+            if self.meta.get(key) is not None:
+                out[key] = self.meta[key]
+        return out
 
     def check(self, images: Sequence[str], config_hash: str, what: str) -> None:
         """Refuse this store unless it was made for these images by a model with this config hash."""

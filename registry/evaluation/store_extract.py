@@ -87,7 +87,8 @@ def extract_to_store(
         folder.parent.mkdir(parents=True, exist_ok=True)
         _create(folder, dim, len(images), {"model": name, "input_size": _input_size(model), "config_hash": config_hash,
                                            "images_sha256": _images_hash(images), "chunk_size": chunk_size,
-                                           "coords": coords is not None, "place_type": _place_type(places)})
+                                           "coords": coords is not None, "place_type": _place_type(places),
+                                           "resize": resize, "longer_side": longer_side})
     ctx.barrier()
     store = _open_when_committed(folder)
     store.check(images, config_hash, f"{name} at input {_input_size(model)}")

@@ -35,7 +35,7 @@ class _VectorFile:
 
     @classmethod
     def opened(cls, path: Path, dim: int, count: int, sha256: str, verify: bool) -> "_VectorFile":
-        """The saved copy, checked: its length, and (verify) its sha256 against places.json."""
+        """The saved copy, checked: its length, and (verify) its sha256 against places.json and its values finite."""
         if not path.is_file():
             raise IndexFileError(f"{path} is missing: this index re-ranks from it (refine_from='disk'); save the index "
                                  "again from its descriptors")
@@ -45,11 +45,16 @@ class _VectorFile:
                                  "rows places.json declares: it was truncated or replaced")
         out = cls(path, dim, count)
         if verify:
+            finite = True
             with open(path, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 24), b""):
                     out._sha.update(block)
+                    finite = finite and bool(np.isfinite(np.frombuffer(block, dtype=np.float16)).all())
             if out._sha.hexdigest() != sha256:
                 raise IndexFileError(f"{path} does not match the sha256 in places.json: it was modified after saving")
+            if not finite:
+                raise IndexFileError(f"{path} holds NaN or Inf values, which a save never writes (its rows are unit "
+                                     "vectors): the file was modified; save the index again from its descriptors")
         return out
 
     @property

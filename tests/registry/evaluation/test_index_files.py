@@ -2,6 +2,7 @@
 refused, errors that name expected and given, k beyond the map padded, saves that never destroy the earlier index."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -34,6 +35,14 @@ def saved(tmp_path: Path, kind: str = "flat", n: int = 50, **options) -> Path:
     return index.save(tmp_path / kind)
 
 
+def write_faiss(folder: Path, data: bytes) -> None:
+    """index.faiss replaced by `data`, and places.json's sha256 recomputed to match (a crafted, not a damaged file)."""
+    (folder / "index.faiss").write_bytes(data)
+    meta = json.loads((folder / "places.json").read_text())
+    meta["index_sha256"] = hashlib.sha256(data).hexdigest()
+    (folder / "places.json").write_text(json.dumps(meta))
+
+
 def test_a_faiss_file_declaring_more_codes_than_it_holds_fails_fast_with_small_memory(tmp_path):
     """A 3 KB flat index whose header declares 2^31 floats (8.6 GB): refused, and the loading process never grows
     past a few hundred MB (peak RSS measured in a fresh interpreter)."""
@@ -41,7 +50,7 @@ def test_a_faiss_file_declaring_more_codes_than_it_holds_fails_fast_with_small_m
     data = bytearray((folder / "index.faiss").read_bytes())
     assert data[:4] == b"IxFI" and struct.unpack_from("<Q", data, 37)[0] == 40 * 16  # the codes' declared size
     struct.pack_into("<Q", data, 37, 2**31)
-    (folder / "index.faiss").write_bytes(bytes(data))
+    write_faiss(folder, bytes(data))
     assert len(data) < 3000
     script = ("import resource, sys\nfrom registry.evaluation import PlaceIndex\n"
               "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
@@ -57,7 +66,7 @@ def test_a_faiss_file_declaring_more_codes_than_it_holds_fails_fast_with_small_m
 
 def test_a_file_faiss_cannot_read_is_named(tmp_path):
     folder = saved(tmp_path)
-    (folder / "index.faiss").write_bytes(b"XXXX" + bytes(200))
+    write_faiss(folder, b"XXXX" + bytes(200))
     with pytest.raises(IndexFileError, match=r"index\.faiss is not a readable faiss index.*not recognized"):
         PlaceIndex.load(folder)
 
@@ -74,7 +83,7 @@ def test_places_json_must_describe_the_index_in_the_file(tmp_path):
         load_with(places=meta["places"][:10])
     with pytest.raises(IndexFileError, match=r"holds a IndexHNSWFlat index, but places.json describes a 'ivfpq'"):
         load_with(spec={**meta["spec"], "kind": "ivfpq"})
-    with pytest.raises(IndexFileError, match="ef_search must be >= 1, got -1"):
+    with pytest.raises(IndexFileError, match=r"ef_search must be in 1\.\.65536, got -1"):
         load_with(spec={**meta["spec"], "ef_search": -1})
     with pytest.raises(IndexFileError, match=r"unknown spec fields \['efsearch'\]"):
         load_with(spec={**meta["spec"], "efsearch": 5})
@@ -139,9 +148,45 @@ def test_save_never_replaces_a_folder_that_is_not_an_index(tmp_path):
     (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
     index = PlaceIndex(16)
     index.add(unit(5))
-    with pytest.raises(FileExistsError, match="is not a PlaceIndex folder"):
+    with pytest.raises(FileExistsError, match="is not a saved PlaceIndex folder"):
         index.save(tmp_path / "photos")
     assert (tmp_path / "photos" / "a.jpg").read_bytes() == b"x"
+
+
+def _tree(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("extra", ["images", "notes", "json", "no-faiss", "fake-faiss"])
+def test_save_never_replaces_a_folder_that_only_holds_a_file_named_places_json(tmp_path, extra):
+    """A user's folder with a places.json of their own (plus images/, notes, or index.faiss and JSON that is not an
+    index description): FileExistsError, every file left byte for byte; a real saved index is still replaced."""
+    folder = tmp_path / "mine"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "0001.jpg").write_bytes(b"\xff\xd8 a photo")
+    (folder / "places.json").write_text('{"format": 2, "spec": {}, "places": []}')
+    if extra == "notes":
+        (folder / "images" / "0001.jpg").unlink()
+        (folder / "images").rmdir()
+        (folder / "notes.txt").write_text("survey of 2026-11-03")
+    elif extra in ("json", "fake-faiss"):
+        (folder / "images" / "0001.jpg").unlink()
+        (folder / "images").rmdir()
+        (folder / "places.json").write_text('{"my": "places", "format": 2}')
+        (folder / "index.faiss").write_bytes(b"my own file")
+    elif extra == "no-faiss":
+        (folder / "images" / "0001.jpg").unlink()
+        (folder / "images").rmdir()
+    before = _tree(folder)
+    index = PlaceIndex(16)
+    index.add(unit(5))
+    with pytest.raises(FileExistsError, match=r"is not a saved PlaceIndex folder .*nothing was deleted"):
+        index.save(folder)
+    assert _tree(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging folder left
+    real = saved(tmp_path, "hnsw", n=30)
+    index.save(real)  # an index folder is replaced as a whole
+    assert PlaceIndex.load(real).ntotal == 5
 
 
 SAVE_UNDER_LIMIT = """
@@ -180,3 +225,81 @@ def test_a_real_write_failure_during_save_leaves_the_earlier_index_intact(tmp_pa
     first = normalise(rng.standard_normal((300, 32)))
     assert np.array_equal(again.search(first[:5], 1)[1][:, 0], np.arange(5))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map"]
+
+
+def test_a_flipped_byte_in_index_faiss_is_refused_by_its_recorded_sha256(tmp_path):
+    folder = saved(tmp_path, "hnsw", n=60, hnsw_m=8)
+    meta = json.loads((folder / "places.json").read_text())
+    data = bytearray((folder / "index.faiss").read_bytes())
+    assert meta["index_sha256"] == hashlib.sha256(data).hexdigest()
+    data[len(data) // 2] ^= 0x10
+    (folder / "index.faiss").write_bytes(bytes(data))
+    with pytest.raises(IndexFileError, match=r"index\.faiss does not match the sha256 in places\.json"):
+        PlaceIndex.load(folder)
+    assert PlaceIndex.load(folder, verify=False).ntotal == 60  # verify=False: the caller vouches for the file
+
+
+def _ivfpq(tmp_path: Path) -> Path:
+    index = PlaceIndex(16, IndexSpec("ivfpq", nlist=8, m=4, nbits=4, nprobe=8))
+    index.add(unit(400))
+    return index.save(tmp_path / "ivf")
+
+
+def test_places_json_spec_fields_are_compared_with_the_faiss_file(tmp_path):
+    """An edited nlist (2 for a file of 8 lists) would cap nprobe at 2: refused; m and nbits likewise."""
+    folder = _ivfpq(tmp_path)
+    meta = json.loads((folder / "places.json").read_text())
+    for name, value in (("nlist", 2), ("m", 2), ("nbits", 8)):
+        (folder / "places.json").write_text(json.dumps({**meta, "spec": {**meta["spec"], name: value}}))
+        with pytest.raises(IndexFileError, match=rf"IVF-PQ index with {name}=\d+, places.json says {name}={value}"):
+            PlaceIndex.load(folder)
+    (folder / "places.json").write_text(json.dumps(meta))
+    assert faiss.extract_index_ivf(PlaceIndex.load(folder).faiss_index).nprobe == 8
+
+
+def test_crafted_ivf_list_ids_are_refused_not_returned(tmp_path):
+    """An IVF list entry whose id is -7 (sha256 recomputed): refused on load, never returned by a search."""
+    folder = _ivfpq(tmp_path)
+    index = faiss.read_index(str(folder / "index.faiss"))
+    ivf = faiss.extract_index_ivf(index)
+    lst = next(i for i in range(ivf.nlist) if ivf.invlists.list_size(i))
+    code = faiss.rev_swig_ptr(ivf.invlists.get_single_code(lst, 0), ivf.code_size)
+    ivf.invlists.update_entry(lst, 0, -7, faiss.swig_ptr(np.array(code, dtype=np.uint8)))
+    writer = faiss.VectorIOWriter()
+    faiss.write_index(index, writer)
+    write_faiss(folder, faiss.vector_to_array(writer.data).tobytes())
+    with pytest.raises(IndexFileError, match=r"IVF list ids outside 0\.\.399 \(e\.g\. \[-7\]\)"):
+        PlaceIndex.load(folder)
+
+
+def test_a_nan_row_in_vectors_f16_with_a_recomputed_sha256_is_refused(tmp_path):
+    folder = saved(tmp_path, "hnsw", n=40, hnsw_m=8, refine=4)
+    data = bytearray((folder / "vectors.f16").read_bytes())
+    data[16 * 2 * 7 : 16 * 2 * 7 + 2] = np.float16(np.nan).tobytes()  # row 7, first value
+    (folder / "vectors.f16").write_bytes(bytes(data))
+    meta = json.loads((folder / "places.json").read_text())
+    meta["vectors"]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (folder / "places.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexFileError, match=r"vectors\.f16 holds NaN or Inf values"):
+        PlaceIndex.load(folder)
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("ef_search", 2_000_000_000, "1..65536"), ("refine", 10**9, "1..1024"), ("nprobe", 10**9, "1..1048576"),
+    ("hnsw_m", 3_000_000_000, "2..512"), ("hnsw_m", 50_000_000, "2..512"), ("ef_construction", 10**8, "1..65536")])
+def test_search_parameters_beyond_their_range_are_refused_before_allocating(tmp_path, field, value, allowed):
+    """From the caller (IndexSpec, set_search_params) and from places.json: ValueError / IndexFileError with the
+    valid range, before faiss sizes a beam or link table from it (--ef-search 2e9 reached 16.5 GB)."""
+    kind = "ivfpq" if field == "nprobe" else "hnsw"
+    with pytest.raises(ValueError, match=rf"IndexSpec {field} must be in {allowed}, got {value}"):
+        IndexSpec(kind, **{field: value})
+    folder = saved(tmp_path, "hnsw", n=30, hnsw_m=8, refine=2) if kind == "hnsw" else _ivfpq(tmp_path)
+    index = PlaceIndex.load(folder)
+    if field in ("ef_search", "refine", "nprobe"):
+        with pytest.raises(ValueError, match=rf"{field} must be in {allowed}"):
+            index.set_search_params(**{field: value})
+    meta = json.loads((folder / "places.json").read_text())
+    (folder / "places.json").write_text(json.dumps({**meta, "spec": {**meta["spec"], field: value}}))
+    with pytest.raises(IndexFileError, match=rf"places\.json: IndexSpec {field} must be in {allowed}"):
+        PlaceIndex.load(folder)
+    assert IndexSpec("hnsw", ef_search=1024, hnsw_m=64, refine=32).ef_search == 1024  # documented settings

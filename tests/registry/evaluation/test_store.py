@@ -227,3 +227,57 @@ def test_place_ids_keep_their_type_through_the_store_the_index_its_query_and_sav
     again = PlaceIndex.load(tmp_path / "index", model=TinyEncoder())
     assert again.places == plain and [type(p) for p in again.places] == [type(p) for p in plain]
     assert again.query(images[7], k=3) == top
+
+
+def test_an_index_refuses_a_model_other_than_the_one_that_made_its_store(images, tmp_path):
+    """A store of model A added to PlaceIndex(..., model=B), and an index of A's store loaded with model=B:
+    StoreMismatchError naming both config hashes (queries would be compared with another model's descriptors)."""
+    a, b = TinyEncoder(seed=0), TinyEncoder(seed=1)
+    store = extract_to_store(a, images, tmp_path / "store", chunk_size=8, device="cpu", progress=False)
+    from registry.evaluation.store_extract import model_config_hash
+
+    want, got = store.meta["config_hash"][:12], model_config_hash(b)[:12]
+    wrong = PlaceIndex(store.dim, IndexSpec("flat"), model=b)
+    with pytest.raises(StoreMismatchError, match=rf"config hash {want}.*TinyEncoder \(config hash {got}\)"):
+        wrong.add(store)
+    assert wrong.ntotal == 0 and wrong.store is None
+    right = PlaceIndex(store.dim, IndexSpec("flat"), model=a)
+    right.add(store)
+    assert right.query(images[5], k=1)[0][0] == images[5]
+    right.save(tmp_path / "map")
+    with pytest.raises(StoreMismatchError, match=rf"the index in .*map .*config hash {want}.*config hash {got}"):
+        PlaceIndex.load(tmp_path / "map", model=b)
+    again = PlaceIndex.load(tmp_path / "map", model=TinyEncoder(seed=0))
+    assert again.query(images[5], k=1)[0][0] == images[5]
+    assert PlaceIndex.load(tmp_path / "map").ntotal == len(images)  # no model: nothing to compare
+
+
+def test_a_store_extracted_with_longer_side_resizing_accepts_its_own_model(images, tmp_path):
+    model = TinyEncoder()
+    store = extract_to_store(model, images, tmp_path / "store", chunk_size=8, device="cpu", progress=False,
+                             resize="longer_side", longer_side=20)
+    index = PlaceIndex(store.dim, IndexSpec("flat"), model=model)
+    index.add(store)
+    assert index.ntotal == len(images) and index.store["longer_side"] == 20
+
+
+def _with_meta(folder: Path, **changes) -> None:
+    """The store's schema metadata rewritten as a new Lance commit (a crafted store of real bytes)."""
+    import json
+
+    ds = lance.dataset(str(folder))
+    meta = json.loads(ds.schema.metadata[b"clusvpr_map"])
+    ds.replace_schema_metadata({"clusvpr_map": json.dumps({**meta, **changes})})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"dim": 16}, r"metadata dim 16 but its descriptor column holds 32-d rows"),
+    ({"chunk_size": 0}, r"metadata chunk_size must be an integer >= 1, got 0"),
+    ({"count": "x"}, r"metadata count must be an integer >= 1, got 'x'"),
+])
+def test_store_metadata_is_checked_against_its_schema_before_anything_is_sized(images, tmp_path, changes, message):
+    """metadata dim 16 over 32-d lists built an index of 2x the rows; chunk_size 0 divided by zero."""
+    extract_to_store(TinyEncoder(), images, tmp_path / "store", chunk_size=8, device="cpu", progress=False)
+    _with_meta(tmp_path / "store", **changes)
+    with pytest.raises(StoreMismatchError, match=message + r".*delete the store folder and extract again"):
+        open_store(tmp_path / "store")
