@@ -110,6 +110,13 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
     "map_curve/netvlad-32768": MapCurveTable("map-curve.md", rows=tuple(
         (NV32K, 10_000, index, None) for index in (
             "flat", "IVF-PQ64 inner product (section 9)", "IVF-PQ64 L2, refine from disk"))),
+    "place_batch/curve": ScriptTable("place-batch-pilot.md", BENCH / "place_batch" / "pilot.md", 0, (
+        "*Copied by `python benchmarks/render_results.py` from `benchmarks/place_batch/pilot.md`, which `python "
+        "benchmarks/place_batch_pilot.py --run tuples=RUN --run places=RUN --out benchmarks/place_batch/pilot.json` "
+        "renders from that JSON (the runs' log.jsonl and CPU samples). Rounding: recalls to 0.01 point.*")),
+    "place_batch/cost": ScriptTable("place-batch-pilot.md", BENCH / "place_batch" / "pilot.md", 1, (
+        "*Copied by `python benchmarks/render_results.py` from `benchmarks/place_batch/pilot.md` (the same JSON). "
+        "Rounding: CPU seconds to the unit, recalls to 0.01 point.*")),
     "sequence/window": ScriptTable("sequence.md", BENCH / "sequence" / "window_sweep.md", 0, (
         "*Copied by `python benchmarks/render_results.py` from `benchmarks/sequence/window_sweep.md`, which `python "
         "benchmarks/sequence_window_sweep.py --data-root ../shared/data --out benchmarks/sequence/window_sweep.json` "
