@@ -177,7 +177,25 @@ def _read_meta(path: Path) -> Dict[str, Any]:
         raise IndexFileError(f"{path}: {err}") from None
     if meta["spec"].kind == AUTO:
         raise IndexFileError(f"{path}: a saved index records the kind 'auto' chose, not 'auto'")
+    _check_store_field(meta.get("store"), path)
     return meta
+
+
+_STORE_FIELDS = {"path": str, "store_id": str, "version": int, "rows": int, "config_hash": str}
+
+
+def _check_store_field(store: Any, path: Path) -> None:
+    """places.json's `store`: null (built from arrays) or the reference MapStore.reference wrote."""
+    if store is None:
+        return
+    if not isinstance(store, dict):
+        raise IndexFileError(f"{path}: field 'store' must be null or an object with {sorted(_STORE_FIELDS)}, got "
+                             f"{type(store).__name__}: save the index again")
+    for name, kind in _STORE_FIELDS.items():
+        value = store.get(name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise IndexFileError(f"{path}: field 'store.{name}' must be {'a string' if kind is str else 'an integer'}"
+                                 f", got {repr(value)[:40]}: save the index again")
 
 
 def _vm_size() -> int:

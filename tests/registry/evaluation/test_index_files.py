@@ -303,3 +303,18 @@ def test_search_parameters_beyond_their_range_are_refused_before_allocating(tmp_
     with pytest.raises(IndexFileError, match=rf"places\.json: IndexSpec {field} must be in {allowed}"):
         PlaceIndex.load(folder)
     assert IndexSpec("hnsw", ef_search=1024, hnsw_m=64, refine=32).ef_search == 1024  # documented settings
+
+
+@pytest.mark.parametrize("store, message", [
+    ("x", r"field 'store' must be null or an object .*got str"),
+    ({}, r"field 'store\.path' must be a string, got None"),
+    ({"path": 5}, r"field 'store\.path' must be a string, got 5"),
+    ({"path": "/m", "store_id": "a", "version": "7", "rows": 1, "config_hash": "h"},
+     r"field 'store\.version' must be an integer, got '7'"),
+])
+def test_a_places_json_store_field_of_the_wrong_type_is_a_named_error(tmp_path, store, message):
+    folder = saved(tmp_path)
+    meta = json.loads((folder / "places.json").read_text())
+    (folder / "places.json").write_text(json.dumps({**meta, "store": store}))
+    with pytest.raises(IndexFileError, match=r"places\.json: " + message):
+        PlaceIndex.load(folder)
