@@ -63,6 +63,12 @@ class ReleaseTable:
     releases: Tuple[Path, ...]
 
 
+def _copied(page: str, source: str, number: int, made_by: str, rounding: str) -> ScriptTable:
+    """Table `number` of benchmarks/SOURCE (a script's Markdown), its caption saying what wrote it and its rounding."""
+    return ScriptTable(page, BENCH / source, number, f"*Copied by `python benchmarks/render_results.py` from "
+                       f"`benchmarks/{source}`{made_by}. Rounding: {rounding}.*")
+
+
 REPO = BENCH.parent
 RELEASES = (REPO / "clusvpr_plugin" / "releases" / "clusvpr_vgg16.nordland",
             REPO / "registry" / "releases" / "netvlad_vgg16.nordland",
@@ -110,24 +116,20 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
     "map_curve/netvlad-32768": MapCurveTable("map-curve.md", rows=tuple(
         (NV32K, 10_000, index, None) for index in (
             "flat", "IVF-PQ64 inner product (section 9)", "IVF-PQ64 L2, refine from disk"))),
-    "place_batch/curve": ScriptTable("place-batch-pilot.md", BENCH / "place_batch" / "pilot.md", 0, (
-        "*Copied by `python benchmarks/render_results.py` from `benchmarks/place_batch/pilot.md`, which `python "
-        "benchmarks/place_batch_pilot.py --run tuples=RUN --run places=RUN --out benchmarks/place_batch/pilot.json` "
-        "renders from that JSON (the runs' log.jsonl and CPU samples). Rounding: recalls to 0.01 point.*")),
-    "place_batch/cost": ScriptTable("place-batch-pilot.md", BENCH / "place_batch" / "pilot.md", 1, (
-        "*Copied by `python benchmarks/render_results.py` from `benchmarks/place_batch/pilot.md` (the same JSON). "
-        "Rounding: CPU seconds to the unit, recalls to 0.01 point.*")),
-    "sequence/window": ScriptTable("sequence.md", BENCH / "sequence" / "window_sweep.md", 0, (
-        "*Copied by `python benchmarks/render_results.py` from `benchmarks/sequence/window_sweep.md`, which `python "
-        "benchmarks/sequence_window_sweep.py --data-root ../shared/data --out benchmarks/sequence/window_sweep.json` "
-        "renders from that JSON. Rounding: recalls to 0.01 point.*")),
-    "sequence/recall": ScriptTable("sequence.md", BENCH / "sequence" / "sequence.md", 0, (
-        "*Copied by `python benchmarks/render_results.py` from `benchmarks/sequence/sequence.md`, which `python "
-        "benchmarks/bench_sequence.py --out benchmarks/sequence/sequence.json` renders from that JSON. Rounding: "
-        "recalls to 0.01 point.*")),
-    "sequence/cost": ScriptTable("sequence.md", BENCH / "sequence" / "sequence.md", 1, (
-        "*Copied by `python benchmarks/render_results.py` from `benchmarks/sequence/sequence.md` (the same run). "
-        "Rounding: milliseconds to 0.001.*")),
+    "place_batch/curve": _copied("place-batch-pilot.md", "place_batch/pilot.md", 0, ", which `python "
+                                 "benchmarks/place_batch_pilot.py --run tuples=RUN --run places=RUN --out "
+                                 "benchmarks/place_batch/pilot.json` renders from that JSON (the runs' log.jsonl and "
+                                 "CPU samples)", "recalls to 0.01 point"),
+    "place_batch/cost": _copied("place-batch-pilot.md", "place_batch/pilot.md", 1, " (the same JSON)",
+                                "CPU seconds to the unit, recalls to 0.01 point"),
+    "sequence/window": _copied("sequence.md", "sequence/window_sweep.md", 0, ", which `python "
+                               "benchmarks/sequence_window_sweep.py --data-root ../shared/data --out "
+                               "benchmarks/sequence/window_sweep.json` renders from that JSON",
+                               "recalls to 0.01 point"),
+    "sequence/recall": _copied("sequence.md", "sequence/sequence.md", 0, ", which `python "
+                               "benchmarks/bench_sequence.py --out benchmarks/sequence/sequence.json` renders from "
+                               "that JSON", "recalls to 0.01 point"),
+    "sequence/cost": _copied("sequence.md", "sequence/sequence.md", 1, " (the same run)", "milliseconds to 0.001"),
     "map_scale/measured": ScriptTable("map-scale.md", MAP_SCALE_MD, 0, (
         "*Copied by `python benchmarks/render_results.py` from `benchmarks/map_scale/map_scale.md`, which `python "
         "benchmarks/bench_map_scale.py measure` (or `report`) renders from `benchmarks/map_scale/map_scale.json`. "

@@ -89,8 +89,8 @@ def group_by_distance(coords: np.ndarray, radius: float, groups: Optional[np.nda
         raise ValueError(f"coordinate row {bad} is not finite: {coords[bad].tolist()}")
     groups = np.zeros(len(coords), np.int64) if groups is None else np.asarray(groups)
     labels = np.full(len(coords), -1, np.int64)
-    trees = {g: (np.flatnonzero(groups == g), None) for g in np.unique(groups)}
-    trees = {g: (idx, cKDTree(coords[idx])) for g, (idx, _) in trees.items()}
+    members = {g: np.flatnonzero(groups == g) for g in np.unique(groups)}
+    trees = {g: (idx, cKDTree(coords[idx])) for g, idx in members.items()}
     next_label = 0
     for i in range(len(coords)):
         if labels[i] >= 0:

@@ -36,8 +36,10 @@ class PlaceBatchSampler:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         labels = np.asarray(labels, dtype=np.int64)
-        self.members = [np.flatnonzero(labels == p) for p in range(int(labels.max()) + 1)] if len(labels) else []
-        counts = np.array([len(m) for m in self.members], dtype=np.int64)
+        # images of each place in one sort (a scan per place would cost places x images)
+        order = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels, minlength=int(labels.max()) + 1 if len(labels) else 0)
+        self.members = np.split(order, np.cumsum(counts)[:-1]) if len(labels) else []
         least = 2 if short == "replace" else images_per_place
         self.places = np.flatnonzero(counts >= least)
         self.skipped = int(len(self.members) - len(self.places))
