@@ -93,7 +93,8 @@ class TrainCommand:
     data_root: Optional[str] = opt.data_root_option("folder that holds the known datasets", group=DATA)
     tolerance: Optional[int] = option(None, "aligned traversals: places that count as the same place", group=DATA)
     generations: Optional[int] = option(None, f"generations (default: {RECIPE_GENERATIONS} with a recipe that has "
-                                        "generations, ClusVPR's pyramid; 1 with the global recipe)", group=SCHEDULE)
+                                        "generations, ClusVPR's pyramid, on tuples; 1 with the global recipe or "
+                                        "--batching places)", group=SCHEDULE)
     rerank: Tuple[float, float, float] = option(_RERANK, "k-reciprocal re-ranking for difficult positives (default "
                                                 "{default})", group=SCHEDULE, type=float, nargs=3,
                                                 metavar=("K1", "K2", "LAMBDA"))
@@ -243,7 +244,8 @@ def setup(a: argparse.Namespace):
     torch.manual_seed(init_seed)  # reproducible random initialisation of the aggregator (and of random backbones)
     model = registry.create(name, pretrained=a.pretrained or False, **overrides)
     recipe = get_recipe(a.recipe, model)
-    generations = a.generations or (RECIPE_GENERATIONS if recipe.supports_generations else 1)
+    generations = a.generations or (RECIPE_GENERATIONS if recipe.supports_generations and a.batching == "tuples"
+                                    else 1)
     extra = {"model": name, "model_args": {k: v for k, v in overrides.items() if k != "backbone_weights"},
              "train_set": a.train_set, "val_set": a.val_set, "cache_features": a.cache_features is not None}
     if a.init_seed is not None:  # recorded (and checked on --resume) when given
