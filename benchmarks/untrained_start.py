@@ -11,10 +11,12 @@ built, the same options), then `Trainer.init_clusters` runs the k-means the run 
 where files are (--data-root, --backbone-weights, a temporary output folder), no test sets, and k-means on
 descriptors computed from the image files instead of the run's feature cache. No epoch is trained and no whitening
 is fitted: the start is measured on its unwhitened descriptors, as the trainer's epoch-0 validation measures it.
-The release is the bundled folder, loaded as `registry.VPRModel.from_pretrained` loads it. Both are measured from
-image files at the release's input size, exact inner-product search, Recall@1/5/10 (+-1 place on Nordland) on the
-Nordland test places, the Corridor and, when its folder is under --data-root, the Gardens Point sample; the start
-also on the Nordland validation places, where the training run's epoch-0 validation measured it.
+The start is measured from image files at the release's input size, exact inner-product search, Recall@1/5/10
+(+-1 place on Nordland) on the Nordland test places, the Corridor and, when its folder is under --data-root, the
+Gardens Point sample (with --validation also on the Nordland validation places, where the training run's epoch-0
+validation measured it). The release is the bundled folder, loaded by `registry.VPRModel.from_pretrained`: its rows
+are the recalls its config.json records (measured from image files by `vpr release build`, the same protocol) and,
+on a dataset config.json does not hold (or with --remeasure-releases), measured here the same way.
 Writes the JSON, a Markdown table (.md) and a plot (.png).
 """
 from __future__ import annotations
@@ -90,9 +92,11 @@ def available(data_root: str) -> List[Any]:
 
 
 def measure_release(release: Path, data_root: str, weights: str, threads: int, datasets: List[Any],
-                    workdir: Path, validation: Optional[Any]) -> Dict[str, Any]:
+                    workdir: Path, validation: Optional[Any], remeasure: bool) -> Dict[str, Any]:
     """The start's and the release's recall rows on each dataset, the start's on `validation` (what the trainer's
-    epoch 0 measured, before any training), and what built the start."""
+    epoch 0 measured, before any training; None: not measured), and what built the start. The release's rows are
+    its config.json's (measured from image files by `vpr release build`, the same protocol) where it has them,
+    unless `remeasure`; measured here elsewhere."""
     import registry
     from registry.evaluation.recall_table import recall_table
 
@@ -102,15 +106,16 @@ def measure_release(release: Path, data_root: str, weights: str, threads: int, d
     start_rows = recall_table(start, datasets, batch_size=32, ns=NS)
     start_val = recall_table(start, [validation], batch_size=32, ns=NS) if validation is not None else {}
     del start
+    stored = {k: v for k, v in config.get("recalls", {}).items() if k in start_rows}
     released = registry.VPRModel.from_pretrained(str(release)).eval()
-    release_rows = recall_table(released, datasets, batch_size=32, ns=NS)
-    stored = config.get("recalls", {})
+    measured = recall_table(released, [d for d in datasets if remeasure or d.name not in stored], batch_size=32,
+                            ns=NS)
     return {"release": release.name, "architecture": config["architecture"],
             "descriptor_dim": {"start": start_dim, "release": int(released.descriptor_dim)},
-            "start_command": "vpr train " + " ".join(argv), "start": start_rows, "released": release_rows,
-            "start_validation": start_val,
-            "stored": {k: v for k, v in stored.items() if k in release_rows},
-            "seconds": round(time.time() - t0, 1)}
+            "start_command": "vpr train " + " ".join(argv), "start": start_rows,
+            "released": {name: measured.get(name, stored.get(name)) for name in start_rows},
+            "release_source": {name: "measured" if name in measured else "config.json" for name in start_rows},
+            "start_validation": start_val, "stored": stored, "seconds": round(time.time() - t0, 1)}
 
 
 def _row(r: Dict[str, float]) -> str:
@@ -121,25 +126,30 @@ def _delta(released: Dict[str, float], start: Dict[str, float]) -> str:
     return " / ".join(f"{released[f'R@{n}'] - start[f'R@{n}']:+.2f}" for n in NS)
 
 
-def _stored(m: Dict[str, Any], name: str) -> str:
+def _source(m: Dict[str, Any], name: str) -> str:
+    """Where the release's row comes from; a measured row that differs from config.json's shows config.json's."""
     stored: Optional[Dict[str, float]] = m["stored"].get(name)
+    if m["release_source"][name] == "config.json":
+        return "config.json"
     if stored is None:
-        return "-"
-    return "same" if all(stored[f"R@{n}"] == m["released"][name][f"R@{n}"] for n in NS) else _row(stored)
+        return "measured here"
+    same = all(stored[f"R@{n}"] == m["released"][name][f"R@{n}"] for n in NS)
+    return "measured here, = config.json" if same else f"measured here (config.json: {_row(stored)})"
 
 
 def markdown(result: Dict[str, Any]) -> str:
     lines = ["| model | dataset | untrained start R@1 / R@5 / R@10 | release R@1 / R@5 / R@10 | release - start | "
-             "release worse at | config.json's recalls |", "|---|---|---|---|---|---|---|"]
+             "release worse at | release row from |", "|---|---|---|---|---|---|---|"]
     for m in result["models"]:
         for name, start in m["start"].items():
             released = m["released"][name]
             worse = [f"R@{n}" for n in NS if released[f"R@{n}"] < start[f"R@{n}"]]
             lines.append(f"| {m['architecture']} | {name} | {_row(start)} | {_row(released)} | "
-                         f"{_delta(released, start)} | {', '.join(worse) or '-'} | {_stored(m, name)} |")
-    lines += ["", "| model | untrained start on validation (as the trainer's epoch 0), R@1 / R@5 / R@10 |", "|---|---|"]
-    lines += [f"| {m['architecture']} | {name}: {_row(row)} |" for m in result["models"]
-              for name, row in m["start_validation"].items()]
+                         f"{_delta(released, start)} | {', '.join(worse) or '-'} | {_source(m, name)} |")
+    checked = [(m["architecture"], name, row) for m in result["models"] for name, row in m["start_validation"].items()]
+    if checked:
+        lines += ["", "| model | untrained start on validation (as the trainer's epoch 0), R@1 / R@5 / R@10 |",
+                  "|---|---|"] + [f"| {arch} | {name}: {_row(row)} |" for arch, name, row in checked]
     return "\n".join(lines) + "\n"
 
 
@@ -168,6 +178,10 @@ def main() -> None:
     p.add_argument("--backbone-weights", required=True, help="the off-the-shelf VGG16 conv weights (safetensors)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "untrained" / "start.json")
+    p.add_argument("--validation", action="store_true", help="also measure each start on the Nordland validation "
+                   "places (the training run's epoch-0 validation)")
+    p.add_argument("--remeasure-releases", action="store_true", help="measure the releases again where their "
+                   "config.json already holds the recalls")
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these releases / datasets (a quick check of the "
                    "script; the recorded run measures all)")
     args = p.parse_args()
@@ -177,14 +191,16 @@ def main() -> None:
 
     only = set(args.only or ())
     datasets = [d for d in available(args.data_root) if not only or d.name in only]
-    validation = load_dataset("nordland_val", args.data_root) if not only or "nordland_val" in only else None
+    validation = load_dataset("nordland_val", args.data_root) if args.validation else None
     releases = [r for r in RELEASES if not only or r.name in only]
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         models = [measure_release(r, args.data_root, args.backbone_weights, args.threads, datasets, Path(tmp),
-                                  validation) for r in releases]
+                                  validation, args.remeasure_releases) for r in releases]
+    flags = "".join(f" --{f}" for f, on in (("validation", args.validation),
+                                            ("remeasure-releases", args.remeasure_releases)) if on)
     result = {"command": "python benchmarks/untrained_start.py --data-root DATA --backbone-weights WEIGHTS "
-                         f"--threads {args.threads}", "threads": args.threads,
+                         f"--threads {args.threads}{flags}", "threads": args.threads,
               "datasets": [d.name for d in datasets], "validation": validation.name if validation else None,
               "models": models, "seconds": round(time.time() - t0, 1)}
     write_outputs(result, args.out, markdown, plot)

@@ -38,11 +38,14 @@ def test_the_start_is_the_release_commands_run_with_this_machines_paths(tmp_path
 
 def test_the_table_flags_every_recall_where_the_release_is_below_its_start():
     row = {"R@1": 10.0, "R@5": 30.0, "R@10": 40.0}
-    result = {"models": [{"architecture": "netvlad_vgg16", "start": {"corridor": row},
-                          "released": {"corridor": {"R@1": 9.0, "R@5": 30.0, "R@10": 41.0}},
-                          "stored": {"corridor": {"R@1": 9.0, "R@5": 30.0, "R@10": 41.0}},
-                          "start_validation": {"nordland_val": row}}]}
+    worse = {"R@1": 9.0, "R@5": 30.0, "R@10": 41.0}
+    result = {"models": [{"architecture": "netvlad_vgg16", "start": {"corridor": row, "gardens_point": row},
+                          "released": {"corridor": worse, "gardens_point": row},
+                          "release_source": {"corridor": "config.json", "gardens_point": "measured"},
+                          "stored": {"corridor": worse}, "start_validation": {"nordland_val": row}}]}
     text = start.markdown(result)
     assert ("| netvlad_vgg16 | corridor | 10.00 / 30.00 / 40.00 | 9.00 / 30.00 / 41.00 | -1.00 / +0.00 / +1.00 | "
-            "R@1 | same |") in text
+            "R@1 | config.json |") in text
+    assert "| netvlad_vgg16 | gardens_point | 10.00 / 30.00 / 40.00 | 10.00 / 30.00 / 40.00 | +0.00 / +0.00 / +0.00 " \
+           "| - | measured here |" in text
     assert "| netvlad_vgg16 | nordland_val: 10.00 / 30.00 / 40.00 |" in text
