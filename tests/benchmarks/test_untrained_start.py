@@ -8,10 +8,20 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports its sibling _outputs
-_spec = importlib.util.spec_from_file_location("untrained_start", REPO / "benchmarks" / "untrained_start.py")
-start = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(start)
+
+
+def _load(name: str):
+    """benchmarks/NAME.py as module NAME (the script imports its sibling _outputs by that name)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+_load("_outputs")
+start = _load("untrained_start")
 
 
 def test_the_start_is_the_release_commands_run_with_this_machines_paths(tmp_path):
