@@ -98,7 +98,8 @@ class Trainer:
         self.generations = Generations(self.step, self.recipe, self.cfg)
         epoch = self._epoch(train_set)
         self.loop = EpochLoop(model=self.model, state=self.state, generations=self.generations, optim=self.optim,
-                              epoch=epoch, validate=self.validate, commit=self._commit, select_by=self.cfg.select_by)
+                              epoch=epoch, validate=self.validate, commit=self._commit, select_by=self.cfg.select_by,
+                              patience=self.cfg.patience)
         self.whitening_selection: Optional[Dict[str, Any]] = None
 
     def _miner(self, train_set: VPRDataset) -> Tuple[TupleMiner, np.ndarray]:
