@@ -51,7 +51,7 @@ def model_for_build(folder: Path, name: str, pretrained: Any, source: Optional[s
         try:
             model = create(name, pretrained=pretrained)
         except KeyError as err:
-            raise MapError(f"unknown model {name!r}: {err.args[0] if err.args else err}") from None
+            raise MapError(str(err.args[0]) if err.args else f"unknown model {name!r}") from None
         source = str(model.config.get("source") or "random init")
         model.config["source"] = source
         model.save_pretrained(target)
