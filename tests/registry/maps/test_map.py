@@ -193,3 +193,11 @@ def test_a_map_of_a_bundled_release_records_its_source_and_opens_from_its_own_co
     want = extract_descriptors(release, images[:4], device="cpu", progress=False)
     np.testing.assert_allclose(again.database(), want, atol=1e-5)  # the release's own descriptors
     assert [x.row for x in again.query([images[2]], k=1)[0]] == [2]
+
+
+def test_an_index_that_cannot_be_trained_on_the_map_is_refused_and_a_rerun_with_another_finishes(weights, images,
+                                                                                                   tmp_path):
+    with pytest.raises(MapError, match="cannot build the ivfpq index of 6 images.*rerun with another --index"):
+        Map.build(tmp_path / "map", images[:6], model=MODEL, pretrained=weights, index="ivfpq", progress=False)
+    m = Map.build(tmp_path / "map", images[:6], model=MODEL, pretrained=weights, index="flat", progress=False)
+    assert m.count == 6 and m.info()["index"]["kind"] == "flat"
