@@ -26,6 +26,7 @@ from .match import Match
 
 PathLike = Union[str, os.PathLike]
 MAX_K = 100
+ENCODE_BATCH = 32  # images per runtime call where a call may hold many (a route, a command line)
 DEFAULT_CHUNK = 256
 _STORE_ERRORS = (FileNotFoundError, StoreMismatchError)
 
@@ -211,7 +212,9 @@ class Map:
         """Ordered frames (images or paths): per frame, the k best map images by the sequence score over the last
         `length` frames up to it."""
         matcher = self.sequence_matcher(length, k)
-        return [matcher.push(d) for d in self.encode(frames)]
+        frames = list(frames)
+        return [matcher.push(d) for s in range(0, len(frames), ENCODE_BATCH)
+                for d in self.encode(frames[s : s + ENCODE_BATCH])]
 
     def heatmap(self, image: Any):
         """(h, w) float32 in [0, 1]: where the model looks in `image` (attention maps where the aggregator has them,

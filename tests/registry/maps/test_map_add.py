@@ -132,7 +132,7 @@ def test_ivfpq_grows_without_retraining_and_auto_rebuilds_only_when_its_policy_c
 
 def test_sequence_query_equals_sequence_rankings_on_the_same_descriptors(weights, images, tmp_path):
     m = Map.build(tmp_path / "map", images, model=MODEL, pretrained=weights, index="flat", progress=False)
-    frames = write_images(tmp_path / "frames", 8, seed=5)
+    frames = write_images(tmp_path / "frames", 40, seed=5)  # more than one encode batch (32)
     got = m.sequence_query(frames, k=4, length=3)
     want = sequence_rankings(m.encode(frames), m.store.descriptors[:], 4, SequenceSpec(length=3))
     assert [[x.row for x in r] for r in got] == want.tolist()
