@@ -94,11 +94,24 @@ class Map:
 
     def reload_if_changed(self) -> bool:
         """Re-open this map when another process has committed a newer version; whether it did."""
-        if read_manifest(self.folder)["store"]["version"] == self.version:
+        manifest = read_manifest(self.folder)
+        if manifest["store"]["version"] == self.version:
             return False
-        fresh = Map.open(self.folder)
-        self.__dict__.update(fresh.__dict__)
+        self._reopen(manifest)
         return True
+
+    def _reopen(self, manifest: Dict[str, Any]) -> None:
+        """Read the version `manifest` names: the same runtime where the model and runtime files are the ones this
+        object runs on (an add changes only the store and the index), else the whole map opened again."""
+        same = all(manifest[key] == self.manifest[key] for key in ("files", "config_hash", "runtime", "model"))
+        if not same:
+            self.__dict__.update(Map.open(self.folder).__dict__)
+            return
+        store = _open_store(self.folder, manifest)
+        engine.check_config_hash(self.folder, None, manifest, store.meta)
+        fresh = Map(self.folder, manifest, self.runtime, store, _open_index(self.folder, manifest, store.count),
+                    self._model)
+        self.__dict__.update(fresh.__dict__)
 
     def add(self, images: Sequence[PathLike], places: Optional[Sequence[Any]] = None,
             coords: Optional[Any] = None, progress: bool = True) -> int:
@@ -108,8 +121,7 @@ class Map:
         from .growing import add_images
 
         add_images(self, image_paths(images), places, coords, progress)
-        fresh = Map.open(self.folder)
-        self.__dict__.update(fresh.__dict__)
+        self._reopen(read_manifest(self.folder))
         return self.version
 
     # ------------------------------------------------------------------------------------------------ facts

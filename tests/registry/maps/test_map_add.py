@@ -52,7 +52,9 @@ def test_a_reader_keeps_its_version_until_it_reloads(weights, images, tmp_path):
     writer.add(images[10:])
     assert reader.count == 10 and _results(reader, images[10:14], k=3)[0] == before[0]
     assert not Map.open(tmp_path / "map").reload_if_changed()
+    runtime = reader.runtime
     assert reader.reload_if_changed() and reader.count == 20 and reader.version == writer.version
+    assert reader.runtime is runtime  # same model files: the runtime is kept, only store and index are read again
     assert [r[0] for r in _results(reader, images[10:14], k=3)[0]] == [10, 11, 12, 13]  # hnsw grew with them
 
 
