@@ -145,3 +145,14 @@ def test_sequence_query_equals_sequence_rankings_on_the_same_descriptors(weights
     assert len(matcher) == 0
     with pytest.raises(MapError, match="sequence length"):
         m.sequence_matcher(0)
+
+
+def test_a_second_writer_is_refused_while_one_holds_the_map(weights, images, tmp_path):
+    from registry.maps.building import writer_lock
+
+    m = Map.build(tmp_path / "map", images[:6], model=MODEL, pretrained=weights, index="flat", progress=False)
+    with writer_lock(tmp_path / "map"):
+        with pytest.raises(MapError, match="another `vpr map build` or `vpr map add` is writing"):
+            m.add(images[6:8])
+        assert Map.open(tmp_path / "map").count == 6  # readers are not affected
+    assert m.add(images[6:8]) and m.count == 8
