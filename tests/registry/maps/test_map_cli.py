@@ -102,7 +102,8 @@ def test_query_sequence_treats_the_images_as_ordered_frames(weights, images, tmp
     assert [r["sequence"]["matches"] for r in results] == [[x.as_dict() for x in f] for f in want]
     assert [r["sequence"]["frames"] for r in results] == [1, 2, 3, 3, 3]
     status, out, _ = _vpr(capsys, "query", tmp_path / "map", *frames[:2], "--sequence", "3")
-    assert status == 0 and "sequence of the last 2 frames" in out
+    assert status == 0 and "sequence of the last 2 frames" in out and "1. score " in out
+    assert "place " not in out  # a map without place ids: the image is the place, printed once
 
 
 def test_problems_with_the_map_or_its_input_are_one_line_and_exit_2(weights, images, tmp_path, capsys):
