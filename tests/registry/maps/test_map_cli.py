@@ -133,3 +133,24 @@ def test_problems_with_the_map_or_its_input_are_one_line_and_exit_2(weights, ima
     assert status == 2 and "--places by-magic: use from-name or csv:FILE" in err
     assert main(["map", "frobnicate"]) == 2 and "unknown action 'frobnicate'" in capsys.readouterr().err
     assert Map.open(folder).count == 20  # nothing above changed the map
+
+
+def test_place_ids_from_names_in_a_folder_and_in_a_list(tmp_path):
+    from registry.maps import inputs
+
+    flat = write_images(tmp_path / "flat", 2)
+    for old, new in zip(flat, ("0042_a.png", "hall.png")):
+        Path(old).rename(tmp_path / "flat" / new)
+    files, root = inputs.list_images(str(tmp_path / "flat"))
+    assert inputs.places_from_names(files, root) == ["0042", "hall"]
+    nested = tmp_path / "site"
+    for place in ("7", "12"):
+        write_images(nested / place, 1)
+    listing = tmp_path / "list.txt"
+    listing.write_text("site/7/000.png\nsite/12/000.png\n")
+    files, root = inputs.list_images(str(listing))
+    assert root == nested and inputs.places_from_names(files, root) == [7, 12]  # all digits: integers
+    assert inputs.places_from_names(files, root, as_int=False) == ["7", "12"]
+    listing.write_text("flat/hall.png\n")
+    files, root = inputs.list_images(str(listing))
+    assert inputs.places_from_names(files, root) == ["hall"]
