@@ -154,3 +154,19 @@ def test_place_ids_from_names_in_a_folder_and_in_a_list(tmp_path):
     listing.write_text("flat/hall.png\n")
     files, root = inputs.list_images(str(listing))
     assert inputs.places_from_names(files, root) == ["hall"]
+
+
+def test_utm_coordinates_from_a_csv_and_a_row_without_numbers(tmp_path):
+    from registry.maps import MapError, inputs
+
+    files = write_images(tmp_path / "imgs", 2)
+    table = tmp_path / "utm.csv"
+    table.write_text("image,utm_east,utm_north\n000.png,500000.5,4649776\n001.png,500010,4649780.25\n")
+    np.testing.assert_array_equal(inputs.coords_from_csv(files, tmp_path / "imgs", str(table)),
+                                  [[500000.5, 4649776.0], [500010.0, 4649780.25]])
+    table.write_text("image,utm_east,utm_north\n000.png,east,4649776\n001.png,1,2\n")
+    with pytest.raises(MapError, match="the row of 000.png has utm_east='east'.*two finite numbers"):
+        inputs.coords_from_csv(files, tmp_path / "imgs", str(table))
+    table.write_text("image,x,y\n000.png,1,2\n")
+    with pytest.raises(MapError, match="neither lat,lon nor utm_east,utm_north"):
+        inputs.coords_from_csv(files, tmp_path / "imgs", str(table))
