@@ -97,7 +97,8 @@ def check_piece(folder: Path, piece: Mapping[str, Any]) -> Path:
     if not path.is_file():
         raise FileNotInRepoError(
             f"{folder / MANIFEST} names {piece['file']} ({path.resolve()}, holding {role}), which does not exist; "
-            f"{REBUILD}")
+            f"{REBUILD}. A bundled release folder reads the shared store beside it: to copy one elsewhere, write its "
+            "ordinary layout with `vpr release unbundle`")
     size = path.stat().st_size
     digest = sha256_file(path) if size == piece["size"] else None
     if digest != piece["sha256"]:

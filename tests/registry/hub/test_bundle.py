@@ -194,7 +194,7 @@ def test_a_missing_shared_file_is_refused_naming_it_and_the_fix(one):
     folder, shared, _ = one
     shared.unlink()
     with pytest.raises(hub.FileNotInRepoError, match=rf"names \.\./_shared/{shared.name} .*does not exist.*"
-                                                     "vpr release bundle.*reinstall"):
+                                                     "vpr release bundle.*reinstall.*vpr release unbundle"):
         registry.VPRModel.from_pretrained(str(folder))
 
 
