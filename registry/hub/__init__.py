@@ -7,7 +7,7 @@ centroids.h5, pca.h5 and README.md (a huggingface_hub ModelCard rendered from MO
 folder (`bundle_releases`) stores the tensors it shares with other bundled releases once, in a shared store, and
 loads, saves and pushes as the complete layout.
 """
-from .._files import sha256_file
+from .._util.files import sha256_file
 from ._bundle import MANIFEST as BUNDLE_MANIFEST
 from ._bundle import SHARED_STORE, bundled_weights, is_bundled
 from ._bundle_write import BundleError, bundle_releases, read_release, shared_groups, unbundle_release

@@ -24,10 +24,10 @@ import hashlib
 import re
 import struct
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
-from .._files import sha256_file
-from .._jsonio import SAFETENSORS_DTYPES, check_safetensors_header, loads_bounded, quote, read_json
+from .._util.files import sha256_file
+from .._util.jsonio import SAFETENSORS_DTYPES, check_safetensors_header, loads_bounded, quote, read_json
 from ._layout import WEIGHTS
 from .errors import CorruptedFileError, FileNotInRepoError, WrongModelError
 
@@ -180,9 +180,3 @@ def _place(data: bytearray, name: str, tables: Tuple[Mapping[str, Any], Mapping[
     data[begin:end] = raw[start + b:start + e]
     supplied[name] = path.name
 
-
-def shared_files(folder: Path) -> List[Path]:
-    """The shared files the bundled release in `folder` reads (none for an ordinary folder)."""
-    if not is_bundled(folder):
-        return []
-    return [piece_path(folder, p) for p in read_manifest(folder)["pieces"] if SHARED_NAME.match(Path(p["file"]).name)]

@@ -12,9 +12,9 @@ import struct
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
-from .._atomic import atomic_path, staging_dir
-from .._files import sha256_file
-from .._jsonio import SAFETENSORS_DTYPES, check_safetensors_header
+from .._util.atomic import atomic_path, staging_dir
+from .._util.files import sha256_file
+from .._util.jsonio import SAFETENSORS_DTYPES, check_safetensors_header
 from ._bundle import FORMAT, MANIFEST, OWN, REBUILD, VERSION, bundled_weights, is_bundled
 from ._layout import WEIGHTS
 from ._source import Snapshot

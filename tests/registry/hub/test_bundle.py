@@ -41,8 +41,8 @@ class FrozenBackbone(nn.Module):
 @pytest.fixture
 def model_name(monkeypatch) -> str:
     """Registers `bundletest_netvlad` (the backbone above + NetVLAD with 4 clusters + an 8-d whitening)."""
-    from registry import _registry
-    from registry.factory import build_vpr_model, pretrained_cfg
+    from registry.models import _registry
+    from registry.models.factory import build_vpr_model, pretrained_cfg
 
     _registry.load_plugins()
     monkeypatch.setitem(_registry._BACKBONES, "bundletest_frozen", FrozenBackbone)
@@ -114,7 +114,7 @@ def test_the_shared_store_holds_the_frozen_backbone_once_and_the_bundle_is_small
 
 def test_pretrained_true_loads_a_bundled_release_through_the_registry(bundled, monkeypatch):
     ordinary, folders, _, _ = bundled
-    entry = registry._registry.get_entry(NAME)
+    entry = registry.get_entry(NAME)
     monkeypatch.setattr(entry, "releases", registry.find_releases(folders[0].parent, NAME))
     monkeypatch.setattr(entry, "default_release", "alpha")
     assert sorted(entry.releases) == list(TAGS)  # the shared store beside them is not a release
@@ -164,7 +164,7 @@ def test_a_bundled_release_pushes_and_pulls_as_a_complete_hub_repository(bundled
 
 def test_vpr_release_publish_pushes_bundled_releases_and_compares_them(bundled, hub_server, monkeypatch, capsys):
     _, folders, _, _ = bundled
-    entry = registry._registry.get_entry(NAME)
+    entry = registry.get_entry(NAME)
     monkeypatch.setattr(entry, "releases", registry.find_releases(folders[0].parent, NAME))
     release = importlib.import_module("registry.cli.release")
     assert release.main(["publish", "--namespace", "tester", "--token", TOKEN,
