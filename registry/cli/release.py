@@ -1,10 +1,13 @@
-"""`vpr release`: turn finished training runs into bundled releases (`build`) and publish them to the Hugging
-Face Hub (`publish`).
+"""`vpr release`: turn finished training runs into bundled releases (`build`), store the tensors several releases
+share once (`bundle`, `unbundle`) and publish them to the Hugging Face Hub (`publish`).
 
     vpr release build --tag nordland --runs runs/release_clusvpr_seed0 runs/release_netvlad_seed0 \\
         --data-root path/to/datasets --reference-dir path/to/reference
     vpr release publish --namespace ORG              # push, pull back, compare; print the pins to record
     vpr release publish --namespace ORG --record     # also write them to the packages' published.json
+    vpr release bundle releases/netvlad_vgg16.nordland releases/gem_vgg16.nordland \\
+        plugin/releases/clusvpr_vgg16.nordland --shared-out releases/_shared --in-place
+    vpr release unbundle releases/gem_vgg16.nordland --out path/to/gem_vgg16.nordland
 
 `build`: runs of one model compete on their final validation recall (the trainer's `--select-by` metric, after its
 whitening choice); the test sets are measured only on the chosen run. Each release folder holds config.json (the
@@ -20,6 +23,14 @@ pulled descriptors of the embedded reference images equal the bundled model's bi
 `name.tag = ORG/repo@<commit>` line per release. Recorded pins (`--record`, or by hand in the `published.json`
 beside the release folder) make `pretrained=True` prefer the Hub copy over the bundled one. Log in first
 (`hf auth login`) or pass --token.
+
+`bundle`: the tensors that two or more of the given release folders hold bit for bit (the frozen layers they share;
+with --share, only the tensors matching its patterns, each required to be identical in every release) are written
+once into the --shared-out store as `<sha256>.safetensors`; each release keeps its other tensors in own.safetensors
+beside bundle.json (which names every piece with its sha256 and the tensors it supplies), in place or in --out-dir.
+Every bundle is read back and must rebuild its original model.safetensors byte for byte before that file is
+removed. A bundled release loads, saves and pushes as the complete layout; `unbundle` writes that layout to a
+folder (the model.safetensors it was made from, byte for byte).
 """
 from __future__ import annotations
 
@@ -28,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .._util.options import add_dataclass_arguments, option
+from .._util.options import UsageError, add_dataclass_arguments, option
 from ._command import parser, run_command
 from ._console import console_logging
 
@@ -67,21 +78,61 @@ class PublishOptions:
                           "them)")
 
 
+@dataclass
+class BundleOptions:
+    """`vpr release bundle`'s options."""
+
+    folders: List[Path] = option(help="ordinary release folders (config.json + model.safetensors ...)", flag="folders",
+                                 nargs="+", type=Path, default_factory=list)
+    shared_out: Optional[Path] = option(None, "the store the shared tensors go to (_shared/ beside the release "
+                                        "folders)", type=Path, required=True)
+    out_dir: Optional[Path] = option(None, "write the bundled folders here (<out-dir>/<folder name>)", type=Path)
+    in_place: bool = option(False, "bundle the folders where they are (their model.safetensors removed once the "
+                            "bundle rebuilds it)")
+    share: List[str] = option(help="share only the tensors matching these shell patterns (e.g. 'backbone.*'), "
+                              "refusing unless each is bit-identical in every release (default: every tensor two "
+                              "or more releases hold bit for bit)", nargs="+", default_factory=list, metavar="PATTERN")
+
+
+@dataclass
+class UnbundleOptions:
+    """`vpr release unbundle`'s options."""
+
+    folder: Optional[Path] = option(None, "a bundled release folder", flag="folder", type=Path)
+    out: Optional[Path] = option(None, "the new folder for its ordinary layout", type=Path, required=True)
+
+
 def build_parser(prog: str = PROG):
-    """`vpr release build|publish` (every option documented)."""
+    """`vpr release build|publish|bundle|unbundle` (every option documented)."""
     p = parser(prog, __doc__)
-    sub = p.add_subparsers(dest="action", required=True, metavar="{build,publish}")
+    sub = p.add_subparsers(dest="action", required=True, metavar="{build,publish,bundle,unbundle}")
     add_dataclass_arguments(sub.add_parser("build", help="bundle finished training runs as releases"), BuildOptions)
     add_dataclass_arguments(sub.add_parser("publish", help="push every bundled release to the Hub, pull it back and "
                                            "compare"), PublishOptions)
+    add_dataclass_arguments(sub.add_parser("bundle", help="store the tensors release folders share once"),
+                            BundleOptions)
+    add_dataclass_arguments(sub.add_parser("unbundle", help="write a bundled release's ordinary layout"),
+                            UnbundleOptions)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     """Parse, build or publish, print the reports (exit status 1 when a run or a release cannot be released)."""
+    from ..hub import HubError
     from ..training.release import ReleaseError
 
-    return run_command(prog, lambda: _main(build_parser(prog).parse_args(argv)), {ReleaseError: None})
+    return run_command(prog, lambda: _main(build_parser(prog).parse_args(argv)), {ReleaseError: None, HubError: None})
+
+
+def _bundle(o: BundleOptions) -> int:
+    from ..hub import bundle_releases
+
+    if o.in_place == (o.out_dir is not None):
+        raise UsageError("give exactly one of --in-place and --out-dir")
+    report = bundle_releases(o.folders, o.shared_out, o.out_dir, o.share)
+    print(json.dumps(report, indent=2))
+    print(f"{report['bytes_before']:,} bytes before, {report['bytes_after']:,} bundled")
+    return 0
 
 
 def _main(a) -> int:
@@ -89,6 +140,13 @@ def _main(a) -> int:
 
     options = vars(a)
     action = options.pop("action")
+    if action == "bundle":
+        return _bundle(BundleOptions(**options))
+    if action == "unbundle":
+        from ..hub import unbundle_release
+
+        print(f"wrote {unbundle_release(options['folder'], options['out'])}")
+        return 0
     with console_logging():
         if action == "build":
             print(json.dumps(release.build(**options), indent=2))

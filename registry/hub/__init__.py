@@ -3,9 +3,14 @@ through `huggingface_hub`. Files only: rebuilding a model from config.json is th
 (`registry.VPRModel.from_pretrained`); this package never imports it.
 
 Layout: config.json (timm-compatible, plus VPR facts and the sha256 of every other file), model.safetensors,
-centroids.h5, pca.h5 and README.md (a huggingface_hub ModelCard rendered from MODEL_CARD.md).
+centroids.h5, pca.h5 and README.md (a huggingface_hub ModelCard rendered from MODEL_CARD.md). A bundled release
+folder (`bundle_releases`) stores the tensors it shares with other bundled releases once, in a shared store, and
+loads, saves and pushes as the complete layout.
 """
 from .._util.files import sha256_file
+from ._bundle import MANIFEST as BUNDLE_MANIFEST
+from ._bundle import SHARED_STORE, bundled_weights, is_bundled
+from ._bundle_write import BundleError, bundle_releases, read_release, shared_groups, unbundle_release
 from ._card import model_card, render_model_card
 from ._layout import CARD_FACTS, LAYOUT_FILES, LIBRARY_NAME, build_config, card_facts, save_pretrained
 from ._load import pull_centroids, pull_pca, read_cluster_source, read_state_dict
@@ -25,6 +30,8 @@ from .errors import (
 )
 
 __all__ = [
+    "BUNDLE_MANIFEST",
+    "BundleError",
     "CARD_FACTS",
     "CorruptedFileError",
     "FileNotInRepoError",
@@ -39,17 +46,24 @@ __all__ = [
     "RepoNotFoundError",
     "RevisionNotFoundError",
     "Snapshot",
+    "SHARED_STORE",
     "WrongModelError",
     "build_config",
+    "bundle_releases",
+    "bundled_weights",
     "card_facts",
+    "is_bundled",
     "model_card",
     "parse_source",
     "pull_centroids",
     "pull_pca",
     "push_to_hub",
     "read_cluster_source",
+    "read_release",
     "read_state_dict",
     "render_model_card",
     "save_pretrained",
     "sha256_file",
+    "shared_groups",
+    "unbundle_release",
 ]

@@ -13,6 +13,7 @@ import torch
 from .._util import h5io
 from .._util.jsonio import check_safetensors_header
 from ..whitening import PCAWhitening
+from ._bundle import bundled_weights, is_bundled
 from ._layout import CENTROIDS, PCA, WEIGHTS
 from ._source import HUB_KWARGS, ModelLocation, Snapshot
 from .errors import IncompatibleWeightsError
@@ -21,9 +22,15 @@ _H5_SUFFIXES = (".h5", ".hdf5")
 
 
 def read_state_dict(snap: Snapshot) -> Dict[str, torch.Tensor]:
-    """model.safetensors of `snap`, sha256-checked, as CPU tensors (safetensors never unpickles code)."""
-    from safetensors.torch import load_file
+    """model.safetensors of `snap`, sha256-checked, as CPU tensors (safetensors never unpickles code); for a bundled
+    release folder, the complete file rebuilt from its bundle and checked against the same sha256."""
+    from safetensors.torch import load, load_file
 
+    if snap.directory is not None and is_bundled(snap.directory):
+        entry = snap.zoo_config()["files"].get(WEIGHTS)
+        if entry is None:
+            snap.path(WEIGHTS)  # FileNotInRepoError, as for an ordinary folder
+        return load(bundled_weights(snap.directory, entry["sha256"]))
     path = snap.path(WEIGHTS)
     check_safetensors_header(path, error=IncompatibleWeightsError)  # named error, not a bare SafetensorError
     return load_file(str(path), device="cpu")
