@@ -19,7 +19,7 @@ import numpy as np
 
 from ..evaluation.index import IndexFileError, IndexSpec, PlaceIndex
 from ..evaluation.sequence import distance_column
-from ..evaluation.store import MapStore, StoreMismatchError
+from ..evaluation.store import INT_PLACES, MapStore, StoreMismatchError
 from . import engine
 from .manifest import MANIFEST, REBUILD, STORE_DIR, MapError, check_files, read_manifest
 from .match import Match
@@ -100,13 +100,13 @@ class Map:
         return True
 
     def add(self, images: Sequence[PathLike], places: Optional[Sequence[Any]] = None,
-            coords: Optional[Any] = None) -> int:
+            coords: Optional[Any] = None, progress: bool = True) -> int:
         """Append images as a new store version (resumable: rerunning a stopped add finishes it), grow the index
         (IVF-PQ adds without retraining; `auto` rebuilds only where its policy picks another kind for the new
         size), commit the manifest last; this object then reads the new version. Returns it."""
         from .growing import add_images
 
-        add_images(self, image_paths(images), places, coords)
+        add_images(self, image_paths(images), places, coords, progress)
         fresh = Map.open(self.folder)
         self.__dict__.update(fresh.__dict__)
         return self.version
@@ -119,6 +119,11 @@ class Map:
     @property
     def version(self) -> int:
         return int(self.manifest["store"]["version"])
+
+    @property
+    def int_places(self) -> bool:
+        """Whether this map's place ids are integers (added ids must be too)."""
+        return self.store.meta.get("place_type") == INT_PLACES
 
     @property
     def count(self) -> int:
