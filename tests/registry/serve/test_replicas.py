@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import requests
-from serve_helpers import Child, files, write_images
+from serve_helpers import Child, build_map, child_env, files, serve, write_images
 
 from registry.maps import Map
 
@@ -107,6 +109,48 @@ def test_a_killed_server_restarts_on_the_last_committed_map(tiny_map, tmp_path):
         assert [[m[0] for m in res] for res in served] == [[m.row for m in res] for res in reference.query(images[:3])]
     finally:
         again.stop()
+
+
+# `Map.add` in a child process that a real SIGKILL stops in its second encode call (its first chunk committed to
+# the store, the manifest not yet)
+DYING_ADD = """
+import os, signal, sys
+import training.tiny_vpr
+from registry.maps import Map
+from registry.runtimes.eager import TorchRuntime
+encode, calls = TorchRuntime.encode, [0]
+def dying(self, images):
+    calls[0] += 1
+    if calls[0] > 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return encode(self, images)
+TorchRuntime.encode = dying
+Map.open(sys.argv[1]).add(sys.argv[2:])
+"""
+
+
+def test_a_server_keeps_serving_the_last_commit_while_an_add_beside_it_is_killed(tmp_path):
+    images = write_images(tmp_path / "images", 10)
+    folder = tmp_path / "map"
+    build_map(folder, images, chunk_size=4)
+    new = write_images(tmp_path / "new", 6, seed=5, start=40)
+    with serve(folder, reload_interval=0) as s:
+        before = _answer(s.url, images[:2] + new[:1])
+        child = subprocess.run([sys.executable, "-c", DYING_ADD, str(folder), *new], env=child_env(),
+                               capture_output=True, text=True, timeout=600)
+        assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+        during = _answer(s.url, images[:2] + new[:1])
+        info = requests.get(s.url + "/v1/map", timeout=10).json()
+        assert during == before and (info["count"], info["version"]) == (10, before[0])
+        assert Map.open(folder).count == 10
+        Map.open(folder).add(new)  # the rerun finishes the add
+        after = _answer(s.url, images[:2] + new[:1])
+    assert after[0] > before[0] and after[1][2][0][0] == 10 and after[1][2][0][2] < 1e-4
+    assert after[1][:2] == _reference(folder, images[:2])
+
+
+def _reference(folder, queries):
+    return [[(m.row, m.place, round(m.distance, 5)) for m in res] for res in Map.open(folder).query(queries, k=5)]
 
 
 def _swallow(url, image, add=None, headers=None):
