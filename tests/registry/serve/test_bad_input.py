@@ -133,6 +133,25 @@ def test_a_full_queue_answers_503_with_retry_after_and_serves_again_once_drained
     assert after.status_code == 200 and after.json()["results"][0]["matches"][0]["row"] == 3
 
 
+def test_an_encode_call_that_fails_answers_500_naming_it_and_the_next_request_is_served(tiny_map):
+    folder, images = tiny_map
+    with serve(folder) as s:
+        encode = s.service.map.encode
+
+        def broken(batch):
+            raise RuntimeError("the runtime lost its device")
+
+        s.service.map.encode = broken
+        failed = requests.post(s.url + "/v1/localize", files=files(images[0]), timeout=60)
+        s.service.map.encode = encode
+        after = requests.post(s.url + "/v1/localize", files=files(images[0]), timeout=60)
+        text = requests.get(s.url + "/metrics", timeout=10).text
+    assert 'vpr_errors_total{route="/v1/localize",status="500"} 1.0' in text
+    assert failed.status_code == 500
+    assert "RuntimeError: the runtime lost its device" in failed.json()["error"]
+    assert after.status_code == 200 and after.json()["results"][0]["matches"][0]["row"] == 0
+
+
 def _wait(condition, timeout=30.0):
     for _ in range(int(timeout / 0.02)):
         if condition():
