@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import _options as opt
-from .._files import unwritable
-from .._options import UsageError, add_dataclass_arguments, comma_list, field_default, option, option_fields
+from .._util import options as opt
+from .._util.files import unwritable
+from .._util.options import UsageError, add_dataclass_arguments, comma_list, field_default, option, option_fields
 from ..quantize import DEFAULT_CALIBRATION_IMAGES
 from ..training.config import CLUSTERS, DATA, MODEL, RECIPE_GENERATIONS, RUN, SCHEDULE, TrainConfig
 from ._command import parser, run_command
@@ -148,8 +148,8 @@ def _check_input_size(a: argparse.Namespace) -> None:
     its aggregator takes, up to the builder's limit)."""
     if a.input_size is None:
         return
-    from .._ranges import ranges_for
-    from .._registry import get_aggregator, get_backbone, get_entry, resolve_name
+    from .._util.ranges import ranges_for
+    from ..models._registry import get_aggregator, get_backbone, get_entry, resolve_name
 
     for module in a.plugin:
         importlib.import_module(module)

@@ -1,7 +1,7 @@
 """TrainConfig: every option of a training run, checked up front so a bad value fails before any work.
 
 Each field that is also a command-line option of the trainer (`vpr train`) declares its default
-and its --help text here, once (registry._options.option); registry/cli/train.py generates the parser from it.
+and its --help text here, once (registry._util.options.option); registry/cli/train.py generates the parser from it.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from .._options import field_default, option
-from ..model import TRAIN_JITTER
+from .._util.options import field_default, option
+from ..models.model import TRAIN_JITTER
 from .losses import HARD_LOSSES, TRIPLET_MARGIN
 from .mining import RerankConfig
 

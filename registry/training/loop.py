@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..distributed import DistContext
+from .._util.distributed import DistContext
 from .config import TrainConfig
 from .generations import Generations
 from .mining import TrainTuple, TupleMiner

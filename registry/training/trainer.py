@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._util.distributed import DistContext, sharded_apply
 from ..datasets.base import VPRDataset
 from ..datasets.places import DEFAULT_PLACE_RADIUS_M, places_from_dataset
-from ..distributed import DistContext, sharded_apply
 from ..evaluation.recall_table import descriptor_recalls
 from ..whitening import enough_to_fit, too_large, whiten_tensor
 from . import finish
