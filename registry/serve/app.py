@@ -196,7 +196,7 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, err: BadRequest) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else {"Retry-After": "2"} \
-            if err.status == 503 else None
+            if err.status in (409, 503) else None
         return _error(err.status, str(err), headers)
 
     @app.exception_handler(QueueFull)
