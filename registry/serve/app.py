@@ -97,8 +97,8 @@ async def _read_uploads(request: Request, service: Service, decode: asyncio.Sema
     except HTTPException as err:
         if err.status_code == 413:
             raise
-        raise BadRequest(400, f"cannot read the multipart form ({err.detail}): send at most {limits.max_files} files "
-                              "in field 'images'") from None
+        raise BadRequest(400, f"cannot read the multipart form ({err.detail}): send 1 to {limits.max_files} image "
+                              "files as multipart/form-data field 'images'") from None
     files = [f for f in form.getlist("images") if hasattr(f, "read")]
     others = sorted({k for k, v in form.multi_items() if hasattr(v, "read") and k != "images"})
     if not files and others:

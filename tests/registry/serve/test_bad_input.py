@@ -59,7 +59,7 @@ def _cases():
         ("empty file", dict(files=files(b"", names=["empty.png"])), 400, "empty.png: the file is empty"),
         ("decompression bomb", dict(files=files(_bomb(), names=["bomb.png"])), 413,
          "pixel budget of 1,000,000 per image"),
-        ("17 files", dict(files=files(*[_png()] * 17)), 400, "at most 16 files"),
+        ("17 files", dict(files=files(*[_png()] * 17)), 400, "Maximum number of files is 16"),
         ("no files", dict(), 400, "no image files: send 1 to 16 files"),
         ("files in another field", dict(files=[("photo", ("a.png", _png(), "image/png"))]), 400,
          "field(s) ['photo']: send them in the multipart field 'images'"),
