@@ -82,7 +82,8 @@ async function loadMapInfo() {
     for (const [key, label] of INFO_FIELDS) {
       if (!(key in info)) continue;
       let value = info[key];
-      if (typeof value === "number" && !Number.isInteger(value)) value = value.toFixed(1);
+      if (typeof value === "number" && !Number.isInteger(value)) value = key.endsWith("_bytes_per_image")
+        ? Math.round(value).toLocaleString("en") : value.toFixed(1);
       list.append(el("dt", {}, label), el("dd", { "data-key": key }, String(value)));
     }
     if (info.index) {
@@ -231,7 +232,9 @@ async function playRoute(files) {
       const result = (await api(url, { method: "POST", body: form })).results[0];
       const seq = result.sequence;
       const row = el("tr", { "data-frame": done + 1, "data-frames-seen": seq ? seq.frames : 0 });
-      row.append(el("td", {}, String(done + 1)), el("td", { class: "file" }, result.name),
+      const frame = el("td");
+      frame.append(el("img", { src: URL.createObjectURL(file), alt: file.name, class: "thumb" }));
+      row.append(el("td", {}, String(done + 1)), el("td", { class: "file" }, result.name), frame,
         ...matchCells(result.matches[0], "single"), ...matchCells(seq ? seq.matches[0] : null, "sequence"));
       body.append(row);
       done += 1;
