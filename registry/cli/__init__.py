@@ -5,6 +5,7 @@
     vpr whitening-sweep    Recall@N of trained models per whitening size (registry.cli.sweep)
     vpr export             export a model to ONNX                        (registry.cli.export)
     vpr release            build bundled releases / publish them         (registry.cli.release)
+    vpr serve              serve a map over HTTP                         (registry.cli.serve)
 
 `python -m registry.cli ...` is the same command (torchrun: `torchrun ... -m registry.cli train ...`). This layer
 sits on top: it imports the library, and nothing in the library imports it.
@@ -23,6 +24,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "whitening-sweep": ("sweep", "Recall@N of trained models at several whitening sizes, chosen on validation"),
     "export": ("export", "export a registry model to ONNX, checked with onnxruntime"),
     "release": ("release", "bundle finished training runs as releases (build) or push them to the Hub (publish)"),
+    "serve": ("serve", "serve a map over HTTP: localize images, sequence matching, metrics, a page (extra: serve)"),
 }
 
 

@@ -1,9 +1,10 @@
 """ImageListDataset: a torch Dataset over image paths whose errors name the file that failed."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Callable, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -37,13 +38,22 @@ def open_rgb(path: Union[str, os.PathLike]) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image file not found: {path}; check the dataset root or re-download the dataset")
-    budget = max_pixels()
+    return _decode_rgb(path, str(path), max_pixels())
+
+
+def decode_rgb(data: bytes, name: str, budget: Optional[int] = None) -> Image.Image:
+    """`open_rgb` for an image held in memory (an upload): the same header-first pixel budget (`budget`, default
+    max_pixels()) and the same ImageReadError, naming `name`."""
+    return _decode_rgb(io.BytesIO(data), name, max_pixels() if budget is None else budget)
+
+
+def _decode_rgb(source: Union[Path, BinaryIO], name: str, budget: int) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             width, height = img.size
             if width * height > budget:
                 raise ImageReadError(
-                    f"image {path} is {width}x{height} = {width * height:,} pixels, more than the {budget:,} an image "
+                    f"image {name} is {width}x{height} = {width * height:,} pixels, more than the {budget:,} an image "
                     f"may have (registry.datasets.images.MAX_PIXELS); shrink it, or raise the budget with "
                     f"{MAX_PIXELS_ENV}=N if the machine has the memory")
             img.load()
@@ -51,16 +61,16 @@ def open_rgb(path: Union[str, os.PathLike]) -> Image.Image:
     except ImageReadError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageReadError(f"cannot read image {path} ({err}): Pillow refuses it as a decompression bomb; shrink "
+        raise ImageReadError(f"cannot read image {name} ({err}): Pillow refuses it as a decompression bomb; shrink "
                              "it or remove it") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise ImageReadError(
-            f"cannot read image {path} ({err}); the file is corrupt or truncated: re-download it or remove it"
+            f"cannot read image {name} ({err}); the file is corrupt or truncated: re-download it or remove it"
         ) from err
     try:
         return to_rgb(decoded)
     except ValueError as err:
-        raise ImageReadError(f"cannot use image {path} (mode {decoded.mode}): {err}") from err
+        raise ImageReadError(f"cannot use image {name} (mode {decoded.mode}): {err}") from err
 
 
 def image_size(path: Union[str, os.PathLike]) -> Tuple[int, int]:
