@@ -5,6 +5,7 @@
     vpr whitening-sweep    Recall@N of trained models per whitening size (registry.cli.sweep)
     vpr export             export a model to ONNX                        (registry.cli.export)
     vpr release            build bundled releases / publish them         (registry.cli.release)
+    vpr map                build / add to / query / describe a map       (registry.cli.maps)
     vpr serve              serve a map over HTTP                         (registry.cli.serve)
 
 `python -m registry.cli ...` is the same command (torchrun: `torchrun ... -m registry.cli train ...`). This layer
@@ -24,6 +25,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "whitening-sweep": ("sweep", "Recall@N of trained models at several whitening sizes, chosen on validation"),
     "export": ("export", "export a registry model to ONNX, checked with onnxruntime"),
     "release": ("release", "bundle finished training runs as releases (build) or push them to the Hub (publish)"),
+    "map": ("maps", "build a map of your own images, add to it, query it (single frames or sequences), describe it"),
     "serve": ("serve", "serve a map over HTTP: localize images, sequence matching, metrics, a page (extra: serve)"),
 }
 

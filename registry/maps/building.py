@@ -47,23 +47,29 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
-def _check_build_args(folder: Path, args: dict) -> None:
-    """Record the build's arguments, or refuse a rerun that asks for another map than the stopped build did."""
+def _check_build_args(folder: Path, args: dict) -> Optional[str]:
+    """Refuse a rerun that asks for another map than the stopped build did; the model source that build recorded
+    (None for a new build)."""
     path = folder / BUILD_ARGS
-    if path.is_file():
-        try:
-            before = read_json(path, fix=f"delete {folder} and build again")
-        except BoundedJSONError as err:
-            raise MapError(str(err)) from None
-        if before != args:
-            changed = sorted(k for k in set(before) | set(args) if before.get(k) != args.get(k)) \
-                if isinstance(before, dict) else ["all"]
-            raise MapError(f"{folder} holds a stopped build with other {', '.join(changed)} (started with "
-                           f"{json.dumps(before)[:300]}): rerun it with the same arguments to finish it, or delete "
-                           "the folder to build another map")
-        return
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(args, sort_keys=True) + "\n")
+    if not path.is_file():
+        return None
+    try:
+        before = read_json(path, fix=f"delete {folder} and build again")
+    except BoundedJSONError as err:
+        raise MapError(str(err)) from None
+    source = before.pop("source", None) if isinstance(before, dict) else None
+    if before != args:
+        changed = sorted(k for k in set(before) | set(args) if before.get(k) != args.get(k)) \
+            if isinstance(before, dict) else ["all"]
+        raise MapError(f"{folder} holds a stopped build with other {', '.join(changed)} (started with "
+                       f"{json.dumps(before)[:300]}): rerun it with the same arguments to finish it, or delete "
+                       "the folder to build another map")
+    return source if isinstance(source, str) else None
+
+
+def _record_build_args(folder: Path, args: dict, source: str) -> None:
+    with atomic_path(folder / BUILD_ARGS) as tmp:
+        tmp.write_text(json.dumps({**args, "source": source}, sort_keys=True) + "\n")
 
 
 def build_map(folder: Path, images: List[str], model: str, pretrained: Any, runtime: str,
@@ -79,9 +85,12 @@ def build_map(folder: Path, images: List[str], model: str, pretrained: Any, runt
         raise MapError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     label = engine.pretrained_label(pretrained)
     with writer_lock(folder):
-        _check_build_args(folder, {"model": model, "pretrained": label, "runtime": runtime,
-                                   "index": asdict(requested), "chunk_size": chunk_size, "images": len(images)})
-        net, source = engine.model_for_build(folder, model, pretrained)
+        args = {"model": model, "pretrained": label, "runtime": runtime, "index": asdict(requested),
+                "chunk_size": chunk_size, "images": len(images)}
+        recorded = _check_build_args(folder, args)
+        net, source = engine.model_for_build(folder, model, pretrained, recorded)
+        if recorded is None:
+            _record_build_args(folder, args, source)
         rt = engine.runtime_for_build(folder, runtime, net, images)
         try:
             store = extract_to_store(rt, images, folder / STORE_DIR, chunk_size=chunk_size, places=places,

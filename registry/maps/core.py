@@ -19,7 +19,7 @@ import numpy as np
 
 from ..evaluation.index import IndexFileError, IndexSpec, PlaceIndex
 from ..evaluation.sequence import distance_column
-from ..evaluation.store import MapStore, StoreMismatchError
+from ..evaluation.store import INT_PLACES, MapStore, StoreMismatchError
 from . import engine
 from .manifest import MANIFEST, REBUILD, STORE_DIR, MapError, check_files, read_manifest
 from .match import Match
@@ -119,6 +119,11 @@ class Map:
     @property
     def version(self) -> int:
         return int(self.manifest["store"]["version"])
+
+    @property
+    def int_places(self) -> bool:
+        """Whether this map's place ids are integers (added ids must be too)."""
+        return self.store.meta.get("place_type") == INT_PLACES
 
     @property
     def count(self) -> int:

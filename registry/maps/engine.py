@@ -41,33 +41,21 @@ def load_model(folder: Path, name: str, source: str) -> torch.nn.Module:
     return model.eval()
 
 
-def model_for_build(folder: Path, name: str, pretrained: Any) -> Tuple[torch.nn.Module, str]:
+def model_for_build(folder: Path, name: str, pretrained: Any, source: Optional[str]) -> Tuple[torch.nn.Module, str]:
     """(the model, its source label): created and saved into folder/model, then read back from there, so a build and
-    every later open use the very same weights; a resumed build reuses what folder/model holds."""
+    every later open use the very same weights; a resumed build (`source`: what it recorded) reuses folder/model."""
     from .. import create
 
     target = folder / MODEL_DIR
-    if target.is_dir():
-        source = _saved_source(target)
-    else:
+    if source is None or not target.is_dir():
         try:
             model = create(name, pretrained=pretrained)
         except KeyError as err:
-            raise MapError(f"unknown model {name!r}: {err.args[0] if err.args else err}") from None
+            raise MapError(str(err.args[0]) if err.args else f"unknown model {name!r}") from None
         source = str(model.config.get("source") or "random init")
         model.config["source"] = source
         model.save_pretrained(target)
     return load_model(folder, name, source), source
-
-
-def _saved_source(target: Path) -> str:
-    import json
-
-    from .._jsonio import read_json
-
-    config = read_json(target / "config.json", fix="delete the unfinished map folder and build again")
-    source = config.get("source") if isinstance(config, dict) else None
-    return source if isinstance(source, str) else json.dumps(source)
 
 
 def runtime_for_build(folder: Path, kind: str, model: torch.nn.Module, images: Sequence[str]) -> Runtime:
