@@ -100,13 +100,13 @@ class Map:
         return True
 
     def add(self, images: Sequence[PathLike], places: Optional[Sequence[Any]] = None,
-            coords: Optional[Any] = None) -> int:
+            coords: Optional[Any] = None, progress: bool = True) -> int:
         """Append images as a new store version (resumable: rerunning a stopped add finishes it), grow the index
         (IVF-PQ adds without retraining; `auto` rebuilds only where its policy picks another kind for the new
         size), commit the manifest last; this object then reads the new version. Returns it."""
         from .growing import add_images
 
-        add_images(self, image_paths(images), places, coords)
+        add_images(self, image_paths(images), places, coords, progress)
         fresh = Map.open(self.folder)
         self.__dict__.update(fresh.__dict__)
         return self.version

@@ -21,7 +21,8 @@ from .manifest import INDEX_DIR, STORE_DIR, MapError, read_manifest, store_facts
 KEEP_INDEXES = 2  # index folders kept: the committed one and the one before (readers still on it)
 
 
-def add_images(m: Any, images: List[str], places: Optional[Sequence[Any]], coords: Optional[Any]) -> None:
+def add_images(m: Any, images: List[str], places: Optional[Sequence[Any]], coords: Optional[Any],
+               progress: bool) -> None:
     """Map.add's work (see there)."""
     folder = m.folder
     if places is not None and len(places) != len(images):
@@ -34,7 +35,7 @@ def add_images(m: Any, images: List[str], places: Optional[Sequence[Any]], coord
         all_coords = _merged_coords(base, coords, len(images))
         _extend_store(folder / STORE_DIR, base, all_images)
         store = extract_to_store(m.runtime, all_images, folder / STORE_DIR, chunk_size=base.chunk_size,
-                                 places=all_places, coords=all_coords, device="cpu", progress=False)
+                                 places=all_places, coords=all_coords, device="cpu", progress=progress)
         index = _grown_index(folder, manifest, base, store)
         name = f"{INDEX_DIR}/v{store.version}"
         index.save(folder / name)
@@ -111,8 +112,9 @@ def _grown_index(folder: Path, manifest: dict, base: MapStore, store: MapStore) 
 
 
 def _drop_old_indexes(folder: Path, keep: str) -> None:
-    """Remove index folders older than the KEEP_INDEXES newest (a reader holds its index in memory; a disk
-    refine's open vectors file stays readable after its folder is removed)."""
+    """Remove index folders older than the KEEP_INDEXES newest: a reader one version behind keeps its folder (a disk
+    refine reads vectors.f16 from there); one further behind holds its faiss index in memory, and its vectors file
+    only while it is mapped, so such a reader calls reload_if_changed() before it queries again."""
     versions = sorted((int(p.name[1:]), p) for p in (folder / INDEX_DIR).glob("v*") if p.name[1:].isdigit())
     for _, path in versions[:-KEEP_INDEXES]:
         if path != folder / keep:

@@ -50,28 +50,32 @@ class Guard:
                      "or smaller images per request")
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
         if length.isdigit() and int(length) > cap:
-            status[0] = 413
-            response = _error(413, too_large, {"Connection": "close"})
-            await response(scope, receive, send)
-        else:
-            seen = [0]
+            await _error(413, too_large, {"Connection": "close"})(scope, receive, send)
+            self._observe(scope, 413, started)
+            return
+        seen = [0]
 
-            async def capped_receive():
-                message = await receive()
-                seen[0] += len(message.get("body", b""))
-                if seen[0] > cap:
-                    raise HTTPException(413, too_large)
-                return message
+        async def capped_receive():
+            message = await receive()
+            seen[0] += len(message.get("body", b""))
+            if seen[0] > cap:
+                raise HTTPException(413, too_large)
+            return message
 
-            async def recording_send(message):
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                await send(message)
+        async def recording_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
 
+        try:
             await self.app(scope, capped_receive, recording_send)
+        finally:  # an exception is answered 500 by the outer error middleware: counted as that
+            self._observe(scope, status[0], started)
+
+    def _observe(self, scope, status: int, started: float) -> None:
         route = getattr(scope.get("route"), "path", None)
         label = route if route is not None else scope["path"] if scope["path"] in self.paths else "unmatched"
-        self.service.metrics.observe_request(label or "/", status[0], time.monotonic() - started)
+        self.service.metrics.observe_request(label or "/", status, time.monotonic() - started)
 
 
 def _check_token(request: Request, token: Optional[str]) -> None:
@@ -191,7 +195,8 @@ def _query_routes(app: FastAPI, service: Service) -> None:
 def _handlers(app: FastAPI) -> None:
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, err: BadRequest) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else {"Retry-After": "2"} \
+            if err.status == 503 else None
         return _error(err.status, str(err), headers)
 
     @app.exception_handler(QueueFull)
@@ -208,6 +213,11 @@ def _handlers(app: FastAPI) -> None:
         if err.status_code == 404:
             message = f"no such route: {request.method} {request.url.path}; the API is listed at /docs"
         return _error(err.status_code, message, getattr(err, "headers", None))
+
+    @app.exception_handler(Exception)  # answered as JSON; the ASGI server logs the traceback
+    async def failed(request: Request, err: Exception) -> JSONResponse:
+        return _error(500, f"the server failed on this request ({type(err).__name__}: {str(err)[:300]}); the "
+                           "traceback is in the server's log")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:

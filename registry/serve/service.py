@@ -101,7 +101,13 @@ class Service:
             return
         self._checked = now
         with self._lock:
-            if self.map.reload_if_changed():
+            try:
+                changed = self.map.reload_if_changed()
+            except (OSError, ValueError) as err:  # a newer version that cannot be opened: keep serving this one
+                log.warning("map %s: keeping version %s, the newer one cannot be opened: %s", self.folder,
+                            self.map.version, err)
+                return
+            if changed:
                 self.metrics.map_version.set(self.map.version)
                 log.info("map %s now at version %s (%s images)", self.folder, self.map.version, self.map.count)
 
@@ -112,6 +118,7 @@ class Service:
         return self.map.sequence_matcher(self.config.sequence_length, k=min(MAX_K, self.map.count))
 
     def info(self) -> Dict[str, Any]:
+        self.maybe_reload()
         with self._lock:
             info = dict(self.map.info())
         info["path"] = self.folder.name  # the folder's name only: where it lies on the server is not the client's
@@ -119,6 +126,7 @@ class Service:
         return info
 
     def image_path(self, row: int) -> Path:
+        self.maybe_reload()
         with self._lock:
             return self.map.image_path(row)
 

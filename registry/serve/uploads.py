@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from PIL import Image, UnidentifiedImageError
 
@@ -75,24 +75,29 @@ def client_name(filename: Optional[str], index: int) -> str:
 
 
 def decode_upload(data: bytes, name: str, limits: Limits) -> Upload:
-    """The decoded image, or BadRequest: 413 for too many pixels (a decompression bomb), 400 for anything that
-    is not a complete image."""
+    """The decoded image, or BadRequest: 413 for more pixels than the budget (read from the header, before any
+    pixel is decoded: a decompression bomb costs nothing), 400 for anything that is not a complete image."""
     if not data:
         raise BadRequest(400, f"{name}: the file is empty; send a JPEG, PNG or WebP image")
     try:
+        with Image.open(io.BytesIO(data)) as header:
+            (width, height), suffix = header.size, _FORMATS.get(header.format or "", ".img")
+    except Image.DecompressionBombError as err:
+        raise BadRequest(413, f"{name}: too many pixels ({err}); this server's pixel budget is "
+                              f"{limits.max_pixels:,} per image (--max-pixels)") from None
+    except UnidentifiedImageError:
+        raise BadRequest(400, f"{name}: not an image (Pillow knows no image format that starts this way); send a "
+                              "JPEG, PNG or WebP file") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise BadRequest(400, f"{name}: a corrupt image header ({err}); send the whole, intact file") from None
+    if width * height > limits.max_pixels:
+        raise BadRequest(413, f"{name}: {width}x{height} = {width * height:,} pixels, more than this server's pixel "
+                              f"budget of {limits.max_pixels:,} per image (--max-pixels); send a smaller image")
+    try:
         image = decode_rgb(data, name, limits.max_pixels)
     except ImageReadError as err:
-        text = str(err)
-        if "pixels, more than" in text or "decompression bomb" in text:
-            raise BadRequest(413, f"{name}: too many pixels for this server's pixel budget of {limits.max_pixels:,} "
-                                  f"per image (--max-pixels): {text}") from None
-        if isinstance(err.__cause__, UnidentifiedImageError):
-            raise BadRequest(400, f"{name}: not an image (Pillow knows no image format that starts this way); send "
-                                  "a JPEG, PNG or WebP file") from None
-        raise BadRequest(400, f"{name}: a truncated or corrupt image ({err.__cause__ or text}); send the whole, "
+        raise BadRequest(400, f"{name}: a truncated or corrupt image ({err.__cause__ or err}); send the whole, "
                               "intact file") from None
-    with Image.open(io.BytesIO(data)) as probe:
-        suffix = _FORMATS.get(probe.format or "", ".img")
     return Upload(name, image, data, suffix)
 
 
@@ -111,10 +116,6 @@ def parse_flag(value: str, name: str) -> bool:
     if value in ("1", "true"):
         return True
     raise BadRequest(422, f"{name}={value[:40]!r}: must be 0 or 1")
-
-
-def retry_after_header(seconds: int) -> Tuple[str, str]:
-    return ("Retry-After", str(max(1, int(seconds))))
 
 
 def parse_places(text: Optional[str], count: int) -> Optional[List]:

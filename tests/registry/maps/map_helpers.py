@@ -71,4 +71,4 @@ if __name__ == "__main__":  # python map_helpers.py build|add MAP WEIGHTS DIE_AF
     if action == "build":
         Map.build(folder, files, model=MODEL, pretrained=weights, index="flat", chunk_size=4, progress=False)
     else:
-        Map.open(folder).add(files)
+        Map.open(folder).add(files, progress=False)

@@ -2,7 +2,6 @@
 a real loopback socket, in this process (uvicorn in a thread) or in a child process (`vpr serve`)."""
 from __future__ import annotations
 
-import io
 import os
 import socket
 import subprocess
@@ -36,7 +35,7 @@ def write_images(folder: Path, n: int, seed: int = 0, start: int = 0) -> List[st
     return paths
 
 
-def build_map(folder: Path, images: List[str]):
+def build_map(folder: Path, images: List[str], chunk_size: int = 256):
     import torch
 
     import registry
@@ -45,7 +44,8 @@ def build_map(folder: Path, images: List[str]):
     weights = folder.parent / f"{folder.name}-weights"
     torch.manual_seed(0)
     registry.create(MODEL).save_pretrained(weights)
-    return Map.build(folder, images, model=MODEL, pretrained=str(weights), index="flat", progress=False)
+    return Map.build(folder, images, model=MODEL, pretrained=str(weights), index="flat", chunk_size=chunk_size,
+                     progress=False)
 
 
 def free_port() -> int:
@@ -98,23 +98,29 @@ def serve(folder, **options) -> Running:
     return Running(create_app(folder, **options))
 
 
+def child_env() -> dict:
+    """The environment of a child process: one thread, this checkout and tests/registry (tiny_gem) importable."""
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(REPO / "tests" / "registry"), str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+
 class Child:
-    """`vpr serve MAP` in a child process on a free loopback port."""
+    """`vpr serve MAP` in a child process on a free loopback port; its log goes to a file beside the map."""
 
     def __init__(self, folder, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-            [str(REPO / "tests" / "registry"), str(REPO), os.environ.get("PYTHONPATH", "")]))
-        self.log = io.BytesIO()
-        self.proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "serve", str(folder), "--port",
-                                      str(self.port), "--plugin", PLUGIN, *args], env=env, cwd=REPO,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = child_env()
+        self.log = Path(folder).parent / f"serve-{self.port}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "serve", str(folder), "--port",
+                                          str(self.port), "--plugin", PLUGIN, *args], env=env, cwd=REPO,
+                                         stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_ready(self.url, lambda: self.proc.poll() is None)
-        except AssertionError:
+        except AssertionError as err:
             self.stop()
-            raise AssertionError(self.proc.stderr.read().decode(errors="replace")[-3000:]) from None
+            raise AssertionError(f"{err}: {self.log.read_text(errors='replace')[-3000:]}") from None
 
     def stop(self) -> None:
         if self.proc.poll() is None:

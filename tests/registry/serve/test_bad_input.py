@@ -122,15 +122,48 @@ def test_a_full_queue_answers_503_with_retry_after_and_serves_again_once_drained
         second.start()
         _wait(lambda: service.batcher.depth() == 1)
         refused = requests.post(s.url + "/v1/localize", files=files(images[2]), timeout=60)
+        alive = requests.get(s.url + "/healthz", timeout=5)  # the event loop answers while the batch encodes
         gate.set()
         first.join(60)
         second.join(60)
         service.map.encode = encode
         after = requests.post(s.url + "/v1/localize", files=files(images[3]), timeout=60)
-    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1 and alive.status_code == 200
     assert "at most 1 may wait (--queue)" in refused.json()["error"]
     assert answers["encoding"].status_code == 200 and answers["queued"].status_code == 200
     assert after.status_code == 200 and after.json()["results"][0]["matches"][0]["row"] == 3
+
+
+def test_a_new_stream_beyond_max_streams_answers_503_with_retry_after_and_old_streams_go_on(tiny_map):
+    folder, images = tiny_map
+    with serve(folder, max_streams=1, stream_ttl=120) as s:
+        first = requests.post(s.url + "/v1/localize", params={"stream": "a"}, files=files(images[0]), timeout=60)
+        refused = requests.post(s.url + "/v1/localize", params={"stream": "b"}, files=files(images[1]), timeout=60)
+        plain = requests.post(s.url + "/v1/localize", files=files(images[1]), timeout=60)
+        again = requests.post(s.url + "/v1/localize", params={"stream": "a"}, files=files(images[1]), timeout=60)
+    assert first.status_code == 200 and plain.status_code == 200
+    assert refused.status_code == 503 and 110 <= int(refused.headers["Retry-After"]) <= 120
+    assert "all 1 streams (--max-streams) are in use" in refused.json()["error"]
+    assert again.json()["results"][0]["sequence"]["frames"] == 2
+
+
+def test_an_encode_call_that_fails_answers_500_naming_it_and_the_next_request_is_served(tiny_map):
+    folder, images = tiny_map
+    with serve(folder) as s:
+        encode = s.service.map.encode
+
+        def broken(batch):
+            raise RuntimeError("the runtime lost its device")
+
+        s.service.map.encode = broken
+        failed = requests.post(s.url + "/v1/localize", files=files(images[0]), timeout=60)
+        s.service.map.encode = encode
+        after = requests.post(s.url + "/v1/localize", files=files(images[0]), timeout=60)
+        text = requests.get(s.url + "/metrics", timeout=10).text
+    assert 'vpr_errors_total{route="/v1/localize",status="500"} 1.0' in text
+    assert failed.status_code == 500
+    assert "RuntimeError: the runtime lost its device" in failed.json()["error"]
+    assert after.status_code == 200 and after.json()["results"][0]["matches"][0]["row"] == 0
 
 
 def _wait(condition, timeout=30.0):

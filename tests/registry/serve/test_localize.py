@@ -131,7 +131,7 @@ def test_readyz_says_503_while_the_map_loads_and_names_a_map_that_cannot_be_open
         wait_ready(s.url, lambda: True)
         late = requests.post(s.url + "/v1/localize", files=files(images[0]), timeout=60)
     assert loading.status_code == 503 and loading.headers["Retry-After"] and "loading" in loading.json()["error"]
-    assert early.status_code == 503 and "still loading" in early.json()["error"]
+    assert early.status_code == 503 and "still loading" in early.json()["error"] and early.headers["Retry-After"]
     assert late.status_code == 200
     broken = tmp_path / "not-a-map"
     broken.mkdir()
