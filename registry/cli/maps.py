@@ -138,11 +138,15 @@ def _add(args: AddOptions) -> int:
 
 
 def _query(args: QueryOptions) -> int:
+    import numpy as np
+
     from ..maps import Map
+    from ..maps.core import ENCODE_BATCH
 
     m = Map.open(args.map)
     k = m.check_k(args.k)
-    descriptors = m.encode(args.image)
+    descriptors = np.concatenate([m.encode(args.image[i : i + ENCODE_BATCH])
+                                  for i in range(0, len(args.image), ENCODE_BATCH)])
     single = m.search(descriptors, k)
     sequence: List[Any] = [None] * len(single)
     if args.sequence is not None:

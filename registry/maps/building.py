@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence
 
@@ -85,8 +84,8 @@ def build_map(folder: Path, images: List[str], model: str, pretrained: Any, runt
         raise MapError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     label = engine.pretrained_label(pretrained)
     with writer_lock(folder):
-        args = {"model": model, "pretrained": label, "runtime": runtime, "index": asdict(requested),
-                "chunk_size": chunk_size, "images": len(images)}
+        args = {"model": model, "pretrained": label, "runtime": runtime, "chunk_size": chunk_size,
+                "images": len(images)}  # what the store depends on: the index may change on a rerun
         recorded = _check_build_args(folder, args)
         net, source = engine.model_for_build(folder, model, pretrained, recorded)
         if recorded is None:
@@ -108,5 +107,9 @@ def new_index(store: MapStore, requested: IndexSpec) -> PlaceIndex:
     """A PlaceIndex of every row of `store` (its descriptors and typed place ids, in row order). The rows are added
     as an array, not as the store: the manifest, not the index, pins the store version the map reads."""
     index = PlaceIndex(store.dim, requested)
-    index.add(np.asarray(store.descriptors), places=store.places)
+    try:
+        index.add(np.asarray(store.descriptors), places=store.places)
+    except ValueError as err:  # an index kind that cannot be trained on this few images
+        raise MapError(f"cannot build the {requested.kind} index of {store.count} images: {err}; the extracted store "
+                       f"is kept, rerun with another --index (auto picks one that fits)") from None
     return index

@@ -26,6 +26,7 @@ from .match import Match
 
 PathLike = Union[str, os.PathLike]
 MAX_K = 100
+ENCODE_BATCH = 32  # images per runtime call where a call may hold many (a route, a command line)
 DEFAULT_CHUNK = 256
 _STORE_ERRORS = (FileNotFoundError, StoreMismatchError)
 
@@ -93,11 +94,24 @@ class Map:
 
     def reload_if_changed(self) -> bool:
         """Re-open this map when another process has committed a newer version; whether it did."""
-        if read_manifest(self.folder)["store"]["version"] == self.version:
+        manifest = read_manifest(self.folder)
+        if manifest["store"]["version"] == self.version:
             return False
-        fresh = Map.open(self.folder)
-        self.__dict__.update(fresh.__dict__)
+        self._reopen(manifest)
         return True
+
+    def _reopen(self, manifest: Dict[str, Any]) -> None:
+        """Read the version `manifest` names: the same runtime where the model and runtime files are the ones this
+        object runs on (an add changes only the store and the index), else the whole map opened again."""
+        same = all(manifest[key] == self.manifest[key] for key in ("files", "config_hash", "runtime", "model"))
+        if not same:
+            self.__dict__.update(Map.open(self.folder).__dict__)
+            return
+        store = _open_store(self.folder, manifest)
+        engine.check_config_hash(self.folder, None, manifest, store.meta)
+        fresh = Map(self.folder, manifest, self.runtime, store, _open_index(self.folder, manifest, store.count),
+                    self._model)
+        self.__dict__.update(fresh.__dict__)
 
     def add(self, images: Sequence[PathLike], places: Optional[Sequence[Any]] = None,
             coords: Optional[Any] = None, progress: bool = True) -> int:
@@ -107,8 +121,7 @@ class Map:
         from .growing import add_images
 
         add_images(self, image_paths(images), places, coords, progress)
-        fresh = Map.open(self.folder)
-        self.__dict__.update(fresh.__dict__)
+        self._reopen(read_manifest(self.folder))
         return self.version
 
     # ------------------------------------------------------------------------------------------------ facts
@@ -211,7 +224,9 @@ class Map:
         """Ordered frames (images or paths): per frame, the k best map images by the sequence score over the last
         `length` frames up to it."""
         matcher = self.sequence_matcher(length, k)
-        return [matcher.push(d) for d in self.encode(frames)]
+        frames = list(frames)
+        return [matcher.push(d) for s in range(0, len(frames), ENCODE_BATCH)
+                for d in self.encode(frames[s : s + ENCODE_BATCH])]
 
     def heatmap(self, image: Any):
         """(h, w) float32 in [0, 1]: where the model looks in `image` (attention maps where the aggregator has them,

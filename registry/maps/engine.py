@@ -90,16 +90,20 @@ def open_runtime(folder: Path, kind: str, model: Optional[torch.nn.Module]) -> R
     return runtime
 
 
-def check_config_hash(folder: Path, runtime: Runtime, manifest: Dict[str, Any], store_meta: Dict[str, Any]) -> None:
+def check_config_hash(folder: Path, runtime: Optional[Runtime], manifest: Dict[str, Any],
+                      store_meta: Dict[str, Any]) -> None:
     """MapError naming both models when the runtime (or the store) is not the model the map's descriptors came from:
-    a query encoded by another model would be compared with descriptors it never made."""
-    got = model_config_hash(runtime)
+    a query encoded by another model would be compared with descriptors it never made. Without a runtime only the
+    store is checked against the manifest (a runtime checked already)."""
     want = manifest["config_hash"]
     store_hash = store_meta.get("config_hash")
     if store_hash != want:
         raise MapError(f"{folder}: its store holds descriptors of {store_meta.get('model')} (config hash "
                        f"{str(store_hash)[:12]}), its manifest says {manifest['model']} (config hash {want[:12]}): the "
                        "folder mixes two maps; rebuild it with `vpr map build`")
+    if runtime is None:
+        return
+    got = model_config_hash(runtime)
     if got != want:
         raise MapError(f"{folder} holds descriptors of {manifest['model']} ({manifest['runtime']}, config hash "
                        f"{want[:12]}), but the model it would query with is {runtime.name} ({runtime.kind}, config "

@@ -181,3 +181,23 @@ def test_other_images_than_a_stopped_build_had_are_refused(weights, images, tmp_
     (folder / BUILD_ARGS).write_text(json.dumps({"model": MODEL, "pretrained": "x"}))
     with pytest.raises(MapError, match="holds a stopped build with other"):
         Map.build(folder, images[:4], model=MODEL, pretrained=weights, index="flat", progress=False)
+
+
+def test_a_map_of_a_bundled_release_records_its_source_and_opens_from_its_own_copy(images, tmp_path):
+    m = Map.build(tmp_path / "map", images[:4], model="gem_vgg16", pretrained=True, index="flat", progress=False)
+    assert m.manifest["source"] == "bundled:gem_vgg16.nordland" and m.manifest["pretrained"] == "true"
+    again = Map.open(tmp_path / "map")
+    release = registry.create("gem_vgg16", pretrained=True)
+    assert again.runtime.model.config["source"] == "bundled:gem_vgg16.nordland"
+    assert again.dim == release.descriptor_dim == 256
+    want = extract_descriptors(release, images[:4], device="cpu", progress=False)
+    np.testing.assert_allclose(again.database(), want, atol=1e-5)  # the release's own descriptors
+    assert [x.row for x in again.query([images[2]], k=1)[0]] == [2]
+
+
+def test_an_index_that_cannot_be_trained_on_the_map_is_refused_and_a_rerun_with_another_finishes(weights, images,
+                                                                                                   tmp_path):
+    with pytest.raises(MapError, match="cannot build the ivfpq index of 6 images.*rerun with another --index"):
+        Map.build(tmp_path / "map", images[:6], model=MODEL, pretrained=weights, index="ivfpq", progress=False)
+    m = Map.build(tmp_path / "map", images[:6], model=MODEL, pretrained=weights, index="flat", progress=False)
+    assert m.count == 6 and m.info()["index"]["kind"] == "flat"

@@ -52,7 +52,9 @@ def test_a_reader_keeps_its_version_until_it_reloads(weights, images, tmp_path):
     writer.add(images[10:])
     assert reader.count == 10 and _results(reader, images[10:14], k=3)[0] == before[0]
     assert not Map.open(tmp_path / "map").reload_if_changed()
+    runtime = reader.runtime
     assert reader.reload_if_changed() and reader.count == 20 and reader.version == writer.version
+    assert reader.runtime is runtime  # same model files: the runtime is kept, only store and index are read again
     assert [r[0] for r in _results(reader, images[10:14], k=3)[0]] == [10, 11, 12, 13]  # hnsw grew with them
 
 
@@ -132,7 +134,7 @@ def test_ivfpq_grows_without_retraining_and_auto_rebuilds_only_when_its_policy_c
 
 def test_sequence_query_equals_sequence_rankings_on_the_same_descriptors(weights, images, tmp_path):
     m = Map.build(tmp_path / "map", images, model=MODEL, pretrained=weights, index="flat", progress=False)
-    frames = write_images(tmp_path / "frames", 8, seed=5)
+    frames = write_images(tmp_path / "frames", 40, seed=5)  # more than one encode batch (32)
     got = m.sequence_query(frames, k=4, length=3)
     want = sequence_rankings(m.encode(frames), m.store.descriptors[:], 4, SequenceSpec(length=3))
     assert [[x.row for x in r] for r in got] == want.tolist()
@@ -143,3 +145,14 @@ def test_sequence_query_equals_sequence_rankings_on_the_same_descriptors(weights
     assert len(matcher) == 0
     with pytest.raises(MapError, match="sequence length"):
         m.sequence_matcher(0)
+
+
+def test_a_second_writer_is_refused_while_one_holds_the_map(weights, images, tmp_path):
+    from registry.maps.building import writer_lock
+
+    m = Map.build(tmp_path / "map", images[:6], model=MODEL, pretrained=weights, index="flat", progress=False)
+    with writer_lock(tmp_path / "map"):
+        with pytest.raises(MapError, match="another `vpr map build` or `vpr map add` is writing"):
+            m.add(images[6:8])
+        assert Map.open(tmp_path / "map").count == 6  # readers are not affected
+    assert m.add(images[6:8]) and m.count == 8
