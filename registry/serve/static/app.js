@@ -159,7 +159,10 @@ function loadImage(file) {
   return new Promise((resolve, reject) => {
     const url = URL.createObjectURL(file);
     const image = new Image();
-    image.onload = () => resolve(image);
+    image.onload = () => {
+      URL.revokeObjectURL(url);
+      resolve(image);
+    };
     image.onerror = () => reject(new Error(`${file.name}: the browser cannot show this file as an image`));
     image.src = url;
   });
@@ -187,6 +190,7 @@ async function localizeOne(file) {
     $("status").dataset.state = "done";
   } catch (e) {
     renderMatches([]);
+    $("query-view").hidden = true;
     $("status").textContent = "";
     $("status").dataset.state = "error";
     showError(e.message);

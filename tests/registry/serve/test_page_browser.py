@@ -202,6 +202,7 @@ def test_an_api_error_is_shown_as_text_on_the_page(service, browser, tmp_path):
     text = _error_text(browser)
     assert text[:1] == "4" and "image" in text.lower(), text  # "<status>: <the API's message>"
     assert browser.find_elements("css selector", "#matches tbody tr") == []
+    assert not browser.find_element("id", "query-view").is_displayed()
     # the service still answers afterwards: a good image after the bad one
     browser.find_element("id", "query-file").send_keys(str(NORDLAND / "winter" / QUERY))
     assert _wait_state(browser, "status") == "done", _error_text(browser)
