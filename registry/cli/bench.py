@@ -11,7 +11,7 @@ import errno
 import sys
 from typing import Optional, Sequence
 
-from .._options import add_dataclass_arguments
+from .._util.options import add_dataclass_arguments
 from ..bench.config import RunConfig, RunOptions
 from ._command import parser, run_command
 

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .._options import UsageError, add_dataclass_arguments, option, positive_int
+from .._util.options import UsageError, add_dataclass_arguments, option, positive_int
 from ._command import parser, run_command
 
 PROG = "vpr map"

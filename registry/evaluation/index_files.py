@@ -1,5 +1,5 @@
 """A saved PlaceIndex folder: index.faiss and places.json (and, for a disk refine, vectors.f16), written as a whole
-through registry._atomic's staging folder and read back checked before and after faiss reads the index."""
+through registry._util.atomic's staging folder and read back checked before and after faiss reads the index."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .._atomic import folder_mode, fsync_folder, staging_dir
+from .._util.atomic import folder_mode, fsync_folder, staging_dir
 from .faiss_build import _innermost, keep_projection_only
 from .index_spec import AUTO, IndexSpec
 

@@ -16,9 +16,9 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from .. import h5io
-from .._atomic import file_mode, folder_mode, fsync_folder, staging_dir, write_failure
-from .._files import sha256_file
+from .._util import h5io
+from .._util.atomic import file_mode, folder_mode, fsync_folder, staging_dir, write_failure
+from .._util.files import sha256_file
 from ._card import render_model_card
 
 CONFIG = "config.json"

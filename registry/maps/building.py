@@ -11,8 +11,8 @@ from typing import Any, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from .._atomic import atomic_path
-from .._jsonio import BoundedJSONError, read_json
+from .._util.atomic import atomic_path
+from .._util.jsonio import BoundedJSONError, read_json
 from ..evaluation.index import IndexSpec, PlaceIndex
 from ..evaluation.store import MapStore, StoreMismatchError
 from ..evaluation.store_extract import extract_to_store

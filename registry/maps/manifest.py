@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Union
 
-from .._atomic import atomic_path
-from .._jsonio import BoundedJSONError, read_json
+from .._util.atomic import atomic_path
+from .._util.jsonio import BoundedJSONError, read_json
 
 PathLike = Union[str, os.PathLike]
 FORMAT = 1

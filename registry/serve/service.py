@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .._atomic import atomic_path
+from .._util.atomic import atomic_path
 from ..evaluation.sequence import MAX_LENGTH
 from .batcher import Batcher, Encoded
 from .metrics import Metrics

@@ -1,4 +1,4 @@
-"""registry._atomic.atomic_path: files get the user's umask, a real write failure names the file and keeps the
+"""registry._util.atomic.atomic_path: files get the user's umask, a real write failure names the file and keeps the
 earlier one."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from real_faults import write_under_limit
 
-from registry._atomic import atomic_path, file_mode, folder_mode, umask
+from registry._util.atomic import atomic_path, file_mode, folder_mode, umask
 
 
 def _mode(path: Path) -> int:
@@ -43,7 +43,7 @@ def test_the_umask_is_read_without_being_changed(user_umask):
 def test_a_write_past_the_file_size_limit_names_the_file_and_keeps_the_earlier_one(tmp_path):
     target = tmp_path / "data.bin"
     target.write_bytes(b"earlier")
-    result = write_under_limit("from registry._atomic import atomic_path", f"""
+    result = write_under_limit("from registry._util.atomic import atomic_path", f"""
         with atomic_path({str(target)!r}) as tmp:
             tmp.write_bytes(b"x" * (1 << 20))
     """, limit=64 * 1024)
