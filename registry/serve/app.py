@@ -97,8 +97,8 @@ async def _read_uploads(request: Request, service: Service, decode: asyncio.Sema
     except HTTPException as err:
         if err.status_code == 413:
             raise
-        raise BadRequest(400, f"cannot read the multipart form ({err.detail}): send at most {limits.max_files} files "
-                              "in field 'images'") from None
+        raise BadRequest(400, f"cannot read the multipart form ({err.detail}): send 1 to {limits.max_files} image "
+                              "files as multipart/form-data field 'images'") from None
     files = [f for f in form.getlist("images") if hasattr(f, "read")]
     others = sorted({k for k, v in form.multi_items() if hasattr(v, "read") and k != "images"})
     if not files and others:
@@ -196,7 +196,7 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, err: BadRequest) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else {"Retry-After": "2"} \
-            if err.status == 503 else None
+            if err.status in (409, 503) else None
         return _error(err.status, str(err), headers)
 
     @app.exception_handler(QueueFull)

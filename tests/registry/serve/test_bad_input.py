@@ -59,7 +59,7 @@ def _cases():
         ("empty file", dict(files=files(b"", names=["empty.png"])), 400, "empty.png: the file is empty"),
         ("decompression bomb", dict(files=files(_bomb(), names=["bomb.png"])), 413,
          "pixel budget of 1,000,000 per image"),
-        ("17 files", dict(files=files(*[_png()] * 17)), 400, "at most 16 files"),
+        ("17 files", dict(files=files(*[_png()] * 17)), 400, "Maximum number of files is 16"),
         ("no files", dict(), 400, "no image files: send 1 to 16 files"),
         ("files in another field", dict(files=[("photo", ("a.png", _png(), "image/png"))]), 400,
          "field(s) ['photo']: send them in the multipart field 'images'"),
@@ -192,6 +192,8 @@ def test_adding_images_needs_the_token_and_the_added_images_are_found(tiny_map, 
                                    headers=auth)
         not_json = requests.post(s.url + "/v1/map/images", files=files(*new), data={"places": "[1,"}, timeout=60,
                                  headers=auth)
+        busy = _while_another_writer_holds(folder, lambda: requests.post(s.url + "/v1/map/images", files=files(*new),
+                                                                         timeout=60, headers=auth))
         ok = requests.post(s.url + "/v1/map/images", files=files(*new), data={"places": '["dock", 77]'}, timeout=120,
                            headers={"Authorization": "Bearer s3cret-token"})
         after = requests.get(s.url + "/v1/map", timeout=10).json()
@@ -202,14 +204,29 @@ def test_adding_images_needs_the_token_and_the_added_images_are_found(tiny_map, 
     assert wrong.status_code == 403 and "not this server's token" in wrong.json()["error"]
     assert miscounted.status_code == 400 and "a JSON list of 2 place ids" in miscounted.json()["error"]
     assert not_json.status_code == 400 and "'places' field is not JSON" in not_json.json()["error"]
+    assert busy.status_code == 409 and busy.headers["Retry-After"] and "is writing" in busy.json()["error"]
     assert ok.status_code == 200, ok.text
     assert ok.json() == {"added": 2, "version": after["version"]} and after["version"] > before["version"]
     assert after["count"] == before["count"] + 2 == 14
     tops = [res["matches"][0] for res in found["results"]]
     assert [t["row"] for t in tops] == [12, 13] and [t["place"] for t in tops] == ["dock", "77"]
     assert all(t["distance"] < 1e-4 for t in tops)
+    assert len(list((folder / "added_images").iterdir())) == 1  # the refused add kept none of its files
     reopened = Map.open(folder)  # committed: a fresh reader sees it
     assert reopened.count == 14 and reopened.version == after["version"]
+
+
+def _while_another_writer_holds(folder, call):
+    """call() while this test holds the map's writer lock as another `vpr map add` would."""
+    import fcntl
+    import os
+
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return call()
+    finally:
+        os.close(fd)
 
 
 def test_without_the_serve_extra_create_app_and_vpr_serve_name_the_extra(tiny_map, monkeypatch, capsys):
