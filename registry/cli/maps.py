@@ -162,16 +162,18 @@ def _query(args: QueryOptions) -> int:
         print(result["name"])
         _print_matches("  ", result["matches"])
         if result["sequence"] is not None:
-            print(f"  sequence of the last {result['sequence']['frames']} frames (score, lower is better):")
-            _print_matches("    ", result["sequence"]["matches"])
+            print(f"  sequence of the last {result['sequence']['frames']} frames (lower is better):")
+            _print_matches("    ", result["sequence"]["matches"], "score")
     return 0
 
 
-def _print_matches(indent: str, matches: List[Dict[str, Any]]) -> None:
+def _print_matches(indent: str, matches: List[Dict[str, Any]], value: str = "distance") -> None:
+    """One line per match: rank, place (left out where the place is the image itself), distance or score, row,
+    image and coordinates."""
     for x in matches:
+        place = "" if x["place"] == x["image"] else f"place {x['place']}  "
         coords = "" if x["coords"] is None else f"  at ({x['coords'][0]:.6g}, {x['coords'][1]:.6g})"
-        print(f"{indent}{x['rank']}. place {x['place']}  distance {x['distance']:.4f}  row {x['row']}  "
-              f"{x['image']}{coords}")
+        print(f"{indent}{x['rank']}. {place}{value} {x['distance']:.4f}  row {x['row']}  {x['image']}{coords}")
 
 
 def _info(args: InfoOptions) -> int:

@@ -1,10 +1,11 @@
 """What `vpr map build` / `add` read besides the images: the image list (a folder, or a text file of paths), place
 ids (from the file names, or a CSV) and coordinates (a CSV, or the images' EXIF GPS tags).
 
-Place ids from names (`from-name`): an image in a subfolder of the images folder belongs to the place its folder
-names (`site/kitchen/001.jpg` -> `kitchen`); an image directly in the images folder to the place its file name
-starts with, up to the first `_` (`0042_b.jpg` -> `0042`; `hall.jpg` -> `hall`). Ids that are all digits become
-integers when every id of the map is (a map of integer ids takes only integer ids).
+Place ids from names (`from-name`): an image in a subfolder of the images folder (the folder given, or for a list
+the deepest folder holding every listed image) belongs to the place its folder names (`site/kitchen/001.jpg` ->
+`kitchen`); an image directly in the images folder to the place its file name starts with, up to the first `_`
+(`0042_b.jpg` -> `0042`; `hall.jpg` -> `hall`). Ids that are all digits become integers when every id of the map
+is (a map of integer ids takes only integer ids).
 
 CSV files (`csv:FILE`) have a header row with an `image` column (the file's path relative to the images folder,
 its absolute path, or its bare file name where that is unique) and `place`, or `lat` and `lon`, or `utm_east` and
@@ -29,8 +30,9 @@ _GPS_IFD, _LAT_REF, _LAT, _LON_REF, _LON = 0x8825, 1, 2, 3, 4
 
 
 def list_images(source: str) -> Tuple[List[str], Path]:
-    """(image paths, the folder they are relative to) of a folder (its image files, recursively, sorted) or of a
-    text file listing one path a line (relative to the file's folder; blank lines and `#` comments skipped)."""
+    """(image paths, the images folder) of a folder (its image files, recursively, sorted; the folder itself) or of
+    a text file listing one path a line (relative to the file's folder; blank lines and `#` comments skipped; the
+    images folder is the deepest folder holding every listed image)."""
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -46,7 +48,7 @@ def list_images(source: str) -> Tuple[List[str], Path]:
     if not files or missing:
         problem = f"lists {missing[0]}, which does not exist" if missing else "lists no image"
         raise MapError(f"--images {source} {problem}: list one image path a line (relative to the list's folder)")
-    return files, path.parent
+    return files, Path(os.path.commonpath([os.path.abspath(Path(f).parent) for f in files]))
 
 
 def _read_text(path: Path) -> str:

@@ -102,7 +102,8 @@ def test_query_sequence_treats_the_images_as_ordered_frames(weights, images, tmp
     assert [r["sequence"]["matches"] for r in results] == [[x.as_dict() for x in f] for f in want]
     assert [r["sequence"]["frames"] for r in results] == [1, 2, 3, 3, 3]
     status, out, _ = _vpr(capsys, "query", tmp_path / "map", *frames[:2], "--sequence", "3")
-    assert status == 0 and "sequence of the last 2 frames" in out
+    assert status == 0 and "sequence of the last 2 frames" in out and "1. score " in out
+    assert "place " not in out  # a map without place ids: the image is the place, printed once
 
 
 def test_problems_with_the_map_or_its_input_are_one_line_and_exit_2(weights, images, tmp_path, capsys):
@@ -132,3 +133,40 @@ def test_problems_with_the_map_or_its_input_are_one_line_and_exit_2(weights, ima
     assert status == 2 and "--places by-magic: use from-name or csv:FILE" in err
     assert main(["map", "frobnicate"]) == 2 and "unknown action 'frobnicate'" in capsys.readouterr().err
     assert Map.open(folder).count == 20  # nothing above changed the map
+
+
+def test_place_ids_from_names_in_a_folder_and_in_a_list(tmp_path):
+    from registry.maps import inputs
+
+    flat = write_images(tmp_path / "flat", 2)
+    for old, new in zip(flat, ("0042_a.png", "hall.png")):
+        Path(old).rename(tmp_path / "flat" / new)
+    files, root = inputs.list_images(str(tmp_path / "flat"))
+    assert inputs.places_from_names(files, root) == ["0042", "hall"]
+    nested = tmp_path / "site"
+    for place in ("7", "12"):
+        write_images(nested / place, 1)
+    listing = tmp_path / "list.txt"
+    listing.write_text("site/7/000.png\nsite/12/000.png\n")
+    files, root = inputs.list_images(str(listing))
+    assert root == nested and inputs.places_from_names(files, root) == [7, 12]  # all digits: integers
+    assert inputs.places_from_names(files, root, as_int=False) == ["7", "12"]
+    listing.write_text("flat/hall.png\n")
+    files, root = inputs.list_images(str(listing))
+    assert inputs.places_from_names(files, root) == ["hall"]
+
+
+def test_utm_coordinates_from_a_csv_and_a_row_without_numbers(tmp_path):
+    from registry.maps import MapError, inputs
+
+    files = write_images(tmp_path / "imgs", 2)
+    table = tmp_path / "utm.csv"
+    table.write_text("image,utm_east,utm_north\n000.png,500000.5,4649776\n001.png,500010,4649780.25\n")
+    np.testing.assert_array_equal(inputs.coords_from_csv(files, tmp_path / "imgs", str(table)),
+                                  [[500000.5, 4649776.0], [500010.0, 4649780.25]])
+    table.write_text("image,utm_east,utm_north\n000.png,east,4649776\n001.png,1,2\n")
+    with pytest.raises(MapError, match="the row of 000.png has utm_east='east'.*two finite numbers"):
+        inputs.coords_from_csv(files, tmp_path / "imgs", str(table))
+    table.write_text("image,x,y\n000.png,1,2\n")
+    with pytest.raises(MapError, match="neither lat,lon nor utm_east,utm_north"):
+        inputs.coords_from_csv(files, tmp_path / "imgs", str(table))
