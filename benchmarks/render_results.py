@@ -134,6 +134,12 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
                                "benchmarks/bench_sequence.py --out benchmarks/sequence/sequence.json` renders from "
                                "that JSON", "recalls to 0.01 point"),
     "sequence/cost": _copied("sequence.md", "sequence/sequence.md", 1, " (the same run)", "milliseconds to 0.001"),
+    "serve/load": _copied("serve.md", "serve/serve.md", 0, ", which `python benchmarks/bench_serve.py --out "
+                          "benchmarks/serve/serve.json` (with the settings the page gives) renders from that JSON",
+                          "requests/s and latencies to 0.1"),
+    "serve/targets": _copied("serve.md", "serve/serve.md", 1, " (the same run)",
+                             "images/s to 0.1, the ratio to 1%, RSS to 1 MB, its change to 0.1%"),
+    "serve/faults": _copied("serve.md", "serve/serve.md", 2, " (the same run)", "seconds to 0.1"),
     "map_scale/measured": ScriptTable("map-scale.md", MAP_SCALE_MD, 0, (
         "*Copied by `python benchmarks/render_results.py` from `benchmarks/map_scale/map_scale.md`, which `python "
         "benchmarks/bench_map_scale.py measure` (or `report`) renders from `benchmarks/map_scale/map_scale.json`. "
