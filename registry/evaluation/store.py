@@ -2,28 +2,32 @@
 
 Lance (https://lancedb.github.io/lance/) gives what a map needs from storage: every write is an atomic, versioned
 commit (a killed or failed write leaves the last commit as it was), concurrent writers are serialised by its commit
-protocol, rows are read back at random quickly (a PlaceIndex's shortlist), and distributed writers write data
-fragments that one commit joins. The dataset's schema metadata records the model's config hash, the input size, the
-image list's hash and the type of the place ids (ints come back as ints, anything else as strings). This module
-reads stores and writes their commits; store_extract fills them (one committed chunk at a time, resumable, under
-torchrun too).
+protocol (a store is created by renaming a staged one into place, so of two creators exactly one wins), rows are
+read back at random quickly (a PlaceIndex's shortlist), and distributed writers write data fragments that one commit
+joins. The dataset's schema metadata records the model's config hash, the input size, the image list's hash and the
+type of the place ids (ints come back as ints, anything else as strings). This module reads stores and writes their
+commits; store_extract fills them (one committed chunk at a time, resumable, under torchrun too).
 
 A folder of meta.json + descriptors.npy (a memory-mapped descriptor store) is refused, not converted: a store is
 cheap to rebuild; delete the folder and extract again.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
+
+from .._atomic import folder_mode, fsync_folder, leftovers, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -281,32 +285,49 @@ def check_reference(ref: Dict[str, Any], moved_to: Optional[PathLike], index_fol
     return {**ref, "path": str(path.resolve())}
 
 
-def _create(folder: Path, dim: int, count: int, meta: Dict[str, Any]) -> None:
-    """An empty store with its metadata (one commit); a concurrent creator wins or loses as a whole."""
+STALE_STAGE_S = 600.0  # a staged create older than this is a killed creator's: creating takes milliseconds
+
+
+def _create(folder: Path, dim: int, count: int, meta: Dict[str, Any]) -> bool:
+    """An empty store with its metadata, built in a staging folder beside `folder` and renamed onto it: the rename
+    succeeds only while `folder` is absent or empty, so of two creators at the same instant exactly one wins and the
+    other finds the winner's store (whose metadata it then checks). True when this call created the store."""
     lance, _ = _lance()
+    _remove_stale_stages(folder)
     schema = _schema(dim, {**meta, "format": FORMAT, "count": count, "dim": dim, "store_id": uuid.uuid4().hex})
+    stage = staging_dir(folder)
     try:
-        lance.write_dataset(schema.empty_table(), str(folder), mode="create")
-    except OSError as err:
-        if "already exists" in str(err) or "onflict" in str(err):  # another writer created it first: its metadata
-            return  # is checked next
-        raise _as_os_error(err, folder, "create") from err
+        try:
+            lance.write_dataset(schema.empty_table(), str(stage), mode="create")
+        except OSError as err:
+            raise _as_os_error(err, folder, "create") from err
+        os.chmod(stage, folder_mode())
+        try:
+            os.rename(stage, folder)  # atomic; refused when folder holds anything (another creator's store)
+        except OSError as err:
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return False
+            raise _as_os_error(err, folder, "create") from err
+        fsync_folder(folder.parent)
+        return True
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove_stale_stages(folder: Path) -> None:
+    """Staging folders of `folder` that a killed creator left (older than STALE_STAGE_S; a live creator's is
+    milliseconds old and kept, so removing never races with a create in progress)."""
+    now = time.time()
+    for stage in leftovers(folder.parent, folder):
+        try:
+            if now - stage.stat().st_mtime > STALE_STAGE_S:
+                shutil.rmtree(stage, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _committed(folder: Path) -> bool:
     return (folder / "_versions").is_dir() and any((folder / "_versions").iterdir())
-
-
-def _open_when_committed(folder: Path, wait_s: float = 30.0) -> MapStore:
-    """The store, once its creating commit is visible (another process may be committing it right now)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return MapStore(folder)
-        except FileNotFoundError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def _write_fragments(folder: Path, dim: int, meta: Dict[str, Any], rows: np.ndarray, images: Sequence[str],
