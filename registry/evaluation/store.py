@@ -13,6 +13,7 @@ cheap to rebuild; delete the folder and extract again.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -23,11 +24,19 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from .._atomic import folder_mode, fsync_folder, leftovers, staging_dir
+from .store_damage import (
+    StoreDamagedError,
+    check_fragments,
+    clear_uncommitted,
+    committed,
+    diagnose,
+    uncommitted_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +125,10 @@ class MapStore:
                                      "are not converted: delete the folder and extract again (it is cheap to rebuild)")
         if not (self.folder / "_versions").is_dir():
             raise FileNotFoundError(f"{self.folder} is not a map store (no Lance dataset there)")
-        try:
+        if not committed(self.folder):
+            raise uncommitted_error(self.folder)
+        with self._reading():
             self._ds = lance.dataset(str(self.folder), version=version)
-        except (OSError, ValueError) as err:
-            raise FileNotFoundError(f"{self.folder} is not a readable map store: {err}") from None
         raw = (self._ds.schema.metadata or {}).get(b"clusvpr_map")
         if raw is None:
             raise StoreMismatchError(f"{self.folder} is a Lance dataset but not a map store (no clusvpr_map metadata)")
@@ -128,7 +137,9 @@ class MapStore:
         except (ValueError, RecursionError):
             self.meta = None
         self._check_meta()
-        rows = self._ds.to_table(columns=["row"]).column("row").to_numpy()
+        check_fragments(self.folder, self._ds, self.meta.get("store_id"))
+        with self._reading():
+            rows = self._ds.to_table(columns=["row"]).column("row").to_numpy()
         count = int(self.meta["count"])
         if len(rows) and (rows.min() < 0 or rows.max() >= count):
             raise StoreMismatchError(f"{self.folder} holds row numbers outside 0..{count - 1}: not written by this "
@@ -139,6 +150,17 @@ class MapStore:
         self._done = first >= 0
         self._offsets = first[self._done] if self.complete else first
         self._columns: Dict[str, list] = {}
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Lance's errors reading this store (a missing, damaged or foreign fragment or manifest) as one
+        StoreDamagedError naming the store, the file and the fix."""
+        try:
+            yield
+        except (StoreMismatchError, StoreDamagedError):
+            raise
+        except (OSError, ValueError) as err:
+            raise diagnose(self.folder, err) from None
 
     def _check_meta(self) -> None:
         """The clusvpr_map metadata's fields (types, ranges) and its dim against the schema's descriptor width, before
@@ -196,13 +218,15 @@ class MapStore:
     def _take(self, positions: np.ndarray) -> np.ndarray:
         if len(positions) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
-        got = self._ds.take(positions, columns=["descriptor"]).column("descriptor").combine_chunks()
+        with self._reading():
+            got = self._ds.take(positions, columns=["descriptor"]).column("descriptor").combine_chunks()
         return got.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.dim).astype(np.float32, copy=False)
 
     def _column(self, name: str) -> list:
         self._need_complete()
         if name not in self._columns:
-            values = self._ds.to_table(columns=[name]).column(name).to_pylist()
+            with self._reading():
+                values = self._ds.to_table(columns=[name]).column(name).to_pylist()
             self._columns[name] = [values[i] for i in self._offsets]
         return self._columns[name]
 
@@ -273,7 +297,7 @@ def check_reference(ref: Dict[str, Any], moved_to: Optional[PathLike], index_fol
                                 "gone (moved or deleted): pass its new folder, PlaceIndex.load(..., store=FOLDER)")
     try:
         store = MapStore(path)
-    except (FileNotFoundError, StoreMismatchError) as err:
+    except (FileNotFoundError, StoreMismatchError, StoreDamagedError) as err:
         raise StoreChangedError(f"the index in {index_folder} was built from the map store {ref['path']}; {path} is "
                                 f"not that store: {err}") from None
     if store.meta.get("store_id") != ref["store_id"]:
@@ -294,6 +318,7 @@ def _create(folder: Path, dim: int, count: int, meta: Dict[str, Any]) -> bool:
     other finds the winner's store (whose metadata it then checks). True when this call created the store."""
     lance, _ = _lance()
     _remove_stale_stages(folder)
+    clear_uncommitted(folder)  # what a create killed before its first commit left (a half-written manifest)
     schema = _schema(dim, {**meta, "format": FORMAT, "count": count, "dim": dim, "store_id": uuid.uuid4().hex})
     stage = staging_dir(folder)
     try:
@@ -327,7 +352,7 @@ def _remove_stale_stages(folder: Path) -> None:
 
 
 def _committed(folder: Path) -> bool:
-    return (folder / "_versions").is_dir() and any((folder / "_versions").iterdir())
+    return committed(folder)
 
 
 def _write_fragments(folder: Path, dim: int, meta: Dict[str, Any], rows: np.ndarray, images: Sequence[str],
@@ -358,6 +383,9 @@ def _commit(folder: Path, fragments: list) -> None:
         return
     try:
         version = lance.dataset(str(folder)).version
+    except (OSError, ValueError) as err:
+        raise diagnose(folder, err) from None
+    try:
         lance.LanceDataset.commit(str(folder), lance.LanceOperation.Append(fragments), read_version=version)
     except OSError as err:
         raise _as_os_error(err, folder, "commit to") from err
