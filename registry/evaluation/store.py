@@ -117,7 +117,9 @@ class MapStore:
     """An opened map store at one version: `descriptors` (an (N, D) array-like in image order), `images`, `places`,
     `coords`; `complete` once every image's row is committed. Read-only; extract_to_store writes."""
 
-    def __init__(self, folder: PathLike, version: Optional[int] = None) -> None:
+    def __init__(self, folder: PathLike, version: Optional[int] = None, expected_count: Optional[int] = None) -> None:
+        """`expected_count`: the number of images the caller's store is for; a store whose metadata says otherwise
+        is refused before anything is read or sized from that metadata."""
         lance, _ = _lance()
         self.folder = Path(folder)
         if (self.folder / "meta.json").is_file() and (self.folder / "descriptors.npy").exists():
@@ -137,18 +139,19 @@ class MapStore:
         except (ValueError, RecursionError):
             self.meta = None
         self._check_meta()
+        if expected_count is not None and self.count != expected_count:
+            raise StoreMismatchError(f"map store {self.folder} holds {self.count} other images than the "
+                                     f"{expected_count} asked for (its metadata count, checked before anything is "
+                                     "read): pass another store folder or delete this one")
         check_fragments(self.folder, self._ds, self.meta.get("store_id"))
         with self._reading():
             rows = self._ds.to_table(columns=["row"]).column("row").to_numpy()
-        count = int(self.meta["count"])
-        if len(rows) and (rows.min() < 0 or rows.max() >= count):
-            raise StoreMismatchError(f"{self.folder} holds row numbers outside 0..{count - 1}: not written by this "
-                                     "package; delete it and extract again")
-        first = np.full(count, -1, dtype=np.int64)
-        order = np.arange(len(rows))[::-1]  # a row committed twice (two writers of one model): keep the first
-        first[rows[order]] = order
-        self._done = first >= 0
-        self._offsets = first[self._done] if self.complete else first
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
+            raise StoreMismatchError(f"{self.folder} holds row numbers outside 0..{self.count - 1}: not written by "
+                                     "this package; delete it and extract again")
+        # sized from the rows there, never from the metadata count: a row committed twice (two writers of one
+        # model) keeps its first position
+        self._rows, self._offsets = np.unique(rows, return_index=True)
         self._columns: Dict[str, list] = {}
 
     @contextlib.contextmanager
@@ -201,18 +204,19 @@ class MapStore:
         return -(-self.count // self.chunk_size)
 
     def missing_chunks(self) -> List[int]:
-        """Chunks with a row not yet committed (all of them in a fresh store)."""
-        pad = np.ones(self.num_chunks * self.chunk_size, dtype=bool)
-        pad[: self.count] = self._done
-        return [int(c) for c in np.flatnonzero(~pad.reshape(-1, self.chunk_size).all(axis=1))]
+        """Chunks with a row not yet committed (all of them in a fresh store): a list of num_chunks at most."""
+        chunks, have = np.unique(self._rows // self.chunk_size, return_counts=True)
+        full = np.minimum(self.chunk_size, self.count - chunks * self.chunk_size)
+        done = set(chunks[have == full].tolist())
+        return [c for c in range(self.num_chunks) if c not in done]
 
     @property
     def complete(self) -> bool:
-        return bool(self._done.all())
+        return len(self._rows) == self.count
 
     def _need_complete(self) -> None:
         if not self.complete:
-            raise ValueError(f"map store {self.folder} is incomplete ({int(self._done.sum())} of {self.count} rows): "
+            raise ValueError(f"map store {self.folder} is incomplete ({len(self._rows)} of {self.count} rows): "
                              "run the extraction again to finish it")
 
     def _take(self, positions: np.ndarray) -> np.ndarray:
@@ -282,7 +286,7 @@ class MapStore:
 def open_store(folder: PathLike, images: Optional[Sequence[str]] = None, config_hash: Optional[str] = None,
                what: str = "this model") -> MapStore:
     """A store opened read-only (its latest commit), checked against `images` and `config_hash` when given."""
-    store = MapStore(folder)
+    store = MapStore(folder, expected_count=None if images is None else len(images))
     if images is not None and config_hash is not None:
         store.check([str(p) for p in images], config_hash, what)
     return store

@@ -300,3 +300,36 @@ def test_a_killed_creators_staging_folder_is_removed_and_a_live_one_kept(images,
     extract_to_store(TinyEncoder(), images, tmp_path / "store", chunk_size=8, device="cpu", progress=False)
     assert not stale.exists() and live.is_dir()
     assert open_store(tmp_path / "store").complete
+
+
+COUNT_SETUP = """
+import sys
+from pathlib import Path
+from registry.evaluation import extract_to_store, open_store, StoreMismatchError
+from tiny_encoder import TinyEncoder
+images = sorted(str(p) for p in Path(sys.argv[1]).glob("*.png"))
+warm = open_store(sys.argv[3])  # Lance's threads started before the cap
+"""
+
+
+def test_a_store_metadata_count_far_beyond_its_rows_is_refused_or_opened_without_sizing_from_it(images, tmp_path):
+    """Metadata count 1.5e8 in a store of 18 rows (a real Lance commit; before: 3.0 GB and 9.5 s in open_store),
+    loaded in a child whose address space may grow by 512 MiB: opened for its images or extracted into, it is
+    StoreMismatchError naming both counts; opened alone, an incomplete store of 18 rows, nothing sized from the
+    count."""
+    from memory_cap import run_capped
+
+    model = TinyEncoder()
+    extract_to_store(model, images, tmp_path / "store", chunk_size=8, device="cpu", progress=False)
+    extract_to_store(model, images, tmp_path / "warm", chunk_size=8, device="cpu", progress=False)
+    _with_meta(tmp_path / "store", count=150_000_000)
+    folders = [str(tmp_path / name) for name in ("images", "store", "warm")]
+    argv = f"import sys\nsys.argv[1:] = {folders!r}\n"
+    for run in ("open_store(sys.argv[2], images, 'x')",
+                "extract_to_store(TinyEncoder(), images, sys.argv[2], chunk_size=8, device='cpu', progress=False)"):
+        got = run_capped(argv + COUNT_SETUP, run, 512 << 20, paths=[HERE])
+        assert got["raised"] == "StoreMismatchError", got
+        assert "holds 150000000 other images than the 18 asked for (its metadata count" in got["message"]
+    got = run_capped(argv + COUNT_SETUP, "s = open_store(sys.argv[2])\nresult = (s.complete, s.count)\n"
+                     "s.descriptors", 512 << 20, paths=[HERE])
+    assert got["raised"] == "ValueError" and "is incomplete (18 of 150000000 rows)" in got["message"], got
