@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from .._atomic import folder_mode, fsync_folder, staging_dir
+from .._jsonio import read_json
 from .faiss_build import _innermost, keep_projection_only
 from .index_spec import AUTO, IndexSpec
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 2  # places.json format: 2 adds the metric change (L2 for ivfpq / hnsw), refine and the disk vectors
 META, INDEX = "places.json", "index.faiss"
-_META_LIMIT = 1 << 30  # places.json read at most this far when deciding whether a folder is a saved index
+_META_LIMIT = 1 << 30  # places.json holds one id per place: a few hundred MB for millions of places
 
 
 class IndexFileError(ValueError):
@@ -86,9 +87,8 @@ def _check_replaceable(folder: Path) -> None:
         problem = f"it has no {INDEX if META in names else META}"
     else:
         try:
-            with open(folder / META, "rb") as fh:
-                meta = json.loads(fh.read(_META_LIMIT))
-        except (OSError, ValueError, RecursionError):
+            meta = read_json(folder / META, max_bytes=_META_LIMIT)
+        except (OSError, ValueError):
             meta = None
         fmt = meta.get("format") if isinstance(meta, dict) else None
         if not (isinstance(fmt, int) and not isinstance(fmt, bool) and 1 <= fmt <= FORMAT
@@ -155,10 +155,7 @@ def _swap_in(stage: Path, folder: Path) -> None:
 
 def _read_meta(path: Path) -> Dict[str, Any]:
     """places.json parsed and checked: its fields, their types and the spec's ranges."""
-    try:
-        meta = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise IndexFileError(f"{path} is not valid JSON ({err})") from None
+    meta = read_json(path, max_bytes=_META_LIMIT, error=IndexFileError, fix="save the index again")
     if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict) or not isinstance(meta.get("places"), list):
         raise IndexFileError(f"{path} is not a PlaceIndex description: it needs 'dim', 'spec' and 'places'")
     fmt = meta.get("format", 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -318,3 +319,23 @@ def test_a_places_json_store_field_of_the_wrong_type_is_a_named_error(tmp_path, 
     (folder / "places.json").write_text(json.dumps({**meta, "store": store}))
     with pytest.raises(IndexFileError, match=r"places\.json: " + message):
         PlaceIndex.load(folder)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace('"places": [', '"places": [' + "[" * 50000 + "]" * 50000 + ", ", 1),
+     r"nests 5000\d levels of lists and objects, more than the 32"),
+    (lambda text: text.replace('"dim": 16', '"dim": ' + "7" * 5000, 1), r"holds a number of 5000 characters"),
+    (lambda text: text.encode() + b"\xff\xfe", r"is not UTF-8 text"),
+    (lambda text: text[: len(text) // 2], r"is not valid JSON"),
+])
+def test_places_json_is_read_by_the_bounded_json_reader_naming_the_file(tmp_path, edit, message):
+    """Before: a bare RecursionError (deep nesting), ValueError (int() of 5000 digits) or UnicodeDecodeError."""
+    folder = saved(tmp_path)
+    text = edit((folder / "places.json").read_text())
+    (folder / "places.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(IndexFileError, match=re.escape(str(folder / "places.json")) + ".* " + message):
+        PlaceIndex.load(folder)
+    other = PlaceIndex(16, IndexSpec("flat"))
+    other.add(unit(5))
+    with pytest.raises(FileExistsError, match="not a saved PlaceIndex folder"):  # nor is it replaced by a save
+        other.save(folder)
