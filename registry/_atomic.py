@@ -39,6 +39,20 @@ def write_failure(err: BaseException) -> "str | None":
     return _WRITE_FAILURES.get(getattr(err, "errno", None)) if isinstance(err, OSError) else None
 
 
+def errno_of(err: BaseException) -> "int | None":
+    """The errno of a failed write: the OSError's own, else one a library's message carries (`os error 28` from
+    Rust, `[Errno 28]`, or the system's words for one of the write failures, e.g. faiss's `(No space left on
+    device)`); None when there is none."""
+    code = getattr(err, "errno", None)
+    if isinstance(code, int):
+        return code
+    text = str(err)
+    found = re.search(r"os error (\d+)|\[Errno (\d+)\]", text)
+    if found:
+        return int(found.group(1) or found.group(2))
+    return next((c for c in _WRITE_FAILURES if f"({os.strerror(c)})" in text), None)
+
+
 def umask() -> int:
     """The process's umask, read without changing it where /proc says it (os.umask would, for a moment, for every
     thread); elsewhere set and restored at once."""

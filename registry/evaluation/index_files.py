@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .._atomic import folder_mode, fsync_folder, staging_dir
+from .._atomic import errno_of, folder_mode, fsync_folder, staging_dir, write_failure
 from .._jsonio import read_json
 from .faiss_build import _innermost, keep_projection_only
 from .index_spec import AUTO, IndexSpec
@@ -45,8 +45,8 @@ def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tu
         os.chmod(stage, folder_mode())
         try:
             faiss.write_index(index, str(stage / INDEX))
-        except RuntimeError as err:  # faiss reports a failed fwrite as a RuntimeError
-            raise OSError(f"faiss could not write {INDEX}: {str(err).splitlines()[0]}") from None
+        except RuntimeError as err:  # faiss reports a failed fwrite as a RuntimeError naming the system's reason
+            raise OSError(errno_of(err), f"faiss could not write {INDEX}: {_faiss_reason(err)}") from None
         if vectors is not None:
             shutil.copyfile(vectors[1], stage / vectors[0])
         meta = {**meta, "index_sha256": _sha256(stage / INDEX)}
@@ -57,11 +57,22 @@ def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tu
         _swap_in(stage, folder)
     except OSError as err:
         shutil.rmtree(stage, ignore_errors=True)
-        raise OSError(err.errno, f"could not save the PlaceIndex to {folder} ({err}); the earlier index there, if "
-                                 "any, is unchanged") from err
+        raise _save_failure(err, folder) from err
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _save_failure(err: OSError, folder: Path) -> OSError:
+    """An OSError of the failed write's errno naming the folder, what went wrong in words and what to do."""
+    code = errno_of(err)
+    why = write_failure(OSError(code, "")) if code is not None else None
+    detail = err.strerror if isinstance(err.strerror, str) and err.errno is not None else str(err)
+    fix = (f"free space in {folder.parent} (or raise the limit) and save again" if why else "fix the cause and save "
+           "again")
+    text = (f"could not save the PlaceIndex to {folder}: {why or 'the write failed'} ({detail}); the earlier index "
+            f"there, if any, is unchanged and no partial folder is left: {fix}")
+    return OSError(code, text) if code is not None else OSError(text)
 
 
 SAVED_FILES = (META, INDEX, "vectors.f16")  # everything a saved folder may hold

@@ -207,7 +207,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
 try:
     second.save(folder)
 except OSError as err:
-    print("OSError:", err)
+    print("OSError:", err.errno, err)
 """
 
 
@@ -218,8 +218,10 @@ def test_a_real_write_failure_during_save_leaves_the_earlier_index_intact(tmp_pa
     run = subprocess.run([sys.executable, "-c", SAVE_UNDER_LIMIT, str(folder)], env=_env(), capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "OSError:" in run.stdout and f"could not save the PlaceIndex to {folder}" in run.stdout
+    assert run.stdout.startswith("OSError: 27 [Errno 27]") and "Errno None" not in run.stdout, run.stdout
+    assert f"could not save the PlaceIndex to {folder}: the file would exceed the file-size limit" in run.stdout
     assert "the earlier index there, if any, is unchanged" in run.stdout
+    assert f"free space in {tmp_path} (or raise the limit) and save again" in run.stdout
     again = PlaceIndex.load(folder)
     assert again.ntotal == 300 and again.disk_bytes() == 300 * 32 * 2
     rng = np.random.default_rng(0)
@@ -339,3 +341,24 @@ def test_places_json_is_read_by_the_bounded_json_reader_naming_the_file(tmp_path
     other.add(unit(5))
     with pytest.raises(FileExistsError, match="not a saved PlaceIndex folder"):  # nor is it replaced by a save
         other.save(folder)
+
+
+def test_faiss_writing_to_a_full_disk_is_reported_as_a_full_disk_with_its_errno(tmp_path):
+    """faiss writing to /dev/full (the kernel's ENOSPC) reports a RuntimeError whose text holds the system's reason;
+    the save's error carries errno 28 and says the disk is full, where it said `errno None`."""
+    import errno
+
+    import faiss
+
+    from registry._atomic import errno_of
+    from registry.evaluation.index_files import _save_failure
+
+    index = faiss.IndexFlatL2(8)
+    index.add(unit(10000, 8))
+    with pytest.raises(RuntimeError) as raised:
+        faiss.write_index(index, "/dev/full")
+    assert errno_of(raised.value) == errno.ENOSPC
+    err = _save_failure(OSError(errno_of(raised.value), "faiss could not write index.faiss"), tmp_path / "map")
+    assert err.errno == errno.ENOSPC
+    assert str(err).startswith(f"[Errno 28] could not save the PlaceIndex to {tmp_path / 'map'}: the disk is full")
+    assert f"free space in {tmp_path} (or raise the limit) and save again" in str(err)
