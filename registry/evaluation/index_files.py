@@ -1,5 +1,5 @@
 """A saved PlaceIndex folder: index.faiss and places.json (and, for a disk refine, vectors.f16), written as a whole
-through registry._atomic's staging folder and read back checked before and after faiss reads the index."""
+through registry._atomic's folder writer and read back checked before and after faiss reads the index."""
 from __future__ import annotations
 
 import hashlib
@@ -7,13 +7,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .._atomic import errno_of, folder_mode, fsync_folder, staging_dir, write_failure
+from .._atomic import errno_of, staged_folder, write_failure
 from .._jsonio import read_json
 from .faiss_build import _innermost, keep_projection_only
 from .index_spec import AUTO, IndexSpec
@@ -36,31 +35,22 @@ class IndexFileError(ValueError):
 
 def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tuple[str, Path]] = None) -> None:
     """Write index.faiss, places.json (`meta` with the format and the spec as a dict) and `vectors` ((file name,
-    source path) copied in) to `folder` as a whole: staged beside it, fsynced, then renamed over it, so a failed save
-    leaves the earlier index there intact. The folder gets the user's umask."""
+    source path) copied in) to `folder` as a whole, through registry._atomic's one folder writer: staged beside it,
+    fsynced, then renamed over it, so a failed save leaves the earlier index there intact. The folder gets the
+    user's umask."""
     _check_replaceable(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    stage = staging_dir(folder)
     try:
-        os.chmod(stage, folder_mode())
-        try:
-            faiss.write_index(index, str(stage / INDEX))
-        except RuntimeError as err:  # faiss reports a failed fwrite as a RuntimeError naming the system's reason
-            raise OSError(errno_of(err), f"faiss could not write {INDEX}: {_faiss_reason(err)}") from None
-        if vectors is not None:
-            shutil.copyfile(vectors[1], stage / vectors[0])
-        meta = {**meta, "index_sha256": _sha256(stage / INDEX)}
-        (stage / META).write_text(json.dumps({"format": FORMAT, **meta, "spec": asdict(meta["spec"])}))
-        for path in stage.iterdir():
-            _fsync(path)
-        _fsync(stage)
-        _swap_in(stage, folder)
+        with staged_folder(folder) as stage:
+            try:
+                faiss.write_index(index, str(stage / INDEX))
+            except RuntimeError as err:  # faiss reports a failed fwrite as a RuntimeError naming the system's reason
+                raise OSError(errno_of(err), f"faiss could not write {INDEX}: {_faiss_reason(err)}") from None
+            if vectors is not None:
+                shutil.copyfile(vectors[1], stage / vectors[0])
+            meta = {**meta, "index_sha256": _sha256(stage / INDEX)}
+            (stage / META).write_text(json.dumps({"format": FORMAT, **meta, "spec": asdict(meta["spec"])}))
     except OSError as err:
-        shutil.rmtree(stage, ignore_errors=True)
         raise _save_failure(err, folder) from err
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
 
 
 def _save_failure(err: OSError, folder: Path) -> OSError:
@@ -136,32 +126,6 @@ def read_folder(folder: Path, verify: bool = True) -> Tuple[Dict[str, Any], Any]
     _check_index(index, meta["spec"], meta["dim"], len(meta["places"]), index_path, meta.get("format", 1))
     keep_projection_only(index)  # an index saved with a full PCAMatrix loads slim
     return meta, index
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _swap_in(stage: Path, folder: Path) -> None:
-    """Rename `stage` to `folder`; an existing folder is moved aside first and removed only once the new one is in."""
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-        os.rename(folder, old / "index")
-        try:
-            os.rename(stage, folder)
-        except BaseException:
-            os.rename(old / "index", folder)
-            raise
-        finally:
-            if folder.exists():
-                shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(stage, folder)
-    fsync_folder(folder.parent)
 
 
 def _read_meta(path: Path) -> Dict[str, Any]:

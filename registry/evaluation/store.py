@@ -14,7 +14,6 @@ cheap to rebuild; delete the folder and extract again.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -28,7 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .._atomic import folder_mode, fsync_folder, leftovers, staging_dir
+from .._atomic import leftovers, staged_folder
 from .store_damage import (
     StoreDamagedError,
     check_fragments,
@@ -324,23 +323,14 @@ def _create(folder: Path, dim: int, count: int, meta: Dict[str, Any]) -> bool:
     _remove_stale_stages(folder)
     clear_uncommitted(folder)  # what a create killed before its first commit left (a half-written manifest)
     schema = _schema(dim, {**meta, "format": FORMAT, "count": count, "dim": dim, "store_id": uuid.uuid4().hex})
-    stage = staging_dir(folder)
     try:
-        try:
+        with staged_folder(folder, exclusive=True) as stage:  # the rename is refused once another store is there
             lance.write_dataset(schema.empty_table(), str(stage), mode="create")
-        except OSError as err:
-            raise _as_os_error(err, folder, "create") from err
-        os.chmod(stage, folder_mode())
-        try:
-            os.rename(stage, folder)  # atomic; refused when folder holds anything (another creator's store)
-        except OSError as err:
-            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                return False
-            raise _as_os_error(err, folder, "create") from err
-        fsync_folder(folder.parent)
-        return True
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    except FileExistsError:
+        return False
+    except OSError as err:
+        raise _as_os_error(err, folder, "create") from err
+    return True
 
 
 def _remove_stale_stages(folder: Path) -> None:
