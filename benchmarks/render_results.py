@@ -122,6 +122,10 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
                                  "CPU samples)", "recalls to 0.01 point"),
     "place_batch/cost": _copied("place-batch-pilot.md", "place_batch/pilot.md", 1, " (the same JSON)",
                                 "CPU seconds to the unit, recalls to 0.01 point"),
+    "untrained/start": _copied("untrained-start.md", "untrained/start.md", 0, ", which `python "
+                               "benchmarks/untrained_start.py --data-root ../shared/data --backbone-weights "
+                               "../shared/weights/vgg16_hed_conv.safetensors --threads 1 --out "
+                               "benchmarks/untrained/start.json` renders from that JSON", "recalls to 0.01 point"),
     "sequence/window": _copied("sequence.md", "sequence/window_sweep.md", 0, ", which `python "
                                "benchmarks/sequence_window_sweep.py --data-root ../shared/data --out "
                                "benchmarks/sequence/window_sweep.json` renders from that JSON",

@@ -2,8 +2,8 @@
 from pathlib import Path
 
 from registry import ModelEntry, find_releases, list_models, register_aggregator, register_model
-from registry.factory import build_vpr_model, pretrained_cfg
-from registry.timm_models import register_timm_model
+from registry.models.factory import build_vpr_model, pretrained_cfg
+from registry.models.timm_models import register_timm_model
 
 from .aggregator import ClusVPRAggregator
 from .convert import convert_reference_state_dict, load_reference_checkpoint

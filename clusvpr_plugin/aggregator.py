@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from registry import ArgRange
-from registry.aggregators import check_feature_map
+from registry.models.aggregators import check_feature_map
 
 from .cwt import CWTNet
 from .optlad import OptLAD
@@ -24,7 +24,7 @@ class ClusVPRAggregator(nn.Module):
 
     takes_feature_size = True
     min_feature_size = MIN_FEATURE_SIZE  # the CWT's neighbourhoods need a 2x2 map at least
-    arg_ranges = {  # checked before building (registry._ranges)
+    arg_ranges = {  # checked before building (registry._util.ranges)
         "num_clusters": ArgRange(1, 1024), "expansion": ArgRange(1, 16), "groups": ArgRange(1, 1024),
         "cwt_depth": ArgRange(0, 32), "heads": ArgRange(1, 64), "knn_k": ArgRange(1, 256),
         "dropout": ArgRange(0, 1, integer=False),

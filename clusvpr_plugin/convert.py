@@ -8,7 +8,7 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from registry.model import VPRModel
+from registry.models.model import VPRModel
 from registry.whitening import PCAWhitening
 
 _CWT_BLOCK = {

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from registry.aggregators.netvlad import init_assignment
+from registry.models.aggregators.netvlad import init_assignment
 
 
 class OptLAD(nn.Module):

@@ -5,7 +5,9 @@ global (all 12), 2 large halves, 6 medium 2 x 2 blocks, 12 small cells. Each is 
 so the global region equals the whole-image descriptor. Generation 0 trains the global descriptor with the
 hard loss; generation g >= 1 trains against a frozen teacher (the previous generation): hardest-region
 negatives for the hard loss, plus a soft cross-entropy between the student's and the teacher's softmax
-over the anchor's similarity to every region of its difficult positives.
+over the anchor's similarity to every region of its difficult positives. With place batches (`--batching places`)
+the trainer runs the same generations and teacher, and the soft loss compares the teacher's and the student's
+similarity distributions of each image over the rest of its P x K batch (registry.training.place_batch).
 """
 from __future__ import annotations
 

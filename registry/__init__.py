@@ -3,10 +3,12 @@
 Importing this package loads no weights and no plugins: plugins are discovered lazily, at the first lookup. It
 imports torch and huggingface_hub's client (`VPRModel` is a huggingface_hub `ModelHubMixin`).
 """
-from . import aggregators as _aggregators  # noqa: F401  (registers the bundled aggregators)
-from . import backbones as _backbones  # noqa: F401  (registers the bundled backbones)
-from ._ranges import ArgRange
-from ._registry import (
+from ._util.ranges import ArgRange
+from .errors import NonFiniteOutputError, NonFiniteValuesError, NotPublishedError, RuntimeUnavailableError
+from .export import export_onnx
+from .models import aggregators as _aggregators  # noqa: F401  (registers the bundled aggregators)
+from .models import backbones as _backbones  # noqa: F401  (registers the bundled backbones)
+from .models._registry import (
     PUBLISHED_FILE,
     ModelEntry,
     Release,
@@ -21,18 +23,17 @@ from ._registry import (
     resolve_name,
     split_tag,
 )
-from .errors import NonFiniteOutputError, NonFiniteValuesError, NotPublishedError, RuntimeUnavailableError
-from .export import export_onnx
-from .factory import build_vpr_model, create, model_info
-from .model import VPRModel
+from .models.factory import build_vpr_model, create, model_info
+from .models.model import VPRModel
 from .runtimes import RUNTIMES, Runtime, compile_for, load_runtime
 from .whitening import PCAWhitening
 
 # The modules a plugin may import (models, aggregators, recipes); anything else of the core, and every `_private`
 # name, may change without notice. The bundled ClusVPR plugin keeps to it like a third-party plugin would.
 PLUGIN_SURFACE = frozenset({
-    "registry", "registry.model", "registry.factory", "registry.timm_models", "registry.aggregators",
-    "registry.aggregators.netvlad", "registry.whitening", "registry.training", "registry.training.config",
+    "registry", "registry.models.model", "registry.models.factory", "registry.models.timm_models",
+    "registry.models.aggregators",
+    "registry.models.aggregators.netvlad", "registry.whitening", "registry.training", "registry.training.config",
     "registry.training.losses", "registry.training.recipes", "registry.training.sources",
 })
 

@@ -28,8 +28,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ._atomic import atomic_path
-from ._files import unwritable
+from ._util.atomic import atomic_path
+from ._util.files import unwritable
 
 PathLike = Union[str, os.PathLike]
 OPSET = 17
@@ -214,7 +214,7 @@ def _export_float32(onnx, model: nn.Module, path: Path, h: int, w: int, opset: i
 
 def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tuple[int, int]:
     """(H, W) to trace at: `input_size`, else the model's; ValueError with the valid range for anything else."""
-    from ._ranges import BUILDER_RANGES
+    from ._util.ranges import BUILDER_RANGES
 
     size = input_size if input_size is not None else tuple(model.input_config["input_size"][1:])
     lo = int(getattr(model, "min_input_side", 1))

@@ -74,7 +74,7 @@ def calibration_batch(calibration: Any, input_config: Dict[str, Any]) -> torch.T
         from PIL import Image
 
         from .datasets.images import open_rgb
-        from .preprocess import Preprocess
+        from .models.preprocess import Preprocess
 
         pre = Preprocess(input_config)
         items = list(calibration or [])

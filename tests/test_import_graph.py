@@ -17,8 +17,8 @@ PACKAGES = ("registry", "clusvpr_plugin")
 # none are left: keep it empty
 KNOWN_CYCLES: List[Set[str]] = []
 # what the Hub layer may import besides itself: leaf helpers and the whitening layer (pull_pca returns one)
-HUB_MAY_IMPORT = {"registry._atomic", "registry._files", "registry._jsonio", "registry.errors", "registry.h5io",
-                  "registry.whitening"}
+HUB_MAY_IMPORT = {"registry._util", "registry._util.atomic", "registry._util.files", "registry._util.jsonio",
+                  "registry.errors", "registry._util.h5io", "registry.whitening"}
 
 
 def _modules() -> Dict[str, Path]:

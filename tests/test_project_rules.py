@@ -47,8 +47,8 @@ def test_no_module_edits_sys_path():
 
 
 def _private_uses(roots, packages: str) -> dict:
-    """Imports of private modules or names (`registry._registry`, `from registry.x import _y`) and attribute uses
-    of private names on an imported package (`registry._registry`), per file."""
+    """Imports of private modules or names (`registry.models._registry`, `from registry.x import _y`) and attribute uses
+    of private names on an imported package (`registry.models._registry`), per file."""
     private = re.compile(rf"^({packages})(\.\w+)*\._")
     found = {}
     for path in _python_files(*roots):

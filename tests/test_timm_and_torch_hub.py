@@ -69,7 +69,7 @@ def test_torch_hub_load_from_a_local_checkout():
 def test_torch_hub_and_timm_list_every_registered_model_and_only_those():
     # torch.hub.list reads GitHub; this applies its rule (public callables of hubconf) to the local file, in a fresh
     # process (other tests register models of their own)
-    code = ("import json, torch.hub, timm, registry, registry.timm_models\n"
+    code = ("import json, torch.hub, timm, registry, registry.models.timm_models\n"
             f"module = torch.hub._import_module('hubconf', {str(REPO / 'hubconf.py')!r})\n"
             "public = sorted(f for f in dir(module) if callable(getattr(module, f)) and not f.startswith('_'))\n"
             "print(json.dumps([public, registry.list_models(), sorted(set(registry.list_models()) - "

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from registry._atomic import atomic_path
+from registry._util.atomic import atomic_path
 from registry.datasets import VPRDataset
 from registry.datasets.images import open_rgb
 from registry.evaluation import Preprocess

@@ -11,8 +11,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence, Tuple
 
-from .._files import unwritable
-from .._options import (
+from .._util.files import unwritable
+from .._util.options import (
     UsageError,
     calibration_images_option,
     check_data_root,
@@ -25,7 +25,7 @@ from .._options import (
     positive_int,
     resolve_device,
 )
-from .._ranges import BUILDER_RANGES, ArgRange
+from .._util.ranges import BUILDER_RANGES, ArgRange
 from ..evaluation.index import AUTO, INDEX_KINDS, REFINE_FROM, parse_bytes
 from ..quantize import DEFAULT_CALIBRATION_IMAGES
 
@@ -33,7 +33,7 @@ DEFAULT_MODELS = "clusvpr,netvlad,gem"
 DEFAULT_DATASETS = ("corridor", "nordland_test")  # both embedded in the package
 # untrained models on the embedded data: the Corridor's own resolution (160x120) keeps the run a few minutes
 EMBEDDED_INPUT_SIZE = (120, 160)
-MIN_INPUT_SIDE = 16  # one conv5 cell at stride 16; each model checks its own (registry.factory.min_input_side)
+MIN_INPUT_SIDE = 16  # one conv5 cell at stride 16; each model checks its own (registry.models.factory.min_input_side)
 INPUT_SIDES = ArgRange(MIN_INPUT_SIDE, BUILDER_RANGES["input_size"].hi, length=2)  # --input-size of the run
 
 
@@ -108,7 +108,7 @@ def _check_folders(a: "RunOptions") -> None:
 def _input_sides(models: Sequence[str]) -> ArgRange:
     """--input-size's range for `models`: from the largest smallest side among the registered names there (a folder
     or Hub repository is checked when it is loaded)."""
-    from ..factory import min_input_side
+    from ..models.factory import min_input_side
 
     sides = [MIN_INPUT_SIDE]
     for name in models:

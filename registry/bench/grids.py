@@ -7,7 +7,7 @@ from typing import List, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from registry._atomic import atomic_path
+from registry._util.atomic import atomic_path
 from registry.datasets import VPRDataset
 from registry.datasets.images import open_rgb
 

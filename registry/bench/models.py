@@ -59,7 +59,7 @@ def parse_model(token: str, untrained: bool = False) -> ModelSpec:
     except KeyError as err:
         unknown = err.args[0]
     else:
-        entry = registry._registry.get_entry(name)
+        entry = registry.models._registry.get_entry(name)
         if untrained or not entry.releases:
             return ModelSpec(label=token, name=name)
         return ModelSpec(label=token, name=name, release=tag or entry.default_release)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from registry._atomic import atomic_path
+from registry._util.atomic import atomic_path
 
 from .report import label
 

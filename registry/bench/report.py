@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from registry._atomic import atomic_path
+from registry._util.atomic import atomic_path
 
 from .metrics import FLOPS_NOTE
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from .._files import unwritable
+from .._util.files import unwritable
 from .config import RunConfig
 
 # the rest of the runner imports torch and the datasets: imported in run(), so --help and argument errors are quick

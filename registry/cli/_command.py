@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Callable, Mapping, NoReturn, Optional
 
-from .._options import UsageError
+from .._util.options import UsageError
 
 # an exception type a command can fail with -> its message (None: str(error))
 Failures = Mapping[type, Optional[Callable[[BaseException], str]]]

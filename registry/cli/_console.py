@@ -11,7 +11,7 @@ from typing import Iterator, List, Optional, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .._registry import PLUGIN_GROUP, declared_entry_points
+from ..models._registry import PLUGIN_GROUP, declared_entry_points
 
 
 def packages() -> List[str]:

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .._atomic import write_failure
-from .._options import add_dataclass_arguments
+from .._util.atomic import write_failure
+from .._util.options import add_dataclass_arguments
 from ..bench.config import RunConfig, RunOptions
 from ._command import parser, run_command
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .._atomic import write_failure
-from .._files import unwritable
-from .._options import UsageError, add_dataclass_arguments, calibration_images_option, input_size_option, option
+from .._util.atomic import write_failure
+from .._util.files import unwritable
+from .._util.options import UsageError, add_dataclass_arguments, calibration_images_option, input_size_option, option
 from ..export import OPSET
 from ..quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_FLOAT_CONVS
 from ._command import parser, run_command
@@ -104,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from ..export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_metadata
-    from ..factory import create
+    from ..models.factory import create
 
     pretrained: Any = {"true": True, None: False}.get(args.pretrained, args.pretrained)
     overrides: Dict[str, Any] = {"input_norm": args.input_norm}

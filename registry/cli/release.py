@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .._options import add_dataclass_arguments, option
+from .._util.options import add_dataclass_arguments, option
 from ._command import parser, run_command
 from ._console import console_logging
 

@@ -18,8 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .._files import unwritable
-from .._options import UsageError, add_dataclass_arguments, check_data_root, data_root_option, field_default, option
+from .._util.files import unwritable
+from .._util.options import (
+    UsageError,
+    add_dataclass_arguments,
+    check_data_root,
+    data_root_option,
+    field_default,
+    option,
+)
 from ..training.config import SELECT_METRICS, TrainConfig, whitening_dim_arg
 from ._command import parser, run_command
 
@@ -88,7 +95,7 @@ def sweep_rows(a: argparse.Namespace) -> Tuple[List[Dict[str, Any]], List[str]]:
     """Every row of the sweep (one per run and size; written to --out when given) and the datasets' names."""
     import torch
 
-    from .._atomic import atomic_path
+    from .._util.atomic import atomic_path
     from ..datasets import load_dataset
     from ..training.sweep import sweep
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import _options as opt
-from .._files import unwritable
-from .._options import UsageError, add_dataclass_arguments, comma_list, field_default, option, option_fields
+from .._util import options as opt
+from .._util.files import unwritable
+from .._util.options import UsageError, add_dataclass_arguments, comma_list, field_default, option, option_fields
 from ..quantize import DEFAULT_CALIBRATION_IMAGES
 from ..training.config import CLUSTERS, DATA, MODEL, RECIPE_GENERATIONS, RUN, SCHEDULE, TrainConfig
 from ._command import parser, run_command
@@ -93,7 +93,8 @@ class TrainCommand:
     data_root: Optional[str] = opt.data_root_option("folder that holds the known datasets", group=DATA)
     tolerance: Optional[int] = option(None, "aligned traversals: places that count as the same place", group=DATA)
     generations: Optional[int] = option(None, f"generations (default: {RECIPE_GENERATIONS} with a recipe that has "
-                                        "generations, ClusVPR's pyramid; 1 with the global recipe)", group=SCHEDULE)
+                                        "generations, ClusVPR's pyramid, on tuples; 1 with the global recipe or "
+                                        "--batching places)", group=SCHEDULE)
     rerank: Tuple[float, float, float] = option(_RERANK, "k-reciprocal re-ranking for difficult positives (default "
                                                 "{default})", group=SCHEDULE, type=float, nargs=3,
                                                 metavar=("K1", "K2", "LAMBDA"))
@@ -148,8 +149,8 @@ def _check_input_size(a: argparse.Namespace) -> None:
     its aggregator takes, up to the builder's limit)."""
     if a.input_size is None:
         return
-    from .._ranges import ranges_for
-    from .._registry import get_aggregator, get_backbone, get_entry, resolve_name
+    from .._util.ranges import ranges_for
+    from ..models._registry import get_aggregator, get_backbone, get_entry, resolve_name
 
     for module in a.plugin:
         importlib.import_module(module)
@@ -243,7 +244,8 @@ def setup(a: argparse.Namespace):
     torch.manual_seed(init_seed)  # reproducible random initialisation of the aggregator (and of random backbones)
     model = registry.create(name, pretrained=a.pretrained or False, **overrides)
     recipe = get_recipe(a.recipe, model)
-    generations = a.generations or (RECIPE_GENERATIONS if recipe.supports_generations else 1)
+    generations = a.generations or (RECIPE_GENERATIONS if recipe.supports_generations and a.batching == "tuples"
+                                    else 1)
     extra = {"model": name, "model_args": {k: v for k, v in overrides.items() if k != "backbone_weights"},
              "train_set": a.train_set, "val_set": a.val_set, "cache_features": a.cache_features is not None}
     if a.init_seed is not None:  # recorded (and checked on --resume) when given

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .._image_modes import to_rgb
+from .._util.image_modes import to_rgb
 
 MAX_PIXELS = 64_000_000  # the most pixels (width x height) an image may have to be decoded; VPR_MAX_IMAGE_PIXELS
 # overrides it (a 16-bit 64 MP image decodes to 128 MB, then 192 MB as RGB; Pillow's own limit is 179 MP)
@@ -31,7 +31,7 @@ def max_pixels() -> int:
 
 
 def open_rgb(path: Union[str, os.PathLike]) -> Image.Image:
-    """Open an image fully decoded as 8-bit RGB (16-bit images scaled, not clipped: registry._image_modes.to_rgb),
+    """Open an image fully decoded as 8-bit RGB (16-bit images scaled, not clipped: registry._util.image_modes.to_rgb),
     or raise ImageReadError naming the file. Its size is read from the header first: an image of more than
     max_pixels() pixels is refused before it is decoded."""
     path = Path(path)

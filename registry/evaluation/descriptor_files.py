@@ -8,7 +8,7 @@ from typing import List, Tuple, Union
 import h5py
 import numpy as np
 
-from .._atomic import atomic_path as _atomic
+from .._util.atomic import atomic_path as _atomic
 
 PathLike = Union[str, os.PathLike]
 H5_SUFFIXES = (".h5", ".hdf5")

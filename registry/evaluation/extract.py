@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 
 from ..datasets.base import VPRDataset
 from ..datasets.images import ImageListDataset, image_size
-from ..model import encode_images
-from ..preprocess import RESIZE_POLICIES, Preprocess, target_size  # noqa: F401  (re-exported: registry.evaluation.extract names them too)
+from ..models.model import encode_images
+from ..models.preprocess import RESIZE_POLICIES, Preprocess, target_size  # noqa: F401  (re-exported: registry.evaluation.extract names them too)
 from ..runtimes.base import Runtime
 
 PathLike = Union[str, os.PathLike]

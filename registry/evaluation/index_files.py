@@ -1,5 +1,5 @@
 """A saved PlaceIndex folder: index.faiss and places.json (and, for a disk refine, vectors.f16), written as a whole
-through registry._atomic's folder writer and read back checked before and after faiss reads the index."""
+through registry._util.atomic's folder writer and read back checked before and after faiss reads the index."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +12,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .._atomic import errno_of, staged_folder, write_failure
-from .._jsonio import read_json
+from .._util.atomic import errno_of, staged_folder, write_failure
+from .._util.jsonio import read_json
 from .faiss_build import _innermost, keep_projection_only
 from .index_spec import AUTO, IndexSpec
 
@@ -35,7 +35,7 @@ class IndexFileError(ValueError):
 
 def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tuple[str, Path]] = None) -> None:
     """Write index.faiss, places.json (`meta` with the format and the spec as a dict) and `vectors` ((file name,
-    source path) copied in) to `folder` as a whole, through registry._atomic's one folder writer: staged beside it,
+    source path) copied in) to `folder` as a whole, through registry._util.atomic's one folder writer: staged beside it,
     fsynced, then renamed over it, so a failed save leaves the earlier index there intact. The folder gets the
     user's umask."""
     _check_replaceable(folder)

@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .._atomic import leftovers, staged_folder
+from .._util.atomic import leftovers, staged_folder
 from .store_damage import (
     StoreDamagedError,
     check_fragments,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..distributed import DistContext
+from .._util.distributed import DistContext
 from ..runtimes.base import Runtime
 from .extract import extract_descriptors
 from .store import (

@@ -5,7 +5,7 @@ through `huggingface_hub`. Files only: rebuilding a model from config.json is th
 Layout: config.json (timm-compatible, plus VPR facts and the sha256 of every other file), model.safetensors,
 centroids.h5, pca.h5 and README.md (a huggingface_hub ModelCard rendered from MODEL_CARD.md).
 """
-from .._files import sha256_file
+from .._util.files import sha256_file
 from ._card import model_card, render_model_card
 from ._layout import CARD_FACTS, LAYOUT_FILES, LIBRARY_NAME, build_config, card_facts, save_pretrained
 from ._load import pull_centroids, pull_pca, read_cluster_source, read_state_dict

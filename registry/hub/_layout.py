@@ -15,9 +15,9 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from .. import h5io
-from .._atomic import staged_folder, write_failure
-from .._files import sha256_file
+from .._util import h5io
+from .._util.atomic import staged_folder, write_failure
+from .._util.files import sha256_file
 from ._card import render_model_card
 
 CONFIG = "config.json"

@@ -10,8 +10,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .. import h5io
-from .._jsonio import check_safetensors_header
+from .._util import h5io
+from .._util.jsonio import check_safetensors_header
 from ..whitening import PCAWhitening
 from ._layout import CENTROIDS, PCA, WEIGHTS
 from ._source import HUB_KWARGS, ModelLocation, Snapshot

@@ -9,8 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from .._files import sha256_file
-from .._jsonio import read_json
+from .._util.files import sha256_file
+from .._util.jsonio import read_json
 from ._layout import CONFIG, FORMAT_VERSION
 from .errors import (
     CorruptedFileError,

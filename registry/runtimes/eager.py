@@ -8,7 +8,7 @@ import json
 import torch
 from torch import nn
 
-from ..model import encode_images
+from ..models.model import encode_images
 from .base import Runtime
 
 

@@ -9,7 +9,7 @@ data outside the file (a runtime file never needs external data, and onnxruntime
 from the working directory), every op is the standard ONNX set's or onnxruntime's (com.microsoft), the graph takes
 `images` (N, 3, H, W) and gives `descriptors` of rank 2 (`encode` checks its width against descriptor_dim where the
 graph leaves it symbolic, as the exporter does), and no statically known shape asks for more than
-MAX_STATIC_ELEMENTS values. Its metadata is bounded JSON (registry._jsonio) whose input size lies in the model's
+MAX_STATIC_ELEMENTS values. Its metadata is bounded JSON (registry._util.jsonio) whose input size lies in the model's
 documented range (1..8192 a side) and within MAX_INPUT_PIXELS. Anything else is a RuntimeFileError naming the file.
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._atomic import atomic_path
-from .._jsonio import loads_bounded, quote
-from .._ranges import BUILDER_RANGES
+from .._util.atomic import atomic_path
+from .._util.jsonio import loads_bounded, quote
+from .._util.ranges import BUILDER_RANGES
 from ..errors import NonFiniteOutputError
 from ..export import INPUT_NAME, OUTPUT_NAME, RUNTIME_META, _require, export_onnx
 from .base import Runtime, check_images

@@ -6,7 +6,7 @@ Entry point for users: `vpr train --help` (registry.cli.train). From Python::
     trainer.init_clusters()          # NetVLAD / ClusVPR: k-means -> runs/x/centroids.h5
     summary = trainer.fit()          # runs/x is then a Hub-layout folder: registry.create(name, pretrained="runs/x")
 """
-from ..distributed import DistContext, init_distributed, sharded_apply, shutdown
+from .._util.distributed import DistContext, init_distributed, sharded_apply, shutdown
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .clusters import (
     ClustersNotInitialisedError,

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Union
 
 import torch
 
-from .._atomic import atomic_path, write_failure
+from .._util.atomic import atomic_path, write_failure
 
 PathLike = Union[str, os.PathLike]
 FORMAT = 1

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import h5io
-from .._options import field_default
-from ..distributed import DistContext
+from .._util import h5io
+from .._util.distributed import DistContext
+from .._util.options import field_default
 from .config import TrainConfig
 from .sources import Source, stack_items
 

@@ -1,7 +1,7 @@
 """TrainConfig: every option of a training run, checked up front so a bad value fails before any work.
 
 Each field that is also a command-line option of the trainer (`vpr train`) declares its default
-and its --help text here, once (registry._options.option); registry/cli/train.py generates the parser from it.
+and its --help text here, once (registry._util.options.option); registry/cli/train.py generates the parser from it.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from .._options import field_default, option
-from ..model import TRAIN_JITTER
+from .._util.options import field_default, option
+from ..models.model import TRAIN_JITTER
 from .losses import HARD_LOSSES, TRIPLET_MARGIN
 from .mining import RerankConfig
 
@@ -52,6 +52,9 @@ class TrainConfig:
     generations: int = 1
     epochs: int = option(5, "epochs per generation (default {default})", group=SCHEDULE)
     gen0_epochs: Optional[int] = option(None, "epochs of generation 0 (default --epochs)", group=SCHEDULE)
+    patience: Optional[int] = option(None, "early stopping: end a generation after this many epochs in a row without a "
+                                     "better validation score (--epochs / --gen0-epochs are then the most a "
+                                     "generation trains; default: every epoch)", group=SCHEDULE)
     queries_per_epoch: Optional[int] = option(None, "training tuples per epoch (default: every trainable query)",
                                               group=SCHEDULE)
     optimizer: str = option("sgd", "optimiser (default {default})", group=SCHEDULE, choices=OPTIMIZERS)
@@ -145,7 +148,7 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("gen0_epochs", "queries_per_epoch"):
+        for name in ("gen0_epochs", "queries_per_epoch", "patience"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be >= 1 (or unset), got {value}")
@@ -208,9 +211,9 @@ class TrainConfig:
 
 
 # options that must match when a run is resumed (the rest, e.g. num_workers, may change)
-RESUME_CRITICAL = ("generations", "epochs", "gen0_epochs", "queries_per_epoch", "optimizer", "lr", "aggregator_lr_mult",
-                   "momentum", "weight_decay", "lr_step", "lr_gamma", "loss", "margin", "temperatures", "soft_weight",
-                   "recipe", "batching", "places_per_batch", "images_per_place", "short_places", "batch_size",
-                   "neg_num", "neg_pool", "pos_num", "pos_pool", "cache_size", "pos_radius", "neg_radius",
-                   "rerank_k1", "rerank_k2", "rerank_lambda", "jitter", "select_by", "seed",
-                   "cluster_seed", "extra")
+RESUME_CRITICAL = ("generations", "epochs", "gen0_epochs", "patience", "queries_per_epoch", "optimizer", "lr",
+                   "aggregator_lr_mult", "momentum", "weight_decay", "lr_step", "lr_gamma", "loss", "margin",
+                   "temperatures", "soft_weight", "recipe", "batching", "places_per_batch", "images_per_place",
+                   "short_places", "batch_size", "neg_num", "neg_pool", "pos_num", "pos_pool", "cache_size",
+                   "pos_radius", "neg_radius", "rerank_k1", "rerank_k2", "rerank_lambda", "jitter", "select_by",
+                   "seed", "cluster_seed", "extra")

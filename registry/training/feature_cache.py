@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._atomic import atomic_path
-from .._files import sha256_file
-from ..backbones import backbone_stages
-from ..distributed import DistContext, sharded_apply
+from .._util.atomic import atomic_path
+from .._util.distributed import DistContext, sharded_apply
+from .._util.files import sha256_file
 from ..errors import NonFiniteValuesError
+from ..models.backbones import backbone_stages
 from .sources import CachedSource, ImageSource
 
 PathLike = Union[str, os.PathLike]

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..distributed import DistContext
+from .._util.distributed import DistContext
 from .config import TrainConfig
 from .generations import Generations
 from .mining import TrainTuple, TupleMiner
@@ -116,6 +116,17 @@ class TupleEpoch:
         return {"loss": float(loss.detach()), **parts}
 
 
+def stale_epochs(history: Sequence[Dict[str, Any]], generation: int) -> int:
+    """Trained epochs of `generation`, counted back from the newest, since the last one that improved the best
+    validation score (the history's own records, so a resumed run counts the same)."""
+    count = 0
+    for record in reversed(history):
+        if record.get("generation") != generation or record.get("epoch", 0) == 0 or record.get("best"):
+            break
+        count += 1
+    return count
+
+
 class EpochLoop:
     """Runs a run's epochs and generations over `state`: the recipe's epoch (`epoch`), the schedule step,
     validation, the best model, the commit (`commit(best_changed)`), and each generation's start (the best model so
@@ -123,9 +134,9 @@ class EpochLoop:
 
     def __init__(self, *, model: nn.Module, state: TrainState, generations: Generations, optim: Optimisation,
                  epoch: Any, validate: Callable[[], Dict[str, float]], commit: Callable[[bool], None],
-                 select_by: str) -> None:
+                 select_by: str, patience: Optional[int] = None) -> None:
         self.model, self.state, self.generations, self.optim, self.epoch = model, state, generations, optim, epoch
-        self.validate, self.commit, self.select_by = validate, commit, select_by
+        self.validate, self.commit, self.select_by, self.patience = validate, commit, select_by, patience
 
     def start_generation(self) -> None:
         """Fresh optimiser; from generation 1 on, start from the best model so far, which is also the teacher."""
@@ -137,6 +148,8 @@ class EpochLoop:
         epoch."""
         state = self.state
         while not self.generations.done(state.generation):
+            if self.patience is not None and stale_epochs(state.history, state.generation) >= self.patience:
+                state.epoch = self.generations.cfg.epochs_of(state.generation)  # early stop: this generation is over
             generation, epoch, starts = self.generations.next(state.generation, state.epoch)
             if generation != state.generation:
                 state.generation, state.epoch = generation, epoch

@@ -6,6 +6,16 @@ the pairs its online miner keeps, with no offline mining.
 the same batches), gives each torchrun rank its share of the places, and keeps places closer than `exclusion` to
 each other out of one batch (on an aligned route, neighbouring places within the ground-truth tolerance show the
 same scene and must not count as negatives of each other).
+
+Generations (ClusVPR's pyramid, or any recipe whose `uses_teacher(g)` is true): generation g >= 1 starts from the
+best model so far, whose frozen copy is the teacher, and adds `soft_weight` x `batch_similarity_kl` to the
+multi-similarity loss of the same P x K batch. For the N = P*K images of a batch, with the student's descriptors
+s_i and the teacher's t_i (global, L2-normalised, before whitening), each image i has two distributions over the
+other N - 1 images j != i of the batch: the teacher's q_i(j) = softmax_j(t_i . t_j / T_g) at the generation's
+temperature T_g = temperatures[g], and the student's p_i(j) = softmax_j(s_i . s_j / T_0) at the student's
+temperature temperatures[0]; the soft loss is the mean over i of KL(q_i || p_i). It has the gradient of the tuple
+recipe's soft cross-entropy (the two differ by the teacher's entropy, constant for the student), over the pairs of
+the place batch instead of an anchor's difficult positives' regions.
 """
 from __future__ import annotations
 
@@ -13,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 SHORT_PLACES = ("replace", "skip")
 # GSV-Cities' multi-similarity settings
@@ -110,18 +121,62 @@ def multi_similarity_loss(alpha: float = MS_ALPHA, beta: float = MS_BETA, base: 
     return loss
 
 
+def batch_similarity_kl(student: torch.Tensor, teacher: torch.Tensor, student_temperature: float,
+                        teacher_temperature: float) -> torch.Tensor:
+    """The place batch's soft loss: mean over the N images of KL(q_i || p_i), where q_i and p_i are the teacher's
+    and the student's softmax over image i's similarities to the other N - 1 images of the batch (self excluded),
+    at `teacher_temperature` and `student_temperature`. (N, D) descriptors each; the teacher gets no gradient."""
+    if student.ndim != 2 or student.shape != teacher.shape or len(student) < 2:
+        raise ValueError(f"expected student and teacher descriptors (N, D) of the same shape with N >= 2, got "
+                         f"{tuple(student.shape)} and {tuple(teacher.shape)}")
+    n = len(student)
+    others = ~torch.eye(n, dtype=torch.bool, device=student.device)
+
+    def log_probs(d: torch.Tensor, temperature: float) -> torch.Tensor:
+        return F.log_softmax((d @ d.T / temperature).masked_select(others).view(n, n - 1), dim=1)
+
+    log_q = log_probs(teacher.detach(), teacher_temperature)
+    return (log_q.exp() * (log_q - log_probs(student, student_temperature))).sum(1).mean()
+
+
+class Distillation:
+    """What a generation with a teacher adds to a place batch: `teacher()` is the frozen teacher (None in a
+    generation without one), `temperature(g)` the run's temperatures (g = 0: the student's), `weight` the soft loss's
+    weight, `describe(model, inputs)` a model's L2-normalised descriptors of a batch."""
+
+    def __init__(self, teacher: Callable[[], Optional[torch.nn.Module]], temperature: Callable[[int], float],
+                 weight: float, describe: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]) -> None:
+        self.teacher, self.temperature, self.weight, self.describe = teacher, temperature, weight, describe
+
+    def target(self, inputs: torch.Tensor) -> Optional[torch.Tensor]:
+        """The teacher's descriptors of a batch (no gradient), or None in a generation without a teacher."""
+        teacher = self.teacher()
+        if teacher is None:
+            return None
+        with torch.no_grad():
+            return self.describe(teacher, inputs)
+
+    def soft(self, student: torch.Tensor, target: torch.Tensor, generation: int) -> torch.Tensor:
+        """`batch_similarity_kl` of the student's descriptors against the teacher's, in float32."""
+        return batch_similarity_kl(student.float(), target.float(), self.temperature(0), self.temperature(generation))
+
+
 class PlaceEpoch:
     """The place-batch recipe's part of an epoch (beside the tuple recipe's `TupleEpoch`): this rank's P x K batches
-    of the epoch, each one optimiser step on the multi-similarity loss of its descriptors. `describe(inputs,
-    generation)` gives a batch's L2-normalised descriptors (through DistributedDataParallel when distributed)."""
+    of the epoch, each one optimiser step on the multi-similarity loss of its descriptors, plus the weighted soft
+    loss against the teacher in a generation that has one (`distillation`). `describe(inputs, generation)` gives a
+    batch's L2-normalised descriptors (through DistributedDataParallel when distributed)."""
 
     def __init__(self, *, model: Any, sampler: PlaceBatchSampler, source: Any, describe: Callable,
-                 loss: Callable, seed: int, ctx: Any, autocast: Callable, progress: bool) -> None:
+                 loss: Callable, seed: int, ctx: Any, autocast: Callable, progress: bool,
+                 distillation: Optional[Distillation] = None) -> None:
         self.model, self.sampler, self.source, self.describe, self.loss = model, sampler, source, describe, loss
         self.seed, self.ctx, self.autocast, self.progress = seed, ctx, autocast, progress
+        self.distillation = distillation
 
     def run(self, generation: int, epoch: int, optimizer: Any) -> Dict[str, float]:
-        """Optimise over this epoch's batches; the mean loss (averaged over ranks)."""
+        """Optimise over this epoch's batches; the mean loss (with a teacher also its parts: `hard`, the
+        multi-similarity loss, and `soft`), averaged over ranks."""
         from tqdm.auto import tqdm
 
         from .loop import epoch_rng
@@ -129,24 +184,35 @@ class PlaceEpoch:
 
         epoch_rng(self.seed, generation, epoch, self.ctx.rank)  # this rank's torch stream (dropout)
         self.model.train()
-        losses: List[float] = []
+        logs: List[Dict[str, float]] = []
         batches = self.sampler.batches(epoch, generation)
         with tqdm(total=len(batches), desc=f"gen {generation} epoch {epoch}", unit="batch",
                   disable=not self.progress) as bar:
             for batch in batches:
                 inputs = stack_items(self.source, batch.tolist(), train=True).to(self.ctx.device, non_blocking=True)
-                losses.append(self.step(inputs, self.sampler.labels_of(batch), generation, epoch, optimizer))
+                logs.append(self.step(inputs, self.sampler.labels_of(batch), generation, epoch, optimizer))
                 bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        return {"loss": self.ctx.all_reduce_mean(float(np.mean(losses)))}
+                bar.set_postfix(loss=f"{np.mean([r['loss'] for r in logs]):.4f}")
+        keys = logs[0] if logs else ("loss",)  # no batch (every place deferred): a NaN loss, as np.mean([]) gives
+        return {k: self.ctx.all_reduce_mean(float(np.mean([r[k] for r in logs])) if logs else float("nan"))
+                for k in keys}
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor, generation: int, epoch: int, optimizer: Any) -> float:
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor, generation: int, epoch: int,
+             optimizer: Any) -> Dict[str, float]:
+        """One optimiser step on a batch: its loss, and with a teacher the loss's parts."""
         optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            loss = self.loss(self.describe(inputs, generation).float(), labels)
+            descriptors = self.describe(inputs, generation).float()
+            loss = hard = self.loss(descriptors, labels)
+            target = self.distillation.target(inputs) if self.distillation is not None else None
+        soft = None if target is None else self.distillation.soft(descriptors, target, generation)
+        if soft is not None:
+            loss = hard + self.distillation.weight * soft
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {float(loss)} at generation {generation}, epoch {epoch}: "
                                      "lower --lr (or check the data); the last checkpoint is kept")
         loss.backward()
         optimizer.step()
-        return float(loss.detach())
+        if soft is None:
+            return {"loss": float(loss.detach())}
+        return {"loss": float(loss.detach()), "hard": float(hard.detach()), "soft": float(soft.detach())}

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._registry import load_entry_point_group
+from ..models._registry import load_entry_point_group
 from .config import TrainConfig
 from .losses import hard_loss
 from .sources import Source

@@ -23,7 +23,7 @@ import torch
 
 import registry
 
-from .._atomic import atomic_path
+from .._util.atomic import atomic_path
 from ..datasets import PROBE_IMAGES, load_dataset
 from ..evaluation.recall_table import recall_table
 from .clusters import set_cluster_source
@@ -85,7 +85,7 @@ def _release_model(run: Path, config: Dict[str, Any], seed: int) -> registry.VPR
     model.config["backbone_weights"] = config["backbone_weights"]
     centroids_file = run / "centroids.h5"
     if centroids_file.is_file():
-        from .. import h5io
+        from .._util import h5io
 
         centroids, descriptors = h5io.load_centroids(centroids_file)
         pick = np.sort(np.random.default_rng(seed).choice(len(descriptors), min(CENTROID_SAMPLE, len(descriptors)),

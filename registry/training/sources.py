@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..backbones import backbone_stages
 from ..datasets.images import open_rgb
-from ..preprocess import Preprocess
+from ..models.backbones import backbone_stages
+from ..models.preprocess import Preprocess
 
 PathLike = Union[str, os.PathLike]
 Jitter = Tuple[float, float, float, float]

@@ -4,7 +4,7 @@
 mining memory), the run's progress (`TrainState`: generation, epoch, best so far, best weights, history) and the
 options. `best.pt` and `log.jsonl` are views of it, rewritten (atomically) after each commit and again on resume, so a
 kill between any two writes loses nothing and never mixes two epochs. The temporary files and staging folders a
-kill leaves (`registry._atomic` names and recognises them) are removed when a run starts or resumes.
+kill leaves (`registry._util.atomic` names and recognises them) are removed when a run starts or resumes.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._atomic import atomic_path, leftovers
+from .._util.atomic import atomic_path, leftovers
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import RESUME_CRITICAL, TrainConfig
 

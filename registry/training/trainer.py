@@ -17,15 +17,15 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._util.distributed import DistContext, sharded_apply
 from ..datasets.base import VPRDataset
 from ..datasets.places import DEFAULT_PLACE_RADIUS_M, places_from_dataset
-from ..distributed import DistContext, sharded_apply
 from ..evaluation.recall_table import descriptor_recalls
 from ..whitening import enough_to_fit, too_large, whiten_tensor
 from . import finish
@@ -36,7 +36,7 @@ from .generations import Generations
 from .loop import EpochLoop, Step, TupleEpoch
 from .mining import RerankConfig, TupleMiner
 from .optim import Optimisation
-from .place_batch import PlaceBatchSampler, PlaceEpoch, multi_similarity_loss
+from .place_batch import Distillation, PlaceBatchSampler, PlaceEpoch, multi_similarity_loss
 from .recipes import get_recipe, global_descriptors
 from .sources import ImageSource, Source, stack_items
 from .state import RunFolder, TrainState
@@ -82,17 +82,9 @@ class Trainer:
         if self.cfg.generations > 1 and not self.recipe.supports_generations:
             raise ValueError(f"recipe {self.recipe.name!r} has no teacher, so generations > 1 would repeat generation "
                              "0: use --generations 1, or a recipe with generations (ClusVPR's 'pyramid')")
-        if self.cfg.pos_num < 1 and any(self.recipe.uses_difficult(g) for g in range(self.cfg.generations)):
-            raise ValueError(f"recipe {self.recipe.name!r} trains on difficult positives after generation 0: "
-                             "pass --pos-num >= 1")
-        self.miner = TupleMiner.from_dataset(
-            train_set, self.cfg.pos_radius, self.cfg.neg_radius, neg_num=self.cfg.neg_num,
-            neg_pool=self.cfg.neg_pool, pos_num=self.cfg.pos_num, pos_pool=self.cfg.pos_pool,
-            rerank=RerankConfig(self.cfg.rerank_k1, self.cfg.rerank_k2, self.cfg.rerank_lambda))
-        self.trainable = self.miner.trainable_queries()
-        if len(self.trainable) == 0 and self.cfg.batching != "places":
-            raise ValueError(f"{train_set.name}: no query has both a positive and {self.cfg.neg_num} negatives; check "
-                             "the radii (--pos-radius/--neg-radius) and the dataset's coordinates")
+        # place batches mine no tuples: no miner (its positives and non-negatives of every query) is built
+        self.miner, self.trainable = self._miner(train_set) if self.cfg.batching == "tuples" else \
+            (None, np.empty(0, dtype=np.int64))
         self._check_whitening()
         cache_dir = cache_dir if cache_dir is not None else (self.output / "feature_cache" if cache_features else None)
         self.source = self._source(train_set, cache_features, cache_dir, "training features")
@@ -106,16 +98,35 @@ class Trainer:
         self.generations = Generations(self.step, self.recipe, self.cfg)
         epoch = self._epoch(train_set)
         self.loop = EpochLoop(model=self.model, state=self.state, generations=self.generations, optim=self.optim,
-                              epoch=epoch, validate=self.validate, commit=self._commit, select_by=self.cfg.select_by)
+                              epoch=epoch, validate=self.validate, commit=self._commit, select_by=self.cfg.select_by,
+                              patience=self.cfg.patience)
         self.whitening_selection: Optional[Dict[str, Any]] = None
+
+    def _miner(self, train_set: VPRDataset) -> Tuple[TupleMiner, np.ndarray]:
+        """The tuple recipe's miner (its positives and non-negatives of every query) and its trainable queries;
+        refused when no query has a tuple, or when the recipe needs difficult positives that --pos-num 0 forbids."""
+        if self.cfg.pos_num < 1 and any(self.recipe.uses_difficult(g) for g in range(self.cfg.generations)):
+            raise ValueError(f"recipe {self.recipe.name!r} trains on difficult positives after generation 0: "
+                             "pass --pos-num >= 1")
+        miner = TupleMiner.from_dataset(
+            train_set, self.cfg.pos_radius, self.cfg.neg_radius, neg_num=self.cfg.neg_num,
+            neg_pool=self.cfg.neg_pool, pos_num=self.cfg.pos_num, pos_pool=self.cfg.pos_pool,
+            rerank=RerankConfig(self.cfg.rerank_k1, self.cfg.rerank_k2, self.cfg.rerank_lambda))
+        trainable = miner.trainable_queries()
+        if len(trainable) == 0:
+            raise ValueError(f"{train_set.name}: no query has both a positive and {self.cfg.neg_num} negatives; check "
+                             "the radii (--pos-radius/--neg-radius) and the dataset's coordinates")
+        return miner, trainable
 
     def _epoch(self, train_set: VPRDataset) -> Any:
         """The recipe's part of an epoch: place batches with --batching places, else mined tuples."""
         if self.cfg.batching == "places":
             sampler, loss = self._place_batches(train_set)
+            distillation = Distillation(lambda: self.generations.teacher, self.cfg.temperature, self.cfg.soft_weight,
+                                        lambda model, inputs: global_descriptors(model, self.source, inputs))
             return PlaceEpoch(model=self.model, sampler=sampler, source=self.source, describe=self.engine,
                               loss=loss, seed=self.cfg.seed, ctx=self.ctx, autocast=self._autocast,
-                              progress=self.progress)
+                              progress=self.progress, distillation=distillation)
         return TupleEpoch(model=self.model, miner=self.miner, queries=self.trainable, source=self.source,
                           num_db=train_set.num_db, describe=self.describe,
                           forward=lambda inputs, generation: self.engine(inputs, generation),
@@ -125,8 +136,6 @@ class Trainer:
     def _place_batches(self, train_set: VPRDataset):
         """The sampler and loss of --batching places. Places come from the training set's images in the source's
         order (database, then queries); places within the negative radius of each other never share a batch."""
-        if self.cfg.generations > 1:
-            raise ValueError("--batching places trains one generation for now: pass --generations 1")
         places = places_from_dataset(train_set, self.cfg.pos_radius or DEFAULT_PLACE_RADIUS_M)
         exclusion = self.cfg.neg_radius if self.cfg.neg_radius is not None else train_set.train_neg_radius
         sampler = PlaceBatchSampler(places.labels, self.cfg.places_per_batch, self.cfg.images_per_place,
@@ -248,8 +257,14 @@ class Trainer:
 
     def _checkpoint(self) -> Dict[str, Any]:
         return self.state.to_checkpoint(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                        prev_negatives=self.miner.prev_negatives,
+                                        prev_negatives=self._prev_negatives(),
                                         teacher=self.generations.teacher_state(), config=self.cfg)
+
+    def _prev_negatives(self) -> np.ndarray:
+        """The miner's memory of each query's negatives; an empty one with place batches (no miner)."""
+        if self.miner is None:
+            return np.empty((0, self.cfg.neg_num), dtype=np.int64)
+        return self.miner.prev_negatives
 
     def _commit(self, best_changed: bool = True) -> None:
         """Write checkpoint.pt (the one atomic commit of this epoch), then its views best.pt and log.jsonl."""
@@ -262,7 +277,8 @@ class Trainer:
         saved = self.folder.read(self.cfg)
         self.model.load_state_dict(saved["model"])
         self.state.restore(saved)
-        self.miner.prev_negatives = saved["prev_negatives"].numpy().copy()
+        if self.miner is not None:
+            self.miner.prev_negatives = saved["prev_negatives"].numpy().copy()
         self.generations.restore_teacher(saved["teacher"])
         self.optim.restore(saved["optimizer"], saved["scheduler"])
         if self.folder.centroids.is_file():

@@ -10,7 +10,7 @@
 - reduce.py: a model's descriptor cut to leading whitening components or to no whitening (`set_whitening_dim`,
   `set_descriptor_dim`: VPRModel's methods of those names call them).
 
-It imports torch, numpy and `registry.h5io` only, and works on any module that carries what a VPRModel carries
+It imports torch, numpy and `registry._util.h5io` only, and works on any module that carries what a VPRModel carries
 (`whitening`, `aggregator.out_dim`, `config`, `name`), so the Hub layer (`pull_pca`) and the model layer can both
 import it and it imports neither, nor training or evaluation.
 """

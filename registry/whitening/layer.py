@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..h5io import read_pca, write_datasets
+from .._util.h5io import read_pca, write_datasets
 
 EIG_FLOOR = 1e-9
 

@@ -8,7 +8,7 @@ from shared_paths import GOLDEN, need_shared
 
 import registry
 from clusvpr_plugin.convert import whitening_from_pca_layer
-from registry.backbones import VGG16Backbone
+from registry.models.backbones import VGG16Backbone
 from registry.whitening import PCAWhitening
 
 

@@ -6,7 +6,7 @@ from shared_paths import GOLDEN, need_shared
 
 from clusvpr_plugin.aggregator import ClusVPRAggregator
 from clusvpr_plugin.convert import convert_reference_state_dict
-from registry.aggregators.netvlad import alpha_from_clusters
+from registry.models.aggregators.netvlad import alpha_from_clusters
 
 
 @pytest.fixture(scope="module")

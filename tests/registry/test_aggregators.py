@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from registry.aggregators import GeM, NetVLAD, alpha_from_clusters
+from registry.models.aggregators import GeM, NetVLAD, alpha_from_clusters
 
 
 def naive_netvlad(x, conv_w, centroids):

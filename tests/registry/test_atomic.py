@@ -1,4 +1,4 @@
-"""registry._atomic.atomic_path: files get the user's umask, a real write failure names the file and keeps the
+"""registry._util.atomic.atomic_path: files get the user's umask, a real write failure names the file and keeps the
 earlier one."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from real_faults import write_under_limit
 
-from registry._atomic import atomic_path, file_mode, folder_mode, umask
+from registry._util.atomic import atomic_path, file_mode, folder_mode, umask
 
 
 def _mode(path: Path) -> int:
@@ -43,7 +43,7 @@ def test_the_umask_is_read_without_being_changed(user_umask):
 def test_a_write_past_the_file_size_limit_names_the_file_and_keeps_the_earlier_one(tmp_path):
     target = tmp_path / "data.bin"
     target.write_bytes(b"earlier")
-    result = write_under_limit("from registry._atomic import atomic_path", f"""
+    result = write_under_limit("from registry._util.atomic import atomic_path", f"""
         with atomic_path({str(target)!r}) as tmp:
             tmp.write_bytes(b"x" * (1 << 20))
     """, limit=64 * 1024)
@@ -70,7 +70,7 @@ def test_the_one_folder_writer_creates_replaces_as_a_whole_or_file_by_file(tmp_p
     """staged_folder: a new folder by one rename; over an earlier one, replaced as a whole (a file the new one lacks
     is gone) or, given a layout, file by file (layout files replaced or removed, the user's other files kept); the
     folder and files get the umask's modes; nothing is left beside the target."""
-    from registry._atomic import leftovers, staged_folder
+    from registry._util.atomic import leftovers, staged_folder
 
     target = tmp_path / "out"
     with staged_folder(target) as stage:
@@ -91,7 +91,7 @@ def test_the_one_folder_writer_creates_replaces_as_a_whole_or_file_by_file(tmp_p
 
 
 def test_a_failure_inside_the_folder_writer_leaves_the_earlier_folder_and_nothing_else(tmp_path):
-    from registry._atomic import leftovers, staged_folder
+    from registry._util.atomic import leftovers, staged_folder
 
     target = tmp_path / "out"
     with staged_folder(target) as stage:
@@ -105,7 +105,7 @@ def test_a_failure_inside_the_folder_writer_leaves_the_earlier_folder_and_nothin
 
 
 def test_the_package_has_exactly_one_folder_writer():
-    """Only registry._atomic stages or swaps folders: the saved PlaceIndex, the map store's create and the Hub
+    """Only registry._util.atomic stages or swaps folders: the saved PlaceIndex, the map store's create and the Hub
     layout write through staged_folder, and no other module makes a staging folder to rename into place."""
     import registry
 

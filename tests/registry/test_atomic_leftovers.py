@@ -1,9 +1,9 @@
-"""registry._atomic: what a killed atomic write or staged save leaves, and how it is recognised."""
+"""registry._util.atomic: what a killed atomic write or staged save leaves, and how it is recognised."""
 from __future__ import annotations
 
 import os
 
-from registry._atomic import atomic_path, is_temporary, leftovers, staging_dir
+from registry._util.atomic import atomic_path, is_temporary, leftovers, staging_dir
 
 
 def _killed_write(target):

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 from shared_paths import VGG_WEIGHTS, need_shared
 
-from registry.backbones import ResNet50Backbone, VGG16Backbone
+from registry.models.backbones import ResNet50Backbone, VGG16Backbone
 
 
 def test_vgg16_stops_at_conv5_3_before_its_relu():

@@ -105,7 +105,7 @@ def test_an_argument_outside_its_range_is_refused_at_creation_with_the_range(nam
 
 
 def test_a_number_the_model_declares_no_range_for_is_still_bounded():
-    from registry._ranges import UNDECLARED, check_args
+    from registry._util.ranges import UNDECLARED, check_args
 
     with pytest.raises(ValueError, match=r"width = 1e\+30 .* a finite number in -1\.04858e\+06\.\.1\.04858e\+06"):
         check_args({"width": 1e30}, {}, "a plugin", "fix it")
@@ -126,7 +126,7 @@ def test_a_config_format_version_that_is_not_a_number_names_the_file_and_the_fie
 def _tampered_copy(saved: Path, target: Path, name: str, write) -> Path:
     """A copy of the saved layout whose file `name` is rewritten by `write(path)`, with config.json's sha256 and
     size for it recomputed: a NaN that the checksum cannot catch."""
-    from registry._files import sha256_file
+    from registry._util.files import sha256_file
 
     target.mkdir()
     for path in saved.iterdir():

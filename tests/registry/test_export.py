@@ -102,7 +102,7 @@ def test_an_input_size_outside_the_valid_range_is_refused_with_the_range(tmp_pat
 def test_an_export_past_the_file_size_limit_fails_naming_the_file_and_keeps_the_earlier_graph(tmp_path):
     from real_faults import write_under_limit
 
-    from registry._files import sha256_file
+    from registry._util.files import sha256_file
 
     path = registry.export_onnx(small_model("gem_vgg16"), tmp_path / "m.onnx", verify=False)
     earlier = sha256_file(path)

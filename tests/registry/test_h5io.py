@@ -13,8 +13,8 @@ import torch
 
 import registry
 import registry.hub as hub
-from registry import h5io
-from registry._files import sha256_file
+from registry._util import h5io
+from registry._util.files import sha256_file
 
 
 @pytest.fixture(scope="module")

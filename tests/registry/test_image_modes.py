@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from registry.datasets import ImageReadError, open_rgb
-from registry.preprocess import Preprocess
+from registry.models.preprocess import Preprocess
 
 H, W = 32, 48
 HALF_STEP = 0.5 / 255

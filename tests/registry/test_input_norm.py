@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import registry
-from registry.input_norm import IMAGENET_MEAN, IMAGENET_STD
+from registry.models.input_norm import IMAGENET_MEAN, IMAGENET_STD
 
 SMALL = {"input_size": (64, 96)}
 SMALL_ARGS = {"clusvpr_vgg16": {"num_clusters": 8, "whitening_dim": 32}, "netvlad_vgg16": {"num_clusters": 8,

@@ -8,7 +8,7 @@ import pytest
 from shared_paths import REPO
 
 import registry
-from registry._registry import PLUGIN_GROUP, ModelEntry
+from registry.models._registry import PLUGIN_GROUP, ModelEntry
 
 
 def test_lists_the_required_models():
@@ -31,7 +31,7 @@ def test_unknown_name_lists_closest_valid_names():
 
 
 def test_duplicate_registration_is_an_error():
-    entry = registry._registry.get_entry("gem_vgg16")
+    entry = registry.models._registry.get_entry("gem_vgg16")
     with pytest.raises(ValueError, match="already registered"):
         registry.register_model(ModelEntry("gem_vgg16", entry.builder, "vgg16", "gem"))
 
@@ -72,7 +72,7 @@ def test_importing_the_packages_does_no_heavy_work():
 
 
 def test_recipes_come_from_their_own_entry_point_group():
-    from registry._registry import declared_entry_points
+    from registry.models._registry import declared_entry_points
     from registry.training.recipes import RECIPE_GROUP
 
     assert "clusvpr_plugin.pyramid" in {ep.value for ep in declared_entry_points(RECIPE_GROUP)}
@@ -98,8 +98,8 @@ def test_a_third_party_plugin_needs_only_the_public_api(tmp_path):
         "from pathlib import Path\n"
         "import torch\n"
         "from registry import ModelEntry, find_releases, register_backbone, register_model\n"
-        "from registry.factory import build_vpr_model, pretrained_cfg\n"
-        "from registry.timm_models import register_timm_model\n"
+        "from registry.models.factory import build_vpr_model, pretrained_cfg\n"
+        "from registry.models.timm_models import register_timm_model\n"
         "class Tiny(torch.nn.Module):\n"
         "    out_channels, stride = 8, 16\n"
         "    def __init__(self, weights=None, train_layers=None):\n"
@@ -157,7 +157,7 @@ def test_an_import_error_inside_a_plugin_names_the_plugin_instead_of_unknown_mod
 
 
 def test_each_model_has_its_own_minimum_input_side_read_from_its_entry():
-    from registry.factory import min_input_side
+    from registry.models.factory import min_input_side
 
     sides = {"gem_vgg16": 16, "gem_resnet50": 16, "netvlad_vgg16": 16, "clusvpr_vgg16": 32}
     for name, side in sides.items():
@@ -170,9 +170,9 @@ def test_each_model_has_its_own_minimum_input_side_read_from_its_entry():
 
 def test_a_core_model_gets_its_own_minimum_without_the_plugin():
     code = ("import sys, registry\n"
-            "registry._registry._plugins_loaded = True  # as if no plugin were installed\n"
+            "registry.models._registry._plugins_loaded = True  # as if no plugin were installed\n"
             "from registry.bench.config import MIN_INPUT_SIDE\n"
-            "from registry.factory import min_input_side\n"
+            "from registry.models.factory import min_input_side\n"
             "print(min_input_side('gem'), min_input_side('netvlad'), MIN_INPUT_SIDE, 'clusvpr_plugin' in sys.modules,"
             " 'clusvpr_vgg16' in registry.list_models())\n")
     printed = subprocess.check_output([sys.executable, "-c", code], text=True, cwd=REPO,

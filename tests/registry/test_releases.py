@@ -41,7 +41,7 @@ def no_network(monkeypatch):
 
 
 def _entry(name):
-    return registry._registry.get_entry(name)
+    return registry.models._registry.get_entry(name)
 
 
 @pytest.mark.parametrize("name", RELEASED)

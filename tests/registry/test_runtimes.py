@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import registry
-from registry.aggregators.gem import GeM
-from registry.aggregators.netvlad import NetVLAD
 from registry.export import relative_error
+from registry.models.aggregators.gem import GeM
+from registry.models.aggregators.netvlad import NetVLAD
 from registry.whitening import PCAWhitening
 
 pytest.importorskip("onnxruntime", reason="the runtime tests need the onnx extra: pip install -e '.[onnx]'")
@@ -221,7 +221,7 @@ def test_missing_onnxruntime_names_the_extra_and_the_torch_fallback():
         import sys
         sys.modules["onnxruntime"] = None  # as if it were not installed
         import torch, registry
-        from registry.aggregators.gem import GeM
+        from registry.models.aggregators.gem import GeM
         from torch import nn
         model = registry.VPRModel(nn.Conv2d(3, 4, 3), GeM(4), config={"architecture": "x"},
                                   input_config={"input_size": (3, 32, 32), "mean": [0, 0, 0], "std": [1, 1, 1]})

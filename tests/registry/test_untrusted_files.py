@@ -19,9 +19,9 @@ from PIL import Image
 from torch import nn
 
 import registry
-from registry import h5io
-from registry._image_modes import to_rgb
-from registry._jsonio import BoundedJSONError, loads_bounded, quote, read_json
+from registry._util import h5io
+from registry._util.image_modes import to_rgb
+from registry._util.jsonio import BoundedJSONError, loads_bounded, quote, read_json
 from registry.datasets.images import ImageReadError, image_size, open_rgb
 from registry.errors import NonFiniteOutputError
 from registry.export import relative_error, verify_onnx

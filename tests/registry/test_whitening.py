@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from registry.h5io import load_centroids, save_centroids, write_datasets
+from registry._util.h5io import load_centroids, save_centroids, write_datasets
 from registry.whitening import PCAWhitening
 
 

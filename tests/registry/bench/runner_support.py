@@ -48,8 +48,8 @@ class TinyBackbone(nn.Module):
 @contextlib.contextmanager
 def tiny_models() -> Iterator[List[str]]:
     """Register the tiny backbone and three tiny models (NetVLAD + whitening, GeM, ClusVPR) for the block."""
-    from registry import _registry
-    from registry.factory import build_vpr_model, pretrained_cfg
+    from registry.models import _registry
+    from registry.models.factory import build_vpr_model, pretrained_cfg
 
     _registry.load_plugins()
     size = {"input_size": (64, 64)}

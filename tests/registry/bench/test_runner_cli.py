@@ -90,7 +90,7 @@ def test_bad_arguments_exit_2_with_a_one_line_reason_before_any_work(argv, messa
                                            and "would be ignored" not in b[1]])
 def test_python_callers_of_run_config_get_the_command_lines_errors(argv, message, tmp_path, capsys):
     """The checks live in RunConfig.from_options: a Python caller gets the UsageError the command line reports."""
-    from registry._options import UsageError
+    from registry._util.options import UsageError
     from registry.bench import RunConfig, RunOptions
 
     parsed = load_runner().build_parser().parse_args([*argv, "--output-dir", str(tmp_path / "out")])

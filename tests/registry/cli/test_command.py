@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry._options import UsageError
+from registry._util.options import UsageError
 from registry.cli._command import parser, run_command
 
 

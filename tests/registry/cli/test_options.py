@@ -1,5 +1,5 @@
 """One source of truth per command-line option: every flag of the runner, the trainer and the whitening sweep is
-generated from one dataclass field (registry._options.option), with that field's default and a help text."""
+generated from one dataclass field (registry._util.options.option), with that field's default and a help text."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-from registry._options import is_option
+from registry._util.options import is_option
 from registry.cli import bench as bench_cli
 from registry.cli import sweep
 from registry.cli import train as train_cli

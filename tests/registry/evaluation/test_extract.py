@@ -104,8 +104,8 @@ def test_real_registry_model_matches_its_own_transform_for_any_batch_size(tmp_pa
 
 
 def test_extraction_runs_the_models_own_encode(tmp_path):
-    """extract_descriptors and VPRModel.encode share one inference step (registry.model.encode_images): one batch of
-    the same images gives bit-identical descriptors."""
+    """extract_descriptors and VPRModel.encode share one inference step (registry.models.model.encode_images): one
+    batch of the same images gives bit-identical descriptors."""
     model = registry.create("gem_resnet50", input_size=(32, 48)).eval()
     paths = write_images(tmp_path, [(64, 40)] * 4)
     own = model.transform()

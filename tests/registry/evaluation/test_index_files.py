@@ -350,7 +350,7 @@ def test_faiss_writing_to_a_full_disk_is_reported_as_a_full_disk_with_its_errno(
 
     import faiss
 
-    from registry._atomic import errno_of
+    from registry._util.atomic import errno_of
     from registry.evaluation.index_files import _save_failure
 
     index = faiss.IndexFlatL2(8)

@@ -291,7 +291,7 @@ def test_a_killed_creators_staging_folder_is_removed_and_a_live_one_kept(images,
     create removes it once it is older than a create can take, and keeps a fresh one (another creator's, live)."""
     import time
 
-    from registry._atomic import staging_dir
+    from registry._util.atomic import staging_dir
     from registry.evaluation import store as store_module
 
     stale, live = staging_dir(tmp_path / "store"), staging_dir(tmp_path / "store")

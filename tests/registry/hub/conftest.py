@@ -74,8 +74,8 @@ def no_retry_sleep(monkeypatch) -> None:
 @pytest.fixture
 def tiny_model_name(monkeypatch) -> str:
     """Registers `hubtest_tiny_netvlad` (a plugin-style model: tiny backbone + NetVLAD + whitening) for one test."""
-    from registry import _registry
-    from registry.factory import build_vpr_model, pretrained_cfg
+    from registry.models import _registry
+    from registry.models.factory import build_vpr_model, pretrained_cfg
 
     _registry.load_plugins()
     monkeypatch.setitem(_registry._BACKBONES, "hubtest_tiny", TinyBackbone)

@@ -75,7 +75,7 @@ def test_failed_save_leaves_no_folder_and_no_temp_files(tiny, tmp_path, monkeypa
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(registry.h5io, "save_centroids", broken)
+    monkeypatch.setattr(registry._util.h5io, "save_centroids", broken)
     with pytest.raises(OSError, match="disk full"):
         hub.save_pretrained(model, tmp_path / "m")
     assert os.listdir(tmp_path) == []
@@ -85,7 +85,8 @@ def test_failed_resave_keeps_the_previous_layout_intact(tiny, tmp_path, monkeypa
     model, images = tiny
     folder = hub.save_pretrained(model, tmp_path / "m")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    monkeypatch.setattr(registry.h5io, "save_centroids", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(registry._util.h5io, "save_centroids",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with torch.no_grad():
         model.aggregator.centroids.add_(1.0)
     with pytest.raises(OSError):
@@ -285,7 +286,7 @@ def test_architecture_arguments_in_a_config_still_load(tiny, tmp_path):
     model, images = tiny
     folder = hub.save_pretrained(model, tmp_path / "m")
     assert set(json.loads((folder / "config.json").read_text())["model_args"]) <= set(
-        registry.factory.architecture_args(model.name))
+        registry.models.factory.architecture_args(model.name))
     assert torch.equal(outputs(registry.VPRModel.from_pretrained(str(folder)), images), outputs(model, images))
 
 

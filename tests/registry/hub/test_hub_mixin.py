@@ -9,7 +9,7 @@ import torch
 
 import registry
 import registry.hub as hub
-from registry.factory import build_vpr_model
+from registry.models.factory import build_vpr_model
 
 from .helpers import outputs
 
@@ -48,7 +48,7 @@ def test_the_mixin_hooks_write_and_read_the_zoo_layout(tiny, tmp_path):
 
 
 def test_from_pretrained_returns_an_instance_of_the_class_it_is_called_on(tiny, tmp_path, monkeypatch):
-    from registry import _registry
+    from registry.models import _registry
 
     model, images = tiny
     entry = _registry.get_entry(model.name)
@@ -88,7 +88,7 @@ def test_load_then_save_keeps_every_file_of_the_layout(tiny, tmp_path):
 
 @pytest.mark.parametrize("name", ["netvlad_vgg16.nordland", "clusvpr_vgg16.nordland"])
 def test_a_released_model_saved_again_keeps_its_centroids_file(name, tmp_path):
-    from registry import _registry
+    from registry.models import _registry
 
     base, tag = _registry.split_tag(name)
     folder = _registry.get_entry(base).release(tag).folder
@@ -97,7 +97,7 @@ def test_a_released_model_saved_again_keeps_its_centroids_file(name, tmp_path):
 
 
 def test_create_resolves_the_name_once_and_builds_once(tiny, tmp_path, monkeypatch):
-    from registry import _registry
+    from registry.models import _registry
 
     model, images = tiny
     folder = model.save_pretrained(tmp_path / "m")

@@ -38,7 +38,7 @@ def test_push_then_pull_is_bit_identical_for_every_model(hub_server, name):
 def _pin_default(monkeypatch, name: str, repo: str, commit: str) -> None:
     """Record a published pin for `name`'s default release (as benchmarks/publish.py --record does): it takes
     precedence over the bundled copy."""
-    entry = registry._registry.get_entry(name)
+    entry = registry.models._registry.get_entry(name)
     tag = entry.default_release or "nordland"
     bundled = entry.releases[tag].folder if tag in entry.releases else None
     monkeypatch.setattr(entry, "releases", {**entry.releases,

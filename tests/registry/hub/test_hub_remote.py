@@ -108,7 +108,7 @@ def test_pretrained_true_uses_the_pinned_default_repo(hub_server, tiny, tiny_mod
     pinned = _push(model)
     before = outputs(model, images)
     _push(initialise(model, seed=1))  # main moves on; the default stays pinned
-    entry = registry._registry.get_entry(tiny_model_name)
+    entry = registry.models._registry.get_entry(tiny_model_name)
     monkeypatch.setattr(entry, "releases", {"demo": registry.Release("demo", None, f"{REPO}@{pinned}")})
     monkeypatch.setattr(entry, "default_release", "demo")
     assert torch.equal(outputs(registry.create(tiny_model_name, pretrained=True), images), before)

@@ -26,7 +26,7 @@ def demo_release(tiny, tiny_model_name, tmp_path, monkeypatch):
     model, images = tiny
     folder = model.save_pretrained(tmp_path / "releases" / f"{tiny_model_name}.demo", dtype="float16",
                                    release={"name": f"{tiny_model_name}.demo", "trained_on": "nothing (a test)"})
-    entry = registry._registry.get_entry(tiny_model_name)
+    entry = registry.models._registry.get_entry(tiny_model_name)
     monkeypatch.setattr(entry, "releases", registry.find_releases(folder.parent, tiny_model_name))
     monkeypatch.setattr(entry, "default_release", "demo")
     return folder, images
@@ -47,7 +47,7 @@ def test_publish_round_trip_records_a_pin_that_pretrained_true_then_prefers(
 
     table = json.loads((folder.parent / "published.json").read_text())
     assert table == {full: pin}
-    entry = registry._registry.get_entry(tiny_model_name)
+    entry = registry.models._registry.get_entry(tiny_model_name)
     monkeypatch.setattr(entry, "releases", registry.find_releases(folder.parent, tiny_model_name))
     assert entry.release("demo").hub == pin and entry.release("demo").folder == folder
     pulled = registry.create(full, pretrained=True)

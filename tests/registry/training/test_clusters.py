@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import registry
-from registry import h5io
+from registry._util import h5io
 from registry.training import init_clusters, kmeans, load_clusters, sample_local_descriptors
 from registry.training.sources import ImageSource, stack_items
 

@@ -91,3 +91,45 @@ def test_a_loss_that_is_not_finite_stops_the_epoch_with_the_fix(tiny_sets, tmp_p
     trainer.engine = lambda inputs, generation: (torch.tensor(float("nan")), {})
     with pytest.raises(FloatingPointError, match="loss became nan at generation 0, epoch 0: lower --lr"):
         trainer.train_epoch()
+
+
+class _LossesEpoch:
+    """The recipe's epoch replaced by a fixed sequence of mean losses (no validation set: the score is -loss)."""
+
+    def __init__(self, losses):
+        self.losses, self.calls = list(losses), []
+
+    def run(self, generation, epoch, optimizer):
+        self.calls.append((generation, epoch))
+        return {"loss": self.losses[len(self.calls) - 1]}
+
+
+def test_patience_ends_a_generation_after_that_many_epochs_without_a_better_score(tiny_sets, tmp_path):
+    trainer = _trainer(tiny_sets, tmp_path, epochs=10, patience=2)
+    trainer.loop.epoch = fake = _LossesEpoch([0.5, 0.4, 0.6, 0.7, 0.1, 0.1])
+    records = []
+    trainer.loop.run(records.append)
+    # epoch 2 is the best; epochs 3 and 4 do not beat it: the generation ends after epoch 4 of the 10 allowed
+    assert fake.calls == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    assert [r["best"] for r in records] == [True, True, False, False] and trainer.best["epoch"] == 2
+
+
+def test_patience_counts_per_generation_and_from_the_history_a_resumed_run_reads(tiny_sets, tmp_path):
+    from registry.training.loop import stale_epochs
+
+    history = [{"generation": 0, "epoch": 0, "best": True}, {"generation": 0, "epoch": 1, "best": False},
+               {"generation": 0, "epoch": 2, "best": False}, {"generation": 1, "epoch": 1, "best": False}]
+    assert stale_epochs(history, 1) == 1 and stale_epochs(history[:3], 0) == 2 and stale_epochs(history[:1], 0) == 0
+    trainer = _trainer(tiny_sets, tmp_path, epochs=10, patience=2)
+    trainer.loop.epoch = fake = _LossesEpoch([0.5, 0.6, 0.7])
+    trainer.loop.run(lambda record: None)
+    assert fake.calls == [(0, 0), (0, 1), (0, 2)] and trainer.loop.state.generation == 1  # the only one is over
+    trainer.loop.run(lambda record: None)  # run again (as a resumed run would): nothing is left to train
+    assert len(fake.calls) == 3
+
+
+def test_patience_must_be_a_positive_number_of_epochs():
+    from registry.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        TrainConfig(patience=0).validate()

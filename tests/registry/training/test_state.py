@@ -10,7 +10,7 @@ import torch
 from tiny_vpr import small_config
 from torch import nn
 
-from registry._atomic import atomic_path, staging_dir
+from registry._util.atomic import atomic_path, staging_dir
 from registry.training import CheckpointError
 from registry.training.checkpoint import load_checkpoint
 from registry.training.state import RunFolder, TrainState, check_options

@@ -9,7 +9,7 @@ from torch import nn
 
 import registry
 from registry import ModelEntry
-from registry.factory import build_vpr_model, pretrained_cfg
+from registry.models.factory import build_vpr_model, pretrained_cfg
 
 IMAGE_HW = (32, 48)
 TINY_MODELS = ("tiny_netvlad", "tiny_gem", "tiny_clusvpr")
@@ -73,7 +73,7 @@ def small_config(**changes):
 
 def register() -> None:
     """Register the tiny backbone and models (idempotent)."""
-    from registry import _registry
+    from registry.models import _registry
 
     if "tiny_netvlad" in _registry._MODELS:
         return

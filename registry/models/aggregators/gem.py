@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._ranges import ArgRange
+from ..._util.ranges import ArgRange
 from .checks import check_feature_map
 
 

@@ -106,7 +106,7 @@ class ModelEntry:
 
     def release(self, tag: Optional[str] = None) -> Release:
         """The release under `tag` (default: `default_release`); errors name the valid tags or say none exists."""
-        from .errors import NotPublishedError
+        from ..errors import NotPublishedError
 
         if not self.releases:
             raise NotPublishedError(

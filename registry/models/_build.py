@@ -11,11 +11,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from ._ranges import check_args, ranges_for
+from .._util.ranges import check_args, ranges_for
+from ..errors import NonFiniteValuesError
+from ..hub import CARD_FACTS, Snapshot, read_cluster_source, read_state_dict
+from ..hub.errors import IncompatibleWeightsError, WrongModelError
 from ._registry import ModelEntry, get_aggregator, get_backbone, get_entry, lookup
-from .errors import NonFiniteValuesError
-from .hub import CARD_FACTS, Snapshot, read_cluster_source, read_state_dict
-from .hub.errors import IncompatibleWeightsError, WrongModelError
 
 # arguments of a builder that say where weights come from, or that the registry fills in: not the architecture
 _NOT_ARCHITECTURE = ("architecture", "backbone", "aggregator", "backbone_weights", "pretrained_cfg", "model_args")
@@ -67,7 +67,7 @@ def check_overrides(entry: ModelEntry, overrides: Mapping[str, Any], also: Itera
 
 def check_ranges(entry: ModelEntry, args: Mapping[str, Any], where: str, fix: str) -> None:
     """ValueError (WrongModelError for a config.json) naming an argument outside its documented range (the
-    builder's and the aggregator's `arg_ranges`, registry._ranges), before anything is allocated."""
+    builder's and the aggregator's `arg_ranges`, registry._util.ranges), before anything is allocated."""
     try:
         check_args(args, ranges_for(get_backbone(entry.backbone), get_aggregator(entry.aggregator)), where, fix)
     except ValueError as err:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._image_modes import to_rgb
+from .._util.image_modes import to_rgb
 
 RESIZE_POLICIES = ("fixed", "longer_side")
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
@@ -24,8 +24,8 @@ def target_size(width: int, height: int, resize: str, input_hw: Tuple[int, int],
 
 
 class Preprocess:
-    """PIL image (RGB, greyscale, 16-bit: registry._image_modes.to_rgb) -> normalised float tensor (3, H, W), resized
-    by the given policy."""
+    """PIL image (RGB, greyscale, 16-bit: registry._util.image_modes.to_rgb) -> normalised float tensor (3, H, W),
+    resized by the given policy."""
 
     def __init__(self, input_config: Dict[str, Any], resize: Optional[str] = None, longer_side: Optional[int] = None):
         _, h, w = input_config["input_size"]

@@ -42,7 +42,7 @@ class ArgRange:
         return math.isfinite(float(value)) and self.lo <= value <= self.hi
 
 
-# arguments of registry.factory.build_vpr_model (and of any builder using these names)
+# arguments of registry.models.factory.build_vpr_model (and of any builder using these names)
 BUILDER_RANGES: Mapping[str, ArgRange] = {
     "input_size": ArgRange(1, 8192, length=2),
     "whitening_dim": ArgRange(1, 65536, optional=True),

@@ -8,14 +8,14 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from ._atomic import atomic_path
-from .errors import NonFiniteValuesError
+from ..errors import NonFiniteValuesError
+from .atomic import atomic_path
 
 PathLike = Union[str, os.PathLike]
 
 
 MAX_VALUES = 1 << 28  # values one dataset may hold (1 GB as float32); the largest a release holds is 2^27 (pca.h5)
-MAX_CLUSTERS = 1024  # centroids rows: num_clusters' documented range (registry._ranges)
+MAX_CLUSTERS = 1024  # centroids rows: num_clusters' documented range (registry._util.ranges)
 MAX_WIDTH = 1 << 16  # descriptor widths: whitening_dim's documented range
 
 

@@ -95,8 +95,8 @@ def _tag(pretrained_cfg: Any) -> Optional[str]:
 def _check_config_args(name: str, config_args: Optional[Dict[str, Any]]) -> None:
     """timm passes an `hf-hub:` / `local-dir:` config.json's model_args on as keyword arguments (and, apart, as
     `pretrained_model_args`): as with registry.hub, they may only shape the architecture."""
-    from registry.factory import architecture_args
     from registry.hub import WrongModelError
+    from registry.models.factory import architecture_args
 
     refused = sorted(set(config_args or {}) - set(architecture_args(name)))
     if refused:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._ranges import ArgRange
+from ..._util.ranges import ArgRange
 from .checks import check_feature_map
 
 
@@ -47,7 +47,7 @@ def vlad_residuals(assign: torch.Tensor, x: torch.Tensor, centroids: torch.Tenso
 class NetVLAD(nn.Module):
     """Soft-assignment VLAD over L2-normalised local descriptors; intra- and L2-normalised output."""
 
-    arg_ranges = {"num_clusters": ArgRange(1, 1024)}  # checked before building (registry._ranges)
+    arg_ranges = {"num_clusters": ArgRange(1, 1024)}  # checked before building (registry._util.ranges)
 
     def __init__(self, in_channels: int, num_clusters: int = 64, normalize_input: bool = True) -> None:
         super().__init__()

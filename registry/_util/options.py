@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple, Union
 
-from ._ranges import ArgRange
+from .ranges import ArgRange
 
 
 class UsageError(ValueError):
@@ -210,7 +210,7 @@ def check_data_root(path: Union[str, None]) -> None:
 
 def check_input_size(size: Union[Tuple[int, int], None], side: ArgRange, of: str) -> None:
     """UsageError unless both sides of --input-size (when given) lie in `side`, the input-size range of the model(s)
-    `of` names (registry._ranges.ranges_for)."""
+    `of` names (registry._util.ranges.ranges_for)."""
     if size is not None and not side.accepts(tuple(size)):
         lo, hi = int(side.lo), int(side.hi)
         raise UsageError(f"--input-size {size[0]} {size[1]}: both sides must be >= {lo} and <= {hi} (valid: "

@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from huggingface_hub import ModelHubMixin
 from torch import nn
 
-from . import _registry, hub
-from . import whitening as _whitening
+from .. import hub
+from .. import whitening as _whitening
+from .._util.ranges import min_side
+from ..errors import NonFiniteOutputError
+from ..whitening import PCAWhitening
+from . import _registry
 from ._build import load_pretrained
-from ._ranges import min_side
-from .errors import NonFiniteOutputError
 from .preprocess import Preprocess
-from .whitening import PCAWhitening
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -273,8 +274,8 @@ class VPRModel(nn.Module, ModelHubMixin, library_name=hub.LIBRARY_NAME, pipeline
         **model_kwargs: Any,
     ) -> "VPRModel":
         """ModelHubMixin's hook: the Hub layer resolves and verifies the files, the registry builder that
-        config.json names rebuilds the model, and model.safetensors loads strictly (registry._build.load_pretrained,
-        the load `registry.create(name, pretrained=...)` runs too)."""
+        config.json names rebuilds the model, and model.safetensors loads strictly
+        (registry.models._build.load_pretrained, the load `registry.create(name, pretrained=...)` runs too)."""
         entry = None if architecture is None else _registry.get_entry(architecture)
         descriptor_dim = model_kwargs.pop("descriptor_dim", None)
         snap = hub.Snapshot(model_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,

@@ -7,14 +7,15 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from . import _registry, hub
+from .. import hub
+from .._util.ranges import min_side
+from ..whitening import PCAWhitening
+from . import _registry
 from ._build import architecture_args as architecture_args  # public here: the timm plugin imports it
 from ._build import build, check_finite, check_overrides, finish, load_pretrained
-from ._ranges import min_side
 from ._registry import ModelEntry, Release, find_releases, get_aggregator, get_backbone, register_model
 from .input_norm import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMS, resolve_input_norm
 from .model import VPRModel
-from .whitening import PCAWhitening
 
 # matconvnet VGG16 convention (NetVLAD/OpenIBL/ClusVPR): RGB on 0..255 minus the mean, no std scaling.
 VGG_MATCONVNET_MEAN = (0.485, 0.458, 0.408)
@@ -92,7 +93,7 @@ def create(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overr
     Hub repo `org/name[@rev]`, a local directory in the Hub layout, or a reference checkpoint. The Hub keywords
     (`revision`, `cache_dir`, `local_files_only`, `token`, `endpoint`, `force_download`) apply to a repository.
 
-    `input_norm="imagenet"` makes the model take ImageNet-normalised input (see registry.input_norm);
+    `input_norm="imagenet"` makes the model take ImageNet-normalised input (see registry.models.input_norm);
     `descriptor_dim=k` keeps the k leading components of a fitted whitening (VPRModel.set_descriptor_dim).
     """
     entry, tag = _registry.lookup(name)
@@ -173,7 +174,7 @@ def _release_info(release: Release) -> Dict[str, Any]:
             "model_args": release_model_args(release)}
 
 
-RELEASES_DIR = Path(__file__).resolve().parent / "releases"
+RELEASES_DIR = Path(__file__).resolve().parent.parent / "releases"
 NETVLAD_CITATION = """@inproceedings{arandjelovic2016netvlad,
   title     = {{NetVLAD}: {CNN} architecture for weakly supervised place recognition},
   author    = {Arandjelovi{\\'c}, Relja and Gronat, Petr and Torii, Akihiko and Pajdla, Tomas and Sivic, Josef},

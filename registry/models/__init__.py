@@ -1,0 +1,1 @@
+"""The model layer: VPRModel, its builder and entry registry, backbones, aggregators, preprocessing, timm entries."""
