@@ -362,3 +362,33 @@ def test_faiss_writing_to_a_full_disk_is_reported_as_a_full_disk_with_its_errno(
     assert err.errno == errno.ENOSPC
     assert str(err).startswith(f"[Errno 28] could not save the PlaceIndex to {tmp_path / 'map'}: the disk is full")
     assert f"free space in {tmp_path} (or raise the limit) and save again" in str(err)
+
+
+CAPPED_LOAD = """
+import numpy as np
+from registry.evaluation import PlaceIndex
+from registry.evaluation.index import IndexFileError
+PlaceIndex.load(WARM).search(np.ones((1, 16), dtype=np.float32), 1)  # faiss and its threads warmed before the cap
+"""
+
+
+@pytest.mark.parametrize("kind, field, value", [
+    ("hnsw", "ef_search", 2_000_000_000), ("hnsw", "refine", 10**9), ("hnsw", "hnsw_m", 3_000_000_000),
+    ("ivfpq", "nprobe", 10**9), ("ivfpq", "nlist", 10**9), ("hnsw", "dim", 2**31)])
+def test_a_crafted_places_json_is_refused_within_a_memory_cap(tmp_path, kind, field, value):
+    """Loading and searching a saved index whose places.json was edited (ef_search 2e9 reached 16.5 GB before its
+    bound), in a fresh process whose address space may grow by 1.5 GiB past its start: IndexFileError naming
+    places.json, never MemoryError or a kill."""
+    from memory_cap import run_capped
+
+    warm = saved(tmp_path / "warm", "flat", n=10)
+    folder = saved(tmp_path, "hnsw", n=30, hnsw_m=8, refine=2) if kind == "hnsw" else _ivfpq(tmp_path)
+    meta = json.loads((folder / "places.json").read_text())
+    if field == "dim":
+        meta["dim"] = value
+    else:
+        meta["spec"][field] = value
+    (folder / "places.json").write_text(json.dumps(meta))
+    got = run_capped(f"WARM = {str(warm)!r}\n" + CAPPED_LOAD,
+                     f"PlaceIndex.load({str(folder)!r}).search(np.ones((1, 16), dtype=np.float32), 5)", 3 << 29)
+    assert got["raised"] == "IndexFileError" and "places.json" in got["message"], got

@@ -333,3 +333,19 @@ def test_a_store_metadata_count_far_beyond_its_rows_is_refused_or_opened_without
     got = run_capped(argv + COUNT_SETUP, "s = open_store(sys.argv[2])\nresult = (s.complete, s.count)\n"
                      "s.descriptors", 512 << 20, paths=[HERE])
     assert got["raised"] == "ValueError" and "is incomplete (18 of 150000000 rows)" in got["message"], got
+
+
+def test_a_store_metadata_dim_of_2_31_is_refused_within_a_memory_cap(images, tmp_path):
+    """Metadata dim 2^31 over the schema's 32-d lists (a real Lance commit), opened and read in a child whose address
+    space may grow by 512 MiB: StoreMismatchError naming both widths, nothing sized from the metadata's dim."""
+    from memory_cap import run_capped
+
+    model = TinyEncoder()
+    extract_to_store(model, images, tmp_path / "store", chunk_size=8, device="cpu", progress=False)
+    extract_to_store(model, images, tmp_path / "warm", chunk_size=8, device="cpu", progress=False)
+    _with_meta(tmp_path / "store", dim=2**31)
+    folders = [str(tmp_path / name) for name in ("images", "store", "warm")]
+    got = run_capped(f"import sys\nsys.argv[1:] = {folders!r}\n" + COUNT_SETUP,
+                     "import numpy as np\nnp.asarray(open_store(sys.argv[2]).descriptors)", 512 << 20, paths=[HERE])
+    assert got["raised"] == "StoreMismatchError", got
+    assert "metadata dim 2147483648 but its descriptor column holds 32-d rows" in got["message"]
