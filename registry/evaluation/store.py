@@ -8,6 +8,10 @@ joins. The dataset's schema metadata records the model's config hash, the input 
 type of the place ids (ints come back as ints, anything else as strings). This module reads stores and writes their
 commits; store_extract fills them (one committed chunk at a time, resumable, under torchrun too).
 
+A store's integrity is Lance's: every data file carries the store's id (a file of another store is refused), and
+a missing, truncated or unreadable data file or manifest is a StoreDamagedError naming it and the fix; a byte flipped
+inside a data page is not detected (Lance keeps no checksum of its pages).
+
 A folder of meta.json + descriptors.npy (a memory-mapped descriptor store) is refused, not converted: a store is
 cheap to rebuild; delete the folder and extract again.
 """
