@@ -1,9 +1,13 @@
 """Atomic file writes: write beside the target, fsync, then os.replace, so a crash never leaves half a file; the file
 gets the permissions any file the user creates gets (0666 minus the umask), not tempfile's private 0600.
 
-The temporary files (`atomic_path`) and staging folders (`staging_dir`) are named `.<target name>.<8 random
-characters>.tmp` beside their target; `is_temporary` and `leftovers` recognise them, so a run that starts after a
-kill can remove what the kill left without knowing how they are named.
+A folder of files is written the same way by `staged_folder`, the one folder writer (the saved PlaceIndex and the
+Hub layout): built in a staging folder beside its target, fsynced, then renamed into place, either replacing the
+target as a whole or, for a layout whose folder may hold the user's other files, file by file with one file last.
+
+The temporary files (`atomic_path`), staging folders (`staging_dir`) and the earlier folder a replacement moves aside
+are named `.<target name>.<8 random characters>.tmp` beside their target; `is_temporary` and `leftovers` recognise
+them, so a run that starts after a kill can remove what the kill left without knowing how they are named.
 """
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
 SUFFIX = ".tmp"
@@ -37,6 +42,20 @@ _WRITE_FAILURES = {
 def write_failure(err: BaseException) -> "str | None":
     """Why a write failed, in words, when `err` is an OSError of a write that ran out of room or was refused."""
     return _WRITE_FAILURES.get(getattr(err, "errno", None)) if isinstance(err, OSError) else None
+
+
+def errno_of(err: BaseException) -> "int | None":
+    """The errno of a failed write: the OSError's own, else one a library's message carries (`os error 28` from
+    Rust, `[Errno 28]`, or the system's words for one of the write failures, e.g. faiss's `(No space left on
+    device)`); None when there is none."""
+    code = getattr(err, "errno", None)
+    if isinstance(code, int):
+        return code
+    text = str(err)
+    found = re.search(r"os error (\d+)|\[Errno (\d+)\]", text)
+    if found:
+        return int(found.group(1) or found.group(2))
+    return next((c for c in _WRITE_FAILURES if f"({os.strerror(c)})" in text), None)
 
 
 def umask() -> int:
@@ -117,6 +136,86 @@ def staging_dir(target: PathLike) -> Path:
     or removes it on failure); named like `atomic_path`'s temporary files, so `leftovers` finds it after a kill."""
     target = Path(target)
     return Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=SUFFIX, dir=target.parent))
+
+
+@contextlib.contextmanager
+def staged_folder(target: PathLike, layout: Optional[Sequence[str]] = None, last: Optional[str] = None,
+                  exclusive: bool = False) -> Iterator[Path]:
+    """Yield a new staging folder beside `target` to write the folder's files in. When the block ends without an
+    error, the folders and files in it get the modes the umask gives (not mkdtemp's private 0700), every file and
+    folder is fsynced, and the folder is installed: renamed to `target` when there is none. Else `exclusive`: the
+    rename is tried only onto an empty `target` (atomic: of two writers exactly one wins) and FileExistsError
+    raised when it holds anything; `layout` None: `target` is replaced as a whole (moved aside, the new folder
+    renamed in, the old one removed; moved back if that rename fails); `layout` (the names the folder's files may
+    have): each staged file replaces its namesake in `target`, `last` last, a `layout` name the stage lacks is
+    removed from `target`, and any other file there is kept. On an error the staging folder is removed and `target`
+    left as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = staging_dir(target)
+    try:
+        yield stage
+        _settle(stage)
+        if exclusive:
+            try:
+                os.rename(stage, target)  # refused when target holds anything
+            except OSError as err:
+                if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise FileExistsError(errno.EEXIST, f"{target} exists and is not empty") from None
+                raise
+        elif not target.exists():
+            os.rename(stage, target)
+        elif layout is None:
+            _replace_whole(stage, target)
+        else:
+            _replace_files(stage, target, layout, last)
+        fsync_folder(target)
+        fsync_folder(target.parent)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _settle(folder: Path) -> None:
+    """The umask's modes for `folder` and everything in it; every file and folder fsynced, innermost first."""
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(root, name)
+            os.chmod(path, file_mode())
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        for name in dirs:
+            os.chmod(os.path.join(root, name), folder_mode())
+            fsync_folder(os.path.join(root, name))
+    os.chmod(folder, folder_mode())
+    fsync_folder(folder)
+
+
+def _replace_whole(stage: Path, target: Path) -> None:
+    """`target` moved aside (into a folder `leftovers` recognises), `stage` renamed in, the old one removed; the old
+    one moved back when the rename fails."""
+    aside = staging_dir(target)
+    os.rename(target, aside / target.name)
+    try:
+        os.rename(stage, target)
+    except BaseException:
+        os.rename(aside / target.name, target)
+        raise
+    finally:
+        if target.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def _replace_files(stage: Path, target: Path, layout: Sequence[str], last: Optional[str]) -> None:
+    written = {p.name for p in stage.iterdir()}
+    for name in layout:
+        if name == last:
+            continue
+        if name in written:
+            os.replace(stage / name, target / name)
+        elif (target / name).is_file():  # a file of an earlier save that this one does not have
+            (target / name).unlink()
+    if last is not None and last in written:
+        os.replace(stage / last, target / last)
 
 
 def is_temporary(path: PathLike, target: Optional[PathLike] = None) -> bool:

@@ -7,10 +7,11 @@ immutable registry.bench.RunConfig (bad input fails fast, exit status 2); `main`
 """
 from __future__ import annotations
 
-import errno
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
+from .._util.atomic import write_failure
 from .._util.options import add_dataclass_arguments
 from ..bench.config import RunConfig, RunOptions
 from ._command import parser, run_command
@@ -69,9 +70,16 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> RunCon
 
 
 def _disk_full(err: BaseException, output_dir: object) -> str:
-    full = " (the disk is full)" if getattr(err, "errno", None) == errno.ENOSPC else ""
-    return (f"could not write the results to {output_dir}{full}: {err}; what was written before is in results.json "
-            "there. Free space or pass another --output-dir, and run again")
+    """The results could not be written: why, and which results.json holds what was written before (when one
+    does: a run that fails on its first pair has written none)."""
+    why = write_failure(err)
+    results = Path(str(output_dir)) / "results.json"
+    kept = (f"the results written before are in {results}, unchanged" if results.is_file() else
+            "no results were written")
+    said = str(err).removeprefix(f"[Errno {getattr(err, 'errno', None)}] ")
+    because = f" ({why})" if why else ""
+    return (f"could not write the results to {output_dir}{because}: {said}; {kept}. Free space or pass another "
+            "--output-dir, and run again")
 
 
 def _pairs_failed(err: BaseException, output_dir: object) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .._util.atomic import write_failure
 from .._util.files import unwritable
 from .._util.options import UsageError, add_dataclass_arguments, calibration_images_option, input_size_option, option
 from ..export import OPSET
@@ -77,9 +78,14 @@ def check(a: argparse.Namespace) -> None:
         a.calibration = _calibration_files(a.calibration, a.calibration_images)
 
 
+class WriteFailed(Exception):
+    """The .onnx file could not be written (a full disk, a quota, the file-size limit): the OSError's message, which
+    names the file and says no partial file is left."""
+
+
 def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     """Export, verify, print what was written (exit status 0; 2 for a bad option, the model's input-size range and
-    model arguments included)."""
+    model arguments included; 1 with one line for a write that ran out of room)."""
     def body() -> int:
         args = build_parser(prog).parse_args(argv)
         check(args)
@@ -88,8 +94,12 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
                 return _export(args)
             except ValueError as err:  # an input size or model argument outside its range: a bad option
                 raise UsageError(str(err)) from None
+            except OSError as err:
+                if write_failure(err) is None:
+                    raise
+                raise WriteFailed(str(err).removeprefix(f"[Errno {err.errno}] ")) from None
 
-    return run_command(prog, body)
+    return run_command(prog, body, failures={WriteFailed: None})
 
 
 def _export(args: argparse.Namespace) -> int:

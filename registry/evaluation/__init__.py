@@ -7,6 +7,7 @@ from .pca import fit_whitening_if_needed, needs_whitening_fit
 from .recall import DEFAULT_NS, drop_ignored, recall_at_n, recall_from_predictions, search
 from .rerank import k_reciprocal_rerank
 from .store import MapStore, StoreChangedError, StoreMismatchError, open_store
+from .store_damage import StoreDamagedError
 from .store_extract import extract_dataset_to_store, extract_to_store, model_config_hash
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "build_index",
     "MapStore",
     "StoreChangedError",
+    "StoreDamagedError",
     "StoreMismatchError",
     "extract_dataset_to_store",
     "extract_to_store",

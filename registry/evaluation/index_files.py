@@ -1,5 +1,5 @@
 """A saved PlaceIndex folder: index.faiss and places.json (and, for a disk refine, vectors.f16), written as a whole
-through registry._util.atomic's staging folder and read back checked before and after faiss reads the index."""
+through registry._util.atomic's folder writer and read back checked before and after faiss reads the index."""
 from __future__ import annotations
 
 import hashlib
@@ -7,13 +7,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .._util.atomic import folder_mode, fsync_folder, staging_dir
+from .._util.atomic import errno_of, staged_folder, write_failure
+from .._util.jsonio import read_json
 from .faiss_build import _innermost, keep_projection_only
 from .index_spec import AUTO, IndexSpec
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 2  # places.json format: 2 adds the metric change (L2 for ivfpq / hnsw), refine and the disk vectors
 META, INDEX = "places.json", "index.faiss"
-_META_LIMIT = 1 << 30  # places.json read at most this far when deciding whether a folder is a saved index
+_META_LIMIT = 1 << 30  # places.json holds one id per place: a few hundred MB for millions of places
 
 
 class IndexFileError(ValueError):
@@ -35,32 +35,34 @@ class IndexFileError(ValueError):
 
 def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tuple[str, Path]] = None) -> None:
     """Write index.faiss, places.json (`meta` with the format and the spec as a dict) and `vectors` ((file name,
-    source path) copied in) to `folder` as a whole: staged beside it, fsynced, then renamed over it, so a failed save
-    leaves the earlier index there intact. The folder gets the user's umask."""
+    source path) copied in) to `folder` as a whole, through registry._util.atomic's one folder writer: staged beside it,
+    fsynced, then renamed over it, so a failed save leaves the earlier index there intact. The folder gets the
+    user's umask."""
     _check_replaceable(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    stage = staging_dir(folder)
     try:
-        os.chmod(stage, folder_mode())
-        try:
-            faiss.write_index(index, str(stage / INDEX))
-        except RuntimeError as err:  # faiss reports a failed fwrite as a RuntimeError
-            raise OSError(f"faiss could not write {INDEX}: {str(err).splitlines()[0]}") from None
-        if vectors is not None:
-            shutil.copyfile(vectors[1], stage / vectors[0])
-        meta = {**meta, "index_sha256": _sha256(stage / INDEX)}
-        (stage / META).write_text(json.dumps({"format": FORMAT, **meta, "spec": asdict(meta["spec"])}))
-        for path in stage.iterdir():
-            _fsync(path)
-        _fsync(stage)
-        _swap_in(stage, folder)
+        with staged_folder(folder) as stage:
+            try:
+                faiss.write_index(index, str(stage / INDEX))
+            except RuntimeError as err:  # faiss reports a failed fwrite as a RuntimeError naming the system's reason
+                raise OSError(errno_of(err), f"faiss could not write {INDEX}: {_faiss_reason(err)}") from None
+            if vectors is not None:
+                shutil.copyfile(vectors[1], stage / vectors[0])
+            meta = {**meta, "index_sha256": _sha256(stage / INDEX)}
+            (stage / META).write_text(json.dumps({"format": FORMAT, **meta, "spec": asdict(meta["spec"])}))
     except OSError as err:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise OSError(err.errno, f"could not save the PlaceIndex to {folder} ({err}); the earlier index there, if "
-                                 "any, is unchanged") from err
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        raise _save_failure(err, folder) from err
+
+
+def _save_failure(err: OSError, folder: Path) -> OSError:
+    """An OSError of the failed write's errno naming the folder, what went wrong in words and what to do."""
+    code = errno_of(err)
+    why = write_failure(OSError(code, "")) if code is not None else None
+    detail = err.strerror if isinstance(err.strerror, str) and err.errno is not None else str(err)
+    fix = (f"free space in {folder.parent} (or raise the limit) and save again" if why else "fix the cause and save "
+           "again")
+    text = (f"could not save the PlaceIndex to {folder}: {why or 'the write failed'} ({detail}); the earlier index "
+            f"there, if any, is unchanged and no partial folder is left: {fix}")
+    return OSError(code, text) if code is not None else OSError(text)
 
 
 SAVED_FILES = (META, INDEX, "vectors.f16")  # everything a saved folder may hold
@@ -86,9 +88,8 @@ def _check_replaceable(folder: Path) -> None:
         problem = f"it has no {INDEX if META in names else META}"
     else:
         try:
-            with open(folder / META, "rb") as fh:
-                meta = json.loads(fh.read(_META_LIMIT))
-        except (OSError, ValueError, RecursionError):
+            meta = read_json(folder / META, max_bytes=_META_LIMIT)
+        except (OSError, ValueError):
             meta = None
         fmt = meta.get("format") if isinstance(meta, dict) else None
         if not (isinstance(fmt, int) and not isinstance(fmt, bool) and 1 <= fmt <= FORMAT
@@ -127,38 +128,9 @@ def read_folder(folder: Path, verify: bool = True) -> Tuple[Dict[str, Any], Any]
     return meta, index
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _swap_in(stage: Path, folder: Path) -> None:
-    """Rename `stage` to `folder`; an existing folder is moved aside first and removed only once the new one is in."""
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-        os.rename(folder, old / "index")
-        try:
-            os.rename(stage, folder)
-        except BaseException:
-            os.rename(old / "index", folder)
-            raise
-        finally:
-            if folder.exists():
-                shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(stage, folder)
-    fsync_folder(folder.parent)
-
-
 def _read_meta(path: Path) -> Dict[str, Any]:
     """places.json parsed and checked: its fields, their types and the spec's ranges."""
-    try:
-        meta = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise IndexFileError(f"{path} is not valid JSON ({err})") from None
+    meta = read_json(path, max_bytes=_META_LIMIT, error=IndexFileError, fix="save the index again")
     if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict) or not isinstance(meta.get("places"), list):
         raise IndexFileError(f"{path} is not a PlaceIndex description: it needs 'dim', 'spec' and 'places'")
     fmt = meta.get("format", 1)

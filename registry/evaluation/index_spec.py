@@ -3,6 +3,7 @@ the `auto` policy that picks one from the map size, the dimension and a memory b
 memory-size parser of --memory-budget (parse_bytes)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Optional, Union
 
@@ -160,9 +161,12 @@ def parse_bytes(text: Union[str, int]) -> int:
         raw = str(text).strip().lower().replace(" ", "")
         unit = next((u for u in units if raw.endswith(u)), "")
         try:
-            value = int(float(raw[: len(raw) - len(unit)]) * units.get(unit, 1))
+            number = float(raw[: len(raw) - len(unit)]) * units.get(unit, 1)
         except ValueError:
             raise ValueError(f"memory size {text!r} is not a size: write e.g. 8GB, 512MiB or 1e9") from None
+        if not math.isfinite(number):
+            raise ValueError(f"memory size {text!r} is not a finite size: write e.g. 8GB, 512MiB or 1e9")
+        value = int(number)
     if value < 1:
         raise ValueError(f"memory size must be positive, got {text!r}")
     return value

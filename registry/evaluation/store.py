@@ -2,28 +2,44 @@
 
 Lance (https://lancedb.github.io/lance/) gives what a map needs from storage: every write is an atomic, versioned
 commit (a killed or failed write leaves the last commit as it was), concurrent writers are serialised by its commit
-protocol, rows are read back at random quickly (a PlaceIndex's shortlist), and distributed writers write data
-fragments that one commit joins. The dataset's schema metadata records the model's config hash, the input size, the
-image list's hash and the type of the place ids (ints come back as ints, anything else as strings). This module
-reads stores and writes their commits; store_extract fills them (one committed chunk at a time, resumable, under
-torchrun too).
+protocol (a store is created by renaming a staged one into place, so of two creators exactly one wins), rows are
+read back at random quickly (a PlaceIndex's shortlist), and distributed writers write data fragments that one commit
+joins. The dataset's schema metadata records the model's config hash, the input size, the image list's hash and the
+type of the place ids (ints come back as ints, anything else as strings). This module reads stores and writes their
+commits; store_extract fills them (one committed chunk at a time, resumable, under torchrun too).
+
+A store's integrity is Lance's: every data file carries the store's id (a file of another store is refused), and
+a missing, truncated or unreadable data file or manifest is a StoreDamagedError naming it and the fix; a byte flipped
+inside a data page is not detected (Lance keeps no checksum of its pages).
 
 A folder of meta.json + descriptors.npy (a memory-mapped descriptor store) is refused, not converted: a store is
 cheap to rebuild; delete the folder and extract again.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
+
+from .._util.atomic import leftovers, staged_folder
+from .store_damage import (
+    StoreDamagedError,
+    check_fragments,
+    clear_uncommitted,
+    committed,
+    diagnose,
+    uncommitted_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +120,9 @@ class MapStore:
     """An opened map store at one version: `descriptors` (an (N, D) array-like in image order), `images`, `places`,
     `coords`; `complete` once every image's row is committed. Read-only; extract_to_store writes."""
 
-    def __init__(self, folder: PathLike, version: Optional[int] = None) -> None:
+    def __init__(self, folder: PathLike, version: Optional[int] = None, expected_count: Optional[int] = None) -> None:
+        """`expected_count`: the number of images the caller's store is for; a store whose metadata says otherwise
+        is refused before anything is read or sized from that metadata."""
         lance, _ = _lance()
         self.folder = Path(folder)
         if (self.folder / "meta.json").is_file() and (self.folder / "descriptors.npy").exists():
@@ -112,10 +130,10 @@ class MapStore:
                                      "are not converted: delete the folder and extract again (it is cheap to rebuild)")
         if not (self.folder / "_versions").is_dir():
             raise FileNotFoundError(f"{self.folder} is not a map store (no Lance dataset there)")
-        try:
+        if not committed(self.folder):
+            raise uncommitted_error(self.folder)
+        with self._reading():
             self._ds = lance.dataset(str(self.folder), version=version)
-        except (OSError, ValueError) as err:
-            raise FileNotFoundError(f"{self.folder} is not a readable map store: {err}") from None
         raw = (self._ds.schema.metadata or {}).get(b"clusvpr_map")
         if raw is None:
             raise StoreMismatchError(f"{self.folder} is a Lance dataset but not a map store (no clusvpr_map metadata)")
@@ -124,17 +142,31 @@ class MapStore:
         except (ValueError, RecursionError):
             self.meta = None
         self._check_meta()
-        rows = self._ds.to_table(columns=["row"]).column("row").to_numpy()
-        count = int(self.meta["count"])
-        if len(rows) and (rows.min() < 0 or rows.max() >= count):
-            raise StoreMismatchError(f"{self.folder} holds row numbers outside 0..{count - 1}: not written by this "
-                                     "package; delete it and extract again")
-        first = np.full(count, -1, dtype=np.int64)
-        order = np.arange(len(rows))[::-1]  # a row committed twice (two writers of one model): keep the first
-        first[rows[order]] = order
-        self._done = first >= 0
-        self._offsets = first[self._done] if self.complete else first
+        if expected_count is not None and self.count != expected_count:
+            raise StoreMismatchError(f"map store {self.folder} holds {self.count} other images than the "
+                                     f"{expected_count} asked for (its metadata count, checked before anything is "
+                                     "read): pass another store folder or delete this one")
+        check_fragments(self.folder, self._ds, self.meta.get("store_id"))
+        with self._reading():
+            rows = self._ds.to_table(columns=["row"]).column("row").to_numpy()
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
+            raise StoreMismatchError(f"{self.folder} holds row numbers outside 0..{self.count - 1}: not written by "
+                                     "this package; delete it and extract again")
+        # sized from the rows there, never from the metadata count: a row committed twice (two writers of one
+        # model) keeps its first position
+        self._rows, self._offsets = np.unique(rows, return_index=True)
         self._columns: Dict[str, list] = {}
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Lance's errors reading this store (a missing, damaged or foreign fragment or manifest) as one
+        StoreDamagedError naming the store, the file and the fix."""
+        try:
+            yield
+        except (StoreMismatchError, StoreDamagedError):
+            raise
+        except (OSError, ValueError) as err:
+            raise diagnose(self.folder, err) from None
 
     def _check_meta(self) -> None:
         """The clusvpr_map metadata's fields (types, ranges) and its dim against the schema's descriptor width, before
@@ -175,30 +207,33 @@ class MapStore:
         return -(-self.count // self.chunk_size)
 
     def missing_chunks(self) -> List[int]:
-        """Chunks with a row not yet committed (all of them in a fresh store)."""
-        pad = np.ones(self.num_chunks * self.chunk_size, dtype=bool)
-        pad[: self.count] = self._done
-        return [int(c) for c in np.flatnonzero(~pad.reshape(-1, self.chunk_size).all(axis=1))]
+        """Chunks with a row not yet committed (all of them in a fresh store): a list of num_chunks at most."""
+        chunks, have = np.unique(self._rows // self.chunk_size, return_counts=True)
+        full = np.minimum(self.chunk_size, self.count - chunks * self.chunk_size)
+        done = set(chunks[have == full].tolist())
+        return [c for c in range(self.num_chunks) if c not in done]
 
     @property
     def complete(self) -> bool:
-        return bool(self._done.all())
+        return len(self._rows) == self.count
 
     def _need_complete(self) -> None:
         if not self.complete:
-            raise ValueError(f"map store {self.folder} is incomplete ({int(self._done.sum())} of {self.count} rows): "
+            raise ValueError(f"map store {self.folder} is incomplete ({len(self._rows)} of {self.count} rows): "
                              "run the extraction again to finish it")
 
     def _take(self, positions: np.ndarray) -> np.ndarray:
         if len(positions) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
-        got = self._ds.take(positions, columns=["descriptor"]).column("descriptor").combine_chunks()
+        with self._reading():
+            got = self._ds.take(positions, columns=["descriptor"]).column("descriptor").combine_chunks()
         return got.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.dim).astype(np.float32, copy=False)
 
     def _column(self, name: str) -> list:
         self._need_complete()
         if name not in self._columns:
-            values = self._ds.to_table(columns=[name]).column(name).to_pylist()
+            with self._reading():
+                values = self._ds.to_table(columns=[name]).column(name).to_pylist()
             self._columns[name] = [values[i] for i in self._offsets]
         return self._columns[name]
 
@@ -254,7 +289,7 @@ class MapStore:
 def open_store(folder: PathLike, images: Optional[Sequence[str]] = None, config_hash: Optional[str] = None,
                what: str = "this model") -> MapStore:
     """A store opened read-only (its latest commit), checked against `images` and `config_hash` when given."""
-    store = MapStore(folder)
+    store = MapStore(folder, expected_count=None if images is None else len(images))
     if images is not None and config_hash is not None:
         store.check([str(p) for p in images], config_hash, what)
     return store
@@ -269,7 +304,7 @@ def check_reference(ref: Dict[str, Any], moved_to: Optional[PathLike], index_fol
                                 "gone (moved or deleted): pass its new folder, PlaceIndex.load(..., store=FOLDER)")
     try:
         store = MapStore(path)
-    except (FileNotFoundError, StoreMismatchError) as err:
+    except (FileNotFoundError, StoreMismatchError, StoreDamagedError) as err:
         raise StoreChangedError(f"the index in {index_folder} was built from the map store {ref['path']}; {path} is "
                                 f"not that store: {err}") from None
     if store.meta.get("store_id") != ref["store_id"]:
@@ -281,32 +316,41 @@ def check_reference(ref: Dict[str, Any], moved_to: Optional[PathLike], index_fol
     return {**ref, "path": str(path.resolve())}
 
 
-def _create(folder: Path, dim: int, count: int, meta: Dict[str, Any]) -> None:
-    """An empty store with its metadata (one commit); a concurrent creator wins or loses as a whole."""
+STALE_STAGE_S = 600.0  # a staged create older than this is a killed creator's: creating takes milliseconds
+
+
+def _create(folder: Path, dim: int, count: int, meta: Dict[str, Any]) -> bool:
+    """An empty store with its metadata, built in a staging folder beside `folder` and renamed onto it: the rename
+    succeeds only while `folder` is absent or empty, so of two creators at the same instant exactly one wins and the
+    other finds the winner's store (whose metadata it then checks). True when this call created the store."""
     lance, _ = _lance()
+    _remove_stale_stages(folder)
+    clear_uncommitted(folder)  # what a create killed before its first commit left (a half-written manifest)
     schema = _schema(dim, {**meta, "format": FORMAT, "count": count, "dim": dim, "store_id": uuid.uuid4().hex})
     try:
-        lance.write_dataset(schema.empty_table(), str(folder), mode="create")
+        with staged_folder(folder, exclusive=True) as stage:  # the rename is refused once another store is there
+            lance.write_dataset(schema.empty_table(), str(stage), mode="create")
+    except FileExistsError:
+        return False
     except OSError as err:
-        if "already exists" in str(err) or "onflict" in str(err):  # another writer created it first: its metadata
-            return  # is checked next
         raise _as_os_error(err, folder, "create") from err
+    return True
+
+
+def _remove_stale_stages(folder: Path) -> None:
+    """Staging folders of `folder` that a killed creator left (older than STALE_STAGE_S; a live creator's is
+    milliseconds old and kept, so removing never races with a create in progress)."""
+    now = time.time()
+    for stage in leftovers(folder.parent, folder):
+        try:
+            if now - stage.stat().st_mtime > STALE_STAGE_S:
+                shutil.rmtree(stage, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _committed(folder: Path) -> bool:
-    return (folder / "_versions").is_dir() and any((folder / "_versions").iterdir())
-
-
-def _open_when_committed(folder: Path, wait_s: float = 30.0) -> MapStore:
-    """The store, once its creating commit is visible (another process may be committing it right now)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return MapStore(folder)
-        except FileNotFoundError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    return committed(folder)
 
 
 def _write_fragments(folder: Path, dim: int, meta: Dict[str, Any], rows: np.ndarray, images: Sequence[str],
@@ -337,6 +381,9 @@ def _commit(folder: Path, fragments: list) -> None:
         return
     try:
         version = lance.dataset(str(folder)).version
+    except (OSError, ValueError) as err:
+        raise diagnose(folder, err) from None
+    try:
         lance.LanceDataset.commit(str(folder), lance.LanceOperation.Append(fragments), read_version=version)
     except OSError as err:
         raise _as_os_error(err, folder, "commit to") from err

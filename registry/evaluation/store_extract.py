@@ -25,7 +25,6 @@ from .store import (
     _create,
     _images_hash,
     _lance,
-    _open_when_committed,
     _write_fragments,
 )
 
@@ -90,7 +89,7 @@ def extract_to_store(
                                            "coords": coords is not None, "place_type": _place_type(places),
                                            "resize": resize, "longer_side": longer_side})
     ctx.barrier()
-    store = _open_when_committed(folder)
+    store = MapStore(folder, expected_count=len(images))
     store.check(images, config_hash, f"{name} at input {_input_size(model)}")
     encode = dict(resize=resize, longer_side=longer_side, progress=progress and ctx.is_main, **extract_kwargs)
     _fill(model, store, images, places, coords, ctx, encode)

@@ -10,14 +10,13 @@ import copy
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
 from .._util import h5io
-from .._util.atomic import file_mode, folder_mode, fsync_folder, staging_dir, write_failure
+from .._util.atomic import staged_folder, write_failure
 from .._util.files import sha256_file
 from ._card import render_model_card
 
@@ -176,23 +175,12 @@ def save_pretrained(
         raise NotADirectoryError(f"{target} exists and is not a directory: pass a directory path to save_pretrained")
     target.parent.mkdir(parents=True, exist_ok=True)
     facts = card_facts(model, training=training, evaluation=evaluation, recalls=recalls, release=release)
-    stage = staging_dir(target)
-    try:
+    # one rename for a new folder, else file by file with config.json last (the folder may hold the user's files)
+    with staged_folder(target, layout=LAYOUT_FILES, last=CONFIG) as stage:
         try:
             write_layout(model, stage, facts, model_card, dtype=dtype)
         except Exception as err:  # noqa: BLE001  (a write failure is reworded below; anything else re-raised)
             raise _save_failure(err, target) from err
-        os.chmod(stage, folder_mode())  # mkdtemp makes it private: give it the user's umask, as mkdir would
-        for path in stage.iterdir():
-            os.chmod(path, file_mode())
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-        fsync_folder(stage)
-        _install(stage, target)
-        fsync_folder(target)
-        fsync_folder(target.parent)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return target
 
 
@@ -218,18 +206,3 @@ def card_facts(model: torch.nn.Module, **given: Optional[Mapping[str, Any]]) -> 
     facts.update({k: v for k, v in given.items() if v is not None})
     return facts
 
-
-def _install(stage: Path, target: Path) -> None:
-    """Move a staged layout into place: one rename for a new folder, else file by file with config.json last."""
-    if not target.exists():
-        os.replace(stage, target)
-        return
-    written = {p.name for p in stage.iterdir()}
-    for name in LAYOUT_FILES:
-        if name == CONFIG:
-            continue
-        if name in written:
-            os.replace(stage / name, target / name)
-        elif (target / name).is_file():  # a file of an older save that this model does not have
-            (target / name).unlink()
-    os.replace(stage / CONFIG, target / CONFIG)

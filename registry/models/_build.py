@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from .._util.jsonio import quote
 from .._util.ranges import check_args, ranges_for
 from ..errors import NonFiniteValuesError
 from ..hub import CARD_FACTS, Snapshot, read_cluster_source, read_state_dict
@@ -94,17 +95,19 @@ def config_entry(config: Mapping[str, Any], label: str, entry: Optional[ModelEnt
     """The registry entry of the architecture a config.json names; WrongModelError when it is not registered, or
     when it is not `entry` (the model the caller asked for)."""
     stored = str(config["architecture"])
+    shown = quote(stored)  # a crafted config may hold a very long name: quoted as its start and its length
     if entry is not None and entry.name != stored:
         raise WrongModelError(
-            f"{label} holds a {stored!r} model, not {entry.name!r}: load it with "
-            f"registry.create({stored!r}, pretrained=...) or VPRModel.from_pretrained(src) without architecture"
+            f"{label} holds a {shown} model, not {entry.name!r}: load it with "
+            f"registry.create({shown}, pretrained=...) or VPRModel.from_pretrained(src) without architecture"
         )
     if entry is not None:
         return entry
     try:
         return lookup(stored)[0]
     except KeyError as err:
-        raise WrongModelError(f"{label} holds a {stored!r} model, which is not registered here ({err.args[0]}): "
+        known = str(err.args[0]).replace(repr(stored), shown)
+        raise WrongModelError(f"{label} holds a {shown} model, which is not registered here ({quote(known, 600)}): "
                               "install or import the plugin that provides it") from None
 
 
@@ -149,7 +152,7 @@ def config_model_args(config: Mapping[str, Any], entry: ModelEntry, label: str) 
     refused = sorted(set(args) - set(valid))
     if refused:
         raise WrongModelError(
-            f"config.json of {label} sets model_args {refused}, which are not architecture arguments of "
+            f"config.json of {label} sets model_args {quote(refused, 300)}, which are not architecture arguments of "
             f"{entry.name} (valid: {', '.join(valid)}); a repository's config may not name weights or files to "
             "load. Remove them from config.json, or re-save the model with save_pretrained"
         )

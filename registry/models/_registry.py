@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import json
 import logging
 import os
 import re
@@ -11,6 +10,9 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from .._util.jsonio import read_json
+from ..hub.errors import WrongModelError
 
 PLUGIN_GROUP = "vpr_registry.plugins"
 _log = logging.getLogger(__name__)
@@ -50,13 +52,15 @@ def find_releases(directory: Union[str, os.PathLike], model: str) -> Dict[str, R
     directory = Path(directory)
     pins: Dict[str, str] = {}
     if (directory / PUBLISHED_FILE).is_file():
-        pins = json.loads((directory / PUBLISHED_FILE).read_text(encoding="utf-8"))
+        pins = read_json(directory / PUBLISHED_FILE, fix="restore it or write it again with `vpr release publish "
+                         "--record`")
     found: Dict[str, Release] = {}
     for folder in sorted(directory.glob(f"{model}.*")):
         if not (folder / "config.json").is_file():
             continue
         tag = folder.name[len(model) + 1:]
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = read_json(folder / "config.json", f"config.json of the release folder {folder}",
+                           error=WrongModelError, fix="the release folder is damaged: restore it or delete it")
         found[tag] = Release(tag, folder, pins.get(folder.name), _trained_on(config))
     for key, pin in pins.items():
         name, _, tag = key.rpartition(".")

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from .. import hub
+from .._util.jsonio import read_json
 from .._util.ranges import min_side
+from ..hub.errors import WrongModelError
 from ..whitening import PCAWhitening
 from . import _registry
 from ._build import architecture_args as architecture_args  # public here: the timm plugin imports it
@@ -138,7 +139,8 @@ def release_model_args(release: Release) -> Dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def _bundled_model_args(folder: str) -> Tuple[Tuple[str, Any], ...]:
     """A bundled release's recorded model_args, read once per process (the folder ships inside the package)."""
-    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    config = read_json(Path(folder) / "config.json", f"config.json of the bundled release {folder}",
+                       error=WrongModelError, fix="the release folder is damaged: reinstall the package")
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in (config.get("model_args") or {}).items())
 
 

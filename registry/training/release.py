@@ -24,6 +24,7 @@ import torch
 import registry
 
 from .._util.atomic import atomic_path
+from .._util.jsonio import read_json
 from ..datasets import PROBE_IMAGES, load_dataset
 from ..evaluation.recall_table import recall_table
 from .clusters import set_cluster_source
@@ -57,7 +58,7 @@ def folder_config(folder: Path) -> Dict[str, Any]:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise ReleaseError(f"{folder}: no config.json; is it a finished `vpr train` output or a release folder?")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path, fix="it was not written by vpr train / save_pretrained: restore it or train again")
 
 
 def _summary(run: Path) -> Dict[str, Any]:

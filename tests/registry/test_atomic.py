@@ -60,3 +60,58 @@ def test_an_error_that_is_not_a_write_failure_passes_through_unchanged(tmp_path)
             tmp.write_text("half")
             raise PermissionError("no")
     assert list(tmp_path.iterdir()) == []
+
+
+def _files(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_the_one_folder_writer_creates_replaces_as_a_whole_or_file_by_file(tmp_path):
+    """staged_folder: a new folder by one rename; over an earlier one, replaced as a whole (a file the new one lacks
+    is gone) or, given a layout, file by file (layout files replaced or removed, the user's other files kept); the
+    folder and files get the umask's modes; nothing is left beside the target."""
+    from registry._util.atomic import leftovers, staged_folder
+
+    target = tmp_path / "out"
+    with staged_folder(target) as stage:
+        (stage / "a.bin").write_bytes(b"one")
+        (stage / "b.bin").write_bytes(b"two")
+    assert _files(target) == {"a.bin": b"one", "b.bin": b"two"}
+    assert _mode(target) == folder_mode() and _mode(target / "a.bin") == file_mode()
+    with staged_folder(target) as stage:
+        (stage / "a.bin").write_bytes(b"three")
+    assert _files(target) == {"a.bin": b"three"}
+    (target / "notes.txt").write_bytes(b"mine")
+    (target / "b.bin").write_bytes(b"old")
+    with staged_folder(target, layout=("a.bin", "b.bin", "config.json"), last="config.json") as stage:
+        (stage / "a.bin").write_bytes(b"four")
+        (stage / "config.json").write_bytes(b"{}")
+    assert _files(target) == {"a.bin": b"four", "config.json": b"{}", "notes.txt": b"mine"}
+    assert leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failure_inside_the_folder_writer_leaves_the_earlier_folder_and_nothing_else(tmp_path):
+    from registry._util.atomic import leftovers, staged_folder
+
+    target = tmp_path / "out"
+    with staged_folder(target) as stage:
+        (stage / "a.bin").write_bytes(b"one")
+    for layout in (None, ("a.bin",)):
+        with pytest.raises(OSError, match="injected"):
+            with staged_folder(target, layout=layout) as stage:
+                (stage / "a.bin").write_bytes(b"half")
+                raise OSError(errno.EIO, "injected")
+        assert _files(target) == {"a.bin": b"one"} and leftovers(tmp_path) == []
+
+
+def test_the_package_has_exactly_one_folder_writer():
+    """Only registry._util.atomic stages or swaps folders: the saved PlaceIndex, the map store's create and the Hub
+    layout write through staged_folder, and no other module makes a staging folder to rename into place."""
+    import registry
+
+    root = Path(registry.__file__).parent
+    writers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                     if p.name not in ("_atomic.py", "atomic.py") and "staging_dir(" in p.read_text())
+    assert writers == []
+    users = {str(p.relative_to(root)) for p in root.rglob("*.py") if "staged_folder(" in p.read_text()}
+    assert {"evaluation/index_files.py", "evaluation/store.py", "hub/_layout.py"} <= users

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -206,7 +207,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
 try:
     second.save(folder)
 except OSError as err:
-    print("OSError:", err)
+    print("OSError:", err.errno, err)
 """
 
 
@@ -217,8 +218,10 @@ def test_a_real_write_failure_during_save_leaves_the_earlier_index_intact(tmp_pa
     run = subprocess.run([sys.executable, "-c", SAVE_UNDER_LIMIT, str(folder)], env=_env(), capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "OSError:" in run.stdout and f"could not save the PlaceIndex to {folder}" in run.stdout
+    assert run.stdout.startswith("OSError: 27 [Errno 27]") and "Errno None" not in run.stdout, run.stdout
+    assert f"could not save the PlaceIndex to {folder}: the file would exceed the file-size limit" in run.stdout
     assert "the earlier index there, if any, is unchanged" in run.stdout
+    assert f"free space in {tmp_path} (or raise the limit) and save again" in run.stdout
     again = PlaceIndex.load(folder)
     assert again.ntotal == 300 and again.disk_bytes() == 300 * 32 * 2
     rng = np.random.default_rng(0)
@@ -318,3 +321,74 @@ def test_a_places_json_store_field_of_the_wrong_type_is_a_named_error(tmp_path, 
     (folder / "places.json").write_text(json.dumps({**meta, "store": store}))
     with pytest.raises(IndexFileError, match=r"places\.json: " + message):
         PlaceIndex.load(folder)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace('"places": [', '"places": [' + "[" * 50000 + "]" * 50000 + ", ", 1),
+     r"nests 5000\d levels of lists and objects, more than the 32"),
+    (lambda text: text.replace('"dim": 16', '"dim": ' + "7" * 5000, 1), r"holds a number of 5000 characters"),
+    (lambda text: text.encode() + b"\xff\xfe", r"is not UTF-8 text"),
+    (lambda text: text[: len(text) // 2], r"is not valid JSON"),
+])
+def test_places_json_is_read_by_the_bounded_json_reader_naming_the_file(tmp_path, edit, message):
+    """Before: a bare RecursionError (deep nesting), ValueError (int() of 5000 digits) or UnicodeDecodeError."""
+    folder = saved(tmp_path)
+    text = edit((folder / "places.json").read_text())
+    (folder / "places.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(IndexFileError, match=re.escape(str(folder / "places.json")) + ".* " + message):
+        PlaceIndex.load(folder)
+    other = PlaceIndex(16, IndexSpec("flat"))
+    other.add(unit(5))
+    with pytest.raises(FileExistsError, match="not a saved PlaceIndex folder"):  # nor is it replaced by a save
+        other.save(folder)
+
+
+def test_faiss_writing_to_a_full_disk_is_reported_as_a_full_disk_with_its_errno(tmp_path):
+    """faiss writing to /dev/full (the kernel's ENOSPC) reports a RuntimeError whose text holds the system's reason;
+    the save's error carries errno 28 and says the disk is full, where it said `errno None`."""
+    import errno
+
+    import faiss
+
+    from registry._util.atomic import errno_of
+    from registry.evaluation.index_files import _save_failure
+
+    index = faiss.IndexFlatL2(8)
+    index.add(unit(10000, 8))
+    with pytest.raises(RuntimeError) as raised:
+        faiss.write_index(index, "/dev/full")
+    assert errno_of(raised.value) == errno.ENOSPC
+    err = _save_failure(OSError(errno_of(raised.value), "faiss could not write index.faiss"), tmp_path / "map")
+    assert err.errno == errno.ENOSPC
+    assert str(err).startswith(f"[Errno 28] could not save the PlaceIndex to {tmp_path / 'map'}: the disk is full")
+    assert f"free space in {tmp_path} (or raise the limit) and save again" in str(err)
+
+
+CAPPED_LOAD = """
+import numpy as np
+from registry.evaluation import PlaceIndex
+from registry.evaluation.index import IndexFileError
+PlaceIndex.load(WARM).search(np.ones((1, 16), dtype=np.float32), 1)  # faiss and its threads warmed before the cap
+"""
+
+
+@pytest.mark.parametrize("kind, field, value", [
+    ("hnsw", "ef_search", 2_000_000_000), ("hnsw", "refine", 10**9), ("hnsw", "hnsw_m", 3_000_000_000),
+    ("ivfpq", "nprobe", 10**9), ("ivfpq", "nlist", 10**9), ("hnsw", "dim", 2**31)])
+def test_a_crafted_places_json_is_refused_within_a_memory_cap(tmp_path, kind, field, value):
+    """Loading and searching a saved index whose places.json was edited (ef_search 2e9 reached 16.5 GB before its
+    bound), in a fresh process whose address space may grow by 1.5 GiB past its start: IndexFileError naming
+    places.json, never MemoryError or a kill."""
+    from memory_cap import run_capped
+
+    warm = saved(tmp_path / "warm", "flat", n=10)
+    folder = saved(tmp_path, "hnsw", n=30, hnsw_m=8, refine=2) if kind == "hnsw" else _ivfpq(tmp_path)
+    meta = json.loads((folder / "places.json").read_text())
+    if field == "dim":
+        meta["dim"] = value
+    else:
+        meta["spec"][field] = value
+    (folder / "places.json").write_text(json.dumps(meta))
+    got = run_capped(f"WARM = {str(warm)!r}\n" + CAPPED_LOAD,
+                     f"PlaceIndex.load({str(folder)!r}).search(np.ones((1, 16), dtype=np.float32), 5)", 3 << 29)
+    assert got["raised"] == "IndexFileError" and "places.json" in got["message"], got

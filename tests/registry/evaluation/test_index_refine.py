@@ -144,3 +144,15 @@ def test_auto_with_a_budget_nothing_fits_says_so():
     assert parse_bytes("8GB") == 8 * 10**9 and parse_bytes("512MiB") == 512 * 2**20 and parse_bytes(1000) == 1000
     with pytest.raises(ValueError, match="is not a size"):
         parse_bytes("lots")
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "infGB", "1e400", "1e400MiB"])
+def test_a_memory_size_that_is_not_finite_is_a_value_error_and_vpr_bench_exits_2(text, tmp_path, capsys):
+    """Before: `--memory-budget inf` ended in an OverflowError traceback (int(float('inf')))."""
+    from registry import cli
+
+    with pytest.raises(ValueError, match=rf"memory size {text!r} is not a finite size: write e\.g\. 8GB"):
+        parse_bytes(text)
+    assert cli.main(["bench", "--index", "auto", f"--memory-budget={text}", "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a finite size" in err and "Traceback" not in err and not (tmp_path / "out").exists()

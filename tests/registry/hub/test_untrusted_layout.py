@@ -82,3 +82,20 @@ def test_a_layout_saved_by_the_zoo_still_loads_through_the_bounded_readers(tiny,
     model, x = tiny
     loaded = registry.VPRModel.from_pretrained(_saved(tiny, tmp_path))
     assert (loaded.encode(x) - model.encode(x)).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("load", ["unregistered", "create another model"])
+def test_a_long_architecture_string_is_quoted_shortened_in_every_message(tiny, tmp_path, load):
+    """A 900 KB `architecture` (inside the bounded reader's 1 MiB) was quoted in full, twice, in the messages of
+    registry/models' config check: now its first 80 characters and its length."""
+    folder = _saved(tiny, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["architecture"] = ("gem_vgg16" if load == "create another model" else "x") * 100_000
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hub.WrongModelError) as err:
+        if load == "create another model":
+            registry.create("netvlad_vgg16", pretrained=str(folder))
+        else:
+            registry.VPRModel.from_pretrained(folder)
+    message = str(err.value)
+    assert len(message) < 2000 and "characters)" in message, message[:300]
