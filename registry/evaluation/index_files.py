@@ -2,7 +2,6 @@
 through registry._util.atomic's folder writer and read back checked before and after faiss reads the index."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from .._util.atomic import errno_of, staged_folder, write_failure
+from .._util.files import sha256_file
 from .._util.jsonio import read_json
 from .faiss_build import _innermost, keep_projection_only
 from .index_spec import AUTO, IndexSpec
@@ -47,7 +47,7 @@ def write_folder(folder: Path, index, meta: Dict[str, Any], vectors: Optional[Tu
                 raise OSError(errno_of(err), f"faiss could not write {INDEX}: {_faiss_reason(err)}") from None
             if vectors is not None:
                 shutil.copyfile(vectors[1], stage / vectors[0])
-            meta = {**meta, "index_sha256": _sha256(stage / INDEX)}
+            meta = {**meta, "index_sha256": sha256_file(stage / INDEX)}
             (stage / META).write_text(json.dumps({"format": FORMAT, **meta, "spec": asdict(meta["spec"])}))
     except OSError as err:
         raise _save_failure(err, folder) from err
@@ -100,14 +100,6 @@ def _check_replaceable(folder: Path) -> None:
                               "deleted; pick a new or empty folder, since a save replaces its folder as a whole")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_folder(folder: Path, verify: bool = True) -> Tuple[Dict[str, Any], Any]:
     """(places.json checked, with `spec` an IndexSpec; the faiss index checked against it) of a saved folder.
     `verify`: index.faiss is checked against the sha256 places.json records (saves that record one)."""
@@ -119,7 +111,7 @@ def read_folder(folder: Path, verify: bool = True) -> Tuple[Dict[str, Any], Any]
     want = meta.get("index_sha256")
     if want is not None and not (isinstance(want, str) and len(want) == 64):
         raise IndexFileError(f"{meta_path}: index_sha256 must be a 64-character hex string, got {want!r}")
-    if verify and want is not None and _sha256(index_path) != want:
+    if verify and want is not None and sha256_file(index_path) != want:
         raise IndexFileError(f"{index_path} does not match the sha256 in {META}: it was modified or damaged after "
                              "saving; save the index again from its descriptors or map store")
     index = _read_index_bounded(index_path)

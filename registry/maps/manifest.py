@@ -4,7 +4,6 @@ and add, so a reader that reads it sees one committed version whole; anything wr
 file and the fix."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Union
 
 from .._util.atomic import atomic_path
+from .._util.files import sha256_file
 from .._util.jsonio import BoundedJSONError, read_json
 
 PathLike = Union[str, os.PathLike]
@@ -31,14 +31,6 @@ _FIELDS = {"format": int, "model": str, "architecture": str, "pretrained": str, 
 class MapError(ValueError):
     """A map folder that is missing, damaged or inconsistent, or a request it cannot answer: the message names the
     file (or the value) and the fix."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(folder: PathLike) -> Dict[str, Any]:
@@ -88,7 +80,7 @@ def check_files(folder: Path, manifest: Dict[str, Any]) -> None:
             raise MapError(f"{folder / MANIFEST} names the file {name!r} outside the map folder; {REBUILD}")
         if not path.is_file():
             raise MapError(f"{path} is missing: the map runs on it; restore it or {REBUILD}")
-        if file_sha256(path) != want:
+        if sha256_file(path) != want:
             raise MapError(f"{path} does not match the sha256 in {folder / MANIFEST}: it was modified or damaged "
                            f"after the map was built; restore it or {REBUILD}")
 
@@ -96,10 +88,10 @@ def check_files(folder: Path, manifest: Dict[str, Any]) -> None:
 def new_manifest(folder: Path, model: str, pretrained: str, source: str, runtime: Any, store: Any, index: Any,
                  requested: Any, chunk_size: int) -> Dict[str, Any]:
     """The manifest of a freshly built map (version history of one entry)."""
-    files = {f"{MODEL_DIR}/{name}": file_sha256(folder / MODEL_DIR / name)
+    files = {f"{MODEL_DIR}/{name}": sha256_file(folder / MODEL_DIR / name)
              for name in ("config.json", "model.safetensors") if (folder / MODEL_DIR / name).is_file()}
     if runtime.kind != "torch":
-        files[RUNTIME_FILE] = file_sha256(folder / RUNTIME_FILE)
+        files[RUNTIME_FILE] = sha256_file(folder / RUNTIME_FILE)
     return {"format": FORMAT, "model": model, "architecture": str(runtime.config.get("architecture", model)),
             "pretrained": pretrained, "source": source, "config_hash": store.meta["config_hash"],
             "runtime": runtime.kind, "files": files, "chunk_size": chunk_size,

@@ -7,7 +7,16 @@ from typing import Iterator, List
 import pytest
 import torch
 
-from .helpers import TINY, TOKEN, NonLoopbackConnectionError, TinyBackbone, hub_environment, initialise, is_loopback
+from .helpers import (
+    TINY,
+    TOKEN,
+    NonLoopbackConnectionError,
+    TinyBackbone,
+    hub_environment,
+    initialise,
+    is_loopback,
+    register_tiny_netvlad,
+)
 from .server import HubServer
 
 
@@ -74,17 +83,8 @@ def no_retry_sleep(monkeypatch) -> None:
 @pytest.fixture
 def tiny_model_name(monkeypatch) -> str:
     """Registers `hubtest_tiny_netvlad` (a plugin-style model: tiny backbone + NetVLAD + whitening) for one test."""
-    from registry.models import _registry
-    from registry.models.factory import build_vpr_model, pretrained_cfg
-
-    _registry.load_plugins()
-    monkeypatch.setitem(_registry._BACKBONES, "hubtest_tiny", TinyBackbone)
-    monkeypatch.setitem(_registry._MODELS, TINY, _registry.ModelEntry(
-        TINY, build_vpr_model, "hubtest_tiny", "netvlad",
-        default_args={"num_clusters": 4, "whitening_dim": 8, "input_size": (32, 32)}, descriptor_dim=8,
-        pretrained_cfg=pretrained_cfg(), description="test model: tiny backbone + NetVLAD (4 clusters), 8-d",
-    ))
-    return TINY
+    return register_tiny_netvlad(monkeypatch, TINY, "hubtest_tiny", TinyBackbone,
+                                 "test model: tiny backbone + NetVLAD (4 clusters), 8-d")
 
 
 @pytest.fixture

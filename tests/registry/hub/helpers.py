@@ -67,12 +67,14 @@ def hub_environment(home: Path, endpoint: str) -> Iterator[pytest.MonkeyPatch]:
 class TinyBackbone(nn.Module):
     """Two convolutions, 16 channels at stride 16: a backbone small enough for fast Hub round trips."""
 
+    mid_channels = 8
     out_channels = 16
     stride = 16
 
     def __init__(self, weights=None) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.Conv2d(8, 16, 4, stride=4))
+        self.features = nn.Sequential(nn.Conv2d(3, self.mid_channels, 4, stride=4), nn.ReLU(),
+                                      nn.Conv2d(self.mid_channels, self.out_channels, 4, stride=4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -98,3 +100,17 @@ def outputs(model, images: torch.Tensor) -> torch.Tensor:
     """Descriptors in eval mode without gradients."""
     with torch.no_grad():
         return model.eval()(images)
+
+
+def register_tiny_netvlad(monkeypatch, name: str, backbone_name: str, backbone: type, description: str) -> str:
+    """Registers `name` for one test: `backbone` + NetVLAD with 4 clusters + an 8-d whitening, at 32x32."""
+    from registry.models import _registry
+    from registry.models.factory import build_vpr_model, pretrained_cfg
+
+    _registry.load_plugins()
+    monkeypatch.setitem(_registry._BACKBONES, backbone_name, backbone)
+    monkeypatch.setitem(_registry._MODELS, name, _registry.ModelEntry(
+        name, build_vpr_model, backbone_name, "netvlad",
+        default_args={"num_clusters": 4, "whitening_dim": 8, "input_size": (32, 32)}, descriptor_dim=8,
+        pretrained_cfg=pretrained_cfg(), description=description))
+    return name

@@ -13,43 +13,28 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
 import registry
 import registry.hub as hub
 
-from .helpers import TOKEN, initialise, outputs
+from .helpers import TOKEN, TinyBackbone, initialise, outputs, register_tiny_netvlad
 
 NAME = "bundletest_netvlad"
 TAGS = ("alpha", "beta")
 
 
-class FrozenBackbone(nn.Module):
+class FrozenBackbone(TinyBackbone):
     """Two convolutions, the second with 65536 weights (so a float16 save casts it), 256 channels at stride 16."""
 
+    mid_channels = 16
     out_channels = 256
-    stride = 16
-
-    def __init__(self, weights=None) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), nn.ReLU(), nn.Conv2d(16, 256, 4, stride=4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
 
 
 @pytest.fixture
 def model_name(monkeypatch) -> str:
     """Registers `bundletest_netvlad` (the backbone above + NetVLAD with 4 clusters + an 8-d whitening)."""
-    from registry.models import _registry
-    from registry.models.factory import build_vpr_model, pretrained_cfg
-
-    _registry.load_plugins()
-    monkeypatch.setitem(_registry._BACKBONES, "bundletest_frozen", FrozenBackbone)
-    monkeypatch.setitem(_registry._MODELS, NAME, _registry.ModelEntry(
-        NAME, build_vpr_model, "bundletest_frozen", "netvlad",
-        default_args={"num_clusters": 4, "whitening_dim": 8, "input_size": (32, 32)}, descriptor_dim=8,
-        pretrained_cfg=pretrained_cfg(), description="test model: frozen backbone + NetVLAD (4 clusters), 8-d"))
+    register_tiny_netvlad(monkeypatch, NAME, "bundletest_frozen", FrozenBackbone,
+                          "test model: frozen backbone + NetVLAD (4 clusters), 8-d")
     return NAME
 
 

@@ -82,9 +82,9 @@ def test_a_map_opened_with_other_model_weights_is_refused_naming_both(weights, i
     for name in ("config.json", "model.safetensors"):  # another model's files, its sha256 recorded as well
         (folder / "model" / name).write_bytes((Path(other) / name).read_bytes())
     manifest = json.loads((folder / "manifest.json").read_text())
-    from registry.maps.manifest import file_sha256
+    from registry._util.files import sha256_file
 
-    manifest["files"] = {k: file_sha256(folder / k) for k in manifest["files"]}
+    manifest["files"] = {k: sha256_file(folder / k) for k in manifest["files"]}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(MapError, match=rf"config hash {m.manifest['config_hash'][:12]}.*config hash [0-9a-f]{{12}}"):
         Map.open(folder)

@@ -11,28 +11,13 @@ import time
 from pathlib import Path
 from typing import List
 
-import numpy as np
 import requests
 import training.tiny_vpr  # noqa: F401  (registers tiny_gem; tests/registry is on sys.path)
-from PIL import Image
+from maps.map_helpers import write_images  # noqa: F401  (re-exported for the service tests)
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL = "tiny_gem"
 PLUGIN = "training.tiny_vpr"
-
-
-def write_images(folder: Path, n: int, seed: int = 0, start: int = 0) -> List[str]:
-    """n smooth random colour PNGs (32x48) named 000.png, 001.png, ... from `start`."""
-    rng = np.random.default_rng(seed + 1000 * start)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(start, start + n):
-        coarse = rng.random((4, 6, 3))
-        img = np.kron(coarse, np.ones((8, 8, 1))) * 0.8 + 0.2 * rng.random((32, 48, 3))
-        path = folder / f"{i:03d}.png"
-        Image.fromarray((img * 255).astype(np.uint8)).save(path)
-        paths.append(str(path))
-    return paths
 
 
 def build_map(folder: Path, images: List[str], chunk_size: int = 256):
@@ -148,3 +133,13 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"no sample {name} in the metrics")
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "the condition did not come true") -> None:
+    """Polls `condition()` every 20 ms until it is true; AssertionError(`what`) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(what)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
-from serve_helpers import files, serve, write_images
+from serve_helpers import files, serve, wait_until, write_images
 
 from registry.maps import Map
 from registry.serve.uploads import Limits
@@ -120,7 +119,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_serves_again_once_drained
         assert entered.wait(60)
         second = threading.Thread(target=client, args=("queued", images[1]))
         second.start()
-        _wait(lambda: service.batcher.depth() == 1)
+        wait_until(lambda: service.batcher.depth() == 1)
         refused = requests.post(s.url + "/v1/localize", files=files(images[2]), timeout=60)
         alive = requests.get(s.url + "/healthz", timeout=5)  # the event loop answers while the batch encodes
         gate.set()
@@ -164,14 +163,6 @@ def test_an_encode_call_that_fails_answers_500_naming_it_and_the_next_request_is
     assert failed.status_code == 500
     assert "RuntimeError: the runtime lost its device" in failed.json()["error"]
     assert after.status_code == 200 and after.json()["results"][0]["matches"][0]["row"] == 0
-
-
-def _wait(condition, timeout=30.0):
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError("the condition did not come true")
 
 
 def test_adding_images_needs_the_token_and_the_added_images_are_found(tiny_map, tmp_path):

@@ -11,7 +11,7 @@ import threading
 import time
 
 import requests
-from serve_helpers import Child, build_map, child_env, files, serve, write_images
+from serve_helpers import Child, build_map, child_env, files, serve, wait_until, write_images
 
 from registry.maps import Map
 
@@ -24,15 +24,6 @@ def _answer(url, images, **params):
     body = r.json()
     return body["map_version"], [[(m["row"], m["place"], round(m["distance"], 5)) for m in res["matches"]]
                                  for res in body["results"]]
-
-
-def _wait_for(check, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError("the replicas did not agree in time")
 
 
 def test_two_replicas_on_one_map_answer_the_same_query_the_same_way(tiny_map, tmp_path):
@@ -55,7 +46,7 @@ def test_two_replicas_on_one_map_answer_the_same_query_the_same_way(tiny_map, tm
                                   headers={"Authorization": f"Bearer {TOKEN}"})
             assert added.status_code == 200, added.text
             version = added.json()["version"]
-            _wait_for(lambda: _answer(b.url, new)[0] == version)  # b re-opens the map another process committed
+            wait_until(lambda: _answer(b.url, new)[0] == version, what="the replicas did not agree in time")
             after_a, after_b = _answer(a.url, queries + new), _answer(b.url, queries + new)
             assert after_a == after_b and after_a[0] == version
             assert after_a[1][2][0][0] == 12  # the added image, found by both

@@ -3,6 +3,7 @@ multi-similarity loss against a float64 implementation of Wang et al.'s formula 
 import numpy as np
 import pytest
 import torch
+from tiny_vpr import Killed, kill_after
 
 from registry.training.place_batch import PlaceBatchSampler, multi_similarity_loss
 
@@ -104,17 +105,6 @@ def test_multi_similarity_loss_falls_when_places_separate():
     assert loss(tight, y).item() < loss(loose, y).item()
 
 
-class _Killed(Exception):
-    pass
-
-
-def _kill_after(n):
-    def callback(trainer, record):
-        if sum("loss" in r for r in trainer.history) == n:
-            raise _Killed(n)
-    return callback
-
-
 def _place_trainer(sets, out, callbacks=(), epochs=3):
     from tiny_vpr import small_config
 
@@ -136,8 +126,8 @@ def test_place_batch_training_raises_recall_and_resumes_to_the_same_model(tiny_s
     assert [r["epoch"] for r in expected["history"]] == [0, 1, 2, 3]
     assert expected["best"]["recalls"]["R@1"] > start
 
-    with pytest.raises(_Killed):
-        _place_trainer(tiny_sets, tmp_path / "killed", [_kill_after(1)]).fit()
+    with pytest.raises(Killed):
+        _place_trainer(tiny_sets, tmp_path / "killed", [kill_after(1)]).fit()
     resumed = _place_trainer(tiny_sets, tmp_path / "killed").fit(resume=True)
     for a, b in zip(expected["history"], resumed["history"]):
         assert a.get("loss", 0.0) == pytest.approx(b.get("loss", 0.0), rel=1e-5)

@@ -9,8 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-from tiny_vpr import small_config
+from tiny_vpr import Killed, assert_same_weights, kill_after, small_config
 
 import registry
 from registry.training import Trainer
@@ -50,17 +49,6 @@ def test_the_soft_loss_is_the_kl_of_each_images_similarities_to_the_rest_of_the_
         batch_similarity_kl(student, teacher[:4], 0.1, 0.07)
 
 
-class _Killed(Exception):
-    pass
-
-
-def _kill_after(n):
-    def callback(trainer, record):
-        if sum("loss" in r for r in trainer.history) == n:
-            raise _Killed(n)
-    return callback
-
-
 def _trainer(sets, out, callbacks=()):
     """tiny ClusVPR (the pyramid recipe), 2 generations of 2 epochs on place batches, on cached frozen features."""
     torch.manual_seed(0)
@@ -81,12 +69,12 @@ def test_place_generations_resume_to_the_uninterrupted_model(tiny_sets, tmp_path
     assert all("soft" not in r for r in expected["history"] if r["generation"] == 0)
 
     out = tmp_path / "killed"
-    first = _trainer(tiny_sets, out, [_kill_after(2)])
+    first = _trainer(tiny_sets, out, [kill_after(2)])
     first.init_clusters()
-    with pytest.raises(_Killed):  # killed between generations: the last epoch of generation 0 is committed
+    with pytest.raises(Killed):  # killed between generations: the last epoch of generation 0 is committed
         first.fit()
-    with pytest.raises(_Killed):  # killed in generation 1, with a teacher to restore
-        _trainer(tiny_sets, out, [_kill_after(3)]).fit(resume=True)
+    with pytest.raises(Killed):  # killed in generation 1, with a teacher to restore
+        _trainer(tiny_sets, out, [kill_after(3)]).fit(resume=True)
     resumed = _trainer(tiny_sets, out).fit(resume=True)
     assert [(r["generation"], r["epoch"]) for r in resumed["history"]] == \
         [(r["generation"], r["epoch"]) for r in expected["history"]]
@@ -95,10 +83,7 @@ def test_place_generations_resume_to_the_uninterrupted_model(tiny_sets, tmp_path
             assert a.get(key, 0.0) == pytest.approx(b.get(key, 0.0), rel=1e-5)
         assert a["val_R@5"] == b["val_R@5"]
     assert expected["best"] == resumed["best"]
-    want, got = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(out / "model.safetensors"))
-    assert want.keys() == got.keys()
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
+    assert_same_weights(tmp_path / "whole", out)
 
 
 def test_place_batches_build_no_tuple_miner(tiny_sets, tmp_path, monkeypatch):

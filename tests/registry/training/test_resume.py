@@ -9,26 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from tiny_vpr import small_config
+from tiny_vpr import Killed, assert_same_weights, kill_after, small_config
 
 import registry
 from registry.datasets import ImageReadError
 from registry.training import CheckpointError, Trainer
 from registry.training import checkpoint as checkpoint_module
 from registry.training.checkpoint import load_checkpoint
-
-
-class Killed(Exception):
-    """Stands in for a SIGKILL right after a checkpoint was written."""
-
-
-def _kill_after(*epochs):
-    def callback(trainer, record):
-        trained = sum("loss" in r for r in trainer.history)
-        if trained in epochs:
-            raise Killed(trained)
-    return callback
 
 
 def _trainer(name, sets, out, callbacks=(), **changes) -> Trainer:
@@ -45,12 +32,12 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_sets, tmp_path
     expected = whole.fit()
 
     out = tmp_path / "killed"
-    first = _trainer("tiny_clusvpr", tiny_sets, out, [_kill_after(1, 3)], **options)
+    first = _trainer("tiny_clusvpr", tiny_sets, out, [kill_after(1, 3)], **options)
     first.init_clusters()
     with pytest.raises(Killed):  # killed in generation 0
         first.fit()
     with pytest.raises(Killed):  # killed in generation 1, with a teacher to restore
-        _trainer("tiny_clusvpr", tiny_sets, out, [_kill_after(3)], **options).fit(resume=True)
+        _trainer("tiny_clusvpr", tiny_sets, out, [kill_after(3)], **options).fit(resume=True)
     resumed = _trainer("tiny_clusvpr", tiny_sets, out, **options).fit(resume=True)
 
     assert [(r["generation"], r["epoch"]) for r in resumed["history"]] == [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2)]
@@ -59,10 +46,7 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_sets, tmp_path
         assert a.get("loss", 0.0) == pytest.approx(b.get("loss", 0.0), rel=1e-5)
         assert a["val_R@5"] == b["val_R@5"]
     assert expected["best"] == resumed["best"]
-    want, got = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(out / "model.safetensors"))
-    assert want.keys() == got.keys()
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
+    assert_same_weights(tmp_path / "whole", out)
     assert (out / "centroids.h5").is_file()
 
 
@@ -88,7 +72,7 @@ def test_a_full_disk_fails_loudly_and_keeps_the_last_good_checkpoint(tiny_sets, 
 def test_a_corrupt_image_fails_loudly_and_keeps_the_checkpoint(tiny_sets, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Killed):
-        _trainer("tiny_gem", tiny_sets, out, [_kill_after(1)]).fit()
+        _trainer("tiny_gem", tiny_sets, out, [kill_after(1)]).fit()
     bad = tiny_sets[0].db_images[3]
     original = bad.read_bytes()
     try:
@@ -103,7 +87,7 @@ def test_a_corrupt_image_fails_loudly_and_keeps_the_checkpoint(tiny_sets, tmp_pa
 def test_resuming_with_other_options_or_restarting_a_run_is_refused(tiny_sets, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Killed):
-        _trainer("tiny_gem", tiny_sets, out, [_kill_after(1)]).fit()
+        _trainer("tiny_gem", tiny_sets, out, [kill_after(1)]).fit()
     with pytest.raises(CheckpointError, match="lr=0.001 .now 0.01"):
         _trainer("tiny_gem", tiny_sets, out, lr=1e-2).fit(resume=True)
     with pytest.raises(FileExistsError, match="--resume"):
@@ -115,7 +99,7 @@ def test_resuming_with_other_options_or_restarting_a_run_is_refused(tiny_sets, t
 def test_a_checkpoint_older_than_an_option_resumes_with_that_options_default(tiny_sets, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Killed):
-        _trainer("tiny_gem", tiny_sets, out, [_kill_after(1)], epochs=2).fit()
+        _trainer("tiny_gem", tiny_sets, out, [kill_after(1)], epochs=2).fit()
     path = out / "train" / "checkpoint.pt"
     state = checkpoint_module.load_checkpoint(path)
     for newer in ("aggregator_lr_mult", "cluster_seed"):  # written before these options existed

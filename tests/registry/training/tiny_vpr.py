@@ -89,3 +89,26 @@ def register() -> None:
 
 
 register()
+
+
+class Killed(Exception):
+    """Stands in for a SIGKILL right after a checkpoint was written."""
+
+
+def kill_after(*epochs):
+    """A trainer callback that raises Killed once the run has trained any of `epochs` epochs in all."""
+    def callback(trainer, record):
+        trained = sum("loss" in r for r in trainer.history)
+        if trained in epochs:
+            raise Killed(trained)
+    return callback
+
+
+def assert_same_weights(want_folder: Path, got_folder: Path) -> None:
+    """The two run folders' model.safetensors hold the same tensors (float tolerance of a resumed run)."""
+    from safetensors.torch import load_file
+
+    want, got = load_file(str(want_folder / "model.safetensors")), load_file(str(got_folder / "model.safetensors"))
+    assert want.keys() == got.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
