@@ -117,7 +117,8 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
         (NV32K, 10_000, index, None) for index in (
             "flat", "IVF-PQ64 inner product (section 9)", "IVF-PQ64 L2, refine from disk"))),
     "place_batch/curve": _copied("place-batch-pilot.md", "place_batch/pilot.md", 0, ", which `python "
-                                 "benchmarks/place_batch_pilot.py --run tuples=RUN --run places=RUN --out "
+                                 "benchmarks/place_batch_pilot.py --run tuples=RUN --run places=RUN "
+                                 "--run places_lr6e-5=RUN --out "
                                  "benchmarks/place_batch/pilot.json` renders from that JSON (the runs' log.jsonl and "
                                  "CPU samples)", "recalls to 0.01 point"),
     "place_batch/cost": _copied("place-batch-pilot.md", "place_batch/pilot.md", 1, " (the same JSON)",
