@@ -32,6 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from .._util.atomic import leftovers, staged_folder
+from .._util.jsonio import loads_bounded
 from .store_damage import (
     StoreDamagedError,
     check_fragments,
@@ -138,8 +139,8 @@ class MapStore:
         if raw is None:
             raise StoreMismatchError(f"{self.folder} is a Lance dataset but not a map store (no clusvpr_map metadata)")
         try:
-            self.meta: Dict[str, Any] = json.loads(raw)
-        except (ValueError, RecursionError):
+            self.meta: Dict[str, Any] = loads_bounded(raw, f"map metadata of {self.folder}")
+        except ValueError:
             self.meta = None
         self._check_meta()
         if expected_count is not None and self.count != expected_count:

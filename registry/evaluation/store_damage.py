@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from .._util.jsonio import loads_bounded
+
 _MANIFEST = ".manifest"
 _LANCE_DIRS = ("_versions", "_transactions", "data")  # what a Lance dataset with no committed version can hold
 _MAX_VERSIONS = 256  # versions tried (newest first) when looking for the last usable one
@@ -149,15 +151,13 @@ def check_fragments(folder: Path, ds, store_id: str) -> None:
     """Every data file of `ds` was written for this store: its own copy of the store metadata (Lance keeps the
     schema in each file) names the same store id. A file copied in from another store of the same schema would
     otherwise be served as this store's rows."""
-    import json
-
     from lance.file import LanceFileReader
 
     for name in _data_files(ds):
         path = folder / "data" / Path(name).name
         try:
             raw = (LanceFileReader(str(path)).metadata().schema.metadata or {}).get(b"clusvpr_map")
-            other = json.loads(raw).get("store_id") if raw is not None else None
+            other = loads_bounded(raw, f"map metadata of {path}").get("store_id") if raw is not None else None
         except (OSError, ValueError, AttributeError) as err:
             raise diagnose(folder, err, bad=path.name) from None
         if other != store_id:

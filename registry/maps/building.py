@@ -15,6 +15,7 @@ from .._util.atomic import atomic_path
 from .._util.jsonio import BoundedJSONError, read_json
 from ..evaluation.index import IndexSpec, PlaceIndex
 from ..evaluation.store import MapStore, StoreMismatchError
+from ..evaluation.store_damage import StoreDamagedError
 from ..evaluation.store_extract import extract_to_store
 from . import engine
 from .manifest import INDEX_DIR, MANIFEST, STORE_DIR, MapError, new_manifest, write_manifest
@@ -97,6 +98,8 @@ def build_map(folder: Path, images: List[str], model: str, pretrained: Any, runt
         except StoreMismatchError as err:
             raise MapError(f"{err} ({folder} holds a stopped build of other images: rerun it with the same images "
                            "to finish it, or delete the folder)") from None
+        except StoreDamagedError as err:
+            raise MapError(str(err)) from None
         index = new_index(store, requested)
         index.save(folder / INDEX_DIR / f"v{store.version}")
         write_manifest(folder, new_manifest(folder, model, label, source, rt, store, index, requested, chunk_size))

@@ -20,6 +20,7 @@ import numpy as np
 from ..evaluation.index import IndexFileError, IndexSpec, PlaceIndex
 from ..evaluation.sequence import distance_column
 from ..evaluation.store import INT_PLACES, MapStore, StoreMismatchError
+from ..evaluation.store_damage import StoreDamagedError
 from . import engine
 from .manifest import MANIFEST, REBUILD, STORE_DIR, MapError, check_files, read_manifest
 from .match import Match
@@ -28,7 +29,7 @@ PathLike = Union[str, os.PathLike]
 MAX_K = 100
 ENCODE_BATCH = 32  # images per runtime call where a call may hold many (a route, a command line)
 DEFAULT_CHUNK = 256
-_STORE_ERRORS = (FileNotFoundError, StoreMismatchError)
+_STORE_ERRORS = (FileNotFoundError, StoreMismatchError, StoreDamagedError)
 
 
 def image_paths(images: Sequence[PathLike]) -> List[str]:

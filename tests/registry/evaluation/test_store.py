@@ -286,6 +286,17 @@ def test_store_metadata_is_checked_against_its_schema_before_anything_is_sized(i
         open_store(tmp_path / "store")
 
 
+def test_store_metadata_nested_too_deep_or_with_huge_numbers_is_a_named_error(images, tmp_path):
+    """The store's clusvpr_map metadata is parsed within limits: 10^5 nested lists (a bare RecursionError from the
+    standard parser) or a 5000-digit number are StoreMismatchError naming the store and the fix."""
+    extract_to_store(TinyEncoder(), images, tmp_path / "store", chunk_size=8, device="cpu", progress=False)
+    ds = lance.dataset(str(tmp_path / "store"))
+    for crafted in ("[" * 100_000 + "]" * 100_000, '{"count": ' + "9" * 5000 + "}"):
+        ds.replace_schema_metadata({"clusvpr_map": crafted})
+        with pytest.raises(StoreMismatchError, match=r"metadata is not a JSON object.*delete the store folder"):
+            open_store(tmp_path / "store")
+
+
 def test_a_killed_creators_staging_folder_is_removed_and_a_live_one_kept(images, tmp_path):
     """A creator killed between building its staged store and renaming it leaves `.store.<random>.tmp`: the next
     create removes it once it is older than a create can take, and keeps a fresh one (another creator's, live)."""
