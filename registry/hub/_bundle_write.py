@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
-from .._util.atomic import atomic_path, staging_dir
+from .._util.atomic import atomic_path, staged_folder
 from .._util.files import sha256_file
 from .._util.jsonio import SAFETENSORS_DTYPES, check_safetensors_header
 from ._bundle import FORMAT, MANIFEST, OWN, REBUILD, VERSION, bundled_weights, is_bundled
@@ -200,38 +200,37 @@ def bundle_releases(folders: Sequence[os.PathLike], shared_out: os.PathLike, out
 def _install(release: Release, target: Path, own: Dict[str, Tensor], shared: List[Tuple[Path, List[str]]]) -> None:
     """Write `release`'s bundle into `target` and check it rebuilds the original weights before it is used: a new
     folder is staged beside `target` and renamed into place; in place, model.safetensors goes last."""
-    in_place = target == release.folder
-    if in_place:
-        work = target
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        work = staging_dir(target)  # a sibling of target: the same relative paths reach the store
-    written = []
-    try:
-        if not in_place:
+    if target != release.folder:
+        # staged as a sibling of target: the same relative paths reach the shared files
+        with staged_folder(target, exclusive=True) as work:
             for path in sorted(release.folder.iterdir()):
                 if path.is_file() and path.name not in (WEIGHTS, MANIFEST, OWN):
                     shutil.copy2(path, work / path.name)
-        pieces = [_piece(path, target, names) for path, names in shared]
-        if own:
-            _write(work / OWN, piece_bytes(own))
-            written.append(work / OWN)
-            pieces.insert(0, _piece(work / OWN, work, sorted(own)))
-        _write(work / MANIFEST, (json.dumps(manifest(release, pieces), indent=1, sort_keys=True) + "\n").encode())
-        written.append(work / MANIFEST)
-        if bundled_weights(work, release.sha256) != release.weights:  # the sha256 matched: cannot differ
-            raise BundleError(f"{target}: the bundle does not rebuild {release.folder / WEIGHTS}; {REBUILD}")
+            _write_bundle(release, target, work, own, shared, [])
+        return
+    written: List[Path] = []
+    try:
+        _write_bundle(release, target, target, own, shared, written)
     except BaseException:
-        if in_place:
-            for path in written:
-                path.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        for path in written:
+            path.unlink(missing_ok=True)
         raise
-    if in_place:
-        (target / WEIGHTS).unlink()
-    else:
-        os.replace(work, target)
+    (target / WEIGHTS).unlink()
+
+
+def _write_bundle(release: Release, target: Path, work: Path, own: Dict[str, Tensor],
+                  shared: List[Tuple[Path, List[str]]], written: List[Path]) -> None:
+    """own.safetensors and the bundle manifest written into `work` (each appended to `written`), then checked to
+    rebuild the release's weights byte for byte."""
+    pieces = [_piece(path, target, names) for path, names in shared]
+    if own:
+        _write(work / OWN, piece_bytes(own))
+        written.append(work / OWN)
+        pieces.insert(0, _piece(work / OWN, work, sorted(own)))
+    _write(work / MANIFEST, (json.dumps(manifest(release, pieces), indent=1, sort_keys=True) + "\n").encode())
+    written.append(work / MANIFEST)
+    if bundled_weights(work, release.sha256) != release.weights:  # the sha256 matched: cannot differ
+        raise BundleError(f"{target}: the bundle does not rebuild {release.folder / WEIGHTS}; {REBUILD}")
 
 
 def unbundle_release(folder: os.PathLike, out: os.PathLike) -> Path:
@@ -243,15 +242,9 @@ def unbundle_release(folder: os.PathLike, out: os.PathLike) -> Path:
     if out.exists():
         raise BundleError(f"{out} exists already: remove it or choose another folder")
     weights = read_release(folder).weights
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = staging_dir(out)
-    try:
+    with staged_folder(out, exclusive=True) as stage:
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.name not in (MANIFEST, OWN):
                 shutil.copy2(path, stage / path.name)
         (stage / WEIGHTS).write_bytes(weights)
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return out

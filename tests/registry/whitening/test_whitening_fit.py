@@ -79,4 +79,4 @@ def test_the_whitening_package_imports_no_model_training_or_evaluation_code():
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
                 imported.update(n for n in names if n.startswith("registry"))
-    assert imported <= {".apply", ".choose", ".fit", ".layer", ".reduce", "..h5io"}, imported
+    assert imported <= {".apply", ".choose", ".fit", ".layer", ".reduce", ".._util.h5io"}, imported
