@@ -114,7 +114,14 @@ def check_safetensors_header(path: PathLike, error: Type[ValueError] = BoundedJS
                                max_depth=4, fix=fix, error=error)
     if not isinstance(header, dict):
         raise error(f"the safetensors header of {path} is not a JSON object; {fix}")
-    data = size - 8 - length
+    check_safetensors_entries(header, size - 8 - length, str(path), fix, error)
+    return header
+
+
+def check_safetensors_entries(header: Dict[str, Any], data: int, what: str, fix: str,
+                              error: Type[ValueError] = BoundedJSONError) -> None:
+    """Every tensor of a parsed safetensors `header` a known dtype with a shape and data offsets that fit a data
+    section of `data` bytes and its byte count; `error` naming `what` (the file), the tensor and `fix` otherwise."""
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -123,13 +130,12 @@ def check_safetensors_header(path: PathLike, error: Type[ValueError] = BoundedJS
               and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                       for v in entry["shape"] + entry["data_offsets"]) and len(entry["data_offsets"]) == 2)
         if not ok:
-            raise error(f"the safetensors header of {path} describes tensor {quote(name)} as {quote(entry)}, not a "
+            raise error(f"the safetensors header of {what} describes tensor {quote(name)} as {quote(entry)}, not a "
                         f"dtype, shape and data offsets; {fix}")
         begin, end = entry["data_offsets"]
         count = 1
         for dim in entry["shape"]:
             count *= dim
         if not begin <= end <= data or end - begin != count * SAFETENSORS_DTYPES[entry["dtype"]]:
-            raise error(f"the safetensors header of {path} gives tensor {quote(name)} (shape {entry['shape']}, "
+            raise error(f"the safetensors header of {what} gives tensor {quote(name)} (shape {entry['shape']}, "
                         f"{entry['dtype']}) the bytes {begin}..{end} of a {data:,}-byte data section; {fix}")
-    return header

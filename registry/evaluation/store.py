@@ -350,10 +350,6 @@ def _remove_stale_stages(folder: Path) -> None:
             pass
 
 
-def _committed(folder: Path) -> bool:
-    return committed(folder)
-
-
 def _write_fragments(folder: Path, dim: int, meta: Dict[str, Any], rows: np.ndarray, images: Sequence[str],
                      descriptors: np.ndarray, places: Optional[Sequence[Any]], coords: Optional[np.ndarray]):
     """Data files for these rows, not yet part of any version (commit them with _commit)."""

@@ -21,12 +21,12 @@ from .store import (
     INT_PLACES,
     MapStore,
     _commit,
-    _committed,
     _create,
     _images_hash,
     _lance,
     _write_fragments,
 )
+from .store_damage import committed
 
 PathLike = Union[str, os.PathLike]
 
@@ -81,7 +81,7 @@ def extract_to_store(
     config_hash = model_config_hash(model, resize, longer_side)
     name = getattr(model, "name", type(model).__name__)
     folder = Path(folder)
-    if ctx.is_main and not _committed(folder):
+    if ctx.is_main and not committed(folder):
         dim = int(getattr(model, "descriptor_dim", 0)) or _probe_dim(model, images[0], resize, longer_side)
         folder.parent.mkdir(parents=True, exist_ok=True)
         _create(folder, dim, len(images), {"model": name, "input_size": _input_size(model), "config_hash": config_hash,

@@ -26,8 +26,7 @@ import struct
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Mapping, Tuple
 
-from .._util.files import sha256_file
-from .._util.jsonio import SAFETENSORS_DTYPES, check_safetensors_header, loads_bounded, quote, read_json
+from .._util.jsonio import SAFETENSORS_MAX_HEADER, check_safetensors_entries, loads_bounded, quote, read_json
 from ._layout import WEIGHTS
 from .errors import CorruptedFileError, FileNotInRepoError, WrongModelError
 
@@ -89,9 +88,10 @@ def piece_path(folder: Path, piece: Mapping[str, Any]) -> Path:
     return folder.joinpath(*name.parts)
 
 
-def check_piece(folder: Path, piece: Mapping[str, Any]) -> Path:
-    """The piece's path once its size and sha256 are the ones bundle.json records: FileNotInRepoError when it is
-    missing, CorruptedFileError when its bytes differ, each naming the file and the fix."""
+def check_piece(folder: Path, piece: Mapping[str, Any]) -> Tuple[Path, bytes]:
+    """The piece's path and bytes (read once) when its size and sha256 are the ones bundle.json records:
+    FileNotInRepoError when it is missing, CorruptedFileError when its bytes differ, each naming the file and the
+    fix."""
     path = piece_path(folder, piece)
     role = "its own tensors" if path.parent == folder else "tensors shared with other bundled releases"
     if not path.is_file():
@@ -100,14 +100,15 @@ def check_piece(folder: Path, piece: Mapping[str, Any]) -> Path:
             f"{REBUILD}. A bundled release folder reads the shared store beside it: to copy one elsewhere, write its "
             "ordinary layout with `vpr release unbundle`")
     size = path.stat().st_size
-    digest = sha256_file(path) if size == piece["size"] else None
+    raw = path.read_bytes() if size == piece["size"] else b""
+    digest = hashlib.sha256(raw).hexdigest() if size == piece["size"] else None
     if digest != piece["sha256"]:
         found = f"sha256 {digest}" if digest is not None else f"{size:,} bytes"
         want = f"sha256 {piece['sha256']}" if digest is not None else f"{piece['size']:,}"
         raise CorruptedFileError(
             f"{path.resolve()} ({role} of the bundled release {folder}) has {found}, but {folder / MANIFEST} records "
             f"{want}: a corrupted or mismatched file, never used; {REBUILD}")
-    return path
+    return path, raw
 
 
 def _tensor_entries(header: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -124,18 +125,18 @@ def bundled_weights(folder: Path, expected_sha256: str) -> bytes:
     head = manifest["header"].encode("utf-8")
     header = loads_bounded(head, f"the header in {folder / MANIFEST}", max_depth=4, max_bytes=16 << 20,
                            fix=REBUILD, error=WrongModelError)
-    entries = _tensor_entries(header) if isinstance(header, dict) else {}
     body = manifest["size"] - 8 - len(head)
-    if not isinstance(header, dict) or body < 0 or any(not _fits(e, body) for e in entries.values()):
+    if not isinstance(header, dict) or body < 0:
         raise WrongModelError(f"the header in {folder / MANIFEST} does not describe a {manifest['size']:,}-byte "
                               f"safetensors file; {REBUILD}")
+    check_safetensors_entries(header, body, f"the model.safetensors {folder / MANIFEST} describes", REBUILD,
+                              WrongModelError)
+    entries = _tensor_entries(header)
     data = bytearray(body)
     supplied: Dict[str, str] = {}
     for piece in manifest["pieces"]:
-        path = check_piece(folder, piece)
-        own = _tensor_entries(check_safetensors_header(path, error=CorruptedFileError))
-        raw = path.read_bytes()
-        start = 8 + struct.unpack("<Q", raw[:8])[0]
+        path, raw = check_piece(folder, piece)
+        own, start = _piece_header(raw, path)
         for name in piece["tensors"]:
             _place(data, name, (entries, own, supplied), (raw, start, path), folder / MANIFEST)
     missing = sorted(set(entries) - set(supplied))
@@ -150,16 +151,19 @@ def bundled_weights(folder: Path, expected_sha256: str) -> bytes:
     return full
 
 
-def _fits(entry: Any, body: int) -> bool:
-    if not (isinstance(entry, dict) and entry.get("dtype") in SAFETENSORS_DTYPES
-            and isinstance(entry.get("shape"), list) and isinstance(entry.get("data_offsets"), list)
-            and len(entry["data_offsets"]) == 2 and all(_count(v) for v in entry["shape"] + entry["data_offsets"])):
-        return False
-    begin, end = entry["data_offsets"]
-    count = 1
-    for dim in entry["shape"]:
-        count *= dim
-    return begin <= end <= body and end - begin == count * SAFETENSORS_DTYPES[entry["dtype"]]
+def _piece_header(raw: bytes, path: Path) -> Tuple[Dict[str, Dict[str, Any]], int]:
+    """A piece's tensor entries (checked against its bytes) and where its data section starts."""
+    fix = f"the file is damaged: {REBUILD}"
+    length = struct.unpack("<Q", raw[:8])[0] if len(raw) >= 8 else -1
+    if not 0 <= length <= min(SAFETENSORS_MAX_HEADER, len(raw) - 8):
+        raise CorruptedFileError(f"{path} is not a safetensors file (a header of {length} bytes in {len(raw):,}); "
+                                 f"{fix}")
+    header = loads_bounded(raw[8:8 + length], f"the safetensors header of {path}", max_bytes=SAFETENSORS_MAX_HEADER,
+                           max_depth=4, fix=fix, error=CorruptedFileError)
+    if not isinstance(header, dict):
+        raise CorruptedFileError(f"the safetensors header of {path} is not a JSON object; {fix}")
+    check_safetensors_entries(header, len(raw) - 8 - length, str(path), fix, CorruptedFileError)
+    return _tensor_entries(header), 8 + length
 
 
 def _place(data: bytearray, name: str, tables: Tuple[Mapping[str, Any], Mapping[str, Any], Dict[str, str]],
