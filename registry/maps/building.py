@@ -9,8 +9,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence
 
-import numpy as np
-
 from .._util.atomic import atomic_path
 from .._util.jsonio import BoundedJSONError, read_json
 from ..evaluation.index import IndexSpec, PlaceIndex
@@ -18,7 +16,7 @@ from ..evaluation.store import MapStore, StoreMismatchError
 from ..evaluation.store_damage import StoreDamagedError
 from ..evaluation.store_extract import extract_to_store
 from . import engine
-from .manifest import INDEX_DIR, MANIFEST, STORE_DIR, MapError, new_manifest, write_manifest
+from .manifest import INDEX_DIR, MANIFEST, STORE_DIR, MapBusyError, MapError, new_manifest, write_manifest
 
 LOCK = ".lock"
 BUILD_ARGS = "build.json"  # what a build was started with: a rerun must ask for the same map to resume it
@@ -26,7 +24,7 @@ BUILD_ARGS = "build.json"  # what a build was started with: a rerun must ask for
 
 @contextlib.contextmanager
 def writer_lock(folder: Path) -> Iterator[None]:
-    """Hold the map's writer lock (flock on folder/.lock) or raise MapError when another build or add holds it."""
+    """Hold the map's writer lock (flock on folder/.lock) or raise MapBusyError when another build or add holds it."""
     import fcntl
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -35,8 +33,8 @@ def writer_lock(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise MapError(f"another `vpr map build` or `vpr map add` is writing {folder} right now: wait for it to "
-                           "finish (readers are not affected)") from None
+            raise MapBusyError(f"another `vpr map build` or `vpr map add` is writing {folder} right now: wait for it "
+                               "to finish (readers are not affected)") from None
         yield
     finally:
         os.close(fd)
@@ -108,10 +106,10 @@ def build_map(folder: Path, images: List[str], model: str, pretrained: Any, runt
 
 def new_index(store: MapStore, requested: IndexSpec) -> PlaceIndex:
     """A PlaceIndex of every row of `store` (its descriptors and typed place ids, in row order). The rows are added
-    as an array, not as the store: the manifest, not the index, pins the store version the map reads."""
+    as rows, not as the store: the manifest, not the index, pins the store version the map reads."""
     index = PlaceIndex(store.dim, requested)
     try:
-        index.add(np.asarray(store.descriptors), places=store.places)
+        index.add(store.descriptors, places=store.places)  # read in chunks when the map is large
     except ValueError as err:  # an index kind that cannot be trained on this few images
         raise MapError(f"cannot build the {requested.kind} index of {store.count} images: {err}; the extracted store "
                        f"is kept, rerun with another --index (auto picks one that fits)") from None

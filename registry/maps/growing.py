@@ -49,9 +49,10 @@ def add_images(m: Any, images: List[str], places: Optional[Sequence[Any]], coord
 def _merged_places(base: MapStore, places: Optional[Sequence[Any]], n: int) -> Optional[List[Any]]:
     """Place ids of every row (old rows as stored, new rows as given), typed as the map's: integers for a map of
     integer place ids (digit strings accepted), strings otherwise."""
-    has_places = base.meta.get("place_type") == INT_PLACES or any(p != i for p, i in zip(base.places, base.images))
+    old = base.places  # built from the store's rows on each access: once here
+    has_places = base.meta.get("place_type") == INT_PLACES or any(p != i for p, i in zip(old, base.images))
     if places is None:
-        return None if not has_places else list(base.places) + [None] * n
+        return None if not has_places else list(old) + [None] * n
     places = list(places)
     if base.meta.get("place_type") == INT_PLACES:
         wrong = [p for p in places if not _is_int_id(p)]
@@ -61,7 +62,7 @@ def _merged_places(base: MapStore, places: Optional[Sequence[Any]], n: int) -> O
         places = [int(p) for p in places]
     else:
         places = [str(p) for p in places]
-    return (list(base.places) if has_places else [None] * base.count) + places
+    return (list(old) if has_places else [None] * base.count) + places
 
 
 def _is_int_id(p: Any) -> bool:

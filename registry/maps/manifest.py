@@ -33,6 +33,10 @@ class MapError(ValueError):
     file (or the value) and the fix."""
 
 
+class MapBusyError(MapError):
+    """Another build or add holds the map's writer lock: the same call can succeed once it is done."""
+
+
 def read_manifest(folder: PathLike) -> Dict[str, Any]:
     """folder/manifest.json parsed (bounded) and its fields checked for type; MapError naming the file otherwise."""
     path = Path(folder) / MANIFEST

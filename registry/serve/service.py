@@ -9,7 +9,6 @@ and every replica picks the new version up within `reload_interval` seconds.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -22,6 +21,7 @@ import numpy as np
 
 from .._util.atomic import atomic_path
 from ..evaluation.sequence import MAX_LENGTH
+from ..maps.manifest import MapBusyError
 from .batcher import Batcher, Encoded
 from .metrics import Metrics
 from .streams import StreamBuffers
@@ -178,11 +178,12 @@ class Service:
                 paths.append(target)
             try:
                 version = self._open(self.folder).add(paths, places=places)
-            except ValueError as err:  # MapError: another writer holds the map, place ids of the wrong kind
+            except MapBusyError as err:  # another process holds the map's writer lock
                 shutil.rmtree(folder, ignore_errors=True)
-                if _writer_busy(self.folder):
-                    raise BadRequest(409, f"cannot add these images now: {err}; retry after the Retry-After "
-                                          "seconds") from None
+                raise BadRequest(409, f"cannot add these images now: {err}; retry after the Retry-After "
+                                      "seconds") from None
+            except ValueError as err:  # MapError: place ids of the wrong kind, images it cannot read
+                shutil.rmtree(folder, ignore_errors=True)
                 raise BadRequest(400, f"cannot add these images: {err}") from None
             with self._lock:
                 self.map.reload_if_changed()
@@ -191,25 +192,6 @@ class Service:
 
     def close(self) -> None:
         self.batcher.close()
-
-
-def _writer_busy(folder: Path) -> bool:
-    """Whether another process holds the map's writer lock (a build or an add is running)."""
-    import fcntl
-
-    from ..maps.building import LOCK
-
-    try:
-        fd = os.open(folder / LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _match(match: Any) -> Dict[str, Any]:

@@ -12,9 +12,9 @@ from typing import List, Optional
 from PIL import Image, UnidentifiedImageError
 
 from ..datasets.images import ImageReadError, decode_rgb, max_pixels
+from ..maps.core import MAX_K
 
 MAX_FILES = 16
-MAX_K = 100
 DEFAULT_MAX_BODY = 32 * 2**20  # bytes of one request
 DEFAULT_MAX_PIXELS = 16_000_000  # per image: a 16 MP photo; the library's budget (VPR_MAX_IMAGE_PIXELS) caps it
 _FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif"}
