@@ -1,7 +1,7 @@
 """What storing the releases' shared tensors once saves, and how much of NetVLAD's whitening that room holds.
 
-    python benchmarks/bundle_size.py                 # the three releases in the package; prints Markdown tables
-    python benchmarks/bundle_size.py --json out.json # and the figures as JSON
+    python benchmarks/bundle_size.py --out benchmarks/release_bundle/bundle_size.json
+
 
 It reads the release folders that ship in the package (ClusVPR, NetVLAD, GeM), lists the tensors that are
 bit-identical across them, bundles them into a temporary folder (`registry.hub.bundle_releases`; the package's
@@ -9,7 +9,8 @@ folders are only read), checks that every bundled release loads exactly the tens
 compares the bytes. The whitening NetVLAD chose on validation is sized from its config.json (input dimension: its
 descriptor without whitening; output: the chosen size) as the layout stores it: U, lams and mu in model.safetensors
 (float32, or float16 for U if the half-precision save covered it) and again in pca.h5 (always float32, with Utmu),
-with pca.h5's overhead measured on GeM's pca.h5.
+with pca.h5's overhead measured on GeM's pca.h5. Writes the figures as JSON (--out), the Markdown tables rendered
+from them beside it (.md) and prints the tables; the sizes do not depend on the machine or its load.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
+from _outputs import write_outputs
 
 import registry
 import registry.hub as hub
@@ -100,6 +102,8 @@ def markdown(result: Dict[str, Any]) -> str:
         lines.append(f"| {row['name']} | {row['today'] / MB:.2f} | {row['bundled'] / MB:.2f} |")
     lines.append(f"| shared store | - | {result['shared_store'] / MB:.2f} |")
     lines.append(f"| **total** | **{result['today'] / MB:.2f}** | **{result['bundled'] / MB:.2f}** |")
+    lines += ["", f"Bundling saves {result['room'] / MB:.2f} MB, {100 * result['room'] / result['today']:.0f}% of "
+              f"today's {result['today'] / MB:.2f} MB."]
     w = result["whitening"]
     lines += ["", f"Room left under today's total: {result['room'] / MB:.2f} MB. NetVLAD whitening "
               f"{w['in_dim']} -> d (chosen on validation: {w['chosen']}):", "",
@@ -117,7 +121,8 @@ def markdown(result: Dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/release_bundle/bundle_size.json"),
+                        help="the JSON of the figures; the Markdown tables go beside it (.md)")
     args = parser.parse_args()
     folders = [registry.get_entry(m).release().folder for m in MODELS]
     with tempfile.TemporaryDirectory(prefix="bundle-size-") as tmp:
@@ -141,9 +146,7 @@ def main() -> None:
             "f16": largest_fitting(room, 2 * n + 4, 4 * n),
         },
     }
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(markdown(result))
+    write_outputs(result, args.out, markdown)
 
 
 if __name__ == "__main__":

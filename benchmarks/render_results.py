@@ -74,6 +74,9 @@ RELEASES = (REPO / "clusvpr_plugin" / "releases" / "clusvpr_vgg16.nordland",
             REPO / "registry" / "releases" / "netvlad_vgg16.nordland",
             REPO / "registry" / "releases" / "gem_vgg16.nordland")
 
+BUNDLE_MADE_BY = (", which `python benchmarks/bundle_size.py --out benchmarks/release_bundle/bundle_size.json` "
+                  "renders from that JSON (the sizes do not depend on the machine's load)")
+
 TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
     "releases/recalls": ReleaseTable("releases.md", RELEASES),
     "map_curve/1e5": MapCurveTable("map-curve.md", with_series=True, rows=(
@@ -141,6 +144,12 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
     "serve/targets": _copied("serve.md", "serve/serve.md", 1, " (the same run)",
                              "images/s to 0.1, the ratio to 1%, RSS to 1 MB, its change to 0.1%"),
     "serve/faults": _copied("serve.md", "serve/serve.md", 2, " (the same run)", "seconds to 0.1"),
+    "release_bundle/shared": _copied("release-bundle.md", "release_bundle/bundle_size.md", 0, BUNDLE_MADE_BY,
+                                     "megabytes (10^6 bytes) to 0.01"),
+    "release_bundle/bytes": _copied("release-bundle.md", "release_bundle/bundle_size.md", 1, " (the same run)",
+                                    "megabytes (10^6 bytes) to 0.01"),
+    "release_bundle/whitening": _copied("release-bundle.md", "release_bundle/bundle_size.md", 2, " (the same run)",
+                                        "megabytes (10^6 bytes) to 0.01"),
     "map_scale/measured": ScriptTable("map-scale.md", MAP_SCALE_MD, 0, (
         "*Copied by `python benchmarks/render_results.py` from `benchmarks/map_scale/map_scale.md`, which `python "
         "benchmarks/bench_map_scale.py measure` (or `report`) renders from `benchmarks/map_scale/map_scale.json`. "
