@@ -1,11 +1,13 @@
 """Time and peak memory of the ClusVPR aggregator vs the reference's materialised-residual OptLAD, one run, one machine.
 
-    python benchmarks/bench_aggregator.py --batch 8 --repeats 5 [--device cpu|cuda] [--out benchmarks/aggregator.json]
+    python benchmarks/bench_aggregator.py --batch 8 --repeats 5 [--device cpu|cuda] \
+        [--out benchmarks/aggregator/aggregator.json]
 
 Each variant runs in its own subprocess so that peak memory (ru_maxrss on CPU, max_memory_allocated on
 CUDA) belongs to that variant alone. The last variant computes the whole aggregator in the reference's
 forms (clusvpr_plugin/naive.py: separate NCHW depthwise convs, brute-force KNN distances, explicit
 attention, transposed-conv + pointwise upsampling, materialised OptLAD residual) with the same weights.
+Writes the results as JSON (--out), the Markdown table rendered from them beside it (.md), and prints the table.
 """
 from __future__ import annotations
 
@@ -16,14 +18,22 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any, Dict
+
+from _outputs import write_outputs
 
 VARIANTS = {
     "optlad_matrix": "OptLAD, matrix-product form (this package)",
     "optlad_naive": "OptLAD, materialised N x G x K x D x HW residual (reference form)",
-    "aggregator_matrix": "CWT stack + OptLAD matrix form (this package's aggregator)",
+    "aggregator_matrix": "CWT stack + OptLAD matrix form (this package's whole aggregator)",
     "aggregator_naive": "CWT stack + materialised-residual OptLAD",
     "aggregator_reference": "reference-form CWT stack + materialised-residual OptLAD (the reference's forms)",
 }
+# each comparison: (this package's variant, the variant it is compared with)
+COMPARISONS = {"OptLAD aggregation": ("optlad_matrix", "optlad_naive"),
+               "whole aggregator vs materialised OptLAD": ("aggregator_matrix", "aggregator_naive"),
+               "whole aggregator vs the reference's forms": ("aggregator_matrix", "aggregator_reference")}
 
 
 def _rss_bytes() -> int:
@@ -68,7 +78,39 @@ def run_variant(variant: str, batch: int, repeats: int, device: str, h: int, w: 
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"variant": variant, "seconds": sorted(times)[len(times) // 2], "peak_bytes": peak - base,
-            "out_norm": float(out.double().norm())}
+            "out_norm": float(out.double().norm()), "threads": torch.get_num_threads()}
+
+
+def comparisons(rows: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Speed-up, memory fraction and output agreement of each comparison in COMPARISONS."""
+    out = {}
+    for label, (mine, other) in COMPARISONS.items():
+        m, n = rows[mine], rows[other]
+        out[label] = {"speedup": n["seconds"] / m["seconds"],
+                      "memory_fraction": m["peak_bytes"] / max(n["peak_bytes"], 1),
+                      "outputs_agree": abs(m["out_norm"] - n["out_norm"]) / n["out_norm"] < 1e-4}
+    return out
+
+
+def markdown(result: Dict[str, Any]) -> str:
+    """The table of one run: each variant's median time and peak memory, then each comparison's ratios."""
+    lines = [f"{result['device']} ({result['cpu']}), torch {result['torch']}, {result['threads']} thread(s), batch "
+             f"{result['batch']}, map {result['size'][0]}x{result['size'][1]}, median of {result['repeats']}", "",
+             "| variant | median time (ms) | peak memory (MiB) |", "|---|---|---|"]
+    for v, r in result["rows"].items():
+        lines.append(f"| {VARIANTS[v]} | {r['seconds'] * 1e3:.1f} | {r['peak_bytes'] / 2**20:.0f} |")
+    lines += ["", "| comparison | times faster | peak memory, fraction of the other's | outputs agree |",
+              "|---|---|---|---|"]
+    for label, c in result["comparisons"].items():
+        lines.append(f"| {label} | {c['speedup']:.1f}x | {c['memory_fraction']:.3f} | {c['outputs_agree']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _child(v: str, args: argparse.Namespace) -> Dict[str, Any]:
+    cmd = [sys.executable, __file__, "--variant", v, "--batch", str(args.batch), "--repeats", str(args.repeats),
+           "--device", args.device, "--size", *map(str, args.size)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -77,33 +119,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per variant; the median is reported")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--size", type=int, nargs=2, default=(30, 40), metavar=("H", "W"), help="feature map size")
-    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/aggregator/aggregator.json"),
+                        help="the JSON of the results; the Markdown table goes beside it (.md)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:  # child process: one variant
         print(json.dumps(run_variant(args.variant, args.batch, args.repeats, args.device, *args.size)))
         return
-    rows = {}
-    for v in VARIANTS:
-        cmd = [sys.executable, __file__, "--variant", v, "--batch", str(args.batch), "--repeats", str(args.repeats),
-               "--device", args.device, "--size", *map(str, args.size)]
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        rows[v] = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"device={args.device} batch={args.batch} map={args.size[0]}x{args.size[1]} repeats={args.repeats}")
-    print("| variant | median time (ms) | peak memory (MiB) |\n|---|---|---|")
-    for v, r in rows.items():
-        print(f"| {VARIANTS[v]} | {r['seconds'] * 1e3:.1f} | {r['peak_bytes'] / 2**20:.0f} |")
-    for label, (mine, other) in {"optlad": ("optlad_matrix", "optlad_naive"),
-                                 "aggregator": ("aggregator_matrix", "aggregator_naive"),
-                                 "aggregator vs reference forms": ("aggregator_matrix",
-                                                                   "aggregator_reference")}.items():
-        m, n = rows[mine], rows[other]
-        memory = m["peak_bytes"] / max(n["peak_bytes"], 1)
-        print(f"{label}: {n['seconds'] / m['seconds']:.1f}x faster, peak memory {memory:.3f}"
-              f" of the naive form (outputs agree: {abs(m['out_norm'] - n['out_norm']) / n['out_norm'] < 1e-4})")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    import torch
+
+    from registry.bench import cpu_model
+
+    rows = {v: _child(v, args) for v in VARIANTS}
+    result = {"device": args.device, "cpu": cpu_model(), "torch": torch.__version__,
+              "threads": rows["optlad_matrix"]["threads"], "batch": args.batch,
+              "size": list(args.size), "repeats": args.repeats, "rows": rows, "comparisons": comparisons(rows)}
+    write_outputs(result, args.out, markdown)
 
 
 if __name__ == "__main__":

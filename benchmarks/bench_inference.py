@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _outputs import write_text_atomic
 
 import registry
 from registry.bench.metrics import count_gflops
@@ -149,7 +150,7 @@ def part_recall(args) -> None:
             old = results.get(key, {})
             results[key] = {**old, **row}  # rows of other datasets (an earlier --datasets) are kept
             log(f"{key}: " + ", ".join(f"{d} R@1 {row[d]['1']:.2f}" for d in args.datasets))
-            (out / "recall.json").write_text(json.dumps(results, indent=1))
+            write_text_atomic(out / "recall.json", json.dumps(results, indent=1))
             del rt
 
 
@@ -344,12 +345,12 @@ def part_speed(args) -> None:
                     continue
                 runtimes = args.big_runtimes if big else args.runtimes
                 result["rows"] += time_size(release, size, runtimes, calib_paths, images, args, big)
-                (out / "speed.json").write_text(json.dumps(result, indent=1))
+                write_text_atomic(out / "speed.json", json.dumps(result, indent=1))
         if args.profile:
             small = args.sizes[0]  # profiled at the first (small) size only: eager at 480x640 takes minutes
             result["profile"] = {f"{small[0]}x{small[1]}": profile(args.models[0], small, calib_paths, images, out)}
         result["elapsed_s"] = round(time.perf_counter() - start)
-    (out / "speed.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(out / "speed.json", json.dumps(result, indent=1))
 
 
 def part_gemm(args) -> None:
@@ -364,7 +365,7 @@ def part_gemm(args) -> None:
         best = result["gemm"].setdefault(t, peaks)
         for key in ("fp32_gflops", "int8_gops"):
             best[key] = max(best[key], peaks[key])
-    out.write_text(json.dumps(result, indent=1))
+    write_text_atomic(out, json.dumps(result, indent=1))
 
 
 def _ort_version() -> str:
@@ -440,8 +441,9 @@ def part_gpu(args) -> None:
                                  "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())})
                     log(f"{release} {size[0]}x{size[1]} {name}: {rows[-1]['images_per_s']:.1f} img/s, cosine "
                         f"{rows[-1]['cosine_mean']:.5f} / {rows[-1]['cosine_min']:.5f}")
-    (out / "gpu.json").write_text(json.dumps({"device": str(device), "name": _device_name(device), "batch": len(images),
-                                              "torch": torch.__version__, "rows": rows}, indent=1))
+    write_text_atomic(out / "gpu.json", json.dumps({"device": str(device), "name": _device_name(device),
+                                                    "batch": len(images), "torch": torch.__version__, "rows": rows},
+                                                   indent=1))
     lines = [f"{_device_name(device)}, batch {len(images)}, torch {torch.__version__}", "",
              "| model | input | path | img/s | x fp32 | first call (s) | cosine to fp32 (mean / worst) |",
              "|---|---|---|---|---|---|---|"]
@@ -450,7 +452,7 @@ def part_gpu(args) -> None:
         lines.append(f"| {r['model'].split('.')[0]} | {r['size']} | {r['path']} | {r['images_per_s']:.1f} | "
                      f"{r['images_per_s'] / base['images_per_s']:.2f} | {r['first_call_s']:.1f} | "
                      f"{r['cosine_mean']:.5f} / {r['cosine_min']:.5f} |")
-    (out / "gpu.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "gpu.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -513,7 +515,7 @@ def part_report(args) -> None:
             lines.append(f"| {row['model'].split('.')[0]} | {row['runtime']} | {' | '.join(recalls)} | {similarity} "
                          f"| {row.get('build_s', '-')} |")
     text = "\n".join(lines)
-    (out / "report.md").write_text(text + "\n")
+    write_text_atomic(out / "report.md", text + "\n")
     print(text)
     if recall and rows:
         _plot(rows, recall, out / "inference_runtimes.png")

@@ -29,6 +29,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 import torch
+from _outputs import write_text_atomic
 
 import registry
 from registry.datasets import load_dataset
@@ -163,12 +164,13 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def report(path: Path) -> None:
+def report(path: Path) -> str:
+    """The table of every variant in levers.jsonl, also written beside it as levers.md."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     splits = [s for s in ("val", "test", "corridor") if any(s in r for r in rows)]
-    print("| variant | " + " | ".join(f"{s}: cosine (mean / worst) | {s}: R@1 / R@5 / R@10 (R@1 change, "
-                                        "queries gained / lost)" for s in splits) + " |")
-    print("|---|" + "---|---|" * len(splits))
+    lines = ["| variant | " + " | ".join(f"{s}: cosine (mean / worst) | {s}: R@1 / R@5 / R@10 (R@1 change, "
+                                         "queries gained / lost)" for s in splits) + " |",
+             "|---|" + "---|---|" * len(splits)]
     for r in rows:
         cells = []
         for s in splits:
@@ -179,7 +181,11 @@ def report(path: Path) -> None:
             flips = f", +{d['gained']} -{d['lost']}" if "gained" in d else ""
             change = f" ({d['recall'][0] - d['float32'][0]:+.2f}{flips})"
             cells += [f"{d['cos_mean']:.4f} / {d['cos_min']:.4f}", " / ".join(f"{x:.2f}" for x in d["recall"]) + change]
-        print(f"| {r['name']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    write_text_atomic(path.with_suffix(".md"), text)
+    print(text, end="")
+    return text
 
 
 def main() -> None:

@@ -1,21 +1,38 @@
 """Full-model encoding speed and peak memory (ClusVPR at 480x640 by default), all variants in one run.
 
-    python benchmarks/bench_model.py --device cuda --batch 32 --iters 20 [--compile] [--out results.json]
+    python benchmarks/bench_model.py --device cuda --batch 32 --iters 20 --compile --out benchmarks/gpu/model.json
 
 Variants: `reference_form` (float32, OptLAD with the materialised residual as in the reference code),
 `fp32` (this package, float32), `bf16_cl` (bfloat16 autocast + channels_last: the inference path of
 `VPRModel.encode`), `bf16_cl_compile` (the same under torch.compile, with --compile), and `vgg16_only`
 (the backbone alone in bf16 channels_last: the ceiling). Also checks that bf16 descriptors agree with fp32.
+Writes the results as JSON (--out) and the Markdown table rendered from them beside it (.md).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import time
 from functools import partial
+from pathlib import Path
+from typing import Any, Dict
 
 import torch
+from _outputs import write_outputs
+
+
+def markdown(result: Dict[str, Any]) -> str:
+    """One line per variant: images/s, ms per batch, peak memory and the cosine of its descriptors to fp32's."""
+    a = result["args"]
+    lines = [f"{a['model']} on {result['device']}, torch {result['torch']}, batch {a['batch']}, input "
+             f"{a['size'][0]}x{a['size'][1]}, {a['iters']} timed batches per variant", "",
+             "| variant | images/s | ms per batch | peak GiB | min cosine vs fp32 |", "|---|---|---|---|---|"]
+    for v, r in result["results"].items():
+        cos = r.get("min_cosine_vs_fp32")
+        peak = "-" if r["peak_gib"] != r["peak_gib"] else f"{r['peak_gib']:.2f}"  # NaN: not measured on the CPU
+        lines.append(f"| {v} | {r['images_per_s']:.1f} | {r['ms_per_batch']:.1f} | {peak} | "
+                     f"{'-' if cos is None else format(cos, '.5f')} |")
+    return "\n".join(lines) + "\n"
 
 
 def _timeit(fn, iters: int, device: str) -> float:
@@ -40,7 +57,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--variants", default="reference_form,fp32,bf16_cl,vgg16_only",
                    help="comma-separated subset to run")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/gpu/model.json"),
+                   help="the JSON of the results; the Markdown table goes beside it (.md)")
     args = p.parse_args()
 
     import registry
@@ -84,10 +102,9 @@ def main() -> None:
             results[v]["min_cosine_vs_fp32"] = float(cos.min())
             print(f"{v:16s} min cosine vs fp32 descriptors: {float(cos.min()):.5f}")
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
-    print(f"device: {name}; torch {torch.__version__}; batch {args.batch}; input {args.size[0]}x{args.size[1]}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "args": vars(args), "results": results}, f, indent=1)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    write_outputs({"device": name, "torch": torch.__version__, "args": settings, "results": results}, args.out,
+                  markdown)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,25 @@
 """onnxruntime against PyTorch on the CPU: images/s of every registry model, both runtimes in one run.
 
-    python benchmarks/bench_onnx.py --size 192 256 --batch 1 4 --threads 1 [--out onnx.json]
+    python benchmarks/bench_onnx.py --size 192 256 --batch 1 4 --threads 1 --out benchmarks/onnx/onnx.json
 
 Each model is built with random weights and, where it has one, a fitted (random) whitening, so the whole
 release graph runs (ClusVPR's exact KNN and OptLAD included); it is exported with `registry.export_onnx`,
 then both runtimes encode the same float32 batches with the same number of threads (their outputs are
 compared: the table's last column is the relative difference). Timing alternates between the runtimes in
 rounds, so load that changes during the run (other jobs on the machine) falls on both alike. Prints a
-markdown table: images/s of each runtime and their ratio. About two minutes with the defaults on one core.
+markdown table: images/s of each runtime and their ratio, and writes the results as JSON (--out) with the table
+rendered from them beside it (.md). About two minutes with the defaults on one core.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
+from _outputs import write_outputs
 
 from registry.bench import cpu_model
 
@@ -75,9 +76,24 @@ def bench(name: str, size, batches: List[int], threads: int, seconds: float, rou
         pt, ort = sum(torch_rates) / rounds, sum(ort_rates) / rounds
         rows.append({"model": name, "batch": batch, "size": list(size), "torch_img_s": pt, "ort_img_s": ort,
                      "ratio": ort / pt, "relative_error": err, "descriptor_dim": model.descriptor_dim})
-        print(f"| {name} | {size[0]}x{size[1]} | {batch} | {pt:.2f} | {ort:.2f} | {ort / pt:.2f} | {err:.1e} |",
-              flush=True)
+        print(_line(rows[-1]), flush=True)
     return rows
+
+
+HEADER = ("| model | input (HxW) | batch | PyTorch img/s | onnxruntime img/s | ORT / PyTorch | rel. difference |\n"
+          "|---|---|---|---|---|---|---|")
+
+
+def _line(r: Dict[str, Any]) -> str:
+    return (f"| {r['model']} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | {r['torch_img_s']:.2f} | "
+            f"{r['ort_img_s']:.2f} | {r['ratio']:.2f} | {r['relative_error']:.1e} |")
+
+
+def markdown(result: Dict[str, Any]) -> str:
+    """The run's table: images/s of both runtimes, their ratio and the descriptors' relative difference."""
+    return "\n".join([f"CPU: {result['cpu']}, {result['threads']} thread(s); torch {result['torch']}, onnxruntime "
+                      f"{result['onnxruntime']}; float32, random weights", "", HEADER,
+                      *(_line(r) for r in result["rows"]), ""])
 
 
 def main() -> None:
@@ -88,7 +104,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for both runtimes (default 1)")
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model, batch and runtime")
     p.add_argument("--rounds", type=int, default=3, help="alternations between the runtimes")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/onnx/onnx.json"),
+                   help="the JSON of the results; the Markdown table goes beside it (.md)")
     args = p.parse_args()
 
     import onnxruntime
@@ -96,15 +113,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"CPU: {cpu_model()}, {args.threads} thread(s); torch {torch.__version__}, onnxruntime "
           f"{onnxruntime.__version__}; float32, random weights\n")
-    print("| model | input (HxW) | batch | PyTorch img/s | onnxruntime img/s | ORT / PyTorch | rel. difference |")
-    print("|---|---|---|---|---|---|---|")
+    print(HEADER)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             rows += bench(name, args.size, args.batch, args.threads, args.seconds, args.rounds, Path(tmp))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
-                                              "onnxruntime": onnxruntime.__version__, "rows": rows}, indent=2))
+    write_outputs({"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
+                   "onnxruntime": onnxruntime.__version__, "seconds": args.seconds, "rounds": args.rounds,
+                   "rows": rows}, args.out, markdown)
 
 
 if __name__ == "__main__":
