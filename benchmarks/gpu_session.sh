@@ -4,8 +4,8 @@
 # batch 32, the full model at 480x640 batch 32 (reference form, fp32, bf16 channels_last, compile,
 # VGG16 alone), and the inference paths of the three releases side by side (bench_inference.py --part gpu:
 # fp32, bf16 autocast and fp16 weights channels_last, compiled bf16, onnxruntime's CUDA provider when
-# installed; images/s and cosine to fp32 in one table, gpu.md). Writes logs and JSON under ${OUT:-gpu_out};
-# copy the numbers into benchmarks/results/gpu.md and the GPU table of benchmarks/RESULTS.md.
+# installed; images/s and cosine to fp32 in one table, gpu.md). Writes logs, JSON and the Markdown tables
+# rendered from it (aggregator.md, model.md, gpu.md) under ${OUT:-gpu_out}, for benchmarks/results/gpu.md.
 # `GPU_SESSION_DEVICE=cpu bash benchmarks/gpu_session.sh` runs the inference-paths part alone on the CPU at a
 # small size (a check of the script, no GPU numbers).
 set -uo pipefail

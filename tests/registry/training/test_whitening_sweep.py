@@ -71,11 +71,21 @@ def test_an_out_file_that_cannot_be_written_fails_before_any_extraction(trained,
         capsys.readouterr().err
 
 
-def test_plot_training_draws_every_run_and_names_a_missing_log(trained, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("plot_training", REPO / "benchmarks" / "plot_training.py")
-    plot_training = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot_training)
+def _plot_training():
+    """benchmarks/plot_training.py, loaded with its sibling _outputs (which it imports by that name)."""
+    import sys
 
+    for name in ("_outputs", "plot_training"):
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules[name] = module
+    return sys.modules["plot_training"]
+
+
+def test_plot_training_draws_every_run_and_names_a_missing_log(trained, tmp_path, capsys):
+    plot_training = _plot_training()
     plot_training.main([str(trained), "--metric", "R@1", "--out", str(tmp_path / "curve.png")])
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = [json.loads(line) for line in (trained / "train" / "log.jsonl").read_text().splitlines()]
@@ -84,3 +94,24 @@ def test_plot_training_draws_every_run_and_names_a_missing_log(trained, tmp_path
     assert row.split("|")[2:-1] == [f" {r['val_R@1']:.2f} " for r in log]
     with pytest.raises(SystemExit, match="log.jsonl not found"):
         plot_training.main([str(tmp_path), "--out", str(tmp_path / "x.png")])
+
+
+def test_plot_training_json_holds_each_runs_summary_and_its_table_prints_it(trained, tmp_path):
+    plot_training = _plot_training()
+    out = tmp_path / "tables" / "runs.json"
+    plot_training.main([str(trained), "--json", str(out)])
+    summary = json.loads((trained / "train" / "summary.json").read_text())
+    log = [json.loads(line) for line in (trained / "train" / "log.jsonl").read_text().splitlines()]
+    record = json.loads(out.read_text())["runs"][0]
+    assert record["values"] == [r["val_R@5"] for r in log] and record["final_val"] == summary["final_val"]
+    assert record["train_seconds"] == summary["train_seconds"] and not (tmp_path / "tables" / "runs.png").exists()
+    epochs, outcome = [t for t in out.with_suffix(".md").read_text().split("\n\n") if t.strip()]
+    assert epochs.splitlines()[2].split("|")[2:-1] == [f" {r['val_R@5']:.2f} " for r in log]
+    cells = [c.strip() for c in outcome.splitlines()[2].strip("|").split("|")]
+    v = summary["final_val"]
+    assert cells[:3] == [trained.name, f"{summary['best']['generation']}, {summary['best']['epoch']}",
+                         f"{v['R@1']:.2f} / {v['R@5']:.2f} / {v['R@10']:.2f}"]
+    (tmp_path / "bare" / "train").mkdir(parents=True)  # a run still training: its log, no summary yet
+    (tmp_path / "bare" / "train" / "log.jsonl").write_text((trained / "train" / "log.jsonl").read_text())
+    with pytest.raises(SystemExit, match="summary.json not found"):
+        plot_training.main([str(tmp_path / "bare"), "--json", str(out)])
