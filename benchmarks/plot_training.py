@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _outputs import save_figure, write_text_atomic
+from _outputs import replaced_on_success, save_figure, write_text_atomic
 
 NS = ("1", "5", "10")
 
@@ -112,9 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error("nothing to write: pass --out PNG, --json JSON or both")
     result = {"metric": a.metric, "runs": [run_record(run, a.metric, a.json is not None) for run in a.runs]}
     if a.out is not None:
-        from registry._util.atomic import atomic_path
-
-        with atomic_path(a.out) as tmp:
+        with replaced_on_success(a.out) as tmp:
             plot(result, tmp, a.title)
     if a.json is not None:
         write_text_atomic(a.json, json.dumps(result, indent=1) + "\n")

@@ -58,9 +58,11 @@ class ScriptTable:
 
 @dataclass(frozen=True)
 class ReleaseTable:
-    """One line per release folder, from its config.json: the recalls `vpr release build` stored."""
+    """One line per release folder, from its config.json: the recalls `vpr release build` stored; with training,
+    also what the training recorded there (best epoch, the whitening chosen on validation) and the folder's size."""
     page: str
     releases: Tuple[Path, ...]
+    training: bool = False
 
 
 def _copied(page: str, source: str, number: int, made_by: str, rounding: str) -> ScriptTable:
@@ -79,6 +81,7 @@ BUNDLE_MADE_BY = (", which `python benchmarks/bundle_size.py --out benchmarks/re
 
 TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
     "releases/recalls": ReleaseTable("releases.md", RELEASES),
+    "releases/training": ReleaseTable("releases.md", RELEASES, training=True),
     "map_curve/1e5": MapCurveTable("map-curve.md", with_series=True, rows=(
         (W256, 100_000, "flat", ""),
         (W256, 100_000, "IVF-PQ32 inner product (section 9)", "nprobe=64"),
@@ -178,6 +181,12 @@ RELEASE_CAPTION = (
     "*Rendered by `python benchmarks/render_results.py` from each release's `config.json` (`recalls`: the released "
     "float16 copy loaded as float32; `release.fp32_recalls`: the trained float32 model; both written by `vpr "
     "release build`). Rounding: recalls to 0.01 point, as stored.*")
+RELEASE_TRAINING_CAPTION = (
+    "*Rendered by `python benchmarks/render_results.py` from each release's `config.json`: the best epoch and the "
+    "validation R@5 of each whitening candidate as the training run recorded them (`training.best`, "
+    "`training.whitening_selection`; `release.whitening_dropped`: the release ships without the chosen whitening, "
+    "for the size budget of the bundled releases), the recalls as in the table above, and the size of the release "
+    "folder's files. Rounding: recalls to 0.01 point, size to 0.1 MB (10^6 bytes).*")
 
 
 class RenderError(ValueError):
@@ -275,20 +284,46 @@ def _recalls(table: Dict, path: Path, split: str) -> str:
             from None
 
 
+def _whitening_choice(cfg: Dict, path: Path) -> str:
+    selection = cfg.get("training", {}).get("whitening_selection")
+    if not selection:
+        raise RenderError(f"{path}: no training.whitening_selection; retrain with --whitening-dims or drop the release "
+                          "from render_results.RELEASES")
+    candidates = ", ".join(f"{c['dim'] or 'none'}: {c['R@5']:.2f}" for c in selection["candidates"])
+    chosen = str(selection["chosen"] or "none")
+    if cfg.get("release", {}).get("whitening_dropped"):
+        chosen += " (released without it: size budget)"
+    return f"{chosen} ({candidates})"
+
+
+def _release_line(folder: Path, training: bool) -> str:
+    path = folder / "config.json"
+    cfg = _load_json(path)
+    release = cfg.get("release", {})
+    fp32 = release.get("fp32_recalls", {})
+    recalls = [_recalls(cfg["recalls"], path, "nordland_val"), _recalls(fp32, path, "nordland_test"),
+               _recalls(cfg["recalls"], path, "nordland_test"), _recalls(fp32, path, "corridor"),
+               _recalls(cfg["recalls"], path, "corridor")]
+    if not training:
+        return f"| {cfg['architecture']} | {release.get('name', '-')} | {release.get('run', '-')} | " + \
+            " | ".join(recalls) + " |"
+    best = cfg.get("training", {}).get("best") or {}
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 1e6
+    return (f"| {cfg['architecture']} | {best.get('generation', '-')}, {best.get('epoch', '-')} | "
+            f"{_whitening_choice(cfg, path)} | " + " | ".join(recalls) + f" | {size:.1f} MB |")
+
+
 def render_releases(table: ReleaseTable) -> str:
-    lines = [RELEASE_CAPTION, "",
-             "| model | release | run | validation R@1 / R@5 / R@10 | Nordland test fp32 | Nordland test released | "
-             "Corridor fp32 | Corridor released |", "|---|---|---|---|---|---|---|---|"]
-    for folder in table.releases:
-        path = folder / "config.json"
-        cfg = _load_json(path)
-        release = cfg.get("release", {})
-        fp32 = release.get("fp32_recalls", {})
-        lines.append(f"| {cfg['architecture']} | {release.get('name', '-')} | {release.get('run', '-')} | "
-                     f"{_recalls(cfg['recalls'], path, 'nordland_val')} | "
-                     f"{_recalls(fp32, path, 'nordland_test')} | {_recalls(cfg['recalls'], path, 'nordland_test')} | "
-                     f"{_recalls(fp32, path, 'corridor')} | {_recalls(cfg['recalls'], path, 'corridor')} |")
-    return "\n".join(lines) + "\n"
+    if table.training:
+        head = [RELEASE_TRAINING_CAPTION, "",
+                "| model | best epoch (gen, epoch) | whitening chosen on validation (val R@5 per candidate) | "
+                "validation R@1 / R@5 / R@10 | Nordland test fp32 | Nordland test fp16 (released) | Corridor fp32 | "
+                "Corridor fp16 (released) | size |", "|---|---|---|---|---|---|---|---|---|"]
+    else:
+        head = [RELEASE_CAPTION, "",
+                "| model | release | run | validation R@1 / R@5 / R@10 | Nordland test fp32 | Nordland test released "
+                "| Corridor fp32 | Corridor released |", "|---|---|---|---|---|---|---|---|"]
+    return "\n".join(head + [_release_line(folder, table.training) for folder in table.releases]) + "\n"
 
 
 def _render(table, curve: Sequence[Dict]) -> str:

@@ -231,3 +231,26 @@ def test_the_releases_recalls_are_the_config_json_ones_in_both_tables():
                 assert [float(x) for x in cell.split(" / ")] == [split["R@1"], split["R@5"], split["R@10"]]
             assert got == hand[cfg["architecture"]], f"releases.md: the two tables disagree on {cfg['architecture']}"
             assert got == headline[cfg["architecture"]], f"RESULTS.md's releases table: {cfg['architecture']}"
+
+
+def test_the_release_training_table_is_what_each_config_json_and_folder_hold():
+    text = (PAGES / "releases.md").read_text(encoding="utf-8")
+    rendered = re.search(r"<!-- table: releases/training -->\n(.*?)<!-- /table -->", text, re.S).group(1)
+    head, *rows = _table_rows(rendered)
+    by_model = {_cells(r)[0]: dict(zip(_cells(head), _cells(r))) for r in rows}
+    folders = [*(REPO / "clusvpr_plugin" / "releases").glob("*/config.json"),
+               *(REPO / "registry" / "releases").glob("*/config.json")]
+    assert sorted(by_model) == sorted(json.loads(c.read_text())["architecture"] for c in folders)
+    for config in folders:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+        row = by_model[cfg["architecture"]]
+        best = cfg["training"]["best"]
+        assert row["best epoch (gen, epoch)"] == f"{best['generation']}, {best['epoch']}"
+        size = sum(p.stat().st_size for p in config.parent.iterdir() if p.is_file())
+        assert abs(float(row["size"].removesuffix(" MB")) - size / 1e6) <= 0.05 + 1e-9
+        choice = row["whitening chosen on validation (val R@5 per candidate)"]
+        selection = cfg["training"]["whitening_selection"]
+        for c in selection["candidates"]:
+            assert f"{c['dim'] or 'none'}: {c['R@5']:.2f}" in choice
+        assert choice.startswith(str(selection["chosen"] or "none"))
+        assert ("released without it" in choice) == ("whitening_dropped" in cfg["release"])
