@@ -506,14 +506,15 @@ def part_report(args) -> None:
     if rows:
         lines += _speed_lines(speed)
     if recall:
-        lines += ["", "| model | runtime | Nordland R@1 / R@5 / R@10 | Corridor R@1 / R@5 / R@10 | cosine to eager "
-                  "(mean / worst, Nordland) | build (s) |", "|---|---|---|---|---|---|"]
+        lines += ["", "| model | runtime | Nordland test R@1 / R@5 / R@10 | Corridor R@1 / R@5 / R@10 | cosine to "
+                  "eager, Nordland (mean / worst) | cosine, Corridor | build (s) |", "|---|---|---|---|---|---|---|"]
         for row in recall.values():
-            cos = row.get("nordland_test_cosine")
-            similarity = f"{cos['mean']:.4f} / {cos['min']:.4f}" if cos else "1 (reference)"
+            cosines = [row.get(f"{d}_cosine") for d in DATASETS]
+            similarity = [f"{c['mean']:.4f} / {c['min']:.4f}" if c else "1 (reference)" if row["runtime"] == "torch"
+                          else "-" for c in cosines]
             recalls = [" / ".join(f"{row[d][n]:.2f}" for n in ("1", "5", "10")) for d in DATASETS]
-            lines.append(f"| {row['model'].split('.')[0]} | {row['runtime']} | {' | '.join(recalls)} | {similarity} "
-                         f"| {row.get('build_s', '-')} |")
+            lines.append(f"| {row['model'].split('.')[0]} | {row['runtime']} | {' | '.join(recalls)} | "
+                         f"{' | '.join(similarity)} | {row.get('build_s', '-')} |")
     text = "\n".join(lines)
     write_text_atomic(out / "report.md", text + "\n")
     print(text)
