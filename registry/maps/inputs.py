@@ -21,24 +21,27 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..datasets.base import IMAGE_SUFFIXES
+from ..datasets.base import list_images as _folder_images
 from .manifest import MapError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_LIST_BYTES = 1 << 30  # an image list or CSV of some million lines
 COORD_COLUMNS = (("lat", "lon"), ("utm_east", "utm_north"))
 _GPS_IFD, _LAT_REF, _LAT, _LON_REF, _LON = 0x8825, 1, 2, 3, 4
 
 
 def list_images(source: str) -> Tuple[List[str], Path]:
-    """(image paths, the images folder) of a folder (its image files, recursively, sorted; the folder itself) or of
-    a text file listing one path a line (relative to the file's folder; blank lines and `#` comments skipped; the
-    images folder is the deepest folder holding every listed image)."""
+    """(image paths, the images folder) of a folder (its image files, recursively, in the datasets' natural order of
+    their relative paths, img2 before img10; the folder itself) or of a text file listing one path a line (relative
+    to the file's folder; blank lines and `#` comments skipped; the images folder is the deepest folder holding every
+    listed image)."""
     path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise MapError(f"--images {source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in that folder")
-        return files, path
+        try:
+            files = _folder_images(path, "--images", recursive=True)
+        except FileNotFoundError:
+            raise MapError(f"--images {source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in that folder") from None
+        return [str(p) for p in files], path
     if not path.is_file():
         raise MapError(f"--images {source}: no such folder or file; pass a folder of images or a text file listing "
                        "one image path a line")
