@@ -70,13 +70,16 @@ class Map:
               coords: Optional[Any] = None, index: Union[str, IndexSpec] = "auto", chunk_size: int = DEFAULT_CHUNK,
               progress: bool = True) -> "Map":
         """Extract `images` into a new map at `folder` (one committed chunk at a time: rerunning a stopped build
-        finishes it), build and save its index, then commit the manifest. `places`: one id per image (integers
-        stay integers); `coords`: (N, 2). `runtime`: torch, onnx or onnx-int8 (the graph is kept in the map)."""
+        finishes it), build and save its index, then commit the manifest. `places`: one id per image, typed as
+        every add types them (registry.maps.inputs.typed_ids: integers, or integer text such as ' 7 ' or '-3', when
+        every id is one, else stripped strings); `coords`: (N, 2). `runtime`: torch, onnx or onnx-int8 (the graph
+        is kept in the map)."""
         from .building import build_map
+        from .inputs import typed_ids
 
         folder = Path(folder)
-        build_map(folder, image_paths(images), model, pretrained, runtime, places, coords, index_spec(index),
-                  chunk_size, progress)
+        build_map(folder, image_paths(images), model, pretrained, runtime, None if places is None else
+                  typed_ids(places), coords, index_spec(index), chunk_size, progress)
         return cls.open(folder)
 
     @classmethod

@@ -16,6 +16,7 @@ from ..evaluation.index import IndexSpec, PlaceIndex, choose_index
 from ..evaluation.store import INT_PLACES, MapStore, _images_hash, _lance
 from ..evaluation.store_extract import extract_to_store
 from .building import new_index, writer_lock
+from .inputs import typed_ids
 from .manifest import INDEX_DIR, STORE_DIR, MapError, read_manifest, store_facts, version_entry, write_manifest
 
 KEEP_INDEXES = 2  # index folders kept: the committed one and the one before (readers still on it)
@@ -47,28 +48,13 @@ def add_images(m: Any, images: List[str], places: Optional[Sequence[Any]], coord
 
 
 def _merged_places(base: MapStore, places: Optional[Sequence[Any]], n: int) -> Optional[List[Any]]:
-    """Place ids of every row (old rows as stored, new rows as given), typed as the map's: integers for a map of
-    integer place ids (digit strings accepted), strings otherwise."""
+    """Place ids of every row (old rows as stored, new rows as given), typed as the map's (`typed_ids`)."""
     old = base.places  # built from the store's rows on each access: once here
-    has_places = base.meta.get("place_type") == INT_PLACES or any(p != i for p, i in zip(old, base.images))
+    int_map = base.meta.get("place_type") == INT_PLACES
+    has_places = int_map or any(p != i for p, i in zip(old, base.images))
     if places is None:
         return None if not has_places else list(old) + [None] * n
-    places = list(places)
-    if base.meta.get("place_type") == INT_PLACES:
-        wrong = [p for p in places if not _is_int_id(p)]
-        if wrong:
-            raise MapError(f"this map's place ids are integers; {repr(wrong[0])[:40]} is not one: give integer place "
-                           "ids (or build a new map for other ids)")
-        places = [int(p) for p in places]
-    else:
-        places = [str(p) for p in places]
-    return (list(old) if has_places else [None] * base.count) + places
-
-
-def _is_int_id(p: Any) -> bool:
-    if isinstance(p, bool) or isinstance(p, np.bool_):
-        return False
-    return isinstance(p, (int, np.integer)) or (isinstance(p, str) and p.isdigit())
+    return (list(old) if has_places else [None] * base.count) + typed_ids(places, as_int=int_map)
 
 
 def _merged_coords(base: MapStore, coords: Optional[Any], n: int) -> Optional[np.ndarray]:

@@ -192,3 +192,22 @@ def test_a_folders_images_are_built_and_added_in_natural_order(weights, tmp_path
     assert [p.relative_to(shots).as_posix() for p in rows[:7]] == \
         ["a/img9.png", "a/img10.png", "b/img2.png", "img1.png", "img2.png", "Img3.png", "img10.png"]
     assert [p.name for p in rows[7:]] == ["x9.png", "x10.png", "x100.png"]
+
+
+def test_place_ids_from_a_csv_are_typed_the_same_in_build_and_add(weights, images, tmp_path, capsys):
+    table = tmp_path / "places.csv"
+    table.write_text("image,place\n" + "".join(f"{Path(p).name},{' 7 ' if i % 2 else '-3'}\n"
+                                               for i, p in enumerate(images)))
+    first, more = tmp_path / "first", tmp_path / "more"
+    for target, part in ((first, images[:4]), (more, images[4:6])):
+        target.mkdir()
+        for p in part:
+            shutil.copy(p, target)
+    folder = tmp_path / "map"
+    status, _, err = _vpr(capsys, "build", folder, "--images", first, "--model", MODEL, "--pretrained", weights,
+                          "--places", f"csv:{table}", "--index", "flat")
+    assert status == 0, err
+    status, _, err = _vpr(capsys, "add", folder, "--images", more, "--places", f"csv:{table}")
+    assert status == 0, err
+    m = Map.open(folder)
+    assert m.int_places and m.store.places == [-3, 7, -3, 7, -3, 7]
