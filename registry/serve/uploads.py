@@ -1,7 +1,7 @@
 """What the service accepts from a client, and the errors it answers otherwise: the request size cap, 1..16 image
 files per request, each opened once and decoded the bounded way of registry.datasets.images (the pixel budget read
-from the header before any pixel is decoded, 8-bit RGB from any bit depth), and k in its range. `BadRequest` carries the HTTP status and a message naming the
-problem and the fix."""
+from the header before any pixel is decoded, 8-bit RGB from any bit depth), and k in its range. `BadRequest`
+carries the HTTP status and a message naming the problem and the fix."""
 from __future__ import annotations
 
 import io
