@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -58,6 +59,7 @@ class Map:
                  model: Any = None) -> None:
         self.folder, self.manifest, self.runtime, self.store, self.index = folder, manifest, runtime, store, index
         self._model = model
+        self._model_lock = threading.Lock()
         self._places = store.places
         self._images = store.images
         coords = store.coords
@@ -251,9 +253,11 @@ class Map:
         else the local-feature norm), on the model's input grid; computed with the torch model."""
         from .heatmap import heatmap
 
-        if self._model is None:
-            self._model = engine.load_model(self.folder, self.model_name, self.manifest["source"])
-        return heatmap(self._model, image)
+        with self._model_lock:  # threads asking at once (a server's requests) load the model once
+            if self._model is None:
+                self._model = engine.load_model(self.folder, self.model_name, self.manifest["source"])
+            model = self._model
+        return heatmap(model, image)
 
     def __repr__(self) -> str:
         return f"Map({str(self.folder)!r}, model={self.model_name}, runtime={self.manifest['runtime']}, " \
