@@ -317,6 +317,27 @@ def check_reference(ref: Dict[str, Any], moved_to: Optional[PathLike], index_fol
     return {**ref, "path": str(path.resolve())}
 
 
+def extend_store(base: MapStore, images: Sequence[str]) -> None:
+    """Commit `base`'s metadata for the longer image list `images` (base's images first), as one new version whose
+    new rows extract_to_store then fills. A later version already made for these images (an extension stopped
+    while filling) is kept for extract_to_store to resume; any other later version is undone first (the store
+    restored to `base`'s version)."""
+    lance, _ = _lance()
+    want = _images_hash(images)
+    try:
+        latest = lance.dataset(str(base.folder))
+        if latest.version != base.version:
+            raw = (latest.schema.metadata or {}).get(b"clusvpr_map")
+            meta = loads_bounded(raw, f"map metadata of {base.folder}") if raw is not None else None
+            if isinstance(meta, dict) and meta.get("images_sha256") == want and meta.get("count") == len(images):
+                return
+            lance.dataset(str(base.folder), version=base.version).restore()
+        meta = {**base.meta, "count": len(images), "images_sha256": want}
+        lance.dataset(str(base.folder)).update_schema_metadata({"clusvpr_map": json.dumps(meta)}, replace=True)
+    except OSError as err:
+        raise _as_os_error(err, base.folder, "extend") from err
+
+
 STALE_STAGE_S = 600.0  # a staged create older than this is a killed creator's: creating takes milliseconds
 
 

@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .._util.atomic import atomic_path
 from .._util.jsonio import BoundedJSONError, read_json
@@ -72,8 +72,9 @@ def _record_build_args(folder: Path, args: dict, source: str) -> None:
 
 def build_map(folder: Path, images: List[str], model: str, pretrained: Any, runtime: str,
               places: Optional[Sequence[Any]], coords: Optional[Any], requested: IndexSpec, chunk_size: int,
-              progress: bool) -> None:
-    """Map.build's work (see there)."""
+              progress: bool) -> Tuple[Dict[str, Any], Any, MapStore, PlaceIndex, Any]:
+    """Map.build's work (see there): (the committed manifest, the runtime, the store, the index, the model), as
+    this build made them (nothing is read back)."""
     if (folder / MANIFEST).exists():
         raise MapError(f"{folder} is a map already: add images with `vpr map add {folder} --images ...` (Map.add), "
                        "or build into a new folder")
@@ -100,8 +101,10 @@ def build_map(folder: Path, images: List[str], model: str, pretrained: Any, runt
             raise MapError(str(err)) from None
         index = new_index(store, requested)
         index.save(folder / INDEX_DIR / f"v{store.version}")
-        write_manifest(folder, new_manifest(folder, model, label, source, rt, store, index, requested, chunk_size))
+        manifest = new_manifest(folder, model, label, source, rt, store, index, requested, chunk_size)
+        write_manifest(folder, manifest)
         (folder / BUILD_ARGS).unlink(missing_ok=True)
+    return manifest, rt, store, index, net
 
 
 def new_index(store: MapStore, requested: IndexSpec) -> PlaceIndex:

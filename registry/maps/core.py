@@ -11,7 +11,9 @@ so an add in another process is seen only once committed, and only after `reload
 """
 from __future__ import annotations
 
+import copy
 import os
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -57,11 +59,13 @@ class Map:
                  model: Any = None) -> None:
         self.folder, self.manifest, self.runtime, self.store, self.index = folder, manifest, runtime, store, index
         self._model = model
+        self._model_lock = threading.Lock()
         self._places = store.places
         self._images = store.images
         coords = store.coords
         self._coords = None if coords is None else [tuple(map(float, c)) for c in coords]
         self._database: Optional[np.ndarray] = None
+        self._info: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------------------------------------ build / open
     @classmethod
@@ -70,14 +74,18 @@ class Map:
               coords: Optional[Any] = None, index: Union[str, IndexSpec] = "auto", chunk_size: int = DEFAULT_CHUNK,
               progress: bool = True) -> "Map":
         """Extract `images` into a new map at `folder` (one committed chunk at a time: rerunning a stopped build
-        finishes it), build and save its index, then commit the manifest. `places`: one id per image (integers
-        stay integers); `coords`: (N, 2). `runtime`: torch, onnx or onnx-int8 (the graph is kept in the map)."""
+        finishes it), build and save its index, then commit the manifest. `places`: one id per image, typed as
+        every add types them (registry.maps.inputs.typed_ids: integers, or integer text such as ' 7 ' or '-3', when
+        every id is one, else stripped strings); `coords`: (N, 2). `runtime`: torch, onnx or onnx-int8 (the graph
+        is kept in the map)."""
         from .building import build_map
+        from .inputs import typed_ids
 
         folder = Path(folder)
-        build_map(folder, image_paths(images), model, pretrained, runtime, places, coords, index_spec(index),
-                  chunk_size, progress)
-        return cls.open(folder)
+        manifest, rt, store, built, net = build_map(folder, image_paths(images), model, pretrained, runtime,
+                                                    None if places is None else typed_ids(places), coords,
+                                                    index_spec(index), chunk_size, progress)
+        return cls(folder, manifest, rt, store, built, net if runtime == "torch" else None)
 
     @classmethod
     def open(cls, folder: PathLike) -> "Map":
@@ -119,11 +127,18 @@ class Map:
         """Append images as a new store version (resumable: rerunning a stopped add finishes it), grow the index
         (IVF-PQ adds without retraining; `auto` rebuilds only where its policy picks another kind for the new
         size), commit the manifest last; this object then reads the new version. Returns it."""
+        self.__dict__.update(self.added(images, places, coords, progress).__dict__)
+        return self.version
+
+    def added(self, images: Sequence[PathLike], places: Optional[Sequence[Any]] = None,
+              coords: Optional[Any] = None, progress: bool = True) -> "Map":
+        """`add`, returning the map at the new version as a new object (on this one's runtime and model, with the
+        store and the index the add made) while this object keeps reading its own version: a server swaps the new
+        one in under its own lock."""
         from .growing import add_images
 
-        add_images(self, image_paths(images), places, coords, progress)
-        self._reopen(read_manifest(self.folder))
-        return self.version
+        manifest, store, index = add_images(self, image_paths(images), places, coords, progress)
+        return Map(self.folder, manifest, self.runtime, store, index, self._model)
 
     # ------------------------------------------------------------------------------------------------ facts
     @property
@@ -154,16 +169,20 @@ class Map:
         return Path(self._images[int(row)])
 
     def info(self) -> Dict[str, Any]:
-        """Size, versions, model, runtime, index and RAM / disk bytes per image (JSON-ready)."""
+        """Size, versions, model, runtime, index and RAM / disk bytes per image (JSON-ready); computed on the first
+        call (the folders' sizes, the index's bytes) and kept, as everything this object reads is one version."""
         from .building import folder_bytes
 
-        disk = folder_bytes(self.folder / STORE_DIR) + folder_bytes(self.folder / self.manifest["index"]["folder"])
-        return {"path": str(self.folder), "model": self.model_name, "architecture": self.manifest["architecture"],
+        if self._info is None:
+            disk = folder_bytes(self.folder / STORE_DIR) + folder_bytes(self.folder / self.manifest["index"]["folder"])
+            self._info = {
+                "path": str(self.folder), "model": self.model_name, "architecture": self.manifest["architecture"],
                 "pretrained": self.manifest["pretrained"], "source": self.manifest["source"],
                 "config_hash": self.manifest["config_hash"], "runtime": self.manifest["runtime"],
                 "count": self.count, "dim": self.dim, "version": self.version, "versions": self.manifest["versions"],
                 "index": self.manifest["index"]["spec"], "ram_bytes_per_image": self.index.memory_bytes() / self.count,
                 "disk_bytes_per_image": disk / self.count, "has_coords": self._coords is not None}
+        return copy.deepcopy(self._info)
 
     # ------------------------------------------------------------------------------------------------ queries
     def encode(self, images: Sequence[Any]) -> np.ndarray:
@@ -234,9 +253,11 @@ class Map:
         else the local-feature norm), on the model's input grid; computed with the torch model."""
         from .heatmap import heatmap
 
-        if self._model is None:
-            self._model = engine.load_model(self.folder, self.model_name, self.manifest["source"])
-        return heatmap(self._model, image)
+        with self._model_lock:  # threads asking at once (a server's requests) load the model once
+            if self._model is None:
+                self._model = engine.load_model(self.folder, self.model_name, self.manifest["source"])
+            model = self._model
+        return heatmap(model, image)
 
     def __repr__(self) -> str:
         return f"Map({str(self.folder)!r}, model={self.model_name}, runtime={self.manifest['runtime']}, " \

@@ -4,36 +4,38 @@ last. Until that last write every reader, and every later open, sees the version
 by running it again (or undone by an add of other images: the store is first restored to the committed version)."""
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..evaluation.index import IndexSpec, PlaceIndex, choose_index
-from ..evaluation.store import INT_PLACES, MapStore, _images_hash, _lance
+from ..evaluation.store import INT_PLACES, MapStore, extend_store
 from ..evaluation.store_extract import extract_to_store
 from .building import new_index, writer_lock
+from .inputs import typed_ids
 from .manifest import INDEX_DIR, STORE_DIR, MapError, read_manifest, store_facts, version_entry, write_manifest
 
 KEEP_INDEXES = 2  # index folders kept: the committed one and the one before (readers still on it)
 
 
 def add_images(m: Any, images: List[str], places: Optional[Sequence[Any]], coords: Optional[Any],
-               progress: bool) -> None:
-    """Map.add's work (see there)."""
+               progress: bool) -> Tuple[Dict[str, Any], MapStore, PlaceIndex]:
+    """Map.add's work (see there): (the committed manifest, the store at its version, the grown index), the store
+    and the index as this add made them (nothing is read back)."""
     folder = m.folder
     if places is not None and len(places) != len(images):
         raise MapError(f"{len(places)} places for {len(images)} images")
     with writer_lock(folder):
         manifest = read_manifest(folder)  # the newest commit: another process may have added since m was opened
-        base = MapStore(folder / STORE_DIR, version=manifest["store"]["version"])
+        version = manifest["store"]["version"]
+        base = m.store if m.version == version else MapStore(folder / STORE_DIR, version=version)
         all_images = base.images + images
         all_places = _merged_places(base, places, len(images))
         all_coords = _merged_coords(base, coords, len(images))
-        _extend_store(folder / STORE_DIR, base, all_images)
+        extend_store(base, all_images)
         store = extract_to_store(m.runtime, all_images, folder / STORE_DIR, chunk_size=base.chunk_size,
                                  places=all_places, coords=all_coords, device="cpu", progress=progress)
         index = _grown_index(folder, manifest, base, store)
@@ -44,31 +46,17 @@ def add_images(m: Any, images: List[str], places: Optional[Sequence[Any]], coord
                     "index": {**manifest["index"], "spec": asdict(index.spec), "folder": name}}
         write_manifest(folder, manifest)
         _drop_old_indexes(folder, name)
+    return manifest, store, index
 
 
 def _merged_places(base: MapStore, places: Optional[Sequence[Any]], n: int) -> Optional[List[Any]]:
-    """Place ids of every row (old rows as stored, new rows as given), typed as the map's: integers for a map of
-    integer place ids (digit strings accepted), strings otherwise."""
+    """Place ids of every row (old rows as stored, new rows as given), typed as the map's (`typed_ids`)."""
     old = base.places  # built from the store's rows on each access: once here
-    has_places = base.meta.get("place_type") == INT_PLACES or any(p != i for p, i in zip(old, base.images))
+    int_map = base.meta.get("place_type") == INT_PLACES
+    has_places = int_map or any(p != i for p, i in zip(old, base.images))
     if places is None:
         return None if not has_places else list(old) + [None] * n
-    places = list(places)
-    if base.meta.get("place_type") == INT_PLACES:
-        wrong = [p for p in places if not _is_int_id(p)]
-        if wrong:
-            raise MapError(f"this map's place ids are integers; {repr(wrong[0])[:40]} is not one: give integer place "
-                           "ids (or build a new map for other ids)")
-        places = [int(p) for p in places]
-    else:
-        places = [str(p) for p in places]
-    return (list(old) if has_places else [None] * base.count) + places
-
-
-def _is_int_id(p: Any) -> bool:
-    if isinstance(p, bool) or isinstance(p, np.bool_):
-        return False
-    return isinstance(p, (int, np.integer)) or (isinstance(p, str) and p.isdigit())
+    return (list(old) if has_places else [None] * base.count) + typed_ids(places, as_int=int_map)
 
 
 def _merged_coords(base: MapStore, coords: Optional[Any], n: int) -> Optional[np.ndarray]:
@@ -83,20 +71,6 @@ def _merged_coords(base: MapStore, coords: Optional[Any], n: int) -> Optional[np
     if new.shape != (n, 2) or not np.isfinite(new).all():
         raise MapError(f"coords must be {n} finite (x, y) pairs, one per new image, got shape {new.shape}")
     return np.concatenate([old, new])
-
-
-def _extend_store(folder: Path, base: MapStore, all_images: List[str]) -> None:
-    """Commit the store's metadata for the longer image list (extract_to_store then fills the new rows); a stopped
-    add of these same images is left to resume, one of other images is undone first."""
-    lance, _ = _lance()
-    want = _images_hash(all_images)
-    latest = MapStore(folder)
-    if latest.version != base.version:
-        if latest.meta.get("images_sha256") == want and latest.count == len(all_images):
-            return
-        lance.dataset(str(folder), version=base.version).restore()
-    meta = {**base.meta, "count": len(all_images), "images_sha256": want}
-    lance.dataset(str(folder)).update_schema_metadata({"clusvpr_map": json.dumps(meta)}, replace=True)
 
 
 def _grown_index(folder: Path, manifest: dict, base: MapStore, store: MapStore) -> PlaceIndex:

@@ -21,13 +21,24 @@ def heatmap(model: torch.nn.Module, image: Any) -> np.ndarray:
     if not isinstance(image, Image.Image):
         image = open_rgb(image)
     x = Preprocess(model.input_config)(image).unsqueeze(0)
-    try:
-        grid = next(iter(model.attention_maps(x).values()))
-    except NotImplementedError:
-        grid = model.local_features(x).float().norm(dim=1)
+    features = model.local_features(x)  # one backbone pass, for the attention maps or for the fallback
+    grid = _attention(model, features)
+    if grid is None:
+        grid = features.float().norm(dim=1)
     grid = grid.float().reshape(1, 1, *grid.shape[-2:])
     out = F.interpolate(grid, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
     out = torch.nan_to_num(out)
     low, high = float(out.min()), float(out.max())
     scaled = (out - low) / (high - low) if high > low else torch.zeros_like(out)
     return scaled.clamp(0, 1).numpy().astype(np.float32)
+
+
+def _attention(model: torch.nn.Module, features: torch.Tensor):
+    """The aggregator's first attention map of these local features, or None where it has none."""
+    maps = getattr(model.aggregator, "attention_maps", None)
+    if maps is None:
+        return None
+    try:
+        return next(iter(maps(features).values()))
+    except NotImplementedError:
+        return None

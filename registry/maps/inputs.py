@@ -4,8 +4,9 @@ ids (from the file names, or a CSV) and coordinates (a CSV, or the images' EXIF 
 Place ids from names (`from-name`): an image in a subfolder of the images folder (the folder given, or for a list
 the deepest folder holding every listed image) belongs to the place its folder names (`site/kitchen/001.jpg` ->
 `kitchen`); an image directly in the images folder to the place its file name starts with, up to the first `_`
-(`0042_b.jpg` -> `0042`; `hall.jpg` -> `hall`). Ids that are all digits become integers when every id of the map
-is (a map of integer ids takes only integer ids).
+(`0042_b.jpg` -> `0042`; `hall.jpg` -> `hall`). Ids are typed as every build and add types them (`typed_ids`):
+integers when every id of the map is one (`42`, ` 7 `, `-3`), else strings; a map of integer ids takes only
+integer ids.
 
 CSV files (`csv:FILE`) have a header row with an `image` column (the file's path relative to the images folder,
 its absolute path, or its bare file name where that is unique) and `place`, or `lat` and `lon`, or `utm_east` and
@@ -16,29 +17,34 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..datasets.base import IMAGE_SUFFIXES
+from ..datasets.base import list_images as _folder_images
 from .manifest import MapError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_LIST_BYTES = 1 << 30  # an image list or CSV of some million lines
 COORD_COLUMNS = (("lat", "lon"), ("utm_east", "utm_north"))
+_INT_TEXT = re.compile(r"-?[0-9]+")  # integer text of a place id (after stripping)
 _GPS_IFD, _LAT_REF, _LAT, _LON_REF, _LON = 0x8825, 1, 2, 3, 4
 
 
 def list_images(source: str) -> Tuple[List[str], Path]:
-    """(image paths, the images folder) of a folder (its image files, recursively, sorted; the folder itself) or of
-    a text file listing one path a line (relative to the file's folder; blank lines and `#` comments skipped; the
-    images folder is the deepest folder holding every listed image)."""
+    """(image paths, the images folder) of a folder (its image files, recursively, in the datasets' natural order of
+    their relative paths, img2 before img10; the folder itself) or of a text file listing one path a line (relative
+    to the file's folder; blank lines and `#` comments skipped; the images folder is the deepest folder holding every
+    listed image)."""
     path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise MapError(f"--images {source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in that folder")
-        return files, path
+        try:
+            files = _folder_images(path, "--images", recursive=True)
+        except FileNotFoundError:
+            raise MapError(f"--images {source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in that folder") from None
+        return [str(p) for p in files], path
     if not path.is_file():
         raise MapError(f"--images {source}: no such folder or file; pass a folder of images or a text file listing "
                        "one image path a line")
@@ -60,18 +66,28 @@ def _read_text(path: Path) -> str:
         raise MapError(f"{path} is not UTF-8 text ({err}): save it as UTF-8") from None
 
 
-def typed_ids(ids: Sequence[str], as_int: Optional[bool] = None) -> List[Any]:
-    """Place ids as integers when they are all digits (as_int None), or as the map's type (True: integers, each
-    must be digits; False: strings)."""
-    ids = [str(i).strip() for i in ids]
+def typed_ids(ids: Sequence[Any], as_int: Optional[bool] = None) -> List[Any]:
+    """Place ids typed by the one rule of every build and add (the command line's names and CSV cells too): an
+    integer (a Python or numpy int, or integer text such as '7', ' 7 ' or '-3') is an integer id; anything else
+    is its text with surrounding whitespace removed. `as_int` True (a map of integer ids): ints, MapError for any
+    other id; False: strings; None: ints when every id is an integer, else strings. MapError for an id that is
+    neither an integer nor a string (bools and floats included)."""
+    texts = []
+    for p in ids:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (str, int, np.integer)):
+            raise MapError(f"place ids are integers or strings, got {repr(p)[:40]} ({type(p).__name__}): pass "
+                           "int(...) or str(...) of it")
+        texts.append(p if not isinstance(p, str) else p.strip())
+    ints = [not isinstance(t, str) or _INT_TEXT.fullmatch(t) is not None for t in texts]
     if as_int is None:
-        as_int = bool(ids) and all(i.isdigit() for i in ids)
+        as_int = bool(texts) and all(ints)
     if not as_int:
-        return ids
-    wrong = [i for i in ids if not i.isdigit()]
-    if wrong:
-        raise MapError(f"this map's place ids are integers; {wrong[0]!r} is not one")
-    return [int(i) for i in ids]
+        return [str(t) for t in texts]
+    wrong = next((p for p, ok in zip(ids, ints) if not ok), None)
+    if wrong is not None:
+        raise MapError(f"this map's place ids are integers; {repr(wrong)[:40]} is not one: give integer place ids "
+                       "(or build a new map for other ids)")
+    return [int(t) for t in texts]
 
 
 def places_from_names(images: Sequence[str], root: Path, as_int: Optional[bool] = None) -> List[Any]:

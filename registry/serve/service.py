@@ -84,6 +84,7 @@ class Service:
             self.load_error = f"cannot open the map {self.folder}: {err}"
             log.error(self.load_error)
             return
+        opened.info()  # its facts computed once, before GET /v1/map asks for them
         with self._lock:
             self.map = opened
             self.metrics.map_version.set(opened.version)
@@ -165,8 +166,9 @@ class Service:
         return out
 
     def add(self, uploads: Sequence[Upload], places: Optional[List]) -> Dict[str, Any]:
-        """Save the uploaded files under the map folder (names the server picks) and add them to the map through a
-        writer of its own; the served map is then re-opened on the committed version."""
+        """Save the uploaded files under the map folder (names the server picks) and add them to the served map
+        (`Map.added`: the writer lock, the commit); the map at the committed version, as the add made it, is then
+        served."""
         with self._add_lock:
             folder = self.folder / ADDED_FOLDER / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
             folder.mkdir(parents=True)
@@ -177,7 +179,7 @@ class Service:
                     tmp.write_bytes(upload.data)
                 paths.append(target)
             try:
-                version = self._open(self.folder).add(paths, places=places)
+                grown = self.map.added(paths, places=places)
             except MapBusyError as err:  # another process holds the map's writer lock
                 shutil.rmtree(folder, ignore_errors=True)
                 raise BadRequest(409, f"cannot add these images now: {err}; retry after the Retry-After "
@@ -185,10 +187,11 @@ class Service:
             except ValueError as err:  # MapError: place ids of the wrong kind, images it cannot read
                 shutil.rmtree(folder, ignore_errors=True)
                 raise BadRequest(400, f"cannot add these images: {err}") from None
+            grown.info()  # its facts computed once, before GET /v1/map asks for them
             with self._lock:
-                self.map.reload_if_changed()
-                self.metrics.map_version.set(self.map.version)
-        return {"added": len(paths), "version": int(version)}
+                self.map = grown
+                self.metrics.map_version.set(grown.version)
+        return {"added": len(paths), "version": grown.version}
 
     def close(self) -> None:
         self.batcher.close()

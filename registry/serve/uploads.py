@@ -1,7 +1,7 @@
 """What the service accepts from a client, and the errors it answers otherwise: the request size cap, 1..16 image
-files per request, each decoded the bounded way of registry.datasets.images (the pixel budget read from the header
-before any pixel is decoded), and k in its range. `BadRequest` carries the HTTP status and a message naming the
-problem and the fix."""
+files per request, each opened once and decoded the bounded way of registry.datasets.images (the pixel budget read
+from the header before any pixel is decoded, 8-bit RGB from any bit depth), and k in its range. `BadRequest`
+carries the HTTP status and a message naming the problem and the fix."""
 from __future__ import annotations
 
 import io
@@ -11,7 +11,8 @@ from typing import List, Optional
 
 from PIL import Image, UnidentifiedImageError
 
-from ..datasets.images import ImageReadError, decode_rgb, max_pixels
+from .._util.image_modes import to_rgb
+from ..datasets.images import max_pixels
 from ..maps.core import MAX_K
 
 MAX_FILES = 16
@@ -76,12 +77,21 @@ def client_name(filename: Optional[str], index: int) -> str:
 
 def decode_upload(data: bytes, name: str, limits: Limits) -> Upload:
     """The decoded image, or BadRequest: 413 for more pixels than the budget (read from the header, before any
-    pixel is decoded: a decompression bomb costs nothing), 400 for anything that is not a complete image."""
+    pixel is decoded: a decompression bomb costs nothing), 400 for anything that is not a complete image. The
+    header is parsed once: the image it opened is the one decoded (to 8-bit RGB as registry.datasets.images
+    decodes files)."""
     if not data:
         raise BadRequest(400, f"{name}: the file is empty; send a JPEG, PNG or WebP image")
     try:
-        with Image.open(io.BytesIO(data)) as header:
-            (width, height), suffix = header.size, _FORMATS.get(header.format or "", ".img")
+        with Image.open(io.BytesIO(data)) as img:
+            (width, height), suffix = img.size, _FORMATS.get(img.format or "", ".img")
+            if width * height > limits.max_pixels:
+                raise BadRequest(413, f"{name}: {width}x{height} = {width * height:,} pixels, more than this server's "
+                                      f"pixel budget of {limits.max_pixels:,} per image (--max-pixels); send a "
+                                      "smaller image")
+            image = _decoded(img, name)
+    except BadRequest:
+        raise
     except Image.DecompressionBombError as err:
         raise BadRequest(413, f"{name}: too many pixels ({err}); this server's pixel budget is "
                               f"{limits.max_pixels:,} per image (--max-pixels)") from None
@@ -90,15 +100,16 @@ def decode_upload(data: bytes, name: str, limits: Limits) -> Upload:
                               "JPEG, PNG or WebP file") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise BadRequest(400, f"{name}: a corrupt image header ({err}); send the whole, intact file") from None
-    if width * height > limits.max_pixels:
-        raise BadRequest(413, f"{name}: {width}x{height} = {width * height:,} pixels, more than this server's pixel "
-                              f"budget of {limits.max_pixels:,} per image (--max-pixels); send a smaller image")
-    try:
-        image = decode_rgb(data, name, limits.max_pixels)
-    except ImageReadError as err:
-        raise BadRequest(400, f"{name}: a truncated or corrupt image ({err.__cause__ or err}); send the whole, "
-                              "intact file") from None
     return Upload(name, image, data, suffix)
+
+
+def _decoded(img: Image.Image, name: str) -> Image.Image:
+    """The pixels of an opened image as 8-bit RGB; BadRequest 400 for a truncated or corrupt file."""
+    try:
+        img.load()
+        return to_rgb(img)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise BadRequest(400, f"{name}: a truncated or corrupt image ({err}); send the whole, intact file") from None
 
 
 def check_k(k: int, count: int) -> int:

@@ -61,10 +61,23 @@ def hard_loss(name: str) -> Callable[..., torch.Tensor]:
     return HARD_LOSSES[name]
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """sum_j -softmax(teacher)_j log softmax(student)_j per row, averaged over rows (teacher gets no gradient)."""
+def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape")
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """sum_j -softmax(teacher)_j log softmax(student)_j per row, averaged over rows (teacher gets no gradient)."""
+    _check_logits(student_logits, teacher_logits)
     target = F.softmax(teacher_logits.detach(), dim=-1)
     return -(target * F.log_softmax(student_logits, dim=-1)).sum(-1).mean()
+
+
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) per row, averaged over rows, for q = softmax(teacher) (no gradient) and p = softmax(student):
+    soft_cross_entropy minus the teacher's entropy, which does not depend on the student, so both have the same
+    gradient; 0 where the student's distribution is the teacher's."""
+    _check_logits(student_logits, teacher_logits)
+    log_q = F.log_softmax(teacher_logits.detach(), dim=-1)
+    return (log_q.exp() * (log_q - F.log_softmax(student_logits, dim=-1))).sum(-1).mean()

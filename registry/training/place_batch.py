@@ -13,9 +13,10 @@ multi-similarity loss of the same P x K batch. For the N = P*K images of a batch
 s_i and the teacher's t_i (global, L2-normalised, before whitening), each image i has two distributions over the
 other N - 1 images j != i of the batch: the teacher's q_i(j) = softmax_j(t_i . t_j / T_g) at the generation's
 temperature T_g = temperatures[g], and the student's p_i(j) = softmax_j(s_i . s_j / T_0) at the student's
-temperature temperatures[0]; the soft loss is the mean over i of KL(q_i || p_i). It has the gradient of the tuple
-recipe's soft cross-entropy (the two differ by the teacher's entropy, constant for the student), over the pairs of
-the place batch instead of an anchor's difficult positives' regions.
+temperature temperatures[0]; the soft loss is the mean over i of KL(q_i || p_i) (`losses.soft_kl`). It is the tuple
+recipe's soft cross-entropy (`losses.soft_cross_entropy`) minus the teacher's entropy, so it has the same gradient
+(the entropy is constant for the student) while the logged `soft` is 0 where the student matches the teacher; over
+the pairs of the place batch instead of an anchor's difficult positives' regions.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .losses import soft_kl
 
 SHORT_PLACES = ("replace", "skip")
 # GSV-Cities' multi-similarity settings
@@ -132,11 +134,10 @@ def batch_similarity_kl(student: torch.Tensor, teacher: torch.Tensor, student_te
     n = len(student)
     others = ~torch.eye(n, dtype=torch.bool, device=student.device)
 
-    def log_probs(d: torch.Tensor, temperature: float) -> torch.Tensor:
-        return F.log_softmax((d @ d.T / temperature).masked_select(others).view(n, n - 1), dim=1)
+    def logits(d: torch.Tensor, temperature: float) -> torch.Tensor:
+        return (d @ d.T / temperature).masked_select(others).view(n, n - 1)
 
-    log_q = log_probs(teacher.detach(), teacher_temperature)
-    return (log_q.exp() * (log_q - log_probs(student, student_temperature))).sum(1).mean()
+    return soft_kl(logits(student, student_temperature), logits(teacher.detach(), teacher_temperature))
 
 
 class Distillation:

@@ -166,6 +166,68 @@ def test_the_heatmap_is_on_the_input_grid_in_0_to_1(weights, images, tmp_path):
     assert heat.shape == (32, 48) and heat.dtype == np.float32 and heat.min() == 0.0 and heat.max() == 1.0
 
 
+def test_the_model_an_onnx_map_loads_for_heat_maps_is_loaded_once_by_threads_asking_at_once(weights, images,
+                                                                                            tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from PIL import Image
+
+    import registry.maps.engine
+
+    Map.build(tmp_path / "map", images[:4], model=MODEL, pretrained=weights, runtime="onnx", index="flat",
+              progress=False)
+    m = Map.open(tmp_path / "map")  # an onnx map: no torch model until a heat map asks for one
+    loads = []
+    load_model = registry.maps.engine.load_model
+
+    def slow_load(*args):
+        loads.append(args)
+        time.sleep(0.2)  # every thread reaches the loader while the first is still in it
+        return load_model(*args)
+
+    monkeypatch.setattr(registry.maps.engine, "load_model", slow_load)
+    image = Image.open(images[1]).convert("RGB")
+    start, heats = threading.Barrier(4), []
+
+    def ask() -> None:
+        start.wait()
+        heats.append(m.heatmap(image))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(loads) == 1 and len(heats) == 4 and all(np.array_equal(h, heats[0]) for h in heats)
+
+
+def test_the_heatmap_runs_the_backbone_once_also_where_the_aggregator_has_no_attention_map(weights, images):
+    import torch
+    from PIL import Image
+
+    from registry.maps.heatmap import heatmap
+
+    model = registry.create(MODEL, pretrained=weights).eval()
+    passes = []
+    model.backbone.register_forward_hook(lambda module, args, out: passes.append(out.detach().clone()))
+    image = Image.open(images[2]).convert("RGB")
+    with_attention = heatmap(model, image)
+    assert len(passes) == 1
+
+    def none(features):
+        raise NotImplementedError
+
+    model.aggregator.attention_maps = none
+    fallback = heatmap(model, image)
+    assert len(passes) == 2  # one more pass: the attention map's absence did not cost a second one
+    norm = passes[1].float().norm(dim=1, keepdim=True)  # the reference: the local features' norm, upsampled
+    up = torch.nn.functional.interpolate(norm, size=(32, 48), mode="bilinear", align_corners=False)[0, 0]
+    want = ((up - up.min()) / (up.max() - up.min())).numpy()
+    np.testing.assert_allclose(fallback, want, atol=1e-6)
+    assert not np.allclose(fallback, with_attention)
+
+
 def test_building_into_a_finished_map_is_refused(weights, images, tmp_path):
     Map.build(tmp_path / "map", images[:4], model=MODEL, pretrained=weights, index="flat", progress=False)
     with pytest.raises(MapError, match="is a map already: add images with `vpr map add"):

@@ -108,6 +108,25 @@ def test_added_place_ids_and_coordinates_must_match_the_map(weights, images, tmp
     assert m.store.places[-2:] == [4, 5] and m.count == 8
 
 
+def test_place_ids_are_typed_by_one_rule_in_a_build_and_an_add(weights, images, tmp_path):
+    """Integers (negative ones too) and integer text with spaces around it are integer ids in a build and in an
+    add alike; in a map of string ids the same values are their stripped text."""
+    ints = Map.build(tmp_path / "ints", images[:4], model=MODEL, pretrained=weights, index="flat",
+                     places=[-3, " 7 ", "-3", np.int64(12)], progress=False)
+    assert ints.int_places and ints.store.places == [-3, 7, -3, 12]
+    ints.add(images[4:7], places=[" -3 ", 7, "12"])
+    assert ints.store.places[4:] == [-3, 7, 12] and Map.open(tmp_path / "ints").store.places[4:] == [-3, 7, 12]
+    with pytest.raises(MapError, match="place ids are integers; '7.5' is not one"):
+        ints.add(images[7:8], places=["7.5"])
+    with pytest.raises(MapError, match="place ids are integers or strings, got True"):
+        ints.add(images[7:8], places=[True])
+    words = Map.build(tmp_path / "words", images[:3], model=MODEL, pretrained=weights, index="flat",
+                      places=[" hall ", " 7 ", -3], progress=False)
+    assert not words.int_places and words.store.places == ["hall", "7", "-3"]
+    words.add(images[3:5], places=[" 7 ", -3])
+    assert words.store.places[3:] == ["7", "-3"]
+
+
 def test_ivfpq_grows_without_retraining_and_auto_rebuilds_only_when_its_policy_changes_kind(
         weights, tmp_path, monkeypatch):
     from registry.evaluation import index_spec

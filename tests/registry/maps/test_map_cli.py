@@ -170,3 +170,44 @@ def test_utm_coordinates_from_a_csv_and_a_row_without_numbers(tmp_path):
     table.write_text("image,x,y\n000.png,1,2\n")
     with pytest.raises(MapError, match="neither lat,lon nor utm_east,utm_north"):
         inputs.coords_from_csv(files, tmp_path / "imgs", str(table))
+
+
+def _named_images(folder: Path, names) -> None:
+    """One image file at each relative path of `names` under `folder`."""
+    for i, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(write_images(folder.parent / "raw", 1, start=i)[0], folder / name)
+
+
+def test_a_folders_images_are_built_and_added_in_natural_order(weights, tmp_path, capsys):
+    shots, more = tmp_path / "shots", tmp_path / "more"
+    _named_images(shots, ["img10.png", "img2.png", "Img3.png", "img1.png", "b/img2.png", "a/img10.png", "a/img9.png"])
+    _named_images(more, ["x10.png", "x9.png", "x100.png"])
+    folder = tmp_path / "map"
+    status, _, err = _vpr(capsys, "build", folder, "--images", shots, "--model", MODEL, "--pretrained", weights,
+                          "--index", "flat")
+    assert status == 0, err
+    assert _vpr(capsys, "add", folder, "--images", more)[0] == 0
+    rows = [Path(p) for p in Map.open(folder).store.images]
+    assert [p.relative_to(shots).as_posix() for p in rows[:7]] == \
+        ["a/img9.png", "a/img10.png", "b/img2.png", "img1.png", "img2.png", "Img3.png", "img10.png"]
+    assert [p.name for p in rows[7:]] == ["x9.png", "x10.png", "x100.png"]
+
+
+def test_place_ids_from_a_csv_are_typed_the_same_in_build_and_add(weights, images, tmp_path, capsys):
+    table = tmp_path / "places.csv"
+    table.write_text("image,place\n" + "".join(f"{Path(p).name},{' 7 ' if i % 2 else '-3'}\n"
+                                               for i, p in enumerate(images)))
+    first, more = tmp_path / "first", tmp_path / "more"
+    for target, part in ((first, images[:4]), (more, images[4:6])):
+        target.mkdir()
+        for p in part:
+            shutil.copy(p, target)
+    folder = tmp_path / "map"
+    status, _, err = _vpr(capsys, "build", folder, "--images", first, "--model", MODEL, "--pretrained", weights,
+                          "--places", f"csv:{table}", "--index", "flat")
+    assert status == 0, err
+    status, _, err = _vpr(capsys, "add", folder, "--images", more, "--places", f"csv:{table}")
+    assert status == 0, err
+    m = Map.open(folder)
+    assert m.int_places and m.store.places == [-3, 7, -3, 7, -3, 7]

@@ -12,6 +12,7 @@ from registry.training.losses import (
     sare_ind,
     sare_joint,
     soft_cross_entropy,
+    soft_kl,
     triplet,
 )
 
@@ -59,6 +60,23 @@ def test_soft_cross_entropy_against_the_teacher_distribution():
     assert loss.item() == pytest.approx(math.log(2), rel=1e-6)
     loss.backward()  # d/dz = softmax(student) - target = [0.5 - 0.25, 0.5 - 0.75]
     assert student.grad[0].tolist() == pytest.approx([0.25, -0.25])
+
+
+def test_soft_kl_is_the_soft_cross_entropy_minus_the_teachers_entropy_with_the_same_gradient():
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    student = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    q = torch.softmax(teacher, dim=1)
+    entropy = -(q * q.log()).sum(1).mean()
+    s_kl, s_ce = student.clone().requires_grad_(True), student.clone().requires_grad_(True)
+    kl, ce = soft_kl(s_kl, teacher), soft_cross_entropy(s_ce, teacher)
+    assert kl.item() == pytest.approx((ce - entropy).item(), rel=1e-12) and kl.item() > 0
+    kl.backward()
+    ce.backward()
+    torch.testing.assert_close(s_kl.grad, s_ce.grad, rtol=1e-12, atol=1e-15)
+    assert soft_kl(teacher, teacher).item() == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="same shape"):
+        soft_kl(student[:3], teacher)
 
 
 def test_bad_shapes_and_unknown_names_are_rejected():
