@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .._util.atomic import write_failure
 from .._util.files import unwritable
 from .._util.options import UsageError, add_dataclass_arguments, calibration_images_option, input_size_option, option
+from ..datasets.base import list_images
 from ..export import OPSET
 from ..quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_FLOAT_CONVS
 from ._command import parser, run_command
@@ -132,17 +133,18 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _calibration_files(paths: Sequence[str], n: int) -> List[Path]:
-    """Image files given or found in the folders given (sorted), n of them evenly spaced."""
-    suffixes = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+    """Image files given or found in the folders given (naturally sorted, as datasets list them), n of them evenly
+    spaced."""
     files: List[Path] = []
     for item in map(Path, paths):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in suffixes)
+            try:
+                files += list_images(item, "--calibration", recursive=True)
+            except FileNotFoundError as err:
+                raise UsageError(str(err)) from None
         elif item.is_file():
             files.append(item)
         else:
             raise UsageError(f"--calibration: {item} is neither an image file nor a folder")
-    if not files:
-        raise UsageError(f"--calibration: no images ({', '.join(suffixes)}) in {', '.join(paths)}")
     step = max(1, len(files) // n)
     return files[::step][:n]

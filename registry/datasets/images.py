@@ -1,7 +1,6 @@
 """ImageListDataset: a torch Dataset over image paths whose errors name the file that failed."""
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional, Sequence, Tuple, Union
@@ -39,12 +38,6 @@ def open_rgb(path: Union[str, os.PathLike]) -> Image.Image:
     if not path.is_file():
         raise ImageReadError(f"image file not found: {path}; check the dataset root or re-download the dataset")
     return _decode_rgb(path, str(path), max_pixels())
-
-
-def decode_rgb(data: bytes, name: str, budget: Optional[int] = None) -> Image.Image:
-    """`open_rgb` for an image held in memory (an upload): the same header-first pixel budget (`budget`, default
-    max_pixels()) and the same ImageReadError, naming `name`."""
-    return _decode_rgb(io.BytesIO(data), name, max_pixels() if budget is None else budget)
 
 
 def _decode_rgb(source: Union[Path, BinaryIO], name: str, budget: int) -> Image.Image:
