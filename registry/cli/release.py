@@ -2,7 +2,8 @@
 share once (`bundle`, `unbundle`) and publish them to the Hugging Face Hub (`publish`).
 
     vpr release build --tag nordland --runs runs/release_clusvpr_seed0 runs/release_netvlad_seed0 \\
-        --data-root path/to/datasets --reference-dir path/to/reference
+        --data-root path/to/datasets --reference-dir path/to/reference \\
+        --untrained-start path/to/untrained/start.json
     vpr release publish --namespace ORG              # push, pull back, compare; print the pins to record
     vpr release publish --namespace ORG --record     # also write them to the packages' published.json
     vpr release bundle releases/netvlad_vgg16.nordland releases/gem_vgg16.nordland \\
@@ -11,11 +12,14 @@ share once (`bundle`, `unbundle`) and publish them to the Hugging Face Hub (`pub
 
 `build`: runs of one model compete on their final validation recall (the trainer's `--select-by` metric, after its
 whitening choice); the test sets are measured only on the chosen run. Each release folder holds config.json (the
-sha256 of every file, the training recipe and command, seed, code commit, evaluation protocol and the recalls
-measured on the stored half-precision weights), model.safetensors (float16), centroids.h5 (the k-means centres and a
-sample of the descriptors they came from, enough to re-derive NetVLAD's alpha) and README.md (the model card). It
-writes into the folder the model's bundled releases live in (in the installed package: use an editable install of
-a clone), or --out-dir. The validation set (nordland_val) is read from --data-root or $VPR_DATA.
+sha256 of every file, the training recipe and command, seed, code commit, the training budget and validation curve
+(the stopping rule, the epochs each generation trained and why it stopped, the epoch chosen, per-epoch validation
+recalls from the run's train/log.jsonl), evaluation protocol and the recalls measured on the stored half-precision
+weights; with --untrained-start, those recalls against the untrained start on every dataset of that file),
+model.safetensors (float16), centroids.h5 (the k-means centres and a sample of the descriptors they came from, enough
+to re-derive NetVLAD's alpha) and README.md (the model card). It writes into the folder the model's bundled releases
+live in (in the installed package: use an editable install of a clone), or --out-dir. The validation set
+(nordland_val) is read from --data-root or $VPR_DATA.
 
 `publish`: for each release bundled in the package it pushes the model with its card and half-precision weights to
 `ORG/<model>-<tag>` (underscores become dashes), pulls that exact commit back into a fresh cache, checks that the
@@ -59,6 +63,11 @@ class BuildOptions:
     reference_dir: Optional[Path] = option(None, "also write each release's reference descriptors of the embedded "
                                            "probe images here (<name.tag>.npz; what the release tests compare "
                                            "against)", type=Path)
+    untrained_start: Optional[Path] = option(None, "the JSON benchmarks/untrained_start.py wrote (e.g. "
+                                             "benchmarks/untrained/start.json): each release's card compares it with "
+                                             "its untrained start on every dataset there, marking where it is worse "
+                                             "(default: the card says the comparison was not given)", type=Path,
+                                             metavar="FILE")
     drop_whitening: List[str] = option(help="release these models without their PCA whitening (recorded in the "
                                        "release facts), e.g. when the whitening does not fit the size budget",
                                        nargs="+", default_factory=list, metavar="MODEL")

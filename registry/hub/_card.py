@@ -10,6 +10,8 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Union
 
+from ._card_sections import training_budget, weaknesses
+
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
 
@@ -139,6 +141,8 @@ def card_values(config: Mapping[str, Any], repo_hint: str = "org/name@<commit>",
                         "- No training is recorded for these weights: measure recalls on your data before using them.")
         + (f"\n- Not for: {release['not_for']}" if release.get("not_for") else ""),
         "domain": _domain(release, datasets),
+        "training_budget": training_budget(release, training),
+        "weaknesses": weaknesses(release, datasets),
         "provenance": _provenance(release, config),
         "citation": citation or "% no citation recorded for aggregator " + aggregator,
     }
@@ -204,8 +208,11 @@ def _recipe(training: Mapping[str, Any]) -> str:
     if not isinstance(o, Mapping) or "optimizer" not in o:
         return name
     gens, epochs, gen0 = o.get("generations", 1), o.get("epochs"), o.get("gen0_epochs")
-    schedule = (f"{gens} generations ({gen0 or epochs} + {gens - 1} x {epochs} epochs)" if gens > 1
-                else f"{epochs} epochs")
+    most = "at most " if o.get("patience") else ""
+    schedule = (f"{gens} generations ({most}{gen0 or epochs} + {gens - 1} x {epochs} epochs)" if gens > 1
+                else f"{most}{epochs} epochs")
+    if o.get("patience"):
+        schedule += f" with early stopping (patience {o['patience']})"
     lr = f"{o['optimizer']} lr {o.get('lr')}"
     if o.get("aggregator_lr_mult", 1.0) != 1.0:
         lr += f" (aggregator x {o['aggregator_lr_mult']:g})"

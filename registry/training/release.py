@@ -4,9 +4,11 @@ a pulled-back comparison and the pins that record them (`publish`, `record`).
 
 A run of one model competes with the other runs of that model on its final validation recall (the trainer's
 `select_by` metric, after its whitening choice); the test sets are measured only on the chosen run. A release folder
-holds config.json (the sha256 of every file, the training recipe and command, seed, code commit, evaluation
-protocol and the recalls measured on the stored half-precision weights), model.safetensors (float16), centroids.h5
-(the k-means centres and a sample of the descriptors they came from) and README.md (the model card).
+holds config.json (the sha256 of every file, the training recipe and command, seed, code commit, the training
+budget and validation curve from the run's train/log.jsonl, evaluation protocol, the recalls measured on the stored
+half-precision weights and, given the untrained-start benchmark's JSON, those recalls against the untrained start),
+model.safetensors (float16), centroids.h5 (the k-means centres and a sample of the descriptors they came from) and
+README.md (the model card).
 """
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ from .._util.atomic import atomic_path
 from .._util.jsonio import read_json
 from ..datasets import PROBE_IMAGES, load_dataset
 from ..evaluation.recall_table import recall_table
+from . import run_record, start_comparison
 from .clusters import set_cluster_source
+from .state import LOG
 
 _log = logging.getLogger(__name__)
 
@@ -67,6 +71,30 @@ def _summary(run: Path) -> Dict[str, Any]:
         raise ReleaseError(f"{run}: no train/summary.json; is the run finished? (vpr train ... --output {run} "
                            "--resume continues it)")
     return json.loads(path.read_text())
+
+
+def _history(run: Path) -> List[Dict[str, Any]]:
+    """The run's train/log.jsonl: one record per epoch, epoch 0 (the start) first."""
+    path = run / "train" / LOG
+    if not path.is_file():
+        raise ReleaseError(f"{run}: no train/{LOG}; the run's per-epoch log is gone: restore it, or train again")
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise ReleaseError(f"{path}: not one JSON record per line ({err}); restore it, or train again") from None
+
+
+def read_untrained_start(path: Path) -> Dict[str, Any]:
+    """The untrained-start benchmark's JSON, checked (`start_comparison.check_result`)."""
+    try:
+        result = read_json(path, fix="pass the JSON benchmarks/untrained_start.py wrote")
+        start_comparison.check_result(result, str(path))
+    except FileNotFoundError:
+        raise ReleaseError(f"--untrained-start {path}: no such file; run python benchmarks/untrained_start.py "
+                           "(it writes benchmarks/untrained/start.json)") from None
+    except ValueError as err:
+        raise ReleaseError(str(err)) from None
+    return result
 
 
 def _commit(run: Path) -> Optional[str]:
@@ -140,10 +168,13 @@ class _Candidates:
 
 def _release_facts(runs: _Candidates, release_name: str, tag: str, input_hw: Sequence[int]) -> Dict[str, Any]:
     chosen, summary = runs.chosen, runs.summaries[runs.chosen]
+    history = _history(chosen)
     return {
         "name": release_name, "tag": tag, "trained_on": TRAINED_ON.format(h=input_hw[0], w=input_hw[1]),
         "not_for": NOT_FOR, "command": summary["command"], "seed": runs.seeds[chosen], "git_commit": _commit(chosen),
         "run": chosen.name, "selection": runs.selection(), "fp32_recalls": dict(summary["test"]),
+        "budget": run_record.budget(runs.configs[chosen]["training"]["options"], history, summary),
+        "validation_curve": run_record.validation_curve(history, summary.get("best") or {}),
     }
 
 
@@ -155,15 +186,34 @@ def _drop_whitening(fp32: registry.VPRModel) -> Dict[str, Any]:
     return {"chosen_on_validation": selection.get("chosen"), "candidates": selection.get("candidates")}
 
 
+def _against_start(stored: registry.VPRModel, untrained: Dict[str, Any], recalls: Dict[str, Dict[str, float]],
+                   data_root: Optional[str]) -> Dict[str, Any]:
+    """The stored copy against its untrained start on every dataset the start was measured on (`untrained`: an
+    untrained-start benchmark result); the datasets the release has no recalls of are measured here."""
+    architecture = str(stored.config.get("architecture"))
+    entry = start_comparison.start_of(untrained, architecture)
+    missing = [d for d in (entry or {}).get("start", {}) if d not in recalls]
+    try:  # one at a time: a dataset loaded by its spec (aligned:FOLDER) is named otherwise in the recall table
+        measured = {d: next(iter(_evaluate(stored, [d], data_root).values())) for d in missing}
+    except FileNotFoundError as err:
+        raise ReleaseError(f"the untrained-start file measured {architecture}'s start on {', '.join(missing)}, which "
+                           f"this release must be measured on too: {err} (pass --data-root holding them)") from None
+    return start_comparison.comparison(untrained, architecture, recalls, measured)
+
+
 def _write_release(fp32: registry.VPRModel, target: Path, data_root: Optional[str],
+                   untrained: Optional[Dict[str, Any]] = None,
                    **facts: Any) -> Tuple[Dict[str, Dict[str, float]], float]:
-    """Measure the half-precision copy users will load, write it to `target` with `facts` and check the written
-    weights are the measured ones; the recalls measured and when their measurement started (`time.time()`)."""
+    """Measure the half-precision copy users will load (and against its `untrained` start, when given, recorded in
+    the release facts), write it to `target` with `facts` and check the written weights are the measured ones; the
+    recalls measured and when their measurement started (`time.time()`)."""
     with tempfile.TemporaryDirectory() as tmp:
         fp32.save_pretrained(Path(tmp) / "stage", dtype="float16")
         stored = registry.VPRModel.from_pretrained(str(Path(tmp) / "stage"))
     start = time.time()
     recalls = _evaluate(stored, [VAL_SET, *TEST_SETS], data_root)
+    if untrained is not None:
+        facts["release"]["untrained_start"] = _against_start(stored, untrained, recalls, data_root)
     if target.exists():
         shutil.rmtree(target)
     fp32.save_pretrained(target, training=fp32.config.get("training"), recalls=recalls, dtype="float16", **facts)
@@ -181,8 +231,10 @@ def _write_reference(fp32: registry.VPRModel, reference_dir: Path, release_name:
 
 
 def bundle(name: str, runs: List[Path], tag: str, data_root: Optional[str], out_dir: Optional[Path],
-           drop_whitening: bool = False, reference_dir: Optional[Path] = None) -> Dict[str, Any]:
-    """Release `name.tag` from the best of `runs` (finished runs of model `name`); its report."""
+           drop_whitening: bool = False, reference_dir: Optional[Path] = None,
+           untrained: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Release `name.tag` from the best of `runs` (finished runs of model `name`), compared with its start when
+    `untrained` (an untrained-start benchmark result) is given; its report."""
     candidates = _Candidates(runs)
     chosen = candidates.chosen
     fp32 = _release_model(chosen, candidates.configs[chosen], candidates.seeds[chosen])
@@ -196,7 +248,7 @@ def bundle(name: str, runs: List[Path], tag: str, data_root: Optional[str], out_
     evaluation = {k: {**PROTOCOL[k], "input": f"resized to {h}x{w} (HxW), bilinear",
                       "search": "exact inner product (faiss) on L2-normalised descriptors"}
                   for k in (VAL_SET,) + TEST_SETS}
-    recalls, start = _write_release(fp32, target, data_root, evaluation=evaluation, release=facts)
+    recalls, start = _write_release(fp32, target, data_root, untrained, evaluation=evaluation, release=facts)
     if reference_dir is not None:
         _write_reference(fp32, reference_dir, release_name)
     return {"release": release_name, "folder": str(target), "chosen": chosen.name,
@@ -206,14 +258,17 @@ def bundle(name: str, runs: List[Path], tag: str, data_root: Optional[str], out_
 
 
 def build(runs: Sequence[Path], tag: str, data_root: Optional[str] = None, out_dir: Optional[Path] = None,
-          drop_whitening: Sequence[str] = (), reference_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
+          drop_whitening: Sequence[str] = (), reference_dir: Optional[Path] = None,
+          untrained_start: Optional[Path] = None) -> List[Dict[str, Any]]:
     """One release per model among `runs` (grouped by the architecture their config.json names), each from its
-    best run (`bundle`); `drop_whitening` names the models released without their PCA whitening. The reports."""
+    best run (`bundle`); `drop_whitening` names the models released without their PCA whitening; `untrained_start`
+    is the untrained-start benchmark's JSON, to compare each release with its start. The reports."""
     by_model: Dict[str, List[Path]] = {}
     for run in map(Path, runs):
         by_model.setdefault(folder_config(run)["architecture"], []).append(run)
     drop = {registry.resolve_name(m) for m in drop_whitening}
-    return [bundle(name, group, tag, data_root, out_dir, name in drop, reference_dir)
+    untrained = read_untrained_start(Path(untrained_start)) if untrained_start is not None else None
+    return [bundle(name, group, tag, data_root, out_dir, name in drop, reference_dir, untrained)
             for name, group in by_model.items()]
 
 

@@ -12,8 +12,8 @@ import registry.hub as hub
 from registry.hub._card import template_path
 
 ROOT = Path(__file__).resolve().parents[3]
-SECTIONS = ["Intended use", "Training data and recipe", "Evaluation protocol", "Measured recalls", "Limitations",
-            "Citation"]
+SECTIONS = ["Intended use", "Training data and recipe", "Training budget and validation curve", "Evaluation protocol",
+            "Measured recalls", "Limitations", "Where it is weak", "Citation"]
 
 
 def _front_matter(text: str) -> dict:
@@ -159,3 +159,28 @@ def test_generate_model_card_gives_the_metadata_save_pretrained_writes(tiny, tmp
     model, _ = tiny
     folder = model.save_pretrained(tmp_path / "m")
     assert model.generate_model_card().data.to_dict() == ModelCard.load(folder / "README.md").data.to_dict()
+
+
+def test_a_card_without_a_training_log_or_an_untrained_start_says_both_are_missing(tiny, tmp_path):
+    text = _readme(tiny, tmp_path, training={"datasets": ["pitts30k"]})
+    assert "## Training budget and validation curve\n\nNot recorded: config.json holds no training budget" in text
+    weak = text.split("## Where it is weak\n", 1)[1].split("\n## ", 1)[0]
+    assert "**Domains it has not seen:** any but its training data (pitts30k)." in weak
+    assert "was not given for these weights" in weak and "->" not in weak
+
+
+def test_the_budget_of_a_run_without_early_stopping_says_every_generation_trained_its_maximum(tiny, tmp_path):
+    gens = [{"generation": g, "epochs": 3, "max_epochs": 3, "stale_epochs": 1, "stopped": "max_epochs"}
+            for g in range(2)]
+    budget = {"select_by": "R@5", "patience": None, "generations": 2, "generations_trained": gens,
+              "epochs_trained": 6, "chosen": {"generation": 1, "epoch": 2, "recalls": {"R@1": 1, "R@5": 2, "R@10": 3}},
+              "epoch_seconds": 7200.0, "train_seconds": 9000.0, "wall_seconds": None, "cpu_seconds": None}
+    text = _readme(tiny, tmp_path, release={"budget": budget})
+    assert "- Stopping rule: no early stopping: every generation trains its maximum; 2 generations of at most " \
+           "2 x 3 epochs" in text
+    assert "generation 0: 3 of at most 3 (its maximum reached); generation 1: 3 of at most 3 (its maximum " \
+           "reached); 6 in all" in text
+    assert "- Epoch chosen: generation 1, epoch 2, the best validation R@5 of the run (R@1 / R@5 / R@10: " \
+           "1.00 / 2.00 / 3.00)" in text
+    assert "training with validation 2.50 h (9000 s), the whole command with its final evaluation not recorded" in text
+    assert "Validation recalls on" not in text  # no curve recorded: no table
