@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import re
 import socket
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
 
 import registry
 from registry.datasets import PROBE_IMAGES
+from registry.hub._bundle import bundled_weights, is_bundled, piece_path, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "tests" / "release_reference"
@@ -51,8 +52,45 @@ def test_every_model_has_a_bundled_nordland_release_inside_the_package(name):
     folder = entry.release().folder
     package = Path(registry.__file__).resolve().parents[1]
     assert folder is not None and package in folder.resolve().parents
-    assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors", "README.md"}
+    files = {p.name for p in folder.iterdir()}
+    assert files >= {"config.json", "README.md"}
+    assert "model.safetensors" in files or files >= {"bundle.json", "own.safetensors"}
     assert f"{name}.nordland" in registry.list_models(pretrained=True)
+
+
+def _pieces(folder):
+    """The files a release folder's weights are stored in: its model.safetensors, or its bundle's pieces."""
+    if not is_bundled(folder):
+        return [folder / "model.safetensors"]
+    return [piece_path(folder, piece) for piece in read_manifest(folder)["pieces"]]
+
+
+def test_shipped_release_weights_lie_inside_the_package_and_bundles_share_the_frozen_layers():
+    """Ordinary folders or bundles (vpr release bundle --in-place --shared-out registry/releases/_shared): every
+    file a release's weights are read from is inside the installed package; bundled releases hold conv1..conv4,
+    frozen in every release recipe, in one shared file."""
+    package = Path(registry.__file__).resolve().parents[1]
+    holders = {}
+    for name in RELEASED:
+        folder = _entry(name).release().folder
+        for path in _pieces(folder):
+            path = path.resolve()
+            assert path.is_file() and package in path.parents, f"{folder}'s weights piece {path}"
+            holders.setdefault(path, set()).add(name)
+    bundled = {name for name in RELEASED if is_bundled(_entry(name).release().folder)}
+    if len(bundled) > 1:
+        assert any(names == bundled for names in holders.values())
+
+
+def _weights_header(folder):
+    """The complete model.safetensors header of a release folder (rebuilt from its bundle where bundled)."""
+    if is_bundled(folder):
+        entry = json.loads((folder / "config.json").read_text())["files"]["model.safetensors"]
+        raw = bundled_weights(folder, entry["sha256"])
+    else:
+        raw = (folder / "model.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + length])
 
 
 @pytest.mark.parametrize("name", RELEASED)
@@ -122,17 +160,17 @@ def _release_config(name):
 
 
 def test_releases_fit_the_size_budget_and_store_half_precision_weights():
-    total = 0
+    files = set()  # a shared piece counts once
     for name in RELEASED:
         folder = _entry(name).release().folder
-        total += sum(p.stat().st_size for p in folder.iterdir())
-        with safe_open(str(folder / "model.safetensors"), "pt") as f:
-            dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        files |= {p.resolve() for p in folder.iterdir()} | {p.resolve() for p in _pieces(folder)}
+        dtypes = {k: e["dtype"] for k, e in _weights_header(folder).items() if k != "__metadata__"}
         assert dtypes["backbone.features.28.weight"] == "F16"  # conv5_3: the bulk of the bytes
         big = {k for k, d in dtypes.items() if d == "F16"}
         assert all(not k.startswith("whitening.") for k in big)  # kept float32: rounding there moves recall
         assert set(dtypes.values()) <= {"F16", "F32", "I64"}
         assert _release_config(name)["weights_dtype"] == "float16"
+    total = sum(p.stat().st_size for p in files)
     assert total <= MAX_BYTES, f"releases take {total / 1e6:.1f} MB"
 
 
