@@ -184,13 +184,18 @@ def main() -> None:
                    "config.json already holds the recalls")
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these releases / datasets (a quick check of the "
                    "script; the recorded run measures all)")
+    p.add_argument("--update", action="store_true", help="with --only RELEASE...: measure those releases on every "
+                   "dataset the existing --out holds and replace only their entries there (a retrained release)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import clusvpr_plugin  # noqa: F401  (registers ClusVPR)
     from registry.datasets import load_dataset
 
     only = set(args.only or ())
-    datasets = [d for d in available(args.data_root) if not only or d.name in only]
+    previous = _previous(args.out, only) if args.update else None
+    datasets = [d for d in available(args.data_root)
+                if (previous is not None and d.name in previous["datasets"]) or (previous is None and
+                                                                                   (not only or d.name in only))]
     validation = load_dataset("nordland_val", args.data_root) if args.validation else None
     releases = [r for r in RELEASES if not only or r.name in only]
     t0 = time.time()
@@ -203,7 +208,35 @@ def main() -> None:
                          f"--threads {args.threads}{flags}", "threads": args.threads,
               "datasets": [d.name for d in datasets], "validation": validation.name if validation else None,
               "models": models, "seconds": round(time.time() - t0, 1)}
+    if previous is not None:
+        result = _merged(previous, models)
     write_outputs(result, args.out, markdown, plot)
+
+
+def _previous(out: Path, only: set) -> Dict[str, Any]:
+    """The recorded JSON that --update replaces entries of, checked to hold every release named by --only."""
+    import json
+
+    if not only:
+        raise SystemExit("--update replaces the entries of the releases named by --only: name them")
+    if not out.is_file():
+        raise SystemExit(f"--update needs the recorded {out}; run without --update to measure every release")
+    previous = json.loads(out.read_text())
+    unknown = only - {m["release"] for m in previous["models"]}
+    if unknown:
+        raise SystemExit(f"--update: {out} holds no entry for {sorted(unknown)}; its releases: "
+                         f"{[m['release'] for m in previous['models']]}")
+    return previous
+
+
+def _merged(previous: Dict[str, Any], models: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """`previous` with the entries of `models` replaced (the order kept); seconds: the sum of the entries' own."""
+    new = {m["release"]: m for m in models}
+    merged = dict(previous)
+    merged["models"] = [new.get(m["release"], m) for m in previous["models"]]
+    merged["seconds"] = round(sum(m["seconds"] for m in merged["models"]), 1)
+    merged["updated"] = sorted(new)
+    return merged
 
 
 if __name__ == "__main__":

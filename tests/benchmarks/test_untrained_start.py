@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -59,3 +61,22 @@ def test_the_table_flags_every_recall_where_the_release_is_below_its_start():
     assert "| netvlad_vgg16 | gardens_point | 10.00 / 30.00 / 40.00 | 10.00 / 30.00 / 40.00 | +0.00 / +0.00 / +0.00 " \
            "| - | measured here |" in text
     assert "| netvlad_vgg16 | nordland_val: 10.00 / 30.00 / 40.00 |" in text
+
+
+def test_update_replaces_only_the_named_releases_entries_and_refuses_unknown_ones(tmp_path):
+    mod = start
+    out = tmp_path / "start.json"
+    old = [{"release": name, "seconds": 10.0, "start": {"corridor": {"R@1": 1.0}}} for name in ("a.x", "b.x", "c.x")]
+    out.write_text(json.dumps({"datasets": ["corridor"], "models": old, "seconds": 30.0}))
+    previous = mod._previous(out, {"b.x"})
+    new = {"release": "b.x", "seconds": 4.0, "start": {"corridor": {"R@1": 2.0}}}
+    merged = mod._merged(previous, [new])
+    assert [m["release"] for m in merged["models"]] == ["a.x", "b.x", "c.x"]
+    assert merged["models"][1] == new and merged["models"][0] == old[0] and merged["models"][2] == old[2]
+    assert merged["seconds"] == 24.0 and merged["updated"] == ["b.x"]
+    with pytest.raises(SystemExit, match="no entry for \\['z.x'\\]"):
+        mod._previous(out, {"z.x"})
+    with pytest.raises(SystemExit, match="name them"):
+        mod._previous(out, set())
+    with pytest.raises(SystemExit, match="needs the recorded"):
+        mod._previous(tmp_path / "none.json", {"b.x"})
