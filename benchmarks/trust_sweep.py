@@ -5,14 +5,15 @@ in a child process under a memory cap and a time limit, and each outcome classif
   python benchmarks/trust_sweep.py --quick --out DIR    # a few cases per surface (the test suite runs this)
 
 Outcomes: `named` (an error of the zoo's own, or a standard one it raised itself, whose message names the artefact or
-the file, or for a bad value the option), `same` (loads and answers exactly as the unmutated artefact does),
-`limit` (answers otherwise on a mutation the file format itself cannot detect, each such kind listed in
-trust_sweep_cases.LIMITS with its reason), `silent` (answers otherwise, no error; for a bad value: accepted),
-`raw` (any other exception or a crash), `unbounded` (the memory cap or the time limit hit), `insecure` (the secret
-file in the cwd, which a link or a reference points at, was read and the outcome is not a named refusal, or its
-bytes appear in the answer or the message) and `loss` (a file that was there before, the sentinel beside the artefact included, is changed or gone).
-Cases run in processes forked from a forkserver that has imported the libraries and started no thread. Writes the
-JSON of every case and trust_sweep.md (the tables, rendered from that JSON) beside it.
+the file, or for a bad value the option), `same` (loads and answers exactly as the unmutated artefact does), `limit`
+(answers otherwise on a mutation the file format itself cannot detect, each such kind listed in
+trust_sweep_cases.LIMITS with its reason), `silent` (answers otherwise, no error; for a bad value: accepted), `raw`
+(any other exception or a crash), `unbounded` (the memory cap or the time limit hit), `insecure` (the secret file in
+the cwd, which a link or a reference points at, was read and the outcome is not a named refusal, or its bytes appear in
+the answer or the message) and `loss` (a file that was there before, the sentinel beside the artefact included, is
+changed or gone).
+Cases run in processes forked from a forkserver that has imported the libraries and started no thread. Writes the JSON
+of every case and trust_sweep.md (the tables, rendered from that JSON) beside it.
 """
 from __future__ import annotations
 
@@ -219,10 +220,9 @@ def _message(report: Dict[str, Any]) -> str:
 
 
 def _names_it(message: str, case: Dict[str, Any], case_dir: Path) -> bool:
-    artefact = case_dir / "a" / case["artefact"]
-    names = [str(artefact), f"{case['artefact']}"]
+    names = [str(case_dir / "a" / case["artefact"])]  # the artefact's path (its files' paths begin with it)
     names += [Path(case["file"]).name] if case["file"] and not case["file"].startswith("@") else []
-    return any(n and n in message for n in names)
+    return any(n in message for n in names)
 
 
 def classify(case, report, baseline: Optional[str], case_dir: Path, read_secret: bool, lost: List[str]) -> str:
