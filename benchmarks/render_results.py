@@ -141,6 +141,16 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
     "serve/targets": _copied("serve.md", "serve/serve.md", 1, " (the same run)",
                              "images/s to 0.1, the ratio to 1%, RSS to 1 MB, its change to 0.1%"),
     "serve/faults": _copied("serve.md", "serve/serve.md", 2, " (the same run)", "seconds to 0.1"),
+    "trust_sweep/after": _copied("trust-sweep.md", "trust_sweep/trust_sweep.md", 0, ", which `python "
+                                 "benchmarks/trust_sweep.py` renders from `benchmarks/trust_sweep/trust_sweep.json`",
+                                 "counts of cases"),
+    "trust_sweep/after-cases": _copied("trust-sweep.md", "trust_sweep/trust_sweep.md", 1, " (the same run)",
+                                       "messages cut to 200 characters"),
+    "trust_sweep/before": _copied("trust-sweep.md", "trust_sweep/before.md", 0, ", which `python "
+                                  "benchmarks/trust_sweep.py --render benchmarks/trust_sweep/before.json` renders "
+                                  "from that JSON (the run before the fixes)", "counts of cases"),
+    "trust_sweep/before-cases": _copied("trust-sweep.md", "trust_sweep/before.md", 1, " (the same JSON)",
+                                        "messages cut to 200 characters (90 for the cases taken from the log)"),
     "map_scale/measured": ScriptTable("map-scale.md", MAP_SCALE_MD, 0, (
         "*Copied by `python benchmarks/render_results.py` from `benchmarks/map_scale/map_scale.md`, which `python "
         "benchmarks/bench_map_scale.py measure` (or `report`) renders from `benchmarks/map_scale/map_scale.json`. "

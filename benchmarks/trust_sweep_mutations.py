@@ -164,7 +164,7 @@ def _rehash_onnx(path: Path) -> None:
 
     from registry.export import GRAPH_SHA256, RUNTIME_META, graph_sha256
 
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(path), load_external_data=False)  # a graph the case gave external data stays as it is
     prop = next(p for p in proto.metadata_props if p.key == RUNTIME_META)
     meta = json.loads(prop.value)
     if isinstance(meta, dict):
