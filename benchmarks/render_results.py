@@ -153,6 +153,16 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
                                     "megabytes (10^6 bytes) to 0.01"),
     "release_bundle/whitening": _copied("release-bundle.md", "release_bundle/bundle_size.md", 2, " (the same run)",
                                         "megabytes (10^6 bytes) to 0.01"),
+    "trust_sweep/after": _copied("trust-sweep.md", "trust_sweep/trust_sweep.md", 0, ", which `python "
+                                 "benchmarks/trust_sweep.py` renders from `benchmarks/trust_sweep/trust_sweep.json`",
+                                 "counts of cases"),
+    "trust_sweep/after-cases": _copied("trust-sweep.md", "trust_sweep/trust_sweep.md", 1, " (the same run)",
+                                       "messages cut to 200 characters"),
+    "trust_sweep/before": _copied("trust-sweep.md", "trust_sweep/before.md", 0, ", which `python "
+                                  "benchmarks/trust_sweep.py --render benchmarks/trust_sweep/before.json` renders "
+                                  "from that JSON (the run before the fixes)", "counts of cases"),
+    "trust_sweep/before-cases": _copied("trust-sweep.md", "trust_sweep/before.md", 1, " (the same JSON)",
+                                        "messages cut to 200 characters (90 for the cases taken from the log)"),
     "map_scale/measured": ScriptTable("map-scale.md", MAP_SCALE_MD, 0, (
         "*Copied by `python benchmarks/render_results.py` from `benchmarks/map_scale/map_scale.md`, which `python "
         "benchmarks/bench_map_scale.py measure` (or `report`) renders from `benchmarks/map_scale/map_scale.json`. "

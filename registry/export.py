@@ -17,6 +17,7 @@ graph to the traced batch and size (its shape checks become guards), so it is no
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import numbers
@@ -35,6 +36,7 @@ PathLike = Union[str, os.PathLike]
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "images", "descriptors"
 RTOL = 1e-4
+GRAPH_SHA256 = "graph_sha256"  # the vpr_runtime field holding graph_sha256(graph), checked on load
 RUNTIME_META = "vpr_runtime"  # metadata property: JSON with what registry.load_runtime needs (runtime_meta)
 _INSTALL_HINT = ("install the optional extra: pip install 'clusvpr-zoo[onnx]' (onnx and onnxruntime), or use the "
                  "eager PyTorch model (runtime='torch', --runtime torch)")
@@ -147,9 +149,16 @@ def runtime_meta(model: nn.Module, kind: str, calibration: Optional[Dict[str, An
             "descriptor_dim": int(model.descriptor_dim), "min_side": int(side), "calibration": calibration}
 
 
+def graph_sha256(proto) -> str:
+    """sha256 of an ONNX model's graph (nodes, initializers, inputs and outputs) as protobuf serialises it."""
+    return hashlib.sha256(proto.graph.SerializeToString()).hexdigest()
+
+
 def with_meta(onnx, graph: bytes, meta: Dict[str, Any]) -> bytes:
-    """`graph` with its `vpr_runtime` metadata property set to `meta` (JSON)."""
+    """`graph` with its `vpr_runtime` metadata property set to `meta` (JSON), which records the sha256 of the graph
+    (`graph_sha256`: its nodes and weights as serialised, the metadata aside) that loading checks."""
     proto = onnx.load_from_string(graph)
+    meta = {**meta, GRAPH_SHA256: graph_sha256(proto)}
     kept = [p for p in proto.metadata_props if p.key != RUNTIME_META]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)

@@ -14,6 +14,12 @@ from .atomic import atomic_path
 PathLike = Union[str, os.PathLike]
 
 
+class MissingDatasetError(ValueError, KeyError):
+    """An HDF5 file lacks a dataset the zoo reads from it (also a KeyError: the key is missing)."""
+
+    __str__ = BaseException.__str__
+
+
 MAX_VALUES = 1 << 28  # values one dataset may hold (1 GB as float32); the largest a release holds is 2^27 (pca.h5)
 MAX_CLUSTERS = 1024  # centroids rows: num_clusters' documented range (registry._util.ranges)
 MAX_WIDTH = 1 << 16  # descriptor widths: whitening_dim's documented range
@@ -34,7 +40,8 @@ def _read_datasets(path: PathLike, keys: Tuple[str, ...],
     with h5py.File(path, "r") as f:
         missing = [k for k in keys if k not in f]
         if missing:
-            raise KeyError(f"{path} lacks the datasets {missing} (has {sorted(f.keys())}); expected keys {list(keys)}")
+            raise MissingDatasetError(f"{path} lacks the datasets {missing} (has {sorted(f.keys())}); expected keys "
+                                      f"{list(keys)}; {fix}")
         shapes = {}
         for k in keys:
             item = f[k]

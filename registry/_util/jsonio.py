@@ -17,7 +17,9 @@ MAX_BYTES = 1 << 20  # config.json and places.json are a few KB; runtime metadat
 MAX_DEPTH = 32  # the zoo's files nest 4 levels at most
 MAX_NUMBER_CHARS = 40  # a float64 written by json.dumps has at most 24 characters
 QUOTE_CHARS = 80
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+# a JSON string, unrolled (one repetition per escape, not per character), so a long string costs no memory beyond
+# its text in the regex engine
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _BRACKETS = re.compile(r"[\[\]{}]")
 
 
@@ -139,3 +141,19 @@ def check_safetensors_entries(header: Dict[str, Any], data: int, what: str, fix:
         if not begin <= end <= data or end - begin != count * SAFETENSORS_DTYPES[entry["dtype"]]:
             raise error(f"the safetensors header of {what} gives tensor {quote(name)} (shape {entry['shape']}, "
                         f"{entry['dtype']}) the bytes {begin}..{end} of a {data:,}-byte data section; {fix}")
+    _check_tiling(header, data, what, fix, error)
+
+
+def _check_tiling(header: Dict[str, Any], data: int, what: str, fix: str, error: Type[ValueError]) -> None:
+    """The tensors' byte ranges cover the data section end to end, in order, with no gap or overlap (as safetensors
+    requires: it refuses anything else with its own error)."""
+    end = 0
+    spans = sorted((e["data_offsets"][0], e["data_offsets"][1], n) for n, e in header.items() if n != "__metadata__")
+    for begin, stop, name in spans:
+        if begin != end:
+            raise error(f"the safetensors header of {what} starts tensor {quote(name)} at byte {begin} of its data "
+                        f"section, where the tensors before it end at {end} (a gap or an overlap); {fix}")
+        end = stop
+    if end != data:
+        raise error(f"the safetensors header of {what} describes {end:,} bytes of tensors in a {data:,}-byte data "
+                    f"section; {fix}")

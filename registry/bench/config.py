@@ -26,7 +26,7 @@ from .._util.options import (
     resolve_device,
 )
 from .._util.ranges import BUILDER_RANGES, ArgRange
-from ..evaluation.index import AUTO, INDEX_KINDS, REFINE_FROM, parse_bytes
+from ..evaluation.index import AUTO, INDEX_KINDS, REFINE_FROM, IndexSpec, parse_bytes
 from ..quantize import DEFAULT_CALIBRATION_IMAGES
 
 DEFAULT_MODELS = "clusvpr,netvlad,gem"
@@ -85,6 +85,21 @@ def _check_index(a: "RunOptions") -> None:
         raise UsageError(f"--refine / --opq do not apply to --index {a.index} (refine: ivfpq, hnsw, pca; opq: ivfpq)")
     if a.opq and a.index != "ivfpq":
         raise UsageError(f"--opq rotates before product quantisation: it applies to --index ivfpq, not {a.index}")
+    _check_index_ranges(a)
+
+
+# the flag of each IndexSpec field the chosen index uses, so a value out of IndexSpec's range is refused at the start
+_SPEC_FLAGS = {"ivfpq": {"nlist": "ivf_nlist", "m": "pq_m", "nbits": "pq_nbits", "nprobe": "nprobe"},
+               "hnsw": {"hnsw_m": "hnsw_m", "ef_construction": "ef_construction", "ef_search": "ef_search"}}
+
+
+def _check_index_ranges(a: "RunOptions") -> None:
+    flags = _SPEC_FLAGS.get(a.index, {})
+    for field, name in flags.items():
+        try:
+            IndexSpec(a.index, **{field: getattr(a, name)})
+        except ValueError as err:
+            raise UsageError(f"--{name.replace('_', '-')}: {err}") from None
 
 
 def _check_folders(a: "RunOptions") -> None:

@@ -56,6 +56,9 @@ _ADD_CHUNK = 16384
 MAX_TRAIN = 100_000  # training sample of IVF-PQ / PCA / SQ8
 
 
+MAX_SEARCH_K = 1 << 20  # results per query: (Nq, k) arrays are allocated before anything is searched
+
+
 class PlaceIndex:
     """A searchable map: descriptors with their place ids in a faiss index; `query(image, k)` for a robot's frame.
 
@@ -175,8 +178,9 @@ class PlaceIndex:
         than k. `similarity=True`: cosine similarities (-inf padding) instead of distances."""
         if self._index is None or self.ntotal == 0:
             raise ValueError("the PlaceIndex is empty: add() database descriptors first")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_SEARCH_K:
+            raise ValueError(f"k must be an integer in 1..{MAX_SEARCH_K} (the results are padded to k columns), got "
+                             f"{k!r}")
         q = np.atleast_2d(np.asarray(descriptors))
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must be {self.dim}-d (this index's dim), got shape {tuple(q.shape)}")

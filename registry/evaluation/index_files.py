@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = 2  # places.json format: 2 adds the metric change (L2 for ivfpq / hnsw), refine and the disk vectors
 META, INDEX = "places.json", "index.faiss"
+# the spec fields every save of format 2 writes (IndexSpec's fields then)
+_SAVED_SPEC_FIELDS = frozenset({"kind", "pca_dim", "nlist", "m", "nbits", "nprobe", "hnsw_m", "ef_construction",
+                                "ef_search", "opq", "refine", "refine_from"})
 _META_LIMIT = 1 << 30  # places.json holds one id per place: a few hundred MB for millions of places
 
 
@@ -135,6 +138,15 @@ def _read_meta(path: Path) -> Dict[str, Any]:
     unknown = sorted(set(meta["spec"]) - known)
     if unknown:
         raise IndexFileError(f"{path}: unknown spec fields {unknown}; valid: {sorted(known)}")
+    lacking = sorted(_SAVED_SPEC_FIELDS - set(meta["spec"])) if fmt >= 2 else []
+    if lacking:  # a default in their place would search another index than the one saved (refine: no re-ranking)
+        raise IndexFileError(f"{path}: its spec lacks {lacking}, which every save of format {fmt} records; save the "
+                             "index again")
+    kinds = {type(p) for p in meta["places"]}
+    if not kinds <= {int, str}:
+        odd = sorted(k.__name__ for k in kinds - {int, str})
+        raise IndexFileError(f"{path}: place ids must be integers or strings (as save writes them), found {odd}; "
+                             "save the index again")
     try:
         meta["spec"] = IndexSpec(**meta["spec"])
     except (TypeError, ValueError) as err:

@@ -24,6 +24,9 @@ DEFAULT_PCA_DIM = 256
 MAX_EF, MAX_REFINE, MAX_HNSW_M, MAX_NLIST = 65536, 1024, 512, 1 << 20
 
 
+_OPTIONAL = ("pca_dim", "nlist", "m", "refine", "memory_budget")  # fields whose None means "none" or "chosen later"
+
+
 @dataclass(frozen=True)
 class IndexSpec:
     """Which faiss index and the parameters that matter.
@@ -58,7 +61,7 @@ class IndexSpec:
                   "nlist": (1, MAX_NLIST), "m": (1, None), "refine": (1, MAX_REFINE), "memory_budget": (1, None)}
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
-            if value is None:
+            if value is None and name in _OPTIONAL:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"IndexSpec {name} must be an integer, got {value!r}")

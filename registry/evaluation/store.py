@@ -8,9 +8,10 @@ joins. The dataset's schema metadata records the model's config hash, the input 
 type of the place ids (ints come back as ints, anything else as strings). This module reads stores and writes their
 commits; store_extract fills them (one committed chunk at a time, resumable, under torchrun too).
 
-A store's integrity is Lance's: every data file carries the store's id (a file of another store is refused), and
-a missing, truncated or unreadable data file or manifest is a StoreDamagedError naming it and the fix; a byte flipped
-inside a data page is not detected (Lance keeps no checksum of its pages).
+A store's integrity: every data file carries the store's id (a file of another store is refused), every data file
+matches the sha256 recorded when it was committed (store_checksums: Lance keeps no checksum of its pages, so a
+byte flipped inside one is caught there), and a missing, truncated or unreadable data file or manifest is a
+StoreDamagedError naming it and the fix (Lance's own errors and panics).
 
 A folder of meta.json + descriptors.npy (a memory-mapped descriptor store) is refused, not converted: a store is
 cheap to rebuild; delete the folder and extract again.
@@ -33,12 +34,14 @@ import numpy as np
 
 from .._util.atomic import leftovers, staged_folder
 from .._util.jsonio import loads_bounded
+from . import store_checksums
 from .store_damage import (
     StoreDamagedError,
     check_fragments,
     clear_uncommitted,
     committed,
     diagnose,
+    lance_error,
     uncommitted_error,
 )
 
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 FORMAT = 2
 DEFAULT_CHUNK = 1024
+MAX_CHUNKS = 1 << 20  # chunks of one store (its list of missing chunks is ~40 MB at most)
 _READ_CHUNK = 16384
 EXTRA = "pip install 'clusvpr-zoo[map]'"
 INT_PLACES = "int"  # meta["place_type"] of a store whose place ids are integers
@@ -121,9 +125,12 @@ class MapStore:
     """An opened map store at one version: `descriptors` (an (N, D) array-like in image order), `images`, `places`,
     `coords`; `complete` once every image's row is committed. Read-only; extract_to_store writes."""
 
-    def __init__(self, folder: PathLike, version: Optional[int] = None, expected_count: Optional[int] = None) -> None:
+    def __init__(self, folder: PathLike, version: Optional[int] = None, expected_count: Optional[int] = None,
+                 verify: bool = True) -> None:
         """`expected_count`: the number of images the caller's store is for; a store whose metadata says otherwise
-        is refused before anything is read or sized from that metadata."""
+        is refused before anything is read or sized from that metadata. `verify`: every data file is checked against
+        the sha256 recorded when it was committed (read once per process; StoreDamagedError names a file that
+        differs)."""
         lance, _ = _lance()
         self.folder = Path(folder)
         if (self.folder / "meta.json").is_file() and (self.folder / "descriptors.npy").exists():
@@ -133,9 +140,10 @@ class MapStore:
             raise FileNotFoundError(f"{self.folder} is not a map store (no Lance dataset there)")
         if not committed(self.folder):
             raise uncommitted_error(self.folder)
-        with self._reading():
+        with self._reading():  # the schema too: Lance decodes it lazily, and a damaged manifest panics there
             self._ds = lance.dataset(str(self.folder), version=version)
-        raw = (self._ds.schema.metadata or {}).get(b"clusvpr_map")
+            self._schema = self._ds.schema
+        raw = (self._schema.metadata or {}).get(b"clusvpr_map")
         if raw is None:
             raise StoreMismatchError(f"{self.folder} is a Lance dataset but not a map store (no clusvpr_map metadata)")
         try:
@@ -147,7 +155,7 @@ class MapStore:
             raise StoreMismatchError(f"map store {self.folder} holds {self.count} other images than the "
                                      f"{expected_count} asked for (its metadata count, checked before anything is "
                                      "read): pass another store folder or delete this one")
-        check_fragments(self.folder, self._ds, self.meta.get("store_id"))
+        check_fragments(self.folder, self._ds, self.meta.get("store_id"), verify)
         with self._reading():
             rows = self._ds.to_table(columns=["row"]).column("row").to_numpy()
         if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
@@ -166,7 +174,9 @@ class MapStore:
             yield
         except (StoreMismatchError, StoreDamagedError):
             raise
-        except (OSError, ValueError) as err:
+        except BaseException as err:  # noqa: B036  (Lance's panics are BaseExceptions)
+            if not lance_error(err):
+                raise
             raise diagnose(self.folder, err) from None
 
     def _check_meta(self) -> None:
@@ -180,7 +190,7 @@ class MapStore:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise StoreMismatchError(f"{self.folder}: metadata {name} must be an integer >= {low}, got "
                                          f"{repr(value)[:40]}: {fix}")
-        field = self._ds.schema.field("descriptor") if "descriptor" in self._ds.schema.names else None
+        field = self._schema.field("descriptor") if "descriptor" in self._schema.names else None
         width = getattr(field.type, "list_size", None) if field is not None else None
         if width != meta["dim"]:
             raise StoreMismatchError(f"{self.folder}: metadata dim {meta['dim']} but its descriptor column holds "
@@ -208,7 +218,13 @@ class MapStore:
         return -(-self.count // self.chunk_size)
 
     def missing_chunks(self) -> List[int]:
-        """Chunks with a row not yet committed (all of them in a fresh store): a list of num_chunks at most."""
+        """Chunks with a row not yet committed (all of them in a fresh store): a list of num_chunks at most, which
+        may not pass MAX_CHUNKS (checked before the list is made: the count and chunk size are the metadata's)."""
+        if self.num_chunks > MAX_CHUNKS:
+            raise StoreMismatchError(f"{self.folder}: metadata count {self.count:,} in chunks of {self.chunk_size:,} "
+                                     f"is {self.num_chunks:,} chunks, more than the {MAX_CHUNKS:,} a store may have "
+                                     "(extraction refuses such a chunk size): delete the store folder and extract "
+                                     "again")
         chunks, have = np.unique(self._rows // self.chunk_size, return_counts=True)
         full = np.minimum(self.chunk_size, self.count - chunks * self.chunk_size)
         done = set(chunks[have == full].tolist())
@@ -399,9 +415,12 @@ def _commit(folder: Path, fragments: list) -> None:
         return
     try:
         version = lance.dataset(str(folder)).version
-    except (OSError, ValueError) as err:
+    except BaseException as err:  # noqa: B036  (Lance's panics are BaseExceptions)
+        if not lance_error(err):
+            raise
         raise diagnose(folder, err) from None
     try:
+        store_checksums.record(folder, [Path(df.path).name for fragment in fragments for df in fragment.files])
         lance.LanceDataset.commit(str(folder), lance.LanceOperation.Append(fragments), read_version=version)
     except OSError as err:
         raise _as_os_error(err, folder, "commit to") from err

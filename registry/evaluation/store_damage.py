@@ -10,15 +10,23 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .._util.jsonio import loads_bounded
+from . import store_checksums
 
 _MANIFEST = ".manifest"
-_LANCE_DIRS = ("_versions", "_transactions", "data")  # what a Lance dataset with no committed version can hold
+# what a Lance dataset with no committed version can hold
+_LANCE_DIRS = ("_versions", "_transactions", "data", store_checksums.CHECKSUMS)
 _MAX_VERSIONS = 256  # versions tried (newest first) when looking for the last usable one
 _FIX = "or delete the store folder and extract again (it is cheap to rebuild)"
 
 
 class StoreDamagedError(ValueError):
     """A map store whose Lance files cannot be read: a data fragment or a manifest is missing, damaged or foreign."""
+
+
+def lance_error(err: BaseException) -> bool:
+    """Whether `err` is how Lance reports a file it cannot read: an OSError or ValueError, or a panic of its Rust
+    code (pyo3's PanicException, a BaseException: an empty data file or a damaged manifest panics while decoding)."""
+    return isinstance(err, (OSError, ValueError)) or type(err).__name__ == "PanicException"
 
 
 def manifests(folder: Path) -> List[Tuple[int, Path]]:
@@ -90,7 +98,9 @@ def _unreadable_fragment(ds) -> Optional[str]:
     for fragment in ds.get_fragments():
         try:
             fragment.to_table(columns=["row"])
-        except (OSError, ValueError):
+        except BaseException as err:  # noqa: B036  (Lance's panics are BaseExceptions)
+            if not lance_error(err):
+                raise
             return fragment.data_files()[0].path
     return None
 
@@ -110,8 +120,11 @@ def diagnose(folder: Path, err: BaseException, bad: Optional[str] = None, why: O
     latest_ok = True
     try:
         latest = lance.dataset(str(folder))
+        latest.schema  # noqa: B018  (decoded lazily: a damaged manifest panics here, before a fragment is blamed)
         bad = bad or _unreadable_fragment(latest)
-    except (OSError, ValueError):
+    except BaseException as failure:  # noqa: B036  (Lance's panics are BaseExceptions)
+        if not lance_error(failure):
+            raise
         latest_ok = False
     if bad is not None:
         bad = Path(bad).name
@@ -133,9 +146,12 @@ def _resume_from(folder: Path, versions: List[Tuple[int, Path]], bad: Optional[s
     for version, _ in versions[:_MAX_VERSIONS]:
         try:
             ds = lance.dataset(str(folder), version=version)
+            ds.schema  # noqa: B018  (decoded lazily: this version's manifest is damaged if it panics)
             if bad is not None and bad in {Path(p).name for p in _data_files(ds)}:
                 continue
-        except (OSError, ValueError):
+        except BaseException as err:  # noqa: B036  (Lance's panics are BaseExceptions)
+            if not lance_error(err):
+                raise
             continue
         if version == versions[0][0]:
             return ""
@@ -147,10 +163,11 @@ def _resume_from(folder: Path, versions: List[Tuple[int, Path]], bad: Optional[s
     return ""
 
 
-def check_fragments(folder: Path, ds, store_id: str) -> None:
+def check_fragments(folder: Path, ds, store_id: str, verify: bool = True) -> None:
     """Every data file of `ds` was written for this store: its own copy of the store metadata (Lance keeps the
     schema in each file) names the same store id. A file copied in from another store of the same schema would
-    otherwise be served as this store's rows."""
+    otherwise be served as this store's rows. `verify`: each file also matches the sha256 recorded when it was
+    committed (store_checksums), which reads every data file once per process."""
     from lance.file import LanceFileReader
 
     for name in _data_files(ds):
@@ -158,8 +175,13 @@ def check_fragments(folder: Path, ds, store_id: str) -> None:
         try:
             raw = (LanceFileReader(str(path)).metadata().schema.metadata or {}).get(b"clusvpr_map")
             other = loads_bounded(raw, f"map metadata of {path}").get("store_id") if raw is not None else None
-        except (OSError, ValueError, AttributeError) as err:
+        except BaseException as err:  # noqa: B036  (Lance's panics are BaseExceptions)
+            if not (lance_error(err) or isinstance(err, AttributeError)):
+                raise
             raise diagnose(folder, err, bad=path.name) from None
         if other != store_id:
             raise diagnose(folder, ValueError(f"store id {str(other)[:40]}, this store's is {store_id}"),
                            bad=path.name, why="belongs to another map store")
+        wrong = store_checksums.problem(folder, path.name) if verify else None
+        if wrong:
+            raise diagnose(folder, ValueError(wrong), bad=path.name, why=wrong)

@@ -19,6 +19,7 @@ from .extract import extract_descriptors
 from .store import (
     DEFAULT_CHUNK,
     INT_PLACES,
+    MAX_CHUNKS,
     MapStore,
     _commit,
     _create,
@@ -103,6 +104,9 @@ def _checked_extras(images: List[str], chunk_size: int, places: Optional[Sequenc
         raise ValueError("no images to extract descriptors from")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if -(-len(images) // chunk_size) > MAX_CHUNKS:
+        raise ValueError(f"chunk_size {chunk_size} cuts {len(images):,} images into more than {MAX_CHUNKS:,} chunks, "
+                         "the most a store may have: pass a larger chunk_size")
     for name, extra in (("places", places), ("coords", coords)):
         if extra is not None and len(extra) != len(images):
             raise ValueError(f"{len(extra)} {name} for {len(images)} images")

@@ -29,7 +29,7 @@ from .._util.atomic import atomic_path
 from .._util.jsonio import loads_bounded, quote
 from .._util.ranges import BUILDER_RANGES
 from ..errors import NonFiniteOutputError
-from ..export import INPUT_NAME, OUTPUT_NAME, RUNTIME_META, _require, export_onnx
+from ..export import GRAPH_SHA256, INPUT_NAME, OUTPUT_NAME, RUNTIME_META, _require, export_onnx, graph_sha256
 from .base import Runtime, check_images
 
 PathLike = Union[str, os.PathLike]
@@ -66,6 +66,7 @@ class OnnxRuntime(Runtime):
                                    f"truncated or not a runtime file; {REEXPORT}") from None
         props = {p.key: p.value for p in proto.metadata_props}
         meta = _parse_meta(props.get(RUNTIME_META), label)
+        _check_graph_sha256(proto, meta, label)
         check_graph(proto, label, meta["descriptor_dim"])
         super().__init__(meta["input_config"], meta["config"], meta["descriptor_dim"])
         self.kind = str(meta["kind"])
@@ -154,6 +155,21 @@ def _parse_meta(text: Optional[str], label: str) -> Dict[str, Any]:
     if problems:
         raise RuntimeFileError(f"{what}: {'; '.join(problems)}; {REEXPORT}")
     return meta
+
+
+def _check_graph_sha256(proto, meta: Dict[str, Any], label: str) -> None:
+    """The graph against the sha256 its metadata records: a flipped byte inside a weight or a node attribute keeps
+    the graph valid and changes its descriptors, which no structural check sees. A file recording none (not written
+    through export.with_meta) is checked structurally only."""
+    want = meta.get(GRAPH_SHA256)
+    if want is None:
+        return
+    if not (isinstance(want, str) and len(want) == 64):
+        raise RuntimeFileError(f"the '{RUNTIME_META}' metadata of {label}: {GRAPH_SHA256} {quote(want)} is not a "
+                               f"64-character hex string; {REEXPORT}")
+    if graph_sha256(proto) != want:
+        raise RuntimeFileError(f"{label} does not match the {GRAPH_SHA256} its metadata records: its graph (weights "
+                               f"or nodes) was modified or damaged after export; {REEXPORT}")
 
 
 def _integer_in(value: Any, lo: int, hi: int) -> bool:

@@ -80,3 +80,20 @@ def test_finite_centres_and_whitening_still_load_with_their_values(saved_with_ce
         assert np.array_equal(centroids.numpy(), f["centroids"][...])
         assert np.array_equal(descriptors.numpy(), f["descriptors"][...])
     assert hub.pull_pca(saved_with_centres_and_whitening).fitted
+
+
+def test_a_centres_file_lacking_a_dataset_with_a_matching_sha256_is_a_value_error_naming_the_file(
+        saved_with_centres_and_whitening, tmp_path):
+    """Before: a bare KeyError (the trust sweep's raw case); now MissingDatasetError, a ValueError (and still a
+    KeyError), naming the file, what it has and the fix."""
+    folder = _poisoned_copy(saved_with_centres_and_whitening, tmp_path / "m", "centroids.h5", "centroids", 0.0)
+    with h5py.File(folder / "centroids.h5", "a") as fh:
+        del fh["descriptors"]
+    config = json.loads((folder / "config.json").read_text())
+    config["files"]["centroids.h5"]["sha256"] = sha256_file(folder / "centroids.h5")
+    config["files"]["centroids.h5"]["size"] = (folder / "centroids.h5").stat().st_size
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"{folder / 'centroids.h5'} lacks the datasets \['descriptors'\] \(has "
+                                         r"\['centroids'\]\).*restore a good copy") as caught:
+        hub.pull_centroids(folder)
+    assert isinstance(caught.value, KeyError) and type(caught.value).__module__ == "registry._util.h5io"

@@ -24,7 +24,7 @@ from registry._util.image_modes import to_rgb
 from registry._util.jsonio import BoundedJSONError, loads_bounded, quote, read_json
 from registry.datasets.images import ImageReadError, image_size, open_rgb
 from registry.errors import NonFiniteOutputError
-from registry.export import relative_error, verify_onnx
+from registry.export import graph_sha256, relative_error, verify_onnx
 
 onnx = pytest.importorskip("onnx", reason="the runtime file tests need the onnx extra: pip install -e '.[onnx]'")
 pytest.importorskip("onnxruntime", reason="the runtime file tests need the onnx extra: pip install -e '.[onnx]'")
@@ -73,9 +73,19 @@ def runtime_file(tmp_path_factory) -> Path:
     return registry.export_onnx(tiny_model("gem"), tmp_path_factory.mktemp("rt") / "tiny.onnx")
 
 
-def _edited(runtime_file: Path, target: Path, edit) -> Path:
+def _edited(runtime_file: Path, target: Path, edit, rehash: bool = True) -> Path:
+    """The runtime file edited; `rehash`: its recorded graph_sha256 recomputed for the edited graph, as a crafted
+    file would have it, so the edit reaches the checks behind the hash."""
     proto = onnx.load(str(runtime_file))
     edit(proto)
+    prop = next((p for p in proto.metadata_props if p.key == "vpr_runtime"), None)
+    try:
+        meta = json.loads(prop.value) if rehash and prop is not None else None
+    except (ValueError, RecursionError):  # metadata the edit made unreadable: nothing to recompute
+        meta = None
+    if isinstance(meta, dict):
+        meta["graph_sha256"] = graph_sha256(proto)
+        prop.value = json.dumps(meta)
     target.write_bytes(proto.SerializeToString())
     return target
 
@@ -263,7 +273,55 @@ def test_a_runtime_file_written_by_export_still_loads_and_encodes_as_before(runt
     assert relative_error(rt.encode(x), model.encode(x)) < 1e-4
 
 
+def _flip_inside_the_largest_weight(runtime_file: Path, target: Path) -> Path:
+    """The runtime file with one byte flipped in the middle of its largest initializer's bytes (found in the file by
+    those bytes), nothing else changed: still a valid graph."""
+    proto = onnx.load(str(runtime_file))
+    weights = max(proto.graph.initializer, key=lambda t: len(t.raw_data)).raw_data
+    data = bytearray(runtime_file.read_bytes())
+    at = bytes(data).index(weights) + len(weights) // 2
+    data[at] ^= 0x40
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_a_byte_flipped_inside_a_runtime_weight_is_refused_by_the_graph_sha256_its_metadata_records(runtime_file,
+                                                                                                    tmp_path):
+    """A flipped weight byte keeps the graph valid: without the recorded graph_sha256 (the field removed) the same
+    file loads and gives other descriptors than the intact one (the trust sweep's silent case); with it, a
+    RuntimeFileError naming the file before onnxruntime runs it."""
+    flipped = _flip_inside_the_largest_weight(runtime_file, tmp_path / "flipped.onnx")
+    with pytest.raises(RuntimeFileError, match=r"flipped.onnx does not match the graph_sha256 its metadata records"):
+        registry.load_runtime(flipped)
+    unhashed = _edited(flipped, tmp_path / "unhashed.onnx", lambda p: _drop_meta(p, "graph_sha256"), rehash=False)
+    x = images(2, seed=3)
+    assert not torch.equal(registry.load_runtime(unhashed).encode(x), registry.load_runtime(runtime_file).encode(x))
+
+
+def _drop_meta(proto, key: str) -> None:
+    prop = next(p for p in proto.metadata_props if p.key == "vpr_runtime")
+    meta = json.loads(prop.value)
+    del meta[key]
+    prop.value = json.dumps(meta)
+
+
 # --------------------------------------------------------------------------------------------------------- JSON
+
+
+def test_a_50_mb_json_string_is_read_within_a_memory_cap():
+    """The depth count skips strings with a regex: one repetition per character cost ~6 GB and 29 s for a 50 MB
+    string (the sweep's places.json with a 50 MB field, within its 1 GiB size limit); now it is read in a child whose
+    address space may grow by 512 MiB."""
+    text = '{"format": "' + "a" * (50 * MIB) + '", "list": [[["x\\"y"]]]}'
+    outcome = run_capped(lambda: (len(loads_bounded(text, "t", max_bytes=1 << 30)["format"]),
+                                  _depth_of(text)), 512 * MIB)
+    assert outcome == ("ok", (50 * MIB, 4)), outcome[:3]
+
+
+def _depth_of(text: str) -> int:
+    from registry._util.jsonio import _depth
+
+    return _depth(text)
 
 
 @pytest.mark.parametrize("text, message", [

@@ -72,6 +72,9 @@ BAD = [
     (["--rerank-lambda", "2"], "within 0..1"),
     (["--device", "tpu"], "--device"),
     (["--whitening", "maybe"], "invalid choice: 'maybe'"),
+    # index parameters out of IndexSpec's range, refused at the start (the trust sweep: once only at the index build)
+    (["--index", "ivfpq", "--pq-nbits", "99"], "--pq-nbits: IndexSpec nbits must be in 1..16, got 99"),
+    (["--index", "hnsw", "--hnsw-m", "100000"], "--hnsw-m: IndexSpec hnsw_m must be in 2..512, got 100000"),
 ]
 
 

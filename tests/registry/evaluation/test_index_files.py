@@ -116,7 +116,7 @@ def test_nan_queries_wrong_dims_and_bad_k_are_value_errors_naming_expected_and_g
     with pytest.raises(ValueError, match=r"queries must be 16-d \(this index's dim\), got shape \(1, 12\)"):
         index.search(unit(1, dim=12), 3)
     for k in (0, -2, 2.5):
-        with pytest.raises(ValueError, match=f"k must be an integer >= 1, got {k}"):
+        with pytest.raises(ValueError, match=rf"k must be an integer in 1\.\.1048576 .*, got {k}"):
             index.search(unit(1), k)
     with pytest.raises(ValueError, match="PlaceIndex dim must be an integer >= 1, got 0"):
         PlaceIndex(0)
@@ -392,3 +392,39 @@ def test_a_crafted_places_json_is_refused_within_a_memory_cap(tmp_path, kind, fi
     got = run_capped(f"WARM = {str(warm)!r}\n" + CAPPED_LOAD,
                      f"PlaceIndex.load({str(folder)!r}).search(np.ones((1, 16), dtype=np.float32), 5)", 3 << 29)
     assert got["raised"] == "IndexFileError" and "places.json" in got["message"], got
+
+
+def _edit_places(folder: Path, edit) -> None:
+    meta = json.loads((folder / "places.json").read_text())
+    edit(meta)
+    (folder / "places.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["spec"].pop("refine"), r"its spec lacks \['refine'\], which every save of format 2 records"),
+    (lambda m: m["spec"].pop("kind"), r"its spec lacks \['kind'\]"),
+    (lambda m: m["spec"].update(ef_search=None), r"IndexSpec ef_search must be an integer, got None"),
+    (lambda m: m["spec"].update(nprobe=None), r"IndexSpec nprobe must be an integer, got None"),
+    (lambda m: m["places"].__setitem__(0, {}), r"place ids must be integers or strings .*found \['dict'\]"),
+    (lambda m: m["places"].__setitem__(3, float("inf")), r"place ids must be integers or strings .*found \['float'\]"),
+    (lambda m: m["places"].__setitem__(1, None), r"found \['NoneType'\]"),
+])
+def test_a_places_json_lacking_a_spec_field_or_holding_odd_place_ids_is_a_named_error(tmp_path, edit, message):
+    """The trust sweep's cases: without `refine` an HNSW index with a disk refine loaded as one without re-ranking
+    (other results, no error); a place id {} or Infinity was served as a place; `ef_search: null` reached faiss as a
+    TypeError."""
+    folder = saved(tmp_path, "hnsw", hnsw_m=8, refine=2, refine_from="disk")
+    before = PlaceIndex.load(folder).search(unit(3, seed=5), 4)
+    _edit_places(folder, edit)
+    with pytest.raises(IndexFileError, match=re.escape(str(folder / "places.json")) + ".*" + message):
+        PlaceIndex.load(folder)
+    assert before[1].shape == (3, 4)
+
+
+@pytest.mark.parametrize("k", [10**9, 2**62, (1 << 20) + 1])
+def test_a_search_k_beyond_its_range_is_refused_before_the_results_are_allocated(tmp_path, k):
+    """k = 10^9 allocated 3.7 GB of padding for one query (MemoryError); 2^62 raised numpy's 'array is too big'."""
+    index = PlaceIndex.load(saved(tmp_path))
+    with pytest.raises(ValueError, match=rf"k must be an integer in 1\.\.1048576 .*got {k}"):
+        index.search(unit(1), k)
+    assert index.search(unit(1), 60)[1].shape == (1, 60)  # more than its 50 rows: padded, as documented

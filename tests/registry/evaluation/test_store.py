@@ -346,6 +346,38 @@ def test_a_store_metadata_count_far_beyond_its_rows_is_refused_or_opened_without
     assert got["raised"] == "ValueError" and "is incomplete (18 of 150000000 rows)" in got["message"], got
 
 
+def test_missing_chunks_of_a_metadata_count_of_10_12_in_chunks_of_1_is_refused_within_a_memory_cap(images, tmp_path):
+    """Metadata count 10^12 and chunk_size 1 over 18 rows (a real Lance commit): opened alone, missing_chunks()
+    listed 10^12 chunk numbers (the trust sweep's MemoryError); now a StoreMismatchError naming the chunk count, in a
+    child whose address space may grow by 512 MiB. A real store's chunks are listed as before."""
+    from memory_cap import run_capped
+
+    model = TinyEncoder()
+    extract_to_store(model, images, tmp_path / "store", chunk_size=8, device="cpu", progress=False)
+    extract_to_store(model, images[:10], tmp_path / "warm", chunk_size=8, device="cpu", progress=False)
+    assert open_store(tmp_path / "store").missing_chunks() == []
+    _with_meta(tmp_path / "store", count=10**12, chunk_size=1)
+    folders = [str(tmp_path / name) for name in ("images", "store", "warm")]
+    got = run_capped(f"import sys\nsys.argv[1:] = {folders!r}\n" + COUNT_SETUP,
+                     "result = len(open_store(sys.argv[2]).missing_chunks())", 512 << 20, paths=[HERE])
+    assert got["raised"] == "StoreMismatchError", got
+    assert "metadata count 1,000,000,000,000 in chunks of 1 is 1,000,000,000,000 chunks, more than the 1,048,576" \
+        in got["message"]
+
+
+def test_a_chunk_size_giving_more_chunks_than_a_store_may_have_is_refused_before_extracting(images, tmp_path,
+                                                                                          monkeypatch):
+    from registry.evaluation import store_extract
+
+    monkeypatch.setattr(store_extract, "MAX_CHUNKS", 4)
+    model = TinyEncoder()
+    with pytest.raises(ValueError, match=r"chunk_size 4 cuts 18 images into more than 4 chunks, the most a store may "
+                                         r"have: pass a larger chunk_size"):
+        extract_to_store(model, images, tmp_path / "store", chunk_size=4, device="cpu", progress=False)
+    assert model.calls == 0 and not (tmp_path / "store").exists()
+    extract_to_store(model, images, tmp_path / "store", chunk_size=5, device="cpu", progress=False)
+
+
 def test_a_store_metadata_dim_of_2_31_is_refused_within_a_memory_cap(images, tmp_path):
     """Metadata dim 2^31 over the schema's 32-d lists (a real Lance commit), opened and read in a child whose address
     space may grow by 512 MiB: StoreMismatchError naming both widths, nothing sized from the metadata's dim."""

@@ -57,12 +57,35 @@ DAMAGE = {
                          r"the manifest of its last version \(4, _versions/\d+\.manifest\) cannot be read"),
     "manifest of another store": (lambda d, o: shutil.copyfile(_last_manifest(o), _last_manifest(d)),
                                   r"data file data/\S+\.lance is missing"),
+    # Lance panics (pyo3's PanicException, a BaseException) on these two: once a raw error the trust sweep found
+    "fragment emptied": (lambda d, o: _last_fragment(d).write_bytes(b""), r"data file data/\S+\.lance cannot be read"),
+    "manifest byte 3 flipped": (lambda d, o: _flip_at(_last_manifest(d), 3),
+                                r"the manifest of its last version \(4, _versions/\d+\.manifest\) cannot be read"),
+    "manifest schema byte flipped": (lambda d, o: _flip_at(_last_manifest(d), _last_manifest(d).read_bytes().index(
+        b"double")), r"the manifest of its last version \(4, _versions/\d+\.manifest\) cannot be read"),
+    "byte flipped inside a data page": (lambda d, o: _flip_at(_last_fragment(d), _descriptor_offset(d)),
+                                        r"data file data/\S+\.lance does not match the sha256 recorded in "
+                                        r"_checksums/\S+\.lance\.sha256 when it was committed"),
 }
+
+
+def _flip_at(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def _descriptor_offset(folder: Path) -> int:
+    """Where the last fragment's descriptor values lie in its file (found by their bytes), plus a few values."""
+    fragment = lance.dataset(str(folder)).get_fragments()[-1]
+    values = fragment.to_table(columns=["descriptor"]).column("descriptor").combine_chunks().flatten()
+    return _last_fragment(folder).read_bytes().index(values.to_numpy().astype(np.float32).tobytes()) + 4 * 5 + 2
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_damaged_fragment_or_manifest_names_the_store_the_file_and_the_fix_which_resumes(made, tmp_path, damage):
-    """Before: raw pyarrow ArrowInvalid / 'not a readable map store' errors, and every rerun blocked."""
+    """Before: raw pyarrow ArrowInvalid / 'not a readable map store' errors, Lance panics, a flipped page read back
+    as other descriptors, and every rerun blocked."""
     root, images = made
     store = tmp_path / "store"
     shutil.copytree(root / "store0", store)
@@ -105,3 +128,21 @@ def test_a_half_written_first_manifest_neither_blocks_nor_delays_the_rerun(made,
     assert time.monotonic() - start < 20 and done.complete
     np.testing.assert_allclose(np.asarray(done.descriptors),
                                extract_descriptors(TinyEncoder(), images, device="cpu", progress=False), atol=1e-6)
+
+
+def test_a_byte_flipped_inside_a_data_page_is_read_back_unchecked_but_refused_by_its_recorded_sha256(made, tmp_path):
+    """A descriptor byte flipped in a fragment: Lance reads the store back with another descriptor and no error (the
+    store opened without verifying, MapStore(verify=False)); opened as usual, every data file is checked against the
+    sha256 recorded at its commit, and the flip is a StoreDamagedError naming the file."""
+    from registry.evaluation import MapStore
+
+    root, images = made
+    store = tmp_path / "store"
+    shutil.copytree(root / "store0", store)
+    intact = np.asarray(open_store(store).descriptors)
+    _flip_at(_last_fragment(store), _descriptor_offset(store))
+    unchecked = np.asarray(MapStore(store, verify=False).descriptors)
+    changed = np.flatnonzero((unchecked != intact).any(axis=1)).tolist()
+    assert len(changed) == 1 and changed[0] >= 8  # one row of the last chunk (rows 8..11)
+    with pytest.raises(StoreDamagedError, match=r"data file data/\S+\.lance does not match the sha256 recorded"):
+        open_store(store)

@@ -56,7 +56,11 @@ def _pack(header: dict, length: int, rest: bytes) -> bytes:
     ("offsets past the end", r"gives tensor '.*' \(shape \[.*\], F32\) the bytes \d+\.\.\d+ of a [\d,]+-byte"),
     ("header longer than the file", r"declares a safetensors header of 18,446,744,073,709,551,615 bytes"),
     ("unknown dtype", r"describes tensor '.*' as .*'dtype': 'Q64'.*not a dtype, shape and data offsets"),
-], ids=["not json", "offsets past the end", "header longer than the file", "unknown dtype"])
+    # the trust sweep's raw SafetensorError ('invalid offset'): every entry fits, the entries do not tile the data
+    ("a tensor dropped", r"starts tensor '.*' at byte \d+ of its data section, where the tensors before it end at 0"),
+    ("the last tensor dropped", r"describes [\d,]+ bytes of tensors in a [\d,]+-byte data section"),
+], ids=["not json", "offsets past the end", "header longer than the file", "unknown dtype", "a tensor dropped",
+        "the last tensor dropped"])
 def test_a_malformed_safetensors_header_with_a_matching_sha256_names_the_file(tiny, tmp_path, damage, message):
     folder = _saved(tiny, tmp_path)
     data = (folder / "model.safetensors").read_bytes()
@@ -70,6 +74,13 @@ def test_a_malformed_safetensors_header_with_a_matching_sha256_names_the_file(ti
         data = _pack(header, length, rest)
     elif damage == "header longer than the file":
         data = struct.pack("<Q", 2 ** 64 - 1) + data[8:]
+    elif damage == "a tensor dropped":
+        first = min((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+        del header[first]
+        data = _pack(header, length, rest)
+    elif damage == "the last tensor dropped":
+        del header[max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])]
+        data = _pack(header, length, rest)
     else:
         header[name]["dtype"] = "Q64"
         data = _pack(header, length, rest)
