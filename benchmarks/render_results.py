@@ -82,8 +82,12 @@ BUNDLE_MADE_BY = (", which `python benchmarks/bundle_size.py --out benchmarks/re
 TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
     "releases/recalls": ReleaseTable("releases.md", RELEASES),
     "releases/training": ReleaseTable("releases.md", RELEASES, training=True),
-    "early_stopping/curve": _copied("early-stopping.md", "training/early_stopping.md", 0, ", which `python benchmarks/plot_training.py RUN... --json benchmarks/training/early_stopping.json` renders from the runs' log.jsonl and summary.json", "recalls to 0.01 point"),
-    "early_stopping/outcome": _copied("early-stopping.md", "training/early_stopping.md", 1, " (the same JSON)", "recalls to 0.01 point, hours to 0.1"),
+    "early_stopping/curve": _copied("early-stopping.md", "training/early_stopping.md", 0,
+                                    ", which `python benchmarks/plot_training.py RUN... --json "
+                                    "benchmarks/training/early_stopping.json` renders from the runs' log.jsonl and "
+                                    "summary.json", "recalls to 0.01 point"),
+    "early_stopping/outcome": _copied("early-stopping.md", "training/early_stopping.md", 1, " (the same JSON)",
+                                      "recalls to 0.01 point, hours to 0.1"),
     "map_curve/1e5": MapCurveTable("map-curve.md", with_series=True, rows=(
         (W256, 100_000, "flat", ""),
         (W256, 100_000, "IVF-PQ32 inner product (section 9)", "nprobe=64"),
