@@ -3,6 +3,7 @@ in a child process under a memory cap and a time limit, and each outcome classif
 
   python benchmarks/trust_sweep.py                      # the full sweep -> benchmarks/trust_sweep/trust_sweep.json
   python benchmarks/trust_sweep.py --quick --out DIR    # a few cases per surface (the test suite runs this)
+  python benchmarks/trust_sweep.py --surface serve map_add --out DIR   # the cases of these surfaces only
 
 Outcomes: `named` (an error of the zoo's own, or a standard one it raised itself, whose message names the artefact or
 the file, or for a bad value the option), `same` (loads and answers exactly as the unmutated artefact does), `limit`
@@ -11,7 +12,9 @@ trust_sweep_cases.LIMITS with its reason), `silent` (answers otherwise, no error
 (any other exception or a crash), `unbounded` (the memory cap or the time limit hit), `insecure` (the secret file in
 the cwd, which a link or a reference points at, was read and the outcome is not a named refusal, or its bytes appear in
 the answer or the message) and `loss` (a file that was there before, the sentinel beside the artefact included, is
-changed or gone).
+changed or gone; after a refused add or request, a file added). A request to the service (surface `serve`) is
+`named` for a 4xx whose JSON error names the uploaded file, the parameter or the field, `same` or `silent` for a 2xx
+as a load is, and `raw` for a 5xx.
 Cases run in processes forked from a forkserver that has imported the libraries and started no thread. Writes the JSON
 of every case and trust_sweep.md (the tables, rendered from that JSON) beside it.
 """
@@ -127,12 +130,16 @@ def child(case: Dict[str, Any], case_dir: str, facts: Dict[str, Any], cap: Optio
     try:
         if case["surface"] == "values":
             answer = _values_call(case, path, facts)
+        elif case["surface"] == "serve":
+            answer = artefacts.ACTIONS["serve"](path, facts, case["request"])
         else:
             answer = artefacts.ACTIONS[sweep_cases.ARTEFACTS[case["artefact"]][1]](path, facts)
         canon = _canonical(answer, case_dir)
         text = json.dumps(canon)
         report = {"ok": True, "digest": hashlib.sha256(text.encode()).hexdigest(), "answer": text[:300],
                   "raw_answer": answer if case["surface"] == "values" else None}
+        if case["surface"] == "serve":  # the status and the error message (the answer itself is in the digest)
+            report["raw_answer"] = {"status": answer["status"], "error": answer.get("error")}
     except BaseException as err:  # noqa: B036  (every failure is a result here)
         report = {"ok": False, **_error_facts(err)}
     try:
@@ -166,7 +173,7 @@ def _prepare(case: Dict[str, Any], pristine: Path, case_dir: Path) -> None:
     source = pristine / ("images" if case["artefact"] == "images" else case["artefact"])
     target = case_dir / "a" / case["artefact"]
     shutil.copytree(source, target, symlinks=True) if source.is_dir() else shutil.copy(source, target)
-    if case["surface"] == "values" or case["mutation"] == "none":
+    if case["surface"] == "values" or case["mutation"] in ("none", "form"):
         return
     args = dict(case["args"])
     if "other" in args:
@@ -236,6 +243,8 @@ def classify(case, report, baseline: Optional[str], case_dir: Path, read_secret:
         return "unbounded"
     if case["surface"] == "values":
         return _classify_value(case, report)
+    if case["surface"] == "serve":
+        return _classify_http(case, report, baseline)
     if not report.get("ok") and "type" not in report:
         return "raw"  # a crash; unbounded when it completes without the cap (checked by the caller)
     named = not report["ok"] and (report["module"].startswith(PACKAGES) or (
@@ -268,6 +277,26 @@ def _classify_value(case: Dict[str, Any], report: Dict[str, Any]) -> str:
     return "named" if named and flag in report["message"] else "raw"
 
 
+def _classify_http(case: Dict[str, Any], report: Dict[str, Any], baseline: Optional[str]) -> str:
+    """A request to the service: a 2xx is same or silent as for a load; a 4xx whose JSON error holds one of the
+    request's words (the uploaded file's name, the field or the parameter) is named; a 5xx, a 4xx naming none, a
+    traceback or an exception out of the app is raw."""
+    if not report.get("ok"):
+        return "raw"
+    status, error = report["raw_answer"]["status"], report["raw_answer"]["error"]
+    if 200 <= status < 300:
+        return "same" if report["digest"] == baseline else ("limit" if case.get("limit") else "silent")
+    named = isinstance(error, str) and "Traceback" not in error and any(w in error for w in case["request"]["names"])
+    return "named" if 400 <= status < 500 and named else "raw"
+
+
+def _refused(case: Dict[str, Any], report: Dict[str, Any]) -> bool:
+    """Whether a case that writes (an add, a request to the service) was refused, so must have written nothing."""
+    if case["surface"] == "serve":
+        return not report.get("ok") or not 200 <= report["raw_answer"]["status"] < 300
+    return case["surface"] == "map_add" and not report.get("ok")
+
+
 def run_case(ctx, case, pristine: Path, work: Path, facts, baseline, cap: int, limit: float) -> Dict[str, Any]:
     case_dir = work / f"{case['id']:04d}"
     _prepare(case, pristine, case_dir)
@@ -286,7 +315,10 @@ def run_case(ctx, case, pristine: Path, work: Path, facts, baseline, cap: int, l
                                  f"{_message(again)[:150]}", "raised_in_package": False}
     read_secret = secret.stat().st_atime_ns != atime
     after = _snapshot(case_dir)
-    lost = sorted(k for k, v in before.items() if after.get(k) != v)
+    rewritten = () if _refused(case, report) else [f"a/{case['artefact']}/{f}" for f in sweep_cases.COMMITS]
+    lost = sorted(k for k, v in before.items() if after.get(k) != v and k not in rewritten)
+    if _refused(case, report):  # a refused add or request leaves the folder as it was: no file added either
+        lost += sorted(f"{k} (new)" for k in after if k not in before)
     outcome = classify(case, report, baseline, case_dir, read_secret, lost)
     shutil.rmtree(case_dir, ignore_errors=True)
     return {"id": case["id"], "surface": case["surface"], "artefact": case["artefact"], "file": case["file"],
@@ -298,15 +330,14 @@ def run_case(ctx, case, pristine: Path, work: Path, facts, baseline, cap: int, l
 def baselines(ctx, pristine: Path, work: Path, facts, cap: int, limit: float) -> Dict[str, str]:
     """The answer digest of every unmutated artefact (each run as a case with no mutation)."""
     out = {}
-    for artefact, (surface, _, _) in sweep_cases.ARTEFACTS.items():
-        case = {"id": 0, "surface": surface, "artefact": artefact, "file": "", "mutation": "none", "args": {},
-                "rehash": False}
-        case_dir = work / f"baseline-{artefact}"
+    for case in sweep_cases.baseline_cases():
+        key = sweep_cases.baseline_key(case)
+        case_dir = work / f"baseline-{key.replace('/', '-')}"
         _prepare(case, pristine, case_dir)
         report = _run_child(ctx, case, case_dir, facts, cap, limit)
-        if not report.get("ok"):
-            raise RuntimeError(f"the unmutated {artefact} does not load: {_message(report)}")
-        out[artefact] = report["digest"]
+        if not report.get("ok") or (report.get("raw_answer") or {}).get("status", 200) != 200:
+            raise RuntimeError(f"the unmutated {key} does not load: {_message(report)} {report.get('raw_answer')}")
+        out[key] = report["digest"]
         shutil.rmtree(case_dir, ignore_errors=True)
     return out
 
@@ -348,6 +379,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--cap-mib", type=int, default=1024, help="address space a case may add (MiB)")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds a case may take")
     parser.add_argument("--only", type=int, nargs="*", help="run only these case ids")
+    parser.add_argument("--surface", nargs="*", help="run only the cases of these surfaces (with --quick: their few)")
     parser.add_argument("--render", type=Path, metavar="JSON", help="only render JSON's tables to its .md")
     args = parser.parse_args(argv)
     if args.render:
@@ -357,7 +389,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                       RUST_LOG="error", TQDM_DISABLE="1", TRUST_SWEEP_WARM="1")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "registry", "registry.evaluation", "registry.maps", "registry.cli", "faiss",
-                                "lance", "onnxruntime", "trust_sweep_artefacts", "trust_sweep_cases"])
+                                "lance", "onnxruntime", "registry.serve.app", "trust_sweep_artefacts",
+                                "trust_sweep_cases"])
     with tempfile.TemporaryDirectory(prefix="trust-sweep-") as tmp:
         pristine, work = Path(tmp) / "pristine", Path(tmp) / "cases"
         started = time.time()
@@ -366,10 +399,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         chosen = sweep_cases.quick(cases) if args.quick else cases
         if args.only:
             chosen = [c for c in cases if c["id"] in set(args.only)]
+        if args.surface:
+            chosen = [c for c in chosen if c["surface"] in set(args.surface)]
         base = baselines(ctx, pristine, work, facts, args.cap_mib << 20, args.time_limit)
         records = []
         for case in chosen:
-            records.append(run_case(ctx, case, pristine, work, facts, base.get(case["artefact"]),
+            records.append(run_case(ctx, case, pristine, work, facts, base.get(sweep_cases.baseline_key(case)),
                                     args.cap_mib << 20, args.time_limit))
             r = records[-1]
             print(f"{r['id']:4d} {r['outcome']:9s} {r['label'][:70]:70s} {r['message'][:90]}", flush=True)

@@ -1,7 +1,9 @@
-"""The trust sweep's case list: deterministic (seeded) mutations of every artefact the zoo reads, and bad values
-given to its search calls and command lines. A case is a JSON-able dict: surface, artefact, file (inside the
-artefact; '@role' for a Lance file found by role), mutation, args, rehash (recompute the recorded sha256s after
-mutating) and a readable label."""
+"""The trust sweep's case list: deterministic (seeded) mutations of every artefact the zoo reads, bad values given to
+its search calls and command lines, mutated uploads and form fields sent to the localization service, and mutated
+images and places CSVs added to a map. A case is a JSON-able dict: surface, artefact, file (inside the artefact;
+'@role' for a Lance file found by role), mutation, args, rehash (recompute the recorded sha256s after mutating), a
+readable label and, for the service, the request (endpoint, query parameters, files, form fields, token and the
+words its 4xx message must hold)."""
 from __future__ import annotations
 
 import json
@@ -25,6 +27,8 @@ ARTEFACTS: Dict[str, Any] = {
                            "index/v3/places.json", "store/@data0", "store/@manifest"]),
     "image.png": ("image", "image", [""]),
     "image.jpg": ("image", "image", [""]),
+    "serve": ("serve", "serve", ["upload.png", "upload.jpg"]),
+    "map_add": ("map_add", "map_add", ["add/images/009.png", "add/places.csv"]),
 }
 FLIPS = (0.0, 0.003, 0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.98, 1.0)
 RUNTIME_META = [{"input_config": {"input_size": [3, 12000, 12000]}}, {"descriptor_dim": 999}, {"kind": "other"},
@@ -45,9 +49,11 @@ def _case(surface: str, artefact: str, file: str, mutation: str, args: Dict[str,
             "rehash": rehash, "label": label}
 
 
-# mutations the file format itself cannot detect: a changed answer there is the format's limit, not the zoo's
-LIMITS = {("image.jpg", "flip"): "a JPEG carries no checksum of its entropy-coded pixels: a flipped byte there "
-                                 "decodes to other pixels without any error"}
+# mutations the file format itself cannot detect: a changed answer there is the format's limit, not the zoo's; keyed
+# by (artefact, mutation) or (the mutated file's suffix, mutation)
+JPEG_FLIP = "a JPEG carries no checksum of its entropy-coded pixels: a flipped byte there decodes to other pixels " \
+            "without any error"
+LIMITS = {("image.jpg", "flip"): JPEG_FLIP, (".jpg", "flip"): JPEG_FLIP}
 
 
 def _byte_cases(artefact: str, surface: str, files: List[str], rng: np.random.Generator) -> List[Dict[str, Any]]:
@@ -132,21 +138,133 @@ def _value_cases() -> List[Dict[str, Any]]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ serve, map add
+# the unmutated request of each endpoint (a serve case changes one part of it; its answer is compared with this one's)
+REQUESTS: Dict[str, Dict[str, Any]] = {
+    "localize": {"endpoint": "localize", "params": {"k": "3"}, "files": [["images", "upload.png", "image/png"]]},
+    "add": {"endpoint": "add", "files": [["images", "upload.png", "image/png"]], "fields": {"places": "[100]"}},
+}
+SERVE_FLIPS = (0.0, 0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+# (endpoint, what the request changes, the words one of which the 4xx message must hold)
+K_WORDS = ["k=", "query k"]  # FastAPI's validation message names the parameter "query k", the service's "k=..."
+SERVE_FORMS = [("localize", {"params": {"k": k}}, K_WORDS) for k in ("-1", "0", "1000000000", str(2**70), "five",
+                                                                      "1e3", "")] + [
+    ("localize", {"params": {"k": "3", "heatmap": "yes"}}, ["heatmap"]),
+    ("localize", {"params": {"k": "3", "stream": "../x"}}, ["stream"]),
+    ("localize", {"files": []}, ["images"]),
+    ("localize", {"files": [["photo", "upload.png", "image/png"]]}, ["images"]),
+    ("localize", {"repeat": 17}, ["files"]), ("localize", {"content_type": "text/plain"}, ["multipart"]),
+    ("localize", {"content_type": "multipart/form-data"}, ["multipart"]),
+    ("localize", {"content_type": "application/json"}, ["multipart"]),
+    ("localize", {"pad": 33 << 20}, ["--max-body"]),
+    ("localize", {"files": [["images", "upload.jpg", "image/png"]]}, ["upload.jpg"]),
+    ("add", {"fields": {}}, ["place"]), ("add", {"token": None}, ["token"]), ("add", {"token": "wrong"}, ["token"]),
+    ("add", {"fields": {"places": '["x"]'}}, ["place"]), ("add", {"fields": {"places": "[1.5]"}}, ["place"]),
+    ("add", {"fields": {"places": "[true]"}}, ["place"]), ("add", {"fields": {"places": "[null]"}}, ["place"]),
+    ("add", {"fields": {"places": "[1e400]"}}, ["place"]), ("add", {"fields": {"places": "[NaN]"}}, ["place"]),
+    ("add", {"fields": {"places": f"[{2**70}]"}}, ["place"]), ("add", {"fields": {"places": "[" + "9" * 5000 + "]"}},
+                                                              ["place"]),
+    ("add", {"fields": {"places": "[1, 2]"}}, ["places"]), ("add", {"fields": {"places": "not json"}}, ["places"]),
+    ("add", {"fields": {"places": '{"a": 1}'}}, ["places"]), ("add", {"fields": {"places": "[[1]]"}}, ["place"]),
+    ("add", {"fields": {"places": "[" * 100_000 + "]" * 100_000}}, ["places"]), ("add", {"repeat": 17}, ["files"]),
+]
+CSV_EDITS = ("bom", "crlf", "semicolon", "tabs", "no_place_column", "no_image_column", "duplicate_row",
+             "duplicate_same", "missing_row", "empty_place", "nan", "inf", "float", "huge", "big_digits", "word",
+             "huge_line", "nul", "quote", "header_only")
+
+
+# the files an add that succeeds rewrites (the commit point, Lance's hint of its newest version): every other file that
+# was there before stays as it was
+COMMITS = ("map/manifest.json", "map/store/_versions/latest_version_hint.json")
+
+
+def _serve_case(endpoint: str, file: str = "", mutation: str = "form", args: Dict[str, Any] = None,
+                change: Dict[str, Any] = None, names: List[str] = None) -> Dict[str, Any]:
+    request = {**REQUESTS[endpoint], **(change or {})}
+    if file:  # the mutated file is the one uploaded
+        request["files"] = [["images", file, "image/jpeg" if file.endswith(".jpg") else "image/png"]]
+    case = _case("serve", "serve", file, mutation, args)
+    shown = ", ".join(f"{k}={json.dumps(v)[:40]}" for k, v in (change or {}).items())
+    case.update(request={**request, "names": names or [Path(file).name]},
+                label=f"{endpoint} " + (case["label"] if file else f"form({shown})"))
+    return case
+
+
+def _serve_cases() -> List[Dict[str, Any]]:
+    out = []
+    for endpoint, files in (("localize", ("upload.png", "upload.jpg")), ("add", ("upload.png",))):
+        for file in files:
+            out += [_serve_case(endpoint, file, "flip", {"frac": f}) for f in SERVE_FLIPS]
+            out += [_serve_case(endpoint, file, "truncate", {"frac": f}) for f in (0.0, 0.5, 1.0)]
+            out += [_serve_case(endpoint, file, kind) for kind in ("garbage", "append")]
+            out += [_serve_case(endpoint, file, "image_edit", {"edit": e})
+                    for e in ("bomb", "header_16bit", "jpeg_header", "text", "same_rgba")]
+    out.append(_serve_case("localize", "upload.png", "image_edit", {"edit": "same_16bit"}))
+    out += [_serve_case(endpoint, change=change, names=names) for endpoint, change, names in SERVE_FORMS]
+    return out
+
+
+def _map_add_cases() -> List[Dict[str, Any]]:
+    image, places = ARTEFACTS["map_add"][2]
+    out = []
+    for file in (image, places):
+        out += [_case("map_add", "map_add", file, "flip", {"frac": f}) for f in SERVE_FLIPS]
+        out += [_case("map_add", "map_add", file, "truncate", {"frac": f}) for f in (0.0, 0.5, 1.0)]
+        out += [_case("map_add", "map_add", file, kind) for kind in ("garbage", "append", "symlink_secret")]
+    out += [_case("map_add", "map_add", image, "image_edit", {"edit": e})
+            for e in ("bomb", "header_16bit", "jpeg_header", "text", "same_rgba", "same_16bit")]
+    out.append(_case("map_add", "map_add", places, "delete"))
+    out += [_case("map_add", "map_add", places, "csv_edit", {"edit": e}) for e in CSV_EDITS]
+    return out
+
+
+def baseline_key(case: Dict[str, Any]) -> str:
+    """The baseline a case's answer is compared with: its artefact's; for a request to the service, that of its
+    endpoint with the same file uploaded."""
+    request = case.get("request")
+    if not request:
+        return case["artefact"]
+    return f"{case['artefact']}/{request['endpoint']}/" + (request["files"][0][1] if request["files"] else "")
+
+
+def baseline_cases() -> List[Dict[str, Any]]:
+    """One unmutated case per artefact; for the service, one per endpoint and upload."""
+    out = []
+    for artefact, (surface, _, files) in ARTEFACTS.items():
+        requests = [None]
+        if surface == "serve":
+            requests = [{**REQUESTS[e], "files": [["images", f, "image/png"]], "names": []} for e in REQUESTS
+                        for f in files]
+        for request in requests:
+            case = {"id": 0, "surface": surface, "artefact": artefact, "file": "", "mutation": "none", "args": {},
+                    "rehash": False}
+            if request is not None:
+                case["request"] = request
+            out.append(case)
+    return out
+
+
+def _limit(case: Dict[str, Any]) -> Any:
+    return LIMITS.get((case["artefact"], case["mutation"])) or LIMITS.get((Path(case["file"]).suffix,
+                                                                           case["mutation"]))
+
+
 def all_cases(root: Path, seed: int = 0) -> List[Dict[str, Any]]:
     """Every case, in a fixed order, numbered from 1."""
     rng = np.random.default_rng(seed)
     cases: List[Dict[str, Any]] = []
     for artefact, (surface, _, files) in ARTEFACTS.items():
-        cases += _byte_cases(artefact, surface, files, rng)
+        if surface not in ("serve", "map_add"):  # theirs are made by _serve_cases and _map_add_cases
+            cases += _byte_cases(artefact, surface, files, rng)
     for artefact, file, per_field in (("sweep_netvlad", "config.json", 2), ("sweep_gem", "config.json", 1),
                                       ("index_hnsw", "places.json", 2), ("index_ivfpq", "places.json", 1),
                                       ("map", "manifest.json", 1)):
         doc = json.loads((root / artefact / file).read_text())
         cases += _json_cases(artefact, ARTEFACTS[artefact][0], file, doc, rng, per_field)
-    cases += _format_cases() + _value_cases()
+    cases += _format_cases() + _value_cases() + _serve_cases() + _map_add_cases()
     for i, case in enumerate(cases, 1):
         case["id"] = i
-        case["limit"] = LIMITS.get((case["artefact"], case["mutation"]))
+        case["limit"] = _limit(case)
     return cases
 
 

@@ -363,10 +363,45 @@ def crafted_image(edit: str) -> bytes:
     return b"this is not an image\n" * 10
 
 
+# ------------------------------------------------------------------------------------------------ places CSV
+def csv_edit(path: Path, edit: str) -> None:
+    """A places CSV (header image,place; one row per image) edited: a byte-order mark or CRLF line ends (the same
+    rows), another delimiter, a column renamed, an image's row repeated (with another place, or the same), a row
+    removed, the first place emptied or set to NaN, inf, 1.5, 2^70, a 5000-digit number or a word, a 2 MB line, a NUL
+    byte, an unclosed quote, or the header alone."""
+    header, *rows = path.read_text().splitlines()
+    first = rows[0].split(",")
+    cell = {"empty_place": "", "nan": "nan", "inf": "inf", "float": "1.5", "huge": str(2**70), "big_digits": BIG_DIGITS,
+            "word": "kitchen", "nul": first[1] + "\x00"}
+    if edit in cell:
+        rows[0] = f"{first[0]},{cell[edit]}"
+    elif edit == "duplicate_row":
+        rows.append(f"{first[0]},{int(first[1]) + 7}")
+    elif edit == "duplicate_same":
+        rows.append(rows[0])
+    elif edit == "missing_row":
+        rows = rows[1:]
+    elif edit == "huge_line":
+        rows[0] = f"{first[0]},{first[1]},{'x' * (2 << 20)}"
+    elif edit == "quote":
+        rows[0] = '"' + rows[0]
+    elif edit == "header_only":
+        rows = []
+    elif edit in ("semicolon", "tabs"):
+        sep = ";" if edit == "semicolon" else "\t"
+        header, rows = header.replace(",", sep), [r.replace(",", sep) for r in rows]
+    elif edit in ("no_place_column", "no_image_column"):
+        header = header.replace("place" if edit == "no_place_column" else "image", "site")
+    text = "\n".join([header, *rows]) + "\n"
+    if edit == "crlf":
+        text = text.replace("\n", "\r\n")
+    path.write_bytes(("\ufeff" if edit == "bom" else "").encode() + text.encode())
+
+
 MUTATIONS: Dict[str, Callable[..., None]] = {
     "flip": flip, "truncate": truncate, "delete": delete, "garbage": garbage, "append": append,
     "symlink_secret": symlink_secret, "symlink_copy": symlink_copy, "to_dir": to_dir, "json_set": json_set,
     "json_drop": json_drop, "json_deep": json_deep, "json_bignum": json_bignum, "json_huge_string": json_huge_string,
     "st_edit": st_edit, "vectors_nan": vectors_nan, "faiss_swap": faiss_swap, "h5_edit": h5_edit,
-    "onnx_edit": onnx_edit, "image_edit": image_edit,
+    "onnx_edit": onnx_edit, "image_edit": image_edit, "csv_edit": csv_edit,
 }

@@ -22,7 +22,8 @@ PROG = "vpr map"
 RUNTIME_CHOICES = ("torch", "onnx", "onnx-int8")
 INDEX_CHOICES = ("auto", "flat", "ivfpq", "hnsw", "pca")
 PLACES_HELP = ("place ids: from-name (the image's folder name, or its file name up to the first '_'), or "
-               "csv:FILE (columns image,place); integer ids (7, -3) become integers; default: none (the image path)")
+               "csv:FILE (columns image,place); integer ids (7, -3) become integers; default: none (the image path; "
+               "a map of integer ids needs them)")
 COORDS_HELP = "coordinates: csv:FILE (columns image,lat,lon or image,utm_east,utm_north) or exif (GPS tags)"
 ACTIONS_HELP = {
     "build": "extract a folder (or a list) of images into a new map: store, index, manifest",

@@ -1,7 +1,9 @@
 """Adding images to a built map: the store's metadata extended to the longer image list (one commit), the new rows
 extracted one committed chunk at a time, the index grown into a new index/v<version> folder, the manifest committed
 last. Until that last write every reader, and every later open, sees the version before; a stopped add is finished
-by running it again (or undone by an add of other images: the store is first restored to the committed version)."""
+by running it again (or undone by an add of other images: the store is first restored to the committed version).
+An add refused for its input (place ids, coordinates, an image it cannot read) is refused before the store is
+touched, so it leaves every file of the map as it was."""
 from __future__ import annotations
 
 import shutil
@@ -11,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..datasets.images import open_rgb
 from ..evaluation.index import IndexSpec, PlaceIndex, choose_index
 from ..evaluation.store import INT_PLACES, MapStore, extend_store
 from ..evaluation.store_extract import extract_to_store
@@ -35,6 +38,7 @@ def add_images(m: Any, images: List[str], places: Optional[Sequence[Any]], coord
         all_images = base.images + images
         all_places = _merged_places(base, places, len(images))
         all_coords = _merged_coords(base, coords, len(images))
+        check_images(images)  # a bad image is refused here, before the store is touched: the map stays as it was
         extend_store(base, all_images)
         store = extract_to_store(m.runtime, all_images, folder / STORE_DIR, chunk_size=base.chunk_size,
                                  places=all_places, coords=all_coords, device="cpu", progress=progress)
@@ -49,11 +53,22 @@ def add_images(m: Any, images: List[str], places: Optional[Sequence[Any]], coord
     return manifest, store, index
 
 
+def check_images(images: Sequence[str]) -> None:
+    """Decode every image to be added (as the extraction will), so that one it cannot read is refused with its
+    ImageReadError before the add commits anything: a refused add leaves every file of the map as it was. Costs one
+    more decode per added image (not per map image)."""
+    for image in images:
+        open_rgb(image)
+
+
 def _merged_places(base: MapStore, places: Optional[Sequence[Any]], n: int) -> Optional[List[Any]]:
     """Place ids of every row (old rows as stored, new rows as given), typed as the map's (`typed_ids`)."""
     old = base.places  # built from the store's rows on each access: once here
     int_map = base.meta.get("place_type") == INT_PLACES
     has_places = int_map or any(p != i for p, i in zip(old, base.images))
+    if places is None and int_map:  # a new row's place would be its image path: a string in a map of integers
+        raise MapError("this map's place ids are integers: give an integer place id for each new image (places=, "
+                       "--places csv:FILE or from-name, the 'places' field of POST /v1/map/images)")
     if places is None:
         return None if not has_places else list(old) + [None] * n
     return (list(old) if has_places else [None] * base.count) + typed_ids(places, as_int=int_map)

@@ -5,12 +5,12 @@ Place ids from names (`from-name`): an image in a subfolder of the images folder
 the deepest folder holding every listed image) belongs to the place its folder names (`site/kitchen/001.jpg` ->
 `kitchen`); an image directly in the images folder to the place its file name starts with, up to the first `_`
 (`0042_b.jpg` -> `0042`; `hall.jpg` -> `hall`). Ids are typed as every build and add types them (`typed_ids`):
-integers when every id of the map is one (`42`, ` 7 `, `-3`), else strings; a map of integer ids takes only
-integer ids.
+integers when every id of the map is one (`42`, ` 7 `, `-3`; in the signed 64-bit range), else strings; a map of
+integer ids takes only integer ids.
 
 CSV files (`csv:FILE`) have a header row with an `image` column (the file's path relative to the images folder,
 its absolute path, or its bare file name where that is unique) and `place`, or `lat` and `lon`, or `utm_east` and
-`utm_north`; one row for every image.
+`utm_north`; one row for every image (a repeated row is taken once; two rows that differ for one image are refused).
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ from .manifest import MapError
 
 MAX_LIST_BYTES = 1 << 30  # an image list or CSV of some million lines
 COORD_COLUMNS = (("lat", "lon"), ("utm_east", "utm_north"))
-_INT_TEXT = re.compile(r"-?[0-9]+")  # integer text of a place id (after stripping)
+_INT_TEXT = re.compile(r"-?[0-9]{1,19}")  # integer text of a place id (after stripping): 19 digits at most
+INT_ID_RANGE = (-(2**63), 2**63 - 1)  # an integer place id is a signed 64-bit integer (numpy's, Arrow's, faiss')
 _GPS_IFD, _LAT_REF, _LAT, _LON_REF, _LON = 0x8825, 1, 2, 3, 4
 
 
@@ -68,26 +69,34 @@ def _read_text(path: Path) -> str:
 
 def typed_ids(ids: Sequence[Any], as_int: Optional[bool] = None) -> List[Any]:
     """Place ids typed by the one rule of every build and add (the command line's names and CSV cells too): an
-    integer (a Python or numpy int, or integer text such as '7', ' 7 ' or '-3') is an integer id; anything else
-    is its text with surrounding whitespace removed. `as_int` True (a map of integer ids): ints, MapError for any
-    other id; False: strings; None: ints when every id is an integer, else strings. MapError for an id that is
-    neither an integer nor a string (bools and floats included)."""
+    integer (a Python or numpy int, or integer text such as '7', ' 7 ' or '-3', in the signed 64-bit range) is an
+    integer id; anything else is its text with surrounding whitespace removed. `as_int` True (a map of integer
+    ids): ints, MapError for any other id; False: strings; None: ints when every id is an integer, else strings.
+    MapError for an id that is neither an integer nor a string (bools and floats included), and for an int outside
+    the 64-bit range."""
     texts = []
     for p in ids:
         if isinstance(p, (bool, np.bool_)) or not isinstance(p, (str, int, np.integer)):
             raise MapError(f"place ids are integers or strings, got {repr(p)[:40]} ({type(p).__name__}): pass "
                            "int(...) or str(...) of it")
+        if not isinstance(p, str) and not INT_ID_RANGE[0] <= int(p) <= INT_ID_RANGE[1]:
+            raise MapError(f"place id {repr(p)[:40]} is outside the signed 64-bit range an integer place id must be "
+                           "in: give it as a string, or a smaller integer")
         texts.append(p if not isinstance(p, str) else p.strip())
-    ints = [not isinstance(t, str) or _INT_TEXT.fullmatch(t) is not None for t in texts]
+    ints = [not isinstance(t, str) or _int_text(t) for t in texts]
     if as_int is None:
         as_int = bool(texts) and all(ints)
     if not as_int:
         return [str(t) for t in texts]
     wrong = next((p for p, ok in zip(ids, ints) if not ok), None)
     if wrong is not None:
-        raise MapError(f"this map's place ids are integers; {repr(wrong)[:40]} is not one: give integer place ids "
-                       "(or build a new map for other ids)")
+        raise MapError(f"this map's place ids are integers; {repr(wrong)[:40]} is not one (a whole number in the "
+                       "signed 64-bit range): give integer place ids (or build a new map for other ids)")
     return [int(t) for t in texts]
+
+
+def _int_text(text: str) -> bool:
+    return _INT_TEXT.fullmatch(text) is not None and INT_ID_RANGE[0] <= int(text) <= INT_ID_RANGE[1]
 
 
 def places_from_names(images: Sequence[str], root: Path, as_int: Optional[bool] = None) -> List[Any]:
@@ -101,7 +110,12 @@ def places_from_names(images: Sequence[str], root: Path, as_int: Optional[bool] 
 
 
 def _csv_rows(path: Path, columns: Sequence[str]) -> List[Dict[str, str]]:
-    rows = list(csv.DictReader(_read_text(path).splitlines()))
+    reader = csv.DictReader(_read_text(path).splitlines())
+    try:
+        rows = list(reader)
+    except csv.Error as err:  # a field over csv.field_size_limit(); csv counts the lines it has read before this one
+        raise MapError(f"{path}, line {reader.line_num + 1}: not a CSV line this command reads ({err}): write one "
+                       "short line per image (image,place or image,lat,lon)") from None
     header = set(rows[0]) if rows else set()
     missing = [c for c in ("image", *columns) if c not in header]
     if missing:
@@ -116,6 +130,10 @@ def _match_rows(images: Sequence[str], root: Path, path: Path, rows: List[Dict[s
     names: Dict[str, List[Dict[str, str]]] = {}
     for row in rows:
         key = (row.get("image") or "").strip()
+        other = by_key.get(Path(key).as_posix())
+        if other is not None and other != row:
+            raise MapError(f"{path} has two rows for the image {key[:200]!r} that differ ({_shown(other)} and "
+                           f"{_shown(row)}): keep one row per image")
         by_key[Path(key).as_posix()] = row
         names.setdefault(Path(key).name, []).append(row)
     out = []
@@ -131,12 +149,29 @@ def _match_rows(images: Sequence[str], root: Path, path: Path, rows: List[Dict[s
     return out
 
 
+def _shown(row: Dict[str, Any]) -> str:
+    return ",".join(str(v) for v in row.values())[:100]
+
+
 def places_from_csv(images: Sequence[str], root: Path, csv_file: str, as_int: Optional[bool] = None) -> List[Any]:
     path = Path(csv_file)
     if not path.is_file():
         raise MapError(f"--places csv:{csv_file}: no such file")
     rows = _match_rows(images, root, path, _csv_rows(path, ("place",)))
-    return typed_ids([r["place"] or "" for r in rows], as_int)
+    cells = [r["place"] or "" for r in rows]
+    try:
+        return typed_ids(cells, as_int)
+    except MapError as err:  # the file and the row named, besides the id
+        row = next((r for r, c in zip(rows, cells) if not _typed(c, as_int)), rows[0])
+        raise MapError(f"{path}, the row of {str(row.get('image')).strip()[:200]}: {err}") from None
+
+
+def _typed(cell: str, as_int: Optional[bool]) -> bool:
+    try:
+        typed_ids([cell], as_int)
+    except MapError:
+        return False
+    return True
 
 
 def coords_from_csv(images: Sequence[str], root: Path, csv_file: str) -> np.ndarray:

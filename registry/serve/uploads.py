@@ -5,13 +5,13 @@ carries the HTTP status and a message naming the problem and the fix."""
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from typing import List, Optional
 
 from PIL import Image, UnidentifiedImageError
 
 from .._util.image_modes import to_rgb
+from .._util.jsonio import loads_bounded
 from ..datasets.images import max_pixels
 from ..maps.core import MAX_K
 
@@ -133,11 +133,10 @@ def parse_places(text: Optional[str], count: int) -> Optional[List]:
     """The optional `places` form field of an add: a JSON list with one place id (int or str) per file."""
     if text is None or text == "":
         return None
-    try:
-        places = json.loads(text)
+    try:  # bounded: a field of 100,000 nested brackets is refused, not a RecursionError (a 500)
+        places = loads_bounded(text, "the 'places' field", fix="send a JSON list, one place id per file")
     except ValueError as err:
-        raise BadRequest(400, f"the 'places' field is not JSON ({err}): send a JSON list, one place id per "
-                              "file") from None
+        raise BadRequest(400, str(err)) from None
     if not isinstance(places, list) or len(places) != count:
         raise BadRequest(400, f"the 'places' field must be a JSON list of {count} place ids (one per file), got "
                               f"{type(places).__name__} of {len(places) if isinstance(places, list) else 1}")

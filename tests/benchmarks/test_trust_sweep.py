@@ -1,6 +1,7 @@
 """benchmarks/trust_sweep.py --quick, run as the command it is: a few mutated copies of every kind of artefact the
-zoo reads (model folders, a map store, saved indexes, a runtime file, a map, images) and bad search and
-command-line values, each loaded in a capped child. No case may be silent, raw, unbounded, insecure or loss, and
+zoo reads (model folders, a map store, saved indexes, a runtime file, a map, images), bad search and command-line
+values, mutated uploads and form fields sent to the localization service, and mutated images and places CSVs added
+to a map, each in a capped child. No case may be silent, raw, unbounded, insecure or loss, and
 the Markdown it writes is the table its JSON gives."""
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "trust_sweep.py"
 
-pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("lance", "onnx", "onnxruntime")),
-                                reason="the sweep needs the map and onnx extras: pip install '.[map,onnx]'")
+pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("lance", "onnx", "onnxruntime",
+                                                                                   "fastapi")),
+                                reason="the sweep needs the map, onnx and serve extras: pip install "
+                                       "'.[map,onnx,serve]'")
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +41,11 @@ def test_the_quick_sweep_finds_no_silent_raw_unbounded_insecure_or_loss_case(qui
     assert bad == [], run.stdout[-3000:]
     assert run.returncode == 0, run.stderr[-3000:]
     surfaces = {c["surface"] for c in doc["cases"]}
-    assert surfaces == {"model", "store", "index", "runtime", "map", "image", "values"}
-    assert doc["settings"]["cases_generated"] >= 265 and len(doc["cases"]) >= 40
+    assert surfaces == {"model", "store", "index", "runtime", "map", "image", "values", "serve", "map_add"}
+    assert doc["settings"]["cases_generated"] >= 1400 and len(doc["cases"]) >= 50
+    for surface in ("serve", "map_add"):  # the uploads and the adds: a few of each, refused ones among them
+        mine = [c for c in doc["cases"] if c["surface"] == surface]
+        assert len(mine) >= 5 and any(c["outcome"] == "named" for c in mine), mine
     named = [c for c in doc["cases"] if c["outcome"] == "named"]
     assert len(named) >= len(doc["cases"]) // 2 and all(c["message"] for c in named)
 

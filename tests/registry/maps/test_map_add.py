@@ -175,3 +175,29 @@ def test_a_second_writer_is_refused_while_one_holds_the_map(weights, images, tmp
             m.add(images[6:8])
         assert Map.open(tmp_path / "map").count == 6  # readers are not affected
     assert m.add(images[6:8]) and m.count == 8
+
+
+def _map_files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_add_refused_for_its_input_leaves_every_file_of_the_map_as_it_was(weights, images, tmp_path):
+    """An image the add cannot read (before: refused once the store had a new, uncommitted version: its version hint
+    rewritten, a manifest and a transaction added) and a map of integer ids given no place ids (before: the new rows
+    got their image paths, strings, as places) are refused before the store is touched."""
+    from registry.datasets.images import ImageReadError
+
+    m = Map.build(tmp_path / "map", images[:6], model=MODEL, pretrained=weights, index="flat", chunk_size=4,
+                  places=[1, 1, 2, 2, 3, 3], progress=False)
+    data = Path(images[7]).read_bytes()
+    half = tmp_path / "half.png"
+    half.write_bytes(data[: len(data) // 2])
+    before = _map_files(tmp_path / "map")
+    with pytest.raises(ImageReadError, match="half.png"):
+        m.add([images[6], str(half)], places=[4, 4], progress=False)
+    assert _map_files(tmp_path / "map") == before
+    with pytest.raises(MapError, match="place ids are integers: give an integer place id for each new image"):
+        m.add(images[6:8], progress=False)
+    assert _map_files(tmp_path / "map") == before and Map.open(tmp_path / "map").count == 6
+    m.add(images[6:8], places=[4, 4], progress=False)
+    assert Map.open(tmp_path / "map").store.places[6:] == [4, 4]

@@ -211,3 +211,34 @@ def test_place_ids_from_a_csv_are_typed_the_same_in_build_and_add(weights, image
     assert status == 0, err
     m = Map.open(folder)
     assert m.int_places and m.store.places == [-3, 7, -3, 7, -3, 7]
+
+
+def test_a_places_csv_the_add_cannot_take_names_the_file_and_the_row_and_leaves_the_map(weights, images, tmp_path,
+                                                                                       capsys):
+    """Each refusal names the CSV (before: a place id that is not an integer was named without the file; two rows of
+    one image that differ took the last silently; a place id of 2^70 was taken; a 5000-digit one was Python's
+    ValueError and a 2 MB line csv's raw `Error`), and the map's files stay as they were."""
+    folder = tmp_path / "map"
+    table = tmp_path / "places.csv"
+    table.write_text("image,place\n" + "".join(f"{i:03d}.png,{i // 4}\n" for i in range(20)))
+    assert _vpr(capsys, "build", folder, "--images", tmp_path / "images", "--model", MODEL, "--pretrained", weights,
+                "--index", "flat", "--places", f"csv:{table}")[0] == 0
+    more = write_images(tmp_path / "more", 2, seed=3, start=20)
+    before = {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    good = ["020.png,5", "021.png,5"]
+    cases = [(["020.png,nan", "021.png,5"], "the row of 020.png: this map's place ids are integers; 'nan' is not one"),
+             ([*good, "021.png,6"], "two rows for the image '021.png' that differ (021.png,5 and 021.png,6)"),
+             ([f"020.png,{2**70}", "021.png,5"], "the row of 020.png: this map's place ids are integers; "
+                                                 f"'{2**70}' is not one (a whole number in the signed 64-bit range)"),
+             (["020.png," + "9" * 5000, "021.png,5"], "the row of 020.png: this map's place ids are integers"),
+             ([good[0], "021.png,5," + "x" * (2 << 20)], "line 3: not a CSV line this command reads (field larger")]
+    for rows, message in cases:
+        bad = tmp_path / "bad.csv"
+        bad.write_text("\n".join(["image,place", *rows]) + "\n")
+        status, _, err = _vpr(capsys, "add", folder, "--images", tmp_path / "more", "--places", f"csv:{bad}")
+        assert status == 2 and f"{bad}" in err and message in err and "Traceback" not in err, err[:400]
+        assert {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} == before
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text("\n".join(["image,place", *good, good[0]]) + "\n")  # a row repeated as it is: taken once
+    assert _vpr(capsys, "add", folder, "--images", tmp_path / "more", "--places", f"csv:{repeated}")[0] == 0
+    assert Map.open(folder).store.places[20:] == [5, 5] and len(more) == 2

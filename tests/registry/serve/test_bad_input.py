@@ -194,7 +194,7 @@ def test_adding_images_needs_the_token_and_the_added_images_are_found(tiny_map, 
     assert "Authorization: Bearer" in missing.json()["error"]
     assert wrong.status_code == 403 and "not this server's token" in wrong.json()["error"]
     assert miscounted.status_code == 400 and "a JSON list of 2 place ids" in miscounted.json()["error"]
-    assert not_json.status_code == 400 and "'places' field is not JSON" in not_json.json()["error"]
+    assert not_json.status_code == 400 and "'places' field is not valid JSON" in not_json.json()["error"]
     assert busy.status_code == 409 and busy.headers["Retry-After"] and "is writing" in busy.json()["error"]
     assert ok.status_code == 200, ok.text
     assert ok.json() == {"added": 2, "version": after["version"]} and after["version"] > before["version"]
@@ -245,3 +245,30 @@ def test_vpr_serve_refuses_bad_options_naming_them(tiny_map, tmp_path, capsys):
     assert "one token on its first line" in capsys.readouterr().err
     assert cli.main(["serve", str(tiny_map[0]), "--queue", "0"]) == 2
     assert "--queue must be >= 1" in capsys.readouterr().err
+
+
+def test_an_add_with_place_ids_the_map_cannot_take_is_a_400_and_leaves_the_map_as_it_was(tmp_path):
+    """A map of integer place ids: a `places` field nested 100,000 deep (before: json's RecursionError, a 500), a
+    place id of 2^70 (before: taken) and no `places` field (before: the new row's place was its file path) are each
+    a 400 naming the problem; no file of the map changes, none is added."""
+    from serve_helpers import MODEL
+
+    import registry
+
+    images = write_images(tmp_path / "images", 8)
+    weights = tmp_path / "weights"
+    registry.create(MODEL).save_pretrained(weights)
+    folder = tmp_path / "map"
+    Map.build(folder, images, model=MODEL, pretrained=str(weights), index="flat", places=[i // 2 for i in range(8)],
+              progress=False)
+    new = write_images(tmp_path / "new", 1, seed=7, start=50)
+    before = {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    auth = {"Authorization": "Bearer s3cret-token"}
+    with serve(folder, token="s3cret-token") as s:
+        answers = [requests.post(s.url + "/v1/map/images", files=files(*new), data=data, timeout=60, headers=auth)
+                   for data in ({"places": "[" * 100_000 + "]" * 100_000}, {"places": f"[{2**70}]"}, {})]
+    words = ["the 'places' field nests 100000 levels", f"place id {2**70} is outside the signed 64-bit range",
+             "this map's place ids are integers: give an integer place id for each new image"]
+    for answer, word in zip(answers, words):
+        assert answer.status_code == 400 and word in answer.json()["error"], answer.text[:300]
+    assert {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} == before
