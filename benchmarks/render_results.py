@@ -88,6 +88,12 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
                                     "summary.json", "recalls to 0.01 point"),
     "early_stopping/outcome": _copied("early-stopping.md", "training/early_stopping.md", 1, " (the same JSON)",
                                       "recalls to 0.01 point, hours to 0.1"),
+    "place_batch_runs/curve": _copied("place-batch-runs.md", "training/place_batch_runs.md", 0,
+                                      ", which `python benchmarks/plot_training.py RUN... --json "
+                                      "benchmarks/training/place_batch_runs.json` renders from the runs' log.jsonl "
+                                      "and summary.json", "recalls to 0.01 point"),
+    "place_batch_runs/outcome": _copied("place-batch-runs.md", "training/place_batch_runs.md", 1,
+                                        " (the same JSON)", "recalls to 0.01 point, hours to 0.1"),
     "map_curve/1e5": MapCurveTable("map-curve.md", with_series=True, rows=(
         (W256, 100_000, "flat", ""),
         (W256, 100_000, "IVF-PQ32 inner product (section 9)", "nprobe=64"),
