@@ -299,7 +299,9 @@ def kill_during_add(args, folder: Path, add_dir: Path, work: Path, queries: Sequ
     before = Map.open(copy)
     v0, n0, added = before.version, before.count, len(list(add_dir.iterdir()))
     seen = _files(copy / STORE_DIR)
-    cmd = vpr_command(args, "map", "add", str(copy), "--images", str(add_dir))
+    places = work / "fault-add-places.csv"  # the map's place ids are integers: each added frame gets its own
+    places.write_text("image,place\n" + "".join(f"{p.name},{place_of(p)}\n" for p in sorted(add_dir.iterdir())))
+    cmd = vpr_command(args, "map", "add", str(copy), "--images", str(add_dir), "--places", f"csv:{places}")
     with open(work / "fault-add.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     t0, killed_at = time.perf_counter(), None
@@ -313,6 +315,9 @@ def kill_during_add(args, folder: Path, add_dir: Path, work: Path, queries: Sequ
         os.kill(proc.pid, signal.SIGKILL)
         killed_at = time.perf_counter() - t0
     proc.wait()
+    if killed_at is None:  # the add ended by itself before its first store write: nothing was faulted
+        raise SystemExit(f"bench_serve: `vpr map add` ended (exit {proc.returncode}) before it wrote to the store, so "
+                         f"no kill was measured; its output is in {work / 'fault-add.log'}")
     after = Map.open(copy)
     whole = (after.version, after.count) == (v0, n0) or (after.version > v0 and after.count == n0 + added)
     stage = "before its commit" if after.version == v0 else "after its commit"
