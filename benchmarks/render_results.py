@@ -94,6 +94,20 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
                                       "and summary.json", "recalls to 0.01 point"),
     "place_batch_runs/outcome": _copied("place-batch-runs.md", "training/place_batch_runs.md", 1,
                                         " (the same JSON)", "recalls to 0.01 point, hours to 0.1"),
+    "aggregator/variants": _copied("aggregator-cpu.md", "aggregator/aggregator.md", 0, ", which "
+                                   "`OMP_NUM_THREADS=2 python benchmarks/bench_aggregator.py --batch 8 --repeats 5 "
+                                   "--out benchmarks/aggregator/aggregator.json` renders from that JSON",
+                                   "milliseconds to 0.1, MiB to the unit"),
+    "aggregator/ratios": _copied("aggregator-cpu.md", "aggregator/aggregator.md", 1, " (the same run)",
+                                 "ratios to 0.1, memory fractions to 0.001"),
+    "aggregator/cwt_parts": _copied("aggregator-cpu.md", "aggregator/cwt_parts.md", 0, ", which "
+                                    "`OMP_NUM_THREADS=1 python benchmarks/bench_cwt_parts.py --repeats 7 --threads 1 "
+                                    "--out benchmarks/aggregator/cwt_parts.json` renders from that JSON",
+                                    "milliseconds to 0.1, ratios to 0.1"),
+    "onnx/speed": _copied("onnx-export.md", "onnx/onnx.md", 0, ", which `OMP_NUM_THREADS=1 python "
+                          "benchmarks/bench_onnx.py --size 192 256 --batch 1 4 --threads 1 --seconds 3 --rounds 3 "
+                          "--out benchmarks/onnx/onnx.json` renders from that JSON",
+                          "images/s and ratios to 0.01, differences to two significant digits"),
     "map_curve/1e5": MapCurveTable("map-curve.md", with_series=True, rows=(
         (W256, 100_000, "flat", ""),
         (W256, 100_000, "IVF-PQ32 inner product (section 9)", "nprobe=64"),
