@@ -67,36 +67,48 @@ def _read_text(path: Path) -> str:
         raise MapError(f"{path} is not UTF-8 text ({err}): save it as UTF-8") from None
 
 
+class PlaceIdError(MapError):
+    """A place id that `typed_ids` refuses; `index` is its position among the ids it was given."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+
+
+def _in_id_range(n: int) -> bool:
+    return INT_ID_RANGE[0] <= n <= INT_ID_RANGE[1]
+
+
 def typed_ids(ids: Sequence[Any], as_int: Optional[bool] = None) -> List[Any]:
     """Place ids typed by the one rule of every build and add (the command line's names and CSV cells too): an
     integer (a Python or numpy int, or integer text such as '7', ' 7 ' or '-3', in the signed 64-bit range) is an
     integer id; anything else is its text with surrounding whitespace removed. `as_int` True (a map of integer
     ids): ints, MapError for any other id; False: strings; None: ints when every id is an integer, else strings.
-    MapError for an id that is neither an integer nor a string (bools and floats included), and for an int outside
-    the 64-bit range."""
+    PlaceIdError (a MapError naming the id's position) for an id that is neither an integer nor a string (bools and
+    floats included), and for an int outside the 64-bit range."""
     texts = []
-    for p in ids:
+    for i, p in enumerate(ids):
         if isinstance(p, (bool, np.bool_)) or not isinstance(p, (str, int, np.integer)):
-            raise MapError(f"place ids are integers or strings, got {repr(p)[:40]} ({type(p).__name__}): pass "
-                           "int(...) or str(...) of it")
-        if not isinstance(p, str) and not INT_ID_RANGE[0] <= int(p) <= INT_ID_RANGE[1]:
-            raise MapError(f"place id {repr(p)[:40]} is outside the signed 64-bit range an integer place id must be "
-                           "in: give it as a string, or a smaller integer")
+            raise PlaceIdError(f"place ids are integers or strings, got {repr(p)[:40]} ({type(p).__name__}): pass "
+                               "int(...) or str(...) of it", i)
+        if not isinstance(p, str) and not _in_id_range(int(p)):
+            raise PlaceIdError(f"place id {repr(p)[:40]} is outside the signed 64-bit range an integer place id must "
+                               "be in: give it as a string, or a smaller integer", i)
         texts.append(p if not isinstance(p, str) else p.strip())
     ints = [not isinstance(t, str) or _int_text(t) for t in texts]
     if as_int is None:
         as_int = bool(texts) and all(ints)
     if not as_int:
         return [str(t) for t in texts]
-    wrong = next((p for p, ok in zip(ids, ints) if not ok), None)
+    wrong = next((i for i, ok in enumerate(ints) if not ok), None)
     if wrong is not None:
-        raise MapError(f"this map's place ids are integers; {repr(wrong)[:40]} is not one (a whole number in the "
-                       "signed 64-bit range): give integer place ids (or build a new map for other ids)")
+        raise PlaceIdError(f"this map's place ids are integers; {repr(ids[wrong])[:40]} is not one (a whole number in "
+                           "the signed 64-bit range): give integer place ids (or build a new map for other ids)", wrong)
     return [int(t) for t in texts]
 
 
 def _int_text(text: str) -> bool:
-    return _INT_TEXT.fullmatch(text) is not None and INT_ID_RANGE[0] <= int(text) <= INT_ID_RANGE[1]
+    return _INT_TEXT.fullmatch(text) is not None and _in_id_range(int(text))
 
 
 def places_from_names(images: Sequence[str], root: Path, as_int: Optional[bool] = None) -> List[Any]:
@@ -161,17 +173,9 @@ def places_from_csv(images: Sequence[str], root: Path, csv_file: str, as_int: Op
     cells = [r["place"] or "" for r in rows]
     try:
         return typed_ids(cells, as_int)
-    except MapError as err:  # the file and the row named, besides the id
-        row = next((r for r, c in zip(rows, cells) if not _typed(c, as_int)), rows[0])
+    except PlaceIdError as err:  # the file and the row named, besides the id
+        row = rows[err.index]
         raise MapError(f"{path}, the row of {str(row.get('image')).strip()[:200]}: {err}") from None
-
-
-def _typed(cell: str, as_int: Optional[bool]) -> bool:
-    try:
-        typed_ids([cell], as_int)
-    except MapError:
-        return False
-    return True
 
 
 def coords_from_csv(images: Sequence[str], root: Path, csv_file: str) -> np.ndarray:

@@ -227,6 +227,7 @@ def test_a_places_csv_the_add_cannot_take_names_the_file_and_the_row_and_leaves_
     before = {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
     good = ["020.png,5", "021.png,5"]
     cases = [(["020.png,nan", "021.png,5"], "the row of 020.png: this map's place ids are integers; 'nan' is not one"),
+             (["020.png,5", "021.png,x7"], "the row of 021.png: this map's place ids are integers; 'x7' is not one"),
              ([*good, "021.png,6"], "two rows for the image '021.png' that differ (021.png,5 and 021.png,6)"),
              ([f"020.png,{2**70}", "021.png,5"], "the row of 020.png: this map's place ids are integers; "
                                                  f"'{2**70}' is not one (a whole number in the signed 64-bit range)"),
