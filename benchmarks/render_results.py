@@ -108,15 +108,11 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
                           "benchmarks/bench_onnx.py --size 192 256 --batch 1 4 --threads 1 --seconds 3 --rounds 3 "
                           "--out benchmarks/onnx/onnx.json` renders from that JSON",
                           "images/s and ratios to 0.01, differences to two significant digits"),
-    "runner/corridor-120x160": _copied("runner-off-the-shelf.md", "runner/corridor-120x160/results.md", 0,
-                             ", which the runner wrote (python benchmarks/run.py --untrained --datasets corridor --input-size 120 160 --backbone-weights ../shared/weights/vgg16_hed_conv.safetensors --output-dir benchmarks/runner/corridor-120x160; the command is the file's first line)",
-                             "recalls to 0.1 point, GFLOPs and img/s to 0.1, latency to 0.1 ms, memory to 1 MiB"),
-    "runner/corridor-240x320": _copied("runner-off-the-shelf.md", "runner/corridor-240x320/results.md", 0,
-                             ", which the runner wrote (the 3.2 command with --output-dir benchmarks/runner/corridor-240x320; the command is the file's first line)",
-                             "recalls to 0.1 point, GFLOPs and img/s to 0.1, latency to 0.1 ms, memory to 1 MiB"),
-    "runner/nordland-128x256": _copied("runner-off-the-shelf.md", "runner/nordland-128x256/results.md", 0,
-                             ", which the runner wrote (the 3.3 command with --output-dir benchmarks/runner/nordland-128x256; the command is the file's first line)",
-                             "recalls to 0.1 point, GFLOPs and img/s to 0.1, latency to 0.1 ms, memory to 1 MiB"),
+    **{f"runner/{run}": _copied("runner-off-the-shelf.md", f"runner/{run}/results.md", 0,
+                                ", which the runner wrote (`python benchmarks/run.py ... --output-dir "
+                                f"benchmarks/runner/{run}`, the page's command; the file's first line)",
+                                "recalls to 0.1 point, GFLOPs and img/s to 0.1, latency to 0.1 ms, memory to 1 MiB")
+       for run in ("corridor-120x160", "corridor-240x320", "nordland-128x256")},
     "map_curve/1e5": MapCurveTable("map-curve.md", with_series=True, rows=(
         (W256, 100_000, "flat", ""),
         (W256, 100_000, "IVF-PQ32 inner product (section 9)", "nprobe=64"),
