@@ -71,6 +71,11 @@ def _copied(page: str, source: str, number: int, made_by: str, rounding: str) ->
                        f"`benchmarks/{source}`{made_by}. Rounding: {rounding}.*")
 
 
+def _json_by(command: str) -> str:
+    """The `made_by` of a table whose script renders it from the JSON it wrote: `command` is that script's run."""
+    return f", which `{command}` renders from that JSON"
+
+
 REPO = BENCH.parent
 RELEASES = (REPO / "clusvpr_plugin" / "releases" / "clusvpr_vgg16.nordland",
             REPO / "registry" / "releases" / "netvlad_vgg16.nordland",
@@ -94,19 +99,19 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
                                       "and summary.json", "recalls to 0.01 point"),
     "place_batch_runs/outcome": _copied("place-batch-runs.md", "training/place_batch_runs.md", 1,
                                         " (the same JSON)", "recalls to 0.01 point, hours to 0.1"),
-    "aggregator/variants": _copied("aggregator-cpu.md", "aggregator/aggregator.md", 0, ", which "
-                                   "`OMP_NUM_THREADS=2 python benchmarks/bench_aggregator.py --batch 8 --repeats 5 "
-                                   "--out benchmarks/aggregator/aggregator.json` renders from that JSON",
+    "aggregator/variants": _copied("aggregator-cpu.md", "aggregator/aggregator.md", 0, _json_by(
+                                   "OMP_NUM_THREADS=2 python benchmarks/bench_aggregator.py --batch 8 --repeats 5 "
+                                   "--out benchmarks/aggregator/aggregator.json"),
                                    "milliseconds to 0.1, MiB to the unit"),
     "aggregator/ratios": _copied("aggregator-cpu.md", "aggregator/aggregator.md", 1, " (the same run)",
                                  "ratios to 0.1, memory fractions to 0.001"),
-    "aggregator/cwt_parts": _copied("aggregator-cpu.md", "aggregator/cwt_parts.md", 0, ", which "
-                                    "`OMP_NUM_THREADS=1 python benchmarks/bench_cwt_parts.py --repeats 7 --threads 1 "
-                                    "--out benchmarks/aggregator/cwt_parts.json` renders from that JSON",
+    "aggregator/cwt_parts": _copied("aggregator-cpu.md", "aggregator/cwt_parts.md", 0, _json_by(
+                                    "OMP_NUM_THREADS=1 python benchmarks/bench_cwt_parts.py --repeats 7 --threads 1 "
+                                    "--out benchmarks/aggregator/cwt_parts.json"),
                                     "milliseconds to 0.1, ratios to 0.1"),
-    "onnx/speed": _copied("onnx-export.md", "onnx/onnx.md", 0, ", which `OMP_NUM_THREADS=1 python "
-                          "benchmarks/bench_onnx.py --size 192 256 --batch 1 4 --threads 1 --seconds 3 --rounds 3 "
-                          "--out benchmarks/onnx/onnx.json` renders from that JSON",
+    "onnx/speed": _copied("onnx-export.md", "onnx/onnx.md", 0, _json_by(
+                          "OMP_NUM_THREADS=1 python benchmarks/bench_onnx.py --size 192 256 --batch 1 4 --threads 1 "
+                          "--seconds 3 --rounds 3 --out benchmarks/onnx/onnx.json"),
                           "images/s and ratios to 0.01, differences to two significant digits"),
     **{f"runner/{run}": _copied("runner-off-the-shelf.md", f"runner/{run}/results.md", 0,
                                 ", which the runner wrote (`python benchmarks/run.py ... --output-dir "
@@ -160,17 +165,17 @@ TABLES: Dict[str, Union[MapCurveTable, ScriptTable, ReleaseTable]] = {
                                  "CPU samples)", "recalls to 0.01 point"),
     "place_batch/cost": _copied("place-batch-pilot.md", "place_batch/pilot.md", 1, " (the same JSON)",
                                 "CPU seconds to the unit, recalls to 0.01 point"),
-    "untrained/start": _copied("untrained-start.md", "untrained/start.md", 0, ", which `python "
-                               "benchmarks/untrained_start.py --data-root ../shared/data --backbone-weights "
+    "untrained/start": _copied("untrained-start.md", "untrained/start.md", 0, _json_by(
+                               "python benchmarks/untrained_start.py --data-root ../shared/data --backbone-weights "
                                "../shared/weights/vgg16_hed_conv.safetensors --threads 1 --out "
-                               "benchmarks/untrained/start.json` renders from that JSON", "recalls to 0.01 point"),
-    "sequence/window": _copied("sequence.md", "sequence/window_sweep.md", 0, ", which `python "
-                               "benchmarks/sequence_window_sweep.py --data-root ../shared/data --out "
-                               "benchmarks/sequence/window_sweep.json` renders from that JSON",
+                               "benchmarks/untrained/start.json"), "recalls to 0.01 point"),
+    "sequence/window": _copied("sequence.md", "sequence/window_sweep.md", 0, _json_by(
+                               "python benchmarks/sequence_window_sweep.py --data-root ../shared/data --out "
+                               "benchmarks/sequence/window_sweep.json"),
                                "recalls to 0.01 point"),
-    "sequence/recall": _copied("sequence.md", "sequence/sequence.md", 0, ", which `python "
-                               "benchmarks/bench_sequence.py --out benchmarks/sequence/sequence.json` renders from "
-                               "that JSON", "recalls to 0.01 point"),
+    "sequence/recall": _copied("sequence.md", "sequence/sequence.md", 0, _json_by(
+                               "python benchmarks/bench_sequence.py --out benchmarks/sequence/sequence.json"),
+                               "recalls to 0.01 point"),
     "sequence/cost": _copied("sequence.md", "sequence/sequence.md", 1, " (the same run)", "milliseconds to 0.001"),
     "serve/load": _copied("serve.md", "serve/serve.md", 0, ", which `python benchmarks/bench_serve.py --out "
                           "benchmarks/serve/serve.json` (with the settings the page gives) renders from that JSON",
