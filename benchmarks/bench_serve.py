@@ -297,10 +297,11 @@ def kill_during_add(args, folder: Path, add_dir: Path, work: Path, queries: Sequ
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(folder, copy)
     before = Map.open(copy)
-    v0, n0, added = before.version, before.count, len(list(add_dir.iterdir()))
+    frames = sorted(add_dir.iterdir())
+    v0, n0, added = before.version, before.count, len(frames)
     seen = _files(copy / STORE_DIR)
     places = work / "fault-add-places.csv"  # the map's place ids are integers: each added frame gets its own
-    places.write_text("image,place\n" + "".join(f"{p.name},{place_of(p)}\n" for p in sorted(add_dir.iterdir())))
+    places.write_text("image,place\n" + "".join(f"{p.name},{place_of(p)}\n" for p in frames))
     cmd = vpr_command(args, "map", "add", str(copy), "--images", str(add_dir), "--places", f"csv:{places}")
     with open(work / "fault-add.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
